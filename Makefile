@@ -1,0 +1,80 @@
+# The index of dev tasks. `make help` lists them.
+# Everything runs from the project's virtual environment (.venv), made by `make install`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+SRC := operator/src worker-image/src
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the tasks
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+INSTALLED := $(VENV)/.installed
+$(INSTALLED): pyproject.toml | $(PY)
+	$(BIN)/pip install --quiet -e ".[operator,worker,devcluster]" --group dev
+	touch $@
+
+.PHONY: install
+install: $(INSTALLED) ## create .venv and install the project (editable) with every extra and the dev tools
+
+.PHONY: controlplane
+controlplane: ## build etcd, kube-apiserver, kube-controller-manager, kubectl into .devcluster/bin (cached)
+	tools/controlplane/build.sh
+
+.PHONY: lint
+lint: install ## ruff: lint and format check
+	$(BIN)/ruff check $(SRC) tests
+	$(BIN)/ruff format --check $(SRC) tests
+
+.PHONY: format
+format: install ## ruff: fix what can be fixed and format
+	$(BIN)/ruff check --fix $(SRC) tests
+	$(BIN)/ruff format $(SRC) tests
+
+.PHONY: typecheck
+typecheck: install ## mypy --strict over the four packages
+	$(BIN)/mypy
+
+.PHONY: imports
+imports: install ## import-linter: the import rules of DESIGN.md section 6
+	$(BIN)/lint-imports
+
+.PHONY: crds
+crds: install ## generate crds/ from the API models
+	$(PY) -m analysis_core.api.crd --write --dir crds
+
+.PHONY: check-crds
+check-crds: install ## fail if crds/ differs from what the API models generate
+	$(PY) -m analysis_core.api.crd --check --dir crds
+
+.PHONY: test
+test: install controlplane ## the default test run: every tier (unit, integration, e2e) against the real control plane and Redis
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## unit tests only (no control plane, no Redis)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+.PHONY: dev-cluster
+dev-cluster: install controlplane ## start etcd, kube-apiserver, kube-controller-manager and redis in the background; returns when ready
+	$(BIN)/analysis-devcluster up
+
+.PHONY: dev-cluster-down
+dev-cluster-down: install ## stop the dev cluster
+	$(BIN)/analysis-devcluster down
+
+.PHONY: all
+all: lint typecheck imports check-crds test ## everything CI checks
+
+.PHONY: clean
+clean: ## remove caches (keeps .venv and the built control plane)
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .import_linter_cache dist build

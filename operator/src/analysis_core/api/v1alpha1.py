@@ -1,0 +1,882 @@
+"""AnalysisBatch v1alpha1: the spec a user writes and the status the operator reports.
+
+These pydantic models are the single source of the API. ``analysis_core.api.crd``
+turns them into the CRD under ``crds/`` (``make crds``): field descriptions become
+``kubectl explain`` text, ``Field`` bounds become schema bounds, and the
+``x-kubernetes-validations`` attached to a model become CEL rules that the API
+server checks at ``kubectl apply``. So a rule lives next to the fields it
+governs, and a test fails when the committed CRD drifts from these models.
+
+The models parse what the API server already admitted (the operator and the
+plan compiler read batches through them). They do not repeat the CEL rules:
+cross-field checks that the schema cannot express belong to the plan compiler,
+which reports them as conditions. Spec models are frozen and forbid unknown
+fields; they accept both the wire names (camelCase) and the Python names.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import Field
+from pydantic.alias_generators import to_camel
+
+# Bounds shared by several fields. They keep objects well under Kopf's
+# 256 KiB annotation cap and keep the API server's CEL cost estimates finite.
+MAX_ITEMS = 5000
+MAX_STAGES = 20
+MAX_PROVIDERS = 10
+MAX_VARS = 64
+MAX_PROMPT_LENGTH = 32768
+MAX_NAME_LENGTH = 40
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Item ids are words separated by single spaces, without "/": a fanned-out
+# child's id is "<parent>/<child-key>", so "/" stays unambiguous.
+ITEM_ID = r"^[^/\s]+( [^/\s]+)*$"
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A JSONPath subset: "$" (the output itself) or "$.a.b" (nested object keys).
+FANOUT_PATH = r"^\$(\.[A-Za-z_][A-Za-z0-9_-]*)*$"
+# A sub-object whose members all have defaults defaults to {}: the API server
+# then fills in each member, so stored objects show the effective settings.
+DEFAULTED: dict[str, Any] = {"default": {}}
+
+
+def cel(
+    rule: str,
+    message: str | None = None,
+    *,
+    message_expression: str | None = None,
+    field_path: str | None = None,
+    reason: str | None = None,
+) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry, written once per rule next to its model."""
+    entry = {"rule": rule}
+    if message is not None:
+        entry["message"] = message
+    if message_expression is not None:
+        entry["messageExpression"] = message_expression
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    if reason is not None:
+        entry["reason"] = reason
+    return entry
+
+
+def k8s(**extensions: Any) -> dict[str, Any]:
+    """Schema extensions for a model or field, e.g. ``k8s(validations=[...], list_type="map")``."""
+    out: dict[str, Any] = {}
+    for key, value in extensions.items():
+        out["x-kubernetes-" + key.replace("_", "-")] = value
+    return out
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=False,
+    )
+
+
+class _StatusModel(pydantic.BaseModel):
+    # Status is written by the operator; it tolerates fields from newer operators.
+    model_config = pydantic.ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+    )
+
+
+# ---------------------------------------------------------------- references
+
+
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+DataKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the batch's namespace."""
+
+    name: ObjectName = Field(description="Name of the Secret, in the AnalysisBatch's namespace.")
+    key: DataKey = Field(description="Key within the Secret's data.")
+
+
+class ConfigMapKeyRef(_Model):
+    """A key of a ConfigMap in the batch's namespace."""
+
+    name: ObjectName = Field(description="Name of the ConfigMap, in the AnalysisBatch's namespace.")
+    key: DataKey = Field(description="Key within the ConfigMap's data.")
+
+
+class ItemsFrom(_Model):
+    """Where the initial items come from when they are not listed inline."""
+
+    config_map_key_ref: ConfigMapKeyRef = Field(
+        description="A ConfigMap key whose value lists the items: a YAML or JSON list of item ids, "
+        "or one id per line. Read when the batch starts."
+    )
+
+
+class PromptFrom(_Model):
+    """Where a prompt template comes from when it is too large to inline."""
+
+    config_map_key_ref: ConfigMapKeyRef = Field(
+        description="A ConfigMap key holding the prompt template. Keeps large prompts out of the spec, "
+        "which Kopf copies into a size-capped annotation."
+    )
+
+
+# ---------------------------------------------------------------- providers
+
+
+class ProviderType(enum.StrEnum):
+    ANTHROPIC = "anthropic"
+    OPENAI = "openai"
+    OFFLINE = "offline"
+
+
+class OfflineOptions(_Model):
+    """Behaviour of the built-in deterministic provider (type offline)."""
+
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed mixed into every answer; the same seed, item, stage and round always give the same output.",
+    )
+    latency_milliseconds: int = Field(
+        default=0, ge=0, le=600_000, description="Simulated latency of each call, in milliseconds."
+    )
+    rejection_rate: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="Probability, from 0 to 1, that a judge stage rejects a given item in a given round.",
+    )
+
+
+class Provider(_Model):
+    """An LLM endpoint that stages refer to by name."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "self.type == 'offline' || has(self.model)",
+                    "model is required for anthropic and openai providers",
+                    field_path=".model",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "self.type == 'offline' || has(self.apiKeySecretRef)",
+                    "apiKeySecretRef is required for anthropic and openai providers",
+                    field_path=".apiKeySecretRef",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "self.type != 'offline' || !has(self.apiKeySecretRef)",
+                    "apiKeySecretRef is not used by the offline provider",
+                    field_path=".apiKeySecretRef",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type != 'offline' || !has(self.baseURL)",
+                    "baseURL is not used by the offline provider",
+                    field_path=".baseURL",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type == 'offline' || !has(self.offline)",
+                    "offline options apply only to type offline",
+                    field_path=".offline",
+                    reason="FieldValueForbidden",
+                ),
+            ]
+        )
+    )
+
+    type: ProviderType = Field(
+        description="Which API to call: anthropic (Messages API), openai (Chat Completions "
+        "API), or offline (deterministic answers for demos and tests; no key, no network)."
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Model name passed to the provider, e.g. claude-sonnet-4-5 or gpt-4.1. "
+        "Required for anthropic and openai.",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="The Secret key holding the API key. Required for anthropic and openai. The key "
+        "reaches worker pods only as a Secret-backed environment variable; the operator never reads it.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        alias="baseURL",
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Overrides the provider's API base URL, for gateways and proxies.",
+    )
+    max_tokens: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Upper bound on output tokens per call; also what the token rate limiter reserves before a call.",
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature; the provider's default when absent."
+    )
+    offline: OfflineOptions | None = Field(default=None, description="Options of the offline provider.")
+
+
+# ---------------------------------------------------------------- stages
+
+
+class StageType(enum.StrEnum):
+    GENERATE = "generate"
+    JUDGE = "judge"
+    APPROVAL = "approval"
+
+
+class OutputFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Executor(enum.StrEnum):
+    JOB = "Job"
+    DEPLOYMENT = "Deployment"
+
+
+class OnExhausted(enum.StrEnum):
+    FAIL = "Fail"
+    ACCEPT_LAST = "AcceptLast"
+
+
+class SortOrder(enum.StrEnum):
+    ASCENDING = "Ascending"
+    DESCENDING = "Descending"
+
+
+class FanOut(_Model):
+    """Turns a list in a stage's JSON output into child items of the next stage."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "!has(self.order) || has(self.sortBy)",
+                    "order needs sortBy",
+                    field_path=".order",
+                    reason="FieldValueForbidden",
+                ),
+            ]
+        )
+    )
+
+    path: str = Field(
+        max_length=256,
+        pattern=FANOUT_PATH,
+        description="Where the list is in the output: '$' for the output itself, or '$.a.b' for a "
+        "nested key. Each element becomes one child item with id '<parent>/<child-key>'.",
+    )
+    key: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=IDENTIFIER,
+        description="Field of each element whose value is the child key. Default: the element "
+        "itself when it is a string, otherwise its position in the list.",
+    )
+    sort_by: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=IDENTIFIER,
+        description="Field of each element to sort by before max is applied, e.g. score.",
+    )
+    order: SortOrder | None = Field(
+        default=None,
+        description="Sort order for sortBy. Default Descending, so max "
+        "keeps the highest values ('rank, then analyze the top 5').",
+    )
+    max: int | None = Field(default=None, ge=1, le=1000, description="Keep at most this many children after sorting.")
+
+
+class RateLimit(_Model):
+    """A limit shared by all workers of one stage, enforced in Redis."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
+                    "set requestsPerMinute, tokensPerMinute or both",
+                ),
+            ]
+        )
+    )
+
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Provider calls per minute, across all workers of the stage."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Input plus output tokens per minute, across all workers of "
+        "the stage. Reserved before each call and settled with the real usage.",
+    )
+
+
+class Backoff(_Model):
+    """Exponential backoff between attempts: initial * factor^(attempt-1), capped, with jitter."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "!has(self.maxSeconds) || !has(self.initialSeconds) || self.maxSeconds >= self.initialSeconds",
+                    "maxSeconds must be at least initialSeconds",
+                    field_path=".maxSeconds",
+                ),
+            ]
+        )
+    )
+
+    initial_seconds: float = Field(default=2, gt=0, le=3600, description="Delay before the first retry, in seconds.")
+    factor: float = Field(default=2, ge=1, le=10, description="Multiplier applied to the delay after each attempt.")
+    max_seconds: float = Field(default=300, gt=0, le=86400, description="Cap on a single delay, in seconds.")
+    jitter: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Random spread as a fraction of the delay: 0.2 means "
+        "up to 20% shorter or longer, so retries of many items do not arrive together.",
+    )
+
+
+class Retry(_Model):
+    """How failed calls of a stage are retried. Rate-limited calls do not use up attempts."""
+
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Attempts per item and round, including the first one."
+    )
+    backoff: Backoff = Field(
+        default_factory=Backoff, description="Delay between attempts.", json_schema_extra=DEFAULTED
+    )
+    deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=604_800,
+        description="Give up on an item once this long has passed since its first "
+        "attempt in the stage, whatever attempts remain.",
+    )
+
+
+_GENERATE_ONLY = "self.type == 'generate'"
+
+
+class Stage(_Model):
+    """One step of the pipeline, applied to every item that reaches it, in stage order."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "self.type == 'approval' || has(self.provider)",
+                    "generate and judge stages need a provider",
+                    field_path=".provider",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "self.type != 'generate' || has(self.prompt) != has(self.promptFrom)",
+                    "a generate stage needs exactly one of prompt and promptFrom",
+                    field_path=".prompt",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "self.type != 'judge' || !(has(self.prompt) && has(self.promptFrom))",
+                    "set at most one of prompt and promptFrom",
+                    field_path=".prompt",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type != 'approval' || !(has(self.provider) || has(self.prompt) || has(self.promptFrom))",
+                    "an approval stage calls no provider: remove provider, prompt and promptFrom",
+                    field_path=".provider",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type == 'judge' || !has(self.reviews)",
+                    "reviews applies only to judge stages",
+                    field_path=".reviews",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type != 'judge' || has(self.reviews)",
+                    "a judge stage must name the stage it reviews",
+                    field_path=".reviews",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "self.type == 'judge' || !has(self.maxRejections)",
+                    "maxRejections applies only to judge stages",
+                    field_path=".maxRejections",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type == 'judge' || !has(self.onExhausted)",
+                    "onExhausted applies only to judge stages",
+                    field_path=".onExhausted",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "!has(self.fanOut) || (self.type == 'generate' && self.output == 'json')",
+                    "fanOut needs a generate stage with output: json",
+                    field_path=".fanOut",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    "!has(self.jsonSchema) || (self.type == 'generate' && self.output == 'json')",
+                    "jsonSchema needs a generate stage with output: json",
+                    field_path=".jsonSchema",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    "self.type == 'generate' || self.output == 'text'",
+                    "output applies only to generate stages (a judge returns a verdict)",
+                    field_path=".output",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type != 'approval' || !has(self.rateLimit)",
+                    "an approval stage calls no provider: remove rateLimit",
+                    field_path=".rateLimit",
+                    reason="FieldValueForbidden",
+                ),
+            ]
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=DNS_LABEL,
+        description="Unique name of the stage (a DNS label); used in child object names, Redis keys and status.",
+    )
+    type: StageType = Field(
+        default=StageType.GENERATE,
+        description="generate calls a provider with the prompt; judge reviews the output of the "
+        "stage named by reviews and approves or rejects it; approval holds items until "
+        "spec.approvals names the stage.",
+    )
+    provider: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Key of spec.providers to call. Required for generate and judge stages.",
+    )
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_PROMPT_LENGTH,
+        description="Prompt template. It sees item, input (the previous stage's output), vars, "
+        "feedback and round (judge loops) and attempt, as in '{{ item }}'. A judge stage "
+        "without a prompt uses a built-in review prompt.",
+    )
+    prompt_from: PromptFrom | None = Field(
+        default=None, description="Read the prompt template from a ConfigMap instead of prompt."
+    )
+    output: OutputFormat = Field(
+        default=OutputFormat.TEXT,
+        description="text passes the answer on as is; json parses it (and checks it against "
+        "jsonSchema when set). Output that does not parse is a BadOutput error.",
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON Schema the parsed output must match (output: json only).",
+        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+    fan_out: FanOut | None = Field(
+        default=None, description="Turn a list in the output into child items of the next stage."
+    )
+    collect: bool = Field(
+        default=False,
+        description="Run once over all items that reached this stage, after "
+        "everything upstream has drained; the input is the list of their outputs in a stable "
+        "order (fan-in).",
+    )
+    reviews: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=DNS_LABEL,
+        description="Judge stages only: the earlier generate stage whose output this judge "
+        "reviews. A rejection sends the item back there with the judge's feedback.",
+    )
+    max_rejections: int | None = Field(
+        default=None, ge=0, le=10, description="Judge stages only: how many times an item may be sent back. Default 3."
+    )
+    on_exhausted: OnExhausted | None = Field(
+        default=None,
+        description="Judge stages only: what happens after maxRejections "
+        "rejections. Fail fails the item; AcceptLast passes the last output "
+        "on. Default Fail.",
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=1000, description="Most calls of this stage in flight at once; also the most worker pods."
+    )
+    rate_limit: RateLimit | None = Field(default=None, description="Requests and tokens per minute for the stage.")
+    timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Deadline of one provider call, in seconds.")
+    retry: Retry = Field(default_factory=Retry, description="Retries of failed calls.", json_schema_extra=DEFAULTED)
+    executor: Executor = Field(
+        default=Executor.JOB,
+        description="Job runs the stage as a work-queue Job whose pods exit once the stage "
+        "has drained; Deployment keeps a Deployment that scales with the backlog and to zero "
+        "when idle.",
+    )
+
+
+# ---------------------------------------------------------------- batch spec
+
+
+class Approval(_Model):
+    """Opens an approval stage for all items, or for the listed ones."""
+
+    stage: str = Field(
+        min_length=1, max_length=MAX_NAME_LENGTH, pattern=DNS_LABEL, description="Name of a stage of type approval."
+    )
+    items: list[Annotated[str, Field(min_length=1, max_length=512)]] | None = Field(
+        default=None,
+        max_length=MAX_ITEMS,
+        json_schema_extra=k8s(list_type="set"),
+        description="Item ids to release. All items waiting at the stage when absent.",
+    )
+
+
+class Budget(_Model):
+    """Limits after which no new work starts; in-flight calls finish."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel("has(self.maxTokens) || has(self.maxCostUSD)", "set maxTokens, maxCostUSD or both"),
+            ]
+        )
+    )
+
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=10**12, description="Input plus output tokens across all stages."
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        alias="maxCostUSD",
+        gt=0,
+        le=10**7,
+        description="Estimated cost in US dollars, from the price table.",
+    )
+
+
+class FailurePolicy(_Model):
+    """When failed items fail the whole batch."""
+
+    max_failed_items: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Failed or dead-lettered items the batch tolerates; one more fails it.",
+    )
+
+
+# CEL's cost estimator loses the length bound of a field of an object taken
+# from a filtered list, and then refuses a message built from it. So messages
+# name the offending stage by mapping stages to names first and filtering the
+# names (bounded strings), which the estimator accepts.
+_UNDEFINED_PROVIDER = "has(s.provider) && !(s.provider in self.providers)"
+_BAD_REVIEW = (
+    "s.type == 'judge' && has(s.reviews) && "
+    "!self.stages.exists(j, r, j < i && r.name == s.reviews && r.type == 'generate')"
+)
+
+
+class AnalysisBatchSpec(_Model):
+    """A multi-stage LLM analysis pipeline over a list of items."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "has(self.items) != has(self.itemsFrom)",
+                    "set exactly one of items and itemsFrom",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
+                    field_path=".stages",
+                    message_expression="'stage names must be unique; repeated: ' + self.stages.map(s, s.name).filter("
+                    "n, self.stages.filter(t, t.name == n).size() > 1)[0]",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    f"!self.stages.exists(s, {_UNDEFINED_PROVIDER})",
+                    field_path=".stages",
+                    message_expression="'stage ' + self.stages.map(s, s.name).filter(n, self.stages.exists(s, "
+                    f"s.name == n && {_UNDEFINED_PROVIDER}))[0] + ': provider ' + self.stages.map(s, has(s.provider) "
+                    "? s.provider : '').filter(p, p != '' && !(p in self.providers))[0] + ' is not defined in "
+                    "spec.providers'",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    f"!self.stages.exists(i, s, {_BAD_REVIEW})",
+                    field_path=".stages",
+                    message_expression="'judge stage ' + self.stages.map(s, s.name).filter(n, self.stages.exists(i, "
+                    f"s, s.name == n && {_BAD_REVIEW}))[0] + ': reviews must name an earlier generate stage'",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    "!has(self.stages[self.stages.size() - 1].fanOut)",
+                    "the last stage cannot fan out: there is no next stage to receive the children",
+                    field_path=".stages",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    "!has(self.approvals) || self.approvals.all(a, self.stages.exists(s, s.name == a.stage && "
+                    "s.type == 'approval'))",
+                    field_path=".approvals",
+                    message_expression="'approvals: ' + self.approvals.map(a, a.stage).filter(n, !self.stages.exists("
+                    "s, s.name == n && s.type == 'approval'))[0] + ' is not a stage of type approval'",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    "self.providers.all(k, k.matches('" + DNS_LABEL + "') && k.size() <= 63)",
+                    "provider names must be DNS labels (lowercase letters, digits and '-')",
+                    field_path=".providers",
+                ),
+                cel(
+                    "!has(self.vars) || self.vars.all(k, k.matches('" + IDENTIFIER + "'))",
+                    "vars keys must be identifiers (letters, digits and '_') so templates can use them",
+                    field_path=".vars",
+                ),
+                cel(
+                    "self.stages.filter(s, s.type == 'judge').all(j, self.stages.filter(k, k.type == 'judge' && "
+                    "k.reviews == j.reviews).size() == 1)",
+                    "at most one judge stage may review a given stage",
+                    field_path=".stages",
+                    reason="FieldValueInvalid",
+                ),
+            ]
+        )
+    )
+
+    items: list[Annotated[str, Field(min_length=1, max_length=200, pattern=ITEM_ID)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ITEMS,
+        json_schema_extra=k8s(list_type="set"),
+        description="The initial items, by id (e.g. ticker symbols). Ids are unique, without '/'. "
+        "Set exactly one of items and itemsFrom.",
+    )
+    items_from: ItemsFrom | None = Field(default=None, description="Read the initial items from a ConfigMap instead.")
+    vars: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=MAX_VARS, description="Values that every prompt template sees as vars.<name>."
+    )
+    providers: dict[str, Provider] = Field(
+        min_length=1, max_length=MAX_PROVIDERS, description="LLM endpoints by name; stages refer to them by that name."
+    )
+    stages: list[Stage] = Field(
+        min_length=1,
+        max_length=MAX_STAGES,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="The pipeline, in order. Each item goes through the stages in turn; "
+        "fanOut, collect and judge stages change how items flow.",
+    )
+    approvals: list[Approval] | None = Field(
+        default=None,
+        max_length=MAX_STAGES,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["stage"]),
+        description="Opens approval stages. Edit it (in Git, or with `kubectl "
+        "analysis approve`) to release waiting items.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Stop claiming new items; in-flight calls finish and workers "
+        "scale to zero. Set back to false to continue.",
+    )
+    budget: Budget | None = Field(default=None, description="Token and cost limits for the whole batch.")
+    failure_policy: FailurePolicy = Field(
+        default_factory=FailurePolicy,
+        json_schema_extra=DEFAULTED,
+        description="How many failed items the batch tolerates.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="Delete the batch (and its results) this long after "
+        "it completes or fails. Kept forever when absent.",
+    )
+
+
+# ---------------------------------------------------------------- status
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"
+    SUSPENDED = "Suspended"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(enum.StrEnum):
+    """The conditions a batch reports (DESIGN.md section 5).
+
+    Ready, Reconciling and Stalled follow kstatus, so Flux, kpt and Argo CD read
+    health without knowing this API; the others say what happened, and
+    ``kubectl wait --for=condition=Complete`` waits on them.
+    """
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"
+
+
+class Condition(_StatusModel):
+    """A condition in the Kubernetes convention (metav1.Condition)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Condition type: " + ", ".join(ConditionType) + ".",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="A CamelCase reason for the last transition.",
+    )
+    message: str = Field(default="", max_length=32768, description="Details for humans.")
+    last_transition_time: datetime = Field(description="When the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this condition was computed for."
+    )
+
+
+class StageStatus(_StatusModel):
+    """Counts of one stage."""
+
+    name: str = Field(description="The stage.")
+    pending: int = Field(
+        default=0, ge=0, description="Items queued and not yet claimed (including held at an approval stage)."
+    )
+    running: int = Field(default=0, ge=0, description="Items claimed by a worker right now.")
+    succeeded: int = Field(default=0, ge=0, description="Items that passed this stage.")
+    failed: int = Field(default=0, ge=0, description="Items that failed in this stage for good.")
+    retrying: int = Field(default=0, ge=0, description="Items waiting for a retry after a failed attempt.")
+    dead_lettered: int = Field(default=0, ge=0, description="Items given up after too many redeliveries.")
+    workers: int = Field(default=0, ge=0, description="Worker pods the stage runs now.")
+
+
+class JudgeStatus(_StatusModel):
+    """Verdicts of all judge stages."""
+
+    approved: int = Field(default=0, ge=0, description="Approvals.")
+    rejected: int = Field(default=0, ge=0, description="Rejections (each sends an item back with feedback).")
+    exhausted: int = Field(default=0, ge=0, description="Items that reached maxRejections.")
+    summary: str = Field(default="", description="Approvals and rejections for display, e.g. '2✓ 1✗'.")
+
+
+class Usage(_StatusModel):
+    """Tokens and estimated cost so far."""
+
+    input_tokens: int = Field(default=0, ge=0, description="Input (prompt) tokens.")
+    output_tokens: int = Field(default=0, ge=0, description="Output (completion) tokens.")
+    total_tokens: int = Field(default=0, ge=0, description="Input plus output tokens.")
+    cost_usd: str = Field(
+        default="0",
+        alias="costUSD",
+        pattern=r"^[0-9]+(\.[0-9]+)?$",
+        description="Estimated cost in US dollars, as a decimal string.",
+    )
+    tokens_summary: str = Field(default="", description="Total tokens for display, e.g. '48k'.")
+    cost_summary: str = Field(default="", description="Cost for display, e.g. '$0.61'.")
+
+
+class ItemCounts(_StatusModel):
+    """Items of the whole batch, including fanned-out children."""
+
+    total: int = Field(default=0, ge=0, description="Items known so far (grows as stages fan out).")
+    done: int = Field(
+        default=0, ge=0, description="Items in a terminal state: finished, filtered, failed or dead-lettered."
+    )
+    succeeded: int = Field(default=0, ge=0, description="Items that finished the last stage.")
+    failed: int = Field(default=0, ge=0, description="Items that failed for good.")
+    dead_lettered: int = Field(default=0, ge=0, description="Items given up after too many redeliveries.")
+
+
+class AnalysisBatchStatus(_StatusModel):
+    """What the operator observed; aggregates only (per-item data lives in Redis and the results)."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation the status was computed for."
+    )
+    phase: Phase | None = Field(
+        default=None,
+        description="Summary for humans: Pending, Running, "
+        "WaitingForApproval, Suspended, Complete or Failed. Tools read conditions.",
+    )
+    current_stage: str | None = Field(default=None, description="The earliest stage that still has work.")
+    progress: str | None = Field(default=None, description="Items done out of items known, as 'done/total'.")
+    percent: int | None = Field(default=None, ge=0, le=100, description="Progress from 0 to 100.")
+    retries: int = Field(default=0, ge=0, description="Retries scheduled so far, all stages.")
+    message: str | None = Field(default=None, description="The most useful thing to know right now.")
+    items: ItemCounts | None = Field(default=None, description="Item counts of the whole batch.")
+    stages: list[StageStatus] | None = Field(
+        default=None,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Counts per stage, in stage order.",
+    )
+    judge: JudgeStatus | None = Field(default=None, description="Judge verdicts.")
+    usage: Usage | None = Field(default=None, description="Tokens and cost.")
+    start_time: datetime | None = Field(default=None, description="When the first item was enqueued.")
+    completion_time: datetime | None = Field(default=None, description="When the batch completed or failed.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["type"]),
+        description="Conditions in the Kubernetes convention.",
+    )
+
+
+class AnalysisBatch(_StatusModel):
+    """The whole resource, as read from the API server."""
+
+    api_version: str = Field(description="analysis.dev/v1alpha1")
+    kind: str = Field(description="AnalysisBatch")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: AnalysisBatchSpec = Field(description="The pipeline and its items.")
+    status: AnalysisBatchStatus | None = Field(default=None, description="Observed state.")

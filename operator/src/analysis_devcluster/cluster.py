@@ -1,0 +1,467 @@
+"""Start and stop one dev cluster: etcd, kube-apiserver, kube-controller-manager and redis-server.
+
+Called by ``tests/conftest.py`` (a private cluster per test session), by tests
+that need a cluster of their own, and by :mod:`analysis_devcluster.cli` (the
+long-running supervisor behind ``analysis-devcluster up``).
+
+:class:`DevCluster` owns a state directory, wiped at every start: the PKI, etcd
+data, Redis data, one log per component, ``kubeconfig`` (admin, context
+``devcluster``) and ``env`` (``KUBECONFIG=...`` and ``REDIS_URL=...`` lines).
+``start()`` returns only when every component is really usable, including
+kube-controller-manager running its controllers (the ``default``
+ServiceAccount exists), and fails with the tail of the guilty component's log
+otherwise.
+
+It deliberately does not run a kubelet, a scheduler or any node (Pods stay
+Pending), does not reuse state across starts, and keeps the ServiceAccount
+and PodSecurity admission plugins enabled, as a real cluster does.
+"""
+
+import atexit
+import base64
+import contextlib
+import dataclasses
+import http.client
+import os
+import shlex
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import redis
+import redis.backoff
+import redis.retry
+import yaml
+
+from analysis_devcluster import binaries, pki, processes
+
+CONTEXT_NAME = "devcluster"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+# Written at the top of a state directory we created, so that start() never
+# wipes a directory that merely happens to be passed by mistake.
+_STATE_MARKER = ".analysis-devcluster-state"
+_POLL_INTERVAL = 0.1
+
+
+class StartupError(RuntimeError):
+    """A component did not become ready; the message ends with the tail of its log."""
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl exited non-zero; unlike CalledProcessError, str() includes its stderr."""
+
+    def __str__(self) -> str:
+        command = shlex.join(str(arg) for arg in self.cmd)
+        stderr = (self.stderr or "").strip()
+        return f"`{command}` exited with {self.returncode}: {stderr}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    """The loopback ports of one cluster, chosen free at start."""
+
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    redis: int
+
+    @classmethod
+    def pick(cls) -> "Ports":
+        return cls(*(processes.free_port() for _ in range(5)))
+
+
+def _https_status(port: int, path: str, context: ssl.SSLContext, timeout: float = 2.0) -> int | None:
+    """The HTTP status of GET https://127.0.0.1:port/path, or None if there is no answer yet."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def _etcd_healthy(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        body = response.read()
+        return response.status == 200 and b'"health":"true"' in body.replace(b" ", b"")
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def redis_client(url: str, timeout: float = 1.0) -> redis.Redis:
+    """A client that fails fast: redis-py 8 otherwise retries 10 times with backoff."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )
+
+
+def _redis_pong(url: str) -> bool:
+    client = redis_client(url)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class DevCluster:
+    """One local control plane plus Redis, rooted in ``state_dir``.
+
+    Use as ``with DevCluster(path) as cluster: ...`` or call ``start()`` and
+    ``stop()``. ``kubeconfig_path`` and ``env_path`` default to files inside
+    the state directory; the CLI puts them next to it instead.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        kubeconfig_path: Path | None = None,
+        env_path: Path | None = None,
+        ready_timeout: float = 60.0,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.kubeconfig = (kubeconfig_path or self.state_dir / "kubeconfig").absolute()
+        self.env_file = (env_path or self.state_dir / "env").absolute()
+        self.ready_timeout = ready_timeout
+        self.stop_grace = stop_grace
+        self.ports: Ports | None = None
+        self.ready_seconds: float | None = None
+        # Seconds from the start of start() at which each component was ready.
+        self.timings: dict[str, float] = {}
+        self._components: list[processes.Component] = []
+        self._pki: pki.Files | None = None
+        self._kubectl = binaries.find("kubectl")
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def server_url(self) -> str:
+        return f"https://127.0.0.1:{self._ports().apiserver}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self._ports().redis}/0"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Component name → pid, for the components started so far."""
+        return {component.name: component.pid for component in self._components}
+
+    def env(self) -> dict[str, str]:
+        """The variables a client needs: KUBECONFIG and REDIS_URL."""
+        return {"KUBECONFIG": str(self.kubeconfig), "REDIS_URL": self.redis_url}
+
+    def dead_components(self) -> list[str]:
+        """Names of components that have exited since start."""
+        return [component.name for component in self._components if not component.running()]
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,  # noqa: A002 (mirrors subprocess.run)
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this cluster; raises KubectlError on failure if ``check``."""
+        argv = [str(self._kubectl), "--kubeconfig", str(self.kubeconfig), *args]
+        result = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
+        return result
+
+    def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
+        """Server-side apply every manifest in ``directory`` and wait until all CRDs are Established."""
+        self.kubectl("apply", "--server-side", "-f", str(directory), timeout=timeout)
+        self.kubectl(
+            "wait",
+            "--for=condition=established",
+            f"--timeout={timeout:.0f}s",
+            "crd",
+            "--all",
+            timeout=timeout + 15,
+        )
+
+    def start(self) -> Self:
+        """Start every component and return once all are ready; on failure stop them and raise."""
+        started = time.monotonic()
+        binaries.check_all()
+        self._reset_state_dir()
+        self._pki = pki.write_all(self.state_dir / "pki")
+        self.ports = Ports.pick()
+        self._write_kubeconfig()
+        # A fallback for callers that forget stop(); PDEATHSIG covers the cases atexit cannot.
+        atexit.register(self.stop)
+        try:
+            self._start_components(started)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_env()
+        self.ready_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        """Stop every component, newest first. Idempotent; the state directory is kept for its logs."""
+        atexit.unregister(self.stop)
+        while self._components:
+            self._components.pop().stop(self.stop_grace)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ start-up
+
+    def _start_components(self, started: float) -> None:
+        ports = self._ports()
+        # Redis is independent of everything else; starting it first lets it
+        # come up while the control plane does.
+        redis_server = self._spawn("redis-server", self._redis_argv())
+        etcd = self._spawn("etcd", self._etcd_argv())
+        self._wait(etcd, "healthy", lambda: _etcd_healthy(ports.etcd_client), started)
+
+        apiserver = self._spawn("kube-apiserver", self._apiserver_argv())
+        client = self._client_context()
+        self._wait(apiserver, "ready", lambda: _https_status(ports.apiserver, "/readyz", client) == 200, started)
+
+        # Started only now: kube-controller-manager gives the apiserver ten
+        # seconds to become healthy, polling once a second, and exits after
+        # that; a slow machine would turn a cold apiserver into a flaky start.
+        controller_manager = self._spawn("kube-controller-manager", self._controller_manager_argv())
+        self._wait(redis_server, "answering PING", lambda: _redis_pong(self.redis_url), started)
+        # Its serving certificate is self-signed in memory; /healthz is an always-allowed path.
+        insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._wait(
+            controller_manager,
+            "healthy",
+            lambda: _https_status(ports.controller_manager, "/healthz", insecure) == 200,
+            started,
+        )
+        # /healthz says the process serves, not that controllers run: the
+        # default ServiceAccount is created by its serviceaccount controller.
+        self._wait(
+            controller_manager,
+            "running controllers (ServiceAccount default/default)",
+            lambda: _https_status(ports.apiserver, "/api/v1/namespaces/default/serviceaccounts/default", client) == 200,
+            started,
+            timing_key="controllers",
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> processes.Component:
+        component = processes.spawn(name, argv, self.state_dir / "logs" / f"{name}.log", cwd=self.state_dir)
+        self._components.append(component)
+        return component
+
+    def _wait(
+        self,
+        component: processes.Component,
+        what: str,
+        probe: Callable[[], bool],
+        started: float,
+        timing_key: str | None = None,
+    ) -> None:
+        deadline = started + self.ready_timeout
+        while not probe():
+            if not component.running():
+                raise StartupError(
+                    f"{component.name} exited with code {component.process.returncode} before it was {what}; "
+                    f"last lines of {component.log}:\n{component.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    f"{component.name} not {what} within {self.ready_timeout:.0f}s of start; "
+                    f"last lines of {component.log}:\n{component.log_tail()}"
+                )
+            time.sleep(_POLL_INTERVAL)
+        self.timings[timing_key or component.name] = round(time.monotonic() - started, 3)
+
+    def _reset_state_dir(self) -> None:
+        if self.state_dir.exists() and any(self.state_dir.iterdir()):
+            if not (self.state_dir / _STATE_MARKER).exists():
+                raise StartupError(
+                    f"{self.state_dir} is not empty and was not created by analysis_devcluster; refusing to wipe it"
+                )
+            shutil.rmtree(self.state_dir)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.state_dir / _STATE_MARKER).touch()
+
+    def _ports(self) -> Ports:
+        if self.ports is None:
+            raise RuntimeError("the dev cluster has not been started")
+        return self.ports
+
+    def _files(self) -> pki.Files:
+        if self._pki is None:
+            raise RuntimeError("the dev cluster has not been started")
+        return self._pki
+
+    def _client_context(self) -> ssl.SSLContext:
+        """TLS as the admin user, trusting only our CA."""
+        files = self._files()
+        context = ssl.create_default_context(cafile=str(files.ca_cert))
+        context.load_cert_chain(files.admin_cert, files.admin_key)
+        return context
+
+    # ------------------------------------------------------------ command lines
+
+    def _etcd_argv(self) -> list[str]:
+        ports = self._ports()
+        client_url = f"http://127.0.0.1:{ports.etcd_client}"
+        peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
+        return [
+            str(binaries.find("etcd")),
+            "--name=devcluster",
+            f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            # The defaults name localhost:2380, which another etcd on this host may hold.
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=devcluster={peer_url}",
+            # Durability is worthless for a throwaway cluster; fsync is most of etcd's write latency.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_argv(self) -> list[str]:
+        ports = self._ports()
+        files = self._files()
+        return [
+            str(binaries.find("kube-apiserver")),
+            f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            f"--cert-dir={self.state_dir / 'apiserver-certs'}",
+            f"--tls-cert-file={files.apiserver_cert}",
+            f"--tls-private-key-file={files.apiserver_key}",
+            f"--client-ca-file={files.ca_cert}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={files.sa_public_key}",
+            f"--service-account-signing-key-file={files.sa_private_key}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--profiling=false",
+            # The endpoint reconciler rejects a loopback advertise address
+            # ("may not be in the loopback range") and logs that every 10 s;
+            # nothing in a node-less cluster can reach the Service anyway.
+            "--endpoint-reconciler-type=none",
+        ]
+
+    def _controller_manager_argv(self) -> list[str]:
+        ports = self._ports()
+        files = self._files()
+        return [
+            str(binaries.find("kube-controller-manager")),
+            f"--kubeconfig={self.kubeconfig}",
+            # A single instance: leader election would only add a lease wait on restart.
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.controller_manager}",
+            f"--service-account-private-key-file={files.sa_private_key}",
+            f"--root-ca-file={files.ca_cert}",
+            "--profiling=false",
+            # Otherwise it creates /usr/libexec/kubernetes/kubelet-plugins/volume/exec/ on the host.
+            f"--flex-volume-plugin-dir={self.state_dir / 'flexvolume'}",
+        ]
+
+    def _redis_argv(self) -> list[str]:
+        ports = self._ports()
+        data = self.state_dir / "redis"
+        data.mkdir(mode=0o700, exist_ok=True)
+        return [
+            str(binaries.redis_server()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(ports.redis),
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+
+    # ------------------------------------------------------------ client files
+
+    def _write_kubeconfig(self) -> None:
+        files = self._files()
+
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": CONTEXT_NAME,
+                    "cluster": {"server": self.server_url, "certificate-authority-data": b64(files.ca_cert)},
+                }
+            ],
+            "users": [
+                {
+                    "name": pki.ADMIN_USER,
+                    "user": {
+                        "client-certificate-data": b64(files.admin_cert),
+                        "client-key-data": b64(files.admin_key),
+                    },
+                }
+            ],
+            "contexts": [{"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": pki.ADMIN_USER}}],
+            "current-context": CONTEXT_NAME,
+        }
+        _write_private(self.kubeconfig, yaml.safe_dump(config, sort_keys=False))
+
+    def _write_env(self) -> None:
+        lines = [f"{key}={shlex.quote(value)}" for key, value in self.env().items()]
+        _write_private(self.env_file, "\n".join(lines) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically with mode 0600 (it may hold the admin key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(partial, path)

@@ -32,13 +32,13 @@ controlplane: ## build etcd, kube-apiserver, kube-controller-manager, kubectl in
 
 .PHONY: lint
 lint: install ## ruff: lint and format check
-	$(BIN)/ruff check $(SRC) tests
-	$(BIN)/ruff format --check $(SRC) tests
+	$(BIN)/ruff check $(SRC) tests bench
+	$(BIN)/ruff format --check $(SRC) tests bench
 
 .PHONY: format
 format: install ## ruff: fix what can be fixed and format
-	$(BIN)/ruff check --fix $(SRC) tests
-	$(BIN)/ruff format $(SRC) tests
+	$(BIN)/ruff check --fix $(SRC) tests bench
+	$(BIN)/ruff format $(SRC) tests bench
 
 .PHONY: typecheck
 typecheck: install ## mypy --strict over the four packages
@@ -71,6 +71,14 @@ dev-cluster: install controlplane ## start etcd, kube-apiserver, kube-controller
 .PHONY: dev-cluster-down
 dev-cluster-down: install ## stop the dev cluster
 	$(BIN)/analysis-devcluster down
+
+.PHONY: bench
+bench: install controlplane ## benchmark the dev cluster's warm start; writes bench/results/devcluster_start.json
+	$(PY) bench/devcluster_start.py
+
+.PHONY: bench-build
+bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/
+	bench/controlplane_build.sh
 
 .PHONY: all
 all: lint typecheck imports check-crds test ## everything CI checks

@@ -21,6 +21,24 @@ from analysis_devcluster import cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO_ROOT / "crds"
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test carries exactly one tier marker, and it is the tier of its folder.
+
+    So ``-m unit`` really selects the tests that need no cluster, and a test
+    cannot drift into a tier whose fixtures it does not expect.
+    """
+    tests_dir = Path(__file__).resolve().parent
+    wrong = []
+    for item in items:
+        tiers = [mark.name for mark in item.iter_markers() if mark.name in TIERS]
+        folder = item.path.resolve().relative_to(tests_dir).parts[0]
+        if tiers != [folder]:
+            wrong.append(f"{item.nodeid}: tier markers {tiers}, folder {folder!r}")
+    if wrong:
+        raise pytest.UsageError("tests must carry the one tier marker of their folder:\n" + "\n".join(wrong))
 
 
 @pytest.fixture(scope="session")

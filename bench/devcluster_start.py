@@ -10,6 +10,7 @@ Run with ``make bench`` (or ``.venv/bin/python bench/devcluster_start.py --runs 
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,7 +32,15 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def one_run(root: Path, index: int) -> dict[str, object]:
+@dataclasses.dataclass
+class Run:
+    ready_seconds: float
+    component_ready_at_seconds: dict[str, float]
+    stop_seconds: float
+    rss_mib: dict[str, float]
+
+
+def one_run(root: Path, index: int) -> Run:
     dev = cluster.DevCluster(root / f"run-{index}")
     dev.start()
     try:
@@ -40,12 +49,12 @@ def one_run(root: Path, index: int) -> dict[str, object]:
         stop_started = time.monotonic()
         dev.stop()
         stop_seconds = time.monotonic() - stop_started
-    return {
-        "ready_seconds": round(dev.ready_seconds or 0.0, 3),
-        "component_ready_at_seconds": dev.timings,
-        "stop_seconds": round(stop_seconds, 3),
-        "rss_mib": memory,
-    }
+    return Run(
+        ready_seconds=round(dev.ready_seconds or 0.0, 3),
+        component_ready_at_seconds=dev.timings,
+        stop_seconds=round(stop_seconds, 3),
+        rss_mib=memory,
+    )
 
 
 def main() -> None:
@@ -55,7 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-devcluster-") as tmp:
         runs = [one_run(Path(tmp), i) for i in range(args.runs)]
-    ready = [float(str(r["ready_seconds"])) for r in runs]
+    ready = [run.ready_seconds for run in runs]
+    total_rss = [sum(run.rss_mib.values()) for run in runs]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     result = {
         "benchmark": "devcluster warm start to ready (etcd, kube-apiserver, kube-controller-manager, redis-server)",
@@ -63,9 +73,9 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": commit.stdout.strip(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "runs": runs,
+        "runs": [dataclasses.asdict(run) for run in runs],
         "ready_seconds": {"min": min(ready), "median": statistics.median(ready), "max": max(ready)},
-        "total_rss_mib_median": statistics.median(sum(r["rss_mib"].values()) for r in runs),  # type: ignore[attr-defined]
+        "total_rss_mib_median": round(statistics.median(total_rss), 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -142,3 +142,28 @@ def test_status_is_a_subresource(devcluster: DevCluster, namespace: str) -> None
     )
     assert bad.returncode != 0
     assert "status.phase" in bad.stderr
+
+
+def test_a_spec_too_large_for_kopfs_annotation_is_rejected(devcluster: DevCluster, namespace: str) -> None:
+    # Three stages with 32 KiB prompts: each prompt is within its own bound, together they are not.
+    stages = [{"name": f"step-{n}", "provider": "main", "prompt": "x" * 32768} for n in range(3)]
+    batch = {
+        "apiVersion": "analysis.dev/v1alpha1",
+        "kind": "AnalysisBatch",
+        "metadata": {"name": "too-large"},
+        "spec": {"items": ["NVDA"], "providers": {"main": {"type": "offline"}}, "stages": stages},
+    }
+    result = devcluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(batch), check=False
+    )
+    assert result.returncode != 0
+    assert "spec: Invalid value" in result.stderr
+    assert "inline items and prompts exceed 96 KiB: move them to ConfigMaps with itemsFrom and promptFrom" in (
+        result.stderr
+    )
+    # Just under the limit is fine.
+    stages[2]["prompt"] = "x" * (96 * 1024 - 2 * 32768 - len("NVDA"))
+    accepted = devcluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(batch), check=False
+    )
+    assert accepted.returncode == 0, accepted.stderr

@@ -32,6 +32,10 @@ MAX_PROVIDERS = 10
 MAX_VARS = 64
 MAX_PROMPT_LENGTH = 32768
 MAX_NAME_LENGTH = 40
+# Kopf keeps a copy of the spec in an annotation, and `kubectl apply` keeps
+# another; all annotations of an object share 256 KiB. Inline items and
+# prompts together stay under this, larger ones belong in ConfigMaps.
+MAX_INLINE_BYTES = 96 * 1024
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Item ids are words separated by single spaces, without "/": a fanned-out
@@ -616,6 +620,14 @@ class AnalysisBatchSpec(_Model):
     model_config = pydantic.ConfigDict(
         json_schema_extra=k8s(
             validations=[
+                cel(
+                    "(has(self.items) ? self.items.map(i, i.size()).sum() : 0) + self.stages.map(s, has(s.prompt) ? "
+                    f"s.prompt.size() : 0).sum() <= {MAX_INLINE_BYTES}",
+                    f"inline items and prompts exceed {MAX_INLINE_BYTES // 1024} KiB: move them to ConfigMaps with "
+                    "itemsFrom and promptFrom (Kopf and kubectl apply keep copies of the spec in annotations, which "
+                    "share a 256 KiB limit)",
+                    reason="FieldValueInvalid",
+                ),
                 cel(
                     "has(self.items) != has(self.itemsFrom)",
                     "set exactly one of items and itemsFrom",

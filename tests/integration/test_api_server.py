@@ -9,6 +9,7 @@ columns of DESIGN.md section 1.
 import json
 import re
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import yaml
@@ -20,6 +21,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crds_installed")
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 INVALID = sorted((Path(__file__).parent / "invalid_batches").glob("*.yaml"))
+
+
+def patch_status(devcluster: DevCluster, namespace: str, name: str, status: object) -> CompletedProcess[str]:
+    """Write ``status`` through the status subresource, as the operator will."""
+    return devcluster.kubectl(
+        "patch",
+        "ab",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+        check=False,
+    )
 
 
 def expectations(path: Path) -> list[str]:
@@ -85,28 +102,16 @@ def test_get_prints_the_columns(devcluster: DevCluster, namespace: str) -> None:
     example = ROOT / "examples" / "ticker-summary.yaml"
     assert devcluster.kubectl("create", "-n", namespace, "-f", str(example), check=False).returncode == 0
     status = {
-        "status": {
-            "phase": "Running",
-            "currentStage": "summarize",
-            "progress": "2/3",
-            "percent": 66,
-            "retries": 1,
-            "judge": {"approved": 2, "rejected": 1, "summary": "2✓ 1✗"},
-            "usage": {"totalTokens": 48000, "costUSD": "0.61", "tokensSummary": "48k", "costSummary": "$0.61"},
-            "message": "summarize: 1 item in flight",
-        }
+        "phase": "Running",
+        "currentStage": "summarize",
+        "progress": "2/3",
+        "percent": 66,
+        "retries": 1,
+        "judge": {"approved": 2, "rejected": 1, "summary": "2✓ 1✗"},
+        "usage": {"totalTokens": 48000, "costUSD": "0.61", "tokensSummary": "48k", "costSummary": "$0.61"},
+        "message": "summarize: 1 item in flight",
     }
-    patched = devcluster.kubectl(
-        "patch",
-        "analysisbatch",
-        "ticker-summary",
-        "-n",
-        namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(status),
-    )
+    patched = patch_status(devcluster, namespace, "ticker-summary", status)
     assert patched.returncode == 0, patched.stderr
     table = devcluster.kubectl("get", "analysisbatches", "-n", namespace, check=False)
     assert table.returncode == 0, table.stderr
@@ -128,18 +133,7 @@ def test_status_is_a_subresource(devcluster: DevCluster, namespace: str) -> None
     got = json.loads(devcluster.kubectl("get", "ab", "ticker-summary", "-n", namespace, "-o", "json").stdout)
     assert got.get("status", {}).get("phase") != "Failed"
     # And the status schema is enforced on the status subresource.
-    bad = devcluster.kubectl(
-        "patch",
-        "ab",
-        "ticker-summary",
-        "-n",
-        namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status": {"phase": "Exploded"}}',
-        check=False,
-    )
+    bad = patch_status(devcluster, namespace, "ticker-summary", {"phase": "Exploded"})
     assert bad.returncode != 0
     assert "status.phase" in bad.stderr
 

@@ -29,7 +29,11 @@ def test_operator_passes_its_arguments_to_kopf_run() -> None:
     assert "--liveness" in result.stdout
 
 
-def test_worker_refuses_to_start_without_its_loop() -> None:
-    result = subprocess.run([BIN / "analysis-worker"], capture_output=True, text=True, timeout=30, check=False)
+def test_worker_without_configuration_names_every_missing_variable() -> None:
+    result = subprocess.run(
+        [BIN / "analysis-worker"], capture_output=True, text=True, timeout=30, check=False, env={"PATH": "/usr/bin"}
+    )
     assert result.returncode == 2
-    assert "not built yet" in result.stderr
+    for name in ("ANALYSIS_REDIS_URL", "ANALYSIS_BATCH_UID", "ANALYSIS_STAGE", "ANALYSIS_PLAN_PATH"):
+        assert f"{name} is not set" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

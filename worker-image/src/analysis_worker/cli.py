@@ -1,18 +1,65 @@
-"""``analysis-worker``: the worker's entry point.
+"""``analysis-worker``: run the worker of one stage, or ``--check`` its health.
 
-The queue loop arrives with the worker issue; until then the command answers
-``--version`` and refuses to start rather than pretending to work.
+Configured by environment only (``analysis_worker.config``); a bad
+configuration is one log line naming every wrong variable, and exit code 2.
+SIGTERM and SIGINT stop claiming and drain within the grace period (exit 0);
+Job mode exits 0 once the stage is sealed and drained; an unexpected error
+exits 1. ``--check`` exits 0 when this pod's heartbeat is fresh, 1 otherwise,
+for an exec liveness probe.
 """
 
 import argparse
+import asyncio
+import logging
+import signal
 import sys
 
 import analysis_core
+from analysis_core import plan, pricing, queue
+from analysis_worker import config as config_
+from analysis_worker import health, logs, loop, providers
+
+log = logging.getLogger("analysis_worker")
+
+
+async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
+    stage = the_plan.stage(cfg.stage)
+    provider_plan = the_plan.providers.get(stage.provider or "")
+    if provider_plan is None:
+        log.error("stage %s calls no provider; nothing for a worker to do", stage.name)
+        return 2
+    provider = providers.build(provider_plan, cfg.api_key.get_secret_value() if cfg.api_key else None)
+    client = queue.connect(cfg.redis_url)
+    blocking = queue.connect_blocking(cfg.redis_url)
+    try:
+        prices = pricing.PriceTable.load(cfg.prices_path)
+        worker = loop.Worker(cfg, the_plan, provider, client, blocking, prices)
+        running = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.add_signal_handler(sig, worker.stop)
+        return await worker.run()
+    finally:
+        await provider.aclose()
+        await blocking.aclose()
+        await client.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="analysis-worker", description="Process AnalysisBatch items of one stage.")
     parser.add_argument("--version", action="version", version=f"analysis-worker {analysis_core.__version__}")
-    parser.parse_args(argv)
-    print("analysis-worker: the worker loop is not built yet", file=sys.stderr)
-    raise SystemExit(2)
+    parser.add_argument("--check", action="store_true", help="exit 0 if this worker's heartbeat is fresh, else 1")
+    args = parser.parse_args(argv)
+    try:
+        cfg, the_plan = config_.from_env()
+    except config_.ConfigError as exc:
+        print(f"analysis-worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.check:
+        raise SystemExit(health.check(cfg))
+    logs.setup(cfg.batch_uid, cfg.stage, cfg.log_format)
+    try:
+        code = asyncio.run(_serve(cfg, the_plan))
+    except Exception:
+        log.exception("worker crashed")
+        code = 1
+    raise SystemExit(code)

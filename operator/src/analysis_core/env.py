@@ -1,0 +1,20 @@
+"""Names of the environment variables that configure a worker pod.
+
+The operator sets them when it builds worker pods; the worker reads them at
+start (``analysis_worker.config``). Spelled here once, so the two cannot drift.
+"""
+
+REDIS_URL = "ANALYSIS_REDIS_URL"
+BATCH_UID = "ANALYSIS_BATCH_UID"
+STAGE = "ANALYSIS_STAGE"
+PLAN_PATH = "ANALYSIS_PLAN_PATH"  # the published plan (a mounted ConfigMap key)
+POD_NAME = "ANALYSIS_POD_NAME"  # from the downward API; the Redis consumer name
+API_KEY = "ANALYSIS_API_KEY"  # from the provider's Secret; never logged
+MODE = "ANALYSIS_MODE"  # "job" (exit when sealed and drained) or "deployment" (idle)
+CONCURRENCY = "ANALYSIS_CONCURRENCY"  # calls in flight in this process
+GRACE_SECONDS = "ANALYSIS_GRACE_SECONDS"  # SIGTERM: finish or hand back within this
+LEASE_SECONDS = "ANALYSIS_LEASE_SECONDS"  # visibility timeout; renewed while a call runs
+MAX_DELIVERIES = "ANALYSIS_MAX_DELIVERIES"  # redeliveries before an item is dead-lettered
+HEALTH_TTL_SECONDS = "ANALYSIS_HEALTH_TTL_SECONDS"
+PRICES_PATH = "ANALYSIS_PRICES_PATH"  # a price table overriding the packaged one
+LOG_FORMAT = "ANALYSIS_LOG_FORMAT"  # "json" (default) or "text"

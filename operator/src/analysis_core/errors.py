@@ -1,0 +1,128 @@
+"""The error taxonomy of DESIGN.md section 4, and what each class decides.
+
+Providers (in the worker) turn whatever their SDK raises into one
+``ProviderError`` with an ``ErrorClass``; ``decide()`` then says what happens
+to the item: retry after a delay (and whether that uses up an attempt), or
+fail it for good. The backoff arithmetic lives here too, so the worker, the
+tests and later the operator's status agree on it.
+
+This module is pure: no Redis, no SDK, no clock of its own (callers pass
+``now`` and a random source), so every decision is testable as a function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from collections.abc import Callable
+
+
+class ErrorClass(enum.StrEnum):
+    RATE_LIMITED = "RateLimited"  # 429: wait as told; does not use up an attempt
+    OVERLOADED = "Overloaded"  # 529 / 503: the provider is busy; back off
+    TIMEOUT = "Timeout"  # the stage's deadline or the HTTP timeout passed
+    NETWORK = "Network"  # connection refused or reset, DNS, TLS
+    AUTH = "Auth"  # 401 / 403: retrying cannot help
+    INVALID_REQUEST = "InvalidRequest"  # 400 / 404 / 413 / 422: the request itself is wrong
+    BAD_OUTPUT = "BadOutput"  # the answer does not parse or does not match its schema
+    JUDGE_REJECTED = "JudgeRejected"  # not a failure of the call: the judge loop decides
+    UNKNOWN = "Unknown"  # anything else, including 5xx: back off
+
+
+class Action(enum.StrEnum):
+    RETRY = "Retry"
+    FAIL = "Fail"
+
+
+# Retryable classes back off exponentially; RATE_LIMITED waits as the provider
+# says and keeps its attempt; AUTH and INVALID_REQUEST fail at once.
+RETRYABLE = frozenset(
+    {
+        ErrorClass.RATE_LIMITED,
+        ErrorClass.OVERLOADED,
+        ErrorClass.TIMEOUT,
+        ErrorClass.NETWORK,
+        ErrorClass.BAD_OUTPUT,
+        ErrorClass.UNKNOWN,
+    }
+)
+KEEPS_ATTEMPT = frozenset({ErrorClass.RATE_LIMITED})
+
+
+class ProviderError(Exception):
+    """A failed provider call, classified. The SDK's exception is chained as ``__cause__``."""
+
+    def __init__(
+        self,
+        error_class: ErrorClass,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.status = status
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.error_class}{status}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """The stage's retry settings (``spec.stages[].retry``), in seconds."""
+
+    max_attempts: int = 3
+    initial_s: float = 2.0
+    factor: float = 2.0
+    max_s: float = 300.0
+    jitter: float = 0.2
+    deadline_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: Action
+    delay_s: float = 0.0
+    uses_attempt: bool = True
+    reason: str = ""
+
+
+def backoff_s(policy: RetryPolicy, attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Delay before attempt ``attempt + 1``: initial * factor^(attempt-1), capped, spread by +-jitter."""
+    base = min(policy.max_s, policy.initial_s * policy.factor ** max(0, attempt - 1))
+    spread = base * policy.jitter * (2 * rand() - 1)
+    return max(0.0, min(policy.max_s, base + spread))
+
+
+def decide(
+    error: ProviderError,
+    policy: RetryPolicy,
+    *,
+    attempt: int,
+    elapsed_s: float,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """What to do after ``attempt`` (1-based) failed with ``error``, ``elapsed_s`` after the first attempt."""
+    cls = error.error_class
+    if cls not in RETRYABLE:
+        return Decision(Action.FAIL, reason=f"{cls} is not retried")
+    if cls in KEEPS_ATTEMPT:
+        delay = error.retry_after_s if error.retry_after_s is not None else backoff_s(policy, attempt, rand)
+        uses_attempt = False
+    else:
+        if attempt >= policy.max_attempts:
+            return Decision(Action.FAIL, reason=f"{cls} after {attempt} of {policy.max_attempts} attempts")
+        delay = backoff_s(policy, attempt, rand)
+        if error.retry_after_s is not None:
+            delay = max(delay, error.retry_after_s)
+        uses_attempt = True
+    if policy.deadline_s is not None and elapsed_s + delay > policy.deadline_s:
+        return Decision(Action.FAIL, reason=f"{cls}: retrying would pass the {policy.deadline_s:g}s deadline")
+    return Decision(Action.RETRY, delay_s=delay, uses_attempt=uses_attempt, reason=str(cls))

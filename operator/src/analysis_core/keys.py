@@ -1,0 +1,103 @@
+"""Every Redis key name of a batch, and nothing else.
+
+All keys of one batch start with the hash tag ``{<batch-uid>}`` so the Lua
+scripts, which touch several keys at once, also work on Redis Cluster (one
+batch lives in one slot). The operator deletes a batch's data by these names
+(plus ``batch_pattern`` for a scan), so a key made anywhere else would leak.
+
+An attempt is identified by its idempotency key
+``<batch-uid>/<stage>/<item>/<round>/<attempt>`` (``BatchKeys.idem``), which
+is also the field name in the outcome and result hashes. Item ids never
+contain "/" except as the fan-out separator, and uids and stage names never
+do, so the parts stay unambiguous: two from the left, two from the right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+GROUP = "workers"  # the one consumer group of every stage stream
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchKeys:
+    """Key names of one batch."""
+
+    uid: str
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.uid + "}"
+
+    # ---- per stage
+
+    def stream(self, stage: str) -> str:
+        """Stream of work messages; its consumer group's PEL holds the leases."""
+        return f"{self.tag}:stream:{stage}"
+
+    def delayed(self, stage: str) -> str:
+        """Sorted set of messages waiting for a retry, scored by due time (ms)."""
+        return f"{self.tag}:delayed:{stage}"
+
+    def counts(self, stage: str) -> str:
+        """Hash of monotonic counters (succeeded, failed, retries, tokens, ...)."""
+        return f"{self.tag}:counts:{stage}"
+
+    def dead(self, stage: str) -> str:
+        """Hash of dead-lettered messages: idempotency key -> why."""
+        return f"{self.tag}:dead:{stage}"
+
+    def health(self, stage: str, consumer: str) -> str:
+        """A worker's heartbeat, with a TTL."""
+        return f"{self.tag}:health:{stage}:{consumer}"
+
+    def limiter(self, stage: str, part: str) -> str:
+        """The stage's rate limiter: ``part`` is one of req, tok, amt, sum, pause."""
+        return f"{self.tag}:rl:{stage}:{part}"
+
+    # ---- per batch
+
+    @property
+    def outcomes(self) -> str:
+        """Hash: idempotency key -> outcome JSON. Written once per key: the first completion wins."""
+        return f"{self.tag}:outcomes"
+
+    @property
+    def results(self) -> str:
+        """Hash: idempotency key -> the output text of a successful attempt."""
+        return f"{self.tag}:results"
+
+    @property
+    def sealed(self) -> str:
+        """Set of stage names that can receive no more work (set by the operator)."""
+        return f"{self.tag}:sealed"
+
+    @property
+    def seeded(self) -> str:
+        """Marker that the initial items were enqueued (makes seeding idempotent)."""
+        return f"{self.tag}:seeded"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of the batch (the tag's braces escaped)."""
+        return "\\{" + self.uid + "\\}:*"
+
+    def idem(self, stage: str, item: str, round_: int, attempt: int) -> str:
+        """The idempotency key of one attempt: ``batch-uid/stage/item/round/attempt``."""
+        return f"{self.uid}/{stage}/{item}/{round_}/{attempt}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Idem:
+    uid: str
+    stage: str
+    item: str
+    round: int
+    attempt: int
+
+
+def parse_idem(key: str) -> Idem:
+    """Inverse of ``BatchKeys.idem``; the item may itself contain "/" (fanned-out children)."""
+    uid, stage, rest = key.split("/", 2)
+    item, round_, attempt = rest.rsplit("/", 2)
+    return Idem(uid, stage, item, int(round_), int(attempt))

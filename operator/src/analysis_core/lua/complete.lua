@@ -1,0 +1,30 @@
+-- Finish an attempt for good (success or failure) in one atomic step: record
+-- its outcome under the idempotency key (the first completion wins), store
+-- the result, count, route follow-up messages, acknowledge the delivery.
+-- A second completion of the same key only acknowledges its own delivery.
+--
+-- KEYS[1] stage stream   KEYS[2] outcomes   KEYS[3] results   KEYS[4] counts
+-- KEYS[5..] streams that receive the routed messages, one per route
+-- ARGV[1] group  ARGV[2] entry id  ARGV[3] idempotency key  ARGV[4] outcome JSON
+-- ARGV[5] "1" if ARGV[6] is a result to store  ARGV[6] result
+-- ARGV[7] JSON object of counter increments  ARGV[8] JSON array of routes,
+--         each a flat array of stream fields
+-- Returns 1 when this call completed the attempt, 0 for a duplicate.
+local stream, group, id = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then
+  redis.call('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+  return 0
+end
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[6])
+end
+for field, n in pairs(cjson.decode(ARGV[7])) do
+  redis.call('HINCRBY', KEYS[4], field, n)
+end
+for i, fields in ipairs(cjson.decode(ARGV[8])) do
+  redis.call('XADD', KEYS[4 + i], '*', unpack(fields))
+end
+redis.call('XACK', stream, group, id)
+redis.call('XDEL', stream, id)
+return 1

@@ -1,0 +1,34 @@
+-- Take over deliveries whose lease expired (their worker died or stalled):
+-- XAUTOCLAIM moves entries idle for longer than the lease to this consumer
+-- and counts the delivery. An entry delivered more often than the bound is
+-- dead-lettered instead: its outcome is recorded (so a late completion is a
+-- no-op), it is counted and acknowledged.
+--
+-- KEYS[1] stage stream  KEYS[2] outcomes  KEYS[3] dead-letter hash  KEYS[4] counts
+-- ARGV[1] group  ARGV[2] consumer  ARGV[3] lease ms  ARGV[4] most entries
+-- ARGV[5] most deliveries  ARGV[6] batch uid  ARGV[7] stage
+-- Returns the reclaimed entries as {id, fields, deliveries}.
+local stream, group = KEYS[1], ARGV[1]
+local claimed = redis.call('XAUTOCLAIM', stream, group, ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
+local out = {}
+for _, entry in ipairs(claimed[2]) do
+  local id, fields = entry[1], entry[2]
+  local pending = redis.call('XPENDING', stream, group, id, id, 1)
+  local deliveries = pending[1] and tonumber(pending[1][4]) or 1
+  if deliveries > tonumber(ARGV[5]) then
+    local f = {}
+    for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
+    local key = ARGV[6] .. '/' .. ARGV[7] .. '/' .. f['item'] .. '/' .. f['round'] .. '/' .. f['attempt']
+    local outcome = cjson.encode({status = 'dead', deliveries = deliveries})
+    if redis.call('HSETNX', KEYS[2], key, outcome) == 1 then
+      redis.call('HSET', KEYS[3], key, 'delivered ' .. deliveries .. ' times without completing')
+      redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+    end
+    redis.call('XACK', stream, group, id)
+    redis.call('XDEL', stream, id)
+  else
+    redis.call('HINCRBY', KEYS[4], 'redelivered', 1)
+    out[#out + 1] = {id, fields, deliveries}
+  end
+end
+return out

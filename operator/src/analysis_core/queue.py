@@ -1,0 +1,331 @@
+"""The Redis work queue of one batch stage: claim, lease, complete, retry, reclaim.
+
+Why Streams with a consumer group, not lists with a lease set
+--------------------------------------------------------------
+``XREADGROUP`` is an atomic, *blocking* claim that records the delivery time
+and count in the group's pending entries list (PEL). The PEL is exactly the
+lease set a visibility timeout needs, kept by Redis itself:
+
+- a lease is the entry's idle time in the PEL; renewing it is ``XCLAIM ...
+  JUSTID`` by the holder (``renew.lua``), which resets the idle time without
+  counting a delivery;
+- a worker that dies mid-item leaves its entry pending; once idle longer than
+  the lease, ``XAUTOCLAIM`` hands it to a live worker and counts the
+  delivery, and past the bound the entry is dead-lettered (``reclaim.lua``);
+- a blocked ``XREADGROUP`` wakes the moment work is added, so pickup takes
+  one round trip, with no polling.
+
+With lists, the blocking move (``BLMOVE``) and the lease registration are two
+steps, and a worker dying between them leaves an item no lease covers; the
+fix is a reaper that guesses. Streams need no guess.
+
+What Lua adds: every state change that touches several keys is one script
+(``lua/*.lua``), so it is atomic and replay-safe. Completing an attempt
+records its outcome under the idempotency key with HSETNX, stores the result,
+counts, routes follow-ups and acknowledges in one step (``complete.lua``);
+the first completion wins and a duplicate (a redelivered item whose first
+worker was slow, not dead) only acknowledges its own delivery. Retries wait
+in a sorted set scored by due time and are moved back into the stream when
+due (``retry.lua``, ``promote.lua``). Acknowledged entries are deleted, so
+``XLEN - pending`` is the backlog.
+
+Connections: blocking reads use a client of their own with no socket timeout
+(redis-py 8's default 5 s timeout plus its retries turns a blocking read into
+a minute-long stall) and short blocks, so shutdown stays responsive.
+
+Callers: the worker (claim .. complete), the operator (``seed``, ``seal``,
+``stage_counts``) and tests. This module decides nothing about routing: the
+caller passes the follow-up messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from analysis_core import keys as keys_
+
+Redis = aioredis.Redis
+
+SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed")
+
+
+def connect(url: str) -> Redis:
+    """A client for ordinary commands: short timeouts, string replies.
+
+    RESP2 is pinned: the reply shapes this module parses are RESP2's, whatever
+    a future client chooses by default.
+    """
+    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5, protocol=2)
+
+
+def connect_blocking(url: str) -> Redis:
+    """A client for blocking reads only: no socket timeout (the block bounds the wait), no retries."""
+    return aioredis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=None, socket_connect_timeout=5, retry=None, protocol=2
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One unit of work for a stage: an item in a round, at an attempt."""
+
+    item: str
+    round: int = 0
+    attempt: int = 1
+    input: str = ""  # idempotency key of the previous stage's result ("" for initial items)
+    since_ms: int = 0  # when the first attempt in this stage and round started (0: not yet)
+    feedback: str = ""  # a judge's feedback, for the next round
+
+    def fields(self) -> list[str]:
+        """Flat stream fields, the wire format of the stream and the delayed set."""
+        return [
+            "item", self.item, "round", str(self.round), "attempt", str(self.attempt),
+            "input", self.input, "since", str(self.since_ms), "feedback", self.feedback,
+        ]  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str] | Sequence[str]) -> Message:
+        if not isinstance(fields, dict):
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        return cls(
+            item=fields["item"],
+            round=int(fields.get("round", 0)),
+            attempt=int(fields.get("attempt", 1)),
+            input=fields.get("input", ""),
+            since_ms=int(fields.get("since", 0) or 0),
+            feedback=fields.get("feedback", ""),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """A claimed message: the stream entry that holds the lease, and how often it was delivered."""
+
+    entry_id: str
+    message: Message
+    deliveries: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A follow-up message for a stage's stream, written in the same step as the completion."""
+
+    stage: str
+    message: Message
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCounts:
+    """What the operator reads for status and sizing; one round trip."""
+
+    ready: int  # in the stream, not yet claimed
+    running: int  # claimed and not acknowledged (leased)
+    retrying: int  # waiting in the delayed set
+    counters: dict[str, int]  # monotonic: succeeded, failed, retries, dead_lettered, tokens, ...
+
+    @property
+    def drained(self) -> bool:
+        return self.ready == 0 and self.running == 0 and self.retrying == 0
+
+
+class _Scripts:
+    """The Lua scripts, registered on one client (EVALSHA with a fallback to EVAL)."""
+
+    def __init__(self, client: Redis) -> None:
+        package = resources.files("analysis_core") / "lua"
+        self.by_name: dict[str, AsyncScript] = {
+            name: client.register_script(package.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
+            for name in SCRIPTS
+        }
+
+    def __getitem__(self, name: str) -> AsyncScript:
+        return self.by_name[name]
+
+
+def _decode_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """Entries of an XREADGROUP reply: ``[[stream, [(id, {field: value}), ...]], ...]``."""
+    entries: list[tuple[str, dict[str, str]]] = []
+    for _stream, stream_entries in reply or []:
+        for entry_id, fields in stream_entries:
+            if fields:  # None or {} for an entry deleted while it was pending
+                entries.append((entry_id, fields))
+    return entries
+
+
+class StageQueue:
+    """The queue of one stage of one batch, as one consumer (a worker pod) sees it."""
+
+    def __init__(self, client: Redis, blocking: Redis, uid: str, stage: str, consumer: str) -> None:
+        self.client = client
+        self.blocking = blocking
+        self.keys = keys_.BatchKeys(uid)
+        self.stage = stage
+        self.consumer = consumer
+        self.stream = self.keys.stream(stage)
+        self._scripts = _Scripts(client)
+
+    async def ensure_group(self) -> None:
+        """Create the stage's consumer group (from the start of the stream) if it does not exist."""
+        try:
+            await self.client.xgroup_create(self.stream, keys_.GROUP, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ---------------------------------------------------------------- claiming
+
+    async def claim(self, count: int, block_ms: int) -> list[Delivery]:
+        """Up to ``count`` new messages, waiting at most ``block_ms`` for the first."""
+        reply = await self.blocking.xreadgroup(
+            keys_.GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        return [Delivery(entry_id, Message.from_fields(fields)) for entry_id, fields in _decode_entries(reply)]
+
+    async def claim_own_pending(self, count: int) -> list[Delivery]:
+        """Messages this consumer name already holds: a restarted worker resumes them at once."""
+        reply = await self.client.xreadgroup(keys_.GROUP, self.consumer, {self.stream: "0"}, count=count)
+        return [Delivery(entry_id, Message.from_fields(fields), 2) for entry_id, fields in _decode_entries(reply)]
+
+    async def reclaim(self, count: int, lease_ms: int, max_deliveries: int) -> list[Delivery]:
+        """Take over up to ``count`` deliveries whose lease expired; dead-letter those past the bound."""
+        reply = await self._scripts["reclaim"](
+            keys=[self.stream, self.keys.outcomes, self.keys.dead(self.stage), self.keys.counts(self.stage)],
+            args=[keys_.GROUP, self.consumer, lease_ms, count, max_deliveries, self.keys.uid, self.stage],
+        )
+        return [Delivery(str(entry_id), Message.from_fields(fields), int(n)) for entry_id, fields, n in reply]
+
+    async def renew(self, entry_ids: Iterable[str]) -> list[str]:
+        """Renew the leases of ``entry_ids``; returns the ones this consumer no longer holds."""
+        ids = list(entry_ids)
+        if not ids:
+            return []
+        lost = await self._scripts["renew"](keys=[self.stream], args=[keys_.GROUP, self.consumer, *ids])
+        return [str(i) for i in lost]
+
+    async def hand_back(self, entry_ids: Iterable[str]) -> int:
+        """Return deliveries to the stream at once (graceful shutdown)."""
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        return int(await self._scripts["handback"](keys=[self.stream], args=[keys_.GROUP, *ids]))
+
+    # ---------------------------------------------------------------- finishing
+
+    async def complete(
+        self,
+        delivery: Delivery,
+        outcome: dict[str, Any],
+        *,
+        result: str | None,
+        increments: dict[str, int],
+        routes: Sequence[Route] = (),
+    ) -> bool:
+        """Finish the delivery's attempt for good; False if another completion of the same key came first."""
+        message = delivery.message
+        idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
+        done = await self._scripts["complete"](
+            keys=[
+                self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage),
+                *(self.keys.stream(route.stage) for route in routes),
+            ],
+            args=[
+                keys_.GROUP, delivery.entry_id, idem, json.dumps(outcome, separators=(",", ":")),
+                "0" if result is None else "1", result or "", json.dumps(increments),
+                json.dumps([route.message.fields() for route in routes]),
+            ],
+        )  # fmt: skip
+        return bool(done)
+
+    async def retry(
+        self,
+        delivery: Delivery,
+        next_message: Message,
+        *,
+        delay_ms: int,
+        outcome: dict[str, Any] | None,
+        increments: dict[str, int],
+    ) -> bool:
+        """Schedule ``next_message`` after ``delay_ms``; ``outcome`` None keeps the attempt (rate limits)."""
+        message = delivery.message
+        idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
+        scheduled = await self._scripts["retry"](
+            keys=[self.stream, self.keys.outcomes, self.keys.delayed(self.stage), self.keys.counts(self.stage)],
+            args=[
+                keys_.GROUP, delivery.entry_id, idem,
+                "" if outcome is None else json.dumps(outcome, separators=(",", ":")),
+                max(0, delay_ms), json.dumps(next_message.fields()), json.dumps(increments),
+            ],
+        )  # fmt: skip
+        return bool(scheduled)
+
+    async def promote(self, limit: int = 100) -> tuple[int, int]:
+        """Move due retries into the stream; returns (moved, ms until the next is due or -1)."""
+        moved, wait = await self._scripts["promote"](keys=[self.keys.delayed(self.stage), self.stream], args=[limit])
+        return int(moved), int(wait)
+
+    async def result(self, idem: str) -> str | None:
+        """The stored output of a successful attempt (a follow-up stage's input)."""
+        value = await self.client.hget(self.keys.results, idem)
+        return None if value is None else str(value)
+
+    # ---------------------------------------------------------------- state
+
+    async def counts(self) -> StageCounts:
+        return await stage_counts(self.client, self.keys.uid, self.stage)
+
+    async def pending_ids(self, count: int = 1000) -> list[str]:
+        """Entries this consumer holds (claimed, not acknowledged)."""
+        rows = await self.client.xpending_range(
+            self.stream, keys_.GROUP, min="-", max="+", count=count, consumername=self.consumer
+        )
+        return [str(row["message_id"]) for row in rows]
+
+    async def sealed(self) -> bool:
+        return bool(await self.client.sismember(self.keys.sealed, self.stage))
+
+
+async def stage_counts(client: Redis, uid: str, stage: str) -> StageCounts:
+    """Backlog, leases, retries and counters of one stage, in one round trip."""
+    k = keys_.BatchKeys(uid)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(k.stream(stage))
+        pipe.xinfo_groups(k.stream(stage))
+        pipe.zcard(k.delayed(stage))
+        pipe.hgetall(k.counts(stage))
+        length, groups, retrying, counters = await pipe.execute(raise_on_error=False)
+    running = 0
+    if isinstance(groups, list):
+        for group in groups:
+            if group.get("name") == keys_.GROUP:
+                running = int(group.get("pending", 0))
+    length = length if isinstance(length, int) else 0
+    return StageCounts(
+        ready=max(0, length - running),
+        running=running,
+        retrying=int(retrying),
+        counters={name: int(value) for name, value in (counters or {}).items()},
+    )
+
+
+async def seed(client: Redis, uid: str, stages: Sequence[str], items: Sequence[str]) -> int:
+    """Enqueue the initial items into the first stage, once; create every stage's group."""
+    k = keys_.BatchKeys(uid)
+    messages = [Message(item).fields() for item in items]
+    script = _Scripts(client)["seed"]
+    enqueued = await script(
+        keys=[k.seeded, k.stream(stages[0]), *(k.stream(stage) for stage in stages)],
+        args=[keys_.GROUP, json.dumps(messages)],
+    )
+    return int(enqueued)
+
+
+async def seal(client: Redis, uid: str, stage: str) -> None:
+    """Mark ``stage`` as receiving no more work: its Job-mode workers exit once it has drained."""
+    await client.sadd(keys_.BatchKeys(uid).sealed, stage)

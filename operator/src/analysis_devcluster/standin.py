@@ -1,0 +1,406 @@
+"""A stand-in for the Anthropic and OpenAI HTTP APIs, with a scripted fault plan.
+
+It speaks just enough of ``POST /v1/messages`` (Anthropic; the SDK's base_url
+is the server URL) and ``POST /v1/chat/completions`` (OpenAI; base_url ends in
+``/v1``) for the real SDKs, built with ``_strict_response_validation=True``,
+to accept its answers and to raise their proper exception classes for its
+errors. Tests use :class:`StandIn` in-process (a server thread with its own
+event loop); a demo runs ``python -m analysis_devcluster.standin --port N``
+and drives it over HTTP (``PUT /_standin/plan``, ``GET /_standin/requests``,
+``POST /_standin/reset``). Workers in other processes just point their
+provider's base URL at it.
+
+A fault plan is an ordered list of steps; each request consumes the first
+step that matches it (``match``: a substring of its prompt; ``api``:
+"anthropic" or "openai"; ``times``: how many requests it serves), and with
+no step left it answers with a deterministic success. Every request is
+recorded, without its key.
+
+It deliberately does not stream, batch, count real tokens, check models or
+parameters beyond what it records, or persist anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import hmac
+import json
+import math
+import signal
+import threading
+import time
+import uuid
+from typing import Any, Self
+
+from aiohttp import web
+
+APIS = ("anthropic", "openai")
+_NUMBERS = frozenset({"retry_after_s", "retry_after_ms", "reset_s", "delay_s", "input_tokens", "output_tokens"})
+_STEP_KEYS = _NUMBERS | {"kind", "match", "api", "times", "text"}
+# (HTTP status, Anthropic error type, OpenAI error type, OpenAI code) per error kind.
+_ERRORS = {
+    "rate_limit": (429, "rate_limit_error", "requests", "rate_limit_exceeded"),
+    "server_error": (500, "api_error", "server_error", None),
+    "overloaded": (529, "overloaded_error", "server_error", "service_unavailable"),
+    "unauthorized": (401, "authentication_error", "invalid_request_error", "invalid_api_key"),
+    "bad_request": (400, "invalid_request_error", "invalid_request_error", None),
+}
+KINDS = frozenset({*_ERRORS, "ok", "timeout", "malformed", "truncated"})
+_LIMIT = 1000  # the advertised request quota; "remaining" counts down from it
+
+
+def validate_step(step: Any) -> dict[str, Any]:
+    """A copy of ``step`` with ``times`` filled in; ValueError (TypeError for a non-object) saying what is wrong."""
+    if not isinstance(step, dict):
+        raise TypeError(f"a plan step must be an object, not {type(step).__name__}: {step!r}")
+    if step.get("kind") not in KINDS:
+        raise ValueError(f"unknown step kind {step.get('kind')!r}; known: {', '.join(sorted(KINDS))}")
+    unknown = set(step) - _STEP_KEYS
+    if unknown:
+        raise ValueError(f"unknown step keys {sorted(unknown)} in {step!r}")
+    if step.get("api") not in (None, *APIS):
+        raise ValueError(f"step api must be one of {APIS}, not {step['api']!r}")
+    for key in ("match", "text"):
+        if key in step and not isinstance(step[key], str):
+            raise ValueError(f"step {key} must be a string: {step!r}")
+    times = step.get("times", 1)
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+        raise ValueError(f"step times must be a positive integer: {step!r}")
+    for key in _NUMBERS:
+        value = step.get(key)
+        integral = key.endswith("tokens")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int if integral else int | float) or value < 0
+        ):
+            raise ValueError(f"step {key} must be a non-negative {'integer' if integral else 'number'}: {step!r}")
+    return {**step, "times": times}
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``6m0s``, ``1.5s``, ``12ms``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
+
+
+class _State:
+    """The plan, the record and the expected key, shared by the server thread and callers; one lock guards all."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.api_key = api_key
+        self.lock = threading.Lock()
+        self.plan: list[dict[str, Any]] = []
+        self.seen: list[dict[str, Any]] = []
+
+    def set_plan(self, steps: list[dict[str, Any]]) -> None:
+        plan = [validate_step(step) for step in steps]  # all or nothing: validate before replacing
+        with self.lock:
+            self.plan = plan
+
+    def reset(self) -> None:
+        with self.lock:
+            self.plan, self.seen = [], []
+
+    def requests(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(entry) for entry in self.seen]
+
+    def take(self, api: str, prompt: str) -> dict[str, Any] | None:
+        with self.lock:
+            for index, step in enumerate(self.plan):
+                if step.get("api") not in (None, api) or step.get("match", "") not in prompt:
+                    continue
+                step["times"] -= 1
+                if step["times"] == 0:
+                    del self.plan[index]
+                return step
+            return None
+
+
+def _text_of(content: Any) -> str:
+    """A message's text, whether ``content`` is a string or a list of ``{"type": "text"}`` blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+def _presented_key(request: web.Request) -> str:
+    bearer = request.headers.get("Authorization", "")
+    if bearer.lower().startswith("bearer "):
+        return bearer[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+def _error_response(api: str, kind: str, message: str, headers: dict[str, str]) -> web.Response:
+    status, anthropic_type, openai_type, code = _ERRORS[kind]
+    if api == "anthropic":
+        body: dict[str, Any] = {"type": "error", "error": {"type": anthropic_type, "message": message}}
+    else:
+        status = 503 if kind == "overloaded" else status  # OpenAI has no 529
+        body = {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _rate_headers(api: str, remaining: int, reset_s: float) -> dict[str, str]:
+    if api == "anthropic":
+        moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=reset_s)
+        stamp = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {
+            "anthropic-ratelimit-requests-limit": str(_LIMIT),
+            "anthropic-ratelimit-requests-remaining": str(remaining),
+            "anthropic-ratelimit-requests-reset": stamp,
+        }
+    return {
+        "x-ratelimit-limit-requests": str(_LIMIT),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": _duration(reset_s),
+    }
+
+
+def _success_body(api: str, model: str, text: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    if api == "anthropic":
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
+        }
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+            }
+        ],
+        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out},
+    }
+
+
+def _describe_call(api: str, body: dict[str, Any], request: web.Request, expected_key: str | None) -> dict[str, Any]:
+    """The record of one provider call: what a test may assert on, and never the key itself."""
+    messages = body.get("messages")
+    turns = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    users = [m.get("content") for m in turns if m.get("role") == "user"]
+    systems = [m.get("content") for m in turns if m.get("role") in ("system", "developer")]
+    key = _presented_key(request)
+    retry_count = request.headers.get("x-stainless-retry-count", "")
+    return {
+        "api": api,
+        "path": request.path,
+        "model": str(body.get("model", "")),
+        "prompt": _text_of(users[-1]) if users else "",
+        "system": _text_of(body.get("system") if api == "anthropic" else (systems[0] if systems else None)) or None,
+        "max_tokens": body.get("max_tokens", body.get("max_completion_tokens")),
+        "temperature": body.get("temperature"),
+        "key_matched": bool(key) and (expected_key is None or hmac.compare_digest(key, expected_key)),
+        "key_present": bool(key),
+        "retry_count": int(retry_count) if retry_count.isdigit() else None,
+        "time": time.time(),
+    }
+
+
+async def _handle(state: _State, api: str, request: web.Request) -> web.Response:
+    headers = {"request-id" if api == "anthropic" else "x-request-id": f"req_standin_{uuid.uuid4().hex[:16]}"}
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        return _error_response(api, "bad_request", f"invalid JSON body: {exc}", headers)
+    if not isinstance(body, dict):
+        return _error_response(api, "bad_request", "the body is not a JSON object", headers)
+    call = _describe_call(api, body, request, state.api_key)
+    with state.lock:
+        state.seen.append(call)
+        remaining = max(0, _LIMIT - len(state.seen))
+    if not call["key_matched"]:
+        message = "invalid x-api-key" if call["key_present"] else "missing API key"
+        return _error_response(api, "unauthorized", message, headers)
+
+    step = state.take(api, call["prompt"]) or {"kind": "ok"}
+    kind = step["kind"]
+    if "retry_after_ms" in step:
+        headers["retry-after-ms"] = f"{step['retry_after_ms']:g}"
+    if "retry_after_s" in step:
+        headers["retry-after"] = f"{step['retry_after_s']:g}"
+    if kind == "rate_limit":
+        reset_s = step.get("reset_s", step.get("retry_after_s", step.get("retry_after_ms", 1000) / 1000))
+        headers.update(_rate_headers(api, 0, reset_s))
+    if kind in _ERRORS:
+        return _error_response(api, kind, f"stand-in {kind}", headers)
+    if kind == "timeout":
+        await asyncio.sleep(step.get("delay_s", 5.0))
+    text = step.get("text", "stand-in answer: " + call["prompt"][:200])
+    tokens_in = step.get("input_tokens", math.ceil(len(call["prompt"]) / 4))
+    tokens_out = step.get("output_tokens", math.ceil(len(text) / 4))
+    headers.update(_rate_headers(api, remaining, 60.0))
+    payload = json.dumps(_success_body(api, call["model"], text, tokens_in, tokens_out))
+    if kind == "malformed":
+        payload = "<html>stand-in: this is not JSON</html>"
+    elif kind == "truncated":
+        payload = payload[: len(payload) // 2]
+    return web.Response(text=payload, content_type="application/json", headers=headers)
+
+
+def make_app(state: _State) -> web.Application:
+    """The aiohttp application: both provider routes plus the control API."""
+
+    async def anthropic_messages(request: web.Request) -> web.Response:
+        return await _handle(state, "anthropic", request)
+
+    async def openai_chat(request: web.Request) -> web.Response:
+        return await _handle(state, "openai", request)
+
+    async def put_plan(request: web.Request) -> web.Response:
+        try:
+            steps = await request.json()
+            if not isinstance(steps, list):
+                return web.json_response({"error": "the plan must be a JSON list of steps"}, status=400)
+            state.set_plan(steps)
+        except (TypeError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"steps": len(steps)})
+
+    async def get_requests(request: web.Request) -> web.Response:
+        return web.json_response(state.requests())
+
+    async def post_reset(request: web.Request) -> web.Response:
+        state.reset()
+        return web.json_response({"reset": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", anthropic_messages)
+    app.router.add_post("/v1/chat/completions", openai_chat)
+    app.router.add_put("/_standin/plan", put_plan)
+    app.router.add_get("/_standin/requests", get_requests)
+    app.router.add_post("/_standin/reset", post_reset)
+    return app
+
+
+async def _start(state: _State, host: str, port: int) -> tuple[web.AppRunner, int]:
+    # handler_cancellation: a "timeout" step's sleep ends when the client gives
+    # up, so stopping never waits for answers nobody reads.
+    runner = web.AppRunner(make_app(state), handler_cancellation=True, shutdown_timeout=2.0, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+class StandIn:
+    """The stand-in server on ``host`` (a free port by default), in a thread with its own event loop."""
+
+    def __init__(self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._state = _State(api_key)
+        self._host, self._port = host, port
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        if self._thread is None:
+            raise RuntimeError("the stand-in is not running")
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def set_plan(self, steps: list[dict[str, Any]]) -> None:
+        self._state.set_plan(steps)
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self._state.requests()
+
+    def reset(self) -> None:
+        self._state.reset()
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            raise RuntimeError("the stand-in is already running")
+        self._ready.clear()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), name="standin", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=10)
+        if self._failure is not None or not self._ready.is_set():
+            self._thread.join(timeout=5)
+            self._thread = None
+            raise RuntimeError("the stand-in did not start") from self._failure
+        return self
+
+    def stop(self) -> None:
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None or loop is None or stopping is None:
+            return
+        loop.call_soon_threadsafe(stopping.set)
+        thread.join(timeout=10)
+        self._thread = self._loop = self._stopping = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def _serve(self) -> None:
+        try:
+            self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+            runner, self._port = await _start(self._state, self._host, self._port)
+        except (OSError, RuntimeError) as exc:  # handed to start(), which raises it in the caller's thread
+            self._failure = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+
+async def _serve_forever(port: int, api_key: str | None) -> None:
+    runner, bound = await _start(_State(api_key), "127.0.0.1", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"stand-in listening on http://127.0.0.1:{bound}", flush=True)  # noqa: T201  (the CLI's one line)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analysis_devcluster.standin --port N [--api-key K]``: serve in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis_devcluster.standin", description="Serve the Anthropic/OpenAI stand-in."
+    )
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--api-key", default=None, help="the only key accepted (default: any non-empty key)")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_forever(args.port, args.api_key))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The queue protocol against a real redis-server: leases, redelivery, dead letters, idempotent completion."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from analysis_core import keys, queue
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[tuple[queue.Redis, queue.Redis]]:
+    client, blocking = queue.connect(redis_url), queue.connect_blocking(redis_url)
+    try:
+        yield client, blocking
+    finally:
+        await blocking.aclose()
+        await client.aclose()
+
+
+def stage_queue(clients: tuple[queue.Redis, queue.Redis], uid: str, stage: str, consumer: str) -> queue.StageQueue:
+    return queue.StageQueue(clients[0], clients[1], uid, stage, consumer)
+
+
+async def seeded(
+    clients: tuple[queue.Redis, queue.Redis], items: list[str], stages: tuple[str, ...] = ("a", "b")
+) -> str:
+    uid = uuid.uuid4().hex
+    assert await queue.seed(clients[0], uid, list(stages), items) == len(items)
+    return uid
+
+
+async def test_seeding_is_idempotent_and_counted(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA", "AMD", "TSM"])
+    assert await queue.seed(clients[0], uid, ["a", "b"], ["NVDA", "AMD", "TSM"]) == 0
+    counts = await queue.stage_counts(clients[0], uid, "a")
+    assert (counts.ready, counts.running, counts.retrying) == (3, 0, 0)
+    assert not counts.drained
+    later = await queue.stage_counts(clients[0], uid, "b")
+    assert later.drained  # the group exists even before anything reaches the stage
+
+
+async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    q = stage_queue(clients, uid, "a", "pod-1")
+    (delivery,) = await q.claim(10, 100)
+    assert delivery.message == queue.Message("NVDA")
+    assert (await q.counts()).running == 1
+    idem = q.keys.idem("a", "NVDA", 0, 1)
+    route = queue.Route("b", queue.Message("NVDA", input=idem))
+    done = await q.complete(
+        delivery, {"status": "succeeded"}, result="analysis", increments={"succeeded": 1}, routes=[route]
+    )
+    assert done
+    # A second completion of the same key (a slow duplicate) changes nothing.
+    again = await q.complete(
+        delivery, {"status": "succeeded"}, result="other", increments={"succeeded": 1}, routes=[route]
+    )
+    assert not again
+    counts = await q.counts()
+    assert counts.drained
+    assert counts.counters == {"succeeded": 1}
+    assert await q.result(idem) == "analysis"
+    nxt = stage_queue(clients, uid, "b", "pod-2")
+    (routed,) = await nxt.claim(10, 100)
+    assert routed.message.input == idem
+    assert (await nxt.counts()).running == 1
+    assert await q.claim(10, 50) == []
+
+
+async def test_expired_lease_is_redelivered_and_the_first_completion_wins(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    slow = stage_queue(clients, uid, "a", "slow")
+    other = stage_queue(clients, uid, "a", "other")
+    (first,) = await slow.claim(1, 100)
+    assert await other.reclaim(10, lease_ms=200, max_deliveries=5) == []  # still leased
+    await asyncio.sleep(0.3)
+    (second,) = await other.reclaim(10, lease_ms=200, max_deliveries=5)
+    assert second.entry_id == first.entry_id
+    assert second.deliveries == 2
+    assert await slow.renew([first.entry_id]) == [first.entry_id]  # the lease moved on
+    route = [queue.Route("b", queue.Message("NVDA"))]
+    assert await other.complete(second, {"status": "succeeded"}, result="x", increments={"succeeded": 1}, routes=route)
+    assert not await slow.complete(
+        first, {"status": "succeeded"}, result="y", increments={"succeeded": 1}, routes=route
+    )
+    assert (await queue.stage_counts(clients[0], uid, "b")).ready == 1
+    assert (await other.counts()).counters == {"succeeded": 1, "redelivered": 1}
+
+
+async def test_renewed_lease_is_not_taken_over(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    holder = stage_queue(clients, uid, "a", "holder")
+    other = stage_queue(clients, uid, "a", "other")
+    (delivery,) = await holder.claim(1, 100)
+    for _ in range(3):
+        await asyncio.sleep(0.12)
+        assert await holder.renew([delivery.entry_id]) == []
+    assert await other.reclaim(10, lease_ms=200, max_deliveries=5) == []
+
+
+async def test_dead_letter_after_the_delivery_bound(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    q = stage_queue(clients, uid, "a", "pod")
+    (delivery,) = await q.claim(1, 100)
+    await asyncio.sleep(0.06)
+    (again,) = await q.reclaim(10, lease_ms=50, max_deliveries=2)
+    assert again.deliveries == 2
+    await asyncio.sleep(0.06)
+    assert await q.reclaim(10, lease_ms=50, max_deliveries=2) == []  # third delivery: dead-lettered
+    counts = await q.counts()
+    assert counts.drained
+    assert counts.counters["dead_lettered"] == 1
+    idem = q.keys.idem("a", "NVDA", 0, 1)
+    assert "delivered 3 times" in (await clients[0].hget(q.keys.dead("a"), idem) or "")
+    # A worker that was only slow cannot resurrect it.
+    assert not await q.complete(delivery, {"status": "succeeded"}, result="late", increments={"succeeded": 1})
+    assert await q.result(idem) is None
+
+
+async def test_retry_waits_in_the_delayed_set_and_counts_attempts(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    q = stage_queue(clients, uid, "a", "pod")
+    (delivery,) = await q.claim(1, 100)
+    retry = queue.Message("NVDA", attempt=2, since_ms=123)
+    assert await q.retry(delivery, retry, delay_ms=150, outcome={"status": "retry"}, increments={"retries": 1})
+    # The same attempt cannot be retried twice (a slow duplicate failing too).
+    assert not await q.retry(delivery, retry, delay_ms=0, outcome={"status": "retry"}, increments={"retries": 1})
+    counts = await q.counts()
+    assert (counts.ready, counts.running, counts.retrying) == (0, 0, 1)
+    moved, wait_ms = await q.promote()
+    assert moved == 0
+    assert 0 < wait_ms <= 150
+    await asyncio.sleep(wait_ms / 1000 + 0.02)
+    assert (await q.promote())[0] == 1
+    (redelivered,) = await q.claim(1, 100)
+    assert redelivered.message == retry
+    assert (await q.counts()).counters == {"retries": 1}
+
+
+async def test_a_rate_limited_retry_keeps_its_attempt(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    q = stage_queue(clients, uid, "a", "pod")
+    (delivery,) = await q.claim(1, 100)
+    assert await q.retry(delivery, delivery.message, delay_ms=0, outcome=None, increments={"rate_limited": 1})
+    await q.promote()
+    (again,) = await q.claim(1, 100)
+    assert again.message.attempt == 1
+    assert await q.complete(again, {"status": "succeeded"}, result="ok", increments={"succeeded": 1})
+
+
+async def test_hand_back_makes_work_available_at_once(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA", "AMD"])
+    leaving = stage_queue(clients, uid, "a", "leaving")
+    staying = stage_queue(clients, uid, "a", "staying")
+    claimed = await leaving.claim(2, 100)
+    assert len(claimed) == 2
+    assert set(await leaving.pending_ids()) == {d.entry_id for d in claimed}
+    assert await leaving.hand_back(await leaving.pending_ids()) == 2
+    taken = await staying.claim(5, 100)
+    assert sorted(d.message.item for d in taken) == ["AMD", "NVDA"]
+    assert await leaving.pending_ids() == []
+
+
+async def test_a_blocked_claim_wakes_when_work_arrives(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = uuid.uuid4().hex
+    await queue.seed(clients[0], uid, ["a"], [])
+    q = stage_queue(clients, uid, "a", "pod")
+    waiting = asyncio.create_task(q.claim(1, 5000))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    fields = queue.Message("NVDA").fields()
+    await clients[0].xadd(keys.BatchKeys(uid).stream("a"), dict(zip(fields[::2], fields[1::2], strict=True)))
+    (delivery,) = await asyncio.wait_for(waiting, timeout=2)  # well before the 5 s block ends
+    assert delivery.message.item == "NVDA"
+
+
+async def test_a_restarted_worker_resumes_what_it_held(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    before = stage_queue(clients, uid, "a", "pod-0")
+    (held,) = await before.claim(1, 100)
+    after = stage_queue(clients, uid, "a", "pod-0")  # same pod name, new process
+    (resumed,) = await after.claim_own_pending(10)
+    assert resumed.entry_id == held.entry_id
+
+
+async def test_sealing(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    q = stage_queue(clients, uid, "a", "pod")
+    assert not await q.sealed()
+    await queue.seal(clients[0], uid, "a")
+    assert await q.sealed()

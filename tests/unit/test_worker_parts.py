@@ -1,0 +1,114 @@
+"""Pure parts of the worker and the shared core: keys, templates, configuration, plan."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from analysis_core import env, keys, plan
+from analysis_core.api import v1alpha1
+from analysis_worker import config, templates
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_key_of_a_batch_shares_its_hash_tag() -> None:
+    k = keys.BatchKeys("0b9c-uid")
+    names = [k.stream("a"), k.delayed("a"), k.counts("a"), k.dead("a"), k.health("a", "pod"),
+             k.limiter("a", "req"), k.outcomes, k.results, k.sealed, k.seeded]  # fmt: skip
+    assert all(name.startswith("{0b9c-uid}:") for name in names)
+    assert len(set(names)) == len(names)
+
+
+def test_idempotency_keys_round_trip_even_for_fanned_out_items() -> None:
+    k = keys.BatchKeys("uid-1")
+    key = k.idem("analyze", "semis/AI chips/NVDA", 2, 3)
+    assert key == "uid-1/analyze/semis/AI chips/NVDA/2/3"
+    assert keys.parse_idem(key) == keys.Idem("uid-1", "analyze", "semis/AI chips/NVDA", 2, 3)
+
+
+def test_templates_see_the_documented_variables() -> None:
+    text = templates.render(
+        "{{ item }} in {{ vars.language }} after {{ input }}{% if feedback %}; fix: {{ feedback }} "
+        "(round {{ round }}, attempt {{ attempt }}){% endif %}",
+        item="NVDA", input="draft", vars={"language": "en"}, feedback="cite sources", round=1, attempt=2,
+    )  # fmt: skip
+    assert text == "NVDA in en after draft; fix: cite sources (round 1, attempt 2)"
+    assert templates.render("{{ feedback }}", item="x") == ""
+
+
+def test_templates_refuse_unknown_variables_and_python_internals() -> None:
+    with pytest.raises(templates.TemplateError, match="unknown variable"):
+        templates.render("{{ itme }}", item="x")
+    with pytest.raises(templates.TemplateError, match="syntax"):
+        templates.render("{% if %}", item="x")
+    with pytest.raises(templates.TemplateError):
+        templates.render("{{ item.__class__.__mro__[1].__subclasses__() }}", item="x")
+
+
+@pytest.fixture
+def plan_file(tmp_path: Path) -> Path:
+    spec = yaml.safe_load((ROOT / "examples" / "ticker-summary.yaml").read_text(encoding="utf-8"))["spec"]
+    compiled = plan.compile_plan("uid-7", v1alpha1.AnalysisBatchSpec.model_validate(spec))
+    path = tmp_path / "plan.json"
+    path.write_text(compiled.dumps(), encoding="utf-8")
+    return path
+
+
+def test_configuration_from_a_complete_environment(plan_file: Path) -> None:
+    cfg, loaded = config.from_env({
+        env.REDIS_URL: "redis://127.0.0.1:6379/0", env.BATCH_UID: "uid-7", env.STAGE: "summarize",
+        env.PLAN_PATH: str(plan_file), env.POD_NAME: "summarize-abc", env.MODE: "deployment",
+        env.GRACE_SECONDS: "12.5", env.CONCURRENCY: "3",
+    })  # fmt: skip
+    assert (cfg.pod_name, cfg.mode, cfg.grace_s, cfg.concurrency) == ("summarize-abc", config.Mode.DEPLOYMENT, 12.5, 3)
+    assert cfg.api_key is None
+    assert loaded.stage("summarize").next is None
+
+
+def test_configuration_errors_name_every_variable(plan_file: Path) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.from_env({
+            env.REDIS_URL: "localhost:6379", env.BATCH_UID: "other-uid", env.STAGE: "sumarize",
+            env.PLAN_PATH: str(plan_file), env.MODE: "cron", env.GRACE_SECONDS: "soon", env.CONCURRENCY: "0",
+        })  # fmt: skip
+    message = str(caught.value)
+    for fragment in (
+        "ANALYSIS_REDIS_URL must be a redis://",
+        "ANALYSIS_MODE='cron'",
+        "ANALYSIS_GRACE_SECONDS='soon' is not a number",
+        "ANALYSIS_CONCURRENCY='0' must be at least 1",
+        "ANALYSIS_BATCH_UID=other-uid but the plan is for batch uid-7",
+        "ANALYSIS_STAGE=sumarize: the plan has no stage 'sumarize'",
+    ):
+        assert fragment in message
+
+
+def test_a_real_provider_without_a_key_is_a_configuration_error(tmp_path: Path) -> None:
+    spec = v1alpha1.AnalysisBatchSpec.model_validate({
+        "items": ["A"],
+        "providers": {"claude": {"type": "anthropic", "model": "m", "apiKeySecretRef": {"name": "k", "key": "a"}}},
+        "stages": [{"name": "s", "provider": "claude", "prompt": "p"}],
+    })  # fmt: skip
+    path = tmp_path / "plan.json"
+    path.write_text(plan.compile_plan("u", spec).dumps(), encoding="utf-8")
+    base = {env.REDIS_URL: "redis://r:6379", env.BATCH_UID: "u", env.STAGE: "s", env.PLAN_PATH: str(path)}
+    with pytest.raises(config.ConfigError, match="ANALYSIS_API_KEY is not set, and provider claude"):
+        config.from_env(base)
+    cfg, _ = config.from_env({**base, env.API_KEY: "sk-secret"})
+    assert "sk-secret" not in repr(cfg)
+
+
+def test_the_stock_research_plan_links_stages_in_order() -> None:
+    spec = yaml.safe_load((ROOT / "examples" / "stock-research.yaml").read_text(encoding="utf-8"))["spec"]
+    compiled = plan.compile_plan("u", v1alpha1.AnalysisBatchSpec.model_validate(spec))
+    assert [(s.name, s.next) for s in compiled.stages] == [
+        ("research", "plan-ok"), ("plan-ok", "rank"), ("rank", "analyze"), ("analyze", "review"),
+        ("review", "report"), ("report", None),
+    ]  # fmt: skip
+    review = compiled.stage("review")
+    assert (review.max_rejections, review.on_exhausted) == (3, v1alpha1.OnExhausted.ACCEPT_LAST)
+    assert compiled.stage("analyze").rate_limit == plan.RateLimitPlan(requests=120, tokens=400000)
+    assert plan.Plan.loads(compiled.dumps()) == compiled

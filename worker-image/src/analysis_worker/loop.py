@@ -1,0 +1,373 @@
+"""The worker loop: claim, wait for the limiter, render, call, classify, complete or retry.
+
+One ``Worker`` serves one stage of one batch. Three tasks run side by side:
+
+- the claimer takes messages from the stage's stream (first the ones this
+  pod name already held, then expired leases of dead workers, then new work,
+  blocking briefly) and starts one task per message, at most ``concurrency``
+  at a time;
+- each item task renders the prompt, waits for the stage's shared rate
+  limiter, calls the provider under the stage's deadline, and finishes the
+  attempt in one atomic step (``StageQueue.complete``) or schedules a retry
+  as the error taxonomy decides (``analysis_core.errors.decide``);
+- the keeper renews the leases of items in flight, moves due retries back
+  into the stream, and writes the health key.
+
+In Job mode the worker returns once the stage is sealed and drained; in
+Deployment mode it idles. ``stop()`` (SIGTERM) stops claiming, lets items in
+flight finish within the grace period, then cancels the rest and hands their
+messages back so another worker picks them up at once. Nothing is lost at any
+point in between: a message is acknowledged only in the same step that
+records its outcome, and a worker that dies leaves its leases to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+from analysis_core import errors, plan, pricing, queue, ratelimit
+from analysis_core.api import v1alpha1
+from analysis_worker import config as config_
+from analysis_worker import health, templates
+from analysis_worker.providers import base
+
+log = logging.getLogger("analysis_worker")
+
+CLAIM_BLOCK_MS = 500
+KEEPER_TICK_S = 0.25
+NANO = Decimal(10) ** 9
+
+
+@dataclasses.dataclass
+class Stats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    duplicates: int = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _output_kind(stage: plan.StagePlan) -> base.OutputKind:
+    if stage.type is v1alpha1.StageType.JUDGE:
+        return base.OutputKind.VERDICT
+    return base.OutputKind.JSON if stage.output is v1alpha1.OutputFormat.JSON else base.OutputKind.TEXT
+
+
+class Worker:
+    def __init__(
+        self,
+        cfg: config_.WorkerConfig,
+        the_plan: plan.Plan,
+        provider: base.Provider,
+        client: queue.Redis,
+        blocking: queue.Redis,
+        prices: pricing.PriceTable,
+    ) -> None:
+        self.cfg = cfg
+        self.plan = the_plan
+        self.stage = the_plan.stage(cfg.stage)
+        self.provider = provider
+        self.client = client
+        self.prices = prices
+        self.queue = queue.StageQueue(client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name)
+        limits = self.stage.rate_limit
+        self.limiter = ratelimit.Limiter(
+            client,
+            cfg.batch_uid,
+            cfg.stage,
+            requests_per_window=limits.requests if limits else None,
+            tokens_per_window=limits.tokens if limits else None,
+            window_s=limits.window_s if limits else ratelimit.WINDOW_S,
+        )
+        self.concurrency = cfg.concurrency or self.stage.concurrency
+        self.lease_s = cfg.lease_s or the_plan.lease_s
+        self.max_deliveries = cfg.max_deliveries or the_plan.max_deliveries
+        self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.stats = Stats()
+        self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._finished = asyncio.Event()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self) -> None:
+        """Stop claiming; ``run`` then drains within the grace period and returns."""
+        if not self._stopping.is_set():
+            log.info("stopping: no new claims", extra={"fields": {"in_flight": len(self.inflight)}})
+        self._stopping.set()
+
+    async def run(self) -> int:
+        """Serve the stage until it is done (Job mode) or ``stop()``; returns the exit code."""
+        await self.queue.ensure_group()
+        log.info(
+            "worker started",
+            extra={
+                "fields": {
+                    "pod": self.cfg.pod_name,
+                    "mode": self.cfg.mode.value,
+                    "concurrency": self.concurrency,
+                    "lease_s": self.lease_s,
+                }
+            },
+        )
+        claimer = asyncio.create_task(self._claim_loop(), name="claimer")
+        keeper = asyncio.create_task(self._keep_loop(), name="keeper")
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        done_wait = asyncio.create_task(self._finished.wait())
+        try:
+            await asyncio.wait({claimer, stop_wait, done_wait}, return_when=asyncio.FIRST_COMPLETED)
+            failure = claimer.exception() if claimer.done() else None
+            if failure is not None:
+                raise failure
+        finally:
+            claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claimer
+            await self._drain()
+            keeper.cancel()
+            stop_wait.cancel()
+            done_wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        log.info("worker finished", extra={"fields": dataclasses.asdict(self.stats)})
+        return 0
+
+    async def _drain(self) -> None:
+        """Let items in flight finish within the grace period; hand back what is left."""
+        if self.inflight:
+            _done, pending = await asyncio.wait(set(self.inflight.values()), timeout=self.cfg.grace_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # Whatever this consumer still holds (cancelled items, or entries a cancelled
+        # blocking read had already claimed) goes back to the stream for another worker.
+        held = await self.queue.pending_ids()
+        if held:
+            handed = await self.queue.hand_back(held)
+            log.info("handed back unfinished items", extra={"fields": {"count": handed}})
+
+    # ---------------------------------------------------------------- claiming
+
+    async def _claim_loop(self) -> None:
+        self._start(await self.queue.claim_own_pending(self.concurrency))
+        next_reclaim = 0.0
+        lease_ms = int(self.lease_s * 1000)
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self.inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            deliveries: list[queue.Delivery] = []
+            if time.monotonic() >= next_reclaim:
+                deliveries = await self.queue.reclaim(free, lease_ms, self.max_deliveries)
+                next_reclaim = time.monotonic() + min(self.lease_s / 4, 5.0)
+            if not deliveries:
+                deliveries = await self.queue.claim(free, CLAIM_BLOCK_MS)
+            if deliveries:
+                self._start(deliveries)
+            elif self.cfg.mode is config_.Mode.JOB and not self.inflight and await self._stage_done():
+                log.info("stage sealed and drained")
+                self._finished.set()
+                return
+
+    async def _stage_done(self) -> bool:
+        if not await self.queue.sealed():
+            return False
+        return (await self.queue.counts()).drained
+
+    def _start(self, deliveries: list[queue.Delivery]) -> None:
+        for delivery in deliveries:
+            if delivery.entry_id in self.inflight:
+                continue
+            self.stats.claimed += 1
+            task = asyncio.create_task(self._process(delivery), name=f"item:{delivery.message.item}")
+            self.inflight[delivery.entry_id] = task
+            task.add_done_callback(functools.partial(self._done, delivery.entry_id))
+
+    def _done(self, entry_id: str, _task: asyncio.Task[None]) -> None:
+        self.inflight.pop(entry_id, None)
+        self._slot_free.set()
+
+    # ---------------------------------------------------------------- keeping
+
+    async def _keep_loop(self) -> None:
+        next_renew = next_beat = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                if now >= next_renew and self.inflight:
+                    lost = await self.queue.renew(list(self.inflight))
+                    for entry in lost:
+                        log.warning("lease lost to another worker", extra={"fields": {"entry": entry}})
+                    next_renew = now + self.lease_s / 3
+                await self.queue.promote()
+                if now >= next_beat:
+                    info = {"pod": self.cfg.pod_name, "in_flight": len(self.inflight), **dataclasses.asdict(self.stats)}
+                    await health.beat(self.client, self.cfg, info)
+                    next_beat = now + self.cfg.health_ttl_s / 3
+            except (OSError, ConnectionError) as exc:
+                log.warning("redis unavailable", extra={"fields": {"error": str(exc)}})
+            await asyncio.sleep(KEEPER_TICK_S)
+
+    # ---------------------------------------------------------------- one item
+
+    async def _process(self, delivery: queue.Delivery) -> None:
+        claimed_ms = _now_ms()
+        message = delivery.message
+        if not message.since_ms:
+            message = dataclasses.replace(message, since_ms=_now_ms())
+            delivery = dataclasses.replace(delivery, message=message)
+        fields = {"item": message.item, "round": message.round, "attempt": message.attempt}
+        try:
+            completion, called_ms = await self._call(message)
+        except errors.ProviderError as exc:
+            await self._failed_attempt(delivery, exc, (0, 0), fields)
+            return
+        except templates.TemplateError as exc:
+            error = errors.ProviderError(errors.ErrorClass.INVALID_REQUEST, str(exc))
+            await self._failed_attempt(delivery, error, (0, 0), fields)
+            return
+        tokens = (completion.input_tokens, completion.output_tokens)
+        problem = self._check_output(completion.text)
+        if problem is not None:
+            await self._failed_attempt(delivery, problem, tokens, fields)
+            return
+        timing = {"claimed_ms": claimed_ms, "called_ms": called_ms}
+        await self._succeed(delivery, completion.text, tokens, completion.model, fields, timing)
+
+    def _check_output(self, text: str) -> errors.ProviderError | None:
+        """A BadOutput error when a JSON stage's answer does not parse (schemas: the pipeline issue)."""
+        if _output_kind(self.stage) is base.OutputKind.TEXT:
+            return None
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            return errors.ProviderError(errors.ErrorClass.BAD_OUTPUT, f"output is not JSON: {exc}")
+        return None
+
+    async def _call(self, message: queue.Message) -> tuple[base.Completion, int]:
+        """Render, wait for the limiter, call the provider under the stage's deadline; also when it was called."""
+        stage, provider_plan = self.stage, self.provider_plan
+        if provider_plan is None or (stage.prompt is None and stage.type is not v1alpha1.StageType.JUDGE):
+            raise errors.ProviderError(errors.ErrorClass.INVALID_REQUEST, f"stage {stage.name} has nothing to call")
+        previous = await self.queue.result(message.input) if message.input else ""
+        prompt = templates.render(
+            stage.prompt or "Review this answer and return a JSON verdict: {{ input }}",
+            item=message.item, input=previous or "", vars=self.plan.vars, feedback=message.feedback,
+            round=message.round, attempt=message.attempt,
+        )  # fmt: skip
+        request = base.Request(
+            prompt=prompt,
+            max_tokens=provider_plan.max_tokens,
+            timeout_s=stage.timeout_s,
+            output=_output_kind(stage),
+            temperature=provider_plan.temperature,
+            item=message.item,
+            stage=stage.name,
+            round=message.round,
+            attempt=message.attempt,
+            json_schema=stage.json_schema,
+            fan_out=None
+            if stage.fan_out is None
+            else base.FanOutHint(stage.fan_out.path, stage.fan_out.key, stage.fan_out.sort_by),
+        )
+        reservation = await self.limiter.acquire(ratelimit.estimate_tokens(prompt, provider_plan.max_tokens))
+        called_ms = _now_ms()
+        try:
+            async with asyncio.timeout(stage.timeout_s):
+                completion = await self.provider.complete(request)
+        except TimeoutError as exc:
+            await self.limiter.settle(reservation, reservation.tokens)
+            raise errors.ProviderError(
+                errors.ErrorClass.TIMEOUT, f"no answer within the stage's {stage.timeout_s:g}s"
+            ) from exc
+        except errors.ProviderError as exc:
+            await self.limiter.settle(reservation, 0)
+            if exc.error_class is errors.ErrorClass.RATE_LIMITED and exc.retry_after_s and self.limiter.enabled:
+                await self.limiter.pause(exc.retry_after_s)
+            raise
+        await self.limiter.settle(reservation, completion.input_tokens + completion.output_tokens)
+        state = completion.rate_limit
+        if state and state.reset_after_s and (state.requests_remaining == 0 or state.tokens_remaining == 0):
+            await self.limiter.pause(state.reset_after_s)
+        return completion, called_ms
+
+    def _cost_nusd(self, model: str, tokens: tuple[int, int]) -> int:
+        return int(self.prices.cost_usd(model, tokens[0], tokens[1]) * NANO)
+
+    async def _succeed(
+        self,
+        delivery: queue.Delivery,
+        text: str,
+        tokens: tuple[int, int],
+        model: str,
+        fields: dict[str, Any],
+        timing: dict[str, int],
+    ) -> None:
+        message = delivery.message
+        idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
+        routes = []
+        if self.stage.next is not None:
+            routes.append(queue.Route(self.stage.next, queue.Message(message.item, message.round, input=idem)))
+        cost = self._cost_nusd(model, tokens)
+        outcome = {
+            "status": "succeeded", "pod": self.cfg.pod_name, "model": model, "in": tokens[0], "out": tokens[1],
+            **timing,
+        }  # fmt: skip
+        increments = {"succeeded": 1, "input_tokens": tokens[0], "output_tokens": tokens[1], "cost_nusd": cost}
+        first = await self.queue.complete(delivery, outcome, result=text, increments=increments, routes=routes)
+        if first:
+            self.stats.succeeded += 1
+            log.info("succeeded", extra={"fields": {**fields, "tokens": sum(tokens), "idem": idem}})
+        else:
+            self.stats.duplicates += 1
+            log.info("duplicate completion ignored", extra={"fields": {**fields, "idem": idem}})
+
+    async def _failed_attempt(
+        self, delivery: queue.Delivery, error: errors.ProviderError, tokens: tuple[int, int], fields: dict[str, Any]
+    ) -> None:
+        message = delivery.message
+        elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
+        decision = errors.decide(error, self.stage.retry.policy(), attempt=message.attempt, elapsed_s=elapsed_s)
+        spent = {"input_tokens": tokens[0], "output_tokens": tokens[1]} if any(tokens) else {}
+        details = {**fields, "error_class": str(error.error_class), "error": error.message}
+        if decision.action is errors.Action.RETRY:
+            next_message = dataclasses.replace(message, attempt=message.attempt + (1 if decision.uses_attempt else 0))
+            outcome = {"status": "retry", "error_class": str(error.error_class), "error": error.message[:500]}
+            counter = "retries" if decision.uses_attempt else "rate_limited"
+            scheduled = await self.queue.retry(
+                delivery,
+                next_message,
+                delay_ms=int(decision.delay_s * 1000),
+                outcome=outcome if decision.uses_attempt else None,
+                increments={counter: 1, **spent},
+            )
+            if scheduled:
+                self.stats.retried += 1
+                log.info("retry scheduled", extra={"fields": {**details, "delay_s": round(decision.delay_s, 3)}})
+            else:
+                self.stats.duplicates += 1
+            return
+        outcome = {"status": "failed", "error_class": str(error.error_class), "error": error.message[:500]}
+        first = await self.queue.complete(delivery, outcome, result=None, increments={"failed": 1, **spent})
+        if first:
+            self.stats.failed += 1
+            log.warning("failed", extra={"fields": {**details, "reason": decision.reason}})
+        else:
+            self.stats.duplicates += 1

@@ -1,0 +1,80 @@
+"""The provider plug point: what the worker asks of any LLM endpoint.
+
+The worker renders a prompt into a ``Request``, awaits ``Provider.complete``
+under the stage's deadline, and gets a ``Completion`` with the text and the
+token usage, or a ``ProviderError`` (from ``analysis_core.errors``) that says
+which class of failure it was and, for rate limits, how long to wait.
+Implementations hold one async SDK client each, made once and closed with
+``aclose``; they never retry on their own (SDK ``max_retries=0``): the queue's
+retry policy is the only one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Protocol
+
+
+class OutputKind(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    VERDICT = "verdict"  # a judge's {"approved": bool, "feedback": str, "score": float}
+
+
+@dataclasses.dataclass(frozen=True)
+class FanOutHint:
+    """Where the stage expects a list in its JSON output (``spec.stages[].fanOut``)."""
+
+    path: str  # "$" or "$.a.b"
+    key: str | None = None
+    sort_by: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    prompt: str
+    max_tokens: int
+    timeout_s: float
+    output: OutputKind = OutputKind.TEXT
+    temperature: float | None = None
+    system: str | None = None
+    # Who asks: the offline provider derives its answer from these; real providers ignore them.
+    item: str = ""
+    stage: str = ""
+    round: int = 0
+    attempt: int = 1
+    json_schema: dict[str, Any] | None = None
+    fan_out: FanOutHint | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimitState:
+    """What the provider's rate-limit headers said; lets the limiter pause before a 429."""
+
+    requests_remaining: int | None = None
+    tokens_remaining: int | None = None
+    reset_after_s: float | None = None  # until the exhausted quota refills
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+    request_id: str | None = None
+    rate_limit: RateLimitState | None = None
+
+
+class Provider(Protocol):
+    """One configured endpoint (type, model, key, base URL)."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def complete(self, request: Request) -> Completion:
+        """One call; raises ``ProviderError`` on any failure."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,154 @@
+"""The OpenAI Chat Completions API behind ``base.Provider``.
+
+The worker (through ``providers.build()``) makes one ``OpenAIProvider`` per
+configured endpoint (OpenAI itself or any server speaking its wire format, via
+``base_url`` ending in ``/v1``), calls ``complete()`` once per item attempt and
+``aclose()`` at shutdown. Each call is one ``POST {base_url}/chat/completions``
+with an optional system message and the prompt as the user message; the
+answer's text, token usage, request id and rate-limit headers come back as a
+``base.Completion``.
+
+Every failure leaves as ``analysis_core.errors.ProviderError`` with the SDK's
+exception chained. It deliberately does not retry (``max_retries=0``: the
+queue's policy is the only one), stream, use tools, or ask for more than one
+choice. The API key goes to the SDK and nowhere else: never into a message or
+a log.
+
+``request.timeout_s`` is the SDK's httpx2 timeout, which bounds each phase
+(connect, each read) rather than the whole call; the worker's deadline
+around ``complete()`` bounds the total.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from analysis_core import errors
+from analysis_worker.providers import _http, base
+
+
+class OpenAIProvider:
+    """One OpenAI-compatible endpoint (model, key, optional base URL) with its own async client."""
+
+    def __init__(
+        self, *, model: str, api_key: str, base_url: str | None = None, strict_validation: bool = False
+    ) -> None:
+        if not api_key:
+            # An empty key would let the SDK fall back on OPENAI_API_KEY; a
+            # worker must use what it was given.
+            raise ValueError("OpenAIProvider needs a non-empty api_key")
+        self._model = model
+        self._api_key = api_key
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            _strict_response_validation=strict_validation,
+        )
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def complete(self, request: base.Request) -> base.Completion:
+        messages: list[openai.types.chat.ChatCompletionMessageParam] = []
+        if request.system is not None:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": request.prompt})
+        optional: dict[str, Any] = {}
+        if request.temperature is not None:
+            optional["temperature"] = request.temperature
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self._model,
+                messages=messages,
+                max_tokens=request.max_tokens,
+                timeout=request.timeout_s,
+                **optional,
+            )
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        except Exception as exc:
+            raise errors.ProviderError(errors.ErrorClass.UNKNOWN, self._describe(exc)) from exc
+
+        request_id = raw.headers.get("x-request-id")
+        try:
+            # Chat completions' raw response is the SDK's "legacy" kind: parse() is synchronous here.
+            completion = raw.parse()
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        except ValueError as exc:  # json.JSONDecodeError: a malformed or cut-off body
+            raise errors.ProviderError(
+                errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=raw.status_code, request_id=request_id
+            ) from exc
+
+        # Without strict validation the SDK hands back whatever it could read
+        # (even a bare string), so check the shape here rather than trust it.
+        if not isinstance(completion, openai.types.chat.ChatCompletion):
+            raise errors.ProviderError(
+                errors.ErrorClass.BAD_OUTPUT,
+                f"expected a chat completion, got {type(completion).__name__}",
+                status=raw.status_code,
+                request_id=request_id,
+            )
+        try:
+            choice = completion.choices[0] if completion.choices else None
+            text = choice.message.content if choice is not None else None
+            refusal = choice.message.refusal if choice is not None else None
+            usage = completion.usage
+            # usage is optional in the schema; a missing one is counted as zero, not as a failed (paid) call.
+            input_tokens = int(usage.prompt_tokens) if usage is not None else 0
+            output_tokens = int(usage.completion_tokens) if usage is not None else 0
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise errors.ProviderError(
+                errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=raw.status_code, request_id=request_id
+            ) from exc
+        if not text:
+            reason = f"refused: {refusal}" if refusal else f"finish_reason={choice.finish_reason if choice else None}"
+            raise errors.ProviderError(
+                errors.ErrorClass.BAD_OUTPUT,
+                _http.redact(f"no text content ({reason})", self._api_key),
+                status=raw.status_code,
+                request_id=request_id,
+            )
+        return base.Completion(
+            text=text,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=completion.model or self._model,
+            request_id=request_id,
+            rate_limit=_http.openai_rate_limit(raw.headers),
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        return _http.redact(f"{type(exc).__name__}: {exc}", self._api_key)
+
+    def _error(self, exc: openai.OpenAIError) -> errors.ProviderError:
+        """Classify an SDK exception; the caller chains it."""
+        if isinstance(exc, openai.APIStatusError):
+            headers = exc.response.headers
+            return _http.status_error(
+                exc.status_code,
+                headers,
+                message=_http.redact(f"{type(exc).__name__} ({exc.type}, {exc.code}): {exc.message}", self._api_key),
+                request_id=exc.request_id,
+                rate_limit=_http.openai_rate_limit(headers),
+            )
+        if isinstance(exc, openai.APIResponseValidationError):
+            return errors.ProviderError(
+                errors.ErrorClass.BAD_OUTPUT,
+                self._describe(exc),
+                status=exc.status_code,
+                request_id=exc.response.headers.get("x-request-id"),
+            )
+        # APITimeoutError subclasses APIConnectionError, so it must be tested first.
+        if isinstance(exc, openai.APITimeoutError):
+            return errors.ProviderError(errors.ErrorClass.TIMEOUT, self._describe(exc))
+        if isinstance(exc, openai.APIConnectionError):
+            return errors.ProviderError(errors.ErrorClass.NETWORK, self._describe(exc))
+        return errors.ProviderError(errors.ErrorClass.UNKNOWN, self._describe(exc))

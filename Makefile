@@ -72,9 +72,19 @@ dev-cluster: install controlplane ## start etcd, kube-apiserver, kube-controller
 dev-cluster-down: install ## stop the dev cluster
 	$(BIN)/analysis-devcluster down
 
+# arq, the baseline of bench/queue_bench.py, in a venv of its own: arq 0.28 needs redis-py < 6, the project 8.
+ARQ_VENV := .venv-arq
+$(ARQ_VENV)/bin/arq:
+	python3 -m venv $(ARQ_VENV)
+	$(ARQ_VENV)/bin/pip install --quiet arq==0.28.0
+
+.PHONY: .venv-arq
+.venv-arq: $(ARQ_VENV)/bin/arq
+
 .PHONY: bench
-bench: install controlplane ## benchmark the dev cluster's warm start; writes bench/results/devcluster_start.json
+bench: install controlplane .venv-arq ## benchmarks: dev cluster warm start; stage queue vs arq, pickup, limiter (~5 min); writes bench/results/
 	$(PY) bench/devcluster_start.py
+	$(PY) bench/queue_bench.py
 
 .PHONY: bench-build
 bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +127,25 @@ class Workers:
 
 
 @pytest.fixture
-def workers(tmp_path: Path, redis_url: str) -> Iterator[Workers]:
-    harness = Workers(tmp_path, redis_url)
+def make_workers(tmp_path: Path) -> Iterator[Callable[[str], Workers]]:
+    """Harnesses on a Redis of the test's choosing (e.g. a private one it restarts)."""
+    made: list[Workers] = []
+
+    def make(redis_url: str) -> Workers:
+        made.append(Workers(tmp_path, redis_url))
+        return made[-1]
+
     try:
-        yield harness
+        yield make
     finally:
-        harness.kill_all()
+        for harness in made:
+            harness.kill_all()
+
+
+@pytest.fixture
+def workers(make_workers: Callable[[str], Workers], redis_url: str) -> Workers:
+    """A harness on the session's Redis."""
+    return make_workers(redis_url)
 
 
 @pytest.fixture

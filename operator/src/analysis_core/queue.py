@@ -47,11 +47,19 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from analysis_core import keys as keys_
 
 Redis = aioredis.Redis
+
+# What Redis being away looks like (down, restarting, still loading its AOF): wait and try again.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
 
 SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed")
 

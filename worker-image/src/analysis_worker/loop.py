@@ -134,8 +134,8 @@ class Worker:
                 raise failure
         finally:
             claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claimer
+            # A cancelled blocking read may take its connection down with it; never wait on it for long.
+            await asyncio.wait({claimer}, timeout=CLAIM_BLOCK_MS / 1000 + 1)
             await self._drain()
             keeper.cancel()
             stop_wait.cancel()
@@ -164,7 +164,21 @@ class Worker:
     # ---------------------------------------------------------------- claiming
 
     async def _claim_loop(self) -> None:
-        self._start(await self.queue.claim_own_pending(self.concurrency))
+        """Claim until stopped; a Redis outage (a restart, with AOF) pauses claiming, it does not end it."""
+        resumed = False
+        while not (self._stopping.is_set() or self._finished.is_set()):
+            try:
+                if not resumed:
+                    self._start(await self.queue.claim_own_pending(self.concurrency))
+                    resumed = True
+                await self._claim_until_stopped()
+            except queue.UNAVAILABLE as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("redis unavailable; claiming again in a second", extra={"fields": {"error": str(exc)}})
+                await asyncio.sleep(1.0)
+
+    async def _claim_until_stopped(self) -> None:
         next_reclaim = 0.0
         lease_ms = int(self.lease_s * 1000)
         while not self._stopping.is_set():
@@ -213,7 +227,8 @@ class Worker:
             try:
                 if now >= next_renew and self.inflight:
                     lost = await self.queue.renew(list(self.inflight))
-                    for entry in lost:
+                    # Items that completed while the renewal ran are acknowledged, not lost.
+                    for entry in (e for e in lost if e in self.inflight):
                         log.warning("lease lost to another worker", extra={"fields": {"entry": entry}})
                     next_renew = now + self.lease_s / 3
                 await self.queue.promote()
@@ -221,13 +236,22 @@ class Worker:
                     info = {"pod": self.cfg.pod_name, "in_flight": len(self.inflight), **dataclasses.asdict(self.stats)}
                     await health.beat(self.client, self.cfg, info)
                     next_beat = now + self.cfg.health_ttl_s / 3
-            except (OSError, ConnectionError) as exc:
+            except queue.UNAVAILABLE as exc:
                 log.warning("redis unavailable", extra={"fields": {"error": str(exc)}})
             await asyncio.sleep(KEEPER_TICK_S)
 
     # ---------------------------------------------------------------- one item
 
     async def _process(self, delivery: queue.Delivery) -> None:
+        try:
+            await self._process_one(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not acknowledged, so the lease expires and the item is redelivered.
+            log.exception("item aborted", extra={"fields": {"item": delivery.message.item}})
+
+    async def _process_one(self, delivery: queue.Delivery) -> None:
         claimed_ms = _now_ms()
         message = delivery.message
         if not message.since_ms:

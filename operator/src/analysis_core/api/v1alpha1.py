@@ -205,6 +205,12 @@ class Provider(_Model):
                     field_path=".offline",
                     reason="FieldValueForbidden",
                 ),
+                cel(
+                    "self.type != 'anthropic' || !has(self.temperature)",
+                    "temperature is not accepted by the Anthropic Messages API of the current SDK; remove it",
+                    field_path=".temperature",
+                    reason="FieldValueForbidden",
+                ),
             ]
         )
     )
@@ -239,7 +245,10 @@ class Provider(_Model):
         description="Upper bound on output tokens per call; also what the token rate limiter reserves before a call.",
     )
     temperature: float | None = Field(
-        default=None, ge=0, le=2, description="Sampling temperature; the provider's default when absent."
+        default=None,
+        ge=0,
+        le=2,
+        description="Sampling temperature (openai only: the current Anthropic API rejects it); the provider's default when absent.",
     )
     offline: OfflineOptions | None = Field(default=None, description="Options of the offline provider.")
 

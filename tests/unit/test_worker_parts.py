@@ -112,3 +112,10 @@ def test_the_stock_research_plan_links_stages_in_order() -> None:
     assert (review.max_rejections, review.on_exhausted) == (3, v1alpha1.OnExhausted.ACCEPT_LAST)
     assert compiled.stage("analyze").rate_limit == plan.RateLimitPlan(requests=120, tokens=400000)
     assert plan.Plan.loads(compiled.dumps()) == compiled
+
+
+def test_the_renderer_passes_exactly_the_variables_the_compiler_allows() -> None:
+    import inspect
+
+    rendered = set(inspect.signature(templates.render).parameters) - {"source"}
+    assert rendered == plan.TEMPLATE_VARIABLES

@@ -7,23 +7,51 @@ stage that follows each stage, defaults of judge-only fields, retry policy in
 seconds, the rate-limit window. It carries no secrets: a provider names the
 Secret key that the operator maps into the worker's environment.
 
-This module is pure (no Redis, no Kubernetes); it does not validate what the
-CRD schema already guarantees.
+``compile_plan`` also rejects what the schema cannot see but would fail at
+run time, naming the field: a template that does not parse or uses an
+unknown variable (or an unknown ``vars`` key), a ``promptFrom`` whose text
+the caller could not read, a ``fanOut`` that the stage's JSON schema says
+can never match, a stage without the provider it needs. The operator turns a
+``PlanError`` into a condition.
+
+This module is pure (no Redis, no Kubernetes); it does not repeat the checks
+the CRD schema and its CEL rules already make at ``kubectl apply``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import jinja2.meta
+import jinja2.nodes
+import jinja2.sandbox
 import pydantic
 
 from analysis_core import errors
 from analysis_core.api import v1alpha1
 
 PLAN_VERSION = 1
+# What a prompt template may use (DESIGN.md section 2); the worker renders exactly these.
+TEMPLATE_VARIABLES = frozenset({"item", "input", "vars", "feedback", "round", "attempt"})
+# The judge's prompt when the spec gives none.
+DEFAULT_JUDGE_PROMPT = (
+    "Review the answer below for accuracy, completeness and clarity. Reply with JSON only: "
+    '{"approved": true or false, "feedback": "what to fix, if anything", "score": 0.0 to 1.0}.'
+    "\n\nAnswer about {{ item }}:\n{{ input }}"
+)
+_TEMPLATES = jinja2.sandbox.ImmutableSandboxedEnvironment()
+
+
+class PlanError(ValueError):
+    """A spec the schema admits but no worker could run; each problem names its field."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
 
 
 class _Frozen(pydantic.BaseModel):
@@ -109,6 +137,83 @@ class Plan(_Frozen):
         return cls.loads(path.read_text(encoding="utf-8"))
 
 
+def _template_problems(field: str, source: str, vars_: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    try:
+        tree = _TEMPLATES.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        yield field, f"template syntax error on line {exc.lineno}: {exc.message}"
+        return
+    for name in sorted(jinja2.meta.find_undeclared_variables(tree) - TEMPLATE_VARIABLES):
+        yield field, f"unknown template variable {name!r} (known: {', '.join(sorted(TEMPLATE_VARIABLES))})"
+    for node in tree.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        target = getattr(node, "node", None)
+        if not (isinstance(target, jinja2.nodes.Name) and target.name == "vars"):
+            continue
+        key = (
+            node.attr if isinstance(node, jinja2.nodes.Getattr) else getattr(getattr(node, "arg", None), "value", None)
+        )
+        if isinstance(key, str) and key not in vars_:
+            yield field, f"vars.{key} is not defined in spec.vars"
+
+
+def _schema_at(schema: dict[str, Any], keys: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """The sub-schema at ``keys``, or (None, why) when the schema rules the path out."""
+    node = schema
+    for depth, key in enumerate(keys):
+        if node.get("type") not in (None, "object"):
+            return None, f"{'.'.join(['$', *keys[:depth]])} is of type {node['type']}, not an object"
+        properties = node.get("properties", {})
+        if key in properties:
+            node = properties[key]
+        elif node.get("additionalProperties") is False:
+            return None, f"jsonSchema allows no key {key!r} at {'.'.join(['$', *keys[:depth]])}"
+        else:
+            return {}, None  # not described: anything may be there
+    return node, None
+
+
+def _fan_out_problems(field: str, stage: v1alpha1.Stage) -> Iterator[tuple[str, str]]:
+    if stage.fan_out is None or not stage.json_schema:
+        return
+    keys = [part for part in stage.fan_out.path.split(".")[1:]]
+    target, why = _schema_at(stage.json_schema, keys)
+    if target is None:
+        yield f"{field}.fanOut.path", f"{stage.fan_out.path} cannot match: {why}"
+        return
+    if target.get("type") not in (None, "array"):
+        yield f"{field}.fanOut.path", f"{stage.fan_out.path} is of type {target['type']} in jsonSchema, not a list"
+        return
+    element = target.get("items")
+    items: dict[str, Any] = element if isinstance(element, dict) else {}
+    for attr in ("key", "sort_by"):
+        name = getattr(stage.fan_out, attr)
+        if name and items.get("additionalProperties") is False and name not in items.get("properties", {}):
+            wire = "sortBy" if attr == "sort_by" else attr
+            yield f"{field}.fanOut.{wire}", f"{name!r} is not a property of the list's elements in jsonSchema"
+
+
+def _problems(spec: v1alpha1.AnalysisBatchSpec, prompts: Mapping[str, str]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    vars_ = spec.vars or {}
+    for index, stage in enumerate(spec.stages):
+        field = f"spec.stages[{index}]"
+        if stage.type is not v1alpha1.StageType.APPROVAL:
+            if stage.provider is None:
+                problems.append((f"{field}.provider", f"a {stage.type} stage needs a provider"))
+            elif stage.provider not in spec.providers:
+                problems.append((f"{field}.provider", f"{stage.provider} is not defined in spec.providers"))
+        if stage.prompt is not None:
+            problems.extend(_template_problems(f"{field}.prompt", stage.prompt, vars_))
+        elif stage.prompt_from is not None:
+            ref = stage.prompt_from.config_map_key_ref
+            if stage.name not in prompts:
+                problems.append((f"{field}.promptFrom", f"no prompt was read from ConfigMap {ref.name} key {ref.key}"))
+            else:
+                problems.extend(_template_problems(f"{field}.promptFrom", prompts[stage.name], vars_))
+        problems.extend(_fan_out_problems(field, stage))
+    return problems
+
+
 def compile_plan(
     uid: str,
     spec: v1alpha1.AnalysisBatchSpec,
@@ -116,8 +221,14 @@ def compile_plan(
     generation: int = 1,
     prompts: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The plan of ``spec``; ``prompts`` holds the text of each stage's ``promptFrom``, read by the caller."""
+    """The plan of ``spec``; ``prompts`` holds the text of each stage's ``promptFrom``, read by the caller.
+
+    Raises ``PlanError`` listing every problem, each with its field.
+    """
     prompts = prompts or {}
+    problems = _problems(spec, prompts)
+    if problems:
+        raise PlanError(problems)
     providers = {
         name: ProviderPlan(
             type=p.type,
@@ -139,7 +250,9 @@ def compile_plan(
                 index=index,
                 type=s.type,
                 provider=s.provider,
-                prompt=s.prompt if s.prompt is not None else prompts.get(s.name),
+                prompt=s.prompt
+                if s.prompt is not None
+                else prompts.get(s.name, DEFAULT_JUDGE_PROMPT if s.type is v1alpha1.StageType.JUDGE else None),
                 output=s.output,
                 json_schema=s.json_schema,
                 fan_out=s.fan_out,

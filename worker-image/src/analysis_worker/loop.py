@@ -288,11 +288,11 @@ class Worker:
     async def _call(self, message: queue.Message) -> tuple[base.Completion, int]:
         """Render, wait for the limiter, call the provider under the stage's deadline; also when it was called."""
         stage, provider_plan = self.stage, self.provider_plan
-        if provider_plan is None or (stage.prompt is None and stage.type is not v1alpha1.StageType.JUDGE):
+        if provider_plan is None or stage.prompt is None:
             raise errors.ProviderError(errors.ErrorClass.INVALID_REQUEST, f"stage {stage.name} has nothing to call")
         previous = await self.queue.result(message.input) if message.input else ""
         prompt = templates.render(
-            stage.prompt or "Review this answer and return a JSON verdict: {{ input }}",
+            stage.prompt,
             item=message.item, input=previous or "", vars=self.plan.vars, feedback=message.feedback,
             round=message.round, attempt=message.attempt,
         )  # fmt: skip

@@ -1,0 +1,118 @@
+"""The plan compiler: specs the schema admits but no worker could run are rejected, naming the field."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from analysis_core import plan
+from analysis_core.api import v1alpha1
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec(*stages: dict[str, Any], **extra: Any) -> v1alpha1.AnalysisBatchSpec:
+    return v1alpha1.AnalysisBatchSpec.model_validate(
+        {"items": ["NVDA"], "providers": {"main": {"type": "offline"}}, "stages": list(stages), **extra}
+    )
+
+
+def problems(the_spec: v1alpha1.AnalysisBatchSpec, **kwargs: Any) -> list[tuple[str, str]]:
+    with pytest.raises(plan.PlanError) as caught:
+        plan.compile_plan("uid", the_spec, **kwargs)
+    return caught.value.problems
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_compiles(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    compiled = plan.compile_plan("uid", v1alpha1.AnalysisBatchSpec.model_validate(doc["spec"]))
+    assert compiled.stages
+    assert all(s.prompt for s in compiled.stages if s.type is not v1alpha1.StageType.APPROVAL)
+
+
+def test_unknown_template_variables_are_named_with_their_field() -> None:
+    found = problems(spec(
+        {"name": "a", "provider": "main", "prompt": "{{ item }} {{ itme }}"},
+        {"name": "b", "provider": "main", "prompt": "{{ vars.language }} {{ vars['tone'] }} {{ input }}"},
+        vars={"language": "en"},
+    ))  # fmt: skip
+    assert found[0][0] == "spec.stages[0].prompt"
+    assert "unknown template variable 'itme'" in found[0][1]
+    assert found[1:] == [("spec.stages[1].prompt", "vars.tone is not defined in spec.vars")]
+
+
+def test_a_template_that_does_not_parse_is_named() -> None:
+    (found,) = problems(spec({"name": "a", "provider": "main", "prompt": "{% if item %}unclosed"}))
+    assert found[0] == "spec.stages[0].prompt"
+    assert "syntax error" in found[1]
+
+
+def test_locals_and_loops_in_templates_are_fine() -> None:
+    prompt = "{% set x = item %}{% for w in input.split() %}{{ w }}{{ loop.index }}{% endfor %}{{ x }}"
+    plan.compile_plan("uid", spec({"name": "a", "provider": "main", "prompt": prompt}))
+
+
+def test_prompts_from_configmaps_are_checked_too() -> None:
+    the_spec = spec({"name": "a", "provider": "main", "promptFrom": {"configMapKeyRef": {"name": "p", "key": "a"}}})
+    assert problems(the_spec) == [("spec.stages[0].promptFrom", "no prompt was read from ConfigMap p key a")]
+    ((field, message),) = problems(the_spec, prompts={"a": "{{ nope }}"})
+    assert field == "spec.stages[0].promptFrom"
+    assert "'nope'" in message
+    assert plan.compile_plan("uid", the_spec, prompts={"a": "Hi {{ item }}"}).stage("a").prompt == "Hi {{ item }}"
+
+
+def test_a_fan_out_path_the_schema_rules_out() -> None:
+    schema = {"type": "object", "properties": {"stocks": {"type": "array"}}, "additionalProperties": False}
+    fan = {"name": "rank", "provider": "main", "prompt": "x", "output": "json", "jsonSchema": schema}
+    nxt = {"name": "next", "provider": "main", "prompt": "y"}
+    assert problems(spec({**fan, "fanOut": {"path": "$.tickers"}}, nxt)) == [
+        ("spec.stages[0].fanOut.path", "$.tickers cannot match: jsonSchema allows no key 'tickers' at $")
+    ]
+    schema["properties"]["stocks"] = {"type": "string"}
+    ((field, message),) = problems(spec({**fan, "fanOut": {"path": "$.stocks"}}, nxt))
+    assert (field, message) == ("spec.stages[0].fanOut.path", "$.stocks is of type string in jsonSchema, not a list")
+
+
+def test_fan_out_fields_the_element_schema_rules_out() -> None:
+    element = {"type": "object", "properties": {"ticker": {"type": "string"}}, "additionalProperties": False}
+    schema = {"type": "object", "properties": {"stocks": {"type": "array", "items": element}}}
+    fan = {"name": "rank", "provider": "main", "prompt": "x", "output": "json", "jsonSchema": schema,
+           "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score"}}  # fmt: skip
+    found = problems(spec(fan, {"name": "next", "provider": "main", "prompt": "y"}))
+    assert found == [("spec.stages[0].fanOut.sortBy", "'score' is not a property of the list's elements in jsonSchema")]
+
+
+def test_a_schema_that_does_not_describe_the_path_lets_it_through() -> None:
+    fan = {"name": "rank", "provider": "main", "prompt": "x", "output": "json", "jsonSchema": {"type": "object"},
+           "fanOut": {"path": "$.a.b"}}  # fmt: skip
+    plan.compile_plan("uid", spec(fan, {"name": "next", "provider": "main", "prompt": "y"}))
+
+
+def test_a_judge_without_a_provider_is_rejected_even_if_the_schema_was_bypassed() -> None:
+    judge = v1alpha1.Stage.model_construct(
+        name="review", type=v1alpha1.StageType.JUDGE, reviews="a", provider=None, prompt=None, prompt_from=None,
+        fan_out=None, json_schema=None,
+    )  # fmt: skip
+    base = spec({"name": "a", "provider": "main", "prompt": "x"})
+    bypassed = base.model_copy(update={"stages": [*base.stages, judge]})
+    assert problems(bypassed) == [("spec.stages[1].provider", "a judge stage needs a provider")]
+
+
+def test_a_judge_without_a_prompt_gets_the_default_review_prompt() -> None:
+    compiled = plan.compile_plan("uid", spec(
+        {"name": "a", "provider": "main", "prompt": "x"},
+        {"name": "review", "type": "judge", "provider": "main", "reviews": "a"},
+    ))  # fmt: skip
+    assert compiled.stage("review").prompt == plan.DEFAULT_JUDGE_PROMPT
+
+
+def test_the_error_lists_every_problem_in_one_message() -> None:
+    the_spec = spec(
+        {"name": "a", "provider": "main", "prompt": "{{ x }}"}, {"name": "b", "provider": "main", "prompt": "{{ y }}"}
+    )
+    with pytest.raises(plan.PlanError, match=r"spec.stages\[0\].prompt: .*'x'.*; spec.stages\[1\].prompt: .*'y'"):
+        plan.compile_plan("uid", the_spec)

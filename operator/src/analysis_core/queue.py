@@ -234,6 +234,7 @@ class StageQueue:
         result: str | None,
         increments: dict[str, int],
         routes: Sequence[Route] = (),
+        more_results: dict[str, str] | None = None,
     ) -> bool:
         """Finish the delivery's attempt for good; False if another completion of the same key came first."""
         message = delivery.message
@@ -246,7 +247,7 @@ class StageQueue:
             args=[
                 keys_.GROUP, delivery.entry_id, idem, json.dumps(outcome, separators=(",", ":")),
                 "0" if result is None else "1", result or "", json.dumps(increments),
-                json.dumps([route.message.fields() for route in routes]),
+                json.dumps([route.message.fields() for route in routes]), json.dumps(more_results or {}),
             ],
         )  # fmt: skip
         return bool(done)
@@ -277,6 +278,11 @@ class StageQueue:
         """Move due retries into the stream; returns (moved, ms until the next is due or -1)."""
         moved, wait = await self._scripts["promote"](keys=[self.keys.delayed(self.stage), self.stream], args=[limit])
         return int(moved), int(wait)
+
+    async def outcome(self, idem: str) -> dict[str, Any] | None:
+        """The recorded outcome of an attempt, if it finished."""
+        value = await self.client.hget(self.keys.outcomes, idem)
+        return None if value is None else dict(json.loads(value))
 
     async def result(self, idem: str) -> str | None:
         """The stored output of a successful attempt (a follow-up stage's input)."""

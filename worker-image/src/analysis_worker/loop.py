@@ -27,13 +27,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import time
 from decimal import Decimal
 from typing import Any
 
-from analysis_core import errors, plan, pricing, queue, ratelimit
+from analysis_core import errors, plan, pricing, queue, ratelimit, routing
 from analysis_core.api import v1alpha1
 from analysis_worker import config as config_
 from analysis_worker import health, templates
@@ -268,22 +267,24 @@ class Worker:
             await self._failed_attempt(delivery, error, (0, 0), fields)
             return
         tokens = (completion.input_tokens, completion.output_tokens)
-        problem = self._check_output(completion.text)
-        if problem is not None:
-            await self._failed_attempt(delivery, problem, tokens, fields)
+        idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
+        try:
+            parsed = routing.parse_output(self.stage, completion.text)
+            reviewed_input = await self._reviewed_input(message)
+            routed = routing.after_success(self.plan, self.stage, message, idem, parsed, reviewed_input=reviewed_input)
+        except routing.BadOutput as exc:
+            error = errors.ProviderError(errors.ErrorClass.BAD_OUTPUT, str(exc))
+            await self._failed_attempt(delivery, error, tokens, fields)
             return
         timing = {"claimed_ms": claimed_ms, "called_ms": called_ms}
-        await self._succeed(delivery, completion.text, tokens, completion.model, fields, timing)
+        await self._succeed(delivery, completion.text, tokens, completion.model, fields, timing, routed)
 
-    def _check_output(self, text: str) -> errors.ProviderError | None:
-        """A BadOutput error when a JSON stage's answer does not parse (schemas: the pipeline issue)."""
-        if _output_kind(self.stage) is base.OutputKind.TEXT:
-            return None
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            return errors.ProviderError(errors.ErrorClass.BAD_OUTPUT, f"output is not JSON: {exc}")
-        return None
+    async def _reviewed_input(self, message: queue.Message) -> str:
+        """For a judge: the input the reviewed attempt had, which a rejected item takes back."""
+        if self.stage.type is not v1alpha1.StageType.JUDGE or not message.input:
+            return ""
+        reviewed = await self.queue.outcome(message.input)
+        return str((reviewed or {}).get("input", ""))
 
     async def _call(self, message: queue.Message) -> tuple[base.Completion, int]:
         """Render, wait for the limiter, call the provider under the stage's deadline; also when it was called."""
@@ -343,22 +344,27 @@ class Worker:
         model: str,
         fields: dict[str, Any],
         timing: dict[str, int],
+        routed: routing.Routed,
     ) -> None:
         message = delivery.message
         idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
-        routes = []
-        if self.stage.next is not None:
-            routes.append(queue.Route(self.stage.next, queue.Message(message.item, message.round, input=idem)))
         cost = self._cost_nusd(model, tokens)
         outcome = {
-            "status": "succeeded", "pod": self.cfg.pod_name, "model": model, "in": tokens[0], "out": tokens[1],
-            **timing,
+            "status": routed.status, "pod": self.cfg.pod_name, "model": model, "in": tokens[0], "out": tokens[1],
+            "input": message.input, **timing,
         }  # fmt: skip
-        increments = {"succeeded": 1, "input_tokens": tokens[0], "output_tokens": tokens[1], "cost_nusd": cost}
-        first = await self.queue.complete(delivery, outcome, result=text, increments=increments, routes=routes)
+        usage = {"input_tokens": tokens[0], "output_tokens": tokens[1], "cost_nusd": cost}
+        first = await self.queue.complete(
+            delivery, outcome, result=text, increments={**routed.increments, **usage}, routes=routed.routes,
+            more_results=routed.results,
+        )  # fmt: skip
         if first:
-            self.stats.succeeded += 1
-            log.info("succeeded", extra={"fields": {**fields, "tokens": sum(tokens), "idem": idem}})
+            if routed.status == "failed":
+                self.stats.failed += 1
+            else:
+                self.stats.succeeded += 1
+            note = {"note": routed.note} if routed.note else {}
+            log.info(routed.status, extra={"fields": {**fields, "tokens": sum(tokens), "idem": idem, **note}})
         else:
             self.stats.duplicates += 1
             log.info("duplicate completion ignored", extra={"fields": {**fields, "idem": idem}})

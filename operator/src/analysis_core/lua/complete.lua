@@ -9,6 +9,7 @@
 -- ARGV[5] "1" if ARGV[6] is a result to store  ARGV[6] result
 -- ARGV[7] JSON object of counter increments  ARGV[8] JSON array of routes,
 --         each a flat array of stream fields
+-- ARGV[9] JSON object of more results to store (a fanned-out child's input)
 -- Returns 1 when this call completed the attempt, 0 for a duplicate.
 local stream, group, id = KEYS[1], ARGV[1], ARGV[2]
 if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then
@@ -18,6 +19,9 @@ if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then
 end
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[3], ARGV[3], ARGV[6])
+end
+for key, value in pairs(cjson.decode(ARGV[9])) do
+  redis.call('HSET', KEYS[3], key, value)
 end
 for field, n in pairs(cjson.decode(ARGV[7])) do
   redis.call('HINCRBY', KEYS[4], field, n)

@@ -1,0 +1,192 @@
+"""Where an item goes after an attempt succeeded: the pipeline's routing rules.
+
+The worker calls ``parse_output`` on a provider's answer (JSON stages: it must
+parse and match the stage's JSON schema, or it is ``BadOutput``), then
+``after_success`` to learn what completing the attempt means: the follow-up
+messages (``queue.Route``), extra results to store with it (each fanned-out
+child's own input), the status this stage records, and counters. The worker
+then hands all of it to ``StageQueue.complete`` as one atomic step.
+
+Rules (DESIGN.md section 2):
+
+- a generate stage passes its output to the next stage; with ``fanOut`` the
+  list at the path becomes child items ``<parent>/<key>``, sorted by
+  ``sortBy`` and cut at ``max``, each with its element as input;
+- a judge stage reads a verdict. Approved: the reviewed output goes on.
+  Rejected: the item goes back to the reviewed stage, next round, with the
+  feedback. Out of rejections: ``onExhausted`` fails it or passes the last
+  output on.
+
+Pure: no Redis, no clock; everything it needs comes in as arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+import jsonschema
+
+from analysis_core import plan, queue
+from analysis_core.api import v1alpha1
+
+
+class BadOutput(ValueError):
+    """An answer that does not parse, does not match its schema, or lacks what routing needs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Routed:
+    status: str  # what this stage records: succeeded, rejected or failed
+    routes: list[queue.Route]
+    results: dict[str, str]  # more results to store with the attempt's own (fan-out inputs)
+    increments: dict[str, int]
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    approved: bool
+    feedback: str
+    score: float | None
+
+
+def parse_output(stage: plan.StagePlan, text: str) -> Any:
+    """The answer as the stage promised it: text as is; JSON parsed and checked against the schema."""
+    if stage.type is v1alpha1.StageType.JUDGE:
+        return parse_verdict(text)
+    if stage.output is not v1alpha1.OutputFormat.JSON:
+        return text
+    value = _json(text)
+    if stage.json_schema:
+        try:
+            jsonschema.validate(value, stage.json_schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
+            raise BadOutput(f"output does not match jsonSchema at {where}: {exc.message}") from exc
+        except jsonschema.SchemaError as exc:
+            raise BadOutput(f"the stage's jsonSchema is invalid: {exc.message}") from exc
+    return value
+
+
+def parse_verdict(text: str) -> Verdict:
+    value = _json(text)
+    if not isinstance(value, dict) or not isinstance(value.get("approved"), bool):
+        raise BadOutput('a verdict must be a JSON object with a boolean "approved"')
+    feedback = value.get("feedback", "")
+    score = value.get("score")
+    return Verdict(
+        approved=value["approved"],
+        feedback=feedback if isinstance(feedback, str) else json.dumps(feedback),
+        score=float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None,
+    )
+
+
+def _json(text: str) -> Any:
+    stripped = text.strip()
+    # Models often wrap JSON in a Markdown fence; the content is what was asked for.
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, flags=re.DOTALL)
+    try:
+        return json.loads(fenced.group(1) if fenced else stripped)
+    except ValueError as exc:
+        raise BadOutput(f"output is not JSON: {exc}") from exc
+
+
+def after_success(
+    the_plan: plan.Plan,
+    stage: plan.StagePlan,
+    message: queue.Message,
+    idem: str,
+    output: Any,
+    *,
+    reviewed_input: str = "",
+) -> Routed:
+    """What completing ``message``'s attempt (key ``idem``) with ``output`` does.
+
+    ``reviewed_input`` (judge stages) is the input the reviewed attempt had,
+    which a rejected item takes back to the reviewed stage.
+    """
+    if stage.type is v1alpha1.StageType.JUDGE:
+        assert isinstance(output, Verdict)
+        return _judged(the_plan, stage, message, output, reviewed_input)
+    if stage.fan_out is not None:
+        return _fanned_out(stage, message, idem, output)
+    routes = [] if stage.next is None else [queue.Route(stage.next, queue.Message(message.item, message.round,
+                                                                                  input=idem))]  # fmt: skip
+    return Routed("succeeded", routes, {}, {"succeeded": 1})
+
+
+def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, verdict: Verdict,
+            reviewed_input: str) -> Routed:  # fmt: skip
+    reviewed = message.input  # the reviewed attempt's result: what goes on when approved
+    passed_on = [] if stage.next is None else [queue.Route(stage.next, queue.Message(message.item, message.round,
+                                                                                     input=reviewed))]  # fmt: skip
+    if verdict.approved:
+        return Routed("succeeded", passed_on, {}, {"succeeded": 1, "approved": 1, f"approved_round_{message.round}": 1},
+                      f"approved in round {message.round}")  # fmt: skip
+    counts = {"rejected": 1, f"rejected_round_{message.round}": 1}
+    if message.round < stage.max_rejections:
+        assert stage.reviews is not None
+        back = queue.Message(message.item, message.round + 1, input=reviewed_input, feedback=verdict.feedback)
+        return Routed("rejected", [queue.Route(stage.reviews, back)], {}, counts,
+                      f"rejected in round {message.round}; back to {stage.reviews}")  # fmt: skip
+    counts["exhausted"] = 1
+    if stage.on_exhausted is v1alpha1.OnExhausted.ACCEPT_LAST:
+        return Routed("succeeded", passed_on, {}, {**counts, "succeeded": 1},
+                      f"rejected {message.round + 1} times; the last answer goes on (AcceptLast)")  # fmt: skip
+    return Routed("failed", [], {}, {**counts, "failed": 1}, f"rejected {message.round + 1} times (onExhausted: Fail)")
+
+
+def _fanned_out(stage: plan.StagePlan, message: queue.Message, idem: str, output: Any) -> Routed:
+    fan = stage.fan_out
+    assert fan is not None
+    elements = output
+    for key in fan.path.split(".")[1:]:
+        if not isinstance(elements, dict) or key not in elements:
+            raise BadOutput(f"fanOut.path {fan.path}: no key {key!r} in the output")
+        elements = elements[key]
+    if not isinstance(elements, list):
+        raise BadOutput(f"fanOut.path {fan.path} is a {type(elements).__name__} in the output, not a list")
+    if fan.sort_by:
+        elements = _sorted(elements, fan.sort_by, descending=fan.order is not v1alpha1.SortOrder.ASCENDING)
+    if fan.max is not None:
+        elements = elements[: fan.max]
+    routes, results, seen = [], {}, set()
+    for position, element in enumerate(elements):
+        key = _child_key(element, fan.key, position)
+        while key in seen:  # duplicates keep every element, with a stable suffix
+            key = f"{key}-{position}"
+        seen.add(key)
+        child_input = f"{idem}#{key}"
+        results[child_input] = element if isinstance(element, str) else json.dumps(element, sort_keys=True)
+        if stage.next is not None:
+            routes.append(queue.Route(stage.next, queue.Message(f"{message.item}/{key}", input=child_input)))
+    return Routed("succeeded", routes, results, {"succeeded": 1, "children": len(routes)},
+                  f"{len(routes)} children")  # fmt: skip
+
+
+def _sorted(elements: list[Any], field: str, *, descending: bool) -> list[Any]:
+    def score(element: Any) -> float:
+        value = element.get(field) if isinstance(element, dict) else None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise BadOutput(f"fanOut.sortBy {field!r}: an element has no number there: {json.dumps(element)[:200]}")
+        return float(value)
+
+    # sorted() is stable: equal scores keep the model's order.
+    return sorted(elements, key=score, reverse=descending)
+
+
+def _child_key(element: Any, key_field: str | None, position: int) -> str:
+    if key_field is not None:
+        if not isinstance(element, dict) or key_field not in element:
+            raise BadOutput(f"fanOut.key {key_field!r}: an element has no such field: {json.dumps(element)[:200]}")
+        raw = element[key_field]
+    elif isinstance(element, str):
+        raw = element
+    else:
+        raw = position
+    # Child ids are words separated by single spaces and never contain "/" (the id separator).
+    words = str(raw).replace("/", "-").split()
+    return " ".join(words)[:100] or str(position)

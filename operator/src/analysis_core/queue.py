@@ -61,7 +61,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,
 )
 
-SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed")
+SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed", "snapshot")
 
 
 def connect(url: str) -> Redis:
@@ -326,6 +326,34 @@ async def stage_counts(client: Redis, uid: str, stage: str) -> StageCounts:
         retrying=int(retrying),
         counters={name: int(value) for name, value in (counters or {}).items()},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Every stage's counts, the sealed stages and whether the batch was seeded, read atomically."""
+
+    stages: dict[str, StageCounts]
+    sealed: frozenset[str]
+    seeded: bool
+
+
+async def snapshot(client: Redis, uid: str, stages: Sequence[str]) -> Snapshot:
+    """One atomic read of the whole batch (``lua/snapshot.lua``): what sealing and completion decide from."""
+    k = keys_.BatchKeys(uid)
+    stage_keys = [key for stage in stages for key in (k.stream(stage), k.delayed(stage), k.counts(stage))]
+    per_stage, sealed, seeded = await _Scripts(client)["snapshot"](
+        keys=[*stage_keys, k.sealed, k.seeded], args=[keys_.GROUP]
+    )
+    counts = {}
+    for stage, (length, pending, delayed, flat) in zip(stages, per_stage, strict=True):
+        running = int(pending)
+        counts[stage] = StageCounts(
+            ready=max(0, int(length) - running),
+            running=running,
+            retrying=int(delayed),
+            counters={str(name): int(value) for name, value in zip(flat[::2], flat[1::2], strict=True)},
+        )
+    return Snapshot(counts, frozenset(str(s) for s in sealed), bool(seeded))
 
 
 async def seed(client: Redis, uid: str, stages: Sequence[str], items: Sequence[str]) -> int:

@@ -114,6 +114,8 @@ class Plan(_Frozen):
     providers: dict[str, ProviderPlan]
     stages: list[StagePlan]
     vars: dict[str, str] = {}
+    # Approval stage -> the items released through it; None releases every item.
+    approvals: dict[str, list[str] | None] = {}
     # How often a message may be delivered before it is dead-lettered.
     max_deliveries: int = 5
     # The lease (visibility timeout); workers renew it at a third of this while a call runs.
@@ -277,4 +279,12 @@ def compile_plan(
                 next=spec.stages[index + 1].name if index + 1 < len(spec.stages) else None,
             )
         )
-    return Plan(uid=uid, generation=generation, providers=providers, stages=stages, vars=dict(spec.vars or {}))
+    approvals = {a.stage: (None if a.items is None else list(a.items)) for a in spec.approvals or []}
+    return Plan(
+        uid=uid,
+        generation=generation,
+        providers=providers,
+        stages=stages,
+        vars=dict(spec.vars or {}),
+        approvals=approvals,
+    )

@@ -61,7 +61,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,
 )
 
-SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed", "snapshot")
+SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed", "snapshot", "release")
 
 
 def connect(url: str) -> Redis:
@@ -354,6 +354,20 @@ async def snapshot(client: Redis, uid: str, stages: Sequence[str]) -> Snapshot:
             counters={str(name): int(value) for name, value in zip(flat[::2], flat[1::2], strict=True)},
         )
     return Snapshot(counts, frozenset(str(s) for s in sealed), bool(seeded))
+
+
+async def release(
+    client: Redis, uid: str, gate: str, next_stage: str | None, items: Iterable[str] | None, *, limit: int = 10_000
+) -> int:
+    """Pass items waiting at the approval stage ``gate`` on (``items`` None: all of them); idempotent."""
+    k = keys_.BatchKeys(uid)
+    # Every key is named (one slot on Redis Cluster): without a next stage the gate's stream stands in, unused.
+    target = k.stream(next_stage or gate)
+    released = await _Scripts(client)["release"](
+        keys=[k.stream(gate), k.outcomes, k.counts(gate), target],
+        args=[uid, gate, "*" if items is None else json.dumps(sorted(items)), limit, "1" if next_stage else "0"],
+    )
+    return int(released)
 
 
 async def seed(client: Redis, uid: str, stages: Sequence[str], items: Sequence[str]) -> int:

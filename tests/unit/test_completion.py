@@ -64,3 +64,22 @@ def test_state_follows_seals_drains_and_the_failure_policy() -> None:
     failed = completion.state(PLAN, snap(set(), busy={"draft"}, draft={"failed": 1, "dead_lettered": 1}), 1)
     assert failed.phase is completion.Phase.FAILED
     assert "2 items failed, more than failurePolicy.maxFailedItems (1)" in failed.reason
+
+
+def test_a_collect_stage_is_collected_once_upstream_is_done_and_sealed_after() -> None:
+    p = compiled(gen("research"), {**gen("rank"), "collect": True}, gen("report"))
+    base = {s.name: IDLE for s in p.stages}
+    gathering = queue.Snapshot({**base, "rank": queue.StageCounts(0, 0, 0, {}, gathered=3)}, frozenset(), True)
+    assert completion.collectable(p, gathering) == []  # research is not sealed yet
+    assert completion.sealable(p, gathering) == ["research"]
+    upstream_sealed = queue.Snapshot(gathering.stages, frozenset({"research"}), True)
+    assert completion.collectable(p, upstream_sealed) == ["rank"]
+    assert completion.sealable(p, upstream_sealed) == []  # not before its items are combined
+    collected = queue.Snapshot(base, frozenset({"research"}), True)
+    assert completion.sealable(p, collected) == ["rank", "report"]
+
+
+def test_the_collected_item_is_named_after_the_common_parent() -> None:
+    assert queue.collected_id(["semis/AI chips", "semis/memory"]) == "semis"
+    assert queue.collected_id(["NVDA", "AMD"]) == "all"
+    assert queue.collected_id(["semis/a", "software/b"]) == "all"

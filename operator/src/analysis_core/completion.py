@@ -1,6 +1,7 @@
 """When a stage can receive no more work (sealing), and when a batch is done.
 
 The operator reads an atomic ``queue.Snapshot`` of the batch, asks
+``collectable`` which collect stages have all their items in (fan-in),
 ``sealable`` which stages to seal and ``state`` whether the batch is running,
 complete or failed, and acts. Job-mode workers exit once their stage is
 sealed and drained, so sealing too early would strand work; this module is
@@ -49,6 +50,27 @@ def _drained(snapshot: queue.Snapshot, stages: list[str]) -> bool:
     return all(snapshot.stages[name].drained for name in stages)
 
 
+def _upstream_done(the_plan: plan.Plan, snapshot: queue.Snapshot, stage: str) -> bool:
+    """Every unit before ``stage``'s unit is sealed and drained: nothing can send it work any more."""
+    for unit in units(the_plan):
+        if stage in unit:
+            return True
+        if not all(name in snapshot.sealed for name in unit) or not _drained(snapshot, unit):
+            return False
+    return True
+
+
+def collectable(the_plan: plan.Plan, snapshot: queue.Snapshot) -> list[str]:
+    """Collect stages whose items are all in (``queue.collect`` them, then seal)."""
+    if not snapshot.seeded:
+        return []
+    return [
+        s.name
+        for s in the_plan.stages
+        if s.collect and snapshot.stages[s.name].gathered > 0 and _upstream_done(the_plan, snapshot, s.name)
+    ]
+
+
 def sealable(the_plan: plan.Plan, snapshot: queue.Snapshot) -> list[str]:
     """Stages to seal now (not yet sealed, and nothing can send them work any more)."""
     if not snapshot.seeded:
@@ -57,7 +79,9 @@ def sealable(the_plan: plan.Plan, snapshot: queue.Snapshot) -> list[str]:
     upstream_done = True  # every earlier unit sealed and drained
     for unit in units(the_plan):
         is_loop = len(unit) > 1  # a judge and the stages it can send back to
-        if upstream_done and (not is_loop or _drained(snapshot, unit)):
+        # Items gathered for a collect stage must be combined into its one message first.
+        waiting = any(snapshot.stages[name].gathered for name in unit)
+        if upstream_done and not waiting and (not is_loop or _drained(snapshot, unit)):
             out.extend(name for name in unit if name not in snapshot.sealed)
         sealed_now = all(name in snapshot.sealed or name in out for name in unit)
         upstream_done = upstream_done and sealed_now and _drained(snapshot, unit)

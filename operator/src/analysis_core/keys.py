@@ -47,6 +47,14 @@ class BatchKeys:
         """Hash of dead-lettered messages: idempotency key -> why."""
         return f"{self.tag}:dead:{stage}"
 
+    def gathered(self, stage: str) -> str:
+        """Hash of items waiting for a collect stage: item -> its input reference."""
+        return f"{self.tag}:gather:{stage}"
+
+    def collected(self, stage: str) -> str:
+        """Marker that a collect stage's items were combined (makes collecting idempotent)."""
+        return f"{self.tag}:collected:{stage}"
+
     def health(self, stage: str, consumer: str) -> str:
         """A worker's heartbeat, with a TTL."""
         return f"{self.tag}:health:{stage}:{consumer}"

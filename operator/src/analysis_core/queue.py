@@ -61,7 +61,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,
 )
 
-SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed", "snapshot", "release")
+SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed", "snapshot", "release", "collect")
 
 
 def connect(url: str) -> Redis:
@@ -123,10 +123,20 @@ class Delivery:
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-    """A follow-up message for a stage's stream, written in the same step as the completion."""
+    """A follow-up message for a stage, written in the same step as the completion.
+
+    ``gather``: the stage collects (fan-in), so the item waits in its gathering
+    hash until ``collect`` combines everything that reached it.
+    """
 
     stage: str
     message: Message
+    gather: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        if self.gather:
+            return {"gather": self.message.item, "input": self.message.input}
+        return {"fields": self.message.fields()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +147,11 @@ class StageCounts:
     running: int  # claimed and not acknowledged (leased)
     retrying: int  # waiting in the delayed set
     counters: dict[str, int]  # monotonic: succeeded, failed, retries, dead_lettered, tokens, ...
+    gathered: int = 0  # waiting to be collected (collect stages)
 
     @property
     def drained(self) -> bool:
-        return self.ready == 0 and self.running == 0 and self.retrying == 0
+        return self.ready == 0 and self.running == 0 and self.retrying == 0 and self.gathered == 0
 
 
 class _Scripts:
@@ -242,12 +253,12 @@ class StageQueue:
         done = await self._scripts["complete"](
             keys=[
                 self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage),
-                *(self.keys.stream(route.stage) for route in routes),
+                *(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in routes),
             ],
             args=[
                 keys_.GROUP, delivery.entry_id, idem, json.dumps(outcome, separators=(",", ":")),
                 "0" if result is None else "1", result or "", json.dumps(increments),
-                json.dumps([route.message.fields() for route in routes]), json.dumps(more_results or {}),
+                json.dumps([route.wire() for route in routes]), json.dumps(more_results or {}),
             ],
         )  # fmt: skip
         return bool(done)
@@ -340,32 +351,67 @@ class Snapshot:
 async def snapshot(client: Redis, uid: str, stages: Sequence[str]) -> Snapshot:
     """One atomic read of the whole batch (``lua/snapshot.lua``): what sealing and completion decide from."""
     k = keys_.BatchKeys(uid)
-    stage_keys = [key for stage in stages for key in (k.stream(stage), k.delayed(stage), k.counts(stage))]
+    stage_keys = [
+        key for stage in stages for key in (k.stream(stage), k.delayed(stage), k.counts(stage), k.gathered(stage))
+    ]
     per_stage, sealed, seeded = await _Scripts(client)["snapshot"](
         keys=[*stage_keys, k.sealed, k.seeded], args=[keys_.GROUP]
     )
     counts = {}
-    for stage, (length, pending, delayed, flat) in zip(stages, per_stage, strict=True):
+    for stage, (length, pending, delayed, flat, gathered) in zip(stages, per_stage, strict=True):
         running = int(pending)
         counts[stage] = StageCounts(
             ready=max(0, int(length) - running),
             running=running,
             retrying=int(delayed),
             counters={str(name): int(value) for name, value in zip(flat[::2], flat[1::2], strict=True)},
+            gathered=int(gathered),
         )
     return Snapshot(counts, frozenset(str(s) for s in sealed), bool(seeded))
 
 
+def collected_id(items: Iterable[str]) -> str:
+    """The item id of a collect stage's one message: the items' common parent, or ``all``."""
+    parents = {item.rsplit("/", 1)[0] for item in items if "/" in item}
+    if len(parents) == 1 and all("/" in item for item in items):
+        return parents.pop()
+    return "all"
+
+
+async def collect(client: Redis, uid: str, stage: str) -> int:
+    """Fan-in: combine every item gathered for ``stage`` into one message; once. Returns how many."""
+    k = keys_.BatchKeys(uid)
+    items = [str(item) for item in await client.hkeys(k.gathered(stage))]
+    collected = await _Scripts(client)["collect"](
+        keys=[k.gathered(stage), k.results, k.stream(stage), k.collected(stage)],
+        args=[f"{uid}/{stage}/collected", collected_id(items)],
+    )
+    return int(collected)
+
+
 async def release(
-    client: Redis, uid: str, gate: str, next_stage: str | None, items: Iterable[str] | None, *, limit: int = 10_000
+    client: Redis,
+    uid: str,
+    gate: str,
+    next_stage: str | None,
+    items: Iterable[str] | None,
+    *,
+    gather: bool = False,
+    limit: int = 10_000,
 ) -> int:
-    """Pass items waiting at the approval stage ``gate`` on (``items`` None: all of them); idempotent."""
+    """Pass items waiting at the approval stage ``gate`` on (``items`` None: all of them); idempotent.
+
+    ``gather``: the next stage collects, so released items are gathered for it (fan-in).
+    """
     k = keys_.BatchKeys(uid)
     # Every key is named (one slot on Redis Cluster): without a next stage the gate's stream stands in, unused.
-    target = k.stream(next_stage or gate)
+    if next_stage is None:
+        target, mode = k.stream(gate), "none"
+    else:
+        target, mode = (k.gathered(next_stage), "gather") if gather else (k.stream(next_stage), "stream")
     released = await _Scripts(client)["release"](
         keys=[k.stream(gate), k.outcomes, k.counts(gate), target],
-        args=[uid, gate, "*" if items is None else json.dumps(sorted(items)), limit, "1" if next_stage else "0"],
+        args=[uid, gate, "*" if items is None else json.dumps(sorted(items)), limit, mode],
     )
     return int(released)
 

@@ -12,6 +12,8 @@ Rules (DESIGN.md section 2):
 - a generate stage passes its output to the next stage; with ``fanOut`` the
   list at the path becomes child items ``<parent>/<key>``, sorted by
   ``sortBy`` and cut at ``max``, each with its element as input;
+- into a ``collect`` stage, items are gathered rather than enqueued, until
+  ``queue.collect`` combines them (fan-in);
 - a judge stage reads a verdict. Approved: the reviewed output goes on.
   Rejected: the item goes back to the reviewed stage, next round, with the
   feedback. Out of rejections: ``onExhausted`` fails it or passes the last
@@ -112,17 +114,22 @@ def after_success(
         assert isinstance(output, Verdict)
         return _judged(the_plan, stage, message, output, reviewed_input)
     if stage.fan_out is not None:
-        return _fanned_out(stage, message, idem, output)
-    routes = [] if stage.next is None else [queue.Route(stage.next, queue.Message(message.item, message.round,
-                                                                                  input=idem))]  # fmt: skip
-    return Routed("succeeded", routes, {}, {"succeeded": 1})
+        return _fanned_out(the_plan, stage, message, idem, output)
+    return Routed("succeeded", _onward(the_plan, stage, queue.Message(message.item, message.round, input=idem)), {},
+                  {"succeeded": 1})  # fmt: skip
+
+
+def _onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> list[queue.Route]:
+    """The route to the next stage, if any; into its gathering hash when it collects (fan-in)."""
+    if stage.next is None:
+        return []
+    return [queue.Route(stage.next, message, gather=the_plan.stage(stage.next).collect)]
 
 
 def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, verdict: Verdict,
             reviewed_input: str) -> Routed:  # fmt: skip
     reviewed = message.input  # the reviewed attempt's result: what goes on when approved
-    passed_on = [] if stage.next is None else [queue.Route(stage.next, queue.Message(message.item, message.round,
-                                                                                     input=reviewed))]  # fmt: skip
+    passed_on = _onward(the_plan, stage, queue.Message(message.item, message.round, input=reviewed))
     if verdict.approved:
         return Routed("succeeded", passed_on, {}, {"succeeded": 1, "approved": 1, f"approved_round_{message.round}": 1},
                       f"approved in round {message.round}")  # fmt: skip
@@ -139,7 +146,7 @@ def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, 
     return Routed("failed", [], {}, {**counts, "failed": 1}, f"rejected {message.round + 1} times (onExhausted: Fail)")
 
 
-def _fanned_out(stage: plan.StagePlan, message: queue.Message, idem: str, output: Any) -> Routed:
+def _fanned_out(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, idem: str, output: Any) -> Routed:
     fan = stage.fan_out
     assert fan is not None
     elements = output
@@ -161,8 +168,7 @@ def _fanned_out(stage: plan.StagePlan, message: queue.Message, idem: str, output
         seen.add(key)
         child_input = f"{idem}#{key}"
         results[child_input] = element if isinstance(element, str) else json.dumps(element, sort_keys=True)
-        if stage.next is not None:
-            routes.append(queue.Route(stage.next, queue.Message(f"{message.item}/{key}", input=child_input)))
+        routes.extend(_onward(the_plan, stage, queue.Message(f"{message.item}/{key}", input=child_input)))
     return Routed("succeeded", routes, results, {"succeeded": 1, "children": len(routes)},
                   f"{len(routes)} children")  # fmt: skip
 

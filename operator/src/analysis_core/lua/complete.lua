@@ -4,11 +4,12 @@
 -- A second completion of the same key only acknowledges its own delivery.
 --
 -- KEYS[1] stage stream   KEYS[2] outcomes   KEYS[3] results   KEYS[4] counts
--- KEYS[5..] streams that receive the routed messages, one per route
+-- KEYS[5..] one per route: the stream that receives it, or for a collect
+--           stage the hash that gathers its items until they are collected
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] idempotency key  ARGV[4] outcome JSON
 -- ARGV[5] "1" if ARGV[6] is a result to store  ARGV[6] result
 -- ARGV[7] JSON object of counter increments  ARGV[8] JSON array of routes,
---         each a flat array of stream fields
+--         each {fields = flat array of stream fields, gather = item or absent}
 -- ARGV[9] JSON object of more results to store (a fanned-out child's input)
 -- Returns 1 when this call completed the attempt, 0 for a duplicate.
 local stream, group, id = KEYS[1], ARGV[1], ARGV[2]
@@ -26,8 +27,12 @@ end
 for field, n in pairs(cjson.decode(ARGV[7])) do
   redis.call('HINCRBY', KEYS[4], field, n)
 end
-for i, fields in ipairs(cjson.decode(ARGV[8])) do
-  redis.call('XADD', KEYS[4 + i], '*', unpack(fields))
+for i, route in ipairs(cjson.decode(ARGV[8])) do
+  if route['gather'] then
+    redis.call('HSET', KEYS[4 + i], route['gather'], route['input'])
+  else
+    redis.call('XADD', KEYS[4 + i], '*', unpack(route['fields']))
+  end
 end
 redis.call('XACK', stream, group, id)
 redis.call('XDEL', stream, id)

@@ -3,9 +3,11 @@
 -- stage, its outcome is recorded (first writer wins, so a repeated release
 -- changes nothing) and it leaves the gate. Items not approved keep waiting.
 --
--- KEYS[1] gate stream  KEYS[2] outcomes  KEYS[3] gate counters  KEYS[4] next stage stream
+-- KEYS[1] gate stream  KEYS[2] outcomes  KEYS[3] gate counters
+-- KEYS[4] the next stage's stream, or its gathering hash when it collects (fan-in)
 -- ARGV[1] batch uid  ARGV[2] gate stage  ARGV[3] JSON array of approved items, or "*" for all
--- ARGV[4] most entries to look at  ARGV[5] '1' if there is a next stage (else KEYS[4] is unused)
+-- ARGV[4] most entries to look at
+-- ARGV[5] 'stream', 'gather', or 'none' (the gate is the last stage; KEYS[4] unused)
 -- Returns how many items were released.
 local all = ARGV[3] == '*'
 local approved = {}
@@ -22,9 +24,11 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber
     if redis.call('HSETNX', KEYS[2], key, cjson.encode({status = 'succeeded', approved = true, input = f['input']})) == 1 then
       redis.call('HINCRBY', KEYS[3], 'succeeded', 1)
       redis.call('HINCRBY', KEYS[3], 'approved', 1)
-      if ARGV[5] == '1' then
+      if ARGV[5] == 'stream' then
         redis.call('XADD', KEYS[4], '*', 'item', f['item'], 'round', f['round'], 'attempt', '1',
           'input', f['input'], 'since', '0', 'feedback', '')
+      elseif ARGV[5] == 'gather' then
+        redis.call('HSET', KEYS[4], f['item'], f['input'])
       end
       released = released + 1
     end

@@ -3,17 +3,19 @@
 -- plus the sealed stages and the seeded marker. Completions are atomic too,
 -- so a snapshot never sees an item half-way between two stages.
 --
--- KEYS: for each stage, its stream, delayed set and counters hash (3 keys per
--- stage, in stage order), then the sealed set, then the seeded marker.
+-- KEYS: for each stage, its stream, delayed set, counters hash and gathering
+-- hash (4 keys per stage, in stage order), then the sealed set, then the
+-- seeded marker.
 -- ARGV[1] group
--- Returns {{len, pending, delayed, {counter, value, ...}} per stage, sealed members, seeded}.
+-- Returns {{len, pending, delayed, {counter, value, ...}, gathered} per stage, sealed members, seeded}.
 local stages = {}
-for i = 1, #KEYS - 2, 3 do
+for i = 1, #KEYS - 2, 4 do
   local len = redis.call('XLEN', KEYS[i])
   local pending = 0
   local ok, summary = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1])
   if ok and summary then pending = summary[1] end
-  stages[#stages + 1] = {len, pending, redis.call('ZCARD', KEYS[i + 1]), redis.call('HGETALL', KEYS[i + 2])}
+  stages[#stages + 1] = {len, pending, redis.call('ZCARD', KEYS[i + 1]), redis.call('HGETALL', KEYS[i + 2]),
+    redis.call('HLEN', KEYS[i + 3])}
 end
 local sealed = redis.call('SMEMBERS', KEYS[#KEYS - 1])
 local seeded = redis.call('EXISTS', KEYS[#KEYS])

@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SEED, REJECTION_RATE = 1, 0.5  # a seed whose answers include rejections and an exhausted item
 
 
-def pipeline(on_exhausted: str) -> dict[str, Any]:
+def pipeline(on_exhausted: str, rejection_rate: float = REJECTION_RATE) -> dict[str, Any]:
     return {
         "items": ["semiconductors", "software"],
-        "providers": {"local": {"type": "offline", "offline": {"seed": SEED, "rejectionRate": REJECTION_RATE}}},
+        "providers": {"local": {"type": "offline", "offline": {"seed": SEED, "rejectionRate": rejection_rate}}},
         "stages": [
             {"name": "rank", "provider": "local", "prompt": "Rank stocks in {{ item }}", "output": "json",
              "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score", "max": 3}},
@@ -35,7 +35,9 @@ def pipeline(on_exhausted: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def predict(the_plan: plan.Plan, items: list[str]) -> tuple[dict[str, str], int]:
+def predict(
+    the_plan: plan.Plan, items: list[str], rejection_rate: float = REJECTION_RATE
+) -> tuple[dict[str, str], int]:
     """(idempotency key -> status, items out of rejections), from the routing rules and the offline answers."""
     outcomes: dict[str, str] = {}
     exhausted = 0
@@ -62,7 +64,7 @@ def predict(the_plan: plan.Plan, items: list[str]) -> tuple[dict[str, str], int]
             json_schema=stage.json_schema,
             fan_out=fan,
         )
-        text = offline.answer(request, seed=SEED, rejection_rate=REJECTION_RATE)
+        text = offline.answer(request, seed=SEED, rejection_rate=rejection_rate)
         idem = keys.BatchKeys(the_plan.uid).idem(stage.name, message.item, message.round, message.attempt)
         routed = routing.after_success(the_plan, stage, message, idem, routing.parse_output(stage, text),
                                        reviewed_input=inputs.get(message.input, ""))  # fmt: skip
@@ -114,3 +116,32 @@ def routing_status(raw: str) -> str:
     import json
 
     return str(json.loads(raw)["status"])
+
+
+@pytest.mark.parametrize(("on_exhausted", "last_status"), [("Fail", "failed"), ("AcceptLast", "succeeded")])
+@pytest.mark.timeout(120)
+async def test_a_judge_that_always_rejects_ends_every_item_by_on_exhausted(
+    on_exhausted: str, last_status: str, workers: Any, redis: queue.Redis
+) -> None:
+    batch = workers.batch(pipeline(on_exhausted, rejection_rate=1.0))
+    expected, exhausted = predict(batch.plan, batch.items, rejection_rate=1.0)
+    children = [k for k in expected if k.split("/")[1] == "analyze" and k.endswith("/0/1")]
+    assert exhausted == len(children)  # every child runs out of rejections
+    await batch.seed()
+    for stage in batch.plan.stages:
+        workers.start(batch, stage.name)
+
+    async def settled() -> bool:
+        review = await queue.stage_counts(redis, batch.uid, "review")
+        return review.counters.get("exhausted", 0) == exhausted and all(
+            [(await queue.stage_counts(redis, batch.uid, s.name)).drained for s in batch.plan.stages]
+        )
+
+    await workers.eventually(settled, 60, "every item exhausted")
+    raw = await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)
+    assert {key: routing_status(value) for key, value in raw.items()} == expected
+    finals = [k for k, v in expected.items() if k.split("/")[1] == "review" and k.endswith("/2/1")]
+    assert len(finals) == len(children)
+    assert {expected[k] for k in finals} == {last_status}
+    report = await queue.stage_counts(redis, batch.uid, "report")
+    assert report.counters.get("succeeded", 0) == (len(children) if on_exhausted == "AcceptLast" else 0)

@@ -195,3 +195,20 @@ async def test_sealing(clients: tuple[queue.Redis, queue.Redis]) -> None:
     assert not await q.sealed()
     await queue.seal(clients[0], uid, "a")
     assert await q.sealed()
+
+
+async def test_a_redelivered_fan_out_completion_creates_no_second_set_of_children(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    uid = await seeded(clients, ["semis"])
+    q = stage_queue(clients, uid, "a", "pod")
+    (delivery,) = await q.claim(1, 100)
+    idem = q.keys.idem("a", "semis", 0, 1)
+    children = [queue.Route("b", queue.Message(f"semis/{t}", input=f"{idem}#{t}")) for t in ("NVDA", "AMD")]
+    inputs = {f"{idem}#{t}": t for t in ("NVDA", "AMD")}
+    for _ in range(2):  # the second is a slow duplicate of the same attempt
+        await q.complete(delivery, {"status": "succeeded"}, result="{}", increments={"succeeded": 1, "children": 2},
+                         routes=children, more_results=inputs)  # fmt: skip
+    downstream = await queue.stage_counts(clients[0], uid, "b")
+    assert downstream.ready == 2
+    assert (await q.counts()).counters == {"succeeded": 1, "children": 2}

@@ -76,6 +76,16 @@ class BatchKeys:
         return f"{self.tag}:results"
 
     @property
+    def usage(self) -> str:
+        """Hash of the whole batch's tokens and cost, for budgets (the stage counters have them per stage)."""
+        return f"{self.tag}:usage"
+
+    @property
+    def flags(self) -> str:
+        """Hash of what workers tell the operator, e.g. budget_exceeded -> why."""
+        return f"{self.tag}:flags"
+
+    @property
     def sealed(self) -> str:
         """Set of stage names that can receive no more work (set by the operator)."""
         return f"{self.tag}:sealed"

@@ -86,6 +86,21 @@ class RetryPlan(_Frozen):
         return errors.RetryPolicy(**self.model_dump())
 
 
+class BudgetPlan(_Frozen):
+    max_tokens: int | None = None
+    max_cost_nusd: int | None = None  # nano-dollars, the unit of the usage counters
+
+    def exceeded(self, usage: Mapping[str, int]) -> str | None:
+        """Why ``usage`` is past this budget, or None."""
+        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+        if self.max_tokens is not None and tokens >= self.max_tokens:
+            return f"{tokens} tokens used, budget.maxTokens is {self.max_tokens}"
+        cost = usage.get("cost_nusd", 0)
+        if self.max_cost_nusd is not None and cost >= self.max_cost_nusd:
+            return f"${cost / 1e9:.4f} spent, budget.maxCostUSD is ${self.max_cost_nusd / 1e9:.4f}"
+        return None
+
+
 class StagePlan(_Frozen):
     name: str
     index: int
@@ -116,6 +131,7 @@ class Plan(_Frozen):
     vars: dict[str, str] = {}
     # Approval stage -> the items released through it; None releases every item.
     approvals: dict[str, list[str] | None] = {}
+    budget: BudgetPlan | None = None
     # How often a message may be delivered before it is dead-lettered.
     max_deliveries: int = 5
     # The lease (visibility timeout); workers renew it at a third of this while a call runs.
@@ -280,6 +296,10 @@ def compile_plan(
             )
         )
     approvals = {a.stage: (None if a.items is None else list(a.items)) for a in spec.approvals or []}
+    budget = None
+    if spec.budget is not None:
+        cost = spec.budget.max_cost_usd
+        budget = BudgetPlan(max_tokens=spec.budget.max_tokens, max_cost_nusd=None if cost is None else int(cost * 1e9))
     return Plan(
         uid=uid,
         generation=generation,
@@ -287,4 +307,5 @@ def compile_plan(
         stages=stages,
         vars=dict(spec.vars or {}),
         approvals=approvals,
+        budget=budget,
     )

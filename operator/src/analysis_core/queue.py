@@ -252,7 +252,7 @@ class StageQueue:
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
         done = await self._scripts["complete"](
             keys=[
-                self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage),
+                self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage), self.keys.usage,
                 *(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in routes),
             ],
             args=[
@@ -276,7 +276,10 @@ class StageQueue:
         message = delivery.message
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
         scheduled = await self._scripts["retry"](
-            keys=[self.stream, self.keys.outcomes, self.keys.delayed(self.stage), self.keys.counts(self.stage)],
+            keys=[
+                self.stream, self.keys.outcomes, self.keys.delayed(self.stage), self.keys.counts(self.stage),
+                self.keys.usage,
+            ],
             args=[
                 keys_.GROUP, delivery.entry_id, idem,
                 "" if outcome is None else json.dumps(outcome, separators=(",", ":")),
@@ -346,6 +349,8 @@ class Snapshot:
     stages: dict[str, StageCounts]
     sealed: frozenset[str]
     seeded: bool
+    usage: dict[str, int] = dataclasses.field(default_factory=dict)  # input_tokens, output_tokens, cost_nusd
+    flags: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. budget_exceeded -> why
 
 
 async def snapshot(client: Redis, uid: str, stages: Sequence[str]) -> Snapshot:
@@ -354,8 +359,8 @@ async def snapshot(client: Redis, uid: str, stages: Sequence[str]) -> Snapshot:
     stage_keys = [
         key for stage in stages for key in (k.stream(stage), k.delayed(stage), k.counts(stage), k.gathered(stage))
     ]
-    per_stage, sealed, seeded = await _Scripts(client)["snapshot"](
-        keys=[*stage_keys, k.sealed, k.seeded], args=[keys_.GROUP]
+    per_stage, sealed, seeded, usage, flags = await _Scripts(client)["snapshot"](
+        keys=[*stage_keys, k.sealed, k.seeded, k.usage, k.flags], args=[keys_.GROUP]
     )
     counts = {}
     for stage, (length, pending, delayed, flat, gathered) in zip(stages, per_stage, strict=True):
@@ -367,7 +372,13 @@ async def snapshot(client: Redis, uid: str, stages: Sequence[str]) -> Snapshot:
             counters={str(name): int(value) for name, value in zip(flat[::2], flat[1::2], strict=True)},
             gathered=int(gathered),
         )
-    return Snapshot(counts, frozenset(str(s) for s in sealed), bool(seeded))
+    return Snapshot(
+        counts,
+        frozenset(str(s) for s in sealed),
+        bool(seeded),
+        {str(f): int(v) for f, v in zip(usage[::2], usage[1::2], strict=True)},
+        {str(f): str(v) for f, v in zip(flags[::2], flags[1::2], strict=True)},
+    )
 
 
 def collected_id(items: Iterable[str]) -> str:
@@ -426,6 +437,17 @@ async def seed(client: Redis, uid: str, stages: Sequence[str], items: Sequence[s
         args=[keys_.GROUP, json.dumps(messages)],
     )
     return int(enqueued)
+
+
+async def usage(client: Redis, uid: str) -> dict[str, int]:
+    """The whole batch's tokens and cost so far (what budgets are checked against)."""
+    raw = await client.hgetall(keys_.BatchKeys(uid).usage)
+    return {str(field): int(value) for field, value in raw.items()}
+
+
+async def raise_flag(client: Redis, uid: str, flag: str, why: str) -> bool:
+    """Tell the operator something (once): True if this call raised it."""
+    return bool(await client.hsetnx(keys_.BatchKeys(uid).flags, flag, why))
 
 
 async def seal(client: Redis, uid: str, stage: str) -> None:

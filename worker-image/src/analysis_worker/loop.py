@@ -96,6 +96,7 @@ class Worker:
         self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.stats = Stats()
+        self._over_budget: str | None = None  # why, once the batch's budget is used up
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._finished = asyncio.Event()
@@ -181,6 +182,12 @@ class Worker:
         next_reclaim = 0.0
         lease_ms = int(self.lease_s * 1000)
         while not self._stopping.is_set():
+            # Checked before every claim, so at most the items already in flight run past the budget.
+            await self._check_budget()
+            if self._over_budget:
+                # No new claims past the budget; items in flight finish, the rest wait for the operator.
+                await asyncio.sleep(0.5)
+                continue
             free = self.concurrency - len(self.inflight)
             if free <= 0:
                 self._slot_free.clear()
@@ -238,6 +245,16 @@ class Worker:
             except queue.UNAVAILABLE as exc:
                 log.warning("redis unavailable", extra={"fields": {"error": str(exc)}})
             await asyncio.sleep(KEEPER_TICK_S)
+
+    async def _check_budget(self) -> None:
+        budget = self.plan.budget
+        if budget is None or self._over_budget:
+            return
+        why = budget.exceeded(await queue.usage(self.client, self.cfg.batch_uid))
+        if why:
+            self._over_budget = why
+            await queue.raise_flag(self.client, self.cfg.batch_uid, "budget_exceeded", why)
+            log.warning("budget used up: no new claims", extra={"fields": {"why": why}})
 
     # ---------------------------------------------------------------- one item
 

@@ -4,7 +4,8 @@
 -- A second completion of the same key only acknowledges its own delivery.
 --
 -- KEYS[1] stage stream   KEYS[2] outcomes   KEYS[3] results   KEYS[4] counts
--- KEYS[5..] one per route: the stream that receives it, or for a collect
+-- KEYS[5] the batch's usage (tokens and cost also count there, for budgets)
+-- KEYS[6..] one per route: the stream that receives it, or for a collect
 --           stage the hash that gathers its items until they are collected
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] idempotency key  ARGV[4] outcome JSON
 -- ARGV[5] "1" if ARGV[6] is a result to store  ARGV[6] result
@@ -24,14 +25,16 @@ end
 for key, value in pairs(cjson.decode(ARGV[9])) do
   redis.call('HSET', KEYS[3], key, value)
 end
+local usage = {input_tokens = true, output_tokens = true, cost_nusd = true}
 for field, n in pairs(cjson.decode(ARGV[7])) do
   redis.call('HINCRBY', KEYS[4], field, n)
+  if usage[field] then redis.call('HINCRBY', KEYS[5], field, n) end
 end
 for i, route in ipairs(cjson.decode(ARGV[8])) do
   if route['gather'] then
-    redis.call('HSET', KEYS[4 + i], route['gather'], route['input'])
+    redis.call('HSET', KEYS[5 + i], route['gather'], route['input'])
   else
-    redis.call('XADD', KEYS[4 + i], '*', unpack(route['fields']))
+    redis.call('XADD', KEYS[5 + i], '*', unpack(route['fields']))
   end
 end
 redis.call('XACK', stream, group, id)

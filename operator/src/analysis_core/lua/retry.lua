@@ -5,7 +5,7 @@
 -- rate-limited call keeps its attempt: nothing is recorded, and duplicates
 -- collapse because the delayed set holds each message once.
 --
--- KEYS[1] stage stream  KEYS[2] outcomes  KEYS[3] delayed set  KEYS[4] counts
+-- KEYS[1] stage stream  KEYS[2] outcomes  KEYS[3] delayed set  KEYS[4] counts  KEYS[5] batch usage
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] idempotency key
 -- ARGV[4] outcome JSON, or "" when the attempt is kept
 -- ARGV[5] delay in ms  ARGV[6] the message to run later (JSON flat field array)
@@ -25,8 +25,10 @@ end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[5]), ARGV[6])
+local usage = {input_tokens = true, output_tokens = true, cost_nusd = true}
 for field, n in pairs(cjson.decode(ARGV[7])) do
   redis.call('HINCRBY', KEYS[4], field, n)
+  if usage[field] then redis.call('HINCRBY', KEYS[5], field, n) end
 end
 ack()
 return 1

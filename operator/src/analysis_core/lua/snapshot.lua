@@ -4,12 +4,13 @@
 -- so a snapshot never sees an item half-way between two stages.
 --
 -- KEYS: for each stage, its stream, delayed set, counters hash and gathering
--- hash (4 keys per stage, in stage order), then the sealed set, then the
--- seeded marker.
+-- hash (4 keys per stage, in stage order), then the sealed set, the seeded
+-- marker, the batch's usage hash and its flags hash.
 -- ARGV[1] group
--- Returns {{len, pending, delayed, {counter, value, ...}, gathered} per stage, sealed members, seeded}.
+-- Returns {{len, pending, delayed, {counter, value, ...}, gathered} per stage, sealed members, seeded,
+--          {usage field, value, ...}, {flag, value, ...}}.
 local stages = {}
-for i = 1, #KEYS - 2, 4 do
+for i = 1, #KEYS - 4, 4 do
   local len = redis.call('XLEN', KEYS[i])
   local pending = 0
   local ok, summary = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1])
@@ -17,6 +18,6 @@ for i = 1, #KEYS - 2, 4 do
   stages[#stages + 1] = {len, pending, redis.call('ZCARD', KEYS[i + 1]), redis.call('HGETALL', KEYS[i + 2]),
     redis.call('HLEN', KEYS[i + 3])}
 end
-local sealed = redis.call('SMEMBERS', KEYS[#KEYS - 1])
-local seeded = redis.call('EXISTS', KEYS[#KEYS])
-return {stages, sealed, seeded}
+local sealed = redis.call('SMEMBERS', KEYS[#KEYS - 3])
+local seeded = redis.call('EXISTS', KEYS[#KEYS - 2])
+return {stages, sealed, seeded, redis.call('HGETALL', KEYS[#KEYS - 1]), redis.call('HGETALL', KEYS[#KEYS])}

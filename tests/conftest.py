@@ -9,6 +9,10 @@ These fixtures never skip: a missing binary or a failed start raises, so the
 test errors and CI fails instead of passing vacuously. Build the binaries
 with ``make controlplane``.
 
+Predictions (``simulate``): the outcomes a plan must record, from the offline
+provider's answers (a function of seed, stage, item and round) and the
+routing rules, without Redis; runs by real workers are compared with it.
+
 Worker processes (``workers``, ``make_workers``): ``workers.batch(spec)``
 compiles a spec into a plan file and returns the batch (seed it with
 ``batch.seed()``); ``workers.start`` runs ``analysis-worker`` for a stage as a
@@ -34,9 +38,10 @@ from typing import Any
 import pytest
 import redis
 
-from analysis_core import env, plan, queue
+from analysis_core import env, keys, plan, queue, routing
 from analysis_core.api import v1alpha1
 from analysis_devcluster import cluster
+from analysis_worker.providers import base, offline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO_ROOT / "crds"
@@ -237,3 +242,69 @@ async def redis_async(redis_url: str) -> AsyncIterator[queue.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@dataclasses.dataclass
+class Prediction:
+    outcomes: dict[str, str]  # idempotency key -> status
+    counters: dict[str, int]  # summed increments (rejected, exhausted, children, ...)
+
+
+def _offline_answer(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> str:
+    provider = the_plan.providers[stage.provider or ""]
+    options = provider.offline or v1alpha1.OfflineOptions()
+    if stage.type is v1alpha1.StageType.JUDGE:
+        kind = base.OutputKind.VERDICT
+    else:
+        kind = base.OutputKind.JSON if stage.output is v1alpha1.OutputFormat.JSON else base.OutputKind.TEXT
+    fan = stage.fan_out
+    request = base.Request(
+        prompt="", max_tokens=1, timeout_s=1, output=kind, item=message.item, stage=stage.name, round=message.round,
+        json_schema=stage.json_schema, fan_out=None if fan is None else base.FanOutHint(fan.path, fan.key, fan.sort_by),
+    )  # fmt: skip
+    return offline.answer(request, seed=options.seed, rejection_rate=options.rejection_rate)
+
+
+def simulate(the_plan: plan.Plan, items: list[str]) -> Prediction:
+    """Run the pipeline's rules over the offline answers: every stage, gates opened by the plan, fan-in last."""
+    k = keys.BatchKeys(the_plan.uid)
+    todo: dict[str, Any] = {s.name: [] for s in the_plan.stages}
+    gathered: dict[str, dict[str, str]] = {s.name: {} for s in the_plan.stages}
+    todo[the_plan.stages[0].name].extend(queue.Message(item) for item in items)
+    prediction = Prediction({}, {})
+    inputs: dict[str, str] = {}
+    while True:
+        busy = next((s for s in the_plan.stages if todo[s.name]), None)
+        if busy is None:
+            waiting = next((s for s in the_plan.stages if gathered[s.name]), None)
+            if waiting is None:
+                return prediction
+            combined = queue.Message(queue.collected_id(gathered[waiting.name]),
+                                     input=f"{the_plan.uid}/{waiting.name}/collected")  # fmt: skip
+            todo[waiting.name].append(combined)
+            gathered[waiting.name] = {}
+            continue
+        message = todo[busy.name].pop(0)
+        idem = k.idem(busy.name, message.item, message.round, message.attempt)
+        if busy.type is v1alpha1.StageType.APPROVAL:
+            assert busy.name in the_plan.approvals, f"{busy.name} is never approved in this plan"
+            routed = routing.Routed("succeeded", routing.onward(the_plan, busy, message), {}, {})
+        else:
+            output = routing.parse_output(busy, _offline_answer(the_plan, busy, message))
+            routed = routing.after_success(the_plan, busy, message, idem, output,
+                                           reviewed_input=inputs.get(message.input, ""))  # fmt: skip
+        prediction.outcomes[idem] = routed.status
+        for name, n in routed.increments.items():
+            prediction.counters[name] = prediction.counters.get(name, 0) + n
+        inputs[idem] = message.input
+        for route in routed.routes:
+            if route.gather:
+                gathered[route.stage][route.message.item] = route.message.input
+            else:
+                todo[route.stage].append(route.message)
+
+
+@pytest.fixture(name="simulate")
+def simulate_fixture() -> Callable[[plan.Plan, list[str]], Prediction]:
+    """``simulate(plan, items)``: the outcomes and counters a run of ``plan`` must record."""
+    return simulate

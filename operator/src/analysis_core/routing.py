@@ -115,12 +115,15 @@ def after_success(
         return _judged(the_plan, stage, message, output, reviewed_input)
     if stage.fan_out is not None:
         return _fanned_out(the_plan, stage, message, idem, output)
-    return Routed("succeeded", _onward(the_plan, stage, queue.Message(message.item, message.round, input=idem)), {},
+    return Routed("succeeded", onward(the_plan, stage, queue.Message(message.item, message.round, input=idem)), {},
                   {"succeeded": 1})  # fmt: skip
 
 
-def _onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> list[queue.Route]:
-    """The route to the next stage, if any; into its gathering hash when it collects (fan-in)."""
+def onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> list[queue.Route]:
+    """The route to the next stage, if any; into its gathering hash when it collects (fan-in).
+
+    Also what an approval stage does with an item it releases.
+    """
     if stage.next is None:
         return []
     return [queue.Route(stage.next, message, gather=the_plan.stage(stage.next).collect)]
@@ -129,7 +132,7 @@ def _onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) 
 def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, verdict: Verdict,
             reviewed_input: str) -> Routed:  # fmt: skip
     reviewed = message.input  # the reviewed attempt's result: what goes on when approved
-    passed_on = _onward(the_plan, stage, queue.Message(message.item, message.round, input=reviewed))
+    passed_on = onward(the_plan, stage, queue.Message(message.item, message.round, input=reviewed))
     if verdict.approved:
         return Routed("succeeded", passed_on, {}, {"succeeded": 1, "approved": 1, f"approved_round_{message.round}": 1},
                       f"approved in round {message.round}")  # fmt: skip
@@ -168,7 +171,7 @@ def _fanned_out(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Messa
         seen.add(key)
         child_input = f"{idem}#{key}"
         results[child_input] = element if isinstance(element, str) else json.dumps(element, sort_keys=True)
-        routes.extend(_onward(the_plan, stage, queue.Message(f"{message.item}/{key}", input=child_input)))
+        routes.extend(onward(the_plan, stage, queue.Message(f"{message.item}/{key}", input=child_input)))
     return Routed("succeeded", routes, results, {"succeeded": 1, "children": len(routes)},
                   f"{len(routes)} children")  # fmt: skip
 

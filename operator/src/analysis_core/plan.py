@@ -74,18 +74,6 @@ class RateLimitPlan(_Frozen):
     window_s: float = 60.0
 
 
-class RetryPlan(_Frozen):
-    max_attempts: int = 3
-    initial_s: float = 2.0
-    factor: float = 2.0
-    max_s: float = 300.0
-    jitter: float = 0.2
-    deadline_s: float | None = None
-
-    def policy(self) -> errors.RetryPolicy:
-        return errors.RetryPolicy(**self.model_dump())
-
-
 class BudgetPlan(_Frozen):
     max_tokens: int | None = None
     max_cost_nusd: int | None = None  # nano-dollars, the unit of the usage counters
@@ -117,7 +105,7 @@ class StagePlan(_Frozen):
     concurrency: int = 4
     rate_limit: RateLimitPlan | None = None
     timeout_s: float = 300.0
-    retry: RetryPlan = RetryPlan()
+    retry: errors.RetryPolicy = errors.RetryPolicy()
     executor: v1alpha1.Executor = v1alpha1.Executor.JOB
     next: str | None = None  # the stage that receives this stage's output
 
@@ -283,7 +271,7 @@ def compile_plan(
                 if s.rate_limit is None
                 else RateLimitPlan(requests=s.rate_limit.requests_per_minute, tokens=s.rate_limit.tokens_per_minute),
                 timeout_s=float(s.timeout_seconds),
-                retry=RetryPlan(
+                retry=errors.RetryPolicy(
                     max_attempts=s.retry.max_attempts,
                     initial_s=backoff.initial_seconds,
                     factor=backoff.factor,

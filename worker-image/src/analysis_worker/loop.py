@@ -391,7 +391,7 @@ class Worker:
     ) -> None:
         message = delivery.message
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
-        decision = errors.decide(error, self.stage.retry.policy(), attempt=message.attempt, elapsed_s=elapsed_s)
+        decision = errors.decide(error, self.stage.retry, attempt=message.attempt, elapsed_s=elapsed_s)
         spent = {"input_tokens": tokens[0], "output_tokens": tokens[1]} if any(tokens) else {}
         details = {**fields, "error_class": str(error.error_class), "error": error.message}
         if decision.action is errors.Action.RETRY:

@@ -1,0 +1,230 @@
+"""Pure builders of a batch's child objects: the plan ConfigMap, the worker ServiceAccount, Jobs, Deployments.
+
+The reconciler calls these with what it observed and applies the dicts they
+return (adopting them, so they are owned by the batch). They do no I/O and
+decide nothing about *when*: sizing (parallelism, replicas) comes in as an
+argument. Names are deterministic, so a replayed reconcile finds the object
+it made before; labels are named once here.
+
+Worker pods are built to be admitted where the ``restricted`` Pod Security
+Standard is enforced: non-root, read-only root filesystem, no privilege
+escalation, every capability dropped, the runtime's default seccomp profile,
+no service-account token. An API key reaches a pod only as a Secret-backed
+environment variable; the operator never reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from typing import Any
+
+from analysis_core import env, plan
+from analysis_core.api import v1alpha1
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_BATCH = "analysis.dev/batch"
+LABEL_BATCH_UID = "analysis.dev/batch-uid"
+LABEL_STAGE = "analysis.dev/stage"
+
+PLAN_KEY = "plan.json"
+PLAN_DIR = "/etc/analysis"
+WORKER_UID = 65532  # the conventional "nonroot" user of distroless and Chainguard images
+MAX_NAME = 63  # a Job's name becomes a pod label value
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """What the builders need to know of the AnalysisBatch they build for."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """Operator-wide defaults for worker pods (from the operator's configuration)."""
+
+    image: str
+    redis_url: str
+    cpu_request: str = "100m"
+    memory_request: str = "128Mi"
+    memory_limit: str = "512Mi"
+    grace_s: int = 25
+    image_pull_policy: str = "IfNotPresent"
+
+
+def child_name(batch: Batch, *parts: str) -> str:
+    """``<batch>-<parts>``, a DNS label of at most 63 characters; long names keep a hash of the whole."""
+    full = "-".join([batch.name, *parts])
+    if len(full) <= MAX_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return re.sub(r"-+$", "", full[: MAX_NAME - 9]) + "-" + digest
+
+
+def labels(batch: Batch, stage: str | None = None) -> dict[str, str]:
+    out = {
+        LABEL_NAME: "analysis-worker",
+        LABEL_PART_OF: "analysis-operator",
+        LABEL_MANAGED_BY: "analysis-operator",
+        LABEL_BATCH: batch.name[:MAX_NAME],
+        LABEL_BATCH_UID: batch.uid,
+    }
+    if stage is not None:
+        out[LABEL_STAGE] = stage
+    return out
+
+
+def plan_configmap(batch: Batch, the_plan: plan.Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": child_name(batch, "plan"), "namespace": batch.namespace, "labels": labels(batch)},
+        "data": {PLAN_KEY: the_plan.dumps()},
+    }
+
+
+def service_account(batch: Batch) -> dict[str, Any]:
+    """The workers' identity: no API token, since workers never talk to Kubernetes."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": child_name(batch, "worker"), "namespace": batch.namespace, "labels": labels(batch)},
+        "automountServiceAccountToken": False,
+    }
+
+
+def _environment(
+    batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, mode: str
+) -> list[dict[str, Any]]:
+    variables: list[dict[str, Any]] = [
+        {"name": env.REDIS_URL, "value": settings.redis_url},
+        {"name": env.BATCH_UID, "value": batch.uid},
+        {"name": env.STAGE, "value": stage.name},
+        {"name": env.PLAN_PATH, "value": f"{PLAN_DIR}/{PLAN_KEY}"},
+        {"name": env.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": env.MODE, "value": mode},
+        {"name": env.GRACE_SECONDS, "value": str(settings.grace_s)},
+        {"name": env.LOG_FORMAT, "value": "json"},
+    ]
+    provider = the_plan.providers.get(stage.provider or "")
+    if provider is not None and provider.api_key_secret is not None:
+        ref = provider.api_key_secret
+        variables.append({"name": env.API_KEY, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return variables
+
+
+def worker_pod_template(
+    batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, mode: str
+) -> dict[str, Any]:
+    """The pod of one stage's workers, admissible under the ``restricted`` Pod Security Standard."""
+    container = {
+        "name": "worker",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["analysis-worker"],
+        "env": _environment(batch, the_plan, stage, settings, mode),
+        "resources": {
+            "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
+            "limits": {"memory": settings.memory_limit},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "livenessProbe": {
+            "exec": {"command": ["analysis-worker", "--check"]},
+            "initialDelaySeconds": 20,
+            "periodSeconds": 20,
+            "timeoutSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": [
+            {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # the root filesystem is read-only
+        ],
+    }
+    return {
+        "metadata": {"labels": labels(batch, stage.name)},
+        "spec": {
+            "serviceAccountName": child_name(batch, "worker"),
+            "automountServiceAccountToken": False,
+            "restartPolicy": "Never" if mode == "job" else "Always",
+            # The worker drains within its grace period; Kubernetes waits a little longer before SIGKILL.
+            "terminationGracePeriodSeconds": settings.grace_s + 5,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": WORKER_UID,
+                "runAsGroup": WORKER_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": [
+                {
+                    "name": "plan",
+                    "configMap": {"name": child_name(batch, "plan"), "items": [{"key": PLAN_KEY, "path": PLAN_KEY}]},
+                },
+                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            ],
+        },
+    }
+
+
+def worker_job(
+    batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, parallelism: int
+) -> dict[str, Any]:
+    """A work-queue Job (no completions): pods exit 0 once the stage is sealed and drained."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": child_name(batch, stage.name),
+            "namespace": batch.namespace,
+            "labels": labels(batch, stage.name),
+        },
+        "spec": {
+            "parallelism": parallelism,
+            # Crashed pods are replaced; their items come back when their leases expire.
+            "backoffLimit": 20,
+            "template": worker_pod_template(batch, the_plan, stage, settings, mode="job"),
+        },
+    }
+
+
+def worker_deployment(
+    batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, replicas: int
+) -> dict[str, Any]:
+    """A Deployment of idling workers for ``executor: Deployment``, sized by the reconciler."""
+    selector = {LABEL_BATCH_UID: batch.uid, LABEL_STAGE: stage.name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": child_name(batch, stage.name),
+            "namespace": batch.namespace,
+            "labels": labels(batch, stage.name),
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            # New workers first, so a rollout never drops the stage's capacity to zero.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": worker_pod_template(batch, the_plan, stage, settings, mode="deployment"),
+        },
+    }
+
+
+def workload(
+    batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, size: int
+) -> dict[str, Any]:
+    """The stage's Job or Deployment, by its executor."""
+    if stage.executor is v1alpha1.Executor.DEPLOYMENT:
+        return worker_deployment(batch, the_plan, stage, settings, replicas=size)
+    return worker_job(batch, the_plan, stage, settings, parallelism=size)

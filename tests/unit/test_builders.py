@@ -1,0 +1,89 @@
+"""The pure builders of a batch's children: names, labels, security, environment."""
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from analysis_core import env, plan
+from analysis_core.api import v1alpha1
+from analysis_operator import builders
+
+pytestmark = pytest.mark.unit
+
+BATCH = builders.Batch("semis-q3", "research", "0b9c6c1e-5d7a-4c1b-9a3e-1f2d3c4b5a69")
+SETTINGS = builders.WorkerSettings(image="analysis-worker:0.1.0", redis_url="redis://redis:6379/0")
+
+
+def the_plan(executor: str = "Job") -> plan.Plan:
+    spec = v1alpha1.AnalysisBatchSpec.model_validate({
+        "items": ["NVDA"],
+        "providers": {"claude": {"type": "anthropic", "model": "m", "apiKeySecretRef": {"name": "llm-keys",
+                                                                                       "key": "anthropic"}}},
+        "stages": [{"name": "analyze", "provider": "claude", "prompt": "{{ item }}", "executor": executor}],
+    })  # fmt: skip
+    return plan.compile_plan(BATCH.uid, spec)
+
+
+def test_names_are_deterministic_dns_labels_even_for_long_batches() -> None:
+    assert builders.child_name(BATCH, "analyze") == "semis-q3-analyze"
+    long_a = builders.Batch("a" * 80, "ns", "u")
+    long_b = builders.Batch("a" * 79 + "b", "ns", "u")
+    name_a, name_b = builders.child_name(long_a, "analyze"), builders.child_name(long_b, "analyze")
+    for name in (name_a, name_b):
+        assert len(name) <= 63
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
+    assert name_a != name_b
+    assert builders.child_name(long_a, "analyze") == name_a
+
+
+def test_worker_pods_are_locked_down() -> None:
+    pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, mode="job")
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }  # fmt: skip
+    assert container["livenessProbe"]["exec"]["command"] == ["analysis-worker", "--check"]
+    assert spec["terminationGracePeriodSeconds"] > SETTINGS.grace_s
+
+
+def test_the_api_key_comes_only_from_its_secret() -> None:
+    pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, mode="job")
+    variables = {v["name"]: v for v in pod["spec"]["containers"][0]["env"]}
+    assert variables[env.API_KEY] == {
+        "name": env.API_KEY, "valueFrom": {"secretKeyRef": {"name": "llm-keys", "key": "anthropic"}},
+    }  # fmt: skip
+    assert variables[env.POD_NAME]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert {variables[n]["value"] for n in (env.BATCH_UID, env.STAGE, env.MODE)} == {BATCH.uid, "analyze", "job"}
+    # The plan the pods mount names the Secret key; no key material exists for it to carry.
+    assert json.loads(builders.plan_configmap(BATCH, the_plan())["data"][builders.PLAN_KEY])["providers"]["claude"][
+        "api_key_secret"
+    ] == {"name": "llm-keys", "key": "anthropic"}
+
+
+def test_the_plan_configmap_holds_the_plan_the_pods_mount() -> None:
+    compiled = the_plan()
+    configmap = builders.plan_configmap(BATCH, compiled)
+    assert plan.Plan.loads(configmap["data"][builders.PLAN_KEY]) == compiled
+    pod = builders.worker_pod_template(BATCH, compiled, compiled.stage("analyze"), SETTINGS, mode="job")
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["plan"]["configMap"]["name"] == configmap["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("executor", "kind", "size_field"), [("Job", "Job", "parallelism"), ("Deployment", "Deployment", "replicas")]
+)
+def test_the_executor_picks_the_workload(executor: str, kind: str, size_field: str) -> None:
+    compiled = the_plan(executor)
+    obj: dict[str, Any] = builders.workload(BATCH, compiled, compiled.stage("analyze"), SETTINGS, size=3)
+    assert obj["kind"] == kind
+    assert obj["spec"][size_field] == 3
+    assert obj["metadata"]["labels"][builders.LABEL_STAGE] == "analyze"
+    restart = obj["spec"]["template"]["spec"]["restartPolicy"]
+    assert restart == ("Never" if kind == "Job" else "Always")

@@ -43,14 +43,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Sequence
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from analysis_core import keys as keys_
+from analysis_core import scripts
 
 Redis = aioredis.Redis
 
@@ -60,8 +59,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
     OSError,
 )
-
-SCRIPTS = ("complete", "retry", "promote", "reclaim", "renew", "handback", "seed", "snapshot", "release", "collect")
 
 
 def connect(url: str) -> Redis:
@@ -154,20 +151,6 @@ class StageCounts:
         return self.ready == 0 and self.running == 0 and self.retrying == 0 and self.gathered == 0
 
 
-class _Scripts:
-    """The Lua scripts, registered on one client (EVALSHA with a fallback to EVAL)."""
-
-    def __init__(self, client: Redis) -> None:
-        package = resources.files("analysis_core") / "lua"
-        self.by_name: dict[str, AsyncScript] = {
-            name: client.register_script(package.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
-            for name in SCRIPTS
-        }
-
-    def __getitem__(self, name: str) -> AsyncScript:
-        return self.by_name[name]
-
-
 def _decode_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     """Entries of an XREADGROUP reply: ``[[stream, [(id, {field: value}), ...]], ...]``."""
     entries: list[tuple[str, dict[str, str]]] = []
@@ -188,7 +171,6 @@ class StageQueue:
         self.stage = stage
         self.consumer = consumer
         self.stream = self.keys.stream(stage)
-        self._scripts = _Scripts(client)
 
     async def ensure_group(self) -> None:
         """Create the stage's consumer group (from the start of the stream) if it does not exist."""
@@ -214,7 +196,7 @@ class StageQueue:
 
     async def reclaim(self, count: int, lease_ms: int, max_deliveries: int) -> list[Delivery]:
         """Take over up to ``count`` deliveries whose lease expired; dead-letter those past the bound."""
-        reply = await self._scripts["reclaim"](
+        reply = await scripts.script(self.client, "reclaim")(
             keys=[self.stream, self.keys.outcomes, self.keys.dead(self.stage), self.keys.counts(self.stage)],
             args=[keys_.GROUP, self.consumer, lease_ms, count, max_deliveries, self.keys.uid, self.stage],
         )
@@ -225,7 +207,7 @@ class StageQueue:
         ids = list(entry_ids)
         if not ids:
             return []
-        lost = await self._scripts["renew"](keys=[self.stream], args=[keys_.GROUP, self.consumer, *ids])
+        lost = await scripts.script(self.client, "renew")(keys=[self.stream], args=[keys_.GROUP, self.consumer, *ids])
         return [str(i) for i in lost]
 
     async def hand_back(self, entry_ids: Iterable[str]) -> int:
@@ -233,7 +215,7 @@ class StageQueue:
         ids = list(entry_ids)
         if not ids:
             return 0
-        return int(await self._scripts["handback"](keys=[self.stream], args=[keys_.GROUP, *ids]))
+        return int(await scripts.script(self.client, "handback")(keys=[self.stream], args=[keys_.GROUP, *ids]))
 
     # ---------------------------------------------------------------- finishing
 
@@ -250,7 +232,7 @@ class StageQueue:
         """Finish the delivery's attempt for good; False if another completion of the same key came first."""
         message = delivery.message
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
-        done = await self._scripts["complete"](
+        done = await scripts.script(self.client, "complete")(
             keys=[
                 self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage), self.keys.usage,
                 *(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in routes),
@@ -275,7 +257,7 @@ class StageQueue:
         """Schedule ``next_message`` after ``delay_ms``; ``outcome`` None keeps the attempt (rate limits)."""
         message = delivery.message
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
-        scheduled = await self._scripts["retry"](
+        scheduled = await scripts.script(self.client, "retry")(
             keys=[
                 self.stream, self.keys.outcomes, self.keys.delayed(self.stage), self.keys.counts(self.stage),
                 self.keys.usage,
@@ -290,7 +272,9 @@ class StageQueue:
 
     async def promote(self, limit: int = 100) -> tuple[int, int]:
         """Move due retries into the stream; returns (moved, ms until the next is due or -1)."""
-        moved, wait = await self._scripts["promote"](keys=[self.keys.delayed(self.stage), self.stream], args=[limit])
+        moved, wait = await scripts.script(self.client, "promote")(
+            keys=[self.keys.delayed(self.stage), self.stream], args=[limit]
+        )
         return int(moved), int(wait)
 
     async def outcome(self, idem: str) -> dict[str, Any] | None:
@@ -359,7 +343,7 @@ async def snapshot(client: Redis, uid: str, stages: Sequence[str]) -> Snapshot:
     stage_keys = [
         key for stage in stages for key in (k.stream(stage), k.delayed(stage), k.counts(stage), k.gathered(stage))
     ]
-    per_stage, sealed, seeded, usage, flags = await _Scripts(client)["snapshot"](
+    per_stage, sealed, seeded, usage, flags = await scripts.script(client, "snapshot")(
         keys=[*stage_keys, k.sealed, k.seeded, k.usage, k.flags], args=[keys_.GROUP]
     )
     counts = {}
@@ -393,7 +377,7 @@ async def collect(client: Redis, uid: str, stage: str) -> int:
     """Fan-in: combine every item gathered for ``stage`` into one message; once. Returns how many."""
     k = keys_.BatchKeys(uid)
     items = [str(item) for item in await client.hkeys(k.gathered(stage))]
-    collected = await _Scripts(client)["collect"](
+    collected = await scripts.script(client, "collect")(
         keys=[k.gathered(stage), k.results, k.stream(stage), k.collected(stage)],
         args=[f"{uid}/{stage}/collected", collected_id(items)],
     )
@@ -420,7 +404,7 @@ async def release(
         target, mode = k.stream(gate), "none"
     else:
         target, mode = (k.gathered(next_stage), "gather") if gather else (k.stream(next_stage), "stream")
-    released = await _Scripts(client)["release"](
+    released = await scripts.script(client, "release")(
         keys=[k.stream(gate), k.outcomes, k.counts(gate), target],
         args=[uid, gate, "*" if items is None else json.dumps(sorted(items)), limit, mode],
     )
@@ -431,7 +415,7 @@ async def seed(client: Redis, uid: str, stages: Sequence[str], items: Sequence[s
     """Enqueue the initial items into the first stage, once; create every stage's group."""
     k = keys_.BatchKeys(uid)
     messages = [Message(item).fields() for item in items]
-    script = _Scripts(client)["seed"]
+    script = scripts.script(client, "seed")
     enqueued = await script(
         keys=[k.seeded, k.stream(stages[0]), *(k.stream(stage) for stage in stages)],
         args=[keys_.GROUP, json.dumps(messages)],

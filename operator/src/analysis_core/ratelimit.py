@@ -26,12 +26,11 @@ import asyncio
 import dataclasses
 import math
 import uuid
-from importlib import resources
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from analysis_core import keys as keys_
+from analysis_core import scripts
 
 WINDOW_S = 60.0
 GUARD_FRACTION = 0.02
@@ -52,11 +51,6 @@ class Reservation:
     waited_s: float
 
 
-def _script(client: aioredis.Redis, name: str) -> AsyncScript:
-    text = (resources.files("analysis_core") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-    return client.register_script(text)
-
-
 class Limiter:
     """One stage's limits as seen from one worker process."""
 
@@ -75,9 +69,9 @@ class Limiter:
         self.window_ms = math.ceil(1000 * (window_s + max(window_s * GUARD_FRACTION, GUARD_MIN_S)))
         k = keys_.BatchKeys(uid)
         self._keys = [k.limiter(stage, part) for part in ("req", "tok", "amt", "sum", "pause")]
-        self._acquire = _script(client, "limiter_acquire")
-        self._settle = _script(client, "limiter_settle")
-        self._pause = _script(client, "limiter_pause")
+        self._acquire = scripts.script(client, "limiter_acquire")
+        self._settle = scripts.script(client, "limiter_settle")
+        self._pause = scripts.script(client, "limiter_pause")
 
     @property
     def enabled(self) -> bool:

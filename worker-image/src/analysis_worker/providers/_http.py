@@ -17,6 +17,7 @@ import datetime
 import email.utils
 import math
 import re
+import types
 from collections.abc import Mapping
 
 from analysis_core import errors
@@ -200,3 +201,29 @@ def status_error(
     if retry_after_s is None and error_class is errors.ErrorClass.RATE_LIMITED and rate_limit is not None:
         retry_after_s = rate_limit.reset_after_s
     return errors.ProviderError(error_class, message, retry_after_s=retry_after_s, status=status, request_id=request_id)
+
+
+def transport_error(
+    exc: Exception, sdk: types.ModuleType, *, api_key: str, request_id_header: str
+) -> errors.ProviderError:
+    """Classify an SDK failure that is not an HTTP status: a response that failed validation, a timeout,
+    a connection failure, or anything else. Both SDKs name these classes alike, so ``sdk`` is the module."""
+    message = describe(exc, api_key)
+    if isinstance(exc, sdk.APIResponseValidationError):
+        return errors.ProviderError(
+            errors.ErrorClass.BAD_OUTPUT,
+            message,
+            status=exc.status_code,
+            request_id=exc.response.headers.get(request_id_header),
+        )
+    # APITimeoutError subclasses APIConnectionError, so it must be tested first.
+    if isinstance(exc, sdk.APITimeoutError):
+        return errors.ProviderError(errors.ErrorClass.TIMEOUT, message)
+    if isinstance(exc, sdk.APIConnectionError):
+        return errors.ProviderError(errors.ErrorClass.NETWORK, message)
+    return errors.ProviderError(errors.ErrorClass.UNKNOWN, message)
+
+
+def describe(exc: BaseException, api_key: str) -> str:
+    """``Class: message`` with the API key masked."""
+    return redact(f"{type(exc).__name__}: {exc}", api_key)

@@ -119,7 +119,7 @@ class AnthropicProvider:
         )
 
     def _describe(self, exc: BaseException) -> str:
-        return _http.redact(f"{type(exc).__name__}: {exc}", self._api_key)
+        return _http.describe(exc, self._api_key)
 
     def _error(self, exc: anthropic.AnthropicError) -> errors.ProviderError:
         """Classify an SDK exception; the caller chains it."""
@@ -133,16 +133,4 @@ class AnthropicProvider:
                 request_id=exc.request_id,
                 rate_limit=_http.anthropic_rate_limit(headers),
             )
-        if isinstance(exc, anthropic.APIResponseValidationError):
-            return errors.ProviderError(
-                errors.ErrorClass.BAD_OUTPUT,
-                self._describe(exc),
-                status=exc.status_code,
-                request_id=exc.response.headers.get("request-id"),
-            )
-        # APITimeoutError subclasses APIConnectionError, so it must be tested first.
-        if isinstance(exc, anthropic.APITimeoutError):
-            return errors.ProviderError(errors.ErrorClass.TIMEOUT, self._describe(exc))
-        if isinstance(exc, anthropic.APIConnectionError):
-            return errors.ProviderError(errors.ErrorClass.NETWORK, self._describe(exc))
-        return errors.ProviderError(errors.ErrorClass.UNKNOWN, self._describe(exc))
+        return _http.transport_error(exc, anthropic, api_key=self._api_key, request_id_header="request-id")

@@ -126,7 +126,7 @@ class OpenAIProvider:
         )
 
     def _describe(self, exc: BaseException) -> str:
-        return _http.redact(f"{type(exc).__name__}: {exc}", self._api_key)
+        return _http.describe(exc, self._api_key)
 
     def _error(self, exc: openai.OpenAIError) -> errors.ProviderError:
         """Classify an SDK exception; the caller chains it."""
@@ -139,16 +139,4 @@ class OpenAIProvider:
                 request_id=exc.request_id,
                 rate_limit=_http.openai_rate_limit(headers),
             )
-        if isinstance(exc, openai.APIResponseValidationError):
-            return errors.ProviderError(
-                errors.ErrorClass.BAD_OUTPUT,
-                self._describe(exc),
-                status=exc.status_code,
-                request_id=exc.response.headers.get("x-request-id"),
-            )
-        # APITimeoutError subclasses APIConnectionError, so it must be tested first.
-        if isinstance(exc, openai.APITimeoutError):
-            return errors.ProviderError(errors.ErrorClass.TIMEOUT, self._describe(exc))
-        if isinstance(exc, openai.APIConnectionError):
-            return errors.ProviderError(errors.ErrorClass.NETWORK, self._describe(exc))
-        return errors.ProviderError(errors.ErrorClass.UNKNOWN, self._describe(exc))
+        return _http.transport_error(exc, openai, api_key=self._api_key, request_id_header="x-request-id")

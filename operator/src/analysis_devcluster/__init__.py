@@ -7,11 +7,17 @@ private PKI and an admin kubeconfig. Callers: ``tests/conftest.py`` (through
 :class:`analysis_devcluster.cluster.DevCluster`) and developers (through the
 ``analysis-devcluster`` command, :mod:`analysis_devcluster.cli`).
 
-It deliberately has no kubelet, no scheduler and no container runtime: Pods
-stay Pending. Nothing in the operator, the worker or the core imports it
-(an import-linter contract enforces that).
+There is no kubelet, scheduler or container runtime; instead an optional
+local node (``node``, on with ``DevCluster(node=True)`` and by default in
+``analysis-devcluster up``) registers a Node, binds every pod to it and runs
+each container's command as a local process. Without it Pods stay Pending.
+Nothing in the operator, the worker or the core imports this package (an
+import-linter contract enforces that).
 
 Modules: ``binaries`` (finding the tools), ``pki`` (certificates and keys),
 ``processes`` (spawning and stopping components), ``cluster`` (the cluster
-itself), ``cli`` (the command).
+itself), ``cli`` (the command), ``node`` (the local node), with ``podrun``
+(one pod's processes and status), ``podspec`` (what a pod spec means for a
+local process) and ``kubeapi`` (its apiserver client); ``standin`` (the LLM
+API stand-in).
 """

@@ -4,7 +4,9 @@ Called as the ``analysis-devcluster`` console script or ``python -m
 analysis_devcluster``. Verbs:
 
 * ``up``: start a detached supervisor (``run``) and return once the cluster
-  is ready; says so and exits 0 if one is already running.
+  is ready; says so and exits 0 if one is already running. The cluster
+  includes the local node (:mod:`analysis_devcluster.node`), so pods run as
+  local processes, unless ``--no-node``.
 * ``down``: stop the supervisor (SIGTERM, then SIGKILL) and with it the cluster.
 * ``status``: whether it runs, and its environment.
 * ``run``: the supervisor itself, in the foreground; Ctrl-C stops cleanly.
@@ -12,7 +14,8 @@ analysis_devcluster``. Verbs:
 Layout under ``--home`` (default ``<repo>/.devcluster``): ``state/`` (the
 cluster's state directory), ``kubeconfig`` and ``env`` (the contract other
 tools rely on; present only while a cluster runs), ``supervisor.json``
-(pid, ports, URLs), ``ready`` (marker), ``supervisor.log``, ``lock``.
+(pid, ports, URLs, node name and pod log directory), ``ready`` (marker),
+``supervisor.log``, ``lock``. Pod logs: ``state/node/pods/<namespace>_<pod>_<uid>/<container>.log``.
 
 A running supervisor holds an exclusive flock on ``lock``; that, not a pid in
 a file, is what "running" means, so a stale pid can never be mistaken for a
@@ -167,6 +170,8 @@ def _serve(home: Home, dev: cluster.DevCluster) -> int:
             "pids": dev.pids,
             "ready_seconds": round(dev.ready_seconds or 0.0, 3),
             "timings": dev.timings,
+            "node": dev.node_name if dev.node else None,
+            "pod_logs": str(dev.node_state_dir / "pods") if dev.node else None,
         },
     )
     home.ready.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
@@ -179,7 +184,7 @@ def _serve(home: Home, dev: cluster.DevCluster) -> int:
         time.sleep(1.0)
 
 
-def _run(home: Home) -> int:
+def _run(home: Home, node: bool) -> int:
     home.root.mkdir(parents=True, exist_ok=True)
     with home.lock.open("a") as lock:
         try:
@@ -190,7 +195,7 @@ def _run(home: Home) -> int:
         _remove_runtime_files(home)
         _write_json(home.info, {"pid": os.getpid(), "state": "starting"})
         try:
-            dev = cluster.DevCluster(home.state, kubeconfig_path=home.kubeconfig, env_path=home.env)
+            dev = cluster.DevCluster(home.state, kubeconfig_path=home.kubeconfig, env_path=home.env, node=node)
         except binaries.MissingBinaryError as error:
             print(error, file=sys.stderr)
             home.info.unlink(missing_ok=True)
@@ -217,9 +222,11 @@ def _run(home: Home) -> int:
 # ------------------------------------------------------------------ up / down / status
 
 
-def _spawn_supervisor(home: Home) -> int:
+def _spawn_supervisor(home: Home, node: bool) -> int:
     home.root.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "analysis_devcluster", "--home", str(home.root), "run"]
+    if not node:
+        argv.append("--no-node")
     # posix_spawn rather than Popen: the supervisor must outlive us, and a
     # Popen object dropped while its child runs warns (ResourceWarning). No
     # PDEATHSIG here, for the same reason; setsid detaches it from our
@@ -237,7 +244,7 @@ def _spawn_supervisor(home: Home) -> int:
     )
 
 
-def _up(home: Home, timeout: float) -> int:
+def _up(home: Home, timeout: float, node: bool) -> int:
     started = time.monotonic()
     if _supervisor_running(home) and home.ready.exists():
         info = _read_info(home)
@@ -249,7 +256,7 @@ def _up(home: Home, timeout: float) -> int:
         print(f"already starting (supervisor pid {pid}); waiting")
     else:
         _remove_runtime_files(home)
-        pid = _spawn_supervisor(home)
+        pid = _spawn_supervisor(home, node)
     deadline = started + timeout
     while not home.ready.exists():
         if not processes.pid_alive(pid):
@@ -264,6 +271,8 @@ def _up(home: Home, timeout: float) -> int:
     info = _read_info(home)
     print(f"ready in {time.monotonic() - started:.1f}s (cluster {info.get('ready_seconds')}s, supervisor pid {pid})")
     print(f"server {info.get('server_url')}")
+    if info.get("node"):
+        print(f"node {info['node']}: pods run as local processes; logs in {info.get('pod_logs')}")
     _print_env(home)
     return 0
 
@@ -326,10 +335,12 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     up = verbs.add_parser("up", help="start in the background; return when ready")
     up.add_argument("--timeout", type=float, default=_UP_TIMEOUT)
+    up.add_argument("--no-node", dest="node", action="store_false", help="no local node: pods stay Pending")
     down = verbs.add_parser("down", help="stop the background cluster")
     down.add_argument("--timeout", type=float, default=_DOWN_TIMEOUT)
     verbs.add_parser("status", help="whether it runs, and its environment")
-    verbs.add_parser("run", help="run in the foreground (the supervisor); Ctrl-C stops")
+    run = verbs.add_parser("run", help="run in the foreground (the supervisor); Ctrl-C stops")
+    run.add_argument("--no-node", dest="node", action="store_false", help="no local node: pods stay Pending")
     return parser
 
 
@@ -342,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     home = Home(root.absolute())
     if args.verb == "up":
-        return _up(home, args.timeout)
+        return _up(home, args.timeout, args.node)
     if args.verb == "down":
         return _down(home, args.timeout)
     if args.verb == "status":
         return _status(home)
-    return _run(home)
+    return _run(home, args.node)

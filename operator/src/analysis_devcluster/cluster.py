@@ -1,4 +1,4 @@
-"""Start and stop one dev cluster: etcd, kube-apiserver, kube-controller-manager and redis-server.
+"""Start and stop one dev cluster: etcd, kube-apiserver, kube-controller-manager, redis-server and a local node.
 
 Called by ``tests/conftest.py`` (a private cluster per test session), by tests
 that need a cluster of their own, and by :mod:`analysis_devcluster.cli` (the
@@ -12,9 +12,14 @@ kube-controller-manager running its controllers (the ``default``
 ServiceAccount exists), and fails with the tail of the guilty component's log
 otherwise.
 
-It deliberately does not run a kubelet, a scheduler or any node (Pods stay
-Pending), does not reuse state across starts, and keeps the ServiceAccount
-and PodSecurity admission plugins enabled, as a real cluster does.
+With ``node=True`` it also runs the local node (:mod:`analysis_devcluster.node`,
+its state in ``<state>/node``): a Ready Node that binds every pod and runs
+its containers as local processes; ``start()`` then also waits for the Node
+to be Ready, and :meth:`DevCluster.pod_log` finds a container's log. Without
+it, as by default, there is no kubelet and no scheduler: Pods stay Pending.
+
+It deliberately does not reuse state across starts, and keeps the
+ServiceAccount and PodSecurity admission plugins enabled, as a real cluster does.
 """
 
 import atexit
@@ -22,13 +27,15 @@ import base64
 import contextlib
 import dataclasses
 import http.client
+import json
 import os
 import shlex
 import shutil
 import ssl
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -41,6 +48,7 @@ import yaml
 from analysis_devcluster import binaries, pki, processes
 
 CONTEXT_NAME = "devcluster"
+NODE_NAME = "devcluster-node"  # the local node's default name (analysis_devcluster.node.DEFAULT_NAME)
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 # Written at the top of a state directory we created, so that start() never
@@ -91,6 +99,23 @@ def _https_status(port: int, path: str, context: ssl.SSLContext, timeout: float 
         connection.close()
 
 
+def _node_ready(port: int, name: str, context: ssl.SSLContext) -> bool:
+    """Whether the Node ``name`` exists with condition Ready=True."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2.0)
+    try:
+        connection.request("GET", f"/api/v1/nodes/{name}")
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return False
+        conditions = json.loads(body).get("status", {}).get("conditions", [])
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    except (OSError, http.client.HTTPException, ValueError):
+        return False
+    finally:
+        connection.close()
+
+
 def _etcd_healthy(port: int) -> bool:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
     try:
@@ -130,6 +155,10 @@ class DevCluster:
     Use as ``with DevCluster(path) as cluster: ...`` or call ``start()`` and
     ``stop()``. ``kubeconfig_path`` and ``env_path`` default to files inside
     the state directory; the CLI puts them next to it instead.
+
+    ``node=True`` adds the local node named ``node_name``; ``node_images``
+    adds image repositories it can run (repository → entrypoint argv, e.g.
+    ``{"python": [sys.executable]}``) to its defaults.
     """
 
     def __init__(
@@ -140,12 +169,18 @@ class DevCluster:
         env_path: Path | None = None,
         ready_timeout: float = 60.0,
         stop_grace: float = 10.0,
+        node: bool = False,
+        node_name: str = NODE_NAME,
+        node_images: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.kubeconfig = (kubeconfig_path or self.state_dir / "kubeconfig").absolute()
         self.env_file = (env_path or self.state_dir / "env").absolute()
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
+        self.node = node
+        self.node_name = node_name
+        self.node_images = {repository: list(argv) for repository, argv in (node_images or {}).items()}
         self.ports: Ports | None = None
         self.ready_seconds: float | None = None
         # Seconds from the start of start() at which each component was ready.
@@ -168,6 +203,21 @@ class DevCluster:
     def pids(self) -> dict[str, int]:
         """Component name → pid, for the components started so far."""
         return {component.name: component.pid for component in self._components}
+
+    @property
+    def node_state_dir(self) -> Path:
+        """The local node's state: ``pods/<namespace>_<pod>_<uid>/`` holds each pod's logs and volumes."""
+        return self.state_dir / "node"
+
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> Path:
+        """The local node's log file of a container (the only one if ``container`` is None) of a pod.
+
+        Raises FileNotFoundError while the node has not started that pod.
+        """
+        # Imported here: aiohttp, which the node needs, costs a third of a second to import.
+        from analysis_devcluster import node
+
+        return node.find_pod_log(self.node_state_dir, namespace, pod, container)
 
     def env(self) -> dict[str, str]:
         """The variables a client needs: KUBECONFIG and REDIS_URL."""
@@ -257,6 +307,8 @@ class DevCluster:
         # seconds to become healthy, polling once a second, and exits after
         # that; a slow machine would turn a cold apiserver into a flaky start.
         controller_manager = self._spawn("kube-controller-manager", self._controller_manager_argv())
+        # The node needs only the apiserver; it registers while the controllers start.
+        node = self._spawn("node", self._node_argv()) if self.node else None
         self._wait(redis_server, "answering PING", lambda: _redis_pong(self.redis_url), started)
         # Its serving certificate is self-signed in memory; /healthz is an always-allowed path.
         insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -277,6 +329,13 @@ class DevCluster:
             started,
             timing_key="controllers",
         )
+        if node is not None:
+            self._wait(
+                node,
+                f"Ready (Node {self.node_name})",
+                lambda: _node_ready(ports.apiserver, self.node_name, client),
+                started,
+            )
 
     def _spawn(self, name: str, argv: list[str]) -> processes.Component:
         component = processes.spawn(name, argv, self.state_dir / "logs" / f"{name}.log", cwd=self.state_dir)
@@ -395,6 +454,18 @@ class DevCluster:
             "--profiling=false",
             # Otherwise it creates /usr/libexec/kubernetes/kubelet-plugins/volume/exec/ on the host.
             f"--flex-volume-plugin-dir={self.state_dir / 'flexvolume'}",
+        ]
+
+    def _node_argv(self) -> list[str]:
+        images = [f"--image={repository}={shlex.join(argv)}" for repository, argv in self.node_images.items()]
+        return [
+            sys.executable,
+            "-m",
+            "analysis_devcluster.node",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--state-dir={self.node_state_dir}",
+            f"--name={self.node_name}",
+            *images,
         ]
 
     def _redis_argv(self) -> list[str]:

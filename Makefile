@@ -26,6 +26,16 @@ $(INSTALLED): pyproject.toml | $(PY)
 .PHONY: install
 install: $(INSTALLED) ## create .venv and install the project (editable) with every extra and the dev tools
 
+.PHONY: system-packages
+system-packages: ## install redis-server (and make) with apt-get if they are missing
+	@tools/system-packages.sh
+
+.PHONY: demo
+demo: system-packages install ## the stock-research example on a fresh local control plane, from apply to results
+	@[ -x .devcluster/bin/kube-apiserver ] || echo "==> building the control plane tools from the Kubernetes Go modules; the first time this takes several minutes"
+	@tools/controlplane/build.sh
+	$(PY) -m analysis_devcluster.demo
+
 .PHONY: controlplane
 controlplane: ## build etcd, kube-apiserver, kube-controller-manager, kubectl into .devcluster/bin (cached)
 	tools/controlplane/build.sh
@@ -57,7 +67,7 @@ check-crds: install ## fail if crds/ differs from what the API models generate
 	$(PY) -m analysis_core.api.crd --check --dir crds
 
 .PHONY: test
-test: install controlplane ## the default test run: every tier (unit, integration, e2e) against the real control plane and Redis
+test: system-packages install controlplane ## the default test run: every tier (unit, integration, e2e) against the real control plane and Redis
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from analysis_core import env, plan
+from analysis_core import env, plan, queue
 from analysis_core.api import v1alpha1
 from analysis_operator import builders
 
@@ -87,3 +87,49 @@ def test_the_executor_picks_the_workload(executor: str, kind: str, size_field: s
     assert obj["metadata"]["labels"][builders.LABEL_STAGE] == "analyze"
     restart = obj["spec"]["template"]["spec"]["restartPolicy"]
     assert restart == ("Never" if kind == "Job" else "Always")
+
+
+def test_a_job_is_renamed_when_its_template_or_run_changes_but_not_by_an_approval() -> None:
+    compiled = the_plan()
+    stage = compiled.stage("analyze")
+    job = builders.worker_job(BATCH, compiled, stage, SETTINGS, parallelism=2)
+    approved = compiled.model_copy(update={"approvals": {"analyze": None}, "generation": 7})
+    assert (
+        builders.worker_job(BATCH, approved, stage, SETTINGS, parallelism=3)["metadata"]["name"]
+        == (job["metadata"]["name"])
+    )
+    edited = compiled.model_copy(update={"vars": {"language": "de"}})
+    assert (
+        builders.worker_job(BATCH, edited, stage, SETTINGS, parallelism=2)["metadata"]["name"]
+        != (job["metadata"]["name"])
+    )
+    rerun = builders.worker_job(BATCH, compiled, stage, SETTINGS, parallelism=2, run=1)
+    assert rerun["metadata"]["name"] != job["metadata"]["name"]
+    assert re.fullmatch(r"semis-q3-analyze-[0-9a-f]{6}", job["metadata"]["name"])
+
+
+def test_a_job_ignores_workers_stopped_by_a_scale_down() -> None:
+    job = builders.worker_job(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, parallelism=1)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [env.EXIT_STOPPED_EARLY]}} in rules
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": env.CONCURRENCY, "value": "1"} in container["env"]
+
+
+@pytest.mark.parametrize(
+    ("ready", "running", "retrying", "stopping", "current", "expected"),
+    [
+        (0, 0, 0, False, 0, 0),  # nothing to do: no pods
+        (3, 0, 0, False, 0, 3),
+        (50, 2, 0, False, 4, 4),  # capped by concurrency
+        (0, 0, 7, False, 2, 1),  # retries waiting: one pod promotes them when due
+        (9, 2, 0, True, 4, 2),  # suspended: only pods with work in flight stay
+        (9, 0, 0, True, 4, 0),
+    ],
+)
+def test_stages_are_sized_by_backlog_and_in_flight(
+    ready: int, running: int, retrying: int, stopping: bool, current: int, expected: int
+) -> None:
+    compiled = the_plan()
+    counts = queue.StageCounts(ready, running, retrying, {})
+    assert builders.sized(compiled, compiled.stage("analyze"), counts, current=current, stopping=stopping) == expected

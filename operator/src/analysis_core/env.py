@@ -18,3 +18,11 @@ MAX_DELIVERIES = "ANALYSIS_MAX_DELIVERIES"  # redeliveries before an item is dea
 HEALTH_TTL_SECONDS = "ANALYSIS_HEALTH_TTL_SECONDS"
 PRICES_PATH = "ANALYSIS_PRICES_PATH"  # a price table overriding the packaged one
 LOG_FORMAT = "ANALYSIS_LOG_FORMAT"  # "json" (default) or "text"
+
+# A Job-mode worker stopped before its stage is done (SIGTERM from a scale-down
+# or a suspend) exits with this code, 128 + SIGTERM; the Job's podFailurePolicy
+# ignores it, where exit 0 would count as the work-queue Job's success.
+EXIT_STOPPED_EARLY = 143
+# Flags in the batch's flags hash that workers obey before every claim.
+FLAG_SUSPENDED = "suspended"  # set by the operator from spec.suspend
+FLAG_BUDGET_EXCEEDED = "budget_exceeded"  # raised by the first worker that sees the budget used up

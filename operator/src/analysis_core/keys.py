@@ -96,6 +96,25 @@ class BatchKeys:
         return f"{self.tag}:seeded"
 
     @property
+    def finals(self) -> str:
+        """List of the idempotency keys of attempts where an item's journey ended, in the order they ended.
+
+        Appended in the same Lua step that records the outcome (``complete.lua``,
+        ``reclaim.lua``, ``release.lua``), once per key; the operator exports it
+        incrementally (``queue.finals``) with a cursor kept outside Redis.
+        """
+        return f"{self.tag}:finals"
+
+    @property
+    def reruns(self) -> str:
+        """Hash: idempotency key of a failed or dead-lettered end -> the key its re-run starts with.
+
+        Written once per key (HSETNX, in ``rerun.lua``): what makes
+        ``queue.retry_failed`` requeue an item at most once per failure.
+        """
+        return f"{self.tag}:reruns"
+
+    @property
     def pattern(self) -> str:
         """SCAN pattern matching every key of the batch (the tag's braces escaped)."""
         return "\\{" + self.uid + "\\}:*"

@@ -33,9 +33,25 @@ Connections: blocking reads use a client of their own with no socket timeout
 (redis-py 8's default 5 s timeout plus its retries turns a blocking read into
 a minute-long stall) and short blocks, so shutdown stays responsive.
 
+Where items end (finals): the step that ends an item's journey also appends
+its idempotency key to the batch's finals list (``keys.BatchKeys.finals``),
+atomically with its outcome and once per key (behind the same HSETNX), so the
+list holds every end exactly once, in the order they happened. An item ends
+when a completion sends it nowhere (it left the last stage, a fan-out found
+no children, a judge failed it), when it fails for good, or when it is
+dead-lettered; rejections and retries send it on, so they are not ends. The
+operator exports the list incrementally (``finals``, with a cursor of its
+own) and ``retry_failed`` re-runs the failed ends from it.
+
+Re-runs: ``retry_failed`` requeues each failed or dead-lettered end into the
+stage where it ended at the next attempt number, so idempotency keys stay
+unique, with ``Message.first_attempt`` set to that number so the worker's
+retry policy counts a fresh budget from it.
+
 Callers: the worker (claim .. complete), the operator (``seed``, ``seal``,
-``stage_counts``) and tests. This module decides nothing about routing: the
-caller passes the follow-up messages.
+``stage_counts``, ``finals``, ``retry_failed``) and tests. This module decides
+nothing about routing: the caller passes the follow-up messages, and says
+whether a completion is final.
 """
 
 from __future__ import annotations
@@ -43,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -87,13 +103,22 @@ class Message:
     input: str = ""  # idempotency key of the previous stage's result ("" for initial items)
     since_ms: int = 0  # when the first attempt in this stage and round started (0: not yet)
     feedback: str = ""  # a judge's feedback, for the next round
+    # The attempt this run of the item started at: 1, or past the old attempts after a re-run
+    # (``retry_failed``); the retry policy counts attempts from here.
+    first_attempt: int = 1
 
     def fields(self) -> list[str]:
         """Flat stream fields, the wire format of the stream and the delayed set."""
         return [
             "item", self.item, "round", str(self.round), "attempt", str(self.attempt),
             "input", self.input, "since", str(self.since_ms), "feedback", self.feedback,
+            "first", str(self.first_attempt),
         ]  # fmt: skip
+
+    @property
+    def attempts_in_run(self) -> int:
+        """Which attempt of this run this is (1-based), what the retry policy's ``maxAttempts`` bounds."""
+        return max(1, self.attempt - self.first_attempt + 1)
 
     @classmethod
     def from_fields(cls, fields: dict[str, str] | Sequence[str]) -> Message:
@@ -106,6 +131,7 @@ class Message:
             input=fields.get("input", ""),
             since_ms=int(fields.get("since", 0) or 0),
             feedback=fields.get("feedback", ""),
+            first_attempt=int(fields.get("first", 1) or 1),
         )
 
 
@@ -197,9 +223,12 @@ class StageQueue:
     async def reclaim(self, count: int, lease_ms: int, max_deliveries: int) -> list[Delivery]:
         """Take over up to ``count`` deliveries whose lease expired; dead-letter those past the bound."""
         reply = await scripts.script(self.client, "reclaim")(
-            keys=[self.stream, self.keys.outcomes, self.keys.dead(self.stage), self.keys.counts(self.stage)],
+            keys=[
+                self.stream, self.keys.outcomes, self.keys.dead(self.stage), self.keys.counts(self.stage),
+                self.keys.finals,
+            ],
             args=[keys_.GROUP, self.consumer, lease_ms, count, max_deliveries, self.keys.uid, self.stage],
-        )
+        )  # fmt: skip
         return [Delivery(str(entry_id), Message.from_fields(fields), int(n)) for entry_id, fields, n in reply]
 
     async def renew(self, entry_ids: Iterable[str]) -> list[str]:
@@ -228,19 +257,26 @@ class StageQueue:
         increments: dict[str, int],
         routes: Sequence[Route] = (),
         more_results: dict[str, str] | None = None,
+        final: bool = False,
     ) -> bool:
-        """Finish the delivery's attempt for good; False if another completion of the same key came first."""
+        """Finish the delivery's attempt for good; False if another completion of the same key came first.
+
+        ``final``: the item's journey ends with this attempt (no route onward,
+        or failed for good); its key is appended to the batch's finals.
+        """
         message = delivery.message
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
         done = await scripts.script(self.client, "complete")(
             keys=[
                 self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage), self.keys.usage,
+                self.keys.finals,
                 *(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in routes),
             ],
             args=[
                 keys_.GROUP, delivery.entry_id, idem, json.dumps(outcome, separators=(",", ":")),
                 "0" if result is None else "1", result or "", json.dumps(increments),
                 json.dumps([route.wire() for route in routes]), json.dumps(more_results or {}),
+                "1" if final else "0",
             ],
         )  # fmt: skip
         return bool(done)
@@ -405,7 +441,7 @@ async def release(
     else:
         target, mode = (k.gathered(next_stage), "gather") if gather else (k.stream(next_stage), "stream")
     released = await scripts.script(client, "release")(
-        keys=[k.stream(gate), k.outcomes, k.counts(gate), target],
+        keys=[k.stream(gate), k.outcomes, k.counts(gate), target, k.finals],
         args=[uid, gate, "*" if items is None else json.dumps(sorted(items)), limit, mode],
     )
     return int(released)
@@ -437,3 +473,132 @@ async def raise_flag(client: Redis, uid: str, flag: str, why: str) -> bool:
 async def seal(client: Redis, uid: str, stage: str) -> None:
     """Mark ``stage`` as receiving no more work: its Job-mode workers exit once it has drained."""
     await client.sadd(keys_.BatchKeys(uid).sealed, stage)
+
+
+# ---------------------------------------------------------------- finals and re-runs
+
+FinalStatus = Literal["succeeded", "failed", "dead"]
+_FINAL_STATUSES: dict[str, FinalStatus] = {"succeeded": "succeeded", "failed": "failed", "dead": "dead"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalRecord:
+    """Where and how one item's journey ended: one entry of the batch's finals list.
+
+    ``output`` is what the item ended with, for successes only: the last
+    stage's result; for a judge as the last stage the *reviewed* answer it
+    approved (or accepted with ``AcceptLast``), not its verdict; for a
+    fan-out that found no children the fan-out stage's own JSON; for an
+    approval gate as the last stage the input it held. Failures carry
+    ``error`` and ``error_class`` instead (``JudgeRejected`` for a judge's
+    ``onExhausted: Fail``; none for a dead letter, whose status says it).
+    ``model`` and the token counts are the ending attempt's, when it called a
+    model.
+    """
+
+    item: str
+    stage: str
+    status: FinalStatus
+    round: int
+    attempt: int
+    idem: str
+    output: str | None = None
+    error: str | None = None
+    error_class: str | None = None
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value != "" else None
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _final_record(idem: str, raw_outcome: str | None, output: str | None) -> FinalRecord:
+    parsed = keys_.parse_idem(idem)
+    try:
+        loaded = json.loads(raw_outcome) if raw_outcome is not None else {}
+    except ValueError:
+        loaded = {}
+    outcome: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+    # Only ends are listed; an outcome that is missing or unreadable is reported as a failure, not dropped.
+    status = _FINAL_STATUSES.get(str(outcome.get("status")), "failed")
+    error = _optional_str(outcome.get("error"))
+    if status == "failed" and error is None and not outcome:
+        error = "no outcome recorded"
+    return FinalRecord(
+        item=parsed.item,
+        stage=parsed.stage,
+        status=status,
+        round=parsed.round,
+        attempt=parsed.attempt,
+        idem=idem,
+        output=output if status == "succeeded" else None,
+        error=error if status != "succeeded" else None,
+        error_class=_optional_str(outcome.get("error_class")) if status != "succeeded" else None,
+        model=_optional_str(outcome.get("model")),
+        input_tokens=_optional_int(outcome.get("in")),
+        output_tokens=_optional_int(outcome.get("out")),
+    )
+
+
+async def finals(client: Redis, uid: str, start: int, count: int) -> list[FinalRecord]:
+    """Up to ``count`` ends of the batch from position ``start`` of its finals list, in order; one round trip.
+
+    The list only grows, so a reader keeps its own cursor (how many it has
+    consumed) and asks from there; fewer than ``count`` records means it has
+    caught up for now.
+    """
+    if count <= 0 or start < 0:
+        return []
+    k = keys_.BatchKeys(uid)
+    reply = await scripts.script(client, "finals")(
+        keys=[k.finals, k.outcomes, k.results], args=[start, start + count - 1]
+    )
+    return [_final_record(str(idem), outcome, output) for idem, outcome, output in reply]
+
+
+async def finals_length(client: Redis, uid: str) -> int:
+    """How many ends the batch's finals list holds (the total an export has to reach)."""
+    return int(await client.llen(keys_.BatchKeys(uid).finals))
+
+
+async def retry_failed(client: Redis, uid: str, stages: Sequence[str], *, page: int = 500) -> int:
+    """Re-run the items that failed for good or were dead-lettered, and only those; returns how many were requeued.
+
+    ``stages``: every stage of the batch, in plan order. Each failed end not
+    re-run before goes back into the stage where it ended, with its round,
+    input and feedback, at the next attempt number with a fresh attempt
+    budget (``Message.first_attempt``); its failure counter is taken back and
+    ``rerun`` counted, atomically per item (``lua/rerun.lua``). Calling it
+    again requeues nothing new until a re-run item fails again. Items that
+    succeeded are never touched. An item whose stage comes before a collect
+    stage that has already combined its items is left failed: it could no
+    longer be gathered into it.
+
+    When anything was requeued, every stage is unsealed in the same step, so
+    Job-mode workers of the item's stage and of the stages after it (or of a
+    judge loop around it) do not exit before it has passed. The operator
+    must then re-seal from a snapshot taken *after* this call (a snapshot
+    from before it would seal stages the re-run still has to pass), and make
+    sure unsealed stages with a backlog have workers again: a work-queue Job
+    whose pods all exited is complete and never starts new ones, so such a
+    stage needs a new Job (the stage's ``rerun`` counter can name it).
+    """
+    k = keys_.BatchKeys(uid)
+    stage_keys = [key for stage in stages for key in (k.stream(stage), k.counts(stage), k.collected(stage))]
+    script = scripts.script(client, "rerun")
+    requeued, start = 0, 0
+    while True:
+        moved, _skipped, seen = await script(
+            keys=[k.finals, k.outcomes, k.reruns, k.sealed, *stage_keys],
+            args=[uid, start, start + page - 1, *stages],
+        )
+        requeued += int(moved)
+        if int(seen) < page:
+            return requeued
+        start += page

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from typing import Any
 
-from analysis_core import env, plan
+from analysis_core import env, plan, queue
 from analysis_core.api import v1alpha1
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -29,6 +30,8 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_BATCH = "analysis.dev/batch"
 LABEL_BATCH_UID = "analysis.dev/batch-uid"
 LABEL_STAGE = "analysis.dev/stage"
+ANNOTATION_PLAN_HASH = "analysis.dev/plan-hash"  # on pod templates: what the workers run
+ANNOTATION_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 PLAN_KEY = "plan.json"
 PLAN_DIR = "/etc/analysis"
@@ -65,6 +68,20 @@ def child_name(batch: Batch, *parts: str) -> str:
         return full
     digest = hashlib.sha256(full.encode()).hexdigest()[:8]
     return re.sub(r"-+$", "", full[: MAX_NAME - 9]) + "-" + digest
+
+
+def plan_hash(the_plan: plan.Plan) -> str:
+    """What worker pods run, hashed: the plan without what they never read (approvals, generation).
+
+    It goes on pod templates, so editing a prompt rolls a Deployment and gives a
+    Job a new name (Job templates are immutable), while an approval does not.
+    """
+    worker_view = the_plan.model_copy(update={"approvals": {}, "generation": 0})
+    return hashlib.sha256(worker_view.dumps().encode()).hexdigest()[:10]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def labels(batch: Batch, stage: str | None = None) -> dict[str, str]:
@@ -109,6 +126,8 @@ def _environment(
         {"name": env.PLAN_PATH, "value": f"{PLAN_DIR}/{PLAN_KEY}"},
         {"name": env.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": env.MODE, "value": mode},
+        # One call at a time per pod: the stage's concurrency is its most pods (see the CRD).
+        {"name": env.CONCURRENCY, "value": "1"},
         {"name": env.GRACE_SECONDS, "value": str(settings.grace_s)},
         {"name": env.LOG_FORMAT, "value": "json"},
     ]
@@ -152,7 +171,10 @@ def worker_pod_template(
         ],
     }
     return {
-        "metadata": {"labels": labels(batch, stage.name)},
+        "metadata": {
+            "labels": labels(batch, stage.name),
+            "annotations": {ANNOTATION_PLAN_HASH: plan_hash(the_plan)},
+        },
         "spec": {
             "serviceAccountName": child_name(batch, "worker"),
             "automountServiceAccountToken": False,
@@ -178,14 +200,27 @@ def worker_pod_template(
 
 
 def worker_job(
-    batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, parallelism: int
+    batch: Batch,
+    the_plan: plan.Plan,
+    stage: plan.StagePlan,
+    settings: WorkerSettings,
+    *,
+    parallelism: int,
+    run: int = 0,
 ) -> dict[str, Any]:
-    """A work-queue Job (no completions): pods exit 0 once the stage is sealed and drained."""
+    """A work-queue Job (no completions): pods exit 0 once the stage is sealed and drained.
+
+    Its name ends in a digest of its pod template and ``run`` (bumped when
+    retry-failed reopens a stage whose Job already completed): a Job's
+    template cannot change, so a changed one is a new Job, and the reconciler
+    deletes the old one.
+    """
+    template = worker_pod_template(batch, the_plan, stage, settings, mode="job")
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": child_name(batch, stage.name),
+            "name": child_name(batch, stage.name, _digest({"template": template, "run": run})),
             "namespace": batch.namespace,
             "labels": labels(batch, stage.name),
         },
@@ -193,7 +228,14 @@ def worker_job(
             "parallelism": parallelism,
             # Crashed pods are replaced; their items come back when their leases expire.
             "backoffLimit": 20,
-            "template": worker_pod_template(batch, the_plan, stage, settings, mode="job"),
+            "podFailurePolicy": {
+                "rules": [
+                    # Stopped by a scale-down, a suspend or an eviction: not the worker's failure.
+                    {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [env.EXIT_STOPPED_EARLY]}},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": template,
         },
     }
 
@@ -222,9 +264,33 @@ def worker_deployment(
 
 
 def workload(
-    batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, size: int
+    batch: Batch,
+    the_plan: plan.Plan,
+    stage: plan.StagePlan,
+    settings: WorkerSettings,
+    *,
+    size: int,
+    run: int = 0,
 ) -> dict[str, Any]:
     """The stage's Job or Deployment, by its executor."""
     if stage.executor is v1alpha1.Executor.DEPLOYMENT:
         return worker_deployment(batch, the_plan, stage, settings, replicas=size)
-    return worker_job(batch, the_plan, stage, settings, parallelism=size)
+    return worker_job(batch, the_plan, stage, settings, parallelism=size, run=run)
+
+
+def sized(
+    the_plan: plan.Plan, stage: plan.StagePlan, counts: queue.StageCounts, *, current: int, stopping: bool
+) -> int:
+    """How many worker pods ``stage`` wants now: min(concurrency, backlog + in flight).
+
+    ``counts`` is the stage's ``queue.StageCounts``. Items waiting for a retry
+    keep one pod, which promotes them when they are due. ``stopping`` (suspend,
+    a failed batch): only pods with an item in flight stay, shrinking as
+    they finish. Approval stages have no workers.
+    """
+    if stage.provider is None:
+        return 0
+    if stopping:
+        return min(current, counts.running)
+    work = counts.ready + counts.running + min(counts.retrying, 1)
+    return min(stage.concurrency, work)

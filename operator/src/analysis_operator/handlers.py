@@ -1,19 +1,52 @@
 """Kopf handler registration, loaded only by ``kopf run -m analysis_operator.handlers``.
 
-Handlers stay thin: they configure Kopf at startup and (from the operator
-issue on) kick the level-based reconciler. Nothing here decides anything.
+Handlers stay thin; the reconciler (``reconciler.py``) decides everything.
+
+- ``startup``: settings (our finalizer and annotation prefix, finite watch
+  and request timeouts), then the operator's one Kubernetes client and one
+  Redis client, kept in the memo and closed at ``cleanup``.
+- ``reconcile``: a daemon per batch that still has something to do (see
+  ``needs_reconciler``), running ``Reconciler.step`` every
+  ``reconcile_interval_s`` or at once when kicked. Kopf stops it when the
+  filter stops matching (the batch finished and its workers are gone) and
+  starts it again if that changes (a retry-failed annotation, a spec edit).
+- ``kick``: ``on.create`` / ``on.update`` of ``spec`` and of the retry-failed
+  annotation only wake the daemon. Other label or annotation churn (Argo CD,
+  Flux) reaches no handler at all.
+- Indexes of the batches' Jobs, Deployments and Pods (by the batch-uid label)
+  give the reconciler its children without an API call per step.
+- ``tear_down``: the finalizer's work (``teardown.py``), with a bounded retry.
+- ``liveness``: seconds since the operator last processed an event.
 """
 
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from analysis_core import queue
+from analysis_core.api import GROUP, PLURAL, VERSION
+from analysis_operator import builders, kube, reconciler, teardown
+from analysis_operator.config import OperatorConfig
+
 FINALIZER = "analysis.dev/cleanup"
 ANNOTATION_PREFIX = "analysis.dev"
+TERMINAL = ("Complete", "Failed")
+BATCH = (GROUP, VERSION, PLURAL)
+OWNED = {builders.LABEL_BATCH_UID: kopf.PRESENT}
+
+# A step that fails on these is simply run again; anything else is a bug and is logged with its traceback.
+RETRYABLE: tuple[type[Exception], ...] = (kube.ApiError, *queue.UNAVAILABLE)
+
+_last_event = time.monotonic()
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings) -> None:
     """Own finalizer and annotation prefix, finite watch and request timeouts."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -22,4 +55,147 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
+    settings.execution.default_backoff = 10  # an unexpected error retries soon; the reconciler is idempotent
+    settings.posting.level = 20  # INFO: our own Events only (log lines are not posted)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
+    cfg = OperatorConfig.from_env()
+    memo.cfg = cfg
+    memo.kube = kube.Kube(lambda: kube.login(settings), timeout_s=settings.networking.request_timeout or 30)
+    memo.redis = queue.connect(cfg.redis_url)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.kube.close()
+    await memo.redis.aclose()
+
+
+@kopf.on.probe(id="secondsSinceLastEvent")
+def liveness(**_: Any) -> float:
+    return round(time.monotonic() - _last_event, 1)
+
+
+def _touch() -> None:
+    global _last_event
+    _last_event = time.monotonic()
+
+
+# ---------------------------------------------------------------- indexes of children
+
+
+@kopf.index("batch", "v1", "jobs", labels=OWNED)
+async def jobs_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.Workload]:
+    return {body["metadata"]["labels"][builders.LABEL_BATCH_UID]: reconciler.workload_summary(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=OWNED)
+async def deployments_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.Workload]:
+    return {body["metadata"]["labels"][builders.LABEL_BATCH_UID]: reconciler.workload_summary(body)}
+
+
+@kopf.index("", "v1", "pods", labels=OWNED)
+async def pods_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.Pod]:
+    return {body["metadata"]["labels"][builders.LABEL_BATCH_UID]: reconciler.pod_summary(body)}
+
+
+def children_of(
+    uid: str, jobs: kopf.Index[str, Any], deployments: kopf.Index[str, Any], pods: kopf.Index[str, Any]
+) -> reconciler.Children:
+    workloads = [*jobs.get(uid, ()), *deployments.get(uid, ())]
+    return reconciler.Children(workloads=workloads, pods=list(pods.get(uid, ())))
+
+
+# ---------------------------------------------------------------- the per-batch reconciler
+
+
+def needs_reconciler(body: kopf.Body, **_: Any) -> bool:
+    """Whether a batch still needs its daemon: unfinished, changed, still has workers, or waits for its TTL."""
+    meta, spec, st = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    if st.get("phase") not in TERMINAL or st.get("observedGeneration") != meta.get("generation"):
+        return True
+    if any(stage.get("workers") for stage in st.get("stages") or []):
+        return True
+    token = (meta.get("annotations") or {}).get(reconciler.ANNOTATION_RETRY_FAILED)
+    if token and token != st.get("retriedFailed"):
+        return True
+    return spec.get("ttlSecondsAfterFinished") is not None
+
+
+def _kick_event(memo: kopf.Memo) -> asyncio.Event:
+    if "kick" not in memo:
+        memo.kick = asyncio.Event()
+    event: asyncio.Event = memo.kick
+    return event
+
+
+@kopf.daemon(*BATCH, id="reconcile", when=needs_reconciler, cancellation_timeout=10)
+async def reconcile(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    jobs, deployments, pods = kwargs["jobs_index"], kwargs["deployments_index"], kwargs["pods_index"]
+    cfg: OperatorConfig = memo.cfg
+    if "reconciler" not in memo:
+        memo.reconciler = reconciler.Reconciler(cfg, memo.kube, memo.redis)
+    rec: reconciler.Reconciler = memo.reconciler
+    kick = _kick_event(memo)
+    uid = body["metadata"]["uid"]
+    while not stopped:
+        kick.clear()
+        started = time.monotonic()
+        try:
+            current = await rec.step(body, children_of(uid, jobs, deployments, pods))
+            await _expire(memo.kube, body, current, logger)
+        except RETRYABLE as exc:
+            logger.warning(f"reconcile step failed; again in a moment: {exc}")
+        _touch()
+        wait = max(0.05, cfg.reconcile_interval_s - (time.monotonic() - started))
+        kicked = asyncio.ensure_future(kick.wait())
+        halted = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait({kicked, halted}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            kicked.cancel()
+            halted.cancel()
+
+
+async def _expire(client: kube.Kube, body: Mapping[str, Any], current: Mapping[str, Any], logger: kopf.Logger) -> None:
+    """``ttlSecondsAfterFinished``: delete the batch that long after it completed or failed."""
+    ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
+    finished = current.get("completionTime")
+    if ttl is None or not finished or current.get("phase") not in TERMINAL:
+        return
+    at = datetime.strptime(finished, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    if (datetime.now(UTC) - at).total_seconds() >= ttl:
+        meta = body["metadata"]
+        logger.info(f"finished {ttl}s ago (ttlSecondsAfterFinished): deleting")
+        await client.delete(reconciler.BATCHES, meta["namespace"], meta["name"])
+
+
+@kopf.on.create(*BATCH, id="kick-on-create")
+@kopf.on.update(*BATCH, id="kick-on-spec", field="spec")
+@kopf.on.update(*BATCH, id="kick-on-retry", field=("metadata", "annotations", reconciler.ANNOTATION_RETRY_FAILED))
+async def kick(memo: kopf.Memo, **_: Any) -> None:
+    """Wake the batch's reconciler now rather than at its next tick."""
+    _kick_event(memo).set()
+    _touch()
+
+
+# ---------------------------------------------------------------- deletion
+
+
+@kopf.on.delete(*BATCH, id="tear-down")
+async def tear_down(body: kopf.Body, memo: kopf.Memo, retry: int, logger: kopf.Logger, **_: Any) -> None:
+    _touch()
+    await teardown.tear_down(memo.kube, memo.redis, body, retry=retry, logger=logger)

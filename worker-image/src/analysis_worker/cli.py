@@ -2,9 +2,10 @@
 
 Configured by environment only (``analysis_worker.config``); a bad
 configuration is one log line naming every wrong variable, and exit code 2.
-SIGTERM and SIGINT stop claiming and drain within the grace period (exit 0);
-Job mode exits 0 once the stage is sealed and drained; an unexpected error
-exits 1. ``--check`` exits 0 when this pod's heartbeat is fresh, 1 otherwise,
+SIGTERM and SIGINT stop claiming and drain within the grace period, then
+exit 0, except in Job mode, where only a sealed and drained stage exits 0
+(that ends the work-queue Job) and an earlier stop exits 143, which the Job's
+pod failure policy ignores. An unexpected error exits 1. ``--check`` exits 0 when this pod's heartbeat is fresh, 1 otherwise,
 for an exec liveness probe.
 """
 

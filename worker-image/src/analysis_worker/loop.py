@@ -32,7 +32,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from analysis_core import errors, plan, pricing, queue, ratelimit, routing
+from analysis_core import env, errors, plan, pricing, queue, ratelimit, routing
 from analysis_core.api import v1alpha1
 from analysis_worker import config as config_
 from analysis_worker import health, templates
@@ -42,6 +42,7 @@ log = logging.getLogger("analysis_worker")
 
 CLAIM_BLOCK_MS = 500
 KEEPER_TICK_S = 0.25
+CLAIM_BLOCKED_RECHECK_S = 0.5  # how soon a suspended or over-budget worker looks again
 NANO = Decimal(10) ** 9
 
 
@@ -97,6 +98,7 @@ class Worker:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.stats = Stats()
         self._over_budget: str | None = None  # why, once the batch's budget is used up
+        self._suspended = False
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._finished = asyncio.Event()
@@ -143,6 +145,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
         log.info("worker finished", extra={"fields": dataclasses.asdict(self.stats)})
+        if self.cfg.mode is config_.Mode.JOB and not self._finished.is_set():
+            # Stopped before the stage was done: exit 0 would end the work-queue Job.
+            return env.EXIT_STOPPED_EARLY
         return 0
 
     async def _drain(self) -> None:
@@ -182,11 +187,10 @@ class Worker:
         next_reclaim = 0.0
         lease_ms = int(self.lease_s * 1000)
         while not self._stopping.is_set():
-            # Checked before every claim, so at most the items already in flight run past the budget.
-            await self._check_budget()
-            if self._over_budget:
-                # No new claims past the budget; items in flight finish, the rest wait for the operator.
-                await asyncio.sleep(0.5)
+            # Checked before every claim: at most the items already in flight run past a budget or a suspend.
+            if await self._claims_blocked():
+                # No new claims; items in flight finish, the rest wait for the operator.
+                await asyncio.sleep(CLAIM_BLOCKED_RECHECK_S)
                 continue
             free = self.concurrency - len(self.inflight)
             if free <= 0:
@@ -246,15 +250,23 @@ class Worker:
                 log.warning("redis unavailable", extra={"fields": {"error": str(exc)}})
             await asyncio.sleep(KEEPER_TICK_S)
 
-    async def _check_budget(self) -> None:
+    async def _claims_blocked(self) -> bool:
+        """The batch is suspended (spec.suspend) or its budget is used up: claim nothing now."""
+        suspended = await self.client.hexists(self.queue.keys.flags, env.FLAG_SUSPENDED)
+        if suspended != self._suspended:
+            self._suspended = bool(suspended)
+            log.info("suspended: no new claims" if suspended else "resumed")
+        if suspended:
+            return True
         budget = self.plan.budget
         if budget is None or self._over_budget:
-            return
+            return self._over_budget is not None
         why = budget.exceeded(await queue.usage(self.client, self.cfg.batch_uid))
         if why:
             self._over_budget = why
-            await queue.raise_flag(self.client, self.cfg.batch_uid, "budget_exceeded", why)
+            await queue.raise_flag(self.client, self.cfg.batch_uid, env.FLAG_BUDGET_EXCEEDED, why)
             log.warning("budget used up: no new claims", extra={"fields": {"why": why}})
+        return self._over_budget is not None
 
     # ---------------------------------------------------------------- one item
 
@@ -366,14 +378,20 @@ class Worker:
         message = delivery.message
         idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
         cost = self._cost_nusd(model, tokens)
-        outcome = {
+        outcome: dict[str, Any] = {
             "status": routed.status, "pod": self.cfg.pod_name, "model": model, "in": tokens[0], "out": tokens[1],
             "input": message.input, **timing,
         }  # fmt: skip
+        # Sent nowhere: the item's journey ends here (the last stage, a fan-out without children, a judge's Fail).
+        final = not routed.routes
+        if routed.status == "failed":  # a judge out of rejections (onExhausted: Fail)
+            outcome.update(error_class=str(errors.ErrorClass.JUDGE_REJECTED), error=routed.note)
+        elif final and self.stage.type is v1alpha1.StageType.JUDGE:
+            outcome["output_key"] = message.input  # what it ends with is the reviewed answer, not the verdict
         usage = {"input_tokens": tokens[0], "output_tokens": tokens[1], "cost_nusd": cost}
         first = await self.queue.complete(
             delivery, outcome, result=text, increments={**routed.increments, **usage}, routes=routed.routes,
-            more_results=routed.results,
+            more_results=routed.results, final=final,
         )  # fmt: skip
         if first:
             if routed.status == "failed":
@@ -391,7 +409,8 @@ class Worker:
     ) -> None:
         message = delivery.message
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
-        decision = errors.decide(error, self.stage.retry, attempt=message.attempt, elapsed_s=elapsed_s)
+        # A re-run item (queue.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
+        decision = errors.decide(error, self.stage.retry, attempt=message.attempts_in_run, elapsed_s=elapsed_s)
         spent = {"input_tokens": tokens[0], "output_tokens": tokens[1]} if any(tokens) else {}
         details = {**fields, "error_class": str(error.error_class), "error": error.message}
         if decision.action is errors.Action.RETRY:
@@ -411,8 +430,12 @@ class Worker:
             else:
                 self.stats.duplicates += 1
             return
-        outcome = {"status": "failed", "error_class": str(error.error_class), "error": error.message[:500]}
-        first = await self.queue.complete(delivery, outcome, result=None, increments={"failed": 1, **spent})
+        # Failed for good: the end of its journey. Input and feedback let queue.retry_failed run it again.
+        outcome = {
+            "status": "failed", "error_class": str(error.error_class), "error": error.message[:500],
+            "input": message.input, **({"feedback": message.feedback} if message.feedback else {}),
+        }  # fmt: skip
+        first = await self.queue.complete(delivery, outcome, result=None, increments={"failed": 1, **spent}, final=True)
         if first:
             self.stats.failed += 1
             log.warning("failed", extra={"fields": {**details, "reason": decision.reason}})

@@ -7,6 +7,7 @@ spelled.
 """
 
 GROUP = "analysis.dev"
+VERSION = "v1alpha1"
 KIND = "AnalysisBatch"
 PLURAL = "analysisbatches"
 SINGULAR = "analysisbatch"

@@ -27,7 +27,6 @@ import yaml
 from analysis_core import api
 from analysis_core.api import v1alpha1
 
-VERSION = "v1alpha1"
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 FILE_NAME = f"{CRD_NAME}.yaml"
 HEADER = "# Generated from analysis_core/api/v1alpha1.py by `make crds`. Do not edit.\n"
@@ -237,7 +236,7 @@ def crd() -> dict[str, Any]:
             },
             "versions": [
                 {
-                    "name": VERSION,
+                    "name": api.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},

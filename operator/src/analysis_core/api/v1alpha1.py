@@ -860,6 +860,18 @@ class ItemCounts(_StatusModel):
     dead_lettered: int = Field(default=0, ge=0, description="Items given up after too many redeliveries.")
 
 
+class ResultsStatus(_StatusModel):
+    """Where the finished items' outputs are (ConfigMaps owned by the batch, JSON Lines)."""
+
+    config_maps: list[str] = Field(
+        default_factory=list,
+        alias="configMaps",
+        description="Results ConfigMaps in order; each holds key results.jsonl. "
+        "`kubectl analysis results <batch>` reads them.",
+    )
+    rows: int = Field(default=0, ge=0, description="Rows written so far (an item re-run by retry-failed adds a row).")
+
+
 class AnalysisBatchStatus(_StatusModel):
     """What the operator observed; aggregates only (per-item data lives in Redis and the results)."""
 
@@ -884,6 +896,12 @@ class AnalysisBatchStatus(_StatusModel):
     )
     judge: JudgeStatus | None = Field(default=None, description="Judge verdicts.")
     usage: Usage | None = Field(default=None, description="Tokens and cost.")
+    results: ResultsStatus | None = Field(default=None, description="Where the results are.")
+    retried_failed: str | None = Field(
+        default=None,
+        description="The value of the analysis.dev/retry-failed annotation last acted on "
+        "(each new value re-runs the failed and dead-lettered items once).",
+    )
     start_time: datetime | None = Field(default=None, description="When the first item was enqueued.")
     completion_time: datetime | None = Field(default=None, description="When the batch completed or failed.")
     conditions: list[Condition] | None = Field(

@@ -1,17 +1,20 @@
 -- Finish an attempt for good (success or failure) in one atomic step: record
 -- its outcome under the idempotency key (the first completion wins), store
--- the result, count, route follow-up messages, acknowledge the delivery.
+-- the result, count, route follow-up messages, acknowledge the delivery, and
+-- when the item's journey ends here, append the key to the batch's finals.
 -- A second completion of the same key only acknowledges its own delivery.
 --
 -- KEYS[1] stage stream   KEYS[2] outcomes   KEYS[3] results   KEYS[4] counts
 -- KEYS[5] the batch's usage (tokens and cost also count there, for budgets)
--- KEYS[6..] one per route: the stream that receives it, or for a collect
+-- KEYS[6] the batch's finals list
+-- KEYS[7..] one per route: the stream that receives it, or for a collect
 --           stage the hash that gathers its items until they are collected
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] idempotency key  ARGV[4] outcome JSON
 -- ARGV[5] "1" if ARGV[6] is a result to store  ARGV[6] result
 -- ARGV[7] JSON object of counter increments  ARGV[8] JSON array of routes,
 --         each {fields = flat array of stream fields, gather = item or absent}
 -- ARGV[9] JSON object of more results to store (a fanned-out child's input)
+-- ARGV[10] "1" if the item's journey ends with this attempt (final)
 -- Returns 1 when this call completed the attempt, 0 for a duplicate.
 local stream, group, id = KEYS[1], ARGV[1], ARGV[2]
 if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then
@@ -32,10 +35,13 @@ for field, n in pairs(cjson.decode(ARGV[7])) do
 end
 for i, route in ipairs(cjson.decode(ARGV[8])) do
   if route['gather'] then
-    redis.call('HSET', KEYS[5 + i], route['gather'], route['input'])
+    redis.call('HSET', KEYS[6 + i], route['gather'], route['input'])
   else
-    redis.call('XADD', KEYS[5 + i], '*', unpack(route['fields']))
+    redis.call('XADD', KEYS[6 + i], '*', unpack(route['fields']))
   end
+end
+if ARGV[10] == '1' then
+  redis.call('RPUSH', KEYS[6], ARGV[3])
 end
 redis.call('XACK', stream, group, id)
 redis.call('XDEL', stream, id)

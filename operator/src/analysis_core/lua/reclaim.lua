@@ -2,9 +2,12 @@
 -- XAUTOCLAIM moves entries idle for longer than the lease to this consumer
 -- and counts the delivery. An entry delivered more often than the bound is
 -- dead-lettered instead: its outcome is recorded (so a late completion is a
--- no-op), it is counted and acknowledged.
+-- no-op), with the message's input and feedback so that a re-run can start
+-- it again (queue.retry_failed); it is counted, appended to the batch's
+-- finals (its journey ends here) and acknowledged.
 --
 -- KEYS[1] stage stream  KEYS[2] outcomes  KEYS[3] dead-letter hash  KEYS[4] counts
+-- KEYS[5] the batch's finals list
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] lease ms  ARGV[4] most entries
 -- ARGV[5] most deliveries  ARGV[6] batch uid  ARGV[7] stage
 -- Returns the reclaimed entries as {id, fields, deliveries}.
@@ -19,10 +22,13 @@ for _, entry in ipairs(claimed[2]) do
     local f = {}
     for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
     local key = ARGV[6] .. '/' .. ARGV[7] .. '/' .. f['item'] .. '/' .. f['round'] .. '/' .. f['attempt']
-    local outcome = cjson.encode({status = 'dead', deliveries = deliveries})
+    local why = 'delivered ' .. deliveries .. ' times without completing'
+    local outcome = cjson.encode({status = 'dead', deliveries = deliveries, error = why,
+      input = f['input'] or '', feedback = f['feedback'] or ''})
     if redis.call('HSETNX', KEYS[2], key, outcome) == 1 then
-      redis.call('HSET', KEYS[3], key, 'delivered ' .. deliveries .. ' times without completing')
+      redis.call('HSET', KEYS[3], key, why)
       redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+      redis.call('RPUSH', KEYS[5], key)
     end
     redis.call('XACK', stream, group, id)
     redis.call('XDEL', stream, id)

@@ -1,0 +1,65 @@
+"""The operator's own configuration, from environment variables (the Helm chart sets them).
+
+Read once at startup; a wrong value stops the operator with a message naming
+the variable, before it touches any batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from analysis_operator import builders
+
+PREFIX = "ANALYSIS_OPERATOR_"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    redis_url: str  # what the operator connects to
+    worker: builders.WorkerSettings  # what worker pods get (their Redis URL may differ: a Service name)
+    reconcile_interval_s: float = 1.0  # a batch's reconciler runs at least this often (kicks run it sooner)
+    status_interval_s: float = 2.0  # at most one status write per batch per this interval
+    results_interval_s: float = 5.0  # results export, while items finish
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        environ = os.environ if environ is None else environ
+
+        def get(name: str, default: str | None = None) -> str:
+            value = environ.get(PREFIX + name, default)
+            if value is None or value == "":
+                raise ConfigError(f"{PREFIX}{name} is required")
+            return value
+
+        def number(name: str, default: str) -> float:
+            text = get(name, default)
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"{PREFIX}{name}={text!r} is not a number") from None
+            if value <= 0:
+                raise ConfigError(f"{PREFIX}{name}={text!r} must be positive")
+            return value
+
+        redis_url = get("REDIS_URL", environ.get("REDIS_URL"))
+        worker = builders.WorkerSettings(
+            image=get("WORKER_IMAGE", "analysis-worker:latest"),
+            redis_url=get("WORKER_REDIS_URL", redis_url),
+            cpu_request=get("WORKER_CPU_REQUEST", "100m"),
+            memory_request=get("WORKER_MEMORY_REQUEST", "128Mi"),
+            memory_limit=get("WORKER_MEMORY_LIMIT", "512Mi"),
+            image_pull_policy=get("WORKER_IMAGE_PULL_POLICY", "IfNotPresent"),
+        )
+        return cls(
+            redis_url=redis_url,
+            worker=worker,
+            reconcile_interval_s=number("RECONCILE_INTERVAL", "1"),
+            status_interval_s=number("STATUS_INTERVAL", "2"),
+            results_interval_s=number("RESULTS_INTERVAL", "5"),
+        )

@@ -1,0 +1,578 @@
+"""The level-based reconciler of one AnalysisBatch: observe, decide, converge, report.
+
+One :class:`Reconciler` lives per batch, inside the batch's Kopf daemon
+(``handlers.py``), and ``step`` runs about once a second, sooner when a spec
+change kicks it. Every step starts from what *is*, never from what the last
+step did:
+
+1. compile the plan from the spec and the ConfigMaps it references (once per
+   generation while it compiles; every step while a reference is broken, so
+   a fix is noticed within a step);
+2. publish the plan ConfigMap and the workers' ServiceAccount; seed the
+   first stage once (``queue.seed`` is idempotent); mirror ``spec.suspend``
+   into the flag workers read before each claim;
+3. read one atomic Redis snapshot and act on it: release approved items,
+   collect fan-in stages, seal stages nothing can feed any more
+   (``analysis_core.completion`` proves each of these safe to do late);
+4. size each stage's Job or Deployment to min(concurrency, backlog + in
+   flight) and apply it when it differs from what the Kopf indexes show;
+5. export finished items to results ConfigMaps;
+6. compute the status and write it when it changed, at most once per
+   ``status_interval_s``, posting an Event for each condition that flips.
+
+Anything it cannot fix by itself (a missing ConfigMap, a Secret the pods
+cannot find, a plan that does not compile, Redis away) becomes a
+:class:`status.Problem`, i.e. a condition with a CamelCase reason and a
+message that names the field or object, and clears on the first step after
+the cause is gone.
+
+Nothing here blocks the event loop: Kubernetes and Redis calls are async,
+and the work between them is small and bounded by the plan's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import pydantic
+import yaml
+
+from analysis_core import completion, env, keys, plan, queue
+from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
+from analysis_operator import builders, kube, results, status
+from analysis_operator.config import OperatorConfig
+
+BATCHES = kube.Kind(f"{GROUP}/{VERSION}", PLURAL)
+ANNOTATION_RETRY_FAILED = "analysis.dev/retry-failed"
+ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the spec last applied
+EXPORT_PAGE = 500  # finals read per round trip while exporting
+BUSY_POD_COST = "1000"  # pod-deletion-cost of a worker with an item in flight (idle ones: 0)
+
+log = logging.getLogger("analysis_operator")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A Job or Deployment of the batch, as the index saw it."""
+
+    kind: str
+    name: str
+    stage: str
+    spec_hash: str
+    size: int  # parallelism or replicas
+    complete: bool = False  # a Job whose pods finished the stage
+    failed: str = ""  # a Job that gave up (the reason), e.g. BackoffLimitExceeded
+
+
+@dataclasses.dataclass(frozen=True)
+class Pod:
+    """A worker pod of the batch, as the index saw it."""
+
+    name: str
+    stage: str
+    phase: str
+    deleting: bool
+    waiting_reason: str = ""
+    waiting_message: str = ""
+    deletion_cost: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return not self.deleting and self.phase in ("Pending", "Running")
+
+
+@dataclasses.dataclass(frozen=True)
+class Children:
+    workloads: Sequence[Workload] = ()
+    pods: Sequence[Pod] = ()
+
+
+@dataclasses.dataclass
+class _Compiled:
+    generation: int
+    plan: plan.Plan
+    spec: v1alpha1.AnalysisBatchSpec
+    items: list[str]
+
+
+class Reconciler:
+    """The state one batch's reconciler keeps between steps; all of it can be rebuilt from scratch."""
+
+    def __init__(self, cfg: OperatorConfig, kube_: kube.Kube, redis: queue.Redis) -> None:
+        self.cfg = cfg
+        self.kube = kube_
+        self.redis = redis
+        self._compiled: _Compiled | None = None
+        self._published: str | None = None  # plan text last applied
+        self._account_applied = False
+        self._written: dict[str, Any] | None = None  # the status last written
+        self._written_at = 0.0
+        self._applied: dict[str, str] = {}  # workload name -> spec hash last applied
+        self._results_due = 0.0
+        self._results: dict[str, Any] | None = None  # status.results as last exported
+        self._first_failure: str | None = None  # the first failed row, for a Failed batch's message
+
+    # ---------------------------------------------------------------- step
+
+    async def step(self, body: kopf.Body, children: Children) -> dict[str, Any]:
+        """One pass; returns the status as computed (written or not)."""
+        meta = body["metadata"]
+        batch = builders.Batch(meta["name"], meta["namespace"], meta["uid"])
+        generation = int(meta.get("generation") or 1)
+        previous = self._written if self._written is not None else dict(body.get("status") or {})
+        problems: list[status.Problem] = []
+        compiled = await self._compile(batch, body.get("spec") or {}, generation, problems)
+        obs = status.Observation(generation=generation, now=datetime.now(UTC), problems=problems)
+        if compiled is not None:
+            obs = await self._drive(batch, body, compiled, children, obs)
+        new = status.compute(obs, previous)
+        await self._write_status(batch, body, previous, new)
+        return new
+
+    # ---------------------------------------------------------------- 1. compile
+
+    async def _compile(
+        self, batch: builders.Batch, raw_spec: Mapping[str, Any], generation: int, problems: list[status.Problem]
+    ) -> _Compiled | None:
+        if self._compiled is not None and self._compiled.generation == generation:
+            return self._compiled
+        try:
+            spec = v1alpha1.AnalysisBatchSpec.model_validate(raw_spec)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            field = "spec." + ".".join(str(part) for part in first["loc"])
+            problems.append(status.Problem("InvalidSpec", f"{field}: {first['msg']}"))
+            return None
+        prompts: dict[str, str] = {}
+        for index, stage in enumerate(spec.stages):
+            if stage.prompt_from is not None:
+                ref = stage.prompt_from.config_map_key_ref
+                text = await self._configmap_key(batch, ref, f"spec.stages[{index}].promptFrom", problems)
+                if text is not None:
+                    prompts[stage.name] = text
+        items = list(spec.items or [])
+        if spec.items_from is not None:
+            ref = spec.items_from.config_map_key_ref
+            text = await self._configmap_key(batch, ref, "spec.itemsFrom", problems)
+            if text is not None:
+                items = parse_items(text, ref, problems)
+        if problems:
+            return None
+        try:
+            the_plan = plan.compile_plan(batch.uid, spec, generation=generation, prompts=prompts)
+        except plan.PlanError as exc:
+            detail = "; ".join(f"{field}: {message}" for field, message in exc.problems)
+            problems.append(status.Problem("InvalidPlan", detail))
+            return None
+        self._compiled = _Compiled(generation, the_plan, spec, items)
+        return self._compiled
+
+    async def _configmap_key(
+        self, batch: builders.Batch, ref: v1alpha1.ConfigMapKeyRef, field: str, problems: list[status.Problem]
+    ) -> str | None:
+        configmap = await self.kube.get(kube.CONFIGMAPS, batch.namespace, ref.name)
+        if configmap is None:
+            problems.append(
+                status.Problem(
+                    "ConfigMapNotFound", f"{field}.configMapKeyRef: ConfigMap {batch.namespace}/{ref.name} not found"
+                )
+            )
+            return None
+        data = configmap.get("data") or {}
+        if ref.key not in data:
+            keys_ = ", ".join(sorted(data)) or "none"
+            problems.append(
+                status.Problem(
+                    "ConfigMapKeyNotFound",
+                    f"{field}.configMapKeyRef: ConfigMap {batch.namespace}/{ref.name} has no key {ref.key!r} "
+                    f"(keys: {keys_})",
+                )
+            )
+            return None
+        return str(data[ref.key])
+
+    # ---------------------------------------------------------------- 2-5. drive
+
+    async def _drive(
+        self,
+        batch: builders.Batch,
+        body: kopf.Body,
+        compiled: _Compiled,
+        children: Children,
+        obs: status.Observation,
+    ) -> status.Observation:
+        the_plan, spec = compiled.plan, compiled.spec
+        problems = list(obs.problems)
+        await self._publish(batch, body, the_plan, problems)
+        workers = _live_workers(children)
+        problems.extend(pod_problems(the_plan, children))
+        problems.extend(f for f in (_job_failure(w) for w in children.workloads) if f)
+        try:
+            snapshot, state = await self._advance(batch, body, compiled)
+        except queue.UNAVAILABLE as exc:
+            problems.append(status.Problem("RedisUnavailable", f"Redis cannot be reached: {exc}", stalled=False))
+            return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
+        terminal = state.phase is not completion.Phase.RUNNING
+        await self._converge(
+            batch, body, the_plan, snapshot, children, stopping=spec.suspend or terminal, problems=problems
+        )
+        exported = await self._export(batch, body, final=terminal)
+        if state.phase is completion.Phase.FAILED and self._first_failure:
+            state = dataclasses.replace(state, reason=f"{state.reason}; {self._first_failure}")
+        held = {
+            s.name: snapshot.stages[s.name].ready
+            for s in the_plan.stages
+            if s.type is v1alpha1.StageType.APPROVAL and s.name not in the_plan.approvals
+        }
+        return dataclasses.replace(
+            obs,
+            plan=the_plan,
+            snapshot=snapshot,
+            state=state,
+            workers=workers,
+            held=held,
+            problems=problems,
+            suspended=spec.suspend,
+            results=exported,
+            retried_failed=snapshot.flags.get("retry_token"),
+        )
+
+    async def _publish(
+        self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, problems: list[status.Problem]
+    ) -> None:
+        """The plan ConfigMap and the workers' ServiceAccount, applied when they change."""
+        try:
+            if not self._account_applied:
+                await self.kube.apply(_owned(builders.service_account(batch), body))
+                self._account_applied = True
+            text = the_plan.dumps()
+            if text != self._published:
+                await self.kube.apply(_owned(builders.plan_configmap(batch, the_plan), body))
+                self._published = text
+        except kube.ApiError as exc:
+            problems.append(status.Problem("PublishFailed", f"cannot write the plan or ServiceAccount: {exc}"))
+
+    async def _advance(
+        self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled
+    ) -> tuple[queue.Snapshot, completion.BatchState]:
+        """Seed, mirror flags, release, collect, seal; the snapshot and state after all that."""
+        the_plan, spec = compiled.plan, compiled.spec
+        names = [s.name for s in the_plan.stages]
+        flags_key = keys.BatchKeys(batch.uid).flags
+        snapshot = await queue.snapshot(self.redis, batch.uid, names)
+        if not snapshot.seeded:
+            await queue.seed(self.redis, batch.uid, names, compiled.items)
+        await self._retry_failed_if_asked(batch, body, the_plan)
+        state = completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
+        stop = spec.suspend or state.phase is completion.Phase.FAILED
+        if stop and env.FLAG_SUSPENDED not in snapshot.flags:
+            why = "spec.suspend" if spec.suspend else "the batch failed"
+            await self.redis.hset(flags_key, env.FLAG_SUSPENDED, why)
+        elif not stop and env.FLAG_SUSPENDED in snapshot.flags:
+            await self.redis.hdel(flags_key, env.FLAG_SUSPENDED)
+        over = snapshot.flags.get(env.FLAG_BUDGET_EXCEEDED)
+        if over and (the_plan.budget is None or the_plan.budget.exceeded(snapshot.usage) is None):
+            await self.redis.hdel(flags_key, env.FLAG_BUDGET_EXCEEDED)  # the budget was raised
+        acted = False
+        for gate, items in the_plan.approvals.items():
+            if snapshot.stages[gate].ready:
+                following = the_plan.stage(gate).next
+                gather = following is not None and the_plan.stage(following).collect
+                acted |= await queue.release(self.redis, batch.uid, gate, following, items, gather=gather) > 0
+        for stage in completion.collectable(the_plan, snapshot):
+            acted |= await queue.collect(self.redis, batch.uid, stage) > 0
+        if acted:
+            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+        sealable = completion.sealable(the_plan, snapshot)
+        for stage in sealable:
+            await queue.seal(self.redis, batch.uid, stage)
+        if sealable or not snapshot.seeded:
+            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+        return snapshot, completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
+
+    async def _retry_failed_if_asked(self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan) -> None:
+        """The ``analysis.dev/retry-failed`` annotation: each new value re-runs failed and dead-lettered items once."""
+        token = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY_FAILED)
+        if not token:
+            return
+        flags_key = keys.BatchKeys(batch.uid).flags
+        if await self.redis.hget(flags_key, "retry_token") == token:
+            return
+        rerun = await queue.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
+        await self.redis.hset(flags_key, "retry_token", token)
+        await self.redis.hincrby(flags_key, "run", 1)
+        kopf.info(body, reason="RetryFailed", message=f"re-running {rerun} failed or dead-lettered items")
+
+    # ---------------------------------------------------------------- 4. children
+
+    async def _converge(
+        self,
+        batch: builders.Batch,
+        body: kopf.Body,
+        the_plan: plan.Plan,
+        snapshot: queue.Snapshot,
+        children: Children,
+        *,
+        stopping: bool,
+        problems: list[status.Problem],
+    ) -> None:
+        run = int(snapshot.flags.get("run", "0") or 0)
+        for stage in the_plan.stages:
+            if stage.provider is None:
+                continue
+            counts = snapshot.stages[stage.name]
+            mine = [w for w in children.workloads if w.stage == stage.name]
+            current = sum(w.size for w in mine if not w.complete)
+            size = builders.sized(the_plan, stage, counts, current=current, stopping=stopping)
+            desired = _owned(builders.workload(batch, the_plan, stage, self.cfg.worker, size=size, run=run), body)
+            digest = _spec_hash(desired)
+            desired["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = digest
+            name = desired["metadata"]["name"]
+            observed = next((w for w in mine if w.name == name), None)
+            try:
+                await self._retire(batch, [w for w in mine if w.name != name and w.kind == desired["kind"]])
+                if not self._wanted(stage, counts, snapshot, observed, size, digest):
+                    continue
+                if observed is not None and desired["kind"] == "Deployment" and size < observed.size:
+                    await self._protect_busy(batch, stage.name, children)
+                await self.kube.apply(desired)
+                self._applied[name] = digest
+            except kube.ApiError as exc:
+                problems.append(status.Problem("WorkloadApplyFailed", f"{desired['kind']} {name}: {exc}"))
+
+    def _wanted(
+        self,
+        stage: plan.StagePlan,
+        counts: queue.StageCounts,
+        snapshot: queue.Snapshot,
+        observed: Workload | None,
+        size: int,
+        digest: str,
+    ) -> bool:
+        """Whether to apply the stage's workload now."""
+        if observed is None:
+            return size > 0  # made when the stage first has work; until then there is nothing to run
+        if observed.complete:
+            return False  # its pods finished the stage; a re-run gets a new Job (``run``)
+        if stage.executor is v1alpha1.Executor.JOB and stage.name in snapshot.sealed and counts.drained:
+            return False  # its pods are exiting 0 on their own, which completes the Job
+        return observed.spec_hash != digest and self._applied.get(observed.name) != digest
+
+    async def _retire(self, batch: builders.Batch, stale: Sequence[Workload]) -> None:
+        """Jobs of an older template or run: their pods hand back what they hold and go."""
+        for workload in stale:
+            resource = kube.JOBS if workload.kind == "Job" else kube.DEPLOYMENTS
+            await self.kube.delete(resource, batch.namespace, workload.name, propagation="Background")
+
+    async def _protect_busy(self, batch: builders.Batch, stage: str, children: Children) -> None:
+        """Before a Deployment shrinks: busy workers get a high pod-deletion-cost, so idle ones go first."""
+        k = keys.BatchKeys(batch.uid)
+        pods = [p for p in children.pods if p.stage == stage and p.live]
+        if not pods:
+            return
+        beats = await self.redis.mget([k.health(stage, p.name) for p in pods])
+        for pod, beat in zip(pods, beats, strict=True):
+            busy = beat is not None and json.loads(beat).get("in_flight", 0) > 0
+            cost = BUSY_POD_COST if busy else "0"
+            if pod.deletion_cost != cost:
+                patch = {"metadata": {"annotations": {builders.ANNOTATION_DELETION_COST: cost}}}
+                await self.kube.merge_patch(kube.PODS, batch.namespace, pod.name, patch)
+
+    # ---------------------------------------------------------------- 5. results
+
+    async def _export(self, batch: builders.Batch, body: kopf.Body, *, final: bool) -> Mapping[str, Any] | None:
+        """Append newly ended items to the results ConfigMaps (``results.py``); returns ``status.results``.
+
+        Runs every ``results_interval_s`` while items finish, and to the end
+        before a finished batch reports so. The cursor is what the ConfigMaps
+        hold, so a restart or a failed write neither loses nor repeats rows;
+        a 409 means another writer moved first: list again next pass.
+        """
+        now = time.monotonic()
+        if not final and now < self._results_due:
+            return self._results
+        self._results_due = now + self.cfg.results_interval_s
+        length = await queue.finals_length(self.redis, batch.uid)
+        if self._results is not None and self._results["rows"] == length:
+            return self._results
+        chunks = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.selector(batch.uid))
+        cursor = results.exported(chunks)
+        try:
+            while cursor < length:
+                records = await queue.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
+                if not records:
+                    break
+                for planned in results.plan_export(batch, chunks, [results.row(r) for r in records]):
+                    await self._write_chunk(batch, body, planned)
+                chunks = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.selector(batch.uid))
+                cursor = results.exported(chunks)
+        except kube.ApiError as exc:
+            if exc.status != 409 or final:
+                raise
+        names = [c["metadata"]["name"] for c in results.ordered(chunks)]
+        self._results = {"configMaps": names, "rows": cursor}
+        if self._first_failure is None:
+            self._first_failure = _first_failure(results.read_rows(chunks))
+        return self._results
+
+    async def _write_chunk(self, batch: builders.Batch, body: kopf.Body, chunk: dict[str, Any]) -> None:
+        if chunk["metadata"].get("resourceVersion"):
+            await self.kube.replace(kube.CONFIGMAPS, batch.namespace, chunk)
+        else:
+            await self.kube.create(kube.CONFIGMAPS, batch.namespace, _owned(chunk, body))
+
+    # ---------------------------------------------------------------- 6. status
+
+    async def _write_status(
+        self, batch: builders.Batch, body: kopf.Body, previous: Mapping[str, Any], new: dict[str, Any]
+    ) -> None:
+        if status.essence(new) == status.essence(previous):
+            return
+        now = time.monotonic()
+        if self._written is not None and now - self._written_at < self.cfg.status_interval_s:
+            return  # the next step after the interval writes it (the newest by then)
+        patch = {"status": {**{key: None for key in previous if key not in new}, **new}}
+        await self.kube.merge_patch(BATCHES, batch.namespace, batch.name, patch, subresource="status")
+        self._written, self._written_at = new, now
+        for event in status.events(previous, new):
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+# ---------------------------------------------------------------- observation helpers
+
+
+def _owned(obj: dict[str, Any], owner: kopf.Body) -> dict[str, Any]:
+    """``obj`` with the batch as its controlling owner (garbage-collected with it); labels stay ours only.
+
+    ``kopf.adopt`` would also copy the batch's labels, and a GitOps tool's
+    tracking label on a child would make the tool think it owns (and prune) it.
+    """
+    kopf.append_owner_reference(obj, owner=owner)
+    return obj
+
+
+def _spec_hash(obj: Mapping[str, Any]) -> str:
+    payload = {"spec": obj.get("spec"), "labels": obj["metadata"].get("labels")}
+    return builders._digest(payload)
+
+
+def parse_items(text: str, ref: v1alpha1.ConfigMapKeyRef, problems: list[status.Problem]) -> list[str]:
+    """A YAML or JSON list of ids, or one id per line."""
+    field = f"spec.itemsFrom.configMapKeyRef (ConfigMap {ref.name}, key {ref.key})"
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        loaded = None
+    if isinstance(loaded, list):
+        items = [str(item).strip() for item in loaded]
+    else:
+        items = [line.strip() for line in text.splitlines()]
+    items = [item for item in items if item and not item.startswith("#")]
+    if not items:
+        problems.append(status.Problem("NoItems", f"{field}: lists no items"))
+    elif len(set(items)) != len(items):
+        problems.append(status.Problem("DuplicateItems", f"{field}: lists an item more than once"))
+    elif any("/" in item for item in items):
+        problems.append(status.Problem("InvalidItems", f"{field}: item ids cannot contain '/'"))
+    return items
+
+
+def _first_failure(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    for row in rows:
+        if row.get("status") in ("failed", "dead"):
+            error = f"{row.get('errorClass') or 'Error'}: {row.get('error') or ''}".strip()
+            return f"first failure: {row.get('item')} in stage {row.get('stage')}: {error}"[:1000]
+    return None
+
+
+def _live_workers(children: Children) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pod in children.pods:
+        if pod.live:
+            out[pod.stage] = out.get(pod.stage, 0) + 1
+    return out
+
+
+def _job_failure(workload: Workload) -> status.Problem | None:
+    if not workload.failed:
+        return None
+    return status.Problem("WorkersFailed", f"Job {workload.name} gave up: {workload.failed}")
+
+
+_SECRET_WORDS = ("secret", "Secret")
+
+
+def pod_problems(the_plan: plan.Plan, children: Children) -> list[status.Problem]:
+    """What the worker pods report that a person has to fix, named by the spec field behind it."""
+    secrets = {
+        p.api_key_secret.name: f"spec.providers.{name}.apiKeySecretRef"
+        for name, p in the_plan.providers.items()
+        if p.api_key_secret is not None
+    }
+    out: dict[str, status.Problem] = {}
+    for pod in children.pods:
+        reason, message = pod.waiting_reason, pod.waiting_message
+        if not reason or pod.deleting:
+            continue
+        if reason == "CreateContainerConfigError":
+            field = next((f for name, f in secrets.items() if f'"{name}"' in message or f"/{name}" in message), None)
+            kind = "Secret" if any(w in message for w in _SECRET_WORDS) else "ConfigMap"
+            missing_key = "couldn't find key" in message
+            code = f"{kind}{'Key' if missing_key else ''}NotFound"
+            where = f"{field}: " if field else f"stage {pod.stage}: "
+            out.setdefault(code, status.Problem(code, f"{where}{message}"))
+        elif reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "ImageNotLocal"):
+            out.setdefault(
+                "WorkerImageUnavailable",
+                status.Problem("WorkerImageUnavailable", f"stage {pod.stage}: {reason}: {message}"),
+            )
+        elif reason == "CrashLoopBackOff":
+            out.setdefault(
+                "WorkersCrashing", status.Problem("WorkersCrashing", f"stage {pod.stage}: pod {pod.name}: {message}")
+            )
+    return list(out.values())
+
+
+# ---------------------------------------------------------------- index summaries
+
+
+def workload_summary(body: kopf.Body) -> Workload:
+    """What the reconciler needs of a Job or Deployment (kept small: indexes live in memory)."""
+    meta, spec, st = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    kind = body.get("kind", "Job")
+    conditions = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
+    failed = conditions.get("Failed")
+    return Workload(
+        kind=kind,
+        name=meta["name"],
+        stage=(meta.get("labels") or {}).get(builders.LABEL_STAGE, ""),
+        spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
+        size=int(spec.get("parallelism" if kind == "Job" else "replicas") or 0),
+        complete=kind == "Job" and "Complete" in conditions,
+        failed="" if failed is None else f"{failed.get('reason', '')}: {failed.get('message', '')}",
+    )
+
+
+def pod_summary(body: kopf.Body) -> Pod:
+    meta, st = body["metadata"], body.get("status") or {}
+    waiting: Mapping[str, Any] = {}
+    for container in st.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            waiting = state["waiting"]
+    return Pod(
+        name=meta["name"],
+        stage=(meta.get("labels") or {}).get(builders.LABEL_STAGE, ""),
+        phase=str(st.get("phase") or "Pending"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        waiting_reason=str(waiting.get("reason") or ""),
+        waiting_message=str(waiting.get("message") or ""),
+        deletion_cost=(meta.get("annotations") or {}).get(builders.ANNOTATION_DELETION_COST),
+    )

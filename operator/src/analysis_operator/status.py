@@ -1,0 +1,381 @@
+"""A batch's status, computed from what the reconciler observed (DESIGN.md section 5).
+
+Pure: the reconciler gathers an :class:`Observation` (the plan, an atomic
+Redis snapshot, the worker pods it sees, the problems it met) and
+``compute`` returns the whole ``status`` stanza, camelCase, ready to patch.
+``events`` says which condition transitions deserve an Event.
+
+Conditions follow the Kubernetes convention and are all present from the
+first write, so ``kubectl wait --for=condition=Complete`` and kstatus readers
+never see "unknown". A condition keeps its ``lastTransitionTime`` while its
+status stays the same; only a status flip moves it.
+
+The kstatus trio reads like this:
+
+- ``Reconciling=True`` while the batch makes progress (or waits for an
+  approval or for Redis to come back);
+- ``Stalled=True`` when it cannot move without someone acting: it failed, its
+  budget is used up, or a reference is broken (the reason says which);
+- ``Ready=True`` only once it is ``Complete``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from analysis_core import completion, env, plan, queue
+from analysis_core.api import v1alpha1
+
+C = v1alpha1.ConditionType
+P = v1alpha1.Phase
+SUSPENDED_MESSAGE = "spec.suspend is true: no new claims; in-flight items finish"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Something the schema could not catch: a CamelCase reason and a message naming the field or object.
+
+    ``stalled``: it needs someone to act (a missing Secret); otherwise it is
+    expected to pass by itself (Redis restarting).
+    """
+
+    reason: str
+    message: str
+    stalled: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    generation: int
+    now: datetime
+    plan: plan.Plan | None = None  # None: not compiled (see problems)
+    snapshot: queue.Snapshot | None = None  # None: not seeded yet, or Redis unreachable
+    state: completion.BatchState | None = None
+    workers: Mapping[str, int] = dataclasses.field(default_factory=dict)  # stage -> live worker pods
+    held: Mapping[str, int] = dataclasses.field(default_factory=dict)  # approval stage -> items held
+    problems: Sequence[Problem] = ()
+    suspended: bool = False
+    results: Mapping[str, Any] | None = None  # the results sink: configMaps and rows
+    retried_failed: str | None = None  # the retry-failed annotation value last acted on
+
+
+def nusd_to_usd(nusd: int) -> str:
+    """Nano-dollars as an exact decimal string: 610000000 -> '0.61'."""
+    whole, frac = divmod(max(0, nusd), 10**9)
+    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def tokens_summary(tokens: int) -> str:
+    if tokens < 1000:
+        return str(tokens)
+    if tokens < 1_000_000:
+        return f"{tokens / 1000:.0f}k" if tokens >= 10_000 else f"{tokens / 1000:.1f}k"
+    return f"{tokens / 1_000_000:.1f}M"
+
+
+def cost_summary(nusd: int) -> str:
+    usd = nusd / 1e9
+    if usd <= 0:
+        return "$0"
+    return f"${usd:.2f}" if usd >= 0.01 else f"${usd:.4f}"
+
+
+def judge_summary(approved: int, rejected: int) -> str:
+    return f"{approved}✓ {rejected}✗"
+
+
+def phase_of(obs: Observation) -> v1alpha1.Phase:
+    if obs.state is not None and obs.state.phase is completion.Phase.COMPLETE:
+        return P.COMPLETE
+    if obs.state is not None and obs.state.phase is completion.Phase.FAILED:
+        return P.FAILED
+    if obs.plan is None or obs.snapshot is None:
+        return P.PENDING
+    if obs.suspended:
+        return P.SUSPENDED
+    if sum(obs.held.values()) and not _busy_outside_gates(obs):
+        return P.WAITING_FOR_APPROVAL
+    return P.RUNNING
+
+
+def _busy_outside_gates(obs: Observation) -> bool:
+    assert obs.plan is not None
+    assert obs.snapshot is not None
+    for stage in obs.plan.stages:
+        if stage.type is v1alpha1.StageType.APPROVAL:
+            continue
+        if not obs.snapshot.stages[stage.name].drained:
+            return True
+    return False
+
+
+def _stage_status(stage: plan.StagePlan, counts: queue.StageCounts, workers: int) -> dict[str, Any]:
+    c = counts.counters
+    return {
+        "name": stage.name,
+        "pending": counts.ready + counts.gathered,
+        "running": counts.running,
+        "succeeded": c.get("succeeded", 0),
+        "failed": c.get("failed", 0),
+        "retrying": counts.retrying,
+        "deadLettered": c.get("dead_lettered", 0),
+        "workers": workers,
+    }
+
+
+def _current_stage(the_plan: plan.Plan, snapshot: queue.Snapshot) -> str | None:
+    for stage in the_plan.stages:
+        if not snapshot.stages[stage.name].drained:
+            return stage.name
+    return None
+
+
+def _counts(obs: Observation) -> dict[str, Any]:
+    """Item counts, stage counts, judge verdicts, usage: everything read off the snapshot."""
+    assert obs.plan is not None
+    assert obs.snapshot is not None
+    snap, the_plan = obs.snapshot, obs.plan
+    last = snap.stages[the_plan.stages[-1].name].counters
+    failed = sum(s.counters.get("failed", 0) for s in snap.stages.values())
+    dead = sum(s.counters.get("dead_lettered", 0) for s in snap.stages.values())
+    in_pipeline = sum(s.ready + s.running + s.retrying + s.gathered for s in snap.stages.values())
+    done = last.get("succeeded", 0) + failed + dead
+    total = done + in_pipeline
+    judges = [snap.stages[s.name].counters for s in the_plan.stages if s.type is v1alpha1.StageType.JUDGE]
+    approved = sum(j.get("approved", 0) for j in judges)
+    rejected = sum(j.get("rejected", 0) for j in judges)
+    usage = snap.usage
+    tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    out: dict[str, Any] = {
+        "currentStage": _current_stage(the_plan, snap),
+        "progress": f"{done}/{total}",
+        "percent": 100 if total and done == total else (done * 100 // total if total else 0),
+        "retries": sum(s.counters.get("retries", 0) for s in snap.stages.values()),
+        "items": {"total": total, "done": done, "succeeded": last.get("succeeded", 0), "failed": failed,
+                  "deadLettered": dead},
+        "stages": [_stage_status(s, snap.stages[s.name], obs.workers.get(s.name, 0)) for s in the_plan.stages],
+        "usage": {
+            "inputTokens": usage.get("input_tokens", 0),
+            "outputTokens": usage.get("output_tokens", 0),
+            "totalTokens": tokens,
+            "costUSD": nusd_to_usd(usage.get("cost_nusd", 0)),
+            "tokensSummary": tokens_summary(tokens),
+            "costSummary": cost_summary(usage.get("cost_nusd", 0)),
+        },
+    }  # fmt: skip
+    if judges:
+        out["judge"] = {
+            "approved": approved,
+            "rejected": rejected,
+            "exhausted": sum(j.get("exhausted", 0) for j in judges),
+            "summary": judge_summary(approved, rejected),
+        }
+    return out
+
+
+# ---------------------------------------------------------------- conditions
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cond:
+    type: v1alpha1.ConditionType
+    true: bool
+    reason: str
+    message: str = ""
+
+
+def _conditions(obs: Observation, phase: v1alpha1.Phase) -> list[_Cond]:
+    terminal = phase in (P.COMPLETE, P.FAILED)
+    blocking = [p for p in obs.problems if p.stalled]
+    passing = [p for p in obs.problems if not p.stalled]
+    budget = None if obs.snapshot is None else obs.snapshot.flags.get(env.FLAG_BUDGET_EXCEEDED)
+    state_msg = obs.state.reason if obs.state is not None else ""
+    held = {stage: n for stage, n in obs.held.items() if n}
+    held_msg = "; ".join(f"{n} items wait at {stage}: approve them in spec.approvals" for stage, n in held.items())
+
+    if phase is P.FAILED:
+        stalled = _Cond(C.STALLED, True, "Failed", state_msg)
+    elif blocking:
+        stalled = _Cond(C.STALLED, True, blocking[0].reason, blocking[0].message)
+    elif budget and not terminal:
+        stalled = _Cond(C.STALLED, True, "BudgetExceeded", budget)
+    else:
+        stalled = _Cond(C.STALLED, False, "Progressing" if not terminal else str(phase))
+
+    if terminal:
+        reconciling = _Cond(C.RECONCILING, False, str(phase), state_msg)
+    elif stalled.true:
+        reconciling = _Cond(C.RECONCILING, False, stalled.reason, stalled.message)
+    elif obs.suspended:
+        reconciling = _Cond(C.RECONCILING, False, "Suspended", "spec.suspend is true")
+    elif passing:
+        reconciling = _Cond(C.RECONCILING, True, passing[0].reason, passing[0].message)
+    elif phase is P.WAITING_FOR_APPROVAL:
+        reconciling = _Cond(C.RECONCILING, True, "WaitingForApproval", held_msg)
+    else:
+        reconciling = _Cond(C.RECONCILING, True, str(phase), _progress_message(obs))
+
+    if phase is P.COMPLETE:
+        ready = _Cond(C.READY, True, "Complete", state_msg)
+    else:
+        ready = _Cond(
+            C.READY,
+            False,
+            stalled.reason if stalled.true else reconciling.reason,
+            stalled.message if stalled.true else reconciling.message,
+        )
+    return [
+        ready,
+        reconciling,
+        stalled,
+        _Cond(
+            C.COMPLETE,
+            phase is P.COMPLETE,
+            "Complete" if phase is P.COMPLETE else str(phase),
+            state_msg if phase is P.COMPLETE else "",
+        ),
+        _Cond(
+            C.FAILED,
+            phase is P.FAILED,
+            "TooManyFailedItems" if phase is P.FAILED else "NoFailure",
+            state_msg if phase is P.FAILED else "",
+        ),
+        _Cond(
+            C.SUSPENDED,
+            obs.suspended and not terminal,
+            "SuspendedBySpec" if obs.suspended else "NotSuspended",
+            SUSPENDED_MESSAGE if obs.suspended else "",
+        ),
+        _Cond(C.BUDGET_EXCEEDED, bool(budget), "BudgetExceeded" if budget else "WithinBudget", budget or ""),
+        _Cond(C.WAITING_FOR_APPROVAL, bool(held) and not terminal, "ItemsHeld" if held else "NothingHeld", held_msg),
+    ]
+
+
+def _progress_message(obs: Observation) -> str:
+    if obs.snapshot is None or obs.plan is None:
+        return "seeding"
+    counts = _counts(obs)
+    stage = counts["currentStage"]
+    return f"{counts['progress']} items done" + (f"; working on {stage}" if stage else "")
+
+
+def _merge_conditions(
+    new: Sequence[_Cond], previous: Sequence[Mapping[str, Any]], now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for cond in new:
+        status = "True" if cond.true else "False"
+        old = before.get(str(cond.type))
+        since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+        out.append(
+            {
+                "type": str(cond.type),
+                "status": status,
+                "reason": cond.reason,
+                "message": cond.message[:32768],
+                "lastTransitionTime": since or _timestamp(now),
+                "observedGeneration": generation,
+            }
+        )
+    return out
+
+
+def _timestamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_COUNTED = ("currentStage", "progress", "percent", "retries", "items", "stages", "judge", "usage")
+
+
+def compute(obs: Observation, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The whole status stanza for ``obs``; ``previous`` (the current status) keeps transition times."""
+    previous = previous or {}
+    phase = phase_of(obs)
+    if obs.plan is not None and obs.snapshot is None and previous.get("phase"):
+        phase = v1alpha1.Phase(previous["phase"])  # Redis away: nothing new is known about progress
+    status: dict[str, Any] = {"observedGeneration": obs.generation, "phase": str(phase)}
+    if obs.plan is not None and obs.snapshot is not None:
+        status.update(_counts(obs))
+    else:  # Redis away, or not compiled: the last counts stay, rather than dropping to nothing
+        status.update({key: previous[key] for key in _COUNTED if key in previous})
+    for kept in ("startTime", "completionTime", "results", "retriedFailed"):
+        if previous.get(kept):
+            status[kept] = previous[kept]
+    if obs.snapshot is not None and obs.snapshot.seeded and "startTime" not in status:
+        status["startTime"] = _timestamp(obs.now)
+    if phase in (P.COMPLETE, P.FAILED):
+        status.setdefault("completionTime", _timestamp(obs.now))
+        if obs.state is not None and phase is P.COMPLETE:
+            status["percent"] = 100
+    else:
+        status.pop("completionTime", None)  # retry-failed brought it back
+    if obs.results is not None:
+        status["results"] = dict(obs.results)
+    if obs.retried_failed:
+        status["retriedFailed"] = obs.retried_failed
+    conditions = _conditions(obs, phase)
+    status["conditions"] = _merge_conditions(conditions, previous.get("conditions") or [], obs.now, obs.generation)
+    status["message"] = _headline(conditions, phase)
+    return status
+
+
+def _headline(conditions: Sequence[_Cond], phase: v1alpha1.Phase) -> str:
+    """The most useful thing to know now, for ``kubectl get``: the first condition with a message that matters."""
+    by_type = {c.type: c for c in conditions}
+    for kind in (C.STALLED, C.COMPLETE, C.SUSPENDED, C.WAITING_FOR_APPROVAL):
+        if by_type[kind].true and by_type[kind].message:
+            return by_type[kind].message
+    return by_type[C.RECONCILING].message or str(phase)
+
+
+# ---------------------------------------------------------------- events
+
+_WARNINGS = {str(C.STALLED), str(C.FAILED), str(C.BUDGET_EXCEEDED)}
+_ANNOUNCED = {str(C.COMPLETE), str(C.FAILED), str(C.SUSPENDED), str(C.BUDGET_EXCEEDED),
+              str(C.WAITING_FOR_APPROVAL), str(C.STALLED)}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def events(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[Event]:
+    """One Event per condition that flipped (Ready and Reconciling only echo the others, so they stay quiet)."""
+    before = {c["type"]: c for c in (previous or {}).get("conditions") or []}
+    out = []
+    for cond in current.get("conditions") or []:
+        kind = cond["type"]
+        if kind not in _ANNOUNCED:
+            continue
+        old = before.get(kind) or {}
+        was_true = old.get("status") == "True"
+        now_true = cond["status"] == "True"
+        same_reason = old.get("reason") == cond["reason"]
+        if was_true == now_true and (not now_true or same_reason):
+            continue
+        if not now_true and not old:
+            continue  # the first visit sets every condition; only what is true is news
+        if now_true:
+            severity = "Warning" if kind in _WARNINGS else "Normal"
+            message = cond["message"] or kind
+            out.append(Event(severity, cond["reason"], message))
+        else:
+            out.append(Event("Normal", f"{kind}Cleared", f"{kind} is no longer true"))
+    return out
+
+
+def essence(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without what changes by itself (transition times), for "did anything change"."""
+    out = dict(status)
+    out["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+    ]
+    return out

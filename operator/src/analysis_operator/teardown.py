@@ -1,0 +1,80 @@
+"""The finalizer's work when a batch is deleted: stop the workers, then remove every trace.
+
+Order matters. Workers write to Redis until they stop, so their workloads go
+first and the Redis keys last, once no worker pod of the batch is left:
+otherwise a worker finishing its item would recreate a counter or a
+heartbeat after the sweep. Each call does what it can and raises
+``kopf.TemporaryError`` to be called again shortly; Kopf keeps the finalizer
+until a call returns.
+
+A cleanup that cannot finish (Redis away for minutes) must not wedge the
+batch in Terminating forever, which would also block its namespace's
+deletion: after ``GIVE_UP_AFTER`` retries it posts a Warning Event naming
+what is left behind and lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from analysis_core import env, keys, queue
+from analysis_operator import builders, kube
+
+GIVE_UP_AFTER = 60  # retries, about two seconds apart while pods drain, longer while Redis is away
+SCAN_COUNT = 1000
+
+
+async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, retry: int, logger: kopf.Logger) -> None:
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    selector = f"{builders.LABEL_BATCH_UID}={uid}"
+    with contextlib.suppress(*queue.UNAVAILABLE):  # the workers go anyway; the keys are swept once Redis is back
+        await _stop_claims(redis, uid)
+    for kind in (kube.JOBS, kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICEACCOUNTS):
+        await client.delete_collection(kind, namespace, selector)
+    pods = [p for p in await client.list(kube.PODS, namespace, selector) if _running(p)]
+    if pods and retry < GIVE_UP_AFTER:
+        raise kopf.TemporaryError(f"waiting for {len(pods)} worker pods to stop", delay=2)
+    try:
+        removed = await sweep(redis, uid)
+    except queue.UNAVAILABLE as exc:
+        if retry < GIVE_UP_AFTER:
+            raise kopf.TemporaryError(f"Redis unavailable, its keys of this batch remain: {exc}", delay=5) from exc
+        kopf.warn(
+            body,
+            reason="CleanupIncomplete",
+            message=f"gave up after {retry} tries: Redis keys matching {keys.BatchKeys(uid).pattern} remain ({exc})",
+        )
+        return
+    logger.info(f"removed {removed} Redis keys and every child of the batch")
+
+
+async def _stop_claims(redis: queue.Redis, uid: str) -> None:
+    await redis.hset(keys.BatchKeys(uid).flags, env.FLAG_SUSPENDED, "the batch is being deleted")
+
+
+def _running(pod: Mapping[str, Any]) -> bool:
+    return str((pod.get("status") or {}).get("phase")) not in ("Succeeded", "Failed")
+
+
+async def sweep(redis: queue.Redis, uid: str) -> int:
+    """Unlink every key of the batch (they share its hash tag, so one pattern finds them all)."""
+    removed = 0
+    async for batch in _scan_batches(redis, keys.BatchKeys(uid).pattern):
+        removed += int(await redis.unlink(*batch))
+    return removed
+
+
+async def _scan_batches(redis: queue.Redis, pattern: str) -> Any:
+    batch: list[str] = []
+    async for key in redis.scan_iter(match=pattern, count=SCAN_COUNT):
+        batch.append(key)
+        if len(batch) >= SCAN_COUNT:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

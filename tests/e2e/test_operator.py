@@ -1,0 +1,233 @@
+"""The operator, end to end: real control plane and controller-manager, the local node, Redis, worker pods.
+
+Each example runs to ``Complete`` in both executors with exactly the results
+its offline provider predicts; then the controls and failure modes a platform
+team relies on: suspend and resume, deletion mid-run, an operator restart, a
+worker pod deleted mid-item, a broken reference that recovers, and a
+provider that refuses the key.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from analysis_core import keys, plan
+from analysis_core.api import v1alpha1
+from analysis_devcluster import binaries
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example(name: str, executor: str = "Job", latency_ms: int | None = 0) -> dict[str, Any]:
+    manifest = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8"))
+    for stage in manifest["spec"]["stages"]:
+        stage["executor"] = executor
+    if latency_ms is not None:
+        for provider in manifest["spec"]["providers"].values():
+            provider.setdefault("offline", {})["latencyMilliseconds"] = latency_ms
+    return dict(manifest)
+
+
+def predicted_finals(manifest: dict[str, Any], uid: str, simulate: Any) -> dict[str, str]:
+    """item -> status of what leaves the last stage, by the offline provider's answers."""
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(manifest["spec"])
+    compiled = plan.compile_plan(uid, spec)
+    outcomes = simulate(compiled, list(spec.items or [])).outcomes
+    last = compiled.stages[-1].name
+    parsed = {keys.parse_idem(key): status for key, status in outcomes.items()}
+    return {idem.item.rsplit("/", 1)[-1]: status for idem, status in parsed.items() if idem.stage == last}
+
+
+def results(batches: Any, name: str, output: str = "jsonl") -> subprocess.CompletedProcess[str]:
+    """``kubectl analysis results`` as a user runs it (kubectl refuses flags before a plugin's name)."""
+    return subprocess.run(
+        [str(binaries.find("kubectl")), "analysis", "results", name, "-n", batches.namespace, "-o", output],
+        env={**os.environ, "KUBECONFIG": str(batches.dev.kubeconfig)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("executor", ["Job", "Deployment"])
+@pytest.mark.parametrize("name", ["ticker-summary", "stock-research"])
+def test_each_example_completes_with_the_predicted_results(
+    batches: Any, simulate: Any, name: str, executor: str
+) -> None:
+    manifest = example(name, executor)
+    batches.apply(manifest)
+    batches.wait(name, "Complete", timeout_s=180)
+    batch = batches.get(name)
+    st, meta = batch["status"], batch["metadata"]
+    conditions = {c["type"]: c["status"] for c in st["conditions"]}
+    # kstatus: done means Ready, not Reconciling, not Stalled, for the current generation.
+    assert (conditions["Ready"], conditions["Reconciling"], conditions["Stalled"]) == ("True", "False", "False")
+    assert st["observedGeneration"] == meta["generation"]
+    assert st["phase"] == "Complete"
+    assert st["percent"] == 100
+    expected = predicted_finals(manifest, meta["uid"], simulate)
+    shown = results(batches, name)
+    assert shown.returncode == 0, shown.stderr
+    rows = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert {row["item"].rsplit("/", 1)[-1]: row["status"] for row in rows} == expected
+    assert len(rows) == len(expected)  # no duplicates
+    assert st["results"]["configMaps"]
+    # One workload per stage that ran, none left running.
+    children = batches.children(meta["uid"])
+    kind = "jobs" if executor == "Job" else "deployments"
+    stages = {s["name"] for s in st["stages"] if s["succeeded"] or s["failed"]}
+    worker_stages = {s["name"] for s in manifest["spec"]["stages"] if s.get("type") != "approval"} & stages
+    assert len(children[kind]) == len(worker_stages), children
+    batches.eventually(lambda: not batches.children(meta["uid"])["pods"] or executor == "Job", 60, "workers gone")
+
+
+@pytest.mark.timeout(240)
+def test_suspend_stops_claims_and_resume_finishes(batches: Any) -> None:
+    manifest = example("ticker-summary", latency_ms=1500)
+    manifest["spec"]["items"] = [f"T{i}" for i in range(12)]
+    manifest["spec"]["stages"][0]["concurrency"] = 2
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    batches.eventually(lambda: (batches.get(name).get("status") or {}).get("items", {}).get("done", 0) >= 2, 90,
+                       "two items done")  # fmt: skip
+    batches.kubectl("patch", "analysisbatch", name, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    batches.wait(name, "Suspended", timeout_s=30)
+    uid = batches.get(name)["metadata"]["uid"]
+    # In-flight items finish; then no worker is left and nothing moves.
+    batches.eventually(lambda: not [p for p in batches.children(uid)["pods"]] or None, 60, "workers scaled to zero")
+    done = batches.get(name)["status"]["items"]["done"]
+    time.sleep(4)
+    assert batches.get(name)["status"]["items"]["done"] == done
+    assert done < 12
+    assert batches.get(name)["status"]["phase"] == "Suspended"
+    batches.kubectl("patch", "analysisbatch", name, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    batches.wait(name, "Complete", timeout_s=180)
+    assert batches.get(name)["status"]["items"]["succeeded"] == 12
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("executor", ["Job", "Deployment"])
+def test_deleting_mid_run_leaves_no_redis_key_and_no_child(batches: Any, executor: str) -> None:
+    manifest = example("ticker-summary", executor, latency_ms=3000)
+    manifest["spec"]["items"] = [f"T{i}" for i in range(6)]
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    uid = batches.get(name)["metadata"]["uid"]
+    batches.eventually(lambda: (batches.get(name).get("status") or {}).get("stages", [{}])[0].get("running"), 90,
+                       "items in flight")  # fmt: skip
+    batches.kubectl("delete", "analysisbatch", name, "--timeout=90s", timeout=120)
+    assert batches.kubectl("get", "analysisbatch", name, check=False).returncode != 0
+    assert batches.redis_keys(uid) == []
+    batches.eventually(lambda: not any(batches.children(uid).values()), 60, "every child gone")
+
+
+@pytest.mark.timeout(300)
+def test_an_operator_killed_mid_batch_finishes_it_without_duplicates(batches: Any, simulate: Any) -> None:
+    manifest = example("stock-research", latency_ms=300)
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    batches.eventually(lambda: (batches.get(name).get("status") or {}).get("currentStage") in ("analyze", "review"),
+                       120, "analysis under way")  # fmt: skip
+    batches.operator.kill()
+    time.sleep(2)
+    batches.operator.start()
+    batches.wait(name, "Complete", timeout_s=180)
+    batch = batches.get(name)
+    children = batches.children(batch["metadata"]["uid"])
+    stages = [job.rsplit("-", 1)[0] for job in children["jobs"]]
+    assert len(stages) == len(set(stages)), children["jobs"]  # one Job per stage
+    rows = [json.loads(line) for line in results(batches, name).stdout.splitlines()]
+    expected = predicted_finals(manifest, batch["metadata"]["uid"], simulate)
+    assert sorted(row["item"].rsplit("/", 1)[-1] for row in rows) == sorted(expected)
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_pod_deleted_mid_item_loses_nothing(batches: Any) -> None:
+    manifest = example("ticker-summary", "Deployment", latency_ms=4000)
+    manifest["spec"]["items"] = ["A", "B", "C", "D"]
+    manifest["spec"]["stages"][0]["concurrency"] = 2
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    uid = batches.get(name)["metadata"]["uid"]
+    busy = batches.eventually(
+        lambda: (batches.get(name).get("status") or {}).get("stages", [{}])[0].get("running") and
+        batches.children(uid)["pods"], 90, "an item in flight")  # fmt: skip
+    batches.kubectl("delete", "pod", busy[0], "--grace-period=1", "--wait=false")
+    batches.wait(name, "Complete", timeout_s=180)
+    st = batches.get(name)["status"]
+    assert st["items"]["succeeded"] == 4
+    assert st["items"]["failed"] == st["items"]["deadLettered"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_missing_configmap_shows_its_condition_and_recovers(batches: Any) -> None:
+    manifest = example("ticker-summary")
+    del manifest["spec"]["items"]
+    manifest["spec"]["itemsFrom"] = {"configMapKeyRef": {"name": "tickers", "key": "list"}}
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    batches.wait(name, "Stalled", timeout_s=20)
+    stalled = batches.conditions(name)["Stalled"]
+    assert stalled["reason"] == "ConfigMapNotFound"
+    assert "spec.itemsFrom.configMapKeyRef" in stalled["message"]
+    assert "tickers" in stalled["message"]
+    batches.kubectl("create", "configmap", "tickers", "--from-literal=list=NVDA\nAMD\n")
+    batches.wait(name, "Complete", timeout_s=120)
+    assert batches.conditions(name)["Stalled"]["status"] == "False"
+    assert batches.get(name)["status"]["items"]["succeeded"] == 2
+
+
+@pytest.mark.timeout(180)
+def test_a_missing_secret_is_named_and_recovers(batches: Any) -> None:
+    from analysis_devcluster import standin
+
+    with standin.StandIn(api_key="sk-test-key") as server:
+        manifest = example("ticker-summary", latency_ms=None)
+        manifest["spec"]["providers"] = {
+            "summarizer": {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
+                           "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}},
+        }  # fmt: skip
+        batches.apply(manifest)
+        name = manifest["metadata"]["name"]
+        batches.wait(name, "Stalled", timeout_s=30)
+        stalled = batches.conditions(name)["Stalled"]
+        assert stalled["reason"] == "SecretNotFound"
+        assert stalled["message"].startswith("spec.providers.summarizer.apiKeySecretRef")
+        batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=openai=sk-test-key")
+        batches.wait(name, "Complete", timeout_s=120)
+        events = batches.kubectl("get", "events", "-o", "json").stdout
+        assert "sk-test-key" not in events
+        assert "sk-test-key" not in json.dumps(batches.get(name))
+
+
+@pytest.mark.timeout(180)
+def test_a_refused_key_fails_the_batch_quickly_with_a_clear_reason(batches: Any) -> None:
+    from analysis_devcluster import standin
+
+    with standin.StandIn(api_key="sk-right") as server:
+        manifest = example("ticker-summary", latency_ms=None)
+        manifest["spec"]["providers"] = {
+            "summarizer": {"type": "anthropic", "model": "claude-test", "baseURL": server.url,
+                           "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"}},
+        }  # fmt: skip
+        batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=anthropic=sk-wrong")
+        started = time.monotonic()
+        batches.apply(manifest)
+        name = manifest["metadata"]["name"]
+        batches.wait(name, "Failed", timeout_s=90)
+        elapsed = time.monotonic() - started
+        st = batches.get(name)["status"]
+        assert st["phase"] == "Failed"
+        assert batches.conditions(name)["Stalled"]["status"] == "True"
+        assert st["items"]["failed"] >= 1
+        # One call per item at most: an auth error is not retried.
+        assert len(server.requests()) <= 3
+        assert elapsed < 90
+        assert "sk-wrong" not in json.dumps(st)

@@ -1,0 +1,184 @@
+"""A batch's status from an observation (pure): phase, counts, kstatus conditions, events."""
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from analysis_core import completion, plan, queue
+from analysis_core.api import v1alpha1
+from analysis_operator import status
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+
+
+def compiled() -> plan.Plan:
+    spec = v1alpha1.AnalysisBatchSpec.model_validate({
+        "items": ["A", "B", "C"],
+        "providers": {"m": {"type": "offline"}},
+        "stages": [
+            {"name": "draft", "provider": "m", "prompt": "x"},
+            {"name": "gate", "type": "approval"},
+            {"name": "review", "type": "judge", "provider": "m", "reviews": "draft"},
+        ],
+    })  # fmt: skip
+    return plan.compile_plan("uid", spec)
+
+
+PLAN = compiled()
+
+
+def counts(ready: int = 0, running: int = 0, retrying: int = 0, **counters: int) -> queue.StageCounts:
+    return queue.StageCounts(ready, running, retrying, dict(counters))
+
+
+def snapshot(sealed: frozenset[str] = frozenset(), flags: dict[str, str] | None = None,
+             **stages: queue.StageCounts) -> queue.Snapshot:  # fmt: skip
+    full = {s.name: stages.get(s.name, counts()) for s in PLAN.stages}
+    usage = {"input_tokens": 40_000, "output_tokens": 8_400, "cost_nusd": 610_000_000}
+    return queue.Snapshot(full, sealed, True, usage, flags or {})
+
+
+def observe(snap: queue.Snapshot | None, **kw: Any) -> status.Observation:
+    state = completion.state(PLAN, snap, 0) if snap is not None else None
+    defaults: dict[str, Any] = {"generation": 3, "now": NOW, "plan": PLAN, "snapshot": snap, "state": state}
+    return status.Observation(**{**defaults, **kw})
+
+
+def conditions(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+
+
+def test_a_running_batch_reads_as_reconciling_with_live_counts() -> None:
+    snap = snapshot(draft=counts(1, 1, succeeded=1), review=counts(0, 0, approved=2, rejected=1, succeeded=0))
+    st = status.compute(observe(snap, workers={"draft": 2}), None)
+    assert st["phase"] == "Running"
+    assert st["observedGeneration"] == 3
+    assert st["currentStage"] == "draft"
+    assert st["progress"] == "0/2"
+    assert st["stages"][0] == {"name": "draft", "pending": 1, "running": 1, "succeeded": 1, "failed": 0,
+                               "retrying": 0, "deadLettered": 0, "workers": 2}  # fmt: skip
+    assert st["judge"]["summary"] == "2✓ 1✗"
+    assert st["usage"]["tokensSummary"] == "48k"
+    assert st["usage"]["costSummary"] == "$0.61"
+    assert st["usage"]["costUSD"] == "0.61"
+    cond = conditions(st)
+    # Every condition is there from the first write.
+    assert set(cond) == {str(c) for c in v1alpha1.ConditionType}
+    assert cond["Reconciling"] == ("True", "Running")
+    assert cond["Ready"][0] == cond["Stalled"][0] == cond["Complete"][0] == "False"
+    # The status validates against the API's own model (what the CRD schema is generated from).
+    v1alpha1.AnalysisBatchStatus.model_validate(st)
+
+
+def test_a_complete_batch_is_ready_and_keeps_its_times() -> None:
+    done = snapshot(frozenset(s.name for s in PLAN.stages), review=counts(succeeded=3, approved=3))
+    first = status.compute(observe(done), None)
+    assert first["phase"] == "Complete"
+    assert first["percent"] == 100
+    assert conditions(first)["Ready"] == ("True", "Complete")
+    assert conditions(first)["Reconciling"][0] == "False"
+    later = status.compute(observe(done, now=NOW + timedelta(minutes=5)), first)
+    assert later["completionTime"] == first["completionTime"]
+    assert later["conditions"] == first["conditions"]  # no flip, no new transition time
+    assert status.essence(later) == status.essence(first)
+
+
+def test_failure_stalls_the_batch() -> None:
+    failed = snapshot(draft=counts(1, 0, failed=1))
+    st = status.compute(observe(failed), None)
+    assert st["phase"] == "Failed"
+    assert conditions(st)["Stalled"] == ("True", "Failed")
+    assert conditions(st)["Failed"] == ("True", "TooManyFailedItems")
+    assert "failurePolicy.maxFailedItems" in st["message"]
+
+
+def test_a_broken_reference_is_a_stalled_condition_naming_the_field_and_clears_when_fixed() -> None:
+    problem = status.Problem(
+        "ConfigMapNotFound", "spec.itemsFrom.configMapKeyRef: ConfigMap research/tickers not found"
+    )
+    broken = status.compute(status.Observation(generation=1, now=NOW, problems=[problem]), None)
+    assert broken["phase"] == "Pending"
+    assert conditions(broken)["Stalled"] == ("True", "ConfigMapNotFound")
+    assert conditions(broken)["Ready"] == ("False", "ConfigMapNotFound")
+    assert broken["message"] == problem.message
+    assert [e.reason for e in status.events(None, broken)] == ["ConfigMapNotFound"]
+    fixed = status.compute(observe(snapshot(draft=counts(3))), broken)
+    assert conditions(fixed)["Stalled"] == ("False", "Progressing")
+    assert [(e.type, e.reason) for e in status.events(broken, fixed)] == [("Normal", "StalledCleared")]
+
+
+def test_redis_away_is_transient_and_keeps_the_last_counts_visible() -> None:
+    running = status.compute(observe(snapshot(draft=counts(2))), None)
+    away = status.Problem("RedisUnavailable", "Redis cannot be reached: connection refused", stalled=False)
+    st = status.compute(observe(None, problems=[away]), running)
+    assert conditions(st)["Stalled"][0] == "False"
+    assert conditions(st)["Reconciling"] == ("True", "RedisUnavailable")
+    assert conditions(st)["Ready"] == ("False", "RedisUnavailable")
+    assert st["stages"] == running["stages"]
+    assert st["phase"] == "Running"
+    assert st["progress"] == running["progress"]
+
+
+def test_suspend_budget_and_approval_each_have_their_condition() -> None:
+    held = snapshot(gate=counts(2), draft=counts(succeeded=2))
+    st = status.compute(observe(held, held={"gate": 2}), None)
+    assert st["phase"] == "WaitingForApproval"
+    assert conditions(st)["WaitingForApproval"] == ("True", "ItemsHeld")
+    assert "spec.approvals" in st["message"]
+
+    st = status.compute(observe(snapshot(draft=counts(2)), suspended=True), None)
+    assert st["phase"] == "Suspended"
+    assert conditions(st)["Suspended"] == ("True", "SuspendedBySpec")
+    assert conditions(st)["Reconciling"] == ("False", "Suspended")
+
+    over = snapshot(flags={"budget_exceeded": "2000100 tokens used, budget.maxTokens is 2000000"}, draft=counts(2))
+    st = status.compute(observe(over), None)
+    assert conditions(st)["BudgetExceeded"] == ("True", "BudgetExceeded")
+    assert conditions(st)["Stalled"] == ("True", "BudgetExceeded")
+    events = status.events(None, st)
+    assert ("Warning", "BudgetExceeded") in [(e.type, e.reason) for e in events]
+
+
+def test_events_fire_once_per_flip() -> None:
+    running = status.compute(observe(snapshot(draft=counts(2))), None)
+    assert status.events(None, running) == []  # the first visit: nothing true is news
+    assert status.events(running, running) == []
+    done = snapshot(frozenset(s.name for s in PLAN.stages), review=counts(succeeded=3))
+    complete = status.compute(observe(done), running)
+    assert [(e.type, e.reason) for e in status.events(running, complete)] == [("Normal", "Complete")]
+    assert status.events(complete, complete) == []
+
+
+def test_retry_failed_reopens_a_finished_batch() -> None:
+    failed = status.compute(observe(snapshot(draft=counts(failed=1))), None)
+    assert "completionTime" in failed
+    rerun = status.compute(observe(snapshot(draft=counts(1)), retried_failed="2026-11-22T12:00"), failed)
+    assert rerun["phase"] == "Running"
+    assert "completionTime" not in rerun
+    assert rerun["retriedFailed"] == "2026-11-22T12:00"
+
+
+@pytest.mark.parametrize(
+    ("nusd", "usd", "summary"),
+    [(0, "0", "$0"), (610_000_000, "0.61", "$0.61"), (1_500_000, "0.0015", "$0.0015"),
+     (12_345_000_000_000, "12345", "$12345.00")],
+)  # fmt: skip
+def test_money_is_exact_in_status_and_short_for_display(nusd: int, usd: str, summary: str) -> None:
+    assert status.nusd_to_usd(nusd) == usd
+    assert status.cost_summary(nusd) == summary
+
+
+@pytest.mark.parametrize(("tokens", "text"), [(812, "812"), (4_210, "4.2k"), (48_400, "48k"), (2_300_000, "2.3M")])
+def test_token_summaries(tokens: int, text: str) -> None:
+    assert status.tokens_summary(tokens) == text
+
+
+def test_status_never_grows_with_items() -> None:
+    small = status.compute(observe(snapshot(draft=counts(3))), None)
+    big_counts = dataclasses.replace(counts(300_000, 1000), counters={"succeeded": 5_000_000})
+    big = status.compute(observe(snapshot(draft=big_counts)), None)
+    assert abs(len(str(big)) - len(str(small))) < 100

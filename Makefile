@@ -75,7 +75,7 @@ test-unit: install ## unit tests only (no control plane, no Redis)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 .PHONY: dev-cluster
-dev-cluster: install controlplane ## start etcd, kube-apiserver, kube-controller-manager and redis in the background; returns when ready
+dev-cluster: install controlplane ## start etcd, kube-apiserver, kube-controller-manager, redis and the local node in the background
 	$(BIN)/analysis-devcluster up
 
 .PHONY: dev-cluster-down

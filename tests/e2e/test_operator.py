@@ -97,6 +97,8 @@ def test_suspend_stops_claims_and_resume_finishes(batches: Any) -> None:
     name = manifest["metadata"]["name"]
     batches.eventually(lambda: (batches.get(name).get("status") or {}).get("items", {}).get("done", 0) >= 2, 90,
                        "two items done")  # fmt: skip
+    running = batches.conditions(name)
+    assert (running["Reconciling"]["status"], running["Ready"]["status"]) == ("True", "False")
     batches.kubectl("patch", "analysisbatch", name, "--type=merge", "-p", '{"spec": {"suspend": true}}')
     batches.wait(name, "Suspended", timeout_s=30)
     uid = batches.get(name)["metadata"]["uid"]
@@ -231,3 +233,84 @@ def test_a_refused_key_fails_the_batch_quickly_with_a_clear_reason(batches: Any)
         assert len(server.requests()) <= 3
         assert elapsed < 90
         assert "sk-wrong" not in json.dumps(st)
+
+
+@pytest.mark.timeout(180)
+def test_retry_failed_reruns_only_the_failed_items(batches: Any) -> None:
+    from analysis_devcluster import standin
+
+    with standin.StandIn(api_key="sk-test") as server:
+        # The first call about BAD fails with a 500; with one attempt, BAD fails for good and the batch with it.
+        server.set_plan([{"kind": "server_error", "match": "BAD", "times": 1}])
+        manifest = example("ticker-summary", latency_ms=None)
+        manifest["spec"]["items"] = ["GOOD", "BAD", "FINE"]
+        manifest["spec"]["stages"][0]["retry"] = {"maxAttempts": 1}
+        manifest["spec"]["providers"] = {
+            "summarizer": {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
+                           "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}},
+        }  # fmt: skip
+        batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=openai=sk-test")
+        batches.apply(manifest)
+        name = manifest["metadata"]["name"]
+        batches.wait(name, "Failed", timeout_s=90)
+        assert "BAD" in batches.get(name)["status"]["message"]  # the first failure is named
+        calls = len(server.requests())
+        batches.kubectl("annotate", "analysisbatch", name, "analysis.dev/retry-failed=first")
+        batches.wait(name, "Complete", timeout_s=90)
+        st = batches.get(name)["status"]
+        assert st["retriedFailed"] == "first"
+        assert (st["items"]["succeeded"], st["items"]["failed"]) == (3, 0)
+        # Only BAD ran again.
+        again = [r for r in server.requests()[calls:]]
+        assert len(again) == 1
+        assert "BAD" in json.dumps(again[0])
+        rows = {
+            json.loads(line)["item"]: json.loads(line)["status"] for line in results(batches, name).stdout.splitlines()
+        }
+        assert rows == {"GOOD": "succeeded", "BAD": "succeeded", "FINE": "succeeded"}
+
+
+@pytest.mark.timeout(180)
+def test_an_approval_added_to_the_spec_releases_the_held_items(batches: Any) -> None:
+    manifest = example("stock-research")
+    del manifest["spec"]["approvals"]
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    batches.wait(name, "WaitingForApproval", timeout_s=60)
+    st = batches.get(name)["status"]
+    assert st["phase"] == "WaitingForApproval"
+    assert "plan-ok" in batches.conditions(name)["WaitingForApproval"]["message"]
+    assert batches.conditions(name)["Reconciling"]["status"] == "True"
+    batches.kubectl("patch", "analysisbatch", name, "--type=merge", "-p",
+                    '{"spec": {"approvals": [{"stage": "plan-ok"}]}}')  # fmt: skip
+    batches.wait(name, "Complete", timeout_s=120)
+    assert batches.conditions(name)["WaitingForApproval"]["status"] == "False"
+
+
+@pytest.mark.timeout(120)
+def test_a_finished_batch_is_deleted_after_its_ttl(batches: Any) -> None:
+    manifest = example("ticker-summary")
+    manifest["spec"]["ttlSecondsAfterFinished"] = 2
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    uid = batches.get(name)["metadata"]["uid"]
+    batches.wait(name, "Complete", timeout_s=60)
+    batches.eventually(lambda: batches.kubectl("get", "analysisbatch", name, check=False).returncode != 0, 30,
+                       "deleted by its TTL")  # fmt: skip
+    assert batches.redis_keys(uid) == []
+
+
+def test_liveness_reports_the_time_since_the_last_event(batches: Any) -> None:
+    import urllib.request
+
+    port = batches.operator.liveness_port
+    probe = batches.eventually(lambda: _get_json(urllib.request, f"http://127.0.0.1:{port}/healthz"), 30, "liveness up")
+    assert isinstance(probe["secondsSinceLastEvent"], float)
+
+
+def _get_json(request: Any, url: str) -> Any:
+    try:
+        with request.urlopen(url, timeout=5) as answer:
+            return json.loads(answer.read())
+    except OSError:
+        return None

@@ -26,6 +26,7 @@ class OperatorConfig:
     reconcile_interval_s: float = 1.0  # a batch's reconciler runs at least this often (kicks run it sooner)
     status_interval_s: float = 2.0  # at most one status write per batch per this interval
     results_interval_s: float = 5.0  # results export, while items finish
+    scale_down_delay_s: float = 5.0  # a stage shrinks only after wanting fewer pods this long
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -62,4 +63,5 @@ class OperatorConfig:
             reconcile_interval_s=number("RECONCILE_INTERVAL", "1"),
             status_interval_s=number("STATUS_INTERVAL", "2"),
             results_interval_s=number("RESULTS_INTERVAL", "5"),
+            scale_down_delay_s=number("SCALE_DOWN_DELAY", "5"),
         )

@@ -115,6 +115,7 @@ class Reconciler:
         self._written: dict[str, Any] | None = None  # the status last written
         self._written_at = 0.0
         self._applied: dict[str, str] = {}  # workload name -> spec hash last applied
+        self._shrink_since: dict[str, float] = {}  # stage -> since when it wants fewer pods
         self._results_due = 0.0
         self._results: dict[str, Any] | None = None  # status.results as last exported
         self._first_failure: str | None = None  # the first failed row, for a Failed batch's message
@@ -330,7 +331,8 @@ class Reconciler:
             counts = snapshot.stages[stage.name]
             mine = [w for w in children.workloads if w.stage == stage.name]
             current = sum(w.size for w in mine if not w.complete)
-            size = builders.sized(the_plan, stage, counts, current=current, stopping=stopping)
+            size = self._stabilized(stage.name, builders.sized(the_plan, stage, counts, current=current,
+                                                               stopping=stopping), current, stopping)  # fmt: skip
             desired = _owned(builders.workload(batch, the_plan, stage, self.cfg.worker, size=size, run=run), body)
             digest = _spec_hash(desired)
             desired["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = digest
@@ -346,6 +348,21 @@ class Reconciler:
                 self._applied[name] = digest
             except kube.ApiError as exc:
                 problems.append(status.Problem("WorkloadApplyFailed", f"{desired['kind']} {name}: {exc}"))
+
+    def _stabilized(self, stage: str, size: int, current: int, stopping: bool) -> int:
+        """Grow at once; shrink only after the stage wanted fewer pods for ``scale_down_delay_s``.
+
+        A judge loop sends items back and forth, so a stage's backlog dips and
+        recovers within seconds; killing an idle worker and starting another a
+        moment later costs a process start each time. Stopping (suspend, a
+        failed batch) shrinks at once.
+        """
+        now = time.monotonic()
+        if stopping or size >= current:
+            self._shrink_since.pop(stage, None)
+            return size
+        since = self._shrink_since.setdefault(stage, now)
+        return size if now - since >= self.cfg.scale_down_delay_s else current
 
     def _wanted(
         self,

@@ -43,7 +43,9 @@ async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, r
         removed = await sweep(redis, uid)
     except queue.UNAVAILABLE as exc:
         if retry < GIVE_UP_AFTER:
-            raise kopf.TemporaryError(f"Redis unavailable, its keys of this batch remain: {exc}", delay=5) from exc
+            why = f"Redis unavailable, the batch's keys remain; retry {retry + 1} of {GIVE_UP_AFTER}: {exc}"
+            kopf.warn(body, reason="CleanupRetrying", message=why)
+            raise kopf.TemporaryError(why, delay=5) from exc
         kopf.warn(
             body,
             reason="CleanupIncomplete",

@@ -36,6 +36,18 @@ def example(name: str, executor: str = "Job", latency_ms: int | None = 0) -> dic
     return dict(manifest)
 
 
+def on_stand_in(server: Any, api: str, **stage: Any) -> dict[str, Any]:
+    """ticker-summary with its provider pointed at the stand-in (``api``: anthropic or openai), key from llm-keys."""
+    manifest = example("ticker-summary", latency_ms=None)
+    base_url = server.url if api == "anthropic" else server.openai_base_url
+    manifest["spec"]["providers"] = {
+        "summarizer": {"type": api, "model": "claude-test" if api == "anthropic" else "gpt-4.1", "baseURL": base_url,
+                       "apiKeySecretRef": {"name": "llm-keys", "key": api}},
+    }  # fmt: skip
+    manifest["spec"]["stages"][0].update(stage)
+    return manifest
+
+
 def predicted_finals(manifest: dict[str, Any], uid: str, simulate: Any) -> dict[str, str]:
     """item -> status of what leaves the last stage, by the offline provider's answers."""
     spec = v1alpha1.AnalysisBatchSpec.model_validate(manifest["spec"])
@@ -191,11 +203,7 @@ def test_a_missing_secret_is_named_and_recovers(batches: Any) -> None:
     from analysis_devcluster import standin
 
     with standin.StandIn(api_key="sk-test-key") as server:
-        manifest = example("ticker-summary", latency_ms=None)
-        manifest["spec"]["providers"] = {
-            "summarizer": {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
-                           "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}},
-        }  # fmt: skip
+        manifest = on_stand_in(server, "openai")
         batches.apply(manifest)
         name = manifest["metadata"]["name"]
         batches.wait(name, "Stalled", timeout_s=30)
@@ -214,11 +222,7 @@ def test_a_refused_key_fails_the_batch_quickly_with_a_clear_reason(batches: Any)
     from analysis_devcluster import standin
 
     with standin.StandIn(api_key="sk-right") as server:
-        manifest = example("ticker-summary", latency_ms=None)
-        manifest["spec"]["providers"] = {
-            "summarizer": {"type": "anthropic", "model": "claude-test", "baseURL": server.url,
-                           "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"}},
-        }  # fmt: skip
+        manifest = on_stand_in(server, "anthropic")
         batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=anthropic=sk-wrong")
         started = time.monotonic()
         batches.apply(manifest)
@@ -242,13 +246,8 @@ def test_retry_failed_reruns_only_the_failed_items(batches: Any) -> None:
     with standin.StandIn(api_key="sk-test") as server:
         # The first call about BAD fails with a 500; with one attempt, BAD fails for good and the batch with it.
         server.set_plan([{"kind": "server_error", "match": "BAD", "times": 1}])
-        manifest = example("ticker-summary", latency_ms=None)
+        manifest = on_stand_in(server, "openai", retry={"maxAttempts": 1})
         manifest["spec"]["items"] = ["GOOD", "BAD", "FINE"]
-        manifest["spec"]["stages"][0]["retry"] = {"maxAttempts": 1}
-        manifest["spec"]["providers"] = {
-            "summarizer": {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
-                           "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}},
-        }  # fmt: skip
         batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=openai=sk-test")
         batches.apply(manifest)
         name = manifest["metadata"]["name"]

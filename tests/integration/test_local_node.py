@@ -332,8 +332,11 @@ def test_configmap_volume_files_are_reached_through_translated_paths(
         {"name": "tmp", "emptyDir": {}},
     ]
     api.create(ns, "pods", python_pod("reader", "", container=container, volumes=volumes))
-    eventually(lambda: phase(api, ns, "reader", "Succeeded", "Failed"), 15, "finished")
-    assert printed(dev, ns, "reader", "PLAN ") == '{"stages": []}'
+    finished = eventually(lambda: phase(api, ns, "reader", "Succeeded", "Failed"), 15, "finished")
+    # Everything the node knew, should this ever fail again (it once did, in a full CI run only).
+    seen = f"status: {finished.get('status')}\nlog: {log_lines(dev, ns, 'reader')}"
+    assert finished["status"]["phase"] == "Succeeded", seen
+    assert printed(dev, ns, "reader", "PLAN ") == '{"stages": []}', seen
     assert printed(dev, ns, "reader", "ARG ") == '{"stages": []}'
     tmpdir = Path(printed(dev, ns, "reader", "TMPDIR ") or "/")
     assert tmpdir.name == "tmp"

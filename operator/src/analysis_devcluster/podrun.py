@@ -617,7 +617,7 @@ class PodRuntime:
         pairs = podspec.mounts(spec, self._volumes)
         spec_env = podspec.container_env(self.pod, spec, sources, self.node.placement)
         spec_env = {name: podspec.translate(value, pairs) for name, value in spec_env.items()}
-        command = podspec.argv(spec, self.node.images, spec_env)
+        command = podspec.argv(spec, self.node.images, spec_env, lambda part: podspec.translate(part, pairs))
         if command is None:
             image = spec.get("image", "")
             known = ", ".join(sorted(self.node.images)) or "none"
@@ -636,8 +636,7 @@ class PodRuntime:
         cwd = Path(podspec.translate(working_dir, pairs)) if working_dir else home
         if working_dir and str(cwd) != working_dir:
             cwd.mkdir(parents=True, exist_ok=True)  # inside a volume: create it, as a runtime would
-        argv = [podspec.translate(part, pairs) for part in command]
-        return Launch(argv=argv, env=env, spec_env=spec_env, cwd=cwd, mounts=pairs)
+        return Launch(argv=command, env=env, spec_env=spec_env, cwd=cwd, mounts=pairs)
 
     # ------------------------------------------------------------ API reads
 

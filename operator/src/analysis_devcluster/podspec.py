@@ -43,7 +43,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,15 +119,27 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def argv(container: Obj, images: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> list[str] | None:
-    """The container's argv with ``$(VAR)`` expanded, or None if it needs an entrypoint the node does not know."""
+def argv(
+    container: Obj,
+    images: Mapping[str, Sequence[str]],
+    env: Mapping[str, str],
+    translate_path: Callable[[str], str] = str,
+) -> list[str] | None:
+    """The container's argv with ``$(VAR)`` expanded, or None if it needs an entrypoint the node does not know.
+
+    ``translate_path`` maps the pod spec's own parts (command, args) to local
+    paths; an entrypoint from the node's image table is a path on this host
+    already and is left alone (a checkout under /tmp must not be rewritten into
+    the pod's /tmp emptyDir).
+    """
+    spec_parts = [translate_path(expand(str(part), env)) for part in container.get("args", [])]
     command = container.get("command")
-    if not command:
-        entrypoint = images.get(image_repository(container.get("image", "")))
-        if entrypoint is None:
-            return None
-        command = list(entrypoint)
-    return [expand(str(part), env) for part in [*command, *container.get("args", [])]]
+    if command:
+        return [translate_path(expand(str(part), env)) for part in command] + spec_parts
+    entrypoint = images.get(image_repository(container.get("image", "")))
+    if entrypoint is None:
+        return None
+    return [*entrypoint, *spec_parts]
 
 
 # ------------------------------------------------------------------ references

@@ -270,7 +270,11 @@ class Reconciler:
         snapshot = await queue.snapshot(self.redis, batch.uid, names)
         if not snapshot.seeded:
             await queue.seed(self.redis, batch.uid, names, compiled.items)
-        await self._retry_failed_if_asked(batch, body, the_plan)
+            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+        if await self._retry_failed_if_asked(batch, body, the_plan, snapshot):
+            # Re-run items are back in their stages and the sealed set is cleared:
+            # deciding from the older snapshot could seal a stage they still have to reach.
+            snapshot = await queue.snapshot(self.redis, batch.uid, names)
         state = completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
         stop = spec.suspend or state.phase is completion.Phase.FAILED
         if stop and env.FLAG_SUSPENDED not in snapshot.flags:
@@ -294,22 +298,26 @@ class Reconciler:
         sealable = completion.sealable(the_plan, snapshot)
         for stage in sealable:
             await queue.seal(self.redis, batch.uid, stage)
-        if sealable or not snapshot.seeded:
+        if sealable:
             snapshot = await queue.snapshot(self.redis, batch.uid, names)
         return snapshot, completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
 
-    async def _retry_failed_if_asked(self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan) -> None:
-        """The ``analysis.dev/retry-failed`` annotation: each new value re-runs failed and dead-lettered items once."""
+    async def _retry_failed_if_asked(
+        self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, snapshot: queue.Snapshot
+    ) -> bool:
+        """The ``analysis.dev/retry-failed`` annotation: each new value re-runs failed and dead-lettered items once.
+
+        True when it acted on a new value (the snapshot is then out of date).
+        """
         token = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY_FAILED)
-        if not token:
-            return
+        if not token or snapshot.flags.get("retry_token") == token:
+            return False
         flags_key = keys.BatchKeys(batch.uid).flags
-        if await self.redis.hget(flags_key, "retry_token") == token:
-            return
         rerun = await queue.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
         await self.redis.hset(flags_key, "retry_token", token)
         await self.redis.hincrby(flags_key, "run", 1)
         kopf.info(body, reason="RetryFailed", message=f"re-running {rerun} failed or dead-lettered items")
+        return True
 
     # ---------------------------------------------------------------- 4. children
 

@@ -188,7 +188,7 @@ class _Cond:
     message: str = ""
 
 
-def _conditions(obs: Observation, phase: v1alpha1.Phase) -> list[_Cond]:
+def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, Any]) -> list[_Cond]:
     terminal = phase in (P.COMPLETE, P.FAILED)
     blocking = [p for p in obs.problems if p.stalled]
     passing = [p for p in obs.problems if not p.stalled]
@@ -217,7 +217,7 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase) -> list[_Cond]:
     elif phase is P.WAITING_FOR_APPROVAL:
         reconciling = _Cond(C.RECONCILING, True, "WaitingForApproval", held_msg)
     else:
-        reconciling = _Cond(C.RECONCILING, True, str(phase), _progress_message(obs))
+        reconciling = _Cond(C.RECONCILING, True, str(phase), _progress_message(counts))
 
     if phase is P.COMPLETE:
         ready = _Cond(C.READY, True, "Complete", state_msg)
@@ -255,11 +255,10 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase) -> list[_Cond]:
     ]
 
 
-def _progress_message(obs: Observation) -> str:
-    if obs.snapshot is None or obs.plan is None:
+def _progress_message(counts: Mapping[str, Any]) -> str:
+    if "progress" not in counts:
         return "seeding"
-    counts = _counts(obs)
-    stage = counts["currentStage"]
+    stage = counts.get("currentStage")
     return f"{counts['progress']} items done" + (f"; working on {stage}" if stage else "")
 
 
@@ -318,7 +317,7 @@ def compute(obs: Observation, previous: Mapping[str, Any] | None) -> dict[str, A
         status["results"] = dict(obs.results)
     if obs.retried_failed:
         status["retriedFailed"] = obs.retried_failed
-    conditions = _conditions(obs, phase)
+    conditions = _conditions(obs, phase, status)
     status["conditions"] = _merge_conditions(conditions, previous.get("conditions") or [], obs.now, obs.generation)
     status["message"] = _headline(conditions, phase)
     return status

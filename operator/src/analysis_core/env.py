@@ -5,6 +5,7 @@ start (``analysis_worker.config``). Spelled here once, so the two cannot drift.
 """
 
 REDIS_URL = "ANALYSIS_REDIS_URL"
+REDIS_PASSWORD = "ANALYSIS_REDIS_PASSWORD"  # from a Secret the operator keeps in the batch's namespace; never logged
 BATCH_UID = "ANALYSIS_BATCH_UID"
 STAGE = "ANALYSIS_STAGE"
 PLAN_PATH = "ANALYSIS_PLAN_PATH"  # the published plan (a mounted ConfigMap key)
@@ -18,6 +19,7 @@ MAX_DELIVERIES = "ANALYSIS_MAX_DELIVERIES"  # redeliveries before an item is dea
 HEALTH_TTL_SECONDS = "ANALYSIS_HEALTH_TTL_SECONDS"
 PRICES_PATH = "ANALYSIS_PRICES_PATH"  # a price table overriding the packaged one
 LOG_FORMAT = "ANALYSIS_LOG_FORMAT"  # "json" (default) or "text"
+METRICS_PORT = "ANALYSIS_METRICS_PORT"  # Prometheus /metrics; "0" turns it off
 
 # A Job-mode worker stopped before its stage is done (SIGTERM from a scale-down
 # or a suspend) exits with this code, 128 + SIGTERM; the Job's podFailurePolicy

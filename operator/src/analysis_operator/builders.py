@@ -59,6 +59,7 @@ class WorkerSettings:
     memory_limit: str = "512Mi"
     grace_s: int = 25
     image_pull_policy: str = "IfNotPresent"
+    metrics_port: int = 9090  # the worker's Prometheus endpoint; 0 turns it off
 
 
 def child_name(batch: Batch, *parts: str) -> str:
@@ -130,6 +131,7 @@ def _environment(
         {"name": env.CONCURRENCY, "value": "1"},
         {"name": env.GRACE_SECONDS, "value": str(settings.grace_s)},
         {"name": env.LOG_FORMAT, "value": "json"},
+        {"name": env.METRICS_PORT, "value": str(settings.metrics_port)},
     ]
     provider = the_plan.providers.get(stage.provider or "")
     if provider is not None and provider.api_key_secret is not None:
@@ -148,6 +150,7 @@ def worker_pod_template(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["analysis-worker"],
         "env": _environment(batch, the_plan, stage, settings, mode),
+        "ports": [{"name": "metrics", "containerPort": settings.metrics_port}] if settings.metrics_port else [],
         "resources": {
             "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
             "limits": {"memory": settings.memory_limit},

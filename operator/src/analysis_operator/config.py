@@ -27,6 +27,7 @@ class OperatorConfig:
     status_interval_s: float = 2.0  # at most one status write per batch per this interval
     results_interval_s: float = 5.0  # results export, while items finish
     scale_down_delay_s: float = 5.0  # a stage shrinks only after wanting fewer pods this long
+    metrics_port: int = 8080  # the operator's Prometheus /metrics; 0 turns it off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -48,6 +49,12 @@ class OperatorConfig:
                 raise ConfigError(f"{PREFIX}{name}={text!r} must be positive")
             return value
 
+        def port(name: str, default: str) -> int:
+            text = get(name, default)
+            if not text.isdigit() or int(text) > 65535:
+                raise ConfigError(f"{PREFIX}{name}={text!r} is not a port number (0 turns it off)")
+            return int(text)
+
         redis_url = get("REDIS_URL", environ.get("REDIS_URL"))
         worker = builders.WorkerSettings(
             image=get("WORKER_IMAGE", "analysis-worker:latest"),
@@ -56,6 +63,7 @@ class OperatorConfig:
             memory_request=get("WORKER_MEMORY_REQUEST", "128Mi"),
             memory_limit=get("WORKER_MEMORY_LIMIT", "512Mi"),
             image_pull_policy=get("WORKER_IMAGE_PULL_POLICY", "IfNotPresent"),
+            metrics_port=port("WORKER_METRICS_PORT", "9090"),
         )
         return cls(
             redis_url=redis_url,
@@ -64,4 +72,5 @@ class OperatorConfig:
             status_interval_s=number("STATUS_INTERVAL", "2"),
             results_interval_s=number("RESULTS_INTERVAL", "5"),
             scale_down_delay_s=number("SCALE_DOWN_DELAY", "5"),
+            metrics_port=port("METRICS_PORT", "8080"),
         )

@@ -13,7 +13,13 @@ from analysis_operator import builders
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = builders.WorkerSettings(image="analysis-worker:0.1.0", redis_url="redis://redis:6379/0")
+# Every optional part on: a Redis password (from the batch's Secret) and a price table (in the plan ConfigMap).
+SETTINGS = builders.WorkerSettings(
+    image="analysis-worker:0.1.0",
+    redis_url="redis://redis:6379/0",
+    redis_auth=True,
+    prices="models:\n  house-model: {input: 1, output: 2}\n",
+)
 
 
 def apply(devcluster: DevCluster, namespace: str, obj: dict[str, Any]) -> Any:
@@ -33,7 +39,8 @@ def test_children_are_accepted_and_worker_pods_are_admitted_as_restricted(
                    {"name": "report", "provider": "gpt", "prompt": "{{ input }}", "executor": "Deployment"}],
     })  # fmt: skip
     compiled = plan.compile_plan(batch.uid, spec)
-    children = [builders.plan_configmap(batch, compiled), builders.service_account(batch)]
+    children = [builders.plan_configmap(batch, compiled, SETTINGS), builders.service_account(batch)]
+    children.append(builders.redis_secret(batch, "a-password"))
     children += [builders.workload(batch, compiled, stage, SETTINGS, size=2) for stage in compiled.stages]
     for child in children:
         result = apply(devcluster, namespace, child)

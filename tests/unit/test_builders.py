@@ -1,5 +1,7 @@
 """The pure builders of a batch's children: names, labels, security, environment."""
 
+import base64
+import dataclasses
 import json
 import re
 from typing import Any
@@ -62,18 +64,58 @@ def test_the_api_key_comes_only_from_its_secret() -> None:
     assert variables[env.POD_NAME]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert {variables[n]["value"] for n in (env.BATCH_UID, env.STAGE, env.MODE)} == {BATCH.uid, "analyze", "job"}
     # The plan the pods mount names the Secret key; no key material exists for it to carry.
-    assert json.loads(builders.plan_configmap(BATCH, the_plan())["data"][builders.PLAN_KEY])["providers"]["claude"][
-        "api_key_secret"
-    ] == {"name": "llm-keys", "key": "anthropic"}
+    assert json.loads(builders.plan_configmap(BATCH, the_plan(), SETTINGS)["data"][builders.PLAN_KEY])["providers"][
+        "claude"
+    ]["api_key_secret"] == {"name": "llm-keys", "key": "anthropic"}
 
 
 def test_the_plan_configmap_holds_the_plan_the_pods_mount() -> None:
     compiled = the_plan()
-    configmap = builders.plan_configmap(BATCH, compiled)
+    configmap = builders.plan_configmap(BATCH, compiled, SETTINGS)
     assert plan.Plan.loads(configmap["data"][builders.PLAN_KEY]) == compiled
     pod = builders.worker_pod_template(BATCH, compiled, compiled.stage("analyze"), SETTINGS, mode="job")
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["plan"]["configMap"]["name"] == configmap["metadata"]["name"]
+
+
+def test_a_redis_password_reaches_workers_only_through_the_batchs_secret() -> None:
+    plain = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, mode="job")
+    assert env.REDIS_PASSWORD not in {v["name"] for v in plain["spec"]["containers"][0]["env"]}
+    settings = dataclasses.replace(SETTINGS, redis_auth=True)
+    pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), settings, mode="job")
+    variables = {v["name"]: v for v in pod["spec"]["containers"][0]["env"]}
+    secret = builders.redis_secret(BATCH, "s3cret/+pw")
+    assert variables[env.REDIS_PASSWORD] == {
+        "name": env.REDIS_PASSWORD,
+        "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": builders.REDIS_PASSWORD_KEY}},
+    }
+    assert secret["metadata"]["namespace"] == BATCH.namespace
+    assert secret["metadata"]["labels"][builders.LABEL_BATCH_UID] == BATCH.uid
+    assert base64.b64decode(secret["data"][builders.REDIS_PASSWORD_KEY]).decode() == "s3cret/+pw"
+    assert "s3cret" not in json.dumps(pod)
+
+
+def test_a_price_table_is_published_with_the_plan_and_named_to_workers() -> None:
+    compiled = the_plan()
+    assert builders.PRICES_KEY not in builders.plan_configmap(BATCH, compiled, SETTINGS)["data"]
+    table = "models:\n  my-model: {input: 1, output: 2}\n"
+    settings = dataclasses.replace(SETTINGS, prices=table)
+    assert builders.plan_configmap(BATCH, compiled, settings)["data"][builders.PRICES_KEY] == table
+    pod = builders.worker_pod_template(BATCH, compiled, compiled.stage("analyze"), settings, mode="job")
+    variables = {v["name"]: v for v in pod["spec"]["containers"][0]["env"]}
+    assert variables[env.PRICES_PATH]["value"] == f"{builders.PLAN_DIR}/{builders.PRICES_KEY}"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert {i["key"] for i in volumes["plan"]["configMap"]["items"]} == {builders.PLAN_KEY, builders.PRICES_KEY}
+
+
+def test_workers_expose_a_named_metrics_port_unless_turned_off() -> None:
+    pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, mode="job")
+    (container,) = pod["spec"]["containers"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": SETTINGS.metrics_port}]
+    assert {v["name"]: v.get("value") for v in container["env"]}[env.METRICS_PORT] == str(SETTINGS.metrics_port)
+    off = dataclasses.replace(SETTINGS, metrics_port=0)
+    pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), off, mode="job")
+    assert pod["spec"]["containers"][0]["ports"] == []
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,17 @@ def test_configuration_from_a_complete_environment(plan_file: Path) -> None:
     })  # fmt: skip
     assert (cfg.pod_name, cfg.mode, cfg.grace_s, cfg.concurrency) == ("summarize-abc", config.Mode.DEPLOYMENT, 12.5, 3)
     assert cfg.api_key is None
+    assert cfg.redis_secret is None
     assert loaded.stage("summarize").next is None
+
+
+def test_the_redis_password_comes_from_its_own_variable_and_is_never_shown(plan_file: Path) -> None:
+    cfg, _ = config.from_env({
+        env.REDIS_URL: "redis://redis:6379/0", env.BATCH_UID: "uid-7", env.STAGE: "summarize",
+        env.PLAN_PATH: str(plan_file), env.REDIS_PASSWORD: "hunter2-redis",
+    })  # fmt: skip
+    assert cfg.redis_secret == "hunter2-redis"
+    assert "hunter2" not in repr(cfg)
 
 
 def test_configuration_errors_name_every_variable(plan_file: Path) -> None:

@@ -77,20 +77,25 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-def connect(url: str) -> Redis:
+def connect(url: str, password: str | None = None) -> Redis:
     """A client for ordinary commands: short timeouts, string replies.
 
     RESP2 is pinned: the reply shapes this module parses are RESP2's, whatever
-    a future client chooses by default.
+    a future client chooses by default. ``password`` (kept out of the URL, so
+    a logged URL never carries it) overrides one in the URL.
     """
-    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5, protocol=2)
+    options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, "protocol": 2}
+    if password:
+        options["password"] = password
+    return aioredis.Redis.from_url(url, decode_responses=True, **options)
 
 
-def connect_blocking(url: str) -> Redis:
+def connect_blocking(url: str, password: str | None = None) -> Redis:
     """A client for blocking reads only: no socket timeout (the block bounds the wait), no retries."""
-    return aioredis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=None, socket_connect_timeout=5, retry=None, protocol=2
-    )
+    options: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 5, "retry": None, "protocol": 2}
+    if password:
+        options["password"] = password
+    return aioredis.Redis.from_url(url, decode_responses=True, **options)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ environment variable; the operator never reads it.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -34,6 +35,8 @@ ANNOTATION_PLAN_HASH = "analysis.dev/plan-hash"  # on pod templates: what the wo
 ANNOTATION_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 PLAN_KEY = "plan.json"
+PRICES_KEY = "prices.yaml"
+REDIS_PASSWORD_KEY = "password"
 PLAN_DIR = "/etc/analysis"
 WORKER_UID = 65532  # the conventional "nonroot" user of distroless and Chainguard images
 MAX_NAME = 63  # a Job's name becomes a pod label value
@@ -60,6 +63,8 @@ class WorkerSettings:
     grace_s: int = 25
     image_pull_policy: str = "IfNotPresent"
     metrics_port: int = 9090  # the worker's Prometheus endpoint; 0 turns it off
+    redis_auth: bool = False  # Redis wants a password: workers read it from the batch's Redis Secret
+    prices: str | None = None  # a price table over the packaged one, published with the plan
 
 
 def child_name(batch: Batch, *parts: str) -> str:
@@ -98,12 +103,31 @@ def labels(batch: Batch, stage: str | None = None) -> dict[str, str]:
     return out
 
 
-def plan_configmap(batch: Batch, the_plan: plan.Plan) -> dict[str, Any]:
+def plan_configmap(batch: Batch, the_plan: plan.Plan, settings: WorkerSettings) -> dict[str, Any]:
+    """The plan workers load, and the operator's price table when it has one."""
+    data = {PLAN_KEY: the_plan.dumps()}
+    if settings.prices is not None:
+        data[PRICES_KEY] = settings.prices
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": child_name(batch, "plan"), "namespace": batch.namespace, "labels": labels(batch)},
-        "data": {PLAN_KEY: the_plan.dumps()},
+        "data": data,
+    }
+
+
+def redis_secret(batch: Batch, password: str) -> dict[str, Any]:
+    """The Redis password for the batch's workers, in the batch's namespace (pods read Secrets of their own only).
+
+    Owned by the batch, so the garbage collector removes it with the batch:
+    the operator needs to create and patch Secrets, never to read one.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": child_name(batch, "redis"), "namespace": batch.namespace, "labels": labels(batch)},
+        "data": {REDIS_PASSWORD_KEY: base64.b64encode(password.encode()).decode()},
     }
 
 
@@ -133,6 +157,11 @@ def _environment(
         {"name": env.LOG_FORMAT, "value": "json"},
         {"name": env.METRICS_PORT, "value": str(settings.metrics_port)},
     ]
+    if settings.redis_auth:
+        secret = {"name": child_name(batch, "redis"), "key": REDIS_PASSWORD_KEY}
+        variables.append({"name": env.REDIS_PASSWORD, "valueFrom": {"secretKeyRef": secret}})
+    if settings.prices is not None:
+        variables.append({"name": env.PRICES_PATH, "value": f"{PLAN_DIR}/{PRICES_KEY}"})
     provider = the_plan.providers.get(stage.provider or "")
     if provider is not None and provider.api_key_secret is not None:
         ref = provider.api_key_secret
@@ -144,6 +173,7 @@ def worker_pod_template(
     batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, mode: str
 ) -> dict[str, Any]:
     """The pod of one stage's workers, admissible under the ``restricted`` Pod Security Standard."""
+    published = {PLAN_KEY} | ({PRICES_KEY} if settings.prices is not None else set())
     container = {
         "name": "worker",
         "image": settings.image,
@@ -194,7 +224,10 @@ def worker_pod_template(
             "volumes": [
                 {
                     "name": "plan",
-                    "configMap": {"name": child_name(batch, "plan"), "items": [{"key": PLAN_KEY, "path": PLAN_KEY}]},
+                    "configMap": {
+                        "name": child_name(batch, "plan"),
+                        "items": [{"key": k, "path": k} for k in (PLAN_KEY, PRICES_KEY) if k in published],
+                    },
                 },
                 {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
             ],

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from collections.abc import Mapping
 
+from analysis_core import pricing
 from analysis_operator import builders
 
 PREFIX = "ANALYSIS_OPERATOR_"
@@ -22,7 +24,12 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class OperatorConfig:
     redis_url: str  # what the operator connects to
-    worker: builders.WorkerSettings  # what worker pods get (their Redis URL may differ: a Service name)
+    worker: builders.WorkerSettings
+    # From a Secret (the chart's secretKeyRef). The operator connects with it and keeps a copy in each batch's
+    # namespace for that batch's workers (builders.redis_secret): a pod cannot read a Secret of another namespace.
+    redis_password: str | None = dataclasses.field(
+        default=None, repr=False
+    )  # what worker pods get (their Redis URL may differ: a Service name)
     reconcile_interval_s: float = 1.0  # a batch's reconciler runs at least this often (kicks run it sooner)
     status_interval_s: float = 2.0  # at most one status write per batch per this interval
     results_interval_s: float = 5.0  # results export, while items finish
@@ -56,6 +63,7 @@ class OperatorConfig:
             return int(text)
 
         redis_url = get("REDIS_URL", environ.get("REDIS_URL"))
+        password = environ.get(PREFIX + "REDIS_PASSWORD") or None
         worker = builders.WorkerSettings(
             image=get("WORKER_IMAGE", "analysis-worker:latest"),
             redis_url=get("WORKER_REDIS_URL", redis_url),
@@ -64,13 +72,31 @@ class OperatorConfig:
             memory_limit=get("WORKER_MEMORY_LIMIT", "512Mi"),
             image_pull_policy=get("WORKER_IMAGE_PULL_POLICY", "IfNotPresent"),
             metrics_port=port("WORKER_METRICS_PORT", "9090"),
+            redis_auth=password is not None,
+            prices=_prices(environ.get(PREFIX + "PRICES_PATH") or None),
         )
         return cls(
             redis_url=redis_url,
             worker=worker,
+            redis_password=password,
             reconcile_interval_s=number("RECONCILE_INTERVAL", "1"),
             status_interval_s=number("STATUS_INTERVAL", "2"),
             results_interval_s=number("RESULTS_INTERVAL", "5"),
             scale_down_delay_s=number("SCALE_DOWN_DELAY", "5"),
             metrics_port=port("METRICS_PORT", "8080"),
         )
+
+
+def _prices(path: str | None) -> str | None:
+    """The text of the price table at ``path`` (``ANALYSIS_OPERATOR_PRICES_PATH``), checked as workers will read it.
+
+    The operator hands the text to each batch's workers in the plan ConfigMap,
+    so a malformed table stops the operator at start rather than every worker.
+    """
+    if path is None:
+        return None
+    try:
+        pricing.PriceTable.load(pathlib.Path(path))
+        return pathlib.Path(path).read_text()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{PREFIX}PRICES_PATH={path}: {exc}") from None

@@ -67,7 +67,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     cfg = OperatorConfig.from_env()
     memo.cfg = cfg
     memo.kube = kube.Kube(lambda: kube.login(settings), timeout_s=settings.networking.request_timeout or 30)
-    memo.redis = queue.connect(cfg.redis_url)
+    memo.redis = queue.connect(cfg.redis_url, cfg.redis_password)
 
 
 @kopf.on.cleanup()

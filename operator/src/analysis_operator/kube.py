@@ -64,12 +64,13 @@ class Kind:
 
 CONFIGMAPS = Kind("v1", "configmaps")
 SERVICEACCOUNTS = Kind("v1", "serviceaccounts")
+SECRETS = Kind("v1", "secrets")  # written (the workers' Redis password), never read
 PODS = Kind("v1", "pods")
 EVENTS = Kind("v1", "events")
 JOBS = Kind("batch/v1", "jobs")
 DEPLOYMENTS = Kind("apps/v1", "deployments")
 KINDS = {("v1", "ConfigMap"): CONFIGMAPS, ("v1", "ServiceAccount"): SERVICEACCOUNTS, ("v1", "Pod"): PODS,
-         ("batch/v1", "Job"): JOBS, ("apps/v1", "Deployment"): DEPLOYMENTS}  # fmt: skip
+         ("v1", "Secret"): SECRETS, ("batch/v1", "Job"): JOBS, ("apps/v1", "Deployment"): DEPLOYMENTS}  # fmt: skip
 
 
 def kind_of(obj: Mapping[str, Any]) -> Kind:

@@ -248,17 +248,20 @@ class Reconciler:
     async def _publish(
         self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, problems: list[status.Problem]
     ) -> None:
-        """The plan ConfigMap and the workers' ServiceAccount, applied when they change."""
+        """The plan ConfigMap, the workers' ServiceAccount and Redis Secret, applied when they change."""
         try:
             if not self._account_applied:
                 await self.kube.apply(_owned(builders.service_account(batch), body))
+                if self.cfg.redis_password is not None:
+                    await self.kube.apply(_owned(builders.redis_secret(batch, self.cfg.redis_password), body))
                 self._account_applied = True
             text = the_plan.dumps()
             if text != self._published:
-                await self.kube.apply(_owned(builders.plan_configmap(batch, the_plan), body))
+                await self.kube.apply(_owned(builders.plan_configmap(batch, the_plan, self.cfg.worker), body))
                 self._published = text
         except kube.ApiError as exc:
-            problems.append(status.Problem("PublishFailed", f"cannot write the plan or ServiceAccount: {exc}"))
+            what = "the plan, the ServiceAccount or the Redis Secret"
+            problems.append(status.Problem("PublishFailed", f"cannot write {what}: {exc}"))
 
     async def _advance(
         self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled

@@ -5,7 +5,8 @@ configuration is one log line naming every wrong variable, and exit code 2.
 SIGTERM and SIGINT stop claiming and drain within the grace period, then
 exit 0, except in Job mode, where only a sealed and drained stage exits 0
 (that ends the work-queue Job) and an earlier stop exits 143, which the Job's
-pod failure policy ignores. An unexpected error exits 1. ``--check`` exits 0 when this pod's heartbeat is fresh, 1 otherwise,
+pod failure policy ignores. Redis refusing the password exits 2, like a bad
+configuration. An unexpected error exits 1. ``--check`` exits 0 when this pod's heartbeat is fresh, 1 otherwise,
 for an exec liveness probe.
 """
 
@@ -15,8 +16,10 @@ import logging
 import signal
 import sys
 
+import redis.exceptions
+
 import analysis_core
-from analysis_core import plan, pricing, queue
+from analysis_core import env, plan, pricing, queue
 from analysis_worker import config as config_
 from analysis_worker import health, logs, loop, providers
 
@@ -30,8 +33,8 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
         log.error("stage %s calls no provider; nothing for a worker to do", stage.name)
         return 2
     provider = providers.build(provider_plan, cfg.api_key.get_secret_value() if cfg.api_key else None)
-    client = queue.connect(cfg.redis_url)
-    blocking = queue.connect_blocking(cfg.redis_url)
+    client = queue.connect(cfg.redis_url, cfg.redis_secret)
+    blocking = queue.connect_blocking(cfg.redis_url, cfg.redis_secret)
     try:
         prices = pricing.PriceTable.load(cfg.prices_path)
         worker = loop.Worker(cfg, the_plan, provider, client, blocking, prices)
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(cfg.batch_uid, cfg.stage, cfg.log_format)
     try:
         code = asyncio.run(_serve(cfg, the_plan))
+    except redis.exceptions.AuthenticationError as exc:
+        # A configuration problem, not a crash: say which variable, without a traceback.
+        log.error("Redis refused the worker: %s (the password comes from %s)", exc, env.REDIS_PASSWORD)
+        code = 2
     except Exception:
         log.exception("worker crashed")
         code = 1

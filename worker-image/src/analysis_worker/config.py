@@ -37,6 +37,7 @@ class ConfigError(Exception):
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
     redis_url: str
+    redis_password: pydantic.SecretStr | None
     batch_uid: str
     stage: str
     plan_path: Path
@@ -50,6 +51,11 @@ class WorkerConfig:
     health_ttl_s: float
     log_format: str
     prices_path: Path | None
+
+    @property
+    def redis_secret(self) -> str | None:
+        """The Redis password in the clear, for the client only."""
+        return self.redis_password.get_secret_value() if self.redis_password else None
 
 
 def _number(
@@ -125,12 +131,14 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
     prices = environ.get(env.PRICES_PATH) or None
 
     api_key = environ.get(env.API_KEY) or None
+    redis_password = environ.get(env.REDIS_PASSWORD) or None
     loaded = _load_plan(plan_path, uid, stage, api_key, problems) if plan_path else None
     if problems:
         raise ConfigError("invalid worker configuration: " + "; ".join(problems))
     assert loaded is not None
     config = WorkerConfig(
         redis_url=redis_url,
+        redis_password=pydantic.SecretStr(redis_password) if redis_password else None,
         batch_uid=uid,
         stage=stage,
         plan_path=Path(plan_path),

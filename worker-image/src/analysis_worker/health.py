@@ -25,7 +25,7 @@ async def beat(client: queue.Redis, cfg: config_.WorkerConfig, info: dict[str, A
 
 
 async def _check(cfg: config_.WorkerConfig) -> bool:
-    client = queue.connect(cfg.redis_url)
+    client = queue.connect(cfg.redis_url, cfg.redis_secret)
     try:
         key = keys.BatchKeys(cfg.batch_uid).health(cfg.stage, cfg.pod_name)
         return bool(await client.exists(key))

@@ -1,0 +1,47 @@
+"""The operator's configuration from its environment: defaults, the Redis password, the price table."""
+
+from pathlib import Path
+
+import pytest
+
+from analysis_operator.config import ConfigError, OperatorConfig
+
+pytestmark = pytest.mark.unit
+
+BASE = {"ANALYSIS_OPERATOR_REDIS_URL": "redis://redis.analysis-system:6379/0"}
+
+
+def test_defaults_need_only_a_redis_url() -> None:
+    cfg = OperatorConfig.from_env(BASE)
+    assert cfg.worker.redis_url == BASE["ANALYSIS_OPERATOR_REDIS_URL"]
+    assert (cfg.redis_password, cfg.worker.redis_auth, cfg.worker.prices) == (None, False, None)
+    assert (cfg.metrics_port, cfg.worker.metrics_port) == (8080, 9090)
+    with pytest.raises(ConfigError, match="ANALYSIS_OPERATOR_REDIS_URL is required"):
+        OperatorConfig.from_env({})
+
+
+def test_the_redis_password_is_used_but_never_shown() -> None:
+    cfg = OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_REDIS_PASSWORD": "hunter2-redis"})
+    assert cfg.redis_password == "hunter2-redis"
+    assert cfg.worker.redis_auth is True
+    assert "hunter2" not in repr(cfg)
+    assert "hunter2" not in repr(cfg.worker)
+
+
+def test_a_price_table_is_read_and_checked_at_start(tmp_path: Path) -> None:
+    good = tmp_path / "prices.yaml"
+    good.write_text("models:\n  house-model: {input: 0.5, output: 1.5}\n")
+    cfg = OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_PRICES_PATH": str(good)})
+    assert cfg.worker.prices == good.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  house-model: {input: -1, output: 1}\n")
+    with pytest.raises(ConfigError, match=r"ANALYSIS_OPERATOR_PRICES_PATH=.*bad\.yaml"):
+        OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_PRICES_PATH": str(bad)})
+    with pytest.raises(ConfigError, match="ANALYSIS_OPERATOR_PRICES_PATH=.*missing"):
+        OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_PRICES_PATH": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.parametrize(("name", "value"), [("METRICS_PORT", "http"), ("WORKER_METRICS_PORT", "70000")])
+def test_a_bad_port_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"ANALYSIS_OPERATOR_{name}='{value}' is not a port number"):
+        OperatorConfig.from_env({**BASE, f"ANALYSIS_OPERATOR_{name}": value})

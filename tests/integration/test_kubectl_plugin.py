@@ -3,6 +3,11 @@
 ``kubectl analysis results`` runs against the test cluster with only a
 KUBECONFIG, as a user would: the plugin finds the pinned kubectl first on
 PATH (ahead of any unrelated one) and reads the result ConfigMaps.
+
+The other verbs' error paths and writes need no operator: a missing batch,
+a stage that is not an approval stage, bad usage, and what approve, suspend,
+resume and retry-failed write, including an approval that races another
+writer. Running batches are in ``tests/e2e/test_plugin.py``.
 """
 
 import json
@@ -144,3 +149,185 @@ def test_kubectl_analysis_results_says_when_there_is_nothing_to_print(
     usage = run_kubectl("analysis", "results", "fresh", "-o", "yaml", KUBECONFIG=kubeconfig)
     assert usage.returncode == 2
     assert "invalid choice: 'yaml'" in usage.stderr
+
+
+# ---------------------------------------------------------------- the other verbs: errors and writes
+
+
+def gated_manifest(name: str) -> str:
+    """A batch with an approval stage, never run (no operator here): the plugin only reads and writes its spec."""
+    return json.dumps({
+        "apiVersion": "analysis.dev/v1alpha1",
+        "kind": "AnalysisBatch",
+        "metadata": {"name": name},
+        "spec": {
+            "items": ["A", "B", "C"],
+            "providers": {"local": {"type": "offline"}},
+            "stages": [
+                {"name": "draft", "provider": "local", "prompt": "Draft on {{ item }}"},
+                {"name": "gate", "type": "approval"},
+                {"name": "review", "type": "judge", "provider": "local", "reviews": "draft"},
+            ],
+        },
+    })  # fmt: skip
+
+
+def spec_of(devcluster: DevCluster, namespace: str, name: str) -> dict[str, Any]:
+    got = devcluster.kubectl("get", "analysisbatch", name, "-n", namespace, "-o", "json")
+    return dict(json.loads(got.stdout)["spec"])
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [["status", "--once"], ["status"], ["get"], ["approve", "--stage", "gate"], ["retry-failed"], ["suspend"],
+     ["resume"], ["logs"], ["logs", "-f"]],
+)  # fmt: skip
+def test_every_verb_says_when_the_batch_does_not_exist(
+    devcluster: DevCluster, crds_installed: Path, namespace: str, verb: list[str]
+) -> None:
+    result = run_kubectl("analysis", verb[0], "no-such-batch", *verb[1:], "-n", namespace,
+                         KUBECONFIG=str(devcluster.kubeconfig))  # fmt: skip
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.strip() == f'error: analysisbatch "no-such-batch" not found in namespace "{namespace}"'
+
+
+def test_kubectl_failing_is_exit_4_with_kubectls_own_message(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-kubeconfig")
+    result = run_kubectl("analysis", "list", "--kubeconfig", missing)
+    assert result.returncode == 4
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no-kubeconfig" in result.stderr
+
+
+def test_approve_refuses_a_stage_that_is_not_an_approval_stage_and_changes_nothing(
+    devcluster: DevCluster, crds_installed: Path, namespace: str
+) -> None:
+    devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("gated"))
+    kubeconfig = str(devcluster.kubeconfig)
+    judge = run_kubectl("analysis", "approve", "gated", "-n", namespace, "--stage", "review", KUBECONFIG=kubeconfig)
+    assert (judge.returncode, judge.stdout) == (2, "")
+    assert judge.stderr.strip() == (
+        'error: stage "review" of analysisbatch "gated" is of type judge, not approval (its approval stages: gate)'
+    )
+    unknown = run_kubectl("analysis", "approve", "gated", "-n", namespace, "--stage", "nope", KUBECONFIG=kubeconfig)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == ('error: analysisbatch "gated" has no stage "nope" (stages: draft, gate, review)')
+    no_stage = run_kubectl("analysis", "approve", "gated", "-n", namespace, KUBECONFIG=kubeconfig)
+    assert no_stage.returncode == 2
+    assert "--stage" in no_stage.stderr
+    logs_of_gate = run_kubectl("analysis", "logs", "gated", "-n", namespace, "--stage", "gate", KUBECONFIG=kubeconfig)
+    assert logs_of_gate.returncode == 2
+    assert logs_of_gate.stderr.strip() == 'error: stage "gate" is an approval stage: it runs no worker pods'
+    assert "approvals" not in spec_of(devcluster, namespace, "gated")
+
+
+def test_approve_merges_with_what_the_spec_holds(devcluster: DevCluster, crds_installed: Path, namespace: str) -> None:
+    devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("merging"))
+    kubeconfig = str(devcluster.kubeconfig)
+
+    def approve(*more: str) -> subprocess.CompletedProcess[str]:
+        done = run_kubectl("analysis", "approve", "merging", "-n", namespace, "--stage", "gate", *more,
+                           KUBECONFIG=kubeconfig)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done
+
+    first = approve("--items", "A")
+    assert first.stdout == "analysisbatch.analysis.dev/merging approved: stage gate, items A\n"
+    second = approve("--items", "B,A")
+    assert second.stdout == (
+        "analysisbatch.analysis.dev/merging approved: stage gate, items B, A (the stage now releases items A, B)\n"
+    )
+    assert spec_of(devcluster, namespace, "merging")["approvals"] == [{"stage": "gate", "items": ["A", "B"]}]
+    assert approve("--items", "B").stdout == (
+        "analysisbatch.analysis.dev/merging: stage gate already approved for items A, B\n"
+    )
+    approve()
+    assert spec_of(devcluster, namespace, "merging")["approvals"] == [{"stage": "gate"}]
+    # Everything is released: approving items on top keeps it so.
+    assert approve("--items", "C").stdout == (
+        "analysisbatch.analysis.dev/merging: stage gate already approved for all items\n"
+    )
+    assert spec_of(devcluster, namespace, "merging")["approvals"] == [{"stage": "gate"}]
+    managers = json.loads(devcluster.kubectl("get", "analysisbatch", "merging", "-n", namespace, "-o", "json",
+                                             "--show-managed-fields").stdout)["metadata"]["managedFields"]  # fmt: skip
+    assert "kubectl-analysis" in {m["manager"] for m in managers}
+
+
+def test_an_approval_written_between_read_and_patch_is_kept(
+    devcluster: DevCluster, crds_installed: Path, namespace: str, tmp_path: Path
+) -> None:
+    """Another writer approves between the plugin's read and its patch: the patch conflicts, is redone, and merges."""
+    devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("raced"))
+    real = binaries.find("kubectl")
+    wrapper = tmp_path / "kubectl"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" patch "*)\n'
+        f'  if [ ! -e "{tmp_path}/raced" ]; then\n'
+        f'    touch "{tmp_path}/raced"\n'
+        f'    "{real}" patch analysisbatch raced -n {namespace} --type=merge '
+        """-p '{"spec": {"approvals": [{"stage": "gate", "items": ["OTHER"]}]}}' >/dev/null || exit 99\n"""
+        "  fi;;\n"
+        "esac\n"
+        f'exec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    done = run_kubectl("analysis", "approve", "raced", "-n", namespace, "--stage", "gate", "--items", "MINE",
+                       KUBECONFIG=str(devcluster.kubeconfig), KUBECTL=str(wrapper))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "raced").exists()  # the other writer did write in between
+    assert spec_of(devcluster, namespace, "raced")["approvals"] == [{"stage": "gate", "items": ["OTHER", "MINE"]}]
+
+
+def test_concurrent_approvals_lose_no_item(devcluster: DevCluster, crds_installed: Path, namespace: str) -> None:
+    devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("crowded"))
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "KUBECONFIG": str(devcluster.kubeconfig), "KUBECTL": str(binaries.find("kubectl"))}
+    writers = [
+        subprocess.Popen([str(venv_bin / "kubectl-analysis"), "approve", "crowded", "-n", namespace, "--stage", "gate",
+                          "--items", item], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for item in ("A", "B", "C", "D")
+    ]  # fmt: skip
+    for writer in writers:
+        _out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err
+    approvals = spec_of(devcluster, namespace, "crowded")["approvals"]
+    assert len(approvals) == 1
+    assert sorted(approvals[0]["items"]) == ["A", "B", "C", "D"]
+
+
+def test_suspend_resume_and_retry_failed_write_what_the_operator_reads(
+    devcluster: DevCluster, crds_installed: Path, namespace: str
+) -> None:
+    devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("steered"))
+    kubeconfig = str(devcluster.kubeconfig)
+
+    def plugin(*args: str) -> str:
+        done = run_kubectl("analysis", *args, "steered", "-n", namespace, KUBECONFIG=kubeconfig)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert plugin("suspend") == "analysisbatch.analysis.dev/steered suspended: no new claims; in-flight items finish\n"
+    assert spec_of(devcluster, namespace, "steered")["suspend"] is True
+    assert plugin("suspend") == "analysisbatch.analysis.dev/steered is already suspended\n"
+    assert plugin("resume") == "analysisbatch.analysis.dev/steered resumed\n"
+    assert spec_of(devcluster, namespace, "steered")["suspend"] is False
+    assert plugin("resume") == "analysisbatch.analysis.dev/steered is already not suspended\n"
+
+    def token() -> str:
+        got = devcluster.kubectl("get", "analysisbatch", "steered", "-n", namespace, "-o", "json")
+        return str(json.loads(got.stdout)["metadata"]["annotations"]["analysis.dev/retry-failed"])
+
+    assert "retry of failed and dead-lettered items requested" in plugin("retry-failed")
+    first = token()
+    plugin("retry-failed")
+    assert token() != first  # each request is a new value, so the operator acts on each
+
+
+def test_bad_usage_is_exit_2(devcluster: DevCluster) -> None:
+    for args in (["status", "b", "--interval", "0"], ["logs", "b", "--tail", "-1"], ["get", "b", "-o", "toml"],
+                 ["approve", "b", "--stage", "gate", "--items", " , "], ["frobnicate"]):  # fmt: skip
+        done = run_kubectl("analysis", *args, KUBECONFIG=str(devcluster.kubeconfig))
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stdout == ""

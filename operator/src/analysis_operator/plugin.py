@@ -1,22 +1,30 @@
 """``kubectl analysis`` (installed as ``kubectl-analysis``): the kubectl plugin.
 
-Verbs: ``version``, and ``results <batch> [-n NS] [-o jsonl|json|table]``,
-which prints what the batch's items ended with (one row per item, its latest
-end: a re-run item's new result replaces the old one), read from the result
-ConfigMaps the operator writes (``analysis_operator.results``).
+Verbs, each taking ``-n/--namespace``, ``--context`` and ``--kubeconfig``:
 
-Why it runs kubectl rather than a Kubernetes client: it then uses exactly
-the user's kubeconfig, context, credentials plugins and proxy settings, as
-``kubectl get`` would, with no client library to keep in step with them.
-The kubectl it runs is ``$KUBECTL`` if set, else the one next to this
-plugin, else the first on PATH; ``--kubeconfig``, ``--context`` and
-``-n/--namespace`` are passed on (``KUBECONFIG`` is honoured by kubectl
-itself). The chunks are selected by the batch's uid, read from the batch
-first, so the results of an earlier batch of the same name never mix in.
+- ``status <batch>``: per-stage progress bars, rates, retries, judge
+  verdicts, tokens, cost and the conditions that matter, redrawn until the
+  batch finishes (``--once``: one snapshot);
+- ``get <batch>`` and ``list [-A]``: a table richer than ``kubectl get``
+  (``-o wide|json|yaml|name``);
+- ``results <batch> [-o jsonl|json|table]``: what each item ended with, read
+  from the result ConfigMaps the operator writes (``analysis_operator.results``);
+- ``approve <batch> --stage S [--items a,b]``, ``retry-failed <batch>``,
+  ``suspend <batch>``, ``resume <batch>``: the writes a human would make
+  (``analysis_operator.plugin_control``);
+- ``logs <batch> [--stage S] [-f] [--tail N]``: the worker pods' logs
+  (``analysis_operator.plugin_logs``);
+- ``version``.
 
-Exit codes: 0 printed; 1 the batch does not exist; 2 bad usage; 3 the batch
-has no results yet; 4 kubectl could not be run or failed otherwise. Errors
-go to stderr, one line, ``error: ...`` like kubectl's own.
+It runs kubectl for every call (``analysis_operator.plugin_kubectl``), so it
+uses exactly the user's kubeconfig, and never talks to Redis: everything it
+shows is in the batch's status, its result ConfigMaps and its pods.
+
+Exit codes: 0 done; 1 the batch does not exist; 2 bad usage (including a
+request the batch cannot take, such as approving a stage that is not an
+approval stage); 3 the batch has no results yet; 4 kubectl could not be run
+or failed otherwise; 5 the batch has failed (``status``). Errors go to
+stderr, one line, ``error: ...`` like kubectl's own.
 
 The plugin never imports the worker or kopf (import-linter checks it): it
 is installed where only kubectl is.
@@ -28,82 +36,60 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
-from typing import Any
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import yaml
 
 import analysis_core
-from analysis_operator import results
+from analysis_operator import plugin_control as control
+from analysis_operator import plugin_logs as logs
+from analysis_operator import plugin_render as render
+from analysis_operator import plugin_status, results
+from analysis_operator.plugin_kubectl import (
+    CONFLICT_ATTEMPTS,
+    EXIT_BATCH_FAILED,
+    EXIT_KUBECTL,
+    EXIT_NO_RESULTS,
+    EXIT_USAGE,
+    RESOURCE,
+    Kubectl,
+    PluginError,
+    is_conflict,
+    kubectl_error,
+)
 
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-EXIT_NO_RESULTS = 3
-EXIT_KUBECTL = 4
 FORMATS = ("jsonl", "json", "table")
+GET_FORMATS = ("table", "wide", "json", "yaml", "name")
 TABLE_WIDTH = 120  # when the output is not a terminal and COLUMNS is not set
-KUBECTL_TIMEOUT_S = 60
+STATUS_INTERVAL_S = 2.0  # the operator writes status at most every couple of seconds
+STATUS_RETRIES = 5  # kubectl failures in a row that following a batch rides out
+LOGS_INTERVAL_S = 2.0
+GITOPS_NOTE = (
+    "GitOps users (Argo CD, Flux) should make this change in Git: a controller that syncs the batch's spec "
+    "from Git reverts a change made here."
+)
 
 
-class PluginError(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+def _unicode(out: TextIO) -> bool:
+    return (getattr(out, "encoding", "") or "").lower().replace("-", "").replace("_", "") == "utf8"
 
 
-def find_kubectl() -> str:
-    """``$KUBECTL``, else the kubectl next to this plugin, else the first on PATH."""
-    override = os.environ.get("KUBECTL")
-    if override:
-        return override
-    here = Path(sys.argv[0]).absolute().parent / "kubectl"
-    if here.is_file() and os.access(here, os.X_OK):
-        return str(here)
-    found = shutil.which("kubectl")
-    if found is None:
-        raise PluginError("kubectl not found next to kubectl-analysis or on PATH (or set KUBECTL)", EXIT_KUBECTL)
-    return found
+def _ident(batch: dict[str, Any]) -> str:
+    return f"analysisbatch.analysis.dev/{(batch.get('metadata') or {}).get('name', '?')}"
 
 
-def _global_flags(args: argparse.Namespace) -> list[str]:
-    flags = []
-    if args.kubeconfig:
-        flags += ["--kubeconfig", args.kubeconfig]
-    if args.context:
-        flags += ["--context", args.context]
-    return flags
+def _name_and_namespace(batch: dict[str, Any], name: str) -> tuple[str, str]:
+    metadata = batch.get("metadata") or {}
+    if not metadata.get("uid") or not metadata.get("namespace"):
+        raise PluginError(f'analysisbatch "{name}" has no uid or namespace in its metadata', EXIT_KUBECTL)
+    return str(metadata["name"]), str(metadata["namespace"])
 
 
-def _get_json(kubectl: str, argv: list[str]) -> tuple[dict[str, Any] | None, str]:
-    """``kubectl <argv> -o json``: the object, or None and kubectl's error text."""
-    try:
-        done = subprocess.run(
-            [kubectl, *argv, "-o", "json"], capture_output=True, text=True, timeout=KUBECTL_TIMEOUT_S, check=False
-        )
-    except OSError as exc:
-        raise PluginError(f"cannot run {kubectl}: {exc}", EXIT_KUBECTL) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise PluginError(f"kubectl {' '.join(argv)} did not answer within {KUBECTL_TIMEOUT_S}s", EXIT_KUBECTL) from exc
-    if done.returncode != 0:
-        return None, done.stderr.strip() or f"kubectl exited with code {done.returncode}"
-    try:
-        value = json.loads(done.stdout)
-    except ValueError as exc:
-        raise PluginError(f"kubectl {' '.join(argv)} printed no JSON: {exc}", EXIT_KUBECTL) from exc
-    if not isinstance(value, dict):
-        raise PluginError(f"kubectl {' '.join(argv)} printed no JSON object", EXIT_KUBECTL)
-    return value, ""
-
-
-def _batch(kubectl: str, args: argparse.Namespace) -> dict[str, Any]:
-    namespace = ["--namespace", args.namespace] if args.namespace else []
-    batch, error = _get_json(kubectl, [*_global_flags(args), "get", "analysisbatch", args.batch, *namespace])
-    if batch is not None:
-        return batch
-    if "NotFound" in error or "not found" in error:
-        where = f'namespace "{args.namespace}"' if args.namespace else "the current namespace"
-        raise PluginError(f'analysisbatch "{args.batch}" not found in {where}', EXIT_NOT_FOUND)
-    raise PluginError(error.removeprefix("error: "), EXIT_KUBECTL)
+# ---------------------------------------------------------------- results
 
 
 def _no_results(batch: dict[str, Any]) -> PluginError:
@@ -113,7 +99,7 @@ def _no_results(batch: dict[str, Any]) -> PluginError:
     return PluginError(f'analysisbatch "{name}" has no results yet' + (f" ({state})" if state else ""), EXIT_NO_RESULTS)
 
 
-def _render(rows: list[dict[str, Any]], output: str) -> str:
+def _render_results(rows: list[dict[str, Any]], output: str) -> str:
     if output == "json":
         return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
     if output == "table":
@@ -122,25 +108,257 @@ def _render(rows: list[dict[str, Any]], output: str) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def results_verb(args: argparse.Namespace) -> str:
-    """The text ``kubectl analysis results`` prints, or PluginError."""
-    kubectl = find_kubectl()
-    batch = _batch(kubectl, args)
-    metadata = batch.get("metadata", {})
-    uid, namespace = metadata.get("uid"), metadata.get("namespace")
-    if not uid or not namespace:
-        raise PluginError(f'analysisbatch "{args.batch}" has no uid or namespace in its metadata', EXIT_KUBECTL)
-    argv = [*_global_flags(args), "get", "configmaps", "--namespace", namespace, "-l", results.selector(uid)]
-    listed, error = _get_json(kubectl, argv)
-    if listed is None:
-        raise PluginError(error.removeprefix("error: "), EXIT_KUBECTL)
+def results_verb(args: argparse.Namespace, out: TextIO) -> int:
+    kubectl = Kubectl.from_args(args)
+    batch = kubectl.batch(args.batch)
+    _name, namespace = _name_and_namespace(batch, args.batch)
+    uid = batch["metadata"]["uid"]
+    chunks = kubectl.list_json("configmaps", "-l", results.selector(uid), namespace=namespace)
     try:
-        rows = results.latest_per_item(results.read_rows(listed.get("items") or []))
+        rows = results.latest_per_item(results.read_rows(chunks))
     except ValueError as exc:
         raise PluginError(f"the results of analysisbatch {args.batch!r} do not parse: {exc}", EXIT_KUBECTL) from exc
     if not rows:
         raise _no_results(batch)
-    return _render(rows, args.output)
+    out.write(_render_results(rows, args.output))
+    return 0
+
+
+# ---------------------------------------------------------------- status
+
+
+def _draw(out: TextIO, lines: list[str], drawn: int) -> int:
+    """Redraw in place on a terminal: back up over the last frame, clear it, print this one; lines now shown."""
+    width = shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
+    frame = [render.clip(line, width - 1) for line in lines]
+    if drawn:
+        out.write(f"\x1b[{drawn}A\r\x1b[J")
+    out.write("\n".join(frame) + "\n")
+    return len(frame)
+
+
+def status_verb(args: argparse.Namespace, out: TextIO) -> int:
+    kubectl = Kubectl.from_args(args)
+    tty = out.isatty() and not args.once
+    rates = plugin_status.Rates()
+    drawn, shown, failures = 0, None, 0
+    while True:
+        try:
+            batch = kubectl.batch(args.batch)
+            failures = 0
+        except PluginError as exc:
+            if exc.code != EXIT_KUBECTL or args.once or failures >= STATUS_RETRIES:
+                raise
+            failures += 1
+            print(f"warning: {exc} (retrying)", file=sys.stderr)
+            drawn = 0  # the warning went below the frame: draw the next one afresh
+            time.sleep(args.interval)
+            continue
+        rates.observe(time.monotonic(), batch)
+        end = plugin_status.outcome(batch)
+        lines = plugin_status.snapshot(batch, rates, datetime.now(UTC), unicode=_unicode(out))
+        version = (batch.get("metadata") or {}).get("resourceVersion")
+        if tty:
+            drawn = _draw(out, lines, drawn)
+        elif version != shown:  # appended snapshots: only when the batch changed, so logs stay readable
+            out.write(("\n" if shown is not None else "") + "\n".join(lines) + "\n")
+            shown = version
+        out.flush()
+        if args.once or end is not None:
+            return EXIT_BATCH_FAILED if end == "Failed" else 0
+        time.sleep(args.interval)
+
+
+# ---------------------------------------------------------------- get and list
+
+
+def _print_objects(objects: list[dict[str, Any]], output: str, out: TextIO, *, single: bool, namespace: bool) -> None:
+    if output == "name":
+        out.write("".join(_ident(obj) + "\n" for obj in objects))
+        return
+    if output in ("json", "yaml"):
+        value: dict[str, Any] = (
+            objects[0] if single else {"apiVersion": "v1", "items": objects, "kind": "List", "metadata": {}}
+        )
+        if output == "json":
+            out.write(json.dumps(value, ensure_ascii=False, indent=4) + "\n")
+        else:
+            out.write(yaml.safe_dump(value, allow_unicode=True, default_flow_style=False, sort_keys=True))
+        return
+    out.write(render.table(objects, datetime.now(UTC), wide=output == "wide", namespace=namespace))
+
+
+def get_verb(args: argparse.Namespace, out: TextIO) -> int:
+    batch = Kubectl.from_args(args).batch(args.batch)
+    _print_objects([batch], args.output, out, single=True, namespace=False)
+    return 0
+
+
+def list_verb(args: argparse.Namespace, out: TextIO) -> int:
+    kubectl = Kubectl.from_args(args)
+    extra = ["--all-namespaces"] if args.all_namespaces else []
+    if args.selector:
+        extra += ["-l", args.selector]
+    found = kubectl.list_json(RESOURCE, *extra)
+    if not found and args.output in ("table", "wide", "name"):  # json and yaml print an empty List, as kubectl
+        if args.all_namespaces:
+            where = ""
+        else:
+            where = f" in {args.namespace} namespace" if args.namespace else " in the current namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return 0
+    _print_objects(found, args.output, out, single=False, namespace=args.all_namespaces)
+    return 0
+
+
+# ---------------------------------------------------------------- writes
+
+
+def _warn_gitops(batch: dict[str, Any]) -> None:
+    owner = control.gitops_owner(batch)
+    if owner:
+        name = (batch.get("metadata") or {}).get("name", "?")
+        print(f'warning: analysisbatch "{name}" is managed by {owner}, which may revert this change to its spec; '
+              "make it in Git to keep it", file=sys.stderr)  # fmt: skip
+
+
+def _write_spec(
+    kubectl: Kubectl, name: str, compute: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Read the batch, patch it with ``compute(batch)`` (tied to the version read), again after each conflict.
+
+    Returns the batch as read and as written (None: ``compute`` found nothing to change).
+    """
+    for attempt in range(CONFLICT_ATTEMPTS):
+        batch = kubectl.batch(name)
+        try:
+            patch = compute(batch)
+        except control.Refused as exc:
+            raise PluginError(str(exc), EXIT_USAGE) from exc
+        if attempt == 0 and patch is not None:
+            _warn_gitops(batch)
+        if patch is None:
+            return batch, None
+        written, error = kubectl.patch(batch["metadata"]["name"], batch["metadata"]["namespace"], patch)
+        if written is not None:
+            return batch, written
+        if not is_conflict(error):
+            raise kubectl_error(error)
+    raise PluginError(f'analysisbatch "{name}" kept changing while it was written ({CONFLICT_ATTEMPTS} conflicts); '
+                      "try again", EXIT_KUBECTL)  # fmt: skip
+
+
+def _items_text(items: list[str] | None) -> str:
+    return "all items" if items is None else "items " + ", ".join(items)
+
+
+def approve_verb(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        items = control.parse_items(args.items) if args.items is not None else None
+    except control.Refused as exc:
+        raise PluginError(str(exc), EXIT_USAGE) from exc
+    kubectl = Kubectl.from_args(args)
+    batch, written = _write_spec(kubectl, args.batch, lambda b: control.approve_patch(b, args.stage, items))
+    now_open = control.approved(written or batch, args.stage)
+    if written is None:
+        out.write(f"{_ident(batch)}: stage {args.stage} already approved for {_items_text(now_open)}\n")
+    else:
+        detail = "" if items is None or now_open == items else f" (the stage now releases {_items_text(now_open)})"
+        out.write(f"{_ident(batch)} approved: stage {args.stage}, {_items_text(items)}{detail}\n")
+    return 0
+
+
+def suspend_verb(args: argparse.Namespace, out: TextIO) -> int:
+    suspend = args.verb == "suspend"
+    kubectl = Kubectl.from_args(args)
+    batch, written = _write_spec(kubectl, args.batch, lambda b: control.suspend_patch(b, suspend))
+    word = "suspended" if suspend else "resumed"
+    if written is None:
+        out.write(f"{_ident(batch)} is already {'suspended' if suspend else 'not suspended'}\n")
+    elif suspend:
+        out.write(f"{_ident(batch)} {word}: no new claims; in-flight items finish\n")
+    else:
+        out.write(f"{_ident(batch)} {word}\n")
+    return 0
+
+
+def retry_failed_verb(args: argparse.Namespace, out: TextIO) -> int:
+    kubectl = Kubectl.from_args(args)
+    batch = kubectl.batch(args.batch)
+    name, namespace = _name_and_namespace(batch, args.batch)
+    token = control.fresh_token(datetime.now(UTC))
+    written, error = kubectl.patch(name, namespace, control.retry_patch(token))
+    if written is None:
+        raise kubectl_error(error)
+    failed = render.failed_items(render.status_of(batch))
+    out.write(f"{_ident(batch)}: retry of failed and dead-lettered items requested ({failed} in the last status; "
+              f"token {token})\n")  # fmt: skip
+    return 0
+
+
+# ---------------------------------------------------------------- logs
+
+
+def logs_verb(args: argparse.Namespace, out: TextIO) -> int:
+    kubectl = Kubectl.from_args(args)
+    batch = kubectl.batch(args.batch)
+    name, namespace = _name_and_namespace(batch, args.batch)
+    types = render.stage_types(batch)
+    if args.stage is not None and args.stage not in types:
+        raise PluginError(f'analysisbatch "{name}" has no stage "{args.stage}" (stages: {", ".join(types)})',
+                          EXIT_USAGE)  # fmt: skip
+    if args.stage is not None and types[args.stage] == "approval":
+        raise PluginError(f'stage "{args.stage}" is an approval stage: it runs no worker pods', EXIT_USAGE)
+    order = render.stage_names(batch)
+    selector = logs.selector(batch["metadata"]["uid"], args.stage)
+
+    def list_streams() -> list[logs.Stream]:
+        return logs.streams(kubectl.list_json("pods", "-l", selector, namespace=namespace), order)
+
+    if args.follow:
+        state = logs.Follow(kubectl, namespace, args.tail, out, sys.stderr)
+        logs.follow(state, list_streams, lambda: plugin_status.outcome(kubectl.batch(name)) is not None,
+                    LOGS_INTERVAL_S)  # fmt: skip
+        return 0
+    found = list_streams()
+    if not found:
+        which = f" in stage {args.stage}" if args.stage else ""
+        print(f'No worker pods of analysisbatch "{name}"{which} in namespace "{namespace}".', file=sys.stderr)
+        return 0
+    logs.print_logs(kubectl, namespace, found, args.tail, out, sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-n", "--namespace", help="the batch's namespace (default: the context's)")
+    common.add_argument("--context", help="the kubeconfig context to use")
+    common.add_argument("--kubeconfig", help="the kubeconfig file to use (default: $KUBECONFIG or ~/.kube/config)")
+    return common
+
+
+def _verb(sub: Any, name: str, common: argparse.ArgumentParser, summary: str, text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=summary, description=text)
+    if name != "list":
+        parser.add_argument("batch", help="the AnalysisBatch's name")
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,17 +368,77 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kubectl-analysis {analysis_core.__version__}")
     sub = parser.add_subparsers(dest="verb")
     sub.add_parser("version", help="print the plugin's version")
-    found = sub.add_parser(
-        "results",
-        help="print what a batch's items ended with",
-        description="Print the latest result of every item of an AnalysisBatch, from its result ConfigMaps.",
-    )
-    found.add_argument("batch", help="the AnalysisBatch's name")
-    found.add_argument("-n", "--namespace", help="the batch's namespace (default: the context's)")
+    common = _common()
+
+    status = _verb(sub, "status", common, "follow a batch's progress until it finishes",
+                   "Show a batch's progress per stage (bars, rates, retries, judge verdicts, tokens, cost, and the "
+                   "conditions that need attention), refreshed until it completes or fails. Exit 0 when it "
+                   "completes, 5 when it fails.")  # fmt: skip
+    status.add_argument("--once", action="store_true", help="print one snapshot and exit (for scripts)")
+    status.add_argument("--interval", type=_positive, default=STATUS_INTERVAL_S, metavar="SECONDS",
+                        help=f"seconds between refreshes (default: {STATUS_INTERVAL_S:g})")  # fmt: skip
+
+    get = _verb(sub, "get", common, "show one batch as a table", "Show one AnalysisBatch: phase, current stage, "
+                "stages done, progress, failures, retries, judge verdicts, tokens, cost, run time and age.")  # fmt: skip
+    get.add_argument("-o", "--output", choices=GET_FORMATS, default="table", help="output format (default: table)")
+
+    listed = _verb(sub, "list", common, "list batches as a table", "List AnalysisBatches with the columns of get.")
+    listed.add_argument("-A", "--all-namespaces", action="store_true", help="list the batches of every namespace")
+    listed.add_argument("-l", "--selector", help="only batches with these labels, e.g. team=research")
+    listed.add_argument("-o", "--output", choices=GET_FORMATS, default="table", help="output format (default: table)")
+
+    found = _verb(sub, "results", common, "print what a batch's items ended with",
+                  "Print the latest result of every item of an AnalysisBatch, from its result ConfigMaps.")  # fmt: skip
     found.add_argument("-o", "--output", choices=FORMATS, default="jsonl", help="output format (default: jsonl)")
-    found.add_argument("--context", help="the kubeconfig context to use")
-    found.add_argument("--kubeconfig", help="the kubeconfig file to use (default: $KUBECONFIG or ~/.kube/config)")
+
+    approve = _verb(sub, "approve", common, "release items held at an approval stage",
+                    "Add the stage (and items) to spec.approvals, merged with what is there: a stage approved for all "
+                    "items stays so, listed items join those already approved. Refuses a stage that is not of type "
+                    "approval. The write is tied to the version it read, so concurrent writers never lose each "
+                    f"other's changes. {GITOPS_NOTE}")  # fmt: skip
+    approve.add_argument("--stage", required=True, help="the approval stage to open")
+    approve.add_argument("--items", metavar="A,B,...",
+                         help="comma-separated item ids to release (default: every item waiting at the stage)")  # fmt: skip
+
+    _verb(sub, "retry-failed", common, "re-run the failed and dead-lettered items",
+          "Set the analysis.dev/retry-failed annotation to a fresh value; the operator re-runs the batch's failed "
+          "and dead-lettered items once for it.")  # fmt: skip
+    _verb(
+        sub,
+        "suspend",
+        common,
+        "stop new claims (spec.suspend: true)",
+        f"Set spec.suspend to true: no new claims; in-flight items finish and workers scale to zero. {GITOPS_NOTE}",
+    )
+    _verb(
+        sub,
+        "resume",
+        common,
+        "continue a suspended batch (spec.suspend: false)",
+        f"Set spec.suspend to false. {GITOPS_NOTE}",
+    )
+
+    log = _verb(sub, "logs", common, "print the worker pods' logs of a batch",
+                "Print the logs of the batch's worker pods (selected by the batch's uid), each line prefixed with "
+                "its stage and pod. Logs live as long as their pods.")  # fmt: skip
+    log.add_argument("--stage", help="only the workers of this stage")
+    log.add_argument("-f", "--follow", action="store_true",
+                     help="keep printing, picking up new pods, until the batch has finished")  # fmt: skip
+    log.add_argument("--tail", type=_count, metavar="N", help="only the last N lines of each container (default: all)")
     return parser
+
+
+VERBS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "results": results_verb,
+    "status": status_verb,
+    "get": get_verb,
+    "list": list_verb,
+    "approve": approve_verb,
+    "retry-failed": retry_failed_verb,
+    "suspend": suspend_verb,
+    "resume": suspend_verb,
+    "logs": logs_verb,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,12 +447,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kubectl-analysis {analysis_core.__version__}")
         return
     try:
-        text = results_verb(args)
+        code = VERBS[args.verb](args, sys.stdout)
+        sys.stdout.flush()
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.code) from None
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     except BrokenPipeError:  # e.g. piped into head: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    if code:
+        raise SystemExit(code)

@@ -5,12 +5,17 @@ cluster of ``tests/conftest.py`` has no node, so its Pods stay Pending), and
 teach the node one extra image: ``python`` runs this interpreter. Pods print
 what they see (environment, argv, files) to stdout, which the node appends to
 the container's log file; the tests read that file and the pod's status.
+``kubectl logs`` goes the real way: kubectl, the apiserver's ``pods/log``,
+then the node's kubelet endpoint.
 """
 
+import datetime
 import json
 import os
+import re
 import signal
 import ssl
+import subprocess
 import sys
 import time
 import uuid
@@ -21,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from analysis_devcluster import cluster, node, podspec, processes
+from analysis_devcluster import binaries, cluster, node, podspec, processes
 
 pytestmark = pytest.mark.integration
 
@@ -191,8 +196,19 @@ def test_env_from_values_secrets_configmaps_and_the_downward_api(dev: cluster.De
     assert dump["argv"] == ["hello"]
     assert seen.pop("PATH").split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert Path(seen.pop("HOME")).is_relative_to(dev.node_state_dir)
-    # Exactly what the spec gives, and nothing of this test runner's environment.
+    # The pod has the default service-account token: a kubeconfig for it (tested below).
+    assert Path(seen.pop("KUBECONFIG")).is_relative_to(dev.node_state_dir)
+    port = str(dev.ports.apiserver)  # type: ignore[union-attr]
+    # Exactly what the spec gives, the kubernetes Service's variables, and nothing of this test runner's environment.
     assert seen == {
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": port,
+        "KUBERNETES_SERVICE_PORT_HTTPS": port,
+        "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
+        f"KUBERNETES_PORT_{port}_TCP": f"tcp://127.0.0.1:{port}",
+        f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+        f"KUBERNETES_PORT_{port}_TCP_PORT": port,
+        f"KUBERNETES_PORT_{port}_TCP_ADDR": "127.0.0.1",
         "LANG": "C.UTF-8",
         "PLAIN": "hello",
         "EXPANDED": "hello-world",
@@ -493,3 +509,250 @@ def test_killing_the_node_kills_its_pod_processes(dev: cluster.DevCluster, api: 
         second.stop(0)
         dev.kubectl("delete", "pod", "orphan", "-n", ns, "--force", "--grace-period=0", "--ignore-not-found")
         dev.kubectl("delete", "node", name, "--ignore-not-found")
+
+
+# ------------------------------------------------------------------ kubectl logs, through the apiserver
+
+TALKER = """
+import os, sys, time
+print("line 0")
+print("line 1")
+print("line 2", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+print("line 3")
+sys.stdout.write("no newline at the end")
+"""
+STAMPED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9})Z (.*)$")
+
+
+def kubectl_argv(dev: cluster.DevCluster, *args: str) -> list[str]:
+    return [str(binaries.find("kubectl")), "--kubeconfig", str(dev.kubeconfig), *args]
+
+
+def stamped_ns(line: str) -> tuple[int, str]:
+    """The kubelet's ``--timestamps`` prefix (RFC 3339, nine fraction digits, UTC) as unix ns, and the rest."""
+    match = STAMPED.match(line)
+    assert match, f"no fixed-width RFC 3339 timestamp in {line!r}"
+    seconds = datetime.datetime.fromisoformat(match.group(1)).replace(tzinfo=datetime.UTC).timestamp()
+    return int(seconds) * 10**9 + int(match.group(2)), match.group(3)
+
+
+def logs_of(dev: cluster.DevCluster, ns: str, pod: str) -> Callable[..., str]:
+    """``kubectl logs`` of one pod, with extra arguments."""
+
+    def logs(*args: str) -> str:
+        return dev.kubectl("logs", "-n", ns, pod, *args).stdout
+
+    return logs
+
+
+def test_kubectl_logs_follows_a_running_container_until_it_ends(
+    dev: cluster.DevCluster, api: Api, ns: str, tmp_path: Path
+) -> None:
+    container = {"args": ["-c", TALKER, "/signal/go"], "volumeMounts": [{"name": "signal", "mountPath": "/signal"}]}
+    volumes = [{"name": "signal", "hostPath": {"path": str(tmp_path)}}]
+    api.create(ns, "pods", python_pod("talker", "", container=container, volumes=volumes))
+    eventually(lambda: "line 2" in log_lines(dev, ns, "talker"), 15, "the first lines written")
+    assert dev.kubectl("logs", "-n", ns, "talker").stdout == "line 0\nline 1\nline 2\n"
+    assert dev.kubectl("logs", "-n", ns, "talker", "--tail=1").stdout == "line 2\n"
+
+    follower = subprocess.Popen(kubectl_argv(dev, "logs", "-f", "-n", ns, "talker"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert [follower.stdout.readline() for _ in range(3)] == ["line 0\n", "line 1\n", "line 2\n"]
+        assert follower.poll() is None, "kubectl logs -f ended while the container runs"
+        released_ns = time.time_ns()
+        (tmp_path / "go").touch()
+        rest, _ = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    # It ends by itself once the container has, with the unfinished last line too.
+    assert (follower.returncode, rest) == (0, "line 3\nno newline at the end")
+
+    eventually(lambda: phase(api, ns, "talker", "Succeeded"), 15, "Succeeded")
+    logs = logs_of(dev, ns, "talker")
+    assert logs() == "line 0\nline 1\nline 2\nline 3\nno newline at the end"
+    assert logs("--tail=2") == "line 3\nno newline at the end"
+    assert logs("--tail=0") == ""
+    assert logs("--limit-bytes=10") == "line 0\nlin"
+    assert logs("--since=1h") == logs()
+    future = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert logs(f"--since-time={future}") == ""
+
+    stamped = [stamped_ns(line) for line in logs("--timestamps").split("\n")]
+    assert [text for _, text in stamped] == ["line 0", "line 1", "line 2", "line 3", "no newline at the end"]
+    times = [arrived for arrived, _ in stamped]
+    assert times == sorted(times)
+    # When each line arrived: the first three before the test let the process go on, the rest after.
+    assert times[2] < released_ns <= times[3]
+    # The prefix counts towards limitBytes, as the kubelet counts it.
+    assert logs("--timestamps", "--limit-bytes=31") == logs("--timestamps")[:31]
+
+
+COUNTS_ITS_RUNS = """
+import os, sys, time
+runs = sys.argv[1]
+before = len(open(runs).read()) if os.path.exists(runs) else 0
+open(runs, "a").write("x")
+print(f"run {before + 1}", flush=True)
+if before == 0:
+    sys.exit(1)
+time.sleep(600)
+"""
+
+
+def test_kubectl_logs_previous_gives_the_run_before_a_restart(dev: cluster.DevCluster, api: Api, ns: str) -> None:
+    container = {
+        "args": ["-c", COUNTS_ITS_RUNS, "/state/runs"],
+        "volumeMounts": [{"name": "state", "mountPath": "/state"}],
+    }
+    pod = python_pod(
+        "twice", "", container=container, restartPolicy="OnFailure", volumes=[{"name": "state", "emptyDir": {}}]
+    )
+    api.create(ns, "pods", pod)
+    logs = logs_of(dev, ns, "twice")
+    eventually(lambda: log_lines(dev, ns, "twice") == ["run 1", "run 2"], 20, "restarted and running again")
+    eventually(lambda: phase(api, ns, "twice", "Running"), 5, "Running")
+    assert logs() == "run 2\n"
+    assert logs("--previous") == "run 1\n"
+    assert logs("--previous", "--timestamps").endswith(" run 1\n")
+
+    # A container that never restarted has no previous log: the kubelet's answer, through the apiserver.
+    api.create(ns, "pods", python_pod("once", "print('only run')"))
+    eventually(lambda: phase(api, ns, "once", "Succeeded"), 15, "once Succeeded")
+    refused = dev.kubectl("logs", "-n", ns, "once", "--previous", check=False)
+    assert refused.returncode != 0
+    assert 'previous terminated container "main" in pod "once" not found' in refused.stderr
+
+
+def test_kubectl_logs_by_label_selector_with_prefixes(dev: cluster.DevCluster, api: Api, ns: str) -> None:
+    env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    for name in ("chatty-a", "chatty-b"):
+        pod = python_pod(
+            name,
+            "import os; print('hello from', os.environ['POD_NAME'])",
+            container={"env": env},
+            metadata={"labels": {"app": "chatty"}},
+        )
+        api.create(ns, "pods", pod)
+    for name in ("chatty-a", "chatty-b"):
+        eventually(lambda name=name: phase(api, ns, name, "Succeeded"), 15, f"{name} Succeeded")
+    out = dev.kubectl("logs", "-n", ns, "-l", "app=chatty", "--prefix").stdout
+    assert sorted(out.splitlines()) == [
+        "[pod/chatty-a/main] hello from chatty-a",
+        "[pod/chatty-b/main] hello from chatty-b",
+    ]
+
+
+def test_the_kubelet_endpoint_answers_as_a_kubelet_does(dev: cluster.DevCluster, api: Api, ns: str) -> None:
+    status = api.request("GET", f"/api/v1/nodes/{cluster.NODE_NAME}")[1]["status"]
+    port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    assert port > 0
+    assert {"type": "InternalIP", "address": "127.0.0.1"} in status["addresses"]
+    api.create(ns, "pods", python_pod("said", "print('something')"))
+    eventually(lambda: phase(api, ns, "said", "Succeeded"), 15, "Succeeded")
+
+    pki = dev.state_dir / "pki"
+    # The node's serving certificate is the cluster CA's, for 127.0.0.1; the apiserver checks it.
+    anonymous = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    apiserver = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    apiserver.load_cert_chain(pki / "apiserver-kubelet-client.crt", pki / "apiserver-kubelet-client.key")
+
+    def get(path: str, context: ssl.SSLContext = apiserver) -> tuple[int, str]:
+        connection = HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    assert get(f"/containerLogs/{ns}/said/main") == (200, "something\n")
+    assert get(f"/containerLogs/{ns}/said/main", anonymous) == (401, "Unauthorized")
+    assert get(f"/containerLogs/{ns}/nobody/main") == (404, 'pod "nobody" does not exist')
+    assert get(f"/containerLogs/{ns}/said/other") == (404, 'container "other" not found in pod "said"')
+    assert get(f"/containerLogs/{ns}/said/main?tailLines=-1")[0] == 422
+    assert get(f"/containerLogs/{ns}/said/main?tailLines=x")[0] == 400
+
+    # A container that never started: the kubelet's 400, which kubectl shows as the apiserver's BadRequest.
+    api.create(ns, "pods", {"metadata": {"name": "idle"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+
+    def refused() -> str:
+        answer = dev.kubectl("logs", "-n", ns, "idle", check=False)
+        return answer.stderr if "ImageNotLocal" in answer.stderr else ""
+
+    message = eventually(refused, 10, "kubectl logs refused")
+    assert "BadRequest" in message
+    assert 'container "c" in pod "idle" is waiting to start: ImageNotLocal' in message
+
+
+# ------------------------------------------------------------------ in-cluster credentials
+
+ASKS_WHO_IT_IS = """
+import json, os, subprocess, sys, urllib.request
+import kopf
+from analysis_operator import kube
+
+def kubectl(*args):
+    done = subprocess.run([sys.argv[1], *args], capture_output=True, text=True)
+    return {"code": done.returncode, "out": done.stdout.strip(), "err": done.stderr.strip()}
+
+# The way the operator logs in: the service account's fixed path first, then KUBECONFIG.
+info = kube.login(kopf.OperatorSettings())
+review = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}).encode()
+request = urllib.request.Request(
+    info.server + "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    data=review,
+    headers={**info.as_http_headers(), "Content-Type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(request, context=info.as_ssl_context()) as answer:
+    kopf_user = json.load(answer)["status"]["userInfo"]["username"]
+print("SEEN " + json.dumps({
+    "kubeconfig": os.environ.get("KUBECONFIG"),
+    "kopf": kopf_user,
+    "namespace": info.default_namespace,
+    "whoami": kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"),
+    "allowed": kubectl("get", "configmap", "kube-root-ca.crt", "-o", "name"),
+    "denied": kubectl("get", "secrets"),
+}), flush=True)
+"""
+
+
+def test_a_pod_reaches_the_api_as_its_service_account(dev: cluster.DevCluster, api: Api, ns: str) -> None:
+    dev.kubectl("create", "serviceaccount", "reader", "-n", ns)
+    dev.kubectl("create", "role", "reader", "-n", ns, "--verb=get,list", "--resource=configmaps")
+    dev.kubectl("create", "rolebinding", "reader", "-n", ns, "--role=reader", f"--serviceaccount={ns}:reader")
+    container = {"args": ["-c", ASKS_WHO_IT_IS, str(binaries.find("kubectl"))]}
+    api.create(ns, "pods", python_pod("asker", "", container=container, serviceAccountName="reader"))
+    finished = eventually(lambda: phase(api, ns, "asker", "Succeeded", "Failed"), 30, "finished")
+    logged = dev.kubectl("logs", "-n", ns, "asker").stdout
+    assert finished["status"]["phase"] == "Succeeded", logged
+    seen = json.loads(next(line[5:] for line in logged.splitlines() if line.startswith("SEEN ")))
+
+    identity = f"system:serviceaccount:{ns}:reader"
+    assert seen["kopf"] == identity
+    assert seen["namespace"] == ns
+    assert seen["whoami"] == {"code": 0, "out": identity, "err": ""}
+    assert seen["allowed"] == {"code": 0, "out": "configmap/kube-root-ca.crt", "err": ""}
+    assert seen["denied"]["code"] != 0
+    assert f'User "{identity}" cannot list resource "secrets"' in seen["denied"]["err"]
+    # The kubeconfig holds the token: the pod's own, readable by nobody else, never printed.
+    kubeconfig = Path(seen["kubeconfig"])
+    assert kubeconfig.is_relative_to(dev.node_state_dir)
+    assert kubeconfig.stat().st_mode & 0o077 == 0
+    token = json.loads(kubeconfig.read_text())["users"][0]["user"]["token"]
+    assert token
+    assert token not in logged
+
+    # Without a token, no kubeconfig; a KUBECONFIG of the spec's own is left alone.
+    api.create(ns, "pods", python_pod("tokenless", ENV_DUMP, automountServiceAccountToken=False))
+    own = {"env": [{"name": "KUBECONFIG", "value": "/etc/mine"}]}
+    api.create(ns, "pods", python_pod("own", ENV_DUMP, container=own))
+    for name in ("tokenless", "own"):
+        eventually(lambda name=name: phase(api, ns, name, "Succeeded"), 15, f"{name} Succeeded")
+    tokenless = json.loads(printed(dev, ns, "tokenless", "DUMP ") or "{}")["env"]
+    assert "KUBECONFIG" not in tokenless
+    assert tokenless["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
+    assert json.loads(printed(dev, ns, "own", "DUMP ") or "{}")["env"]["KUBECONFIG"] == "/etc/mine"

@@ -15,8 +15,11 @@ otherwise.
 With ``node=True`` it also runs the local node (:mod:`analysis_devcluster.node`,
 its state in ``<state>/node``): a Ready Node that binds every pod and runs
 its containers as local processes; ``start()`` then also waits for the Node
-to be Ready, and :meth:`DevCluster.pod_log` finds a container's log. Without
-it, as by default, there is no kubelet and no scheduler: Pods stay Pending.
+to be Ready, :meth:`DevCluster.pod_log` finds a container's log file, and
+``kubectl logs`` reaches the node's kubelet endpoint: the apiserver gets the
+``--kubelet-client-*`` certificate from this PKI, and the node a serving
+certificate the apiserver verifies. Without it, as by default, there is no
+kubelet and no scheduler: Pods stay Pending.
 
 It deliberately does not reuse state across starts, and keeps the
 ServiceAccount and PodSecurity admission plugins enabled, as a real cluster does.
@@ -258,7 +261,7 @@ class DevCluster:
         started = time.monotonic()
         binaries.check_all()
         self._reset_state_dir()
-        self._pki = pki.write_all(self.state_dir / "pki")
+        self._pki = pki.write_all(self.state_dir / "pki", node_name=self.node_name)
         self.ports = Ports.pick()
         self._write_kubeconfig()
         # A fallback for callers that forget stop(); PDEATHSIG covers the cases atexit cannot.
@@ -437,6 +440,13 @@ class DevCluster:
             # ("may not be in the loopback range") and logs that every 10 s;
             # nothing in a node-less cluster can reach the Service anyway.
             "--endpoint-reconciler-type=none",
+            # pods/log is proxied to the local node's kubelet endpoint with this client certificate,
+            # verifying the node's serving certificate. The node's Hostname address does not
+            # resolve, so only its InternalIP (127.0.0.1; pods/log, unlike nodes/proxy, dials loopback).
+            f"--kubelet-client-certificate={files.kubelet_client_cert}",
+            f"--kubelet-client-key={files.kubelet_client_key}",
+            f"--kubelet-certificate-authority={files.ca_cert}",
+            "--kubelet-preferred-address-types=InternalIP",
         ]
 
     def _controller_manager_argv(self) -> list[str]:
@@ -457,6 +467,7 @@ class DevCluster:
         ]
 
     def _node_argv(self) -> list[str]:
+        files = self._files()
         images = [f"--image={repository}={shlex.join(argv)}" for repository, argv in self.node_images.items()]
         return [
             sys.executable,
@@ -465,6 +476,9 @@ class DevCluster:
             f"--kubeconfig={self.kubeconfig}",
             f"--state-dir={self.node_state_dir}",
             f"--name={self.node_name}",
+            f"--tls-cert-file={files.kubelet_cert}",
+            f"--tls-private-key-file={files.kubelet_key}",
+            f"--client-ca-file={files.ca_cert}",
             *images,
         ]
 

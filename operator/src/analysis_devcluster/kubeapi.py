@@ -85,8 +85,11 @@ def _write_private(path: Path, data: bytes) -> Path:
 class Client:
     """One HTTPS session to one apiserver. Use ``async with`` (or call :meth:`close`)."""
 
-    def __init__(self, server: str, ssl_context: ssl.SSLContext, token: str | None = None) -> None:
+    def __init__(
+        self, server: str, ssl_context: ssl.SSLContext, token: str | None = None, ca_pem: bytes | None = None
+    ) -> None:
         self.server = server.rstrip("/")
+        self.ca_pem = ca_pem  # the cluster's CA as the kubeconfig gave it, if it did
         self._ssl = ssl_context
         self._headers = {"Accept": "application/json"}
         if token:
@@ -113,7 +116,7 @@ class Client:
             context.load_cert_chain(
                 _write_private(secrets_dir / "client.crt", cert), _write_private(secrets_dir / "client.key", key)
             )
-        return cls(cluster["server"], context, user.get("token"))
+        return cls(cluster["server"], context, user.get("token"), ca)
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -1,7 +1,8 @@
 """A local node for the dev cluster: registers a Node, schedules pods onto it and runs them as processes.
 
 Started as ``python -m analysis_devcluster.node --kubeconfig PATH --state-dir
-DIR [--name NAME] [--image REPOSITORY=ARGV ...]`` by
+DIR [--name NAME] [--image REPOSITORY=ARGV ...] [--tls-cert-file PEM
+--tls-private-key-file PEM] [--client-ca-file PEM] [--port N]`` by
 :class:`analysis_devcluster.cluster.DevCluster` (``node=True``) and by
 ``analysis-devcluster up`` (unless ``--no-node``). There is no kubelet, no
 scheduler and no container runtime in the dev cluster; this process plays
@@ -19,6 +20,14 @@ all three, well enough for Jobs and Deployments to behave for real:
   (:mod:`analysis_devcluster.podrun`); phase, conditions and
   containerStatuses are patched into ``pods/status``; deletion sends SIGTERM,
   SIGKILL after the grace period, then deletes the object with grace 0.
+* **Kubelet endpoint.** ``containerLogs`` over HTTPS on 127.0.0.1 (a free
+  port unless ``--port``), advertised in the Node's
+  ``daemonEndpoints.kubeletEndpoint``, so ``kubectl logs`` (``-f``,
+  ``--tail``, ``--since``, ``--timestamps``, ``--limit-bytes``,
+  ``--previous``, ``-l``) works through the apiserver
+  (:mod:`analysis_devcluster.kubeletapi`). It serves ``--tls-cert-file`` (a
+  self-signed certificate without one) and accepts clients whose certificate
+  ``--client-ca-file`` (default: the kubeconfig's CA) signed.
 
 What a container runs (:mod:`analysis_devcluster.podspec`): ``command`` +
 ``args`` with ``$(VAR)`` expansion; without ``command``, the entrypoint the
@@ -32,10 +41,30 @@ directory of the interpreter running the node (the venv's ``bin``).
 
 Its environment is exactly what the pod spec gives (values, Secret and
 ConfigMap refs, ``envFrom``, the downward API, resource refs), on top of
-``PATH``, ``HOME`` (the pod's ``home`` directory) and ``LANG=C.UTF-8``;
-nothing else of the node's own environment leaks in. A missing Secret,
-ConfigMap or key that is not optional gives ``CreateContainerConfigError``,
-retried about every second until it appears.
+``PATH``, ``HOME`` (the pod's ``home`` directory), ``LANG=C.UTF-8``, the
+``KUBERNETES_SERVICE_HOST``/``_PORT`` family a kubelet sets from the
+``kubernetes`` Service (here the loopback apiserver) and, with a
+service-account token, ``KUBECONFIG`` (below); nothing else of the node's own
+environment leaks in. A missing Secret, ConfigMap or key that is not optional
+gives ``CreateContainerConfigError``, retried about every second until it
+appears.
+
+**In-cluster credentials: a difference from a kubelet.** A process here
+cannot read ``/var/run/secrets/kubernetes.io/serviceaccount/``, where
+in-cluster clients (client-go, Kopf's ``login_with_service_account``) look
+for the token: that path is translated only where the spec names it. So a
+container that mounts a service-account token there (the
+``kube-api-access-*`` volume the ServiceAccount admission plugin adds unless
+``automountServiceAccountToken: false``, or a projected token volume of its
+own at that path) also gets ``KUBECONFIG=<pod dir>/<container>.kubeconfig``,
+unless its spec sets ``KUBECONFIG`` itself. That kubeconfig names the
+apiserver, the mounted ``ca.crt`` (else the cluster's CA), the mounted token
+file (``tokenFile``) and the same token inline (Kopf's
+``login_with_kubeconfig`` reads only ``token``), and the pod's namespace:
+the process acts as ``system:serviceaccount:<namespace>:<account>``, with
+exactly that account's RBAC. Tokens are written once per pod and not
+refreshed; the default ``expirationSeconds: 3607`` of the admission plugin's
+volume is one the apiserver extends to a year.
 
 **Path translation.** There are no mount namespaces, so volumes (emptyDir,
 configMap, secret, downwardAPI, projected including service-account tokens,
@@ -52,15 +81,19 @@ the volume mounted at ``/tmp``, if any. Paths inside file contents, or built
 by the program at run time from other strings, are *not* translated; the
 working directory defaults to the pod's ``home``.
 
-Logs: each container's stdout and stderr go, appended across restarts, to
-``<state>/pods/<namespace>_<pod>_<uid>/<container>.log``
-(:func:`pod_log_path`, :func:`find_pod_log`). Every process runs in its own
-process group with ``PR_SET_PDEATHSIG``, and a watchdog process kills every
-pod's process group if the node dies, so nothing outlives it.
+Logs: each container's stdout and stderr go through a pipe the node drains,
+appended across restarts, to
+``<state>/pods/<namespace>_<pod>_<uid>/<container>.log`` (:func:`pod_log_path`,
+:func:`find_pod_log`), with ``.log.runs`` and ``.log.times`` beside it (where
+each run starts and when each part arrived: :mod:`analysis_devcluster.podlogs`).
+Every process runs in its own process group with ``PR_SET_PDEATHSIG``, and a
+watchdog process kills every pod's process group if the node dies, so
+nothing outlives it.
 
-It deliberately serves no kubelet API (no ``kubectl logs``/``exec``), gives
-pods no network of their own (every pod is 127.0.0.1 and shares the host's
-ports), enforces no resource limits and runs no images: only commands.
+It deliberately serves no other kubelet API (no ``exec``, ``attach``,
+``port-forward``, stats), gives pods no network of their own (every pod is
+127.0.0.1 and shares the host's ports), enforces no resource limits and runs
+no images: only commands.
 """
 
 from __future__ import annotations
@@ -72,15 +105,17 @@ import datetime
 import logging
 import os
 import platform
+import resource
 import shlex
 import signal
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import analysis_core
-from analysis_devcluster import kubeapi, podrun, podspec
+from analysis_devcluster import kubeapi, kubeletapi, pki, podrun, podspec
 
 Obj = dict[str, Any]
 log = logging.getLogger("analysis_devcluster.node")
@@ -159,6 +194,8 @@ class LocalNode:
         state_dir: Path,
         images: Mapping[str, Sequence[str]],
         watchdog: podrun.Watchdog,
+        kubelet_tls: ssl.SSLContext,
+        kubelet_port: int = 0,
     ) -> None:
         self.client = client
         self.name = name
@@ -171,7 +208,11 @@ class LocalNode:
             pods_dir=pods_dir(self.state_dir),
             claims_dir=self.state_dir / "claims",
             watchdog=watchdog,
+            server=client.server,
+            ca_pem=client.ca_pem,
         )
+        self.kubelet = kubeletapi.KubeletServer(self.find_pod, kubelet_tls, kubelet_port)
+        self.kubelet_port = 0
         self.pods: dict[str, podrun.PodRuntime] = {}
         self._binding: set[str] = set()
         self._node_uid = ""
@@ -180,17 +221,27 @@ class LocalNode:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Register, then schedule and run pods until ``stopping`` is set; then stop every pod's processes."""
-        await self._register()
-        log.info("node %s registered and Ready", self.name)
-        loops = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._watch_pods())]
+        """Serve, register, then schedule and run pods until ``stopping`` is set; then stop every pod's processes."""
+        self.kubelet_port = await self.kubelet.start()
+        log.info("node %s: kubelet endpoint on https://%s:%d", self.name, NODE_IP, self.kubelet_port)
         try:
-            await stopping.wait()
+            await self._register()
+            log.info("node %s registered and Ready", self.name)
+            loops = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._watch_pods())]
+            try:
+                await stopping.wait()
+            finally:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                await self.shutdown(SHUTDOWN_GRACE_S)
         finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await self.shutdown(SHUTDOWN_GRACE_S)
+            await self.kubelet.stop()
+
+    def find_pod(self, namespace: str, name: str) -> podrun.PodRuntime | None:
+        """The runtime of the newest pod so named on this node, as the kubelet finds a pod by name."""
+        found = [r for r in self.pods.values() if r.namespace == namespace and r.name == name]
+        return found[-1] if found else None
 
     async def shutdown(self, grace: float) -> None:
         """Stop every pod's processes (SIGTERM, SIGKILL after ``grace``); pod objects are left as they are."""
@@ -263,7 +314,7 @@ class LocalNode:
                 condition("Ready", "True", "KubeletReady", "the analysis-devcluster local node is running pods"),
             ],
             "addresses": [{"type": "InternalIP", "address": NODE_IP}, {"type": "Hostname", "address": self.name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
@@ -468,7 +519,35 @@ def _parser() -> argparse.ArgumentParser:
         metavar="REPOSITORY=COMMAND",
         help="an image repository the node can run and its entrypoint, e.g. python=/usr/bin/python3 (repeatable)",
     )
+    # Named as the kubelet's flags are.
+    parser.add_argument("--tls-cert-file", type=Path, help="the kubelet endpoint's certificate (default: self-signed)")
+    parser.add_argument("--tls-private-key-file", type=Path, help="its key")
+    parser.add_argument(
+        "--client-ca-file", type=Path, help="CA of the clients it accepts (default: the kubeconfig's CA)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="the kubelet endpoint's port (default: a free one)")
     return parser
+
+
+def _kubelet_tls(args: argparse.Namespace, cluster_ca: bytes | None) -> ssl.SSLContext:
+    """The kubelet endpoint's TLS: the given certificate, else a self-signed one written to the state directory."""
+    cert, key = args.tls_cert_file, args.tls_private_key_file
+    if cert is None or key is None:
+        directory = args.state_dir / "kubelet"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        cert, key = pki.write_pair(
+            pki.self_signed_serving(args.name), directory / "kubelet.crt", directory / "kubelet.key"
+        )
+    client_ca = args.client_ca_file.read_bytes() if args.client_ca_file else cluster_ca
+    return kubeletapi.tls_context(cert, key, client_ca)
+
+
+def _raise_open_files_limit() -> None:
+    """Every running container holds a few descriptors here (its pipe, log and pidfd): allow many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 async def _serve(args: argparse.Namespace, images: Mapping[str, Sequence[str]]) -> None:
@@ -481,7 +560,15 @@ async def _serve(args: argparse.Namespace, images: Mapping[str, Sequence[str]]) 
     watchdog.start()
     try:
         async with kubeapi.Client.from_kubeconfig(args.kubeconfig, state_dir / "client") as client:
-            node = LocalNode(client, name=args.name, state_dir=state_dir, images=images, watchdog=watchdog)
+            node = LocalNode(
+                client,
+                name=args.name,
+                state_dir=state_dir,
+                images=images,
+                watchdog=watchdog,
+                kubelet_tls=_kubelet_tls(args, client.ca_pem),
+                kubelet_port=args.port,
+            )
             await node.run(stopping)
     finally:
         watchdog.stop()
@@ -497,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     args.state_dir = args.state_dir.absolute()
     args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _raise_open_files_limit()
     asyncio.run(_serve(args, images))
     log.info("node %s stopped", args.name)
     return 0

@@ -3,7 +3,11 @@
 Called by :mod:`analysis_devcluster.cluster` once per cluster start. It makes
 one CA, the kube-apiserver serving certificate, an admin client certificate
 (``O=system:masters``, so RBAC lets it do anything) signed by the same CA,
-and the service-account signing key pair, and writes them as PEM files.
+the local node's kubelet serving certificate (127.0.0.1 and the node's name)
+and the client certificate the apiserver shows it (``--kubelet-client-*``),
+and the service-account signing key pair, and writes them as PEM files. A
+node started without a certificate makes a self-signed one
+(:func:`self_signed_serving`).
 
 Every key is ECDSA P-256: generating RSA keys costs tens to hundreds of
 milliseconds each, P-256 costs well under one, and Kubernetes accepts both.
@@ -35,6 +39,7 @@ APISERVER_DNS_NAMES = (
 APISERVER_IPS = ("127.0.0.1", "10.0.0.1")
 ADMIN_USER = "devcluster-admin"
 ADMIN_GROUP = "system:masters"
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"  # kubeadm's name for it
 # Backdated so that a clock a little behind on another process never sees a
 # not-yet-valid certificate.
 _BACKDATE = datetime.timedelta(hours=1)
@@ -58,6 +63,10 @@ class Files:
     apiserver_key: Path
     admin_cert: Path
     admin_key: Path
+    kubelet_cert: Path
+    kubelet_key: Path
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
     sa_private_key: Path
     sa_public_key: Path
 
@@ -193,7 +202,29 @@ def _write(path: Path, data: bytes, mode: int) -> Path:
     return path
 
 
-def write_all(directory: Path) -> Files:
+def kubelet_serving(ca: Issued, node_name: str) -> Issued:
+    """A kubelet serving certificate for the node at 127.0.0.1, named as the kubelet names its own."""
+    return issue(
+        ca,
+        f"system:node:{node_name}",
+        organizations=("system:nodes",),
+        dns_names=(node_name, "localhost"),
+        ip_addresses=("127.0.0.1",),
+        server=True,
+    )
+
+
+def self_signed_serving(node_name: str) -> Issued:
+    """A serving certificate under a throwaway CA, for a node given none (an apiserver that verifies refuses it)."""
+    return kubelet_serving(make_ca(f"{node_name}-ca"), node_name)
+
+
+def write_pair(issued: Issued, cert_path: Path, key_path: Path) -> tuple[Path, Path]:
+    """Write a certificate (0644) and its key (0600)."""
+    return _write(cert_path, cert_pem(issued.cert), 0o644), _write(key_path, private_key_pem(issued.key), 0o600)
+
+
+def write_all(directory: Path, node_name: str = "devcluster-node") -> Files:
     """Generate the whole PKI into ``directory`` (created 0700); keys 0600, certificates 0644."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca = make_ca()
@@ -205,6 +236,14 @@ def write_all(directory: Path) -> Files:
         server=True,
     )
     admin = issue(ca, ADMIN_USER, organizations=(ADMIN_GROUP,), client=True)
+    kubelet_cert, kubelet_key = write_pair(
+        kubelet_serving(ca, node_name), directory / "kubelet.crt", directory / "kubelet.key"
+    )
+    kubelet_client_cert, kubelet_client_key = write_pair(
+        issue(ca, KUBELET_CLIENT_USER, client=True),
+        directory / "apiserver-kubelet-client.crt",
+        directory / "apiserver-kubelet-client.key",
+    )
     service_accounts = _new_key()
     return Files(
         ca_cert=_write(directory / "ca.crt", cert_pem(ca.cert), 0o644),
@@ -212,6 +251,10 @@ def write_all(directory: Path) -> Files:
         apiserver_key=_write(directory / "apiserver.key", private_key_pem(apiserver.key), 0o600),
         admin_cert=_write(directory / "admin.crt", cert_pem(admin.cert), 0o644),
         admin_key=_write(directory / "admin.key", private_key_pem(admin.key), 0o600),
+        kubelet_cert=kubelet_cert,
+        kubelet_key=kubelet_key,
+        kubelet_client_cert=kubelet_client_cert,
+        kubelet_client_key=kubelet_client_key,
         sa_private_key=_write(directory / "sa.key", private_key_pem(service_accounts), 0o600),
         sa_public_key=_write(directory / "sa.pub", public_key_pem(service_accounts), 0o644),
     )

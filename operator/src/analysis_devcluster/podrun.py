@@ -17,8 +17,11 @@ then delete the object with ``gracePeriodSeconds=0``. A pod object that
 vanishes gets the kubelet's minimum grace of 2 s.
 
 Every process runs in its own session (so its own process group), with
-``PR_SET_PDEATHSIG=SIGKILL``, output appended to
-``<pods dir>/<namespace>_<pod>_<uid>/<container>.log``. A :class:`Watchdog`
+``PR_SET_PDEATHSIG=SIGKILL``, its stdout and stderr a pipe that the node
+drains into ``<pods dir>/<namespace>_<pod>_<uid>/<container>.log`` (every
+run appended) and the run and arrival-time files beside it
+(:mod:`analysis_devcluster.podlogs`), which :meth:`PodRuntime.log_source`
+serves to the kubelet endpoint. A :class:`Watchdog`
 process holds the list of live process groups and SIGKILLs them all when the
 node dies, however it dies, so grandchildren do not outlive it either.
 
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import signal
@@ -42,7 +46,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from analysis_devcluster import kubeapi, podspec, processes
+from analysis_devcluster import kubeapi, podlogs, podspec, processes
 
 Obj = dict[str, Any]
 log = logging.getLogger("analysis_devcluster.node")
@@ -149,27 +153,24 @@ def exit_code(returncode: int) -> int:
 
 
 def spawn(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, output: Path | None, watchdog: Watchdog
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, output: int | None, watchdog: Watchdog
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new session, output appended to ``output`` (or discarded), killed if we die.
+    """Start ``argv`` in a new session, stdout and stderr to the file descriptor ``output`` (or discarded).
 
-    Raises OSError (FileNotFoundError, PermissionError, ...) when it cannot be executed.
+    It is killed if the node dies. Raises OSError (FileNotFoundError,
+    PermissionError, ...) when it cannot be executed.
     """
-    with contextlib.ExitStack() as stack:
-        sink: IO[bytes] | int = subprocess.DEVNULL
-        if output is not None:
-            sink = stack.enter_context(output.open("ab"))
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            # Safe despite threads: the hook only calls prctl, getppid and kill.
-            preexec_fn=processes.die_with_parent(os.getpid()),  # noqa: PLW1509
-        )
+    process = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if output is None else output,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+        # Safe despite threads: the hook only calls prctl, getppid and kill.
+        preexec_fn=processes.die_with_parent(os.getpid()),  # noqa: PLW1509
+    )
     watchdog.add(process.pid)
     return process
 
@@ -220,6 +221,8 @@ class NodeContext:
     pods_dir: Path
     claims_dir: Path
     watchdog: Watchdog
+    server: str = ""  # the apiserver's URL, for in-cluster access from pods
+    ca_pem: bytes | None = None  # the cluster's CA, when a token volume brings no ca.crt
     backoff_s: tuple[float, float] = (1.0, 30.0)  # first and longest restart back-off
 
 
@@ -251,6 +254,7 @@ class Container:
         self.started = False
         self.ran = False
         self.process: subprocess.Popen[bytes] | None = None
+        self.output: podlogs.Output | None = None  # of the current or last run
         self.container_id = ""
         self.attempted = asyncio.Event()  # set once its first start was tried (containers start in order)
 
@@ -564,14 +568,15 @@ class PodRuntime:
             return None
         if container.ran:
             container.restart_count += 1
-        log_path = self.dir / f"{container.name}.log"
+        output = podlogs.Output(self.dir / f"{container.name}.log")
         try:
             if not launch.cwd.is_dir():
                 raise NotADirectoryError(
                     0, f"workingDir {launch.cwd} does not exist on this host (only volumeMounts are translated)"
                 )
-            process = spawn(launch.argv, launch.env, launch.cwd, log_path, self.node.watchdog)
+            process = spawn(launch.argv, launch.env, launch.cwd, output.write_fd, self.node.watchdog)
         except OSError as error:
+            output.abandon()
             message = f"exec: {launch.argv[0]!r}: {error.strerror or error}"
             container.ran = True
             container.terminated(128, "StartError", message)
@@ -579,6 +584,8 @@ class PodRuntime:
             self.changed()
             return 128
         container.running(process)
+        container.output = output
+        output.start(container.container_id)
         log.info("%s: container %s started, pid %d: %s", self.key, container.name, process.pid, launch.argv[0])
         self.changed()
         probes = [asyncio.create_task(coro) for coro in _Prober(self, container, launch).loops()]
@@ -587,6 +594,8 @@ class PodRuntime:
         finally:
             for probe in probes:
                 probe.cancel()
+        # Cancelled before this point, the output stays open: a process being stopped may still write.
+        await output.drained()
         container.terminated(code)
         log.info("%s: container %s exited with %d", self.key, container.name, code)
         self.changed()
@@ -631,12 +640,65 @@ class PodRuntime:
         tmp = podspec.translate("/tmp", pairs)
         if tmp != "/tmp":
             env["TMPDIR"] = tmp
+        if self.node.server:
+            env.update(podspec.kubernetes_service_env(self.node.server))
+            if "KUBECONFIG" not in spec_env:
+                kubeconfig = self._in_cluster_kubeconfig(container, pairs)
+                if kubeconfig is not None:
+                    env["KUBECONFIG"] = str(kubeconfig)
         env.update(spec_env)
         working_dir = spec.get("workingDir")
         cwd = Path(podspec.translate(working_dir, pairs)) if working_dir else home
         if working_dir and str(cwd) != working_dir:
             cwd.mkdir(parents=True, exist_ok=True)  # inside a volume: create it, as a runtime would
         return Launch(argv=command, env=env, spec_env=spec_env, cwd=cwd, mounts=pairs)
+
+    def _in_cluster_kubeconfig(self, container: Container, pairs: Sequence[tuple[str, Path]]) -> Path | None:
+        """Write ``<pod dir>/<container>.kubeconfig`` for its mounted service-account token; None without one.
+
+        A kubelet needs none of this: the process would read the fixed
+        in-cluster path, which here is only a directory of the node's.
+        """
+        directory = podspec.service_account_dir(pairs)
+        if directory is None or not (directory / "token").is_file():
+            return None
+        ca_file = directory / "ca.crt"
+        config = podspec.in_cluster_kubeconfig(
+            server=self.node.server,
+            namespace=self.namespace,
+            account=self.pod["spec"].get("serviceAccountName") or "default",
+            token_file=directory / "token",
+            token=(directory / "token").read_text().strip(),
+            ca_file=ca_file if ca_file.is_file() else None,
+            ca_pem=self.node.ca_pem,
+        )
+        path = self.dir / f"{container.name}.kubeconfig"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the token
+        with os.fdopen(fd, "w") as handle:
+            json.dump(config, handle)  # JSON is YAML too, and a hundred times faster to write than PyYAML's
+        return path
+
+    # ------------------------------------------------------------ logs
+
+    def has_container(self, name: str) -> bool:
+        return any(c.name == name for c in [*self.init_containers, *self.containers])
+
+    def log_source(self, name: str, *, previous: bool) -> tuple[Path, str, podlogs.Output | None]:
+        """The log file, the ID of the run to read and that container's latest output, for ``containerLogs``.
+
+        Which run follows the kubelet (the running one, else the last that
+        ran; ``previous`` the one before); raises podlogs.LogError with its
+        message when there is none.
+        """
+        container = next(c for c in [*self.init_containers, *self.containers] if c.name == name)
+        if self.passive:  # never run by this node process: the status the apiserver has
+            status = self.pod.get("status", {})
+            reported = [*status.get("containerStatuses", []), *status.get("initContainerStatuses", [])]
+            found = next((s for s in reported if s.get("name") == name), None)
+        else:
+            found = container.status(self.terminal)
+        container_id = podlogs.log_container_id(found, name, self.name, previous=previous)
+        return self.dir / f"{name}.log", container_id, container.output
 
     # ------------------------------------------------------------ API reads
 
@@ -704,6 +766,8 @@ class PodRuntime:
             await self._run_hook(container, hook.get("command", []), grace)
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
         code = await terminate(process, remaining, self.node.watchdog)
+        if container.output is not None:
+            await container.output.drained()
         container.terminated(code)
         log.info("%s: container %s stopped with %d", self.key, container.name, code)
         self.changed()

@@ -28,6 +28,12 @@ The rules follow the kubelet's:
   pairs; :func:`translate` rewrites any string that *is* a mountPath or
   *starts with* ``mountPath/`` (the longest mountPath wins, ``subPath`` is
   appended). The node applies it to env values, argv and ``workingDir``.
+* in-cluster access: the ``KUBERNETES_SERVICE_*`` variables a kubelet derives
+  from the ``kubernetes`` Service (:func:`kubernetes_service_env`), and, for a
+  container whose service-account token sits at a local directory
+  (:func:`service_account_dir`), a kubeconfig that uses it
+  (:func:`in_cluster_kubeconfig`), since no process here can read the fixed
+  in-cluster path.
 
 It deliberately does not support ``subPathExpr``, ``fieldRef`` on fields the
 kubelet does not support either, or volume types with no local meaning (CSI,
@@ -43,6 +49,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,7 @@ from typing import Any
 Obj = dict[str, Any]
 
 _DEFAULT_MODE = 0o644
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
 _BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -482,3 +490,68 @@ def translate(value: str, pairs: Sequence[tuple[str, Path]]) -> str:
         if value.startswith(prefix + "/"):
             return str(local) + value[len(prefix) :]
     return value
+
+
+# ------------------------------------------------------------------ in-cluster access
+
+
+def service_account_dir(pairs: Sequence[tuple[str, Path]]) -> Path | None:
+    """The local directory mounted at the in-cluster service-account path, if the container has one."""
+    local = translate(SERVICE_ACCOUNT_DIR, pairs)
+    return None if local == SERVICE_ACCOUNT_DIR else Path(local)
+
+
+def kubernetes_service_env(server: str) -> dict[str, str]:
+    """What a kubelet sets from the ``kubernetes`` Service in every container, pointing at ``server`` instead.
+
+    The Service's ClusterIP is not reachable from a local process, so host
+    and port are the apiserver's own (loopback) address.
+    """
+    url = urllib.parse.urlsplit(server)
+    host, port = url.hostname or "127.0.0.1", str(url.port or 443)
+    link = f"tcp://{host}:{port}"
+    return {
+        "KUBERNETES_SERVICE_HOST": host,
+        "KUBERNETES_SERVICE_PORT": port,
+        "KUBERNETES_SERVICE_PORT_HTTPS": port,
+        "KUBERNETES_PORT": link,
+        f"KUBERNETES_PORT_{port}_TCP": link,
+        f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+        f"KUBERNETES_PORT_{port}_TCP_PORT": port,
+        f"KUBERNETES_PORT_{port}_TCP_ADDR": host,
+    }
+
+
+def in_cluster_kubeconfig(
+    *,
+    server: str,
+    namespace: str,
+    account: str,
+    token_file: Path,
+    token: str,
+    ca_file: Path | None,
+    ca_pem: bytes | None,
+) -> Obj:
+    """A kubeconfig for the service account whose token is in ``token_file``: what in-cluster config would use.
+
+    The token is given twice: ``tokenFile`` for client-go (which rereads it),
+    and inline for clients that read only ``token`` (Kopf's
+    ``login_with_kubeconfig``). The CA is the mounted ``ca.crt`` if there is
+    one, else ``ca_pem`` (the cluster's CA as the node knows it).
+    """
+    cluster: Obj = {"server": server}
+    if ca_file is not None:
+        cluster["certificate-authority"] = str(ca_file)
+    elif ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
+    user = f"system:serviceaccount:{namespace}:{account}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "in-cluster", "cluster": cluster}],
+        "users": [{"name": user, "user": {"tokenFile": str(token_file), "token": token}}],
+        "contexts": [
+            {"name": "in-cluster", "context": {"cluster": "in-cluster", "user": user, "namespace": namespace}}
+        ],
+        "current-context": "in-cluster",
+    }

@@ -6,7 +6,9 @@ local processes), with the CRDs installed. ``operator`` runs
 ``analysis-operator`` against it, watching every namespace; a test may
 ``kill()`` and ``start()`` it again. Worker pods use the image name
 ``analysis-worker:<version>``, which the local node runs as the
-``analysis-worker`` entry point of this virtual environment.
+``analysis-worker`` entry point of this virtual environment. The operator
+serves its Prometheus metrics on a free port of its own, at
+``operator.metrics_url``.
 
 ``batches`` applies manifests into the test's namespace and reads them back:
 ``apply``, ``wait`` (``kubectl wait``, as a user would), ``get``,
@@ -55,6 +57,11 @@ class Operator:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.liveness_port = processes.free_port()
+        self.metrics_port = processes.free_port()
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def env(self) -> dict[str, str]:
         return {
@@ -64,6 +71,7 @@ class Operator:
             "ANALYSIS_OPERATOR_REDIS_URL": self.dev.redis_url,
             "ANALYSIS_OPERATOR_WORKER_IMAGE": WORKER_IMAGE,
             "ANALYSIS_OPERATOR_RESULTS_INTERVAL": "1",
+            "ANALYSIS_OPERATOR_METRICS_PORT": str(self.metrics_port),
         }
 
     def start(self) -> None:

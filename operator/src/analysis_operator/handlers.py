@@ -17,6 +17,10 @@ Handlers stay thin; the reconciler (``reconciler.py``) decides everything.
   give the reconciler its children without an API call per step.
 - ``tear_down``: the finalizer's work (``teardown.py``), with a bounded retry.
 - ``liveness``: seconds since the operator last processed an event.
+- Metrics (``metrics.py``): the endpoint starts with the operator; each
+  step is timed and its errors counted; the status it computed feeds the
+  batch's series, which go when its daemon ends; ``track_phase`` follows
+  every batch's phase (and its deletion) for the batches-by-phase gauge.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from typing import Any
 import kopf
 
 from analysis_core import queue
-from analysis_core.api import GROUP, PLURAL, VERSION
-from analysis_operator import builders, kube, reconciler, teardown
+from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
+from analysis_operator import builders, kube, metrics, reconciler, teardown
 from analysis_operator.config import OperatorConfig
 
 FINALIZER = "analysis.dev/cleanup"
@@ -68,12 +72,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.cfg = cfg
     memo.kube = kube.Kube(lambda: kube.login(settings), timeout_s=settings.networking.request_timeout or 30)
     memo.redis = queue.connect(cfg.redis_url, cfg.redis_password)
+    memo.metrics = await metrics.serve(cfg.metrics_port) if cfg.metrics_port else None
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.kube.close()
     await memo.redis.aclose()
+    if memo.get("metrics") is not None:
+        await memo.metrics.cleanup()
 
 
 @kopf.on.probe(id="secondsSinceLastEvent")
@@ -150,24 +157,43 @@ async def reconcile(
         memo.reconciler = reconciler.Reconciler(cfg, memo.kube, memo.redis)
     rec: reconciler.Reconciler = memo.reconciler
     kick = _kick_event(memo)
-    uid = body["metadata"]["uid"]
-    while not stopped:
-        kick.clear()
-        started = time.monotonic()
-        try:
-            current = await rec.step(body, children_of(uid, jobs, deployments, pods))
-            await _expire(memo.kube, body, current, logger)
-        except RETRYABLE as exc:
-            logger.warning(f"reconcile step failed; again in a moment: {exc}")
-        _touch()
-        wait = max(0.05, cfg.reconcile_interval_s - (time.monotonic() - started))
-        kicked = asyncio.ensure_future(kick.wait())
-        halted = asyncio.ensure_future(stopped.wait())
-        try:
-            await asyncio.wait({kicked, halted}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            kicked.cancel()
-            halted.cancel()
+    meta = body["metadata"]
+    try:
+        while not stopped:
+            kick.clear()
+            started = time.monotonic()
+            await _step(rec, body, children_of(meta["uid"], jobs, deployments, pods), memo.kube, logger)
+            _touch()
+            wait = max(0.05, cfg.reconcile_interval_s - (time.monotonic() - started))
+            kicked = asyncio.ensure_future(kick.wait())
+            halted = asyncio.ensure_future(stopped.wait())
+            try:
+                await asyncio.wait({kicked, halted}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                kicked.cancel()
+                halted.cancel()
+    finally:
+        # Finished (or deleted): its series go with its reconciler rather than linger at their last values.
+        metrics.BATCHES.forget(meta["namespace"], meta["name"])
+
+
+async def _step(
+    rec: reconciler.Reconciler, body: kopf.Body, children: reconciler.Children, client: kube.Kube, logger: kopf.Logger
+) -> None:
+    """One timed reconcile step; a retryable failure is counted and logged, any other counted and raised."""
+    started = time.monotonic()
+    try:
+        current = await rec.step(body, children)
+        meta = body["metadata"]
+        metrics.BATCHES.observe(meta["namespace"], meta["name"], current)
+        await _expire(client, body, current, logger)
+    except Exception as exc:
+        metrics.reconcile_failed(exc)
+        if not isinstance(exc, RETRYABLE):
+            raise
+        logger.warning(f"reconcile step failed; again in a moment: {exc}")
+    finally:
+        metrics.reconciled(time.monotonic() - started)
 
 
 async def _expire(client: kube.Kube, body: Mapping[str, Any], current: Mapping[str, Any], logger: kopf.Logger) -> None:
@@ -190,6 +216,18 @@ async def kick(memo: kopf.Memo, **_: Any) -> None:
     """Wake the batch's reconciler now rather than at its next tick."""
     _kick_event(memo).set()
     _touch()
+
+
+@kopf.on.event(*BATCH, id="track-phase")
+def track_phase(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """Every batch's phase for ``analysis_operator_batches``, finished ones included; a deletion drops it."""
+    meta = body["metadata"]
+    if event.get("type") == "DELETED":
+        metrics.BATCHES.phase(meta["uid"], meta["namespace"], None)
+        metrics.BATCHES.forget(meta["namespace"], meta["name"])
+        return
+    phase = (body.get("status") or {}).get("phase") or str(v1alpha1.Phase.PENDING)
+    metrics.BATCHES.phase(meta["uid"], meta["namespace"], phase)
 
 
 # ---------------------------------------------------------------- deletion

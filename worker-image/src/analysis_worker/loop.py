@@ -19,6 +19,10 @@ flight finish within the grace period, then cancels the rest and hands their
 messages back so another worker picks them up at once. Nothing is lost at any
 point in between: a message is acknowledged only in the same step that
 records its outcome, and a worker that dies leaves its leases to expire.
+
+What happens along the way is counted in ``metrics`` (outcomes, error
+classes, verdicts, tokens and cost, provider latency, limiter waits and
+pauses, redeliveries), served on ``ANALYSIS_METRICS_PORT`` from the start of ``run``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 from analysis_core import env, errors, plan, pricing, queue, ratelimit, routing
 from analysis_core.api import v1alpha1
 from analysis_worker import config as config_
-from analysis_worker import health, templates
+from analysis_worker import health, metrics, templates
 from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
@@ -96,6 +100,13 @@ class Worker:
         self.max_deliveries = cfg.max_deliveries or the_plan.max_deliveries
         self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.metrics = metrics.StageMetrics(
+            cfg.stage,
+            str(self.provider_plan.type) if self.provider_plan else "none",
+            self.provider_plan.model if self.provider_plan else "none",
+        )
+        self.metrics.track_in_flight(lambda: len(self.inflight))
+        self._lost: set[str] = set()  # entries whose lease another worker took, counted once each
         self.stats = Stats()
         self._over_budget: str | None = None  # why, once the batch's budget is used up
         self._suspended = False
@@ -113,6 +124,10 @@ class Worker:
 
     async def run(self) -> int:
         """Serve the stage until it is done (Job mode) or ``stop()``; returns the exit code."""
+        port = metrics.port_from_env()
+        if port:
+            # Left running until the process exits, so the last figures stay scrapeable to the end.
+            metrics.serve(port)
         await self.queue.ensure_group()
         log.info(
             "worker started",
@@ -174,7 +189,9 @@ class Worker:
         while not (self._stopping.is_set() or self._finished.is_set()):
             try:
                 if not resumed:
-                    self._start(await self.queue.claim_own_pending(self.concurrency))
+                    held = await self.queue.claim_own_pending(self.concurrency)
+                    self.metrics.redelivered(metrics.Redelivery.OWN_PENDING, len(held))
+                    self._start(held)
                     resumed = True
                 await self._claim_until_stopped()
             except queue.UNAVAILABLE as exc:
@@ -200,6 +217,7 @@ class Worker:
             deliveries: list[queue.Delivery] = []
             if time.monotonic() >= next_reclaim:
                 deliveries = await self.queue.reclaim(free, lease_ms, self.max_deliveries)
+                self.metrics.redelivered(metrics.Redelivery.EXPIRED_LEASE, len(deliveries))
                 next_reclaim = time.monotonic() + min(self.lease_s / 4, 5.0)
             if not deliveries:
                 deliveries = await self.queue.claim(free, CLAIM_BLOCK_MS)
@@ -226,6 +244,7 @@ class Worker:
 
     def _done(self, entry_id: str, _task: asyncio.Task[None]) -> None:
         self.inflight.pop(entry_id, None)
+        self._lost.discard(entry_id)
         self._slot_free.set()
 
     # ---------------------------------------------------------------- keeping
@@ -238,8 +257,11 @@ class Worker:
                 if now >= next_renew and self.inflight:
                     lost = await self.queue.renew(list(self.inflight))
                     # Items that completed while the renewal ran are acknowledged, not lost.
-                    for entry in (e for e in lost if e in self.inflight):
+                    still_held = {e for e in lost if e in self.inflight}
+                    for entry in still_held:
                         log.warning("lease lost to another worker", extra={"fields": {"entry": entry}})
+                    self.metrics.leases_lost(len(still_held - self._lost))
+                    self._lost |= still_held
                     next_renew = now + self.lease_s / 3
                 await self.queue.promote()
                 if now >= next_beat:
@@ -341,11 +363,15 @@ class Worker:
             if stage.fan_out is None
             else base.FanOutHint(stage.fan_out.path, stage.fan_out.key, stage.fan_out.sort_by),
         )
+        asked = time.monotonic()
         reservation = await self.limiter.acquire(ratelimit.estimate_tokens(prompt, provider_plan.max_tokens))
+        if self.limiter.enabled:
+            self.metrics.limiter_wait(time.monotonic() - asked)
         called_ms = _now_ms()
         try:
-            async with asyncio.timeout(stage.timeout_s):
-                completion = await self.provider.complete(request)
+            with self.metrics.provider_call():
+                async with asyncio.timeout(stage.timeout_s):
+                    completion = await self.provider.complete(request)
         except TimeoutError as exc:
             await self.limiter.settle(reservation, reservation.tokens)
             raise errors.ProviderError(
@@ -355,11 +381,18 @@ class Worker:
             await self.limiter.settle(reservation, 0)
             if exc.error_class is errors.ErrorClass.RATE_LIMITED and exc.retry_after_s and self.limiter.enabled:
                 await self.limiter.pause(exc.retry_after_s)
+                self.metrics.pause(metrics.Pause.RETRY_AFTER)
             raise
         await self.limiter.settle(reservation, completion.input_tokens + completion.output_tokens)
+        self.metrics.usage(
+            completion.input_tokens,
+            completion.output_tokens,
+            self.prices.cost_usd(completion.model, completion.input_tokens, completion.output_tokens),
+        )
         state = completion.rate_limit
         if state and state.reset_after_s and (state.requests_remaining == 0 or state.tokens_remaining == 0):
             await self.limiter.pause(state.reset_after_s)
+            self.metrics.pause(metrics.Pause.QUOTA_EXHAUSTED)
         return completion, called_ms
 
     def _cost_nusd(self, model: str, tokens: tuple[int, int]) -> int:
@@ -398,16 +431,29 @@ class Worker:
                 self.stats.failed += 1
             else:
                 self.stats.succeeded += 1
+            self._count_success(routed)
             note = {"note": routed.note} if routed.note else {}
             log.info(routed.status, extra={"fields": {**fields, "tokens": sum(tokens), "idem": idem, **note}})
         else:
             self.stats.duplicates += 1
+            self.metrics.item(metrics.Outcome.DUPLICATE)
             log.info("duplicate completion ignored", extra={"fields": {**fields, "idem": idem}})
+
+    def _count_success(self, routed: routing.Routed) -> None:
+        """Metrics of a completed call: how the attempt ended, and a judge's verdict."""
+        self.metrics.item(metrics.Outcome(routed.status))
+        if "approved" in routed.increments:
+            self.metrics.verdict(approved=True)
+        elif "rejected" in routed.increments:
+            self.metrics.verdict(approved=False)
+        if routed.status == "failed":  # out of rejections, onExhausted: Fail
+            self.metrics.error(errors.ErrorClass.JUDGE_REJECTED)
 
     async def _failed_attempt(
         self, delivery: queue.Delivery, error: errors.ProviderError, tokens: tuple[int, int], fields: dict[str, Any]
     ) -> None:
         message = delivery.message
+        self.metrics.error(error.error_class)
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
         # A re-run item (queue.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
         decision = errors.decide(error, self.stage.retry, attempt=message.attempts_in_run, elapsed_s=elapsed_s)
@@ -426,9 +472,11 @@ class Worker:
             )
             if scheduled:
                 self.stats.retried += 1
+                self.metrics.item(metrics.Outcome.RETRIED)
                 log.info("retry scheduled", extra={"fields": {**details, "delay_s": round(decision.delay_s, 3)}})
             else:
                 self.stats.duplicates += 1
+                self.metrics.item(metrics.Outcome.DUPLICATE)
             return
         # Failed for good: the end of its journey. Input and feedback let queue.retry_failed run it again.
         outcome = {
@@ -438,6 +486,8 @@ class Worker:
         first = await self.queue.complete(delivery, outcome, result=None, increments={"failed": 1, **spent}, final=True)
         if first:
             self.stats.failed += 1
+            self.metrics.item(metrics.Outcome.FAILED)
             log.warning("failed", extra={"fields": {**details, "reason": decision.reason}})
         else:
             self.stats.duplicates += 1
+            self.metrics.item(metrics.Outcome.DUPLICATE)

@@ -37,8 +37,9 @@ demo: system-packages install ## the stock-research example on a fresh local con
 	$(PY) -m analysis_devcluster.demo
 
 .PHONY: controlplane
-controlplane: ## build etcd, kube-apiserver, kube-controller-manager, kubectl into .devcluster/bin (cached)
+controlplane: ## build etcd, kube-apiserver, kube-controller-manager, kubectl and helm into .devcluster/bin (cached)
 	tools/controlplane/build.sh
+	tools/helm/build.sh
 
 .PHONY: lint
 lint: install ## ruff: lint and format check
@@ -61,6 +62,11 @@ imports: install ## import-linter: the import rules of DESIGN.md section 6
 .PHONY: crds
 crds: install ## generate crds/ from the API models
 	$(PY) -m analysis_core.api.crd --write --dir crds
+
+.PHONY: chart-crds
+chart-crds: ## copy crds/ into the Helm chart (charts/analysis-operator/files/crds/), which templates it
+	rm -f charts/analysis-operator/files/crds/*.yaml
+	cp crds/*.yaml charts/analysis-operator/files/crds/
 
 .PHONY: check-crds
 check-crds: install ## fail if crds/ differs from what the API models generate

@@ -1,0 +1,564 @@
+"""The Helm chart against helm (built from its Go module) and the real API server.
+
+``helm lint --strict`` with the defaults and each ``ci/`` values file; each
+rendering applied with ``kubectl apply --dry-run=server`` (the API server's
+own validation, strict field checking and PodSecurity "restricted" warnings);
+helm's schema errors for a misspelled key and a wrong type; the rendered RBAC,
+Deployment and bundled Redis read as objects; and a real ``helm install`` /
+``upgrade`` into the session cluster to see the rights the authorizer grants
+the operator's ServiceAccount and the Redis password surviving an upgrade.
+Running the installed operator is ``tests/e2e/test_helm_install.py``.
+
+ServiceMonitor and PodMonitor: the session cluster has no Prometheus
+Operator, so ``monitoring_crds`` installs CRDs of the same group, versions and
+kinds whose schemas list only the fields the chart uses (by their upstream
+names) and no unknown-field escape hatch: kubectl's strict field validation
+then rejects a misspelled field, though not a field the real CRD would refuse.
+"""
+
+import base64
+import dataclasses
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from analysis_core.api import PLURAL
+from analysis_devcluster import binaries, cluster
+from analysis_operator import kube
+from analysis_operator.config import OperatorConfig
+
+pytestmark = [pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "analysis-operator"
+CI_FILES = sorted(path.name for path in (CHART / "ci").glob("*.yaml"))
+RELEASE_NAMESPACE = "chart-ci-system"
+# Every namespace a ci/ file names; created before the dry runs.
+CI_NAMESPACES = [RELEASE_NAMESPACE, "chart-ci-team-a", "chart-ci-team-b", "chart-ci-monitoring", "chart-ci-data"]
+Obj = dict[str, Any]
+
+
+# ------------------------------------------------------------------ helm
+
+
+@pytest.fixture(scope="module")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """helm's cache, config and data in a temporary directory: nothing from or into the user's ~/.config/helm."""
+    home = tmp_path_factory.mktemp("helm-home")
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+def run_helm(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``helm`` from .devcluster/bin (a missing one fails the test: ``make controlplane`` builds it)."""
+    argv = [str(binaries.find("helm")), *args]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}{result.stdout[-2000:]}")
+    return result
+
+
+def values_args(values: str | None = None, *sets: str) -> list[str]:
+    out = [] if values is None else ["-f", str(CHART / "ci" / values)]
+    for item in sets:
+        out += ["--set", item]
+    return out
+
+
+def render(env: dict[str, str], *args: str) -> list[Obj]:
+    text = run_helm(env, "template", "analysis-operator", str(CHART), "-n", RELEASE_NAMESPACE, *args).stdout
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def of_kind(docs: list[Obj], kind: str) -> list[Obj]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: list[Obj], kind: str) -> Obj:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def ci_values(name: str) -> Obj:
+    return dict(yaml.safe_load((CHART / "ci" / name).read_text(encoding="utf-8")))
+
+
+# ------------------------------------------------------------------ cluster set-up
+
+
+MONITORING_FIELDS: dict[str, Obj] = {
+    "selector": {
+        "type": "object",
+        "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "matchExpressions": {"type": "array", "items": {"type": "object", "properties": {
+                "key": {"type": "string"}, "operator": {"type": "string"},
+                "values": {"type": "array", "items": {"type": "string"}}}}},
+        },
+    },
+    "namespaceSelector": {"type": "object", "properties": {
+        "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+    "targetLabels": {"type": "array", "items": {"type": "string"}},
+    "jobLabel": {"type": "string"},
+}  # fmt: skip
+ENDPOINT = {"type": "array", "items": {"type": "object", "properties": {
+    "port": {"type": "string"}, "path": {"type": "string"}, "interval": {"type": "string"},
+    "scrapeTimeout": {"type": "string"}, "scheme": {"type": "string"}}}}  # fmt: skip
+
+
+def monitoring_crd(kind: str, plural: str, endpoints: str) -> Obj:
+    spec = {"type": "object", "required": ["selector"], "properties": {**MONITORING_FIELDS, endpoints: ENDPOINT}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": spec}}}}],
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(devcluster: cluster.DevCluster) -> None:
+    crds = [monitoring_crd("ServiceMonitor", "servicemonitors", "endpoints"),
+            monitoring_crd("PodMonitor", "podmonitors", "podMetricsEndpoints")]  # fmt: skip
+    devcluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(yaml.safe_dump(c) for c in crds))
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        devcluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{name}", timeout=45)
+
+
+@pytest.fixture(scope="module")
+def ci_namespaces(devcluster: cluster.DevCluster) -> Iterator[list[str]]:
+    """The ci/ files' namespaces; pods in them would be checked against the "restricted" Pod Security Standard."""
+    for name in CI_NAMESPACES:
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                },
+            },
+        }
+        devcluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    try:
+        yield CI_NAMESPACES
+    finally:
+        devcluster.kubectl("delete", "namespace", *CI_NAMESPACES, "--wait=false", "--ignore-not-found", check=False)
+
+
+def dry_run(dev: cluster.DevCluster, docs: list[Obj]) -> subprocess.CompletedProcess[str]:
+    manifest = "\n---\n".join(yaml.safe_dump(doc) for doc in docs)
+    return dev.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest, check=False, timeout=90)
+
+
+# ------------------------------------------------------------------ lint and the API server's view
+
+
+@pytest.mark.parametrize("values", [None, *CI_FILES])
+def test_helm_lint_strict(helm_env: dict[str, str], values: str | None) -> None:
+    result = run_helm(helm_env, "lint", "--strict", str(CHART), *values_args(values), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("values", CI_FILES)
+def test_each_rendering_passes_the_api_servers_dry_run(
+    devcluster: cluster.DevCluster, helm_env: dict[str, str], ci_namespaces: list[str], monitoring_crds: None,
+    values: str,
+) -> None:  # fmt: skip
+    docs = render(helm_env, *values_args(values))
+    result = dry_run(devcluster, docs)
+    assert result.returncode == 0, result.stderr
+    # Pod templates meet the "restricted" standard (the namespaces warn on workloads that would violate it).
+    assert "PodSecurity" not in result.stderr, result.stderr
+    assert "unknown field" not in result.stderr, result.stderr
+    assert result.stdout.count("(server dry run)") == len(docs)
+
+
+def test_the_pod_security_check_can_fail(
+    devcluster: cluster.DevCluster, helm_env: dict[str, str], ci_namespaces: list[str]
+) -> None:
+    """The check above is real: the same Deployment without its security context draws the warning."""
+    deployment = one(render(helm_env), "Deployment")
+    del deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    result = dry_run(devcluster, [deployment])
+    assert result.returncode == 0, result.stderr
+    assert 'would violate PodSecurity "restricted' in result.stderr
+
+
+def test_a_misspelled_field_fails_the_dry_run(
+    devcluster: cluster.DevCluster, helm_env: dict[str, str], ci_namespaces: list[str], monitoring_crds: None
+) -> None:
+    """kubectl's strict field validation is on: so a rendering with a field the API does not know would fail."""
+    docs = render(helm_env, *values_args("all-optional-values.yaml"))
+    monitor = one(docs, "PodMonitor")
+    monitor["spec"]["podMetricEndpoints"] = monitor["spec"].pop("podMetricsEndpoints")
+    deployment = one(docs, "Deployment")
+    deployment["spec"]["strategy"]["tpye"] = "Recreate"
+    for broken in (monitor, deployment):
+        result = dry_run(devcluster, [broken])
+        assert result.returncode != 0, result.stdout
+        assert "unknown field" in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------ the schema, through helm
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"operator": {"logFromat": "json"}}, ["at '/operator'", "'logFromat' not allowed"]),
+        ({"redis": {"bundeled": {"enabled": False}}}, ["at '/redis'", "'bundeled' not allowed"]),
+        ({"operator": {"verbose": "yes"}}, ["at '/operator/verbose'", "got string, want boolean"]),
+        ({"worker": {"metricsPort": "9090"}}, ["at '/worker/metricsPort'", "got string, want integer"]),
+        ({"watch": {"allNamespaces": False}}, ["at '/watch/namespaces'", "minItems"]),
+        ({"operator": {"logFormat": "yaml"}}, ["at '/operator/logFormat'", "plain"]),
+    ],
+)
+def test_helm_rejects_values_the_schema_does_not_allow(
+    helm_env: dict[str, str], tmp_path: Path, values: Obj, expected: list[str]
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    result = run_helm(helm_env, "template", "x", str(CHART), "-f", str(path), check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def test_a_password_in_the_redis_url_is_rejected_without_being_echoed(helm_env: dict[str, str]) -> None:
+    url = "redis://:hunter2-secret@redis.data.svc:6379/0"
+    result = run_helm(helm_env, "template", "x", str(CHART), "--set", "redis.bundled.enabled=false",
+                      "--set", f"redis.external.url={url}", check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "at '/redis/external/url'" in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+
+
+# ------------------------------------------------------------------ RBAC
+
+
+def rules_of(docs: list[Obj]) -> list[Obj]:
+    return [rule for doc in docs if doc["kind"] in ("Role", "ClusterRole") for rule in doc["rules"]]
+
+
+def verbs(rules: list[Obj], group: str, resource: str) -> set[str]:
+    return {verb for r in rules if group in r["apiGroups"] and resource in r["resources"] for verb in r["verbs"]}
+
+
+@pytest.mark.parametrize("values", CI_FILES)
+def test_rbac_is_least_privilege(helm_env: dict[str, str], values: str) -> None:
+    docs = render(helm_env, *values_args(values))
+    rules = rules_of(docs)
+    assert rules
+    for rule in rules:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        assert not {"nonResourceURLs", "resourceNames"} & set(rule), rule
+    # The operator writes the per-batch Redis Secret and never reads a Secret through the API.
+    assert verbs(rules, "", "secrets") == {"create", "patch"}
+    assert not any(verb in verbs(rules, "", "secrets") for verb in ("get", "list", "watch"))
+    watch = ci_values(values).get("watch", {})
+    cluster_wide = watch.get("allNamespaces", True)
+    cluster_kinds = {doc["kind"] for doc in docs if doc["kind"] in ("ClusterRole", "ClusterRoleBinding")}
+    roles = {doc["metadata"]["namespace"] for doc in of_kind(docs, "Role")}
+    bindings = of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding")
+    if cluster_wide:
+        assert cluster_kinds == {"ClusterRole", "ClusterRoleBinding"}
+        assert not roles
+        assert verbs(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
+    else:
+        assert not cluster_kinds
+        assert roles == set(watch["namespaces"])
+        assert {b["metadata"]["namespace"] for b in bindings} == roles
+        assert not verbs(rules, "apiextensions.k8s.io", "customresourcedefinitions")
+    account = one(docs, "ServiceAccount")["metadata"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
+                                        "namespace": RELEASE_NAMESPACE}]  # fmt: skip
+
+
+def test_rbac_covers_every_kind_the_operator_calls(helm_env: dict[str, str]) -> None:
+    """Each kind in the operator's client (kube.KINDS, Events, the batches) has a rule; a new kind needs one."""
+    rules = rules_of(render(helm_env))
+    used = {*kube.KINDS.values(), kube.EVENTS}
+    for kind in used:
+        group = "" if kind.api_version == "v1" else kind.api_version.split("/")[0]
+        assert verbs(rules, group, kind.plural), f"no rule for {kind.api_version} {kind.plural}"
+    assert verbs(rules, "analysis.dev", PLURAL) >= {"list", "watch", "patch"}
+    assert verbs(rules, "analysis.dev", f"{PLURAL}/status") == {"patch"}
+
+
+# ------------------------------------------------------------------ the operator's Deployment
+
+
+def env_of(container: Obj) -> dict[str, Obj]:
+    return {variable["name"]: variable for variable in container["env"]}
+
+
+@pytest.mark.parametrize("values", CI_FILES)
+def test_the_operator_deployment(helm_env: dict[str, str], values: str) -> None:
+    docs = render(helm_env, *values_args(values))
+    deployment = one(docs, "Deployment")
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    (container,) = pod["containers"]
+    overrides = ci_values(values)
+    watch = overrides.get("watch", {})
+    operator = overrides.get("operator", {})
+    flags = [a for a in container["args"] if a.startswith(("--all-namespaces", "--namespace"))]
+    if watch.get("allNamespaces", True):
+        assert flags == ["--all-namespaces"]
+    else:
+        assert flags == [f"--namespace={name}" for name in watch["namespaces"]]
+    assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
+    assert f"--log-format={operator.get('logFormat', 'plain')}" in container["args"]
+    assert ("--verbose" in container["args"]) is operator.get("verbose", False)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "healthz": 8081}
+    # The "restricted" Pod Security Standard, with a fixed non-root uid and only /tmp writable.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert "emptyDir" in volumes["tmp"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+
+
+def operator_environment(docs: list[Obj], tmp_path: Path) -> dict[str, str]:
+    """The environment the kubelet would give the operator: secretKeyRefs resolved, the prices file where mounted."""
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    environ = {}
+    for name, variable in env_of(container).items():
+        if "valueFrom" in variable:
+            environ[name] = "password-from-the-secret"
+        else:
+            environ[name] = variable["value"]
+    if "ANALYSIS_OPERATOR_PRICES_PATH" in environ:
+        prices = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-prices"))
+        path = tmp_path / "prices.yaml"
+        path.write_text(prices["data"]["prices.yaml"], encoding="utf-8")
+        environ["ANALYSIS_OPERATOR_PRICES_PATH"] = str(path)
+    return environ
+
+
+@pytest.mark.parametrize("values", CI_FILES)
+def test_the_operator_reads_the_configuration_the_chart_gives_it(
+    helm_env: dict[str, str], tmp_path: Path, values: str
+) -> None:
+    """The rendered environment, through the operator's own parser (a renamed variable or a bad value fails here)."""
+    docs = render(helm_env, *values_args(values))
+    cfg = OperatorConfig.from_env(operator_environment(docs, tmp_path))
+    overrides = ci_values(values)
+    worker = overrides.get("worker", {})
+    assert cfg.worker.image.startswith(worker.get("image", {}).get("repository", "analysis-worker"))
+    assert cfg.worker.metrics_port == worker.get("metricsPort", 9090)
+    assert cfg.status_interval_s == overrides.get("operator", {}).get("statusInterval", 2)
+    redis = overrides.get("redis", {})
+    if redis.get("bundled", {}).get("enabled", True):
+        assert cfg.redis_url == f"redis://analysis-operator-redis.{RELEASE_NAMESPACE}.svc:6379/0"
+        assert cfg.worker.redis_url == cfg.redis_url
+    else:
+        assert cfg.redis_url == redis["external"]["url"]
+        assert cfg.worker.redis_url == redis["external"].get("workerUrl") or redis["external"]["url"]
+    assert cfg.redis_password == "password-from-the-secret"
+    assert cfg.worker.redis_auth
+    if overrides.get("prices"):
+        table = yaml.safe_load(cfg.worker.prices or "")
+        assert table == {"models": overrides["prices"]}
+    else:
+        assert cfg.worker.prices is None
+
+
+def test_external_redis_without_a_secret_gives_no_password(helm_env: dict[str, str], tmp_path: Path) -> None:
+    docs = render(helm_env, "--set", "redis.bundled.enabled=false", "--set", "redis.external.url=redis://r:6379/0")
+    environ = operator_environment(docs, tmp_path)
+    assert "ANALYSIS_OPERATOR_REDIS_PASSWORD" not in environ
+    assert not of_kind(docs, "StatefulSet")
+    assert not of_kind(docs, "Secret")
+    assert OperatorConfig.from_env(environ).redis_password is None
+
+
+def test_the_password_comes_from_the_secret_and_nowhere_else(helm_env: dict[str, str]) -> None:
+    docs = render(helm_env, *values_args("external-redis-values.yaml"))
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["ANALYSIS_OPERATOR_REDIS_PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "redis-auth", "key": "redis-password"}}  # fmt: skip
+    bundled = render(helm_env)
+    password = base64.b64decode(one(bundled, "Secret")["data"]["password"]).decode()
+    others = [doc for doc in bundled if doc["kind"] != "Secret"]
+    assert password not in json.dumps(others)
+
+
+# ------------------------------------------------------------------ CRD, bundled Redis, optional objects
+
+
+def test_the_crd_is_the_generated_one_with_a_keep_policy(helm_env: dict[str, str]) -> None:
+    docs = render(helm_env)
+    crd = one(docs, "CustomResourceDefinition")
+    generated = yaml.safe_load((ROOT / "crds" / "analysisbatches.analysis.dev.yaml").read_text(encoding="utf-8"))
+    assert crd["spec"] == generated["spec"]
+    assert crd["metadata"]["name"] == generated["metadata"]["name"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert not of_kind(render(helm_env, "--set", "crds.install=false"), "CustomResourceDefinition")
+
+
+def test_the_bundled_redis(helm_env: dict[str, str]) -> None:
+    docs = render(helm_env, *values_args("cluster-wide-bundled-values.yaml"))
+    statefulset = one(docs, "StatefulSet")
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    config = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-redis-config"))
+    lines = config["data"]["redis.conf"].splitlines()
+    assert "appendonly yes" in lines
+    assert "maxmemory-policy noeviction" in lines
+    secret = one(docs, "Secret")["data"]
+    password = base64.b64decode(secret["password"]).decode()
+    assert len(password) == 32
+    assert password.isalnum()
+    assert base64.b64decode(secret["auth.conf"]).decode() == f"requirepass {password}\n"
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert password not in json.dumps(container)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    services = {s["metadata"]["name"]: s["spec"] for s in of_kind(docs, "Service")}
+    assert sorted(services) == ["analysis-operator-metrics", "analysis-operator-redis"]
+    assert services["analysis-operator-redis"]["clusterIP"] == "None"
+
+
+@pytest.mark.parametrize("values", ["cluster-wide-bundled-values.yaml", "namespaces-values.yaml"])
+def test_only_the_operator_and_workers_reach_the_bundled_redis(helm_env: dict[str, str], values: str) -> None:
+    docs = render(helm_env, *values_args(values))
+    policy = next(d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-redis"))
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    operator_peer, worker_peer = ingress["from"]
+    operator_labels = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert operator_peer == {"podSelector": {"matchLabels": operator_labels}}
+    assert worker_peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "analysis-worker"
+    watch = ci_values(values).get("watch", {})
+    if watch.get("allNamespaces", True):
+        assert worker_peer["namespaceSelector"] == {}
+    else:
+        (expression,) = worker_peer["namespaceSelector"]["matchExpressions"]
+        assert expression == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": watch["namespaces"]}
+
+
+def test_the_optional_objects(helm_env: dict[str, str]) -> None:
+    plain = {doc["kind"] for doc in render(helm_env)}
+    assert not plain & {"ServiceMonitor", "PodMonitor", "PodDisruptionBudget"}
+    docs = render(helm_env, *values_args("all-optional-values.yaml"))
+    kinds = {doc["kind"] for doc in docs}
+    assert {"ServiceMonitor", "PodMonitor", "PodDisruptionBudget"} <= kinds
+    monitor = one(docs, "PodMonitor")["spec"]
+    assert monitor["namespaceSelector"] == {"matchNames": ["chart-ci-team-a"]}
+    assert monitor["podMetricsEndpoints"][0]["port"] == "metrics"
+    dashboard = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "chart-ci-monitoring"
+    shipped = json.loads((CHART / "dashboards" / "analysis-operator.json").read_text(encoding="utf-8"))
+    assert json.loads(dashboard["data"]["analysis-operator.json"]) == shipped
+    image = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example.com/analysis/analysis-operator@sha256:" + "0123456789abcdef" * 4
+
+
+# ------------------------------------------------------------------ a real install (no operator running)
+
+
+@dataclasses.dataclass
+class Release:
+    namespace: str  # the release's
+    watched: str  # the one namespace the operator watches
+    env: dict[str, str]  # helm's environment, with the cluster's KUBECONFIG
+    args: list[str]  # the --set flags it was installed with
+
+
+@pytest.fixture
+def installed(
+    devcluster: cluster.DevCluster, crds_installed: Path, helm_env: dict[str, str], namespace: str
+) -> Iterator[Release]:
+    """The chart installed for real (bundled Redis; its pods stay Pending: this cluster has no node)."""
+    env = {**helm_env, "KUBECONFIG": str(devcluster.kubeconfig)}
+    watched = f"{namespace}-w"
+    devcluster.kubectl("create", "namespace", watched)
+    args = [
+        "--set",
+        "crds.install=false",
+        "--set",
+        "watch.allNamespaces=false",
+        "--set",
+        f"watch.namespaces={{{watched}}}",
+    ]
+    run_helm(env, "install", "ao", str(CHART), "-n", namespace, *args)
+    try:
+        yield Release(namespace, watched, env, args)
+    finally:
+        run_helm(env, "uninstall", "ao", "-n", namespace, check=False)
+        devcluster.kubectl("delete", "namespace", watched, "--wait=false", check=False)
+
+
+def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
+    devcluster: cluster.DevCluster, installed: Release
+) -> None:
+    """Asked of the real authorizer, as the operator's ServiceAccount."""
+    account = f"system:serviceaccount:{installed.namespace}:ao-analysis-operator"
+
+    def can(verb: str, resource: str, where: str | None, *extra: str) -> bool:
+        scope = ["-n", where] if where else ["--all-namespaces"]
+        result = devcluster.kubectl("auth", "can-i", verb, resource, "--as", account, *scope, *extra, check=False)
+        return result.stdout.strip() == "yes"
+
+    needed = [("create", "secrets"), ("patch", "secrets"), ("watch", PLURAL), ("create", "events"),
+              ("deletecollection", "jobs.batch"), ("patch", "deployments.apps"), ("patch", "pods")]  # fmt: skip
+    for verb, resource in needed:
+        assert can(verb, resource, installed.watched), f"cannot {verb} {resource} in {installed.watched}"
+        assert not can(verb, resource, installed.namespace), f"can {verb} {resource} outside the watched namespace"
+    assert can("patch", PLURAL, installed.watched, "--subresource=status")
+    for verb in ("get", "list", "watch"):
+        assert not can(verb, "secrets", installed.watched)
+    assert not can("list", PLURAL, None)
+    assert not can("list", "customresourcedefinitions.apiextensions.k8s.io", None)
+
+
+def test_the_bundled_redis_password_survives_an_upgrade(devcluster: cluster.DevCluster, installed: Release) -> None:
+    def get(kind: str, name: str) -> Obj:
+        return dict(json.loads(devcluster.kubectl("get", kind, name, "-n", installed.namespace, "-o", "json").stdout))
+
+    before = base64.b64decode(get("secret", "ao-analysis-operator-redis")["data"]["password"]).decode()
+    run_helm(installed.env, "upgrade", "ao", str(CHART), "-n", installed.namespace, *installed.args,
+             "--set", "operator.statusInterval=3")  # fmt: skip
+    after = base64.b64decode(get("secret", "ao-analysis-operator-redis")["data"]["password"]).decode()
+    assert after == before
+    container = get("deployment", "ao-analysis-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["ANALYSIS_OPERATOR_STATUS_INTERVAL"]["value"] == "3"

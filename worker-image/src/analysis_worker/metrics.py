@@ -172,6 +172,7 @@ class StageMetrics:
         self._tokens_out = TOKENS.labels(stage, provider, model, "output")
         self._cost = COST.labels(stage, provider, model)
         self._provider = (stage, provider, model)
+        self._latency: dict[str, Histogram] = {}  # outcome -> histogram child, made on first use
         self._rate_limited = PROVIDER_RATE_LIMITED.labels(stage, provider, model)
         self._calls = PROVIDER_IN_FLIGHT.labels(stage, provider, model)
         self._in_flight = ITEMS_IN_FLIGHT.labels(stage)
@@ -241,7 +242,10 @@ class StageMetrics:
             raise
         finally:
             self._calls.dec()
-            PROVIDER_LATENCY.labels(*self._provider, outcome).observe(time.monotonic() - started)
+            child = self._latency.get(outcome)
+            if child is None:
+                child = self._latency[outcome] = PROVIDER_LATENCY.labels(*self._provider, outcome)
+            child.observe(time.monotonic() - started)
 
 
 # ---------------------------------------------------------------- the endpoint

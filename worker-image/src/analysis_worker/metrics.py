@@ -163,7 +163,6 @@ class StageMetrics:
     """The metrics of one worker: its stage, provider type and model are fixed at construction."""
 
     def __init__(self, stage: str, provider: str, model: str) -> None:
-        self.stage = stage
         self._items = {outcome: ITEMS.labels(stage, outcome) for outcome in Outcome}
         # Every class present from the start, at zero: rate() then sees the first error as an increase.
         self._errors = {cls: ERRORS.labels(stage, cls) for cls in errors.ErrorClass}
@@ -267,7 +266,7 @@ def port_from_env(environ: Mapping[str, str] | None = None) -> int:
 
 
 class Server:
-    """The running endpoint, to ``close`` when the worker ends."""
+    """The running endpoint. A worker leaves it up until the process exits; ``close`` is for whoever must stop it."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread, port: int) -> None:
         self._server = server

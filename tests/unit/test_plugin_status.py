@@ -1,5 +1,6 @@
 """``kubectl analysis status`` (pure parts): rates over observations, when following ends, the snapshot's lines."""
 
+import io
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import plugin_status, reconciler
+from analysis_operator import plugin, plugin_status, reconciler
 
 pytestmark = pytest.mark.unit
 
@@ -195,3 +196,14 @@ def test_the_plugin_loads_neither_kopf_nor_the_worker() -> None:
     probe = "import sys, analysis_operator.plugin; print(sorted(m for m in ('kopf', 'analysis_worker') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_on_a_terminal_each_frame_replaces_the_last_and_fits_the_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "12")
+    out = io.StringIO()
+    drawn = plugin._draw(out, ["short", "a line longer than twelve"], 0)
+    assert (drawn, out.getvalue()) == (2, "short\na line lon…\n")
+    out.truncate(0)
+    out.seek(0)
+    assert plugin._draw(out, ["one line now"], drawn) == 1
+    assert out.getvalue() == "\x1b[2A\r\x1b[Jone line n…\n"  # up two lines, clear to the end, draw

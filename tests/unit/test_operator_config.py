@@ -37,7 +37,7 @@ def test_a_price_table_is_read_and_checked_at_start(tmp_path: Path) -> None:
     bad.write_text("models:\n  house-model: {input: -1, output: 1}\n")
     with pytest.raises(ConfigError, match=r"ANALYSIS_OPERATOR_PRICES_PATH=.*bad\.yaml"):
         OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_PRICES_PATH": str(bad)})
-    with pytest.raises(ConfigError, match="ANALYSIS_OPERATOR_PRICES_PATH=.*missing"):
+    with pytest.raises(ConfigError, match=r"ANALYSIS_OPERATOR_PRICES_PATH=.*missing"):
         OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_PRICES_PATH": str(tmp_path / "missing.yaml")})
 
 

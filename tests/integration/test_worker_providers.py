@@ -9,6 +9,7 @@ configured rate in every window.
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +143,33 @@ async def test_four_processes_never_exceed_the_shared_rate_limit(
     # And it let work through close to the limit: paced window/limit apart (plus the guard),
     # a window holds limit - 1 or limit requests, not a trickle.
     assert busiest >= limit - 1
+
+
+@pytest.mark.timeout(60)
+async def test_an_answer_that_fails_its_format_is_still_paid_for(
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis, tmp_path: Path
+) -> None:
+    # The first answer is not JSON (BadOutput, retried); the second is. Both calls used tokens, and both cost money.
+    stand_in.set_plan([
+        {"match": "ACME", "kind": "ok", "text": "not json", "input_tokens": 1000, "output_tokens": 500},
+        {"match": "ACME", "kind": "ok", "text": '{"rating": 4}', "input_tokens": 1000, "output_tokens": 100},
+    ])  # fmt: skip
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  stand-in-model: {input: 3, output: 15}\n")
+    batch = workers.batch(
+        spec("openai", stand_in.openai_base_url, ["ACME"], output="json",
+             retry={"maxAttempts": 3, "backoff": {"initialSeconds": 0.1, "jitter": 0}}),
+    )  # fmt: skip
+    await batch.seed()
+    workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY, ANALYSIS_PRICES_PATH=str(prices))
+
+    async def succeeded() -> bool:
+        return (await queue.stage_counts(redis, batch.uid, "analyze")).counters.get("succeeded", 0) == 1
+
+    await workers.eventually(succeeded, 30, "the second answer accepted")
+    seen = await outcomes(redis, batch.uid)
+    assert seen["analyze/ACME/0/1"]["error_class"] == "BadOutput"
+    used = await queue.usage(redis, batch.uid)
+    assert (used["input_tokens"], used["output_tokens"]) == (2000, 600)
+    # 2000 input tokens at $3/Mtok and 600 output tokens at $15/Mtok, in nano-dollars.
+    assert used["cost_nusd"] == (2000 * 3 + 600 * 15) * 1000

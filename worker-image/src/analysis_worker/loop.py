@@ -325,7 +325,7 @@ class Worker:
             routed = routing.after_success(self.plan, self.stage, message, idem, parsed, reviewed_input=reviewed_input)
         except routing.BadOutput as exc:
             error = errors.ProviderError(errors.ErrorClass.BAD_OUTPUT, str(exc))
-            await self._failed_attempt(delivery, error, tokens, fields)
+            await self._failed_attempt(delivery, error, tokens, fields, model=completion.model)
             return
         timing = {"claimed_ms": claimed_ms, "called_ms": called_ms}
         await self._succeed(delivery, completion.text, tokens, completion.model, fields, timing, routed)
@@ -450,14 +450,23 @@ class Worker:
             self.metrics.error(errors.ErrorClass.JUDGE_REJECTED)
 
     async def _failed_attempt(
-        self, delivery: queue.Delivery, error: errors.ProviderError, tokens: tuple[int, int], fields: dict[str, Any]
+        self,
+        delivery: queue.Delivery,
+        error: errors.ProviderError,
+        tokens: tuple[int, int],
+        fields: dict[str, Any],
+        *,
+        model: str = "",
     ) -> None:
+        """An attempt that did not succeed; an answer it got anyway (bad output) is paid for like any other."""
         message = delivery.message
         self.metrics.error(error.error_class)
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
         # A re-run item (queue.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
         decision = errors.decide(error, self.stage.retry, attempt=message.attempts_in_run, elapsed_s=elapsed_s)
-        spent = {"input_tokens": tokens[0], "output_tokens": tokens[1]} if any(tokens) else {}
+        spent = {}
+        if any(tokens):
+            spent = {"input_tokens": tokens[0], "output_tokens": tokens[1], "cost_nusd": self._cost_nusd(model, tokens)}
         details = {**fields, "error_class": str(error.error_class), "error": error.message}
         if decision.action is errors.Action.RETRY:
             next_message = dataclasses.replace(message, attempt=message.attempt + (1 if decision.uses_attempt else 0))

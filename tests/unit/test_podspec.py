@@ -9,6 +9,7 @@ process, for following).
 import asyncio
 import base64
 import io
+import re
 import struct
 import subprocess
 import sys
@@ -242,7 +243,8 @@ sys.stdout.write("end")
 """
 
 
-async def test_a_follower_gets_whole_lines_as_they_come_until_the_output_ends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("timestamps", [False, True])
+async def test_a_follower_gets_whole_lines_as_they_come_until_the_output_ends(tmp_path: Path, timestamps: bool) -> None:
     path = tmp_path / "main.log"
     output = podlogs.Output(path)
     process = await asyncio.create_subprocess_exec(
@@ -250,8 +252,8 @@ async def test_a_follower_gets_whole_lines_as_they_come_until_the_output_ends(tm
     )
     try:
         output.start("test://1")
-        chunks = podlogs.stream(path, "test://1", podlogs.Options(follow=True), output)
-        assert await anext(chunks) == b"first\n"
+        chunks = podlogs.stream(path, "test://1", podlogs.Options(follow=True, timestamps=timestamps), output)
+        first = await anext(chunks)
         while output.end < len(b"first\npar"):  # "par" is in the log: a follower could send it, and must not
             await output.next_change()
         assert process.stdin is not None
@@ -263,7 +265,10 @@ async def test_a_follower_gets_whole_lines_as_they_come_until_the_output_ends(tm
             process.kill()
         await process.wait()
         await output.drained()
-    assert rest[0].startswith(b"partial\n")
-    assert b"".join(rest) == b"partial\nend"
+    unstamped = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z " if timestamps else rb"^", re.MULTILINE)
+    assert unstamped.sub(b"", first) == b"first\n"
+    assert unstamped.sub(b"", rest[0]).startswith(b"partial\n")
+    assert unstamped.sub(b"", b"".join(rest)) == b"partial\nend"
+    assert len(unstamped.findall(first + b"".join(rest))) == 3
     assert path.read_bytes() == b"first\npartial\nend"
     assert await read(path, "test://1", tail_lines=1) == b"end"

@@ -423,7 +423,11 @@ def pieces(handle: IO[bytes], start: int, end: int) -> Iterator[tuple[int, bytes
 
 
 class _Renderer:
-    """Writes pieces as the options say; remembers where it stopped, whether a line was open, and the byte budget."""
+    """Writes the log as the options say; remembers where it stopped, whether a line was open, and the byte budget.
+
+    Without timestamps or since, nothing depends on where lines begin, so
+    bytes are copied in blocks, several times faster than piece by piece.
+    """
 
     def __init__(self, options: Options, times: _Times, position: int) -> None:
         self.options = options
@@ -431,13 +435,38 @@ class _Renderer:
         self.position = position
         self.remaining = options.limit_bytes
         self.new_line = True
+        self._raw = not options.timestamps and not options.since_ns
+        self._stamped: tuple[int, bytes] = (-1, b"")
 
     @property
     def exhausted(self) -> bool:
         return self.remaining is not None and self.remaining <= 0
 
     def render(self, handle: IO[bytes], end: int, *, final: bool) -> Iterator[bytes]:
-        """The output for the pieces in [position, end); unless ``final``, an unfinished last line waits."""
+        """The output for [position, end); unless ``final``, an unfinished last line waits."""
+        return self._blocks(handle, end, final=final) if self._raw else self._pieces(handle, end, final=final)
+
+    def _blocks(self, handle: IO[bytes], end: int, *, final: bool) -> Iterator[bytes]:
+        if not final:
+            end = self._complete_end(handle, end)
+        handle.seek(self.position)
+        while self.position < end and not self.exhausted:
+            block = handle.read(min(_BLOCK, end - self.position))
+            if not block:
+                return
+            self.position += len(block)
+            yield self._spend(block)
+
+    def _complete_end(self, handle: IO[bytes], end: int) -> int:
+        """Where the last finished line in [position, end) ends; an unfinished one of 16 KiB or more goes too."""
+        low = max(self.position, end - _MAX_PIECE)
+        handle.seek(low)
+        newline = handle.read(end - low).rfind(b"\n")
+        if newline != -1:
+            return low + newline + 1
+        return end if end - self.position >= _MAX_PIECE else self.position
+
+    def _pieces(self, handle: IO[bytes], end: int, *, final: bool) -> Iterator[bytes]:
         out: list[bytes] = []
         size = 0
         for offset, piece in pieces(handle, self.position, end):
@@ -462,11 +491,17 @@ class _Renderer:
         if arrived < self.options.since_ns:
             return b""
         if self.options.timestamps and at_line_start:
-            piece = format_ns(arrived).encode() + b" " + piece
-        if self.remaining is not None:
-            piece = piece[: self.remaining]
-            self.remaining -= len(piece)
-        return piece
+            if self._stamped[0] != arrived:  # lines that came in one read share it
+                self._stamped = (arrived, format_ns(arrived).encode() + b" ")
+            piece = self._stamped[1] + piece
+        return self._spend(piece)
+
+    def _spend(self, data: bytes) -> bytes:
+        if self.remaining is None:
+            return data
+        data = data[: self.remaining]
+        self.remaining -= len(data)
+        return data
 
 
 def stream(log_path: Path, container_id: str, options: Options, live: Output | None) -> AsyncGenerator[bytes, None]:

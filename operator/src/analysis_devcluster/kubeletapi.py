@@ -51,7 +51,8 @@ def tls_context(cert: Path, key: Path, client_ca_pem: bytes | None) -> ssl.SSLCo
     """Serve with ``cert``; verify a client certificate against ``client_ca_pem`` if one is shown.
 
     Optional rather than required, so that a client without one gets the
-    kubelet's 401 instead of a failed handshake.
+    kubelet's 401 instead of a failed handshake. Without a CA, every request
+    gets that 401.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -78,12 +79,12 @@ class KubeletServer:
         app = web.Application()
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._container_logs)
         # handler_cancellation: a follower whose client went away is cancelled instead of waiting forever.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._port))
-        site = web.SockSite(self._runner, sock, ssl_context=self._ssl, shutdown_timeout=0.5)
+        site = web.SockSite(self._runner, sock, ssl_context=self._ssl)
         await site.start()
         port: int = sock.getsockname()[1]
         return port

@@ -532,7 +532,7 @@ def _parser() -> argparse.ArgumentParser:
 def _kubelet_tls(args: argparse.Namespace, cluster_ca: bytes | None) -> ssl.SSLContext:
     """The kubelet endpoint's TLS: the given certificate, else a self-signed one written to the state directory."""
     cert, key = args.tls_cert_file, args.tls_private_key_file
-    if cert is None or key is None:
+    if cert is None:
         directory = args.state_dir / "kubelet"
         directory.mkdir(mode=0o700, exist_ok=True)
         cert, key = pki.write_pair(
@@ -580,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         images = parse_images(args.image)
     except ValueError as error:
         _parser().error(str(error))
+    if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
+        _parser().error("--tls-cert-file and --tls-private-key-file go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     args.state_dir = args.state_dir.absolute()

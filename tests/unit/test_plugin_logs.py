@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import plugin_logs
+from analysis_operator import builders, plugin_logs
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +20,10 @@ def pod(name: str, stage: str, created: str, *, state: str = "running", containe
         "status": {"containerStatuses": [{"name": c, "state": {state: {}}, "restartCount": restarts}
                                          for c in containers]},
     }  # fmt: skip
+
+
+def test_the_labels_are_the_ones_the_operator_puts_on_worker_pods() -> None:
+    assert (plugin_logs.LABEL_BATCH_UID, plugin_logs.LABEL_STAGE) == (builders.LABEL_BATCH_UID, builders.LABEL_STAGE)
 
 
 def test_the_selector_picks_the_batch_by_uid_and_optionally_one_stage() -> None:

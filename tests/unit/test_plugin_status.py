@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import plugin, plugin_status, reconciler
+from analysis_operator import plugin, plugin_status, reconciler, status
 
 pytestmark = pytest.mark.unit
 
@@ -192,10 +192,17 @@ def test_a_batch_the_operator_has_not_seen_yet_still_renders() -> None:
     assert plugin_status.outcome(fresh) is None
 
 
-def test_the_plugin_loads_neither_kopf_nor_the_worker() -> None:
-    probe = "import sys, analysis_operator.plugin; print(sorted(m for m in ('kopf', 'analysis_worker') if m in sys.modules))"
+def test_the_plugin_loads_neither_kopf_the_worker_nor_what_only_results_need() -> None:
+    """kopf and the worker never; the plan models and the Redis client only for ``results``, so other verbs start fast."""
+    heavy = ("kopf", "analysis_worker", "pydantic", "redis", "analysis_core.plan")
+    probe = f"import sys, analysis_operator.plugin; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("tokens", [0, 999, 1000, 4149, 9999, 10_000, 48_000, 999_499, 999_999, 1_000_000, 12_345_678])
+def test_tokens_read_as_the_status_summarizes_them(tokens: int) -> None:
+    assert plugin_status.tokens_text(tokens) == status.tokens_summary(tokens)
 
 
 def test_on_a_terminal_each_frame_replaces_the_last_and_fits_the_width(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,3 +214,7 @@ def test_on_a_terminal_each_frame_replaces_the_last_and_fits_the_width(monkeypat
     out.seek(0)
     assert plugin._draw(out, ["one line now"], drawn) == 1
     assert out.getvalue() == "\x1b[2A\r\x1b[Jone line n…\n"  # up two lines, clear to the end, draw
+    monkeypatch.setenv("LINES", "4")
+    out = io.StringIO()
+    assert plugin._draw(out, ["1", "2", "3", "4", "5"], 0) == 3  # a frame taller than the terminal is cut
+    assert out.getvalue() == "1\n2\n…\n"

@@ -48,7 +48,7 @@ import analysis_core
 from analysis_operator import plugin_control as control
 from analysis_operator import plugin_logs as logs
 from analysis_operator import plugin_render as render
-from analysis_operator import plugin_status, results
+from analysis_operator import plugin_status
 from analysis_operator.plugin_kubectl import (
     CONFLICT_ATTEMPTS,
     EXIT_BATCH_FAILED,
@@ -99,16 +99,18 @@ def _no_results(batch: dict[str, Any]) -> PluginError:
     return PluginError(f'analysisbatch "{name}" has no results yet' + (f" ({state})" if state else ""), EXIT_NO_RESULTS)
 
 
-def _render_results(rows: list[dict[str, Any]], output: str) -> str:
+def _render_results(rows: list[dict[str, Any]], output: str, table: Callable[[list[dict[str, Any]], int], str]) -> str:
     if output == "json":
         return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
     if output == "table":
-        width = shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
-        return results.format_table(rows, width)
+        return table(rows, shutil.get_terminal_size((TABLE_WIDTH, 24)).columns)
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def results_verb(args: argparse.Namespace, out: TextIO) -> int:
+    # Imported here: the results module brings the plan models and the Redis client, which no other verb needs.
+    from analysis_operator import results
+
     kubectl = Kubectl.from_args(args)
     batch = kubectl.batch(args.batch)
     _name, namespace = _name_and_namespace(batch, args.batch)
@@ -120,7 +122,7 @@ def results_verb(args: argparse.Namespace, out: TextIO) -> int:
         raise PluginError(f"the results of analysisbatch {args.batch!r} do not parse: {exc}", EXIT_KUBECTL) from exc
     if not rows:
         raise _no_results(batch)
-    out.write(_render_results(rows, args.output))
+    out.write(_render_results(rows, args.output, results.format_table))
     return 0
 
 
@@ -128,9 +130,15 @@ def results_verb(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _draw(out: TextIO, lines: list[str], drawn: int) -> int:
-    """Redraw in place on a terminal: back up over the last frame, clear it, print this one; lines now shown."""
-    width = shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
+    """Redraw in place on a terminal: back up over the last frame, clear it, print this one; lines now shown.
+
+    Lines are cut to the terminal's width and the frame to its height, so the
+    cursor can always move back to the frame's first line.
+    """
+    width, height = shutil.get_terminal_size((TABLE_WIDTH, 24))
     frame = [render.clip(line, width - 1) for line in lines]
+    if len(frame) > max(2, height - 1):
+        frame = [*frame[: max(2, height - 1) - 1], "…"]
     if drawn:
         out.write(f"\x1b[{drawn}A\r\x1b[J")
     out.write("\n".join(frame) + "\n")

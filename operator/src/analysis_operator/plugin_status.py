@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import Any
 
 from analysis_operator import plugin_render as render
-from analysis_operator import status as status_
 
-ANNOTATION_RETRY_FAILED = "analysis.dev/retry-failed"  # as the reconciler reads it
+# As the reconciler reads it (a unit test keeps them equal; importing the reconciler would load kopf).
+ANNOTATION_RETRY_FAILED = "analysis.dev/retry-failed"
 WINDOW_S = 60.0  # rates are over the last minute of observations
 MIN_SPAN_S = 1.0  # below this, a difference of counts says nothing about a rate
 BATCH_BAR = 30
@@ -110,6 +110,19 @@ def average_per_minute(status: Mapping[str, Any], now: datetime) -> float | None
     if minutes <= 0:
         return None
     return int(render.section(status, "items").get("done") or 0) / minutes
+
+
+def tokens_text(tokens: int) -> str:
+    """Tokens as the status summarizes them (``analysis_operator.status.tokens_summary``): 950, 4.1k, 48k, 1.2M.
+
+    Written out here so the plugin does not load the operator's status
+    module, and with it the plan models and the Redis client.
+    """
+    if tokens < 1000:
+        return str(tokens)
+    if tokens < 1_000_000:
+        return f"{tokens / 1000:.0f}k" if tokens >= 10_000 else f"{tokens / 1000:.1f}k"
+    return f"{tokens / 1_000_000:.1f}M"
 
 
 def rate_text(per_minute: float | None) -> str:
@@ -208,10 +221,7 @@ def _usage_line(status: Mapping[str, Any]) -> str:
         )
     tokens_in, tokens_out = int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
     total = int(usage.get("totalTokens") or tokens_in + tokens_out)
-    parts.append(
-        f"tokens {status_.tokens_summary(total)} ({status_.tokens_summary(tokens_in)} in, "
-        f"{status_.tokens_summary(tokens_out)} out)"
-    )
+    parts.append(f"tokens {tokens_text(total)} ({tokens_text(tokens_in)} in, {tokens_text(tokens_out)} out)")
     parts.append(f"cost {usage.get('costSummary') or '$0'}")
     return render.GAP.join(parts)
 

@@ -1,0 +1,232 @@
+"""``helm install`` of the chart into a local control plane, and a batch run by the operator it installed.
+
+A cluster of its own (the e2e session cluster already has the CRD applied by
+kubectl and may run an operator process of its own), with the local node: it
+runs the operator pod from its image name (``analysis-operator:<version>`` is
+this checkout's ``analysis-operator``) with the service account's credentials,
+and the worker pods likewise. Redis is external: a ``redis-server`` started
+here with ``--requirepass``, its password in a Secret the chart refers to, so
+the password goes from the Secret to the operator (secretKeyRef), into the
+per-batch Secret the operator writes, to the workers. Both namespaces enforce
+the "restricted" Pod Security Standard. The operator's own log, read with
+``kubectl logs`` as a user would, shows no request its RBAC refused.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+import analysis_core
+from analysis_core import keys
+from analysis_devcluster import binaries, cluster, processes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "analysis-operator"
+EXAMPLE = ROOT / "examples" / "ticker-summary.yaml"
+RELEASE, SYSTEM = "analysis-operator", "analysis-system"
+CRD = "analysisbatches.analysis.dev"
+PASSWORD = "helm-e2e-redis-pw-7d41c0"
+# Without any cluster-scoped right (a namespaced install), Kopf's observers are refused listing and watching
+# namespaces and CRDs at the cluster scope; it retries, then falls back to the exact namespaces it was given.
+KOPF_CLUSTER_SCOPED = re.compile(
+    r"GET https://[^/ ]+/(api/v1/namespaces|apis/apiextensions\.k8s\.io/v1/customresourcedefinitions)[? ]"
+    r"|Not enough permissions to (list namespaces|watch for namespaces|watch for resources)"
+)
+REFUSED = re.compile(r"forbidden|\b403\b|not enough permissions|failed to post an event", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class Setting:
+    dev: cluster.DevCluster
+    redis_url: str
+    helm_env: dict[str, str]
+
+    def kubectl(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.dev.kubectl(*args, timeout=timeout, check=check)
+
+    def helm(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        argv = [str(binaries.find("helm")), *args]
+        result = subprocess.run(argv, env=self.helm_env, capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            pods = self.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+            pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{result.stderr}\n{pods}\n{self.operator_log()}")
+        return result
+
+    def namespace(self, name: str) -> None:
+        """A namespace that enforces the "restricted" Pod Security Standard, with its default ServiceAccount."""
+        labels = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
+        manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        self.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+        self.kubectl("wait", "--for", "create", "--timeout=30s", "-n", name, "serviceaccount/default", timeout=45)
+
+    def install(self, *sets: str) -> str:
+        """``helm install --wait`` with the external Redis and free ports; returns what helm printed (the NOTES)."""
+        ports = {"operator.metrics.port": processes.free_port(), "operator.liveness.port": processes.free_port(),
+                 "worker.metricsPort": processes.free_port()}  # fmt: skip
+        values = ["redis.bundled.enabled=false", f"redis.external.url={self.redis_url}",
+                  "redis.external.existingSecret.name=redis-auth", "operator.resultsInterval=1",
+                  *(f"{key}={port}" for key, port in ports.items()), *sets]  # fmt: skip
+        args = [f"--set={value}" for value in values]
+        return self.helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--wait", "--timeout=180s", *args).stdout
+
+    def uninstall(self) -> None:
+        self.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout=120s")
+
+    def operator_log(self) -> str:
+        result = self.kubectl("logs", "-n", SYSTEM, f"deployment/{RELEASE}", "--tail=-1", check=False)
+        return result.stdout if result.returncode == 0 else f"(no operator log: {result.stderr.strip()})"
+
+    def get(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
+        return dict(json.loads(self.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
+
+    def wait(self, namespace: str, name: str, condition: str, timeout_s: int = 150) -> None:
+        result = self.kubectl("wait", f"--for=condition={condition}", f"analysisbatch/{name}", "-n", namespace,
+                              f"--timeout={timeout_s}s", timeout=timeout_s + 15, check=False)  # fmt: skip
+        if result.returncode != 0:
+            status = json.dumps(self.get(namespace, "analysisbatch", name).get("status"), indent=1)[-2500:]
+            pods = self.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+            pytest.fail(f"{name} not {condition}: {result.stderr}\nstatus: {status}\n{pods}\n{self.operator_log()}")
+
+    def redis_keys(self, uid: str) -> list[str]:
+        client = redis.Redis.from_url(self.redis_url, password=PASSWORD, decode_responses=True, socket_timeout=5)
+        try:
+            return sorted(client.scan_iter(match=keys.BatchKeys(uid).pattern, count=1000))
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
+    root = tmp_path_factory.mktemp("helm-e2e")
+    port = processes.free_port()
+    argv = [str(binaries.redis_server()), "--bind", "127.0.0.1", "--port", str(port), "--requirepass", PASSWORD,
+            "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+    server = processes.spawn("redis-server", argv, root / "redis.log")
+    try:
+        for _ in range(100):
+            if processes.port_open(port):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("redis-server did not start")
+        with cluster.DevCluster(root / "cluster", node=True) as dev:
+            # kubectl finds the kubectl-analysis plugin on PATH, as it would for a user who installed it.
+            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}"
+            helm_env = {**os.environ, "PATH": path, "KUBECONFIG": str(dev.kubeconfig),
+                        "HELM_CACHE_HOME": str(root / "helm" / "cache"), "HELM_CONFIG_HOME": str(root / "helm" / "config"),
+                        "HELM_DATA_HOME": str(root / "helm" / "data")}  # fmt: skip
+            here = Setting(dev, f"redis://127.0.0.1:{port}/0", helm_env)
+            here.namespace(SYSTEM)
+            here.kubectl(
+                "create", "secret", "generic", "redis-auth", "-n", SYSTEM, f"--from-literal=password={PASSWORD}"
+            )
+            yield here
+    finally:
+        server.stop(grace=5)
+
+
+def refusals(log: str) -> list[str]:
+    """Lines of the operator's log that report a request its RBAC refused."""
+    return [line for line in log.splitlines() if REFUSED.search(line)]
+
+
+def results(setting: Setting, namespace: str, name: str) -> list[dict[str, Any]]:
+    """``kubectl analysis results`` as a user runs it."""
+    shown = subprocess.run(
+        [str(binaries.find("kubectl")), "analysis", "results", name, "-n", namespace, "-o", "jsonl"],
+        env=setting.helm_env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    return [json.loads(line) for line in shown.stdout.splitlines()]
+
+
+@pytest.mark.timeout(420)
+def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting) -> None:
+    notes = setting.install()
+    assert "kubectl get analysisbatches -A -w" in notes
+    assert "kubectl analysis status ticker-summary" in notes
+    # The chart installed the CRD, with its keep policy.
+    crd = setting.get("", "crd", CRD)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
+    # The operator runs from its image name, as the service account the chart made.
+    deployment = setting.get(SYSTEM, "deployment", RELEASE)
+    assert deployment["status"]["readyReplicas"] == 1
+    pod = json.loads(setting.kubectl("get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator",
+                                     "-o", "json").stdout)["items"][0]  # fmt: skip
+    assert pod["spec"]["containers"][0]["image"] == f"analysis-operator:{analysis_core.__version__}"
+    assert pod["spec"]["serviceAccountName"] == RELEASE
+
+    setting.namespace("research")
+    setting.kubectl("apply", "-n", "research", "-f", str(EXAMPLE))
+    setting.wait("research", "ticker-summary", "Complete")
+    batch = setting.get("research", "analysisbatch", "ticker-summary")
+    assert batch["status"]["items"]["succeeded"] == 3
+    rows = results(setting, "research", "ticker-summary")
+    assert sorted(row["item"] for row in rows) == ["AMD", "NVDA", "TSM"]
+    assert {row["status"] for row in rows} == {"succeeded"}
+    uid = batch["metadata"]["uid"]
+    # The workers reached the password-protected Redis through the operator's per-batch copy of the password.
+    assert setting.redis_keys(uid)
+    copies = json.loads(setting.kubectl("get", "secrets", "-n", "research", "-l", f"analysis.dev/batch-uid={uid}",
+                                        "-o", "json").stdout)["items"]  # fmt: skip
+    assert [c["metadata"]["ownerReferences"][0]["uid"] for c in copies] == [uid]
+    # Nothing the operator asked for was refused, and the password appears in none of what a user reads.
+    log = setting.operator_log()
+    assert "ticker-summary" in log
+    assert refusals(log) == []
+    events = setting.kubectl("get", "events", "-n", "research", "-o", "json").stdout
+    assert PASSWORD not in log + json.dumps(batch) + events
+
+    # Deleting the batch: the installed operator tears it down (workers, children, Redis keys) and lets go.
+    setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "research", "--timeout=120s", timeout=150)
+    assert setting.redis_keys(uid) == []
+
+    setting.uninstall()
+    assert setting.kubectl("get", "deployment", RELEASE, "-n", SYSTEM, check=False).returncode != 0
+    assert setting.kubectl("get", "clusterrole", RELEASE, check=False).returncode != 0
+    # The CRD stays (and with it any batch): uninstalling must not delete users' resources.
+    assert setting.get("", "crd", CRD)["metadata"]["name"] == CRD
+
+
+@pytest.mark.timeout(420)
+def test_a_namespaced_install_runs_batches_of_its_namespaces_only(setting: Setting) -> None:
+    """Roles in the watched namespace only: its batch completes, a batch elsewhere is never touched.
+
+    Also a reinstall under the same release name after an uninstall, which
+    takes over the CRD the earlier release kept (if the test above ran first).
+    """
+    for name in ("team-a", "team-b"):
+        setting.namespace(name)
+    setting.install("watch.allNamespaces=false", "watch.namespaces={team-a}")
+    roles = json.loads(setting.kubectl("get", "roles", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}",
+                                       "-o", "json").stdout)["items"]  # fmt: skip
+    assert [role["metadata"]["namespace"] for role in roles] == ["team-a"]
+    assert setting.kubectl("get", "clusterrole", RELEASE, check=False).returncode != 0
+    # The unwatched one first: by the time the watched one is done, the operator had every chance to touch it.
+    setting.kubectl("apply", "-n", "team-b", "-f", str(EXAMPLE))
+    setting.kubectl("apply", "-n", "team-a", "-f", str(EXAMPLE))
+    setting.wait("team-a", "ticker-summary", "Complete")
+    assert setting.get("team-a", "analysisbatch", "ticker-summary")["status"]["items"]["succeeded"] == 3
+    untouched = setting.get("team-b", "analysisbatch", "ticker-summary")
+    assert "status" not in untouched
+    assert not untouched["metadata"].get("finalizers")
+    # Whatever the operator does in its namespace, its Role allows; only Kopf's cluster-wide observers are refused.
+    refused = refusals(setting.operator_log())
+    assert [line for line in refused if not KOPF_CLUSTER_SCOPED.search(line)] == []
+    setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "team-a", "--timeout=120s", timeout=150)
+    setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "team-b", "--timeout=30s")
+    setting.uninstall()

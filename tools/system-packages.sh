@@ -2,7 +2,8 @@
 # Install the system packages the project needs and the machine lacks:
 # redis-server (tests and the demo start their own on free ports), make,
 # lua5.4 (runs the Argo CD health check in tests) and promtool (Debian's
-# prometheus package; checks the metrics' names and format).
+# prometheus package; checks the metrics' names and format) and jq (runs the
+# Argo CD ignore-differences rule in tests).
 # Go is required too (it builds the test control plane) but is not installed here.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -11,6 +12,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v make >/dev/null || missing+=(make)
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v jq >/dev/null || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt-get"
   sudo=""

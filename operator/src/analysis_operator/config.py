@@ -15,6 +15,9 @@ from analysis_core import pricing
 from analysis_operator import builders
 
 PREFIX = "ANALYSIS_OPERATOR_"
+# Whether Kopf watches namespaces and CRDs cluster-wide; the CLI turns it off for a fixed list of namespaces
+# (cli.needs_cluster_scanning), where the operator has namespaced Roles only.
+CLUSTER_SCANNING = True
 
 
 class ConfigError(ValueError):

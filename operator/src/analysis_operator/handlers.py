@@ -35,7 +35,7 @@ import kopf
 
 from analysis_core import queue
 from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
-from analysis_operator import builders, kube, metrics, reconciler, teardown
+from analysis_operator import builders, config, kube, metrics, reconciler, teardown
 from analysis_operator.config import OperatorConfig
 
 FINALIZER = "analysis.dev/cleanup"
@@ -51,7 +51,7 @@ _last_event = time.monotonic()
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Own finalizer and annotation prefix, finite watch and request timeouts."""
+    """Own finalizer and annotation prefix, finite watch and request timeouts, cluster scanning only if needed."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -63,6 +63,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 30
     settings.execution.default_backoff = 10  # an unexpected error retries soon; the reconciler is idempotent
     settings.posting.level = 20  # INFO: our own Events only (log lines are not posted)
+    settings.scanning.disabled = not config.CLUSTER_SCANNING
 
 
 @kopf.on.startup()

@@ -217,6 +217,13 @@ def test_approve_releases_held_items_and_the_batch_completes(batches: Any) -> No
                                                            "--items", "A,B"))  # fmt: skip
     batches.eventually(lambda: stage_status(batches, "gated", "polish").get("succeeded") == 2, 90, "A and B polished")
     assert stage_status(batches, "gated", "gate")["pending"] == 1  # C still waits
+    # A partial approval leaves the batch waiting for the rest.
+    batches.eventually(
+        lambda: batches.conditions("gated").get("WaitingForApproval", {}).get("message", "").startswith("1 item waits"),
+        30,
+        "WaitingForApproval naming the one held item",
+    )
+    assert batches.conditions("gated")["WaitingForApproval"]["status"] == "True"
     assert not plugin_outcome_reached(batches, "gated")
 
     ok(plugin(batches, "approve", "gated", "--stage", "gate", "--items", "C"))

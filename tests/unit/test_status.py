@@ -129,6 +129,8 @@ def test_suspend_budget_and_approval_each_have_their_condition() -> None:
     assert st["phase"] == "WaitingForApproval"
     assert conditions(st)["WaitingForApproval"] == ("True", "ItemsHeld")
     assert "spec.approvals" in st["message"]
+    one = status.compute(observe(snapshot(gate=counts(1), draft=counts(succeeded=2)), held={"gate": 1}), None)
+    assert one["message"].startswith("1 item waits at gate: approve it in spec.approvals")
 
     st = status.compute(observe(snapshot(draft=counts(2)), suspended=True), None)
     assert st["phase"] == "Suspended"

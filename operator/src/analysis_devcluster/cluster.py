@@ -245,16 +245,25 @@ class DevCluster:
         return result
 
     def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
-        """Server-side apply every manifest in ``directory`` and wait until all CRDs are Established."""
+        """Server-side apply every manifest in ``directory`` and wait until all CRDs are Established.
+
+        ``kubectl wait`` fails at once ("conditions accessor error") on a CRD
+        that has no conditions yet, which a CRD just created may not; such a
+        wait is simply tried again until ``timeout``.
+        """
         self.kubectl("apply", "--server-side", "-f", str(directory), timeout=timeout)
-        self.kubectl(
-            "wait",
-            "--for=condition=established",
-            f"--timeout={timeout:.0f}s",
-            "crd",
-            "--all",
-            timeout=timeout + 15,
-        )
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(1.0, deadline - time.monotonic())
+            waited = self.kubectl(
+                "wait", "--for=condition=established", f"--timeout={left:.0f}s", "crd", "--all",
+                timeout=left + 15, check=False,
+            )  # fmt: skip
+            if waited.returncode == 0:
+                return
+            if "accessor error" not in waited.stderr or time.monotonic() > deadline:
+                raise KubectlError(waited.returncode, list(map(str, waited.args)), waited.stdout, waited.stderr)
+            time.sleep(0.1)
 
     def start(self) -> Self:
         """Start every component and return once all are ready; on failure stop them and raise."""

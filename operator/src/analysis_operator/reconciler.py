@@ -227,11 +227,8 @@ class Reconciler:
         exported = await self._export(batch, body, final=terminal)
         if state.phase is completion.Phase.FAILED and self._first_failure:
             state = dataclasses.replace(state, reason=f"{state.reason}; {self._first_failure}")
-        held = {
-            s.name: snapshot.stages[s.name].ready
-            for s in the_plan.stages
-            if s.type is v1alpha1.StageType.APPROVAL and s.name not in the_plan.approvals
-        }
+        # What an approval stage still holds, approved in part or not at all (released items have moved on).
+        held = {s.name: snapshot.stages[s.name].ready for s in the_plan.stages if s.type is v1alpha1.StageType.APPROVAL}
         return dataclasses.replace(
             obs,
             plan=the_plan,

@@ -195,7 +195,12 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
     budget = None if obs.snapshot is None else obs.snapshot.flags.get(env.FLAG_BUDGET_EXCEEDED)
     state_msg = obs.state.reason if obs.state is not None else ""
     held = {stage: n for stage, n in obs.held.items() if n}
-    held_msg = "; ".join(f"{n} items wait at {stage}: approve them in spec.approvals" for stage, n in held.items())
+    held_msg = "; ".join(
+        f"{n} item waits at {stage}: approve it in spec.approvals"
+        if n == 1
+        else f"{n} items wait at {stage}: approve them in spec.approvals"
+        for stage, n in held.items()
+    )
 
     if phase is P.FAILED:
         stalled = _Cond(C.STALLED, True, "Failed", state_msg)

@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,31 +110,19 @@ class Setting:
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
     root = tmp_path_factory.mktemp("helm-e2e")
-    port = processes.free_port()
-    argv = [str(binaries.redis_server()), "--bind", "127.0.0.1", "--port", str(port), "--requirepass", PASSWORD,
-            "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
-    server = processes.spawn("redis-server", argv, root / "redis.log")
-    try:
-        for _ in range(100):
-            if processes.port_open(port):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("redis-server did not start")
-        with cluster.DevCluster(root / "cluster", node=True) as dev:
-            # kubectl finds the kubectl-analysis plugin on PATH, as it would for a user who installed it.
-            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}"
-            helm_env = {**os.environ, "PATH": path, "KUBECONFIG": str(dev.kubeconfig),
-                        "HELM_CACHE_HOME": str(root / "helm" / "cache"), "HELM_CONFIG_HOME": str(root / "helm" / "config"),
-                        "HELM_DATA_HOME": str(root / "helm" / "data")}  # fmt: skip
-            here = Setting(dev, f"redis://127.0.0.1:{port}/0", helm_env)
-            here.namespace(SYSTEM)
-            here.kubectl(
-                "create", "secret", "generic", "redis-auth", "-n", SYSTEM, f"--from-literal=password={PASSWORD}"
-            )
-            yield here
-    finally:
-        server.stop(grace=5)
+    with (
+        cluster.private_redis(root, password=PASSWORD) as redis_url,
+        cluster.DevCluster(root / "cluster", node=True) as dev,
+    ):
+        # kubectl finds the kubectl-analysis plugin on PATH, as it would for a user who installed it.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}"
+        helm_env = {**os.environ, "PATH": path, "KUBECONFIG": str(dev.kubeconfig),
+                    "HELM_CACHE_HOME": str(root / "helm" / "cache"), "HELM_CONFIG_HOME": str(root / "helm" / "config"),
+                    "HELM_DATA_HOME": str(root / "helm" / "data")}  # fmt: skip
+        here = Setting(dev, redis_url, helm_env)
+        here.namespace(SYSTEM)
+        here.kubectl("create", "secret", "generic", "redis-auth", "-n", SYSTEM, f"--from-literal=password={PASSWORD}")
+        yield here
 
 
 def refusals(log: str) -> list[str]:

@@ -1,8 +1,7 @@
 """A Redis that wants a password: workers authenticate from ``ANALYSIS_REDIS_PASSWORD`` and never print it."""
 
 import asyncio
-import shutil
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import pytest
 import redis.exceptions
 
 from analysis_core import env, queue
-from analysis_devcluster import processes
+from analysis_devcluster import cluster
 
 pytestmark = pytest.mark.integration
 
@@ -18,23 +17,9 @@ PASSWORD = "s3cret-redis-pw-4c1b"
 
 
 @pytest.fixture
-def locked_redis(tmp_path: Path) -> Any:
-    server_bin = shutil.which("redis-server")
-    assert server_bin is not None, "redis-server is not installed"
-    port = processes.free_port()
-    argv = [server_bin, "--bind", "127.0.0.1", "--port", str(port), "--requirepass", PASSWORD,
-            "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
-    server = processes.spawn("redis-server", argv, tmp_path / "redis.log")
-    try:
-        for _ in range(100):
-            if processes.port_open(port):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.stop(grace=5)
+def locked_redis(tmp_path: Path) -> Iterator[str]:
+    with cluster.private_redis(tmp_path, password=PASSWORD) as url:
+        yield url
 
 
 async def test_workers_authenticate_with_the_password_from_their_environment(

@@ -38,7 +38,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -150,6 +150,30 @@ def _redis_pong(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def private_redis(directory: Path, *, password: str | None = None, timeout: float = 10.0) -> Iterator[str]:
+    """A redis-server of its own on a free loopback port, without persistence; yields its URL (without the password).
+
+    For tests that need a Redis unlike the cluster's, e.g. one that wants a
+    password (``--requirepass``, which its log under ``directory`` shows).
+    """
+    port = processes.free_port()
+    argv = [str(binaries.redis_server()), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
+            "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+    if password is not None:
+        argv += ["--requirepass", password]
+    server = processes.spawn("redis-server", argv, directory / "redis.log")
+    try:
+        deadline = time.monotonic() + timeout
+        while not processes.port_open(port):
+            if time.monotonic() > deadline or not server.running():
+                raise StartupError(f"redis-server did not listen on port {port} within {timeout:g}s; see {directory}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.stop(grace=5)
 
 
 class DevCluster:

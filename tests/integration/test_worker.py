@@ -50,11 +50,19 @@ async def test_sigkill_mid_item_loses_nothing_and_writes_nothing_twice(workers: 
         counts = await queue.stage_counts(redis, batch.uid, "polish")
         return counts.counters.get("succeeded", 0) == len(items) and counts.drained
 
+    async def holding(worker: Any) -> bool:
+        """Whether the worker holds an item now: only such a kill tests redelivery (a starting one holds none)."""
+        stream = keys.BatchKeys(batch.uid).stream(worker.stage)
+        return bool(await redis.xpending_range(stream, keys.GROUP, min="-", max="+", count=1, consumername=worker.pod))
+
     while not await finished():
         await asyncio.sleep(0.3)
         if kills < 12:
             stage = rng.choice(("draft", "polish"))
-            victim = pool[stage].pop(rng.randrange(len(pool[stage])))
+            busy = [i for i, w in enumerate(pool[stage]) if await holding(w)]
+            if not busy:
+                continue
+            victim = pool[stage].pop(rng.choice(busy))
             victim.process.send_signal(signal.SIGKILL)
             victim.process.wait()
             kills += 1

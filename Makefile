@@ -27,11 +27,15 @@ $(INSTALLED): pyproject.toml | $(PY)
 install: $(INSTALLED) ## create .venv and install the project (editable) with every extra and the dev tools
 
 .PHONY: system-packages
-system-packages: ## install redis-server (and make) with apt-get if they are missing
+system-packages: ## install what the tests need and the machine lacks: redis-server, make, lua5.4, jq, promtool
 	@tools/system-packages.sh
 
+.PHONY: demo-packages
+demo-packages:
+	@tools/system-packages.sh demo
+
 .PHONY: demo
-demo: system-packages install ## the stock-research example on a fresh local control plane, from apply to results
+demo: demo-packages install ## the stock-research example on a fresh local control plane, from apply to results
 	@[ -x .devcluster/bin/kube-apiserver ] || echo "==> building the control plane tools from the Kubernetes Go modules; the first time this takes several minutes"
 	@tools/controlplane/build.sh
 	$(PY) -m analysis_devcluster.demo

@@ -1,23 +1,52 @@
 #!/usr/bin/env bash
-# Install the system packages the project needs and the machine lacks:
-# redis-server (tests and the demo start their own on free ports), make,
-# lua5.4 (runs the Argo CD health check in tests) and promtool (Debian's
-# prometheus package; checks the metrics' names and format) and jq (runs the
-# Argo CD ignore-differences rule in tests).
+# Install the system packages the project needs and the machine lacks.
+#
+#   tools/system-packages.sh        everything `make test` needs
+#   tools/system-packages.sh demo   only what `make demo` needs
+#
+# The demo needs redis-server (it starts its own on a free port) and make.
+# The tests also need lua5.4 (runs the Argo CD health check), jq (runs the
+# Argo CD ignore-differences rule) and promtool (checks the metrics' names and
+# format). promtool is taken from Debian's prometheus package without
+# installing that package: installing it would also set up a Prometheus server
+# as a system service, with a dozen JavaScript packages for its web UI. Only
+# the promtool binary is extracted, into /usr/local/bin.
 # Go is required too (it builds the test control plane) but is not installed here.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+mode=${1:-test}
+case $mode in demo | test) ;; *) echo "usage: $0 [demo|test]" >&2; exit 2 ;; esac
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+updated=""
+apt_update() { [ -n "$updated" ] || { $sudo apt-get update -qq; updated=1; }; }
+
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v make >/dev/null || missing+=(make)
-command -v lua5.4 >/dev/null || missing+=(lua5.4)
-command -v promtool >/dev/null || missing+=(prometheus)
-command -v jq >/dev/null || missing+=(jq)
+if [ "$mode" = test ]; then
+  command -v lua5.4 >/dev/null || missing+=(lua5.4)
+  command -v jq >/dev/null || missing+=(jq)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt-get"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
+  apt_update
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+if [ "$mode" = test ] && ! command -v promtool >/dev/null; then
+  echo "installing promtool from Debian's prometheus package (the binary only)"
+  apt_update
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  # As root, apt-get would hand the download to its _apt user, who may not write here.
+  sandbox=()
+  [ "$(id -u)" -ne 0 ] || sandbox=(-o APT::Sandbox::User=root)
+  (cd "$tmp" && apt-get download -qq "${sandbox[@]}" prometheus)
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -O ./usr/bin/promtool > "$tmp/promtool"
+  $sudo install -m 0755 "$tmp/promtool" /usr/local/bin/promtool
+  promtool --version | head -n 1
+fi
+
 command -v go >/dev/null || { echo "Go >= 1.24 is required to build the test control plane" >&2; exit 1; }

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,14 +145,9 @@ class Batches:
                         f"{pods}\noperator log:\n{self.operator.tail()}")  # fmt: skip
 
     def eventually(self, check: Any, within_s: float, what: str, interval: float = 0.2) -> Any:
-        deadline = time.monotonic() + within_s
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"not {what} within {within_s:g}s (last: {value!r})\noperator log:\n{self.operator.tail()}")
-            time.sleep(interval)
+        return processes.eventually(
+            check, within_s, what, interval=interval, details=lambda: f"operator log:\n{self.operator.tail()}"
+        )
 
     def children(self, uid: str) -> dict[str, list[str]]:
         """Names of every object labelled as the batch's, by kind."""

@@ -411,14 +411,7 @@ def test_image_environment_imports_all_its_code_and_nothing_it_must_not_carry(
 
 
 def wait_for(check: Callable[[], Any], within_s: float, what: str, details: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not {what} within {within_s:g}s (last: {value!r})\n{details()}")
-        time.sleep(0.25)
+    return processes.eventually(check, within_s, what, interval=0.25, details=details)
 
 
 def stop(process: subprocess.Popen[bytes], grace_s: float = 30) -> int | None:

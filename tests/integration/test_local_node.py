@@ -68,15 +68,7 @@ class Api:
         return items
 
 
-def eventually(check: Callable[[], Any], within_s: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not {what} within {within_s:g}s (last: {value!r})")
-        time.sleep(interval)
+eventually = processes.eventually
 
 
 def python_pod(name: str, code: str, **spec: Any) -> Obj:

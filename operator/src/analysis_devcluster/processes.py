@@ -28,6 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -47,6 +48,30 @@ def port_open(port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def eventually(
+    check: Callable[[], Any],
+    within_s: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+    details: Callable[[], str] | None = None,
+) -> Any:
+    """Call ``check`` until it returns something truthy, and return that; for tests of the dev cluster.
+
+    After ``within_s`` seconds it raises AssertionError saying what did not
+    happen, the last value, and ``details()`` (e.g. a log tail) if given.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{details()}" if details is not None else ""
+            raise AssertionError(f"not {what} within {within_s:g}s (last: {value!r}){extra}")
+        time.sleep(interval)
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None]:

@@ -4,36 +4,54 @@
 # none of the provider SDKs (anthropic, openai), which only workers need.
 #
 #   docker build -t analysis-operator:0.1.0 .
+#   make images          # both images, with buildah or docker, saved as archives
 #
-# Built with the repository root as context (see .dockerignore). The builder
-# stage installs the distribution into a virtual environment at /opt/venv; the
-# final stage copies only that environment onto the same slim base, so the
-# source tree, pip's cache and the build backend never reach the image. Every
-# dependency ships a manylinux wheel, so neither stage needs a compiler.
+# Built with the repository root as context (see .dockerignore). Three stages:
+# `requirements` reduces pyproject.toml to the dependency list of the extra;
+# `builder` installs those dependencies into a virtual environment at
+# /opt/venv (a layer that is rebuilt only when the list changes, with pip's
+# cache kept between builds), then the project itself without dependencies,
+# from a wheel built in a separate build venv; the final stage copies only
+# /opt/venv onto the same base, so the source tree, pip and the build backend
+# never reach the image. Every dependency ships a manylinux wheel, so no stage
+# needs a compiler.
 #
-# tests/integration/test_images.py reads this file: it copies what the builder
-# stage copies, runs the line marked `install-step` in a fresh virtual
-# environment and starts the entrypoint against a real control plane. Keep the
-# install on that one marked line.
+# Any Debian bookworm base with python3 (>= 3.11) and python3-venv works:
+# the default is the official slim Python image; the dev cluster passes a
+# Debian base of its own (BASE_IMAGE), whose python3 has no `python` or `pip`
+# on PATH and refuses system-wide installs (PEP 668). Both bases get the same
+# treatment: python3 -m venv, and everything installed into the venv.
 
 # The exact patch release, never a floating tag. For a release build, also pin
 # the digest you pulled: --build-arg BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:...
 ARG PYTHON_VERSION=3.11.14
 ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
 
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /src/
+RUN python3 -c 'import tomllib, sys; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"][sys.argv[2]]))' /src/pyproject.toml operator \
+    > /requirements.txt
+
 FROM ${BASE_IMAGE} AS builder
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python3 -m venv /opt/venv && python3 -m venv /opt/build
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+# The optional secret `pip-ca` is a CA bundle for pip, for builds behind a
+# TLS-intercepting proxy (`make images` passes the host's); it is mounted for
+# this step only and never stored in a layer.
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && /opt/venv/bin/pip install -r /tmp/requirements.txt \
+ && /opt/build/bin/pip install "hatchling>=1.27"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/src operator/src
 COPY worker-image/src worker-image/src
-# install-step
-RUN pip install ".[operator]"
-# pip and setuptools came with the venv; the running operator needs neither.
-RUN pip uninstall --yes pip setuptools
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+ && /opt/venv/bin/pip install --no-deps --no-index /tmp/wheels/*.whl \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
@@ -45,9 +63,11 @@ LABEL org.opencontainers.image.title="analysis-operator" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
-# The base image's own pip, setuptools and wheel are build tools too; the user
-# is the conventional "nonroot" uid that the chart's securityContext runs as.
-RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
+# A base image's own pip, setuptools and wheel (the slim Python image has
+# them, a Debian python3 does not) are build tools too; the user is the
+# conventional "nonroot" uid that the chart's securityContext runs as.
+RUN if python3 -m pip --version >/dev/null 2>&1; then \
+      python3 -m pip uninstall --yes --no-cache-dir pip setuptools wheel; fi \
  && groupadd --system --gid 65532 nonroot \
  && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin nonroot

@@ -27,7 +27,7 @@ $(INSTALLED): pyproject.toml | $(PY)
 install: $(INSTALLED) ## create .venv and install the project (editable) with every extra and the dev tools
 
 .PHONY: system-packages
-system-packages: ## install what the tests need and the machine lacks: redis-server, make, lua5.4, jq, promtool
+system-packages: ## install what the tests need and the machine lacks: redis-server, make, containerd, runc, CNI plugins, buildah, debootstrap, lua5.4, jq, promtool
 	@tools/system-packages.sh
 
 .PHONY: demo-packages
@@ -38,12 +38,18 @@ demo-packages:
 demo: demo-packages install ## the stock-research example on a fresh local control plane, from apply to results
 	@[ -x .devcluster/bin/kube-apiserver ] || echo "==> building the control plane tools from the Kubernetes Go modules; the first time this takes several minutes"
 	@tools/controlplane/build.sh
+	@tools/coredns/build.sh
 	$(PY) -m analysis_devcluster.demo
 
 .PHONY: controlplane
-controlplane: ## build etcd, kube-apiserver, kube-controller-manager, kubectl and helm into .devcluster/bin (cached)
+controlplane: ## build the control plane, the node's kubelet, kube-proxy, kube-scheduler and CoreDNS, kubectl and helm into .devcluster/bin (cached)
 	tools/controlplane/build.sh
+	tools/coredns/build.sh
 	tools/helm/build.sh
+
+.PHONY: images
+images: install ## build the operator, worker and redis images (buildah or docker) and save them as archives in dist/images; BASE_IMAGE=debian builds on a local Debian base
+	$(PY) -m analysis_devcluster.images --out dist/images $(if $(BASE_IMAGE),--base=$(BASE_IMAGE))
 
 .PHONY: lint
 lint: install ## ruff: lint and format check
@@ -85,7 +91,7 @@ test-unit: install ## unit tests only (no control plane, no Redis)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 .PHONY: dev-cluster
-dev-cluster: install controlplane ## start etcd, kube-apiserver, kube-controller-manager, redis and the local node in the background
+dev-cluster: system-packages install controlplane ## start the control plane, redis and the node (kubelet, containerd) in the background; needs root
 	$(BIN)/analysis-devcluster up
 
 .PHONY: dev-cluster-down

@@ -4,8 +4,10 @@
 #   tools/system-packages.sh        everything `make test` needs
 #   tools/system-packages.sh demo   only what `make demo` needs
 #
-# The demo needs redis-server (it starts its own on a free port) and make.
-# The tests also need lua5.4 (runs the Argo CD health check), jq (runs the
+# The demo needs redis-server (it starts its own on a free port), make and
+# the node: containerd, runc, the CNI plugins, iptables, iproute2 and
+# conntrack (kube-proxy), buildah, debootstrap and gcc (the images: a Debian
+# base, a static pause binary). The tests also need lua5.4 (runs the Argo CD health check), jq (runs the
 # Argo CD ignore-differences rule) and promtool (checks the metrics' names and
 # format). promtool is taken from Debian's prometheus package without
 # installing that package: installing it would also set up a Prometheus server
@@ -25,6 +27,12 @@ apt_update() { [ -n "$updated" ] || { $sudo apt-get update -qq; updated=1; }; }
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v make >/dev/null || missing+=(make)
+# The node's runtime and network, and what builds its images (command -> Debian package).
+for pair in containerd:containerd runc:runc iptables:iptables ip:iproute2 conntrack:conntrack \
+            buildah:buildah debootstrap:debootstrap gcc:gcc; do
+  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || missing+=(containernetworking-plugins)
 if [ "$mode" = test ]; then
   command -v lua5.4 >/dev/null || missing+=(lua5.4)
   command -v jq >/dev/null || missing+=(jq)

@@ -1,13 +1,15 @@
-"""End-to-end fixtures: a cluster with the local node, and the operator as a real process.
+"""End-to-end fixtures: a cluster with a real node, and the operator as a real process.
 
-``cluster`` is a dev cluster of its own (etcd, kube-apiserver,
-kube-controller-manager, redis-server and the local node, which runs pods as
-local processes), with the CRDs installed. ``operator`` runs
-``analysis-operator`` against it, watching every namespace; a test may
-``kill()`` and ``start()`` it again. Worker pods use the image name
-``analysis-worker:<version>``, which the local node runs as the
-``analysis-worker`` entry point of this virtual environment. The operator
-serves its Prometheus metrics on a free port of its own, at
+``node_cluster`` is the session's dev cluster with its node (etcd,
+kube-apiserver, kube-controller-manager, redis-server, and kubelet with
+containerd, kube-proxy, kube-scheduler and CoreDNS), with the CRDs installed.
+Worker pods run as containers of the ``analysis-worker:<version>`` image,
+built from ``worker-image/Dockerfile`` and imported when the node starts;
+they reach Redis and the stand-in servers on the pod bridge's gateway
+(``node_cluster.host``). Only one node runs per machine, so every e2e module
+shares this cluster. ``operator`` runs ``analysis-operator`` on this host
+against it, watching every namespace; a test may ``kill()`` and ``start()``
+it again. It serves its Prometheus metrics on a free port of its own, at
 ``operator.metrics_url``.
 
 ``batches`` applies manifests into the test's namespace and reads them back:

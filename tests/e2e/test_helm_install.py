@@ -1,14 +1,21 @@
-"""``helm install`` of the chart into a local control plane, and a batch run by the operator it installed.
+"""``helm install`` of the chart into the dev cluster, and batches run by the operator it installed.
 
-A cluster of its own (the e2e session cluster already has the CRD applied by
-kubectl and may run an operator process of its own), with the local node: it
-runs the operator pod from its image name (``analysis-operator:<version>`` is
-this checkout's ``analysis-operator``) with the service account's credentials,
-and the worker pods likewise. Redis is external: a ``redis-server`` started
-here with ``--requirepass``, its password in a Secret the chart refers to, so
-the password goes from the Secret to the operator (secretKeyRef), into the
-per-batch Secret the operator writes, to the workers. Both namespaces enforce
-the "restricted" Pod Security Standard. The operator's own log, read with
+On the session's cluster and its real node (one node per machine): the
+operator pod runs from the ``analysis-operator`` image built from
+``Dockerfile``, as the ServiceAccount the chart made, and creates worker pods
+from the ``analysis-worker`` image. The e2e tier's own operator process is
+stopped for this module (two operators must not serve one namespace), and the
+CRD that the session applied with kubectl is taken over by the release, as
+Helm adopts an object that carries its release annotations.
+
+Redis is external in the first two tests: a ``redis-server`` on the pod
+bridge's gateway started here with ``--requirepass``, its password in a Secret
+the chart refers to, so the password goes from the Secret to the operator
+(secretKeyRef), into the per-batch Secret the operator writes, to the
+workers. The third runs the chart's bundled Redis: a StatefulSet from the
+``analysis-redis`` image (Debian's redis-server) on a local PersistentVolume.
+Every namespace enforces the "restricted" Pod Security Standard (the
+cluster's admission configuration). The operator's own log, read with
 ``kubectl logs`` as a user would, shows no request its RBAC refused.
 """
 
@@ -28,7 +35,7 @@ import yaml
 
 import analysis_core
 from analysis_core import keys
-from analysis_devcluster import binaries, cluster, processes
+from analysis_devcluster import binaries, cluster, images, node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -71,14 +78,15 @@ class Setting:
         self.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         self.kubectl("wait", "--for", "create", "--timeout=30s", "-n", name, "serviceaccount/default", timeout=45)
 
-    def install(self, *sets: str) -> str:
-        """``helm install --wait`` with the external Redis and free ports; returns what helm printed (the NOTES)."""
-        ports = {"operator.metrics.port": processes.free_port(), "operator.liveness.port": processes.free_port(),
-                 "worker.metricsPort": processes.free_port()}  # fmt: skip
-        values = ["redis.bundled.enabled=false", f"redis.external.url={self.redis_url}",
-                  "redis.external.existingSecret.name=redis-auth", "operator.resultsInterval=1",
-                  *(f"{key}={port}" for key, port in ports.items()), *sets]  # fmt: skip
-        args = [f"--set={value}" for value in values]
+    def install(self, *sets: str, bundled: bool = False) -> str:
+        """``helm install --wait``, with the external Redis unless ``bundled``; returns what helm printed (NOTES)."""
+        if bundled:
+            redis = [f"redis.bundled.image.repository={images.REDIS.repository}",
+                     f"redis.bundled.image.tag={analysis_core.__version__}"]  # fmt: skip
+        else:
+            redis = ["redis.bundled.enabled=false", f"redis.external.url={self.redis_url}",
+                     "redis.external.existingSecret.name=redis-auth"]  # fmt: skip
+        args = [f"--set={value}" for value in [*redis, "operator.resultsInterval=1", *sets]]
         return self.helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--wait", "--timeout=180s", *args).stdout
 
     def uninstall(self) -> None:
@@ -108,12 +116,19 @@ class Setting:
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
+def setting(
+    node_cluster: cluster.DevCluster, operator: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setting]:
     root = tmp_path_factory.mktemp("helm-e2e")
-    with (
-        cluster.private_redis(root, password=PASSWORD) as redis_url,
-        cluster.DevCluster(root / "cluster", node=True) as dev,
-    ):
+    dev = node_cluster
+    # The installed operator serves every namespace (or its own): the session's must not compete with it.
+    # The next test that needs the session's operator starts it again (the `batches` fixture).
+    operator.stop()
+    # The session applied the CRD with kubectl; the release takes it over, as Helm adopts what names it.
+    dev.kubectl("annotate", "--overwrite", "crd", CRD, f"meta.helm.sh/release-name={RELEASE}",
+                f"meta.helm.sh/release-namespace={SYSTEM}")  # fmt: skip
+    dev.kubectl("label", "--overwrite", "crd", CRD, "app.kubernetes.io/managed-by=Helm")
+    with cluster.private_redis(root, password=PASSWORD, host=dev.host) as redis_url:
         # kubectl finds the kubectl-analysis plugin on PATH, as it would for a user who installed it.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}"
         helm_env = {**os.environ, "PATH": path, "KUBECONFIG": str(dev.kubeconfig),
@@ -217,3 +232,40 @@ def test_a_namespaced_install_runs_batches_of_its_namespaces_only(setting: Setti
     setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "team-a", "--timeout=120s", timeout=150)
     setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "team-b", "--timeout=30s")
     setting.uninstall()
+
+
+@pytest.mark.timeout(420)
+def test_the_bundled_redis_runs_from_its_image_on_a_local_volume(setting: Setting) -> None:
+    """The chart's own Redis: a StatefulSet pod from the ``analysis-redis`` image, its AOF on a local volume."""
+    setting.install(bundled=True)
+    statefulset = f"{RELEASE}-redis"
+    pod = setting.get(SYSTEM, "pod", f"{statefulset}-0")
+    assert pod["spec"]["containers"][0]["image"] == f"{images.REDIS.repository}:{analysis_core.__version__}"
+    assert all(s["ready"] for s in pod["status"]["containerStatuses"])
+    # The claim from the volumeClaimTemplate was bound, on first use, to one of the node's local volumes.
+    claim = setting.get(SYSTEM, "pvc", f"data-{statefulset}-0")
+    assert claim["status"]["phase"] == "Bound"
+    assert claim["spec"]["storageClassName"] == node.STORAGE_CLASS
+    volume = Path(setting.get("", "pv", claim["spec"]["volumeName"])["spec"]["local"]["path"])
+    # Inside the container: the chart's uid, and a Redis that wants the password it was given.
+    whoami = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "id", "-u").stdout.strip()
+    assert whoami == "999"
+    pong = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "redis-cli", "ping").stdout.strip()
+    assert pong == "PONG"
+    refused = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "env", "-u", "REDISCLI_AUTH",
+                              "redis-cli", "ping", check=False)  # fmt: skip
+    assert "NOAUTH" in refused.stdout + refused.stderr
+
+    setting.namespace("bundled")
+    setting.kubectl("apply", "-n", "bundled", "-f", str(EXAMPLE))
+    setting.wait("bundled", "ticker-summary", "Complete")
+    assert setting.get("bundled", "analysisbatch", "ticker-summary")["status"]["items"]["succeeded"] == 3
+    # Redis wrote its append-only file onto the volume, owned through the pod's fsGroup.
+    aof = [path for path in volume.rglob("*.aof") if path.stat().st_size > 0]
+    assert aof, f"no append-only file under {volume}: {sorted(volume.rglob('*'))}"
+    assert all(path.stat().st_gid == 999 for path in aof)
+    assert refusals(setting.operator_log()) == []
+
+    setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "bundled", "--timeout=120s", timeout=150)
+    setting.uninstall()
+    setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")

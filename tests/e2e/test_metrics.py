@@ -61,7 +61,7 @@ def manifest(name: str, items: list[str], provider: dict[str, Any], **spec: Any)
 def test_a_batch_has_series_while_it_is_reconciled_and_none_once_deleted(batches: Any, operator: Any) -> None:
     items = ["NVDA", "AMD", "TSM"]
     ns = batches.namespace
-    with standin.StandIn(api_key=API_KEY) as server:
+    with standin.StandIn(api_key=API_KEY, host=batches.dev.host) as server:
         batches.kubectl("create", "secret", "generic", "llm-keys", f"--from-literal=openai={API_KEY}")
         provider = {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
                     "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}}  # fmt: skip

@@ -21,6 +21,8 @@ from analysis_core import keys, plan
 from analysis_core.api import v1alpha1
 from analysis_devcluster import binaries
 
+ARGOCD_IGNORE = Path(__file__).resolve().parents[2] / "gitops/argocd/ignore-differences.yaml"
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -98,6 +100,22 @@ def test_each_example_completes_with_the_predicted_results(
     worker_stages = {s["name"] for s in manifest["spec"]["stages"] if s.get("type") != "approval"} & stages
     assert len(children[kind]) == len(worker_stages), children
     batches.eventually(lambda: not batches.children(meta["uid"])["pods"] or executor == "Job", 60, "workers gone")
+    check_argocd_ignores_what_kopf_wrote(meta.get("annotations") or {})
+
+
+def check_argocd_ignores_what_kopf_wrote(annotations: dict[str, str]) -> None:
+    """The README's Argo CD ignore rule, run with jq (``del(...)``, as Argo CD applies it) on a live batch."""
+    kopf_wrote = sorted(k for k in annotations if k.startswith("analysis.dev/"))
+    assert "analysis.dev/last-handled-configuration" in kopf_wrote, annotations
+    rule = yaml.safe_load(ARGOCD_IGNORE.read_text(encoding="utf-8"))
+    people_wrote = {"analysis.dev/retry-failed": "1", "team": "research"}  # what must stay visible in a diff
+    live = {"metadata": {"annotations": {**annotations, **people_wrote}}}
+    for expression in rule["jqPathExpressions"]:
+        result = subprocess.run(["jq", "-c", f"del({expression})"], input=json.dumps(live), capture_output=True,
+                                text=True, timeout=30, check=True)  # fmt: skip
+        live = json.loads(result.stdout)
+    others = {k: v for k, v in annotations.items() if k not in kopf_wrote}  # e.g. kubectl's last-applied
+    assert live["metadata"]["annotations"] == {**others, **people_wrote}, kopf_wrote
 
 
 @pytest.mark.timeout(240)
@@ -202,7 +220,7 @@ def test_a_missing_configmap_shows_its_condition_and_recovers(batches: Any) -> N
 def test_a_missing_secret_is_named_and_recovers(batches: Any) -> None:
     from analysis_devcluster import standin
 
-    with standin.StandIn(api_key="sk-test-key") as server:
+    with standin.StandIn(api_key="sk-test-key", host=batches.dev.host) as server:
         manifest = on_stand_in(server, "openai")
         batches.apply(manifest)
         name = manifest["metadata"]["name"]
@@ -221,7 +239,7 @@ def test_a_missing_secret_is_named_and_recovers(batches: Any) -> None:
 def test_a_refused_key_fails_the_batch_quickly_with_a_clear_reason(batches: Any) -> None:
     from analysis_devcluster import standin
 
-    with standin.StandIn(api_key="sk-right") as server:
+    with standin.StandIn(api_key="sk-right", host=batches.dev.host) as server:
         manifest = on_stand_in(server, "anthropic")
         batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=anthropic=sk-wrong")
         started = time.monotonic()
@@ -243,7 +261,7 @@ def test_a_refused_key_fails_the_batch_quickly_with_a_clear_reason(batches: Any)
 def test_retry_failed_reruns_only_the_failed_items(batches: Any) -> None:
     from analysis_devcluster import standin
 
-    with standin.StandIn(api_key="sk-test") as server:
+    with standin.StandIn(api_key="sk-test", host=batches.dev.host) as server:
         # The first call about BAD fails with a 500; with one attempt, BAD fails for good and the batch with it.
         server.set_plan([{"kind": "server_error", "match": "BAD", "times": 1}])
         manifest = on_stand_in(server, "openai", retry={"maxAttempts": 1})

@@ -241,7 +241,7 @@ def test_approve_releases_held_items_and_the_batch_completes(batches: Any) -> No
 def test_retry_failed_reruns_the_failed_item_and_status_exits_by_the_outcome(batches: Any) -> None:
     from analysis_devcluster import standin
 
-    with standin.StandIn(api_key="sk-test") as server:
+    with standin.StandIn(api_key="sk-test", host=batches.dev.host) as server:
         # The first call about BAD fails with a 500; with one attempt, BAD fails for good and the batch with it.
         server.set_plan([{"kind": "server_error", "match": "BAD", "times": 1}])
         manifest = ticker_summary(["GOOD", "BAD", "FINE"])
@@ -283,15 +283,19 @@ def test_logs_gathers_the_batchs_worker_logs_by_uid_and_stage(batches: Any) -> N
     manifest = two_stages("noted", latency_ms=300)
     batches.apply(manifest)
     uid = batches.get("noted")["metadata"]["uid"]
-    # A pod of an earlier batch of the same name (another uid): it must never mix in.
-    batches.apply({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "noted-draft-old", "labels": {
-            "analysis.dev/batch": "noted", "analysis.dev/batch-uid": "0-an-earlier-batch", "analysis.dev/stage": "draft"}},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "worker", "image": batches.operator.env()["ANALYSIS_OPERATOR_WORKER_IMAGE"],
-            "command": ["analysis-worker"]}]},
-    })  # fmt: skip
+    # A pod of an earlier batch of the same name (another uid): it must never mix in. (Restricted, as every
+    # namespace of the cluster enforces.)
+    labels = {
+        "analysis.dev/batch": "noted",
+        "analysis.dev/batch-uid": "0-an-earlier-batch",
+        "analysis.dev/stage": "draft",
+    }
+    restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                  "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    container = {"name": "worker", "image": batches.operator.env()["ANALYSIS_OPERATOR_WORKER_IMAGE"],
+                 "command": ["analysis-worker"], "securityContext": restricted}  # fmt: skip
+    batches.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "noted-draft-old", "labels": labels},
+                   "spec": {"restartPolicy": "Never", "containers": [container]}})  # fmt: skip
     following = plugin_in_background(batches, "logs", "noted", "-f")
     try:
         batches.wait("noted", "Complete", timeout_s=120)

@@ -23,8 +23,8 @@ for m in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$upstream_
 done
 go mod edit -require="k8s.io/kubernetes@${version}"
 etcd=$(sed -n 's#^\s*go.etcd.io/etcd/server/v3 \(v[0-9.]*\).*#\1#p' "$upstream_mod")
-for tool in k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl; do
-  go get -tool "${tool}@${version}"
+for tool in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
+  go get -tool "k8s.io/kubernetes/cmd/${tool}@${version}"
 done
 go get -tool "go.etcd.io/etcd/server/v3@${etcd}"
 go mod tidy

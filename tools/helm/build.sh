@@ -8,12 +8,9 @@
 # the dependency versions helm's own go.sum verifies, and keeping helm out of
 # tools/controlplane/go.mod leaves the control plane's Kubernetes versions alone.
 #
-# Idempotent and cached like tools/controlplane/build.sh: a stamp over this
-# script and the Go version is kept next to the binary; when it matches the
-# script returns at once. The built binary is also kept per stamp in a cache
-# outside the checkout ($HELM_CACHE, default ~/.cache/analysis-operator/helm;
-# not the control plane's cache directory, which keeps only its own stamp), so
-# a fresh clone on the same machine (CI) copies it instead of building.
+# Idempotent and cached (tools/lib/stamped.sh): the stamp covers this script
+# and the Go version; the cache is $HELM_CACHE, default
+# ~/.cache/analysis-operator/helm.
 #
 # The ldflags are those of helm's Makefile: the release version and commit,
 # and the Kubernetes version that `helm template` and `helm lint` assume when
@@ -26,26 +23,13 @@ out=${ANALYSIS_DEVCLUSTER_BIN:-$root/.devcluster/bin}
 cache=${HELM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/analysis-operator/helm}
 module=helm.sh/helm/v3
 
-command -v go >/dev/null || { echo "helm/build.sh: go is not on PATH (helm $HELM_VERSION needs Go >= 1.26)" >&2; exit 1; }
-gov=$(go env GOVERSION)
-minor=$(echo "$gov" | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
-if [ -z "$minor" ] || [ "$minor" -lt 26 ]; then
-  echo "helm/build.sh: $gov is too old; helm $HELM_VERSION needs Go >= 1.26" >&2
-  exit 1
-fi
-
+# shellcheck source=../lib/stamped.sh
+. "$here/../lib/stamped.sh"
+gov=$(stamped_require_go "helm/build.sh (helm $HELM_VERSION)" 26)
 stamp=$(cat "$here/build.sh" <(echo "$gov") | sha256sum | cut -d' ' -f1)
-if [ -f "$out/.helm.stamp" ] && [ "$(cat "$out/.helm.stamp")" = "$stamp" ] && [ -x "$out/helm" ]; then
-  echo "helm up to date in $out"
-  exit 0
-fi
+stamped_init helm "$out" "$cache" "$stamp" helm
+stamped_ready && exit 0
 mkdir -p "$out"
-if [ -x "$cache/$stamp/helm" ]; then
-  cp -f "$cache/$stamp/helm" "$out/helm"
-  echo "$stamp" > "$out/.helm.stamp"
-  echo "helm copied from the build cache $cache/$stamp"
-  exit 0
-fi
 
 # The module's go.mod (for client-go's version) and its commit, from the module proxy.
 info=$(go mod download -json "$module@$HELM_VERSION")
@@ -68,10 +52,5 @@ trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "$module/cmd/helm@$HELM_VERSION"
 mv -f "$tmp/helm" "$out/helm"
-echo "$stamp" > "$out/.helm.stamp"
-# Keep one cached build per stamp; older ones are dropped.
-mkdir -p "$cache" && rm -rf "${cache:?}"/.tmp.* && tmpc=$(mktemp -d "$cache/.tmp.XXXXXX")
-cp "$out/helm" "$tmpc/helm"
-find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$(basename "$tmpc")" -exec rm -rf {} +
-mv "$tmpc" "$cache/$stamp"
+stamped_save
 echo "built in $(( $(date +%s) - start ))s: $("$out/helm" version --short)"

@@ -5,8 +5,9 @@ analysis_devcluster``. Verbs:
 
 * ``up``: start a detached supervisor (``run``) and return once the cluster
   is ready; says so and exits 0 if one is already running. The cluster
-  includes the local node (:mod:`analysis_devcluster.node`), so pods run as
-  local processes, unless ``--no-node``.
+  includes a node (:mod:`analysis_devcluster.node`: kubelet and containerd,
+  so pods run as containers of the project's images; it needs root), unless
+  ``--no-node``.
 * ``down``: stop the supervisor (SIGTERM, then SIGKILL) and with it the cluster.
 * ``status``: whether it runs, and its environment.
 * ``run``: the supervisor itself, in the foreground; Ctrl-C stops cleanly.
@@ -14,8 +15,8 @@ analysis_devcluster``. Verbs:
 Layout under ``--home`` (default ``<repo>/.devcluster``): ``state/`` (the
 cluster's state directory), ``kubeconfig`` and ``env`` (the contract other
 tools rely on; present only while a cluster runs), ``supervisor.json``
-(pid, ports, URLs, node name and pod log directory), ``ready`` (marker),
-``supervisor.log``, ``lock``. Pod logs: ``state/node/pods/<namespace>_<pod>_<uid>/<container>.log``.
+(pid, ports, URLs, node name and the node components' log directory),
+``ready`` (marker), ``supervisor.log``, ``lock``. Pod logs: ``kubectl logs``.
 
 A running supervisor holds an exclusive flock on ``lock``; that, not a pid in
 a file, is what "running" means, so a stale pid can never be mistaken for a
@@ -171,7 +172,7 @@ def _serve(home: Home, dev: cluster.DevCluster) -> int:
             "ready_seconds": round(dev.ready_seconds or 0.0, 3),
             "timings": dev.timings,
             "node": dev.node_name if dev.node else None,
-            "pod_logs": str(dev.node_state_dir / "pods") if dev.node else None,
+            "node_logs": str(dev.node_state_dir / "logs") if dev.node else None,
         },
     )
     home.ready.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
@@ -272,7 +273,7 @@ def _up(home: Home, timeout: float, node: bool) -> int:
     print(f"ready in {time.monotonic() - started:.1f}s (cluster {info.get('ready_seconds')}s, supervisor pid {pid})")
     print(f"server {info.get('server_url')}")
     if info.get("node"):
-        print(f"node {info['node']}: pods run as local processes; logs in {info.get('pod_logs')}")
+        print(f"node {info['node']}: kubelet and containerd; their logs in {info.get('node_logs')}")
     _print_env(home)
     return 0
 
@@ -335,12 +336,12 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     up = verbs.add_parser("up", help="start in the background; return when ready")
     up.add_argument("--timeout", type=float, default=_UP_TIMEOUT)
-    up.add_argument("--no-node", dest="node", action="store_false", help="no local node: pods stay Pending")
+    up.add_argument("--no-node", dest="node", action="store_false", help="no node: pods stay Pending")
     down = verbs.add_parser("down", help="stop the background cluster")
     down.add_argument("--timeout", type=float, default=_DOWN_TIMEOUT)
     verbs.add_parser("status", help="whether it runs, and its environment")
     run = verbs.add_parser("run", help="run in the foreground (the supervisor); Ctrl-C stops")
-    run.add_argument("--no-node", dest="node", action="store_false", help="no local node: pods stay Pending")
+    run.add_argument("--no-node", dest="node", action="store_false", help="no node: pods stay Pending")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Start and stop one dev cluster: etcd, kube-apiserver, kube-controller-manager, redis-server and a local node.
+"""Start and stop one dev cluster: etcd, kube-apiserver, kube-controller-manager, redis-server and a node.
 
 Called by ``tests/conftest.py`` (a private cluster per test session), by tests
 that need a cluster of their own, and by :mod:`analysis_devcluster.cli` (the
@@ -12,14 +12,15 @@ kube-controller-manager running its controllers (the ``default``
 ServiceAccount exists), and fails with the tail of the guilty component's log
 otherwise.
 
-With ``node=True`` it also runs the local node (:mod:`analysis_devcluster.node`,
-its state in ``<state>/node``): a Ready Node that binds every pod and runs
-its containers as local processes; ``start()`` then also waits for the Node
-to be Ready, :meth:`DevCluster.pod_log` finds a container's log file, and
-``kubectl logs`` reaches the node's kubelet endpoint: the apiserver gets the
-``--kubelet-client-*`` certificate from this PKI, and the node a serving
-certificate the apiserver verifies. Without it, as by default, there is no
-kubelet and no scheduler: Pods stay Pending.
+With ``node=True`` it also runs a real node (:mod:`analysis_devcluster.node`,
+its configuration and logs in ``<state>/node``): kubelet, containerd,
+kube-proxy, kube-scheduler and CoreDNS, running pods as containers from the
+project's images; ``start()`` then also waits for the Node to be Ready and
+for CoreDNS. ``kubectl logs`` reaches the kubelet: the apiserver gets the
+``--kubelet-client-*`` certificate from this PKI, and the kubelet a serving
+certificate for the gateway address that the apiserver verifies. Without a
+node, as by default, there is no kubelet and no scheduler: Pods stay Pending,
+and every server listens on loopback only.
 
 It deliberately does not reuse state across starts, and keeps the
 ServiceAccount and PodSecurity admission plugins enabled, as a real cluster does.
@@ -36,9 +37,8 @@ import shlex
 import shutil
 import ssl
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -48,20 +48,37 @@ import redis.backoff
 import redis.retry
 import yaml
 
-from analysis_devcluster import binaries, pki, processes
+from analysis_devcluster import binaries, pki, podnet, processes
+from analysis_devcluster.node import Node  # a name: `node` is DevCluster's flag
 
 CONTEXT_NAME = "devcluster"
-NODE_NAME = "devcluster-node"  # the local node's default name (analysis_devcluster.node.DEFAULT_NAME)
+NODE_NAME = "devcluster-node"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 # Written at the top of a state directory we created, so that start() never
 # wipes a directory that merely happens to be passed by mistake.
 _STATE_MARKER = ".analysis-devcluster-state"
+# With a real node: the "restricted" Pod Security Standard for every namespace but the system ones.
+_ADMISSION = {
+    "apiVersion": "apiserver.config.k8s.io/v1",
+    "kind": "AdmissionConfiguration",
+    "plugins": [
+        {
+            "name": "PodSecurity",
+            "configuration": {
+                "apiVersion": "pod-security.admission.config.k8s.io/v1",
+                "kind": "PodSecurityConfiguration",
+                "defaults": {level: value for mode in ("enforce", "audit", "warn")
+                             for level, value in ((mode, "restricted"), (f"{mode}-version", "latest"))},
+                "exemptions": {"usernames": [], "runtimeClasses": [],
+                               "namespaces": ["kube-system", "kube-public", "kube-node-lease"]},
+            },
+        }
+    ],
+}  # fmt: skip
 _POLL_INTERVAL = 0.1
 
 
-class StartupError(RuntimeError):
-    """A component did not become ready; the message ends with the tail of its log."""
+StartupError = processes.StartupError
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -88,9 +105,11 @@ class Ports:
         return cls(*(processes.free_port() for _ in range(5)))
 
 
-def _https_status(port: int, path: str, context: ssl.SSLContext, timeout: float = 2.0) -> int | None:
-    """The HTTP status of GET https://127.0.0.1:port/path, or None if there is no answer yet."""
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
+def _https_status(
+    port: int, path: str, context: ssl.SSLContext, timeout: float = 2.0, host: str = "127.0.0.1"
+) -> int | None:
+    """The HTTP status of GET https://host:port/path, or None if there is no answer yet."""
+    connection = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -102,9 +121,9 @@ def _https_status(port: int, path: str, context: ssl.SSLContext, timeout: float 
         connection.close()
 
 
-def _node_ready(port: int, name: str, context: ssl.SSLContext) -> bool:
+def _node_ready(port: int, name: str, context: ssl.SSLContext, host: str = "127.0.0.1") -> bool:
     """Whether the Node ``name`` exists with condition Ready=True."""
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2.0)
+    connection = http.client.HTTPSConnection(host, port, context=context, timeout=2.0)
     try:
         connection.request("GET", f"/api/v1/nodes/{name}")
         response = connection.getresponse()
@@ -114,6 +133,20 @@ def _node_ready(port: int, name: str, context: ssl.SSLContext) -> bool:
         conditions = json.loads(body).get("status", {}).get("conditions", [])
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     except (OSError, http.client.HTTPException, ValueError):
+        return False
+    finally:
+        connection.close()
+
+
+def _http_ok(port: int, path: str) -> bool:
+    """Whether GET http://127.0.0.1:port/path answers 200."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
         return False
     finally:
         connection.close()
@@ -153,15 +186,19 @@ def _redis_pong(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def private_redis(directory: Path, *, password: str | None = None, timeout: float = 10.0) -> Iterator[str]:
-    """A redis-server of its own on a free loopback port, without persistence; yields its URL (without the password).
+def private_redis(
+    directory: Path, *, password: str | None = None, timeout: float = 10.0, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """A redis-server of its own on a free port, without persistence; yields its URL (without the password).
 
     For tests that need a Redis unlike the cluster's, e.g. one that wants a
-    password (``--requirepass``, which its log under ``directory`` shows).
+    password (``--requirepass``, which its log under ``directory`` shows). It
+    listens on loopback and on ``host`` (a cluster's :attr:`DevCluster.host`,
+    for pods to reach it); the URL names ``host``.
     """
     port = processes.free_port()
-    argv = [str(binaries.redis_server()), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
-            "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+    argv = [str(binaries.redis_server()), "--bind", *dict.fromkeys(("127.0.0.1", host)), "--port", str(port),
+            "--dir", str(directory), "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no" if host != "127.0.0.1" else "yes"]  # fmt: skip
     if password is not None:
         argv += ["--requirepass", password]
     server = processes.spawn("redis-server", argv, directory / "redis.log")
@@ -171,7 +208,7 @@ def private_redis(directory: Path, *, password: str | None = None, timeout: floa
             if time.monotonic() > deadline or not server.running():
                 raise StartupError(f"redis-server did not listen on port {port} within {timeout:g}s; see {directory}")
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://{host}:{port}/0"
     finally:
         server.stop(grace=5)
 
@@ -183,9 +220,13 @@ class DevCluster:
     ``stop()``. ``kubeconfig_path`` and ``env_path`` default to files inside
     the state directory; the CLI puts them next to it instead.
 
-    ``node=True`` adds the local node named ``node_name``; ``node_images``
-    adds image repositories it can run (repository → entrypoint argv, e.g.
-    ``{"python": [sys.executable]}``) to its defaults.
+    ``node=True`` adds a real node named ``node_name`` (:mod:`analysis_devcluster.node`):
+    kubelet, containerd, kube-proxy, kube-scheduler and CoreDNS, running the
+    project's images; one per machine, and it needs root. Its servers then
+    listen on the pod bridge's gateway (:attr:`host`) as well as loopback,
+    so that pods reach the apiserver (through the ``kubernetes`` Service) and
+    Redis, and the apiserver enforces the "restricted" Pod Security Standard
+    in every namespace but the system ones, with NodeRestriction on.
     """
 
     def __init__(
@@ -198,7 +239,6 @@ class DevCluster:
         stop_grace: float = 10.0,
         node: bool = False,
         node_name: str = NODE_NAME,
-        node_images: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.kubeconfig = (kubeconfig_path or self.state_dir / "kubeconfig").absolute()
@@ -207,24 +247,27 @@ class DevCluster:
         self.stop_grace = stop_grace
         self.node = node
         self.node_name = node_name
-        self.node_images = {repository: list(argv) for repository, argv in (node_images or {}).items()}
+        self.ranges = podnet.Ranges.from_env()
+        # Where this host's servers are for clients: loopback, or the bridge's gateway when pods must reach them too.
+        self.host = self.ranges.gateway if node else "127.0.0.1"
         self.ports: Ports | None = None
         self.ready_seconds: float | None = None
         # Seconds from the start of start() at which each component was ready.
         self.timings: dict[str, float] = {}
         self._components: list[processes.Component] = []
         self._pki: pki.Files | None = None
+        self._node: Node | None = None
         self._kubectl = binaries.find("kubectl")
 
     # ------------------------------------------------------------ public
 
     @property
     def server_url(self) -> str:
-        return f"https://127.0.0.1:{self._ports().apiserver}"
+        return f"https://{self.host}:{self._ports().apiserver}"
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self._ports().redis}/0"
+        return f"redis://{self.host}:{self._ports().redis}/0"
 
     @property
     def pids(self) -> dict[str, int]:
@@ -233,18 +276,8 @@ class DevCluster:
 
     @property
     def node_state_dir(self) -> Path:
-        """The local node's state: ``pods/<namespace>_<pod>_<uid>/`` holds each pod's logs and volumes."""
+        """The node's configuration and its components' logs (``logs/kubelet.log``, ...)."""
         return self.state_dir / "node"
-
-    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> Path:
-        """The local node's log file of a container (the only one if ``container`` is None) of a pod.
-
-        Raises FileNotFoundError while the node has not started that pod.
-        """
-        # Imported here: aiohttp, which the node needs, costs a third of a second to import.
-        from analysis_devcluster import node
-
-        return node.find_pod_log(self.node_state_dir, namespace, pod, container)
 
     def env(self) -> dict[str, str]:
         """The variables a client needs: KUBECONFIG and REDIS_URL."""
@@ -252,7 +285,15 @@ class DevCluster:
 
     def dead_components(self) -> list[str]:
         """Names of components that have exited since start."""
-        return [component.name for component in self._components if not component.running()]
+        dead = [component.name for component in self._components if not component.running()]
+        return dead + (self._node.dead_components() if self._node is not None else [])
+
+    @property
+    def running_node(self) -> Node:
+        """The node (``node=True``) once started."""
+        if self._node is None:
+            raise RuntimeError("this dev cluster has no node running")
+        return self._node
 
     def kubectl(
         self,
@@ -294,12 +335,30 @@ class DevCluster:
         started = time.monotonic()
         binaries.check_all()
         self._reset_state_dir()
-        self._pki = pki.write_all(self.state_dir / "pki", node_name=self.node_name)
+        self._pki = pki.write_all(
+            self.state_dir / "pki",
+            node_name=self.node_name,
+            host_ips=(self.host,),
+            kubernetes_service_ip=self.ranges.kubernetes_service_ip,
+        )
         self.ports = Ports.pick()
         self._write_kubeconfig()
         # A fallback for callers that forget stop(); PDEATHSIG covers the cases atexit cannot.
         atexit.register(self.stop)
         try:
+            if self.node:
+                self._node = Node(
+                    name=self.node_name,
+                    state_dir=self.node_state_dir,
+                    server_url=self.server_url,
+                    admin_kubeconfig=self.kubeconfig,
+                    files=self._files(),
+                    ranges=self.ranges,
+                )
+                # The bridge (which the apiserver and Redis bind to), containerd and the images come first.
+                self._node.prepare()
+                self.timings.update({f"node-{key}": value for key, value in self._node.timings.items()})
+                started = time.monotonic()
             self._start_components(started)
         except BaseException:
             self.stop()
@@ -311,8 +370,13 @@ class DevCluster:
     def stop(self) -> None:
         """Stop every component, newest first. Idempotent; the state directory is kept for its logs."""
         atexit.unregister(self.stop)
-        while self._components:
-            self._components.pop().stop(self.stop_grace)
+        try:
+            if self._node is not None:
+                self._node.stop(self.stop_grace)
+        finally:
+            self._node = None
+            while self._components:
+                self._components.pop().stop(self.stop_grace)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -337,14 +401,22 @@ class DevCluster:
 
         apiserver = self._spawn("kube-apiserver", self._apiserver_argv())
         client = self._client_context()
-        self._wait(apiserver, "ready", lambda: _https_status(ports.apiserver, "/readyz", client) == 200, started)
+        self._wait(
+            apiserver,
+            "ready",
+            lambda: _https_status(ports.apiserver, "/readyz", client, host=self.host) == 200,
+            started,
+        )
 
         # Started only now: kube-controller-manager gives the apiserver ten
         # seconds to become healthy, polling once a second, and exits after
         # that; a slow machine would turn a cold apiserver into a flaky start.
         controller_manager = self._spawn("kube-controller-manager", self._controller_manager_argv())
         # The node needs only the apiserver; it registers while the controllers start.
-        node = self._spawn("node", self._node_argv()) if self.node else None
+        kubelet = None
+        if self._node is not None:
+            self._node.start()
+            kubelet = self._node.component("kubelet")
         self._wait(redis_server, "answering PING", lambda: _redis_pong(self.redis_url), started)
         # Its serving certificate is self-signed in memory; /healthz is an always-allowed path.
         insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -361,17 +433,25 @@ class DevCluster:
         self._wait(
             controller_manager,
             "running controllers (ServiceAccount default/default)",
-            lambda: _https_status(ports.apiserver, "/api/v1/namespaces/default/serviceaccounts/default", client) == 200,
+            lambda: (
+                _https_status(
+                    ports.apiserver, "/api/v1/namespaces/default/serviceaccounts/default", client, host=self.host
+                )
+                == 200
+            ),
             started,
             timing_key="controllers",
         )
-        if node is not None:
+        if kubelet is not None:
             self._wait(
-                node,
+                kubelet,
                 f"Ready (Node {self.node_name})",
-                lambda: _node_ready(ports.apiserver, self.node_name, client),
+                lambda: _node_ready(ports.apiserver, self.node_name, client, host=self.host),
                 started,
             )
+        if self._node is not None:
+            ready_port = self._node.ports.coredns_ready
+            self._wait(self._node.component("coredns"), "ready", lambda: _http_ok(ready_port, "/ready"), started)
 
     def _spawn(self, name: str, argv: list[str]) -> processes.Component:
         component = processes.spawn(name, argv, self.state_dir / "logs" / f"{name}.log", cwd=self.state_dir)
@@ -455,8 +535,8 @@ class DevCluster:
         return [
             str(binaries.find("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
             f"--secure-port={ports.apiserver}",
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
             f"--tls-cert-file={files.apiserver_cert}",
@@ -465,14 +545,11 @@ class DevCluster:
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={files.sa_public_key}",
             f"--service-account-signing-key-file={files.sa_private_key}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-cluster-ip-range={self.ranges.services}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             "--profiling=false",
-            # The endpoint reconciler rejects a loopback advertise address
-            # ("may not be in the loopback range") and logs that every 10 s;
-            # nothing in a node-less cluster can reach the Service anyway.
-            "--endpoint-reconciler-type=none",
+            *self._apiserver_node_argv(),
             # pods/log is proxied to the local node's kubelet endpoint with this client certificate,
             # verifying the node's serving certificate. The node's Hostname address does not
             # resolve, so only its InternalIP (127.0.0.1; pods/log, unlike nodes/proxy, dials loopback).
@@ -481,6 +558,17 @@ class DevCluster:
             f"--kubelet-certificate-authority={files.ca_cert}",
             "--kubelet-preferred-address-types=InternalIP",
         ]
+
+    def _apiserver_node_argv(self) -> list[str]:
+        if not self.node:
+            # The endpoint reconciler rejects a loopback advertise address
+            # ("may not be in the loopback range") and logs that every 10 s;
+            # nothing in a node-less cluster can reach the Service anyway.
+            return ["--endpoint-reconciler-type=none"]
+        config = self.state_dir / "admission.yaml"
+        config.write_text(yaml.safe_dump(_ADMISSION, sort_keys=False), encoding="utf-8")
+        # The endpoint reconciler (lease) publishes the gateway address as the `kubernetes` Service's endpoint.
+        return ["--enable-admission-plugins=NodeRestriction", f"--admission-control-config-file={config}"]
 
     def _controller_manager_argv(self) -> list[str]:
         ports = self._ports()
@@ -499,22 +587,6 @@ class DevCluster:
             f"--flex-volume-plugin-dir={self.state_dir / 'flexvolume'}",
         ]
 
-    def _node_argv(self) -> list[str]:
-        files = self._files()
-        images = [f"--image={repository}={shlex.join(argv)}" for repository, argv in self.node_images.items()]
-        return [
-            sys.executable,
-            "-m",
-            "analysis_devcluster.node",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--state-dir={self.node_state_dir}",
-            f"--name={self.node_name}",
-            f"--tls-cert-file={files.kubelet_cert}",
-            f"--tls-private-key-file={files.kubelet_key}",
-            f"--client-ca-file={files.ca_cert}",
-            *images,
-        ]
-
     def _redis_argv(self) -> list[str]:
         ports = self._ports()
         data = self.state_dir / "redis"
@@ -522,7 +594,7 @@ class DevCluster:
         return [
             str(binaries.redis_server()),
             "--bind",
-            "127.0.0.1",
+            *dict.fromkeys(("127.0.0.1", self.host)),
             "--port",
             str(ports.redis),
             "--dir",
@@ -533,8 +605,10 @@ class DevCluster:
             "",
             "--daemonize",
             "no",
+            # Protected mode refuses every client but loopback when there is no password; with a real
+            # node, pods connect from the bridge (which only this host and its pods are on).
             "--protected-mode",
-            "yes",
+            "no" if self.node else "yes",
         ]
 
     # ------------------------------------------------------------ client files

@@ -1,596 +1,569 @@
-"""A local node for the dev cluster: registers a Node, schedules pods onto it and runs them as processes.
+"""The dev cluster's node: containerd, runc and the CNI plugins from Debian, kubelet, kube-proxy, kube-scheduler and CoreDNS.
 
-Started as ``python -m analysis_devcluster.node --kubeconfig PATH --state-dir
-DIR [--name NAME] [--image REPOSITORY=ARGV ...] [--tls-cert-file PEM
---tls-private-key-file PEM] [--client-ca-file PEM] [--port N]`` by
-:class:`analysis_devcluster.cluster.DevCluster` (``node=True``) and by
-``analysis-devcluster up`` (unless ``--no-node``). There is no kubelet, no
-scheduler and no container runtime in the dev cluster; this process plays
-all three, well enough for Jobs and Deployments to behave for real:
+Called by :mod:`analysis_devcluster.cluster` when a cluster has a node: the
+control plane is up, then :meth:`Node.start` sets up the pod network
+(:mod:`analysis_devcluster.podnet`), starts containerd and imports the
+images (:mod:`analysis_devcluster.images`), then starts the node's
+components as child processes of the caller (:mod:`analysis_devcluster.processes`),
+each with a credential of its own from the cluster's PKI (the kubelet is
+``system:node:<name>``, so the Node authorizer and NodeRestriction apply).
+:meth:`Node.stop` removes every trace of it.
 
-* **Node.** It registers a Ready Node (default ``devcluster-node``, address
-  127.0.0.1, large allocatable cpu/memory/pods), renews its Lease in
-  ``kube-node-lease`` every 10 s and its Ready heartbeat every 30 s, well
-  inside kube-controller-manager's ``--node-monitor-grace-period`` (50 s by
-  default), so the node lifecycle controller never marks it NotReady.
-* **Scheduler.** Every pod in any namespace with no ``nodeName`` (default
-  scheduler, no scheduling gates) is bound to this node through the
-  ``pods/binding`` subresource the moment a watch reports it.
-* **Kubelet.** Each bound pod's containers run as local processes
-  (:mod:`analysis_devcluster.podrun`); phase, conditions and
-  containerStatuses are patched into ``pods/status``; deletion sends SIGTERM,
-  SIGKILL after the grace period, then deletes the object with grace 0.
-* **Kubelet endpoint.** ``containerLogs`` over HTTPS on 127.0.0.1 (a free
-  port unless ``--port``), advertised in the Node's
-  ``daemonEndpoints.kubeletEndpoint``, so ``kubectl logs`` (``-f``,
-  ``--tail``, ``--since``, ``--timestamps``, ``--limit-bytes``,
-  ``--previous``, ``-l``) works through the apiserver
-  (:mod:`analysis_devcluster.kubeletapi`). It serves ``--tls-cert-file`` (a
-  self-signed certificate without one) and accepts clients whose certificate
-  ``--client-ca-file`` (default: the kubeconfig's CA) signed.
+Where things live: a node is a machine-wide thing (a bridge, routes, iptables
+rules, cgroups, mounts), so only one runs per machine. :data:`LOCK` is held
+(flock) for the node's whole life, and the node's runtime state is in fixed
+places: :data:`RUN_DIR` (sockets, containerd's state, network namespaces)
+and :data:`VAR_DIR` (containerd's root, the kubelet's root, pod addresses),
+with the pods' cgroups under :data:`CGROUP_ROOT`. Logs and configuration go
+to the cluster's state directory. Because these places are fixed,
+:func:`sweep` can remove what a crashed run left, and :meth:`Node.start`
+calls it before anything else; :meth:`Node.stop` calls it last.
 
-What a container runs (:mod:`analysis_devcluster.podspec`): ``command`` +
-``args`` with ``$(VAR)`` expansion; without ``command``, the entrypoint the
-image table gives for the image's *repository* (the last path component,
-tag and digest stripped): ``analysis-worker`` → ``analysis-worker``,
-``analysis-operator`` → ``analysis-operator``, plus ``--image`` entries. An
-image not in the table is never run: the container waits with reason
-``ImageNotLocal`` and a message naming the image and the known ones, and the
-pod stays Pending. Executables resolve on a PATH that starts with the
-directory of the interpreter running the node (the venv's ``bin``).
-
-Its environment is exactly what the pod spec gives (values, Secret and
-ConfigMap refs, ``envFrom``, the downward API, resource refs), on top of
-``PATH``, ``HOME`` (the pod's ``home`` directory), ``LANG=C.UTF-8``, the
-``KUBERNETES_SERVICE_HOST``/``_PORT`` family a kubelet sets from the
-``kubernetes`` Service (here the loopback apiserver) and, with a
-service-account token, ``KUBECONFIG`` (below); nothing else of the node's own
-environment leaks in. A missing Secret, ConfigMap or key that is not optional
-gives ``CreateContainerConfigError``, retried about every second until it
-appears.
-
-**In-cluster credentials: a difference from a kubelet.** A process here
-cannot read ``/var/run/secrets/kubernetes.io/serviceaccount/``, where
-in-cluster clients (client-go, Kopf's ``login_with_service_account``) look
-for the token: that path is translated only where the spec names it. So a
-container that mounts a service-account token there (the
-``kube-api-access-*`` volume the ServiceAccount admission plugin adds unless
-``automountServiceAccountToken: false``, or a projected token volume of its
-own at that path) also gets ``KUBECONFIG=<pod dir>/<container>.kubeconfig``,
-unless its spec sets ``KUBECONFIG`` itself. That kubeconfig names the
-apiserver, the mounted ``ca.crt`` (else the cluster's CA), the mounted token
-file (``tokenFile``) and the same token inline (Kopf's
-``login_with_kubeconfig`` reads only ``token``), and the pod's namespace:
-the process acts as ``system:serviceaccount:<namespace>:<account>``, with
-exactly that account's RBAC. Tokens are written once per pod and not
-refreshed; the default ``expirationSeconds: 3607`` of the admission plugin's
-volume is one the apiserver extends to a year.
-
-**Path translation.** There are no mount namespaces, so volumes (emptyDir,
-configMap, secret, downwardAPI, projected including service-account tokens,
-hostPath, persistentVolumeClaim) are materialised as directories under the
-pod's directory, ``<state>/pods/<namespace>_<pod>_<uid>/volumes/<volume>``,
-and every string a container is given that names a path under one of its
-``volumeMounts`` is rewritten to the local directory: an env value, a
-command or args element, or ``workingDir`` that *equals* a ``mountPath`` or
-*starts with* ``mountPath/`` (longest mountPath first; ``subPath``
-appended). So a ConfigMap mounted at ``/etc/analysis`` with
-``ANALYSIS_PLAN_PATH=/etc/analysis/plan.json`` gives the process
-``ANALYSIS_PLAN_PATH=<pod dir>/volumes/plan/plan.json``. ``TMPDIR`` points at
-the volume mounted at ``/tmp``, if any. Paths inside file contents, or built
-by the program at run time from other strings, are *not* translated; the
-working directory defaults to the pod's ``home``.
-
-Logs: each container's stdout and stderr go through a pipe the node drains,
-appended across restarts, to
-``<state>/pods/<namespace>_<pod>_<uid>/<container>.log`` (:func:`pod_log_path`,
-:func:`find_pod_log`), with ``.log.runs`` and ``.log.times`` beside it (where
-each run starts and when each part arrived: :mod:`analysis_devcluster.podlogs`).
-Every process runs in its own process group with ``PR_SET_PDEATHSIG``, and a
-watchdog process kills every pod's process group if the node dies, so
-nothing outlives it.
-
-It deliberately serves no other kubelet API (no ``exec``, ``attach``,
-``port-forward``, stats), gives pods no network of their own (every pod is
-127.0.0.1 and shares the host's ports), enforces no resource limits and runs
-no images: only commands.
+The host: cgroup v1 or v2 is detected and the kubelet configured for it
+(``cgroupfs`` driver; the ``failCgroupV1`` opt-out on v1); the sandbox may
+lack CAP_SYS_RESOURCE, hence containerd's ``restrict_oom_score_adj``.
+It deliberately enforces no NetworkPolicy (the bridge plugin has no policy
+engine) and runs no static pods.
 """
 
-from __future__ import annotations
-
-import argparse
-import asyncio
 import contextlib
-import datetime
-import logging
+import dataclasses
+import fcntl
 import os
-import platform
-import resource
-import shlex
 import signal
-import ssl
-import sys
-from collections.abc import Mapping, Sequence
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO
 
-import analysis_core
-from analysis_devcluster import kubeapi, kubeletapi, pki, podrun, podspec
+import yaml
 
-Obj = dict[str, Any]
-log = logging.getLogger("analysis_devcluster.node")
+from analysis_devcluster import binaries, images, pki, podnet, processes
 
-DEFAULT_NAME = "devcluster-node"
-DEFAULT_IMAGES: Mapping[str, tuple[str, ...]] = {
-    "analysis-worker": ("analysis-worker",),
-    "analysis-operator": ("analysis-operator",),
-}
-NODE_IP = "127.0.0.1"
-ALLOCATABLE = {"cpu": "64", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "1Ti"}
-LEASE_NAMESPACE = "kube-node-lease"
-LEASE_DURATION_S = 40  # as the kubelet's
-RENEW_EVERY_S = 10.0  # a quarter of the lease, as the kubelet's
-STATUS_EVERY_S = 30.0
-SHUTDOWN_GRACE_S = 3.0
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_RETRY_MAX_S = 2.0
+RUN_DIR = Path("/run/analysis-devcluster")
+VAR_DIR = Path("/var/lib/analysis-devcluster")
+LOCK = Path("/run/analysis-devcluster.lock")
+CONTAINERD_SOCKET = RUN_DIR / "containerd.sock"
+CGROUP_ROOT = "analysis-devcluster"
+CGROUP_FS = Path("/sys/fs/cgroup")
+CLUSTER_DOMAIN = "cluster.local"
+CONTAINERD_NAMESPACE = "k8s.io"  # the namespace the CRI plugin keeps its images and containers in
+SYSTEM_PACKAGES_HINT = "run `tools/system-packages.sh`"
+# CoreDNS reads Services and their endpoints; the apiserver's kubelet client (kubectl logs, exec) may use
+# the kubelet's API, which the kubelet asks the apiserver about (webhook authorization), as kubeadm grants it.
+NODE_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "devcluster:apiserver-kubelet-client"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kubelet-api-admin"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "%(kubelet_client)s"}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "devcluster:coredns"}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "devcluster:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "devcluster:coredns"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "%(coredns)s"}]
+"""
 
 
-# ------------------------------------------------------------------ where things are
+# Storage: pre-created `local` PersistentVolumes on this node under a no-provisioner StorageClass that
+# binds on first use (a hostPath volume would ignore the pod's fsGroup; a local one honours it).
+STORAGE_CLASS = "devcluster-local"
+VOLUMES = 6
+VOLUME_SIZE = "2Gi"
 
 
-def pods_dir(state_dir: Path) -> Path:
-    """Where the node keeps one directory per pod."""
-    return Path(state_dir) / "pods"
+class NodeError(RuntimeError):
+    """The node cannot start here; the message says why and what to do."""
 
 
-def pod_log_path(state_dir: Path, namespace: str, pod: str, uid: str, container: str) -> Path:
-    """``<state>/pods/<namespace>_<pod>_<uid>/<container>.log`` (it may not exist yet)."""
-    return podrun.pod_dir(pods_dir(state_dir), namespace, pod, uid) / f"{container}.log"
+class NodeBusy(NodeError):
+    """Another dev cluster's node runs on this machine (it holds :data:`LOCK`)."""
 
 
-def find_pod_log(state_dir: Path, namespace: str, pod: str, container: str | None = None) -> Path:
-    """The log of ``container`` (or of the pod's only container) of the newest pod so named.
+def cgroup_version() -> int:
+    """2 on a unified hierarchy, 1 on a legacy or hybrid one (the kubelet then needs ``failCgroupV1: false``)."""
+    return 2 if (CGROUP_FS / "cgroup.controllers").exists() else 1
 
-    Raises FileNotFoundError when the node has no such pod or log (yet).
+
+def _cgroup_roots() -> list[Path]:
+    """Our cgroup root in each hierarchy the kubelet uses."""
+    if cgroup_version() == 2:
+        return [CGROUP_FS / CGROUP_ROOT]
+    found = []
+    for hierarchy in sorted(CGROUP_FS.iterdir()):
+        # Skip the named systemd hierarchy and the comma-joined aliases (cpu,cpuacct -> cpu and cpuacct).
+        if hierarchy.is_dir() and not hierarchy.is_symlink() and (hierarchy / "cgroup.procs").exists():
+            found.append(hierarchy / CGROUP_ROOT)
+    return found
+
+
+def _make_cgroup_root() -> None:
+    for root in _cgroup_roots():
+        root.mkdir(exist_ok=True)
+        if root.parent.name == "cpuset":
+            # A v1 cpuset starts empty and admits no task until it is given CPUs and memory nodes.
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                (root / name).write_text((root.parent / name).read_text())
+    if cgroup_version() == 2:
+        controllers = (CGROUP_FS / "cgroup.subtree_control").read_text().split()
+        root = CGROUP_FS / CGROUP_ROOT
+        with contextlib.suppress(OSError):
+            (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
+
+
+def _cgroup_pids() -> set[int]:
+    pids: set[int] = set()
+    for root in _cgroup_roots():
+        if root.exists():
+            for procs in root.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def _remove_cgroups() -> None:
+    for root in _cgroup_roots():
+        if root.exists():
+            deepest_first = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            for directory in deepest_first:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            with contextlib.suppress(OSError):
+                root.rmdir()
+
+
+def _our_processes() -> set[int]:
+    """Processes of a node: anything in our cgroups, and anything whose command line names our directories.
+
+    That covers containerd, its shims (``-address /run/analysis-devcluster/...``),
+    the containers and the node components, but never another containerd.
     """
-    candidates = sorted(pods_dir(state_dir).glob(f"{namespace}_{pod}_*"), key=lambda path: path.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"the node at {state_dir} has run no pod {namespace}/{pod}")
-    directory = candidates[-1]
-    if container is not None:
-        path = directory / f"{container}.log"
-        if not path.exists():
-            raise FileNotFoundError(f"no log of container {container!r} in {directory}")
-        return path
-    logs = sorted(directory.glob("*.log"))
-    if len(logs) != 1:
-        raise FileNotFoundError(f"{directory} has {len(logs)} container logs; name the container")
-    return logs[0]
+    found = _cgroup_pids()
+    markers = (str(RUN_DIR).encode(), str(VAR_DIR).encode())
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if any(marker in (entry / "cmdline").read_bytes() for marker in markers):
+                    found.add(int(entry.name))
+    found.discard(os.getpid())
+    return found
 
 
-def search_path() -> str:
-    """The PATH of every container: the running interpreter's directory, then the node's own PATH."""
-    own = os.environ.get("PATH") or _DEFAULT_PATH
-    return os.pathsep.join([str(Path(sys.executable).parent), own])
+def sweep(ranges: podnet.Ranges, kube_proxy: Path | None = None) -> None:
+    """Remove every trace of a node: processes, mounts, network namespaces, iptables rules, routes, cgroups, state.
+
+    Safe on a clean machine and on what a crashed run left. Must be called with :data:`LOCK` held.
+    """
+    for _ in range(20):
+        pids = _our_processes()
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    else:
+        raise NodeError(f"processes of an earlier node do not die: {sorted(_our_processes())}")
+    for directory in (RUN_DIR, VAR_DIR):
+        podnet.remove_tree(directory)
+    if kube_proxy is not None:
+        # kube-proxy's own clean-up of its iptables chains (KUBE-SERVICES, KUBE-POSTROUTING, ...).
+        subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, timeout=60, check=False)
+    podnet.remove_kubelet_chains()
+    podnet.teardown(ranges)
+    _remove_cgroups()
 
 
-def _micro_now() -> str:
-    """The current time as the API's ``metav1.MicroTime``."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+@contextlib.contextmanager
+def machine_lock() -> Iterator[IO[str]]:
+    """Hold :data:`LOCK`, or raise NodeBusy naming the holder."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    handle = LOCK.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise NodeBusy(
+                f"a dev cluster node already runs on this machine ({holder} holds {LOCK}); "
+                "stop it (`make dev-cluster-down`, or end the test run) first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield handle
+    finally:
+        handle.close()
 
 
-# ------------------------------------------------------------------ the node
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    """The node components' local ports (the kubelet's serving port is on the gateway)."""
+
+    kubelet: int
+    kubelet_healthz: int
+    proxy_healthz: int
+    proxy_metrics: int
+    scheduler: int
+    coredns_health: int
+    coredns_ready: int
+
+    @classmethod
+    def pick(cls) -> "Ports":
+        return cls(*(processes.free_port() for _ in range(7)))
 
 
-class LocalNode:
-    """Node registration and heartbeats, binding, and one :class:`podrun.PodRuntime` per bound pod."""
+class Node:
+    """One real node, named ``name``, for the apiserver at ``server_url``; its files in ``state_dir``."""
 
     def __init__(
         self,
-        client: kubeapi.Client,
         *,
         name: str,
         state_dir: Path,
-        images: Mapping[str, Sequence[str]],
-        watchdog: podrun.Watchdog,
-        kubelet_tls: ssl.SSLContext,
-        kubelet_port: int = 0,
+        server_url: str,
+        admin_kubeconfig: Path,
+        files: pki.Files,
+        ranges: podnet.Ranges,
+        ready_timeout: float = 120.0,
     ) -> None:
-        self.client = client
         self.name = name
-        self.state_dir = Path(state_dir)
-        self.context = podrun.NodeContext(
-            client=client,
-            placement=podspec.Placement(node_name=name, host_ip=NODE_IP, pod_ip=NODE_IP, allocatable=ALLOCATABLE),
-            images=dict(images),
-            search_path=search_path(),
-            pods_dir=pods_dir(self.state_dir),
-            claims_dir=self.state_dir / "claims",
-            watchdog=watchdog,
-            server=client.server,
-            ca_pem=client.ca_pem,
-        )
-        self.kubelet = kubeletapi.KubeletServer(self.find_pod, kubelet_tls, kubelet_port)
-        self.kubelet_port = 0
-        self.pods: dict[str, podrun.PodRuntime] = {}
-        self._binding: set[str] = set()
-        self._node_uid = ""
-        self._ready_since = podrun.now()
-        self._kubelet_version = "v0.0.0"
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.state_dir = state_dir
+        self.server_url = server_url
+        self.admin_kubeconfig = admin_kubeconfig
+        self.files = files
+        self.ranges = ranges
+        self.ready_timeout = ready_timeout
+        self.ports = Ports.pick()
+        self.components: list[processes.Component] = []
+        self.images: list[images.Built] = []
+        self.timings: dict[str, float] = {}
+        self._lock: contextlib.ExitStack | None = None
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Serve, register, then schedule and run pods until ``stopping`` is set; then stop every pod's processes."""
-        self.kubelet_port = await self.kubelet.start()
-        log.info("node %s: kubelet endpoint on https://%s:%d", self.name, NODE_IP, self.kubelet_port)
+    # ------------------------------------------------------------ life cycle
+
+    def prepare(self) -> None:
+        """What needs no apiserver: the lock, the sweep, the network, containerd and the images."""
+        check_host()
+        started = time.monotonic()
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(machine_lock())
+        sweep(self.ranges, binaries.find("kube-proxy"))
+        podnet.setup(self.ranges)
+        _make_cgroup_root()
+        for directory in (RUN_DIR, VAR_DIR):
+            directory.mkdir(mode=0o711, parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.images = images.build_all()
+        self.timings["images"] = round(time.monotonic() - started, 3)
+        containerd = self._spawn("containerd", [_which("containerd"), "--config", str(self._containerd_config())])
+        self._wait(containerd, "serving its socket", CONTAINERD_SOCKET.exists)
+        self._wait(containerd, "answering", lambda: self._ctr("version").returncode == 0)
+        for built in self.images:
+            self._import(built)
+        self.timings["containerd"] = round(time.monotonic() - started, 3)
+
+    def start(self) -> None:
+        """The node's components, once the apiserver serves; returns when the Node is Ready is up to the caller."""
+        self._apply_cluster_objects()
+        self._spawn("kube-scheduler", self._scheduler_argv())
+        self._spawn("kube-proxy", [str(binaries.find("kube-proxy")), f"--config={self._proxy_config()}"])
+        self._spawn("coredns", [str(binaries.find("coredns")), "-conf", str(self._corefile())])
+        self._spawn("kubelet", self._kubelet_argv())
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every component and remove every trace of the node, then let go of the lock. Idempotent."""
         try:
-            await self._register()
-            log.info("node %s registered and Ready", self.name)
-            loops = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._watch_pods())]
-            try:
-                await stopping.wait()
-            finally:
-                for task in loops:
-                    task.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
-                await self.shutdown(SHUTDOWN_GRACE_S)
+            while self.components:
+                self.components.pop().stop(grace)
+            if self._lock is not None:
+                sweep(self.ranges, binaries.find("kube-proxy"))
         finally:
-            await self.kubelet.stop()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
-    def find_pod(self, namespace: str, name: str) -> podrun.PodRuntime | None:
-        """The runtime of the newest pod so named on this node, as the kubelet finds a pod by name."""
-        found = [r for r in self.pods.values() if r.namespace == namespace and r.name == name]
-        return found[-1] if found else None
+    def component(self, name: str) -> processes.Component:
+        return next(c for c in self.components if c.name == name)
 
-    async def shutdown(self, grace: float) -> None:
-        """Stop every pod's processes (SIGTERM, SIGKILL after ``grace``); pod objects are left as they are."""
-        await asyncio.gather(*(runtime.shutdown(grace) for runtime in list(self.pods.values())))
-        for task in list(self._tasks):
-            task.cancel()
+    def dead_components(self) -> list[str]:
+        return [c.name for c in self.components if not c.running()]
 
-    # ------------------------------------------------------------ Node and Lease
+    # ------------------------------------------------------------ helpers
 
-    async def _register(self) -> None:
-        """Create (or adopt) the Node, report it Ready and take its Lease; retry until the apiserver answers."""
-        delay = 0.1
-        while True:
-            try:
-                with contextlib.suppress(kubeapi.ApiError):
-                    version = await self.client.request("GET", "/version")
-                    self._kubelet_version = str(version.get("gitVersion", self._kubelet_version))
-                try:
-                    created = await self.client.request("POST", "/api/v1/nodes", body=self._node_object())
-                except kubeapi.ApiError as error:
-                    if error.status != 409:
-                        raise
-                    created = await self.client.request("GET", f"/api/v1/nodes/{self.name}")
-                self._node_uid = created["metadata"]["uid"]
-                await self._report_node()
-                await self._renew_lease()
-                return
-            except kubeapi.FAILURES as error:
-                log.warning("registering node %s: %s", self.name, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
+    def _spawn(self, name: str, argv: list[str]) -> processes.Component:
+        component = processes.spawn(name, argv, self.state_dir / "logs" / f"{name}.log", cwd=self.state_dir)
+        self.components.append(component)
+        return component
 
-    def _node_object(self) -> Obj:
-        return {
+    def _wait(self, component: processes.Component, what: str, probe: Callable[[], bool]) -> None:
+        processes.wait_until(component, what, probe, time.monotonic() + self.ready_timeout)
+
+    def _ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        argv = [_which("ctr"), "--address", str(CONTAINERD_SOCKET), "--namespace", CONTAINERD_NAMESPACE, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def _import(self, built: images.Built) -> None:
+        imported = self._ctr("images", "import", "--snapshotter=overlayfs", str(built.archive))
+        if imported.returncode != 0:
+            raise NodeError(f"ctr images import {built.archive} failed: {imported.stderr.strip()}")
+
+    def _kubeconfig(self, user: str, path: Path) -> Path:
+        """A kubeconfig for ``user`` with its client certificate from the PKI."""
+        cert, key = self.files.client(user)
+        cluster = {"server": self.server_url, "certificate-authority": str(self.files.ca_cert)}
+        config = {
             "apiVersion": "v1",
-            "kind": "Node",
+            "kind": "Config",
+            "clusters": [{"name": "devcluster", "cluster": cluster}],
+            "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+            "contexts": [{"name": "devcluster", "context": {"cluster": "devcluster", "user": user}}],
+            "current-context": "devcluster",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        path.chmod(0o600)
+        return path
+
+    def _apply_cluster_objects(self) -> None:
+        """The node's RBAC, its StorageClass (the cluster's default) and its local volumes."""
+        manifests = [NODE_RBAC % {"coredns": pki.COREDNS_USER, "kubelet_client": pki.KUBELET_CLIENT_USER}]
+        storage_class = {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
             "metadata": {
-                "name": self.name,
-                "labels": {
-                    "kubernetes.io/hostname": self.name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": _arch(),
-                    "node.kubernetes.io/instance-type": "analysis-devcluster",
-                },
+                "name": STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
             },
-            "spec": {},
-            "status": self._node_status(),
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Retain",
         }
+        manifests.append(yaml.safe_dump(storage_class))
+        for index in range(VOLUMES):
+            path = VAR_DIR / "volumes" / f"pv-{index}"
+            path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            manifests.append(yaml.safe_dump(self._volume(f"{STORAGE_CLASS}-{index}", path)))
+        result = subprocess.run(
+            [str(binaries.find("kubectl")), "--kubeconfig", str(self.admin_kubeconfig), "apply", "-f", "-"],
+            input="\n---\n".join(manifests),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise NodeError(f"applying the node's RBAC, StorageClass and volumes failed: {result.stderr.strip()}")
 
-    def _node_status(self) -> Obj:
-        heartbeat = podrun.now()
-
-        def condition(kind: str, status: str, reason: str, message: str) -> Obj:
-            return {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastHeartbeatTime": heartbeat,
-                "lastTransitionTime": self._ready_since,
-            }
-
+    def _volume(self, name: str, path: Path) -> dict[str, object]:
+        selector = {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.name]}
         return {
-            "capacity": dict(ALLOCATABLE),
-            "allocatable": dict(ALLOCATABLE),
-            "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "no memory pressure"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "no disk pressure"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "no PID pressure"),
-                condition("Ready", "True", "KubeletReady", "the analysis-devcluster local node is running pods"),
-            ],
-            "addresses": [{"type": "InternalIP", "address": NODE_IP}, {"type": "Hostname", "address": self.name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
-            "nodeInfo": {
-                "machineID": "",
-                "systemUUID": "",
-                "bootID": "",
-                "kernelVersion": platform.release(),
-                "osImage": f"analysis-devcluster local node {analysis_core.__version__}",
-                "containerRuntimeVersion": f"devcluster://{analysis_core.__version__}",
-                "kubeletVersion": self._kubelet_version,
-                "kubeProxyVersion": "",
-                "operatingSystem": "linux",
-                "architecture": _arch(),
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": VOLUME_SIZE},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": STORAGE_CLASS,
+                "local": {"path": str(path)},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [selector]}]}},
             },
         }
 
-    async def _report_node(self) -> None:
-        await self.client.request(
-            "PATCH", f"/api/v1/nodes/{self.name}/status", body={"status": self._node_status()}, patch="strategic"
-        )
+    # ------------------------------------------------------------ configuration files
 
-    async def _renew_lease(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
-        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": _micro_now()}
-        try:
-            await self.client.request("PATCH", f"{path}/{self.name}", body={"spec": spec}, patch="merge")
-        except kubeapi.ApiError as error:
-            if error.status != 404:
-                raise
-            owner = {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self._node_uid}
-            lease = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": LEASE_NAMESPACE, "ownerReferences": [owner]},
-                "spec": spec,
-            }
-            await self.client.request("POST", path, body=lease)
+    def _containerd_config(self) -> Path:
+        cni_conf = self.state_dir / "cni"
+        podnet.write_cni_config(self.ranges, cni_conf, VAR_DIR / "cni-networks")
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        text = f"""# Written by analysis_devcluster.node for one run; see that module.
+version = 2
+root = "{VAR_DIR / "containerd"}"
+state = "{RUN_DIR / "containerd"}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
 
-    async def _heartbeat(self) -> None:
-        """Renew the Lease every RENEW_EVERY_S and the Ready heartbeat every STATUS_EVERY_S, forever."""
-        loop = asyncio.get_running_loop()
-        reported = loop.time()
-        while True:
-            await asyncio.sleep(RENEW_EVERY_S)
-            try:
-                await self._renew_lease()
-                if loop.time() - reported >= STATUS_EVERY_S:
-                    await self._report_node()
-                    reported = loop.time()
-            except kubeapi.ApiError as error:
-                log.warning("node heartbeat: %s", error)
-                if error.status == 404:  # someone deleted the Node: register again
-                    await self._register()
-            except kubeapi.TRANSIENT as error:
-                log.warning("node heartbeat: %s", error)
+[grpc]
+  address = "{CONTAINERD_SOCKET}"
 
-    # ------------------------------------------------------------ pods
+[ttrpc]
+  address = "{RUN_DIR / "containerd-ttrpc.sock"}"
 
-    async def _watch_pods(self) -> None:
-        """List then watch every pod; relist after a 410 Gone or a lost apiserver."""
-        delay = 0.1
-        while True:
-            try:
-                version = await self._relist()
-                delay = 0.1
-                while True:
-                    async for event in self.client.watch("/api/v1/pods", version):
-                        version = event["object"]["metadata"].get("resourceVersion", version)
-                        if event["type"] != "BOOKMARK":
-                            self._dispatch(event["type"], event["object"])
-            except kubeapi.ApiError as error:
-                if error.status != 410:
-                    log.warning("pod watch: %s", error)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX_S)
-            except kubeapi.TRANSIENT as error:
-                log.warning("pod watch: %s (%s); relisting", error, type(error).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{VAR_DIR / "opt"}"
 
-    async def _relist(self) -> str:
-        """Dispatch every pod as it is now, forget pods that are gone; the list's resourceVersion."""
-        listed = await self.client.request("GET", "/api/v1/pods")
-        present = set()
-        for pod in listed.get("items", []):
-            present.add(pod["metadata"]["uid"])
-            self._dispatch("ADDED", pod)
-        for uid, runtime in list(self.pods.items()):
-            if uid not in present:
-                runtime.vanish()
-        version: str = listed["metadata"]["resourceVersion"]
-        return version
+[{cri}]
+  sandbox_image = "{images.PAUSE_IMAGE}"
+  # The sandbox may lack CAP_SYS_RESOURCE: without this every pod sandbox fails in runc
+  # ("can't get final child's PID from pipe: EOF") on the kubelet's OOM score adjustment.
+  restrict_oom_score_adj = true
+  # Network namespaces under the state directory, so that nothing of ours is in /var/run/netns.
+  netns_mounts_under_state_dir = true
+  enable_selinux = false
+  disable_apparmor = true
 
-    def _dispatch(self, kind: str, pod: Obj) -> None:
-        uid = pod["metadata"]["uid"]
-        runtime = self.pods.get(uid)
-        if kind == "DELETED":
-            if runtime is not None:
-                runtime.vanish()
-            return
-        node_name = pod["spec"].get("nodeName")
-        if not node_name:
-            if _schedulable(pod) and uid not in self._binding:
-                self._binding.add(uid)
-                self._spawn_task(self._bind(pod))
-        elif node_name == self.name:
-            self._track(pod)
+[{cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
 
-    def _spawn_task(self, work: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
 
-    async def _bind(self, pod: Obj) -> None:
-        """Bind ``pod`` to this node and start it at once (the watch confirms it a moment later)."""
-        metadata = pod["metadata"]
-        binding = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": metadata["name"], "namespace": metadata["namespace"], "uid": metadata["uid"]},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": self.name},
+[{cri}.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+
+[{cri}.cni]
+  bin_dir = "{podnet.cni_bin_dir()}"
+  conf_dir = "{cni_conf}"
+  max_conf_num = 1
+"""
+        path = self.state_dir / "containerd.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def _kubelet_argv(self) -> list[str]:
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": self.ranges.gateway,
+            "port": self.ports.kubelet,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": self.ports.kubelet_healthz,
+            "tlsCertFile": str(self.files.kubelet_cert),
+            "tlsPrivateKeyFile": str(self.files.kubelet_key),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(self.files.ca_cert)},
+            },
+            "authorization": {"mode": "Webhook"},
+            "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCKET}",
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/{CGROUP_ROOT}",
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "clusterDNS": [self.ranges.gateway],
+            "clusterDomain": CLUSTER_DOMAIN,
+            # Pods get only the cluster's DNS: nothing of this host's resolver configuration.
+            "resolvConf": "",
+            "rotateCertificates": False,
+            "serverTLSBootstrap": False,
+            # A developer's disk is often fuller than a node's; evict only when it is really full.
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            # The images were imported, not pulled: nothing could pull them back after a garbage collection.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "serializeImagePulls": False,
+            "nodeStatusUpdateFrequency": "4s",
+            "syncFrequency": "10s",
+            "shutdownGracePeriod": "0s",
+            "maxPods": 110,
         }
-        path = f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}/binding"
-        delay = 0.1
-        try:
-            for _ in range(10):
-                try:
-                    await self.client.request("POST", path, body=binding)
-                except kubeapi.ApiError as error:
-                    if error.status in (404, 409):  # gone, or bound already
-                        return
-                    log.warning("binding %s/%s: %s", metadata["namespace"], metadata["name"], error)
-                except kubeapi.TRANSIENT as error:
-                    log.warning("binding %s/%s: %s", metadata["namespace"], metadata["name"], error)
-                else:
-                    log.info("bound %s/%s to %s", metadata["namespace"], metadata["name"], self.name)
-                    self._track({**pod, "spec": {**pod["spec"], "nodeName": self.name}})
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-        finally:
-            self._binding.discard(metadata["uid"])
+        path = self.state_dir / "kubelet.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        kubeconfig = self._kubeconfig(pki.node_user(self.name), self.state_dir / "kubelet.kubeconfig")
+        return [
+            str(binaries.find("kubelet")),
+            f"--config={path}",
+            f"--kubeconfig={kubeconfig}",
+            f"--root-dir={VAR_DIR / 'kubelet'}",
+            f"--hostname-override={self.name}",
+            f"--node-ip={self.ranges.gateway}",
+            "--v=1",
+        ]
 
-    def _track(self, pod: Obj) -> None:
-        """Hand ``pod`` to its runtime, creating and starting one for a pod new to this node."""
-        uid = pod["metadata"]["uid"]
-        runtime = self.pods.get(uid)
-        if runtime is not None:
-            runtime.update(pod)
-            return
-        runtime = podrun.PodRuntime(self.context, pod)
-        self.pods[uid] = runtime
-        runtime.start().add_done_callback(lambda task: self._forget(uid, task))
+    def _proxy_config(self) -> Path:
+        kubeconfig = self._kubeconfig(pki.KUBE_PROXY_USER, self.state_dir / "kube-proxy.kubeconfig")
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "mode": "iptables",
+            "clusterCIDR": str(self.ranges.pods),
+            "hostnameOverride": self.name,
+            "bindAddress": self.ranges.gateway,
+            "healthzBindAddress": f"127.0.0.1:{self.ports.proxy_healthz}",
+            "metricsBindAddress": f"127.0.0.1:{self.ports.proxy_metrics}",
+            # NodePorts answer only on the bridge's address, never on the host's other interfaces.
+            "nodePortAddresses": [f"{self.ranges.gateway}/32"],
+            # Zeros leave the host's conntrack sysctls alone (a sandbox may not write them).
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            "iptables": {"syncPeriod": "10s", "minSyncPeriod": "0s"},
+        }
+        path = self.state_dir / "kube-proxy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return path
 
-    def _forget(self, uid: str, task: asyncio.Task[None]) -> None:
-        runtime = self.pods.pop(uid, None)
-        if not task.cancelled() and task.exception() is not None:
-            key = runtime.key if runtime else uid
-            log.error("pod %s: runtime failed", key, exc_info=task.exception())
+    def _scheduler_argv(self) -> list[str]:
+        kubeconfig = self._kubeconfig(pki.SCHEDULER_USER, self.state_dir / "kube-scheduler.kubeconfig")
+        return [
+            str(binaries.find("kube-scheduler")),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports.scheduler}",
+            "--profiling=false",
+        ]
 
-
-def _schedulable(pod: Obj) -> bool:
-    """Whether this node should bind ``pod``: the default scheduler's, not gated, not over, not being deleted."""
-    spec, metadata = pod["spec"], pod["metadata"]
-    return (
-        spec.get("schedulerName", "default-scheduler") == "default-scheduler"
-        and not spec.get("schedulingGates")
-        and not metadata.get("deletionTimestamp")
-        and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-    )
-
-
-def _arch() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-
-
-# ------------------------------------------------------------------ entry point
-
-
-def parse_images(entries: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """``REPOSITORY=ARGV`` entries (ARGV split like a shell would) over the default image table."""
-    images = dict(DEFAULT_IMAGES)
-    for entry in entries:
-        repository, separator, command = entry.partition("=")
-        argv = tuple(shlex.split(command))
-        if not separator or not repository or not argv:
-            raise ValueError(f"--image wants REPOSITORY=COMMAND, got {entry!r}")
-        images[repository] = argv
-    return images
+    def _corefile(self) -> Path:
+        kubeconfig = self._kubeconfig(pki.COREDNS_USER, self.state_dir / "coredns.kubeconfig")
+        text = f""".:53 {{
+    bind {self.ranges.gateway}
+    errors
+    health 127.0.0.1:{self.ports.coredns_health}
+    ready 127.0.0.1:{self.ports.coredns_ready}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig} devcluster
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+"""
+        path = self.state_dir / "Corefile"
+        path.write_text(text, encoding="utf-8")
+        return path
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis_devcluster.node", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
-    parser.add_argument("--kubeconfig", type=Path, required=True, help="admin kubeconfig of the cluster")
-    parser.add_argument("--state-dir", type=Path, required=True, help="where pod directories and logs go")
-    parser.add_argument("--name", default=DEFAULT_NAME, help=f"the Node's name (default {DEFAULT_NAME})")
-    parser.add_argument(
-        "--image",
-        action="append",
-        default=[],
-        metavar="REPOSITORY=COMMAND",
-        help="an image repository the node can run and its entrypoint, e.g. python=/usr/bin/python3 (repeatable)",
-    )
-    # Named as the kubelet's flags are.
-    parser.add_argument("--tls-cert-file", type=Path, help="the kubelet endpoint's certificate (default: self-signed)")
-    parser.add_argument("--tls-private-key-file", type=Path, help="its key")
-    parser.add_argument(
-        "--client-ca-file", type=Path, help="CA of the clients it accepts (default: the kubeconfig's CA)"
-    )
-    parser.add_argument("--port", type=int, default=0, help="the kubelet endpoint's port (default: a free one)")
-    return parser
+def _which(tool: str) -> str:
+    for directory in ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin"):
+        candidate = Path(directory) / tool
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise NodeError(f"{tool} not found: {SYSTEM_PACKAGES_HINT} (Debian packages containerd, runc, iptables)")
 
 
-def _kubelet_tls(args: argparse.Namespace, cluster_ca: bytes | None) -> ssl.SSLContext:
-    """The kubelet endpoint's TLS: the given certificate, else a self-signed one written to the state directory."""
-    cert, key = args.tls_cert_file, args.tls_private_key_file
-    if cert is None:
-        directory = args.state_dir / "kubelet"
-        directory.mkdir(mode=0o700, exist_ok=True)
-        cert, key = pki.write_pair(
-            pki.self_signed_serving(args.name), directory / "kubelet.crt", directory / "kubelet.key"
-        )
-    client_ca = args.client_ca_file.read_bytes() if args.client_ca_file else cluster_ca
-    return kubeletapi.tls_context(cert, key, client_ca)
-
-
-def _raise_open_files_limit() -> None:
-    """Every running container holds a few descriptors here (its pipe, log and pidfd): allow many."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-async def _serve(args: argparse.Namespace, images: Mapping[str, Sequence[str]]) -> None:
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, stopping.set)
-    state_dir: Path = args.state_dir
-    watchdog = podrun.Watchdog()
-    watchdog.start()
-    try:
-        async with kubeapi.Client.from_kubeconfig(args.kubeconfig, state_dir / "client") as client:
-            node = LocalNode(
-                client,
-                name=args.name,
-                state_dir=state_dir,
-                images=images,
-                watchdog=watchdog,
-                kubelet_tls=_kubelet_tls(args, client.ca_pem),
-                kubelet_port=args.port,
-            )
-            await node.run(stopping)
-    finally:
-        watchdog.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        images = parse_images(args.image)
-    except ValueError as error:
-        _parser().error(str(error))
-    if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
-        _parser().error("--tls-cert-file and --tls-private-key-file go together")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    args.state_dir = args.state_dir.absolute()
-    args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _raise_open_files_limit()
-    asyncio.run(_serve(args, images))
-    log.info("node %s stopped", args.name)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def check_host() -> None:
+    """Fail fast, naming the fix, when the node cannot run here."""
+    if os.geteuid() != 0:
+        raise NodeError("a node needs root (containerd, network namespaces, routes and iptables rules)")
+    for tool in ("containerd", "ctr", "runc", "iptables", "ip", "conntrack", "buildah", "debootstrap", "gcc"):
+        _which(tool)
+    podnet.cni_bin_dir()
+    for tool in ("kubelet", "kube-proxy", "kube-scheduler", "coredns"):
+        binaries.find(tool)

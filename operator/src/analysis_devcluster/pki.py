@@ -34,12 +34,14 @@ APISERVER_DNS_NAMES = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-# 127.0.0.1 is how clients on this host connect; 10.0.0.1 is the first address
-# of --service-cluster-ip-range, the ClusterIP of the `kubernetes` Service.
-APISERVER_IPS = ("127.0.0.1", "10.0.0.1")
 ADMIN_USER = "devcluster-admin"
 ADMIN_GROUP = "system:masters"
 KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"  # kubeadm's name for it
+# The users of the node's components: the names their default RBAC bindings (or ours, for CoreDNS) grant.
+NODE_GROUP = "system:nodes"
+KUBE_PROXY_USER = "system:kube-proxy"
+SCHEDULER_USER = "system:kube-scheduler"
+COREDNS_USER = "devcluster:coredns"
 # Backdated so that a clock a little behind on another process never sees a
 # not-yet-valid certificate.
 _BACKDATE = datetime.timedelta(hours=1)
@@ -69,6 +71,12 @@ class Files:
     kubelet_client_key: Path
     sa_private_key: Path
     sa_public_key: Path
+    # Client certificates of the real node's components (user name -> (cert, key)).
+    clients: dict[str, tuple[Path, Path]] = dataclasses.field(default_factory=dict)
+
+    def client(self, user: str) -> tuple[Path, Path]:
+        """The certificate and key of ``user`` (``system:node:<name>``, :data:`KUBE_PROXY_USER`, ...)."""
+        return self.clients[user]
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -202,14 +210,19 @@ def _write(path: Path, data: bytes, mode: int) -> Path:
     return path
 
 
-def kubelet_serving(ca: Issued, node_name: str) -> Issued:
-    """A kubelet serving certificate for the node at 127.0.0.1, named as the kubelet names its own."""
+def node_user(node_name: str) -> str:
+    """The user a node's kubelet is, for the Node authorizer and NodeRestriction."""
+    return f"system:node:{node_name}"
+
+
+def kubelet_serving(ca: Issued, node_name: str, node_ips: tuple[str, ...] = ("127.0.0.1",)) -> Issued:
+    """A kubelet serving certificate for the node at ``node_ips``, named as the kubelet names its own."""
     return issue(
         ca,
-        f"system:node:{node_name}",
-        organizations=("system:nodes",),
+        node_user(node_name),
+        organizations=(NODE_GROUP,),
         dns_names=(node_name, "localhost"),
-        ip_addresses=("127.0.0.1",),
+        ip_addresses=tuple(dict.fromkeys(("127.0.0.1", *node_ips))),
         server=True,
     )
 
@@ -224,21 +237,43 @@ def write_pair(issued: Issued, cert_path: Path, key_path: Path) -> tuple[Path, P
     return _write(cert_path, cert_pem(issued.cert), 0o644), _write(key_path, private_key_pem(issued.key), 0o600)
 
 
-def write_all(directory: Path, node_name: str = "devcluster-node") -> Files:
-    """Generate the whole PKI into ``directory`` (created 0700); keys 0600, certificates 0644."""
+def write_all(
+    directory: Path,
+    node_name: str = "devcluster-node",
+    *,
+    host_ips: tuple[str, ...] = ("127.0.0.1",),
+    kubernetes_service_ip: str = "10.96.0.1",
+) -> Files:
+    """Generate the whole PKI into ``directory`` (created 0700); keys 0600, certificates 0644.
+
+    ``host_ips`` are where this host's servers listen (loopback, and the pod
+    bridge's gateway when there is a real node): the apiserver's and the
+    kubelet's certificates name them, and so does the ClusterIP of the
+    ``kubernetes`` Service, through which pods reach the apiserver.
+    """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca = make_ca()
     apiserver = issue(
         ca,
         "kube-apiserver",
         dns_names=APISERVER_DNS_NAMES,
-        ip_addresses=APISERVER_IPS,
+        ip_addresses=tuple(dict.fromkeys(("127.0.0.1", *host_ips, kubernetes_service_ip))),
         server=True,
     )
     admin = issue(ca, ADMIN_USER, organizations=(ADMIN_GROUP,), client=True)
     kubelet_cert, kubelet_key = write_pair(
-        kubelet_serving(ca, node_name), directory / "kubelet.crt", directory / "kubelet.key"
+        kubelet_serving(ca, node_name, host_ips), directory / "kubelet.crt", directory / "kubelet.key"
     )
+    clients = {}
+    for user, groups, stem in (
+        (node_user(node_name), (NODE_GROUP,), "node"),
+        (KUBE_PROXY_USER, (), "kube-proxy"),
+        (SCHEDULER_USER, (), "kube-scheduler"),
+        (COREDNS_USER, (), "coredns"),
+    ):
+        clients[user] = write_pair(
+            issue(ca, user, organizations=groups, client=True), directory / f"{stem}.crt", directory / f"{stem}.key"
+        )
     kubelet_client_cert, kubelet_client_key = write_pair(
         issue(ca, KUBELET_CLIENT_USER, client=True),
         directory / "apiserver-kubelet-client.crt",
@@ -257,4 +292,5 @@ def write_all(directory: Path, node_name: str = "devcluster-node") -> Files:
         kubelet_client_key=kubelet_client_key,
         sa_private_key=_write(directory / "sa.key", private_key_pem(service_accounts), 0o600),
         sa_public_key=_write(directory / "sa.pub", public_key_pem(service_accounts), 0o644),
+        clients=clients,
     )

@@ -152,6 +152,25 @@ class Component:
         _signal_group(self.pid, signal.SIGKILL)
 
 
+class StartupError(RuntimeError):
+    """A component did not become ready; the message ends with the tail of its log."""
+
+
+def wait_until(component: Component, what: str, probe: Callable[[], bool], deadline: float) -> None:
+    """Poll ``probe`` until it holds; raise StartupError if ``component`` exits first or ``deadline`` passes."""
+    while not probe():
+        if not component.running():
+            raise StartupError(
+                f"{component.name} exited with code {component.process.returncode} before it was {what}; "
+                f"last lines of {component.log}:\n{component.log_tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise StartupError(
+                f"{component.name} not {what} in time; last lines of {component.log}:\n{component.log_tail()}"
+            )
+        time.sleep(0.1)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)

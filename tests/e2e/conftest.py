@@ -38,6 +38,7 @@ from analysis_devcluster import cluster, processes
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 WORKER_IMAGE = f"analysis-worker:{analysis_core.__version__}"
+WORKER_MEMORY_LIMIT = "192Mi"
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +72,8 @@ class Operator:
             "KUBECONFIG": str(self.dev.kubeconfig),
             "ANALYSIS_OPERATOR_REDIS_URL": self.dev.redis_url,
             "ANALYSIS_OPERATOR_WORKER_IMAGE": WORKER_IMAGE,
+            # Enforced by the node's cgroups: a worker needs about 80 MB; test_node OOM-kills one on purpose.
+            "ANALYSIS_OPERATOR_WORKER_MEMORY_LIMIT": WORKER_MEMORY_LIMIT,
             "ANALYSIS_OPERATOR_RESULTS_INTERVAL": "1",
             "ANALYSIS_OPERATOR_METRICS_PORT": str(self.metrics_port),
         }

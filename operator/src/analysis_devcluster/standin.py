@@ -37,7 +37,9 @@ from typing import Any, Self
 from aiohttp import web
 
 APIS = ("anthropic", "openai")
-_NUMBERS = frozenset({"retry_after_s", "retry_after_ms", "reset_s", "delay_s", "input_tokens", "output_tokens"})
+_NUMBERS = frozenset(
+    {"retry_after_s", "retry_after_ms", "reset_s", "delay_s", "input_tokens", "output_tokens", "size_mb"}
+)
 _STEP_KEYS = _NUMBERS | {"kind", "match", "api", "times", "text"}
 # (HTTP status, Anthropic error type, OpenAI error type, OpenAI code) per error kind.
 _ERRORS = {
@@ -47,7 +49,7 @@ _ERRORS = {
     "unauthorized": (401, "authentication_error", "invalid_request_error", "invalid_api_key"),
     "bad_request": (400, "invalid_request_error", "invalid_request_error", None),
 }
-KINDS = frozenset({*_ERRORS, "ok", "timeout", "malformed", "truncated"})
+KINDS = frozenset({*_ERRORS, "ok", "timeout", "malformed", "truncated", "huge"})
 _LIMIT = 1000  # the advertised request quota; "remaining" counts down from it
 
 
@@ -244,6 +246,9 @@ async def _handle(state: _State, api: str, request: web.Request) -> web.Response
     if kind == "timeout":
         await asyncio.sleep(step.get("delay_s", 5.0))
     text = step.get("text", "stand-in answer: " + call["prompt"][:200])
+    if kind == "huge":
+        # A well-formed answer of size_mb megabytes: more than a small worker's memory limit can hold.
+        text = "x" * int(step.get("size_mb", 256) * 1_000_000)
     tokens_in = step.get("input_tokens", math.ceil(len(call["prompt"]) / 4))
     tokens_out = step.get("output_tokens", math.ceil(len(text) / 4))
     headers.update(_rate_headers(api, remaining, 60.0))

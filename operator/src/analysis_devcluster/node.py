@@ -261,8 +261,10 @@ class Node:
         """What needs no apiserver: the lock, the sweep, the network, containerd and the images."""
         check_host()
         started = time.monotonic()
-        self._lock = contextlib.ExitStack()
-        self._lock.enter_context(machine_lock())
+        lock = contextlib.ExitStack()
+        lock.enter_context(machine_lock())
+        # Only a node that holds the lock may sweep: stop() after a refused start must touch nothing.
+        self._lock = lock
         sweep(self.ranges, binaries.find("kube-proxy"))
         podnet.setup(self.ranges)
         _make_cgroup_root()

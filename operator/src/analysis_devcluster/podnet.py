@@ -108,21 +108,33 @@ def host_routes() -> list[dict[str, str]]:
 
 
 def check_free(ranges: Ranges) -> None:
-    """Refuse ranges that overlap a route of the host's, other than a default route and our own leftovers."""
-    for route in host_routes():
+    """Refuse ranges that overlap a route of the host's (see :func:`overlap`)."""
+    problem = overlap(ranges, host_routes())
+    if problem is not None:
+        raise NetworkError(problem)
+
+
+def overlap(ranges: Ranges, routes: list[dict[str, str]]) -> str | None:
+    """Why ``ranges`` may not be used beside ``routes`` (``ip -j route`` rows), or None.
+
+    A default route does not count (shadowing it for private ranges is the
+    point), nor do our own bridge's route and our own blackholes, which a
+    crashed run may have left and :func:`teardown` removes.
+    """
+    for route in routes:
         destination = route.get("dst", "")
         if destination in ("default", "") or route.get("dev") == BRIDGE:
             continue
         if route.get("type") == "blackhole" and destination in (str(ranges.pods), str(ranges.services)):
-            continue  # ours, from a run that crashed; teardown() removes it
+            continue
         network = ipaddress.IPv4Network(destination if "/" in destination else f"{destination}/32", strict=False)
-        for name, mine in (("pod", ranges.pods), ("Service", ranges.services)):
+        for name, env, mine in (("pod", POD_CIDR_ENV, ranges.pods), ("Service", SERVICE_CIDR_ENV, ranges.services)):
             if network.overlaps(mine):
-                env = POD_CIDR_ENV if name == "pod" else SERVICE_CIDR_ENV
-                raise NetworkError(
+                return (
                     f"the {name} range {mine} overlaps the host's route to {destination} "
                     f"(dev {route.get('dev', '?')}); choose another range with {env}"
                 )
+    return None
 
 
 def cni_config(ranges: Ranges, data_dir: Path) -> dict[str, object]:

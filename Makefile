@@ -35,10 +35,13 @@ demo-packages:
 	@tools/system-packages.sh demo
 
 .PHONY: demo
-demo: demo-packages install ## the stock-research example on a fresh local control plane, from apply to results
+demo: demo-packages install ## the stock-research example on a fresh dev cluster with a real node, from apply to results (needs root)
 	@[ -x .devcluster/bin/kube-apiserver ] || echo "==> building the control plane tools from the Kubernetes Go modules; the first time this takes several minutes"
 	@tools/controlplane/build.sh
 	@tools/coredns/build.sh
+	@tools/helm/build.sh
+	@echo "==> the images: a Debian base, then operator, worker and redis with buildah (minutes the first time)"
+	@$(PY) -m analysis_devcluster.images --node
 	$(PY) -m analysis_devcluster.demo
 
 .PHONY: controlplane
@@ -46,6 +49,10 @@ controlplane: ## build the control plane, the node's kubelet, kube-proxy, kube-s
 	tools/controlplane/build.sh
 	tools/coredns/build.sh
 	tools/helm/build.sh
+
+.PHONY: node-images
+node-images: install ## build what the dev cluster's node runs (Debian base, pause, operator, worker, redis; cached by digest)
+	$(PY) -m analysis_devcluster.images --node
 
 .PHONY: images
 images: install ## build the operator, worker and redis images (buildah or docker) and save them as archives in dist/images; BASE_IMAGE=debian builds on a local Debian base
@@ -83,7 +90,7 @@ check-crds: install ## fail if crds/ differs from what the API models generate
 	$(PY) -m analysis_core.api.crd --check --dir crds
 
 .PHONY: test
-test: system-packages install controlplane ## the default test run: every tier (unit, integration, e2e) against the real control plane and Redis
+test: system-packages install controlplane node-images ## the default test run: every tier (unit, integration, e2e) against the real control plane, node and Redis (needs root)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -111,6 +118,10 @@ $(ARQ_VENV)/bin/arq:
 bench: install controlplane .venv-arq ## benchmarks: dev cluster warm start; stage queue vs arq, pickup, limiter (~5 min); writes bench/results/
 	$(PY) bench/devcluster_start.py
 	$(PY) bench/queue_bench.py
+
+.PHONY: bench-node
+bench-node: install controlplane ## benchmark the real node: cold, warm and cached image builds, node start, pod start (~10 min); writes bench/results/node.json
+	$(PY) bench/node_bench.py
 
 .PHONY: bench-build
 bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/

@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "analysis-operator"
 EXAMPLE = ROOT / "examples" / "ticker-summary.yaml"
+README = ROOT / "README.md"
 RELEASE, SYSTEM = "analysis-operator", "analysis-system"
 CRD = "analysisbatches.analysis.dev"
 PASSWORD = "helm-e2e-redis-pw-7d41c0"
@@ -172,29 +173,29 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     assert pod["spec"]["containers"][0]["image"] == f"analysis-operator:{analysis_core.__version__}"
     assert pod["spec"]["serviceAccountName"] == RELEASE
 
-    setting.namespace("research")
-    setting.kubectl("apply", "-n", "research", "-f", str(EXAMPLE))
-    setting.wait("research", "ticker-summary", "Complete")
-    batch = setting.get("research", "analysisbatch", "ticker-summary")
+    setting.namespace("team-r")
+    setting.kubectl("apply", "-n", "team-r", "-f", str(EXAMPLE))
+    setting.wait("team-r", "ticker-summary", "Complete")
+    batch = setting.get("team-r", "analysisbatch", "ticker-summary")
     assert batch["status"]["items"]["succeeded"] == 3
-    rows = results(setting, "research", "ticker-summary")
+    rows = results(setting, "team-r", "ticker-summary")
     assert sorted(row["item"] for row in rows) == ["AMD", "NVDA", "TSM"]
     assert {row["status"] for row in rows} == {"succeeded"}
     uid = batch["metadata"]["uid"]
     # The workers reached the password-protected Redis through the operator's per-batch copy of the password.
     assert setting.redis_keys(uid)
-    copies = json.loads(setting.kubectl("get", "secrets", "-n", "research", "-l", f"analysis.dev/batch-uid={uid}",
+    copies = json.loads(setting.kubectl("get", "secrets", "-n", "team-r", "-l", f"analysis.dev/batch-uid={uid}",
                                         "-o", "json").stdout)["items"]  # fmt: skip
     assert [c["metadata"]["ownerReferences"][0]["uid"] for c in copies] == [uid]
     # Nothing the operator asked for was refused, and the password appears in none of what a user reads.
     log = setting.operator_log()
     assert "ticker-summary" in log
     assert refusals(log) == []
-    events = setting.kubectl("get", "events", "-n", "research", "-o", "json").stdout
+    events = setting.kubectl("get", "events", "-n", "team-r", "-o", "json").stdout
     assert PASSWORD not in log + json.dumps(batch) + events
 
     # Deleting the batch: the installed operator tears it down (workers, children, Redis keys) and lets go.
-    setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "research", "--timeout=120s", timeout=150)
+    setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "team-r", "--timeout=120s", timeout=150)
     assert setting.redis_keys(uid) == []
 
     setting.uninstall()
@@ -267,5 +268,62 @@ def test_the_bundled_redis_runs_from_its_image_on_a_local_volume(setting: Settin
     assert refusals(setting.operator_log()) == []
 
     setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "bundled", "--timeout=120s", timeout=150)
+    setting.uninstall()
+    setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")
+
+
+def readme_walkthrough() -> list[str]:
+    """The shell commands of the README's kind walkthrough, continuation lines joined, comments dropped."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Running on a real cluster with kind", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = line.split("  #", 1)[0].strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+@pytest.mark.timeout(600)
+def test_the_readme_kind_walkthrough_runs_here_but_for_kind_itself(setting: Setting) -> None:
+    """Every step of "Running on a real cluster with kind" but kind's own, on the dev cluster's node.
+
+    ``make images`` builds on the Debian base here (no registry to pull the
+    public base from); the archives it leaves are what ``kind load
+    image-archive`` would load, and the node imported the same images.
+    """
+    commands = readme_walkthrough()
+    skipped = [c for c in commands if c.startswith("kind ")]
+    assert [c.split()[1] for c in skipped] == ["create", "load", "load", "load", "delete"], commands
+    loaded = [c.split()[3] for c in skipped if c.split()[1] == "load"]
+    env = {**setting.helm_env, "PATH": f"{binaries.bin_dir()}{os.pathsep}{setting.helm_env['PATH']}"}
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        for command in commands:
+            if command.startswith("kind "):
+                continue
+            if command == "make images":
+                command = "make images BASE_IMAGE=debian"
+            if command.endswith(" -w"):
+                # A watch, left to a user's Ctrl-C: it runs beside the next steps and must show the batch complete.
+                watcher = subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                continue
+            ran = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=420, check=False)  # fmt: skip
+            assert ran.returncode == 0, f"{command}\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}"
+            if command.startswith("kubectl analysis results"):
+                assert all(ticker in ran.stdout for ticker in ("NVDA", "AMD", "TSM")), ran.stdout
+        for archive in loaded:
+            manifest = json.loads(subprocess.run(["tar", "-xOf", str(ROOT / archive), "manifest.json"],
+                                                 capture_output=True, text=True, check=True).stdout)  # fmt: skip
+            assert manifest[0]["RepoTags"], archive
+    finally:
+        if watcher is not None:
+            watcher.kill()
+            watched = watcher.communicate(timeout=10)[0]
+    assert re.search(r"ticker-summary\s+Complete", watched), watched
+    setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "research", "--timeout=120s", timeout=150)
     setting.uninstall()
     setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")

@@ -1,8 +1,9 @@
 """Find the executables the dev cluster runs.
 
 Called by :mod:`analysis_devcluster.cluster` before anything is started, and
-by tests that check the error message. The control-plane tools (etcd,
-kube-apiserver, kube-controller-manager, kubectl) come from one directory:
+by tests that check the error message. The Go-built tools (etcd,
+kube-apiserver, kube-controller-manager, kubectl; the node's kubelet,
+kube-proxy, kube-scheduler and coredns; helm) come from one directory:
 ``$ANALYSIS_DEVCLUSTER_BIN`` or ``<repo root>/.devcluster/bin``;
 ``redis-server`` comes from ``PATH``.
 

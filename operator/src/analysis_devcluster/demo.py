@@ -1,38 +1,46 @@
-"""``make demo``: the stock-research example on a fresh local control plane, from apply to results.
+"""``make demo``: the stock-research example on a fresh dev cluster with a real node, from apply to results.
 
-It starts a private dev cluster with the local node (state in
+It starts a private dev cluster with its node (state in
 ``.devcluster/demo``, wiped at every start, so running it twice works),
-installs the CRD, starts the operator as a process (its log in
-``.devcluster/demo/operator.log``), applies ``examples/stock-research.yaml``
-(offline provider: no key, no network), prints ``kubectl get
-analysisbatches`` whenever the batch's row changes, waits with ``kubectl
-wait --for=condition=Complete``, prints the results with ``kubectl analysis
-results``, and stops everything. Exit 0 means the batch completed.
+installs the chart as a platform team would (``helm install --wait``: the
+CRD, the operator pod from the ``analysis-operator`` image and the bundled
+Redis from the ``analysis-redis`` image, on a local volume), applies
+``examples/stock-research.yaml`` (offline provider: no key, no network),
+prints ``kubectl get analysisbatches`` whenever the batch's row changes,
+waits with ``kubectl wait --for=condition=Complete``, prints the results
+with ``kubectl analysis results``, keeps the operator's log (``kubectl
+logs``) in ``.devcluster/demo/operator.log``, and stops everything. Exit 0
+means the batch completed.
 
 It also measures what a user feels: the wall time, and the time from
-``kubectl apply`` to the first item claimed by a worker (read from Redis
-every few milliseconds, so the figure is not rounded to a status write).
+``kubectl apply`` to the first item claimed by a worker pod (read from the
+bundled Redis, at its pod's address, every few milliseconds, so the figure is
+not rounded to a status write); ``.devcluster/demo/timings.json`` keeps them.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import analysis_core
-from analysis_devcluster import binaries, cluster, processes
+from analysis_devcluster import binaries, cluster, images
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO_ROOT / "examples" / "stock-research.yaml"
+CHART = REPO_ROOT / "charts" / "analysis-operator"
 BATCH = "stock-research"
 NAMESPACE = "demo"
+RELEASE, SYSTEM = "analysis-operator", "analysis-system"
 
 
 def _say(text: str) -> None:
@@ -76,31 +84,19 @@ def run(home: Path, timeout_s: float) -> int:
     venv_bin = Path(sys.executable).parent
     # kubectl finds the ``kubectl-analysis`` plugin on PATH.
     os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}"
-    _say("starting the control plane, Redis and the local node")
+    _say("starting the control plane and the node (kubelet, containerd, kube-proxy, CoreDNS)")
     dev = cluster.DevCluster(state / "cluster", node=True)
-    operator: subprocess.Popen[bytes] | None = None
     try:
         dev.start()
-        _say(f"cluster ready in {time.monotonic() - started:.1f}s; installing the AnalysisBatch CRD")
-        dev.install_crds(REPO_ROOT / "crds")
+        _say(f"cluster ready in {time.monotonic() - started:.1f}s; helm install {RELEASE} (operator and Redis pods)")
+        helm = _helm(dev, state)
+        helm("install", RELEASE, str(CHART), "--namespace", SYSTEM, "--create-namespace", "--wait", "--timeout=180s",
+             f"--set=redis.bundled.image.repository={images.REDIS.repository}",
+             f"--set=redis.bundled.image.tag={analysis_core.__version__}")  # fmt: skip
+        print(dev.kubectl("get", "pods", "-n", SYSTEM, "-o", "wide").stdout.rstrip(), flush=True)
         dev.kubectl("create", "namespace", NAMESPACE)
         dev.kubectl("wait", "--for", "create", "--timeout=30s", "-n", NAMESPACE, "serviceaccount/default", timeout=45)
-        env = {
-            "PATH": os.environ["PATH"],
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "KUBECONFIG": str(dev.kubeconfig),
-            "ANALYSIS_OPERATOR_REDIS_URL": dev.redis_url,
-            "ANALYSIS_OPERATOR_WORKER_IMAGE": f"analysis-worker:{analysis_core.__version__}",
-        }
-        log = state / "operator.log"
-        _say(f"starting the operator (log: {log.relative_to(REPO_ROOT) if log.is_relative_to(REPO_ROOT) else log})")
-        with log.open("wb") as out:
-            operator = subprocess.Popen(
-                [str(venv_bin / "analysis-operator"), "--all-namespaces",
-                 f"--liveness=http://127.0.0.1:{processes.free_port()}/healthz"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        probe = _FirstClaim(dev.redis_url)
+        probe = _FirstClaim(_bundled_redis_url(dev))
         probe.start()
         _say(f"kubectl apply -n {NAMESPACE} -f {EXAMPLE.relative_to(REPO_ROOT)}")
         applied = time.monotonic()
@@ -108,8 +104,10 @@ def run(home: Path, timeout_s: float) -> int:
         created = time.monotonic()  # kubectl itself takes a while (discovery): the batch exists from here
         uid = dev.kubectl("get", "-n", NAMESPACE, "analysisbatch", BATCH, "-o", "jsonpath={.metadata.uid}").stdout
         probe.uid = uid
-        ok = _watch(dev, operator, timeout_s)
+        ok = _watch(dev, timeout_s)
         probe.stop()
+        log = state / "operator.log"
+        log.write_text(dev.kubectl("logs", "-n", SYSTEM, f"deployment/{RELEASE}", "--tail=-1", check=False).stdout)
         if not ok:
             print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
             return 1
@@ -133,24 +131,36 @@ def run(home: Path, timeout_s: float) -> int:
         (state / "timings.json").write_text(json.dumps(rounded) + "\n")
         return 0 if shown.returncode == 0 else 1
     finally:
-        if operator is not None and operator.poll() is None:
-            operator.send_signal(signal.SIGTERM)
-            try:
-                operator.wait(20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
         dev.stop()
 
 
-def _watch(dev: cluster.DevCluster, operator: subprocess.Popen[bytes], timeout_s: float) -> bool:
+def _helm(dev: cluster.DevCluster, state: Path) -> Callable[..., None]:
+    """``helm`` against the cluster, with its caches under ``state``; its output goes to the terminal."""
+    env = {**os.environ, "KUBECONFIG": str(dev.kubeconfig)}
+    for name in ("CACHE", "CONFIG", "DATA"):
+        env[f"HELM_{name}_HOME"] = str(state / "helm" / name.lower())
+
+    def helm(*args: str) -> None:
+        subprocess.run([str(binaries.find("helm")), *args], env=env, check=True, timeout=300)
+
+    return helm
+
+
+def _bundled_redis_url(dev: cluster.DevCluster) -> str:
+    """The bundled Redis at its pod's address (this host is on the pod bridge), with the chart's password."""
+    pod = f"{RELEASE}-redis-0"
+    address = dev.kubectl("get", "pod", pod, "-n", SYSTEM, "-o", "jsonpath={.status.podIP}").stdout
+    secret = dev.kubectl("get", "secret", f"{RELEASE}-redis", "-n", SYSTEM, "-o", "jsonpath={.data.password}").stdout
+    password = urllib.parse.quote(base64.b64decode(secret).decode(), safe="")
+    return f"redis://:{password}@{address}:6379/0"
+
+
+def _watch(dev: cluster.DevCluster, timeout_s: float) -> bool:
     """Print the batch's row whenever it changes, until Complete or Failed; True when Complete."""
     deadline = time.monotonic() + timeout_s
     last = ""
     header_shown = False
     while time.monotonic() < deadline:
-        if operator.poll() is not None:
-            _say(f"the operator exited with {operator.returncode}")
-            return False
         table = dev.kubectl("get", "-n", NAMESPACE, "analysisbatches", check=False).stdout.splitlines()
         if len(table) == 2:
             if not header_shown:

@@ -414,17 +414,29 @@ def build_all(specs: Sequence[Spec] = PROJECT_IMAGES) -> list[Built]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``make images``: build the images and copy their archives into ``--out``."""
+    """``make images`` (archives to ``--out``) and ``make node-images`` (``--node``: what the dev cluster imports)."""
     parser = argparse.ArgumentParser(prog="python -m analysis_devcluster.images", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("dist/images"), help="where the archives go")
     parser.add_argument(
-        "--base", default="",
+        "--base",
+        default="",
         help="BASE_IMAGE for every Dockerfile; 'debian' builds the Debian base here first (buildah); "
         "empty: each Dockerfile's public default (needs a registry)",
-    )  # fmt: skip
-    parser.add_argument("images", nargs="*", default=[s.repository for s in PROJECT_IMAGES],
-                        choices=[s.repository for s in PROJECT_IMAGES], help="which images (default: all)")  # fmt: skip
+    )
+    parser.add_argument("--node", action="store_true", help="build (or find cached) what the dev cluster's node runs")
+    parser.add_argument(
+        "images",
+        nargs="*",
+        default=[s.repository for s in PROJECT_IMAGES],
+        choices=[s.repository for s in PROJECT_IMAGES],
+        help="which images (default: all)",
+    )
     args = parser.parse_args(argv)
+    if args.node:
+        for built in build_all():
+            how = "cached" if built.cached else f"built in {built.seconds:.1f}s"
+            sys.stdout.write(f"{built.name}: {built.archive} ({how})\n")
+        return 0
     tool = builder()
     base = args.base or None
     if base == "debian":

@@ -1,13 +1,15 @@
 """Generate the dev cluster's certificates and keys with ``cryptography``.
 
 Called by :mod:`analysis_devcluster.cluster` once per cluster start. It makes
-one CA, the kube-apiserver serving certificate, an admin client certificate
-(``O=system:masters``, so RBAC lets it do anything) signed by the same CA,
-the local node's kubelet serving certificate (127.0.0.1 and the node's name)
+one CA and, signed by it: the kube-apiserver serving certificate (loopback,
+the pod bridge's gateway and the ``kubernetes`` Service's ClusterIP), an
+admin client certificate (``O=system:masters``, so RBAC lets it do
+anything), the kubelet's serving certificate (its node name and addresses)
 and the client certificate the apiserver shows it (``--kubelet-client-*``),
-and the service-account signing key pair, and writes them as PEM files. A
-node started without a certificate makes a self-signed one
-(:func:`self_signed_serving`).
+one client certificate per node component (the kubelet as
+``system:node:<name>`` in ``system:nodes``, kube-proxy, kube-scheduler and
+CoreDNS as the users their RBAC bindings name), and the service-account
+signing key pair, and writes them as PEM files.
 
 Every key is ECDSA P-256: generating RSA keys costs tens to hundreds of
 milliseconds each, P-256 costs well under one, and Kubernetes accepts both.
@@ -225,11 +227,6 @@ def kubelet_serving(ca: Issued, node_name: str, node_ips: tuple[str, ...] = ("12
         ip_addresses=tuple(dict.fromkeys(("127.0.0.1", *node_ips))),
         server=True,
     )
-
-
-def self_signed_serving(node_name: str) -> Issued:
-    """A serving certificate under a throwaway CA, for a node given none (an apiserver that verifies refuses it)."""
-    return kubelet_serving(make_ca(f"{node_name}-ca"), node_name)
 
 
 def write_pair(issued: Issued, cert_path: Path, key_path: Path) -> tuple[Path, Path]:

@@ -372,11 +372,14 @@ class DevCluster:
         atexit.unregister(self.stop)
         try:
             if self._node is not None:
-                self._node.stop(self.stop_grace)
-        finally:
-            self._node = None
+                self._node.stop_components(self.stop_grace)
             while self._components:
                 self._components.pop().stop(self.stop_grace)
+        finally:
+            # The pod network goes last: the apiserver and Redis listened on its gateway until now.
+            if self._node is not None:
+                self._node.release()
+            self._node = None
 
     def __enter__(self) -> Self:
         return self.start()

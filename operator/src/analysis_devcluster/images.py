@@ -427,11 +427,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "images",
         nargs="*",
-        default=[s.repository for s in PROJECT_IMAGES],
-        choices=[s.repository for s in PROJECT_IMAGES],
-        help="which images (default: all)",
+        help=f"which images, of {', '.join(s.repository for s in PROJECT_IMAGES)} (default: all)",
     )
     args = parser.parse_args(argv)
+    known = [s.repository for s in PROJECT_IMAGES]
+    wanted = args.images or known
+    if set(wanted) - set(known):
+        parser.error(f"unknown images {sorted(set(wanted) - set(known))}; known: {', '.join(known)}")
     if args.node:
         for built in build_all():
             how = "cached" if built.cached else f"built in {built.seconds:.1f}s"
@@ -444,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--base=debian needs buildah")
         base = base_image().name
     args.out.mkdir(parents=True, exist_ok=True)
-    for spec in (s for s in PROJECT_IMAGES if s.repository in args.images):
+    for spec in (s for s in PROJECT_IMAGES if s.repository in wanted):
         built = build(spec, base=base, tool=tool)
         target = args.out / f"{spec.repository}-{analysis_core.__version__}.tar"
         shutil.copyfile(built.archive, target)

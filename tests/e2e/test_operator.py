@@ -1,4 +1,4 @@
-"""The operator, end to end: real control plane and controller-manager, the local node, Redis, worker pods.
+"""The operator, end to end: real control plane and controller-manager, the node, Redis, worker pods as containers.
 
 Each example runs to ``Complete`` in both executors with exactly the results
 its offline provider predicts; then the controls and failure modes a platform

@@ -1,4 +1,4 @@
-"""``kubectl analysis`` against real batches: the operator, worker pods on the local node, Redis, the stand-in.
+"""``kubectl analysis`` against real batches: the operator, worker pods on the node, Redis, the stand-in.
 
 Every verb runs as a user runs it, ``kubectl analysis <verb>`` through the
 pinned kubectl with only a KUBECONFIG: ``status`` once and following a batch

@@ -469,19 +469,7 @@ class DevCluster:
         started: float,
         timing_key: str | None = None,
     ) -> None:
-        deadline = started + self.ready_timeout
-        while not probe():
-            if not component.running():
-                raise StartupError(
-                    f"{component.name} exited with code {component.process.returncode} before it was {what}; "
-                    f"last lines of {component.log}:\n{component.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise StartupError(
-                    f"{component.name} not {what} within {self.ready_timeout:.0f}s of start; "
-                    f"last lines of {component.log}:\n{component.log_tail()}"
-                )
-            time.sleep(_POLL_INTERVAL)
+        processes.wait_until(component, what, probe, started + self.ready_timeout, self.ready_timeout, _POLL_INTERVAL)
         self.timings[timing_key or component.name] = round(time.monotonic() - started, 3)
 
     def _reset_state_dir(self) -> None:
@@ -553,9 +541,9 @@ class DevCluster:
             "--allow-privileged=true",
             "--profiling=false",
             *self._apiserver_node_argv(),
-            # pods/log is proxied to the local node's kubelet endpoint with this client certificate,
-            # verifying the node's serving certificate. The node's Hostname address does not
-            # resolve, so only its InternalIP (127.0.0.1; pods/log, unlike nodes/proxy, dials loopback).
+            # pods/log and exec are proxied to the kubelet with this client certificate, verifying the
+            # kubelet's serving certificate. The node's Hostname address does not resolve, so only its
+            # InternalIP (the pod bridge's gateway, where the kubelet serves).
             f"--kubelet-client-certificate={files.kubelet_client_cert}",
             f"--kubelet-client-key={files.kubelet_client_key}",
             f"--kubelet-certificate-authority={files.ca_cert}",

@@ -274,6 +274,17 @@ def _build_with(tool: str, root: Path, spec: Spec, build_args: dict[str, str], n
              what=f"buildah bud of {name}")  # fmt: skip
 
 
+@contextlib.contextmanager
+def _from_scratch() -> Iterator[str]:
+    """A buildah working container from scratch, removed if the block fails (``commit --rm`` removes it otherwise)."""
+    container = _run(["buildah", "from", "--quiet", "scratch"], what="buildah from scratch").strip()
+    try:
+        yield container
+    except BaseException:
+        subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
+        raise
+
+
 def _save_with(tool: str, name: str, archive: Path) -> None:
     """Save ``name`` as a docker archive (what ``docker save`` writes; containerd and kind import it)."""
     partial = archive.with_name(f".{archive.name}.partial")
@@ -339,8 +350,7 @@ def base_image() -> Built:
             for path in (rootfs / leftover).glob("*"):
                 if path.is_file():
                     path.unlink()
-        container = _run(["buildah", "from", "--quiet", "scratch"], what="buildah from scratch").strip()
-        try:
+        with _from_scratch() as container:
             mount = Path(_run(["buildah", "mount", container], what="buildah mount").strip())
             _run(["cp", "-a", f"{rootfs}/.", f"{mount}/"], what="copying the Debian tree")
             _run(["buildah", "umount", container], what="buildah umount")
@@ -352,9 +362,6 @@ def base_image() -> Built:
                       "--label", f"org.opencontainers.image.description={description}"]  # fmt: skip
             _run(["buildah", "config", *config, container], what="buildah config")
             _run(["buildah", "commit", "--quiet", "--rm", container, name], what="buildah commit of the base")
-        except BaseException:
-            subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
-            raise
     _save_with("buildah", name, archive)
     _keep_only(archive, "analysis-devcluster-base")
     return Built(name, archive, digest, time.monotonic() - started, cached=False)
@@ -372,16 +379,12 @@ def pause_image() -> Built:
         (scratch / "pause.c").write_text(PAUSE_SOURCE, encoding="utf-8")
         _run(["gcc", "-static", "-Os", "-s", "-o", str(scratch / "pause"), str(scratch / "pause.c")],
              what="compiling pause.c")  # fmt: skip
-        container = _run(["buildah", "from", "--quiet", "scratch"], what="buildah from scratch").strip()
-        try:
+        with _from_scratch() as container:
             _run(["buildah", "copy", "--quiet", "--chmod", "0755", container, str(scratch / "pause"), "/pause"],
                  what="buildah copy")  # fmt: skip
             _run(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container],
                  what="buildah config")  # fmt: skip
             _run(["buildah", "commit", "--quiet", "--rm", container, PAUSE_IMAGE], what="buildah commit of pause")
-        except BaseException:
-            subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
-            raise
     _save_with("buildah", PAUSE_IMAGE, archive)
     _keep_only(archive, "pause")
     return Built(PAUSE_IMAGE, archive, digest, time.monotonic() - started, cached=False)

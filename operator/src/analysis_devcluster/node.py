@@ -326,7 +326,7 @@ class Node:
         return component
 
     def _wait(self, component: processes.Component, what: str, probe: Callable[[], bool]) -> None:
-        processes.wait_until(component, what, probe, time.monotonic() + self.ready_timeout)
+        processes.wait_until(component, what, probe, time.monotonic() + self.ready_timeout, self.ready_timeout)
 
     def _ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         argv = [_which("ctr"), "--address", str(CONTAINERD_SOCKET), "--namespace", CONTAINERD_NAMESPACE, *args]

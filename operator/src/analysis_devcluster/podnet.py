@@ -196,7 +196,11 @@ def setup(ranges: Ranges) -> None:
     _run("iptables", "-w", "-A", GUARD_CHAIN, "-o", BRIDGE, "!", "-i", BRIDGE, "-j", "DROP")
     _run("iptables", "-w", "-I", "FORWARD", "1", "-j", GUARD_CHAIN)
     for key, value in _SYSCTLS.items():
-        Path("/proc/sys", key).write_text(value)
+        path = Path("/proc/sys", key)
+        if not path.exists():
+            hint = " (run `modprobe br_netfilter`)" if key.startswith("net/bridge/") else ""
+            raise NetworkError(f"{path} does not exist on this host{hint}")
+        path.write_text(value)
 
 
 def teardown(ranges: Ranges) -> None:

@@ -156,8 +156,13 @@ class StartupError(RuntimeError):
     """A component did not become ready; the message ends with the tail of its log."""
 
 
-def wait_until(component: Component, what: str, probe: Callable[[], bool], deadline: float) -> None:
-    """Poll ``probe`` until it holds; raise StartupError if ``component`` exits first or ``deadline`` passes."""
+def wait_until(
+    component: Component, what: str, probe: Callable[[], bool], deadline: float, budget_s: float, interval: float = 0.1
+) -> None:
+    """Poll ``probe`` until it holds; StartupError if ``component`` exits first or ``deadline`` (monotonic) passes.
+
+    ``budget_s`` is what the deadline allowed, for the message.
+    """
     while not probe():
         if not component.running():
             raise StartupError(
@@ -166,9 +171,10 @@ def wait_until(component: Component, what: str, probe: Callable[[], bool], deadl
             )
         if time.monotonic() > deadline:
             raise StartupError(
-                f"{component.name} not {what} in time; last lines of {component.log}:\n{component.log_tail()}"
+                f"{component.name} not {what} within {budget_s:.0f}s of start; "
+                f"last lines of {component.log}:\n{component.log_tail()}"
             )
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -15,9 +15,9 @@ per-batch figures come from the operator's metrics.
 
 ``serve`` exposes the registry on ``ANALYSIS_METRICS_PORT`` from a daemon
 thread (prometheus_client's own HTTP server: the worker image carries no web
-framework). A port that is taken does not stop the worker: on the dev
-cluster's local node every worker pod shares the host's network, so all but
-the first get a warning and run without an endpoint.
+framework). A port that is taken does not stop the worker (a pod on the
+host's network, or a second worker process beside it): it logs a warning
+and runs without an endpoint.
 """
 
 from __future__ import annotations

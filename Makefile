@@ -98,7 +98,7 @@ test-unit: install ## unit tests only (no control plane, no Redis)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 .PHONY: dev-cluster
-dev-cluster: system-packages install controlplane ## start the control plane, redis and the node (kubelet, containerd) in the background; needs root
+dev-cluster: system-packages install controlplane node-images ## start the control plane, redis and the node (kubelet, containerd) in the background; needs root
 	$(BIN)/analysis-devcluster up
 
 .PHONY: dev-cluster-down

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark: a cold build of the test control plane (etcd, kube-apiserver,
-# kube-controller-manager, kubectl) with an empty Go build cache, into a
+# Benchmark: a cold build of the test cluster's Kubernetes components (etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet,
+# kube-proxy) with an empty Go build cache, into a
 # temporary directory. The module cache is kept: downloading modules measures
 # the network, not the build. Writes bench/results/controlplane_build.json with
 # the wall time, the largest process's peak RSS (GNU time) and the machine's
@@ -37,7 +38,7 @@ cat > "$out" <<JSON
   "wall_seconds": $wall,
   "largest_process_peak_rss_mib": $(( max_rss_kib / 1024 )),
   "machine_peak_used_mib_above_baseline": $(( (peak_kib - baseline) / 1024 )),
-  "binaries_mib": {$(cd "$work/bin" && for f in etcd kube-apiserver kube-controller-manager kubectl; do printf '"%s": %s, ' "$f" $(( $(stat -c %s "$f") / 1048576 )); done | sed 's/, $//')}
+  "binaries_mib": {$(cd "$work/bin" && for f in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do printf '"%s": %s, ' "$f" $(( $(stat -c %s "$f") / 1048576 )); done | sed 's/, $//')}
 }
 JSON
 cat "$out"

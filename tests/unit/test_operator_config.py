@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import analysis_core
 from analysis_operator.config import ConfigError, OperatorConfig
 
 pytestmark = pytest.mark.unit
@@ -16,6 +17,8 @@ def test_defaults_need_only_a_redis_url() -> None:
     assert cfg.worker.redis_url == BASE["ANALYSIS_OPERATOR_REDIS_URL"]
     assert (cfg.redis_password, cfg.worker.redis_auth, cfg.worker.prices) == (None, False, None)
     assert (cfg.metrics_port, cfg.worker.metrics_port) == (8080, 9090)
+    # The worker image of the operator's own release (a node pulls nothing it was not given).
+    assert cfg.worker.image == f"analysis-worker:{analysis_core.__version__}"
     with pytest.raises(ConfigError, match="ANALYSIS_OPERATOR_REDIS_URL is required"):
         OperatorConfig.from_env({})
 

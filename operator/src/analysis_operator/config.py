@@ -11,6 +11,7 @@ import os
 import pathlib
 from collections.abc import Mapping
 
+import analysis_core
 from analysis_core import pricing
 from analysis_operator import builders
 
@@ -68,7 +69,8 @@ class OperatorConfig:
         redis_url = get("REDIS_URL", environ.get("REDIS_URL"))
         password = environ.get(PREFIX + "REDIS_PASSWORD") or None
         worker = builders.WorkerSettings(
-            image=get("WORKER_IMAGE", "analysis-worker:latest"),
+            # The worker image of the operator's own release: the two move together.
+            image=get("WORKER_IMAGE", f"analysis-worker:{analysis_core.__version__}"),
             redis_url=get("WORKER_REDIS_URL", redis_url),
             cpu_request=get("WORKER_CPU_REQUEST", "100m"),
             memory_request=get("WORKER_MEMORY_REQUEST", "128Mi"),

@@ -57,4 +57,4 @@ if [ "$mode" = test ] && ! command -v promtool >/dev/null; then
   promtool --version | head -n 1
 fi
 
-command -v go >/dev/null || { echo "Go >= 1.24 is required to build the test control plane" >&2; exit 1; }
+command -v go >/dev/null || { echo "Go >= 1.26 is required to build the test cluster (Kubernetes, CoreDNS and helm from their Go modules)" >&2; exit 1; }

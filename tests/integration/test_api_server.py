@@ -74,6 +74,9 @@ def test_invalid_manifest_is_rejected_naming_the_field(devcluster: DevCluster, n
     assert result.returncode != 0, f"{path.name} was accepted"
     for expected in expectations(path):
         assert expected in result.stderr, f"{path.name}: {expected!r} not in {result.stderr!r}"
+    # A rule that failed to evaluate (a field it reads is absent) leaks CEL's own error before the right message.
+    for leak in ("no such key", "evaluating rule", "no such overload"):
+        assert leak not in result.stderr, f"{path.name}: a CEL rule did not evaluate: {result.stderr!r}"
 
 
 def test_invalid_manifest_is_rejected_by_a_real_create_too(devcluster: DevCluster, namespace: str) -> None:

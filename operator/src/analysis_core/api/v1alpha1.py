@@ -690,8 +690,9 @@ class AnalysisBatchSpec(_Model):
                     field_path=".vars",
                 ),
                 cel(
-                    "self.stages.filter(s, s.type == 'judge').all(j, self.stages.filter(k, k.type == 'judge' && "
-                    "k.reviews == j.reviews).size() == 1)",
+                    # has(): a judge without `reviews` gets its own message (on the stage), not CEL's "no such key".
+                    "self.stages.filter(s, s.type == 'judge' && has(s.reviews)).all(j, self.stages.filter(k, "
+                    "k.type == 'judge' && has(k.reviews) && k.reviews == j.reviews).size() == 1)",
                     "at most one judge stage may review a given stage",
                     field_path=".stages",
                     reason="FieldValueInvalid",

@@ -7,12 +7,15 @@ Each fault of the plan must come out as the right ``ErrorClass`` after
 exactly one HTTP request (the SDKs' own retries are off).
 """
 
+import asyncio
 import json
 import math
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -104,6 +107,8 @@ async def test_success_maps_text_usage_model_request_id_and_rate_limits(
     assert (seen["model"], seen["prompt"], seen["system"]) == (MODELS[api], prompt, "Be brief.")
     # Anthropic's current API version refuses sampling parameters, so that provider drops temperature.
     assert (seen["max_tokens"], seen["temperature"]) == (77, None if api == "anthropic" else 0.2)
+    # OpenAI's max_tokens is deprecated (its reasoning models refuse it): the cap goes as max_completion_tokens.
+    assert seen["max_tokens_field"] == ("max_tokens" if api == "anthropic" else "max_completion_tokens")
     assert seen["key_matched"] is True
     assert seen["retry_count"] == 0
     assert KEY not in json.dumps(server.requests())
@@ -314,3 +319,30 @@ def test_module_runs_in_the_foreground_and_prints_its_url() -> None:
         assert process.wait(timeout=10) == 0
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.mark.parametrize("model", ["gpt-5", "o3-mini", "o1"])
+async def test_openai_reasoning_models_get_no_max_tokens_and_no_sampling(server: standin.StandIn, model: str) -> None:
+    """The stand-in refuses what those models refuse (max_tokens, a non-default temperature); the provider sends neither."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    request = urllib.request.Request(
+        f"{server.openai_base_url}/chat/completions", data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["error"]["code"] == "unsupported_parameter"
+
+    client = openai_provider.OpenAIProvider(model=model, api_key=KEY, base_url=server.openai_base_url,
+                                            strict_validation=True)  # fmt: skip
+    try:
+        done = await client.complete(_request("Rank these three.", temperature=0.2, max_tokens=500))
+    finally:
+        await client.aclose()
+    assert done.text == "stand-in answer: Rank these three."
+    seen = server.requests()[-1]
+    assert (seen["max_tokens_field"], seen["max_tokens"], seen["temperature"]) == ("max_completion_tokens", 500, None)
+    assert openai_provider.refuses_sampling(model)
+    assert not openai_provider.refuses_sampling("gpt-4.1")
+    assert not openai_provider.refuses_sampling("omni-moderation")

@@ -28,6 +28,7 @@ import datetime
 import hmac
 import json
 import math
+import re
 import signal
 import threading
 import time
@@ -138,6 +139,28 @@ def _presented_key(request: web.Request) -> str:
     return request.headers.get("x-api-key", "").strip()
 
 
+# OpenAI's reasoning models (o1, o3-mini, o4-mini, gpt-5...): they refuse max_tokens and any non-default sampling.
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(\b|[-.])")
+
+
+def _refused_parameter(api: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The 400 body OpenAI answers a reasoning model's unsupported parameter with, or None."""
+    if api != "openai" or not _REASONING_MODEL.match(str(body.get("model", ""))):
+        return None
+    if "max_tokens" in body:
+        message = (
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+        )
+        param = "max_tokens"
+    elif body.get("temperature", 1) != 1:
+        message = "Unsupported value: 'temperature' does not support this value with this model. Only the default (1) value is supported."
+        param = "temperature"
+    else:
+        return None
+    code = "unsupported_parameter" if param == "max_tokens" else "unsupported_value"
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
 def _error_response(api: str, kind: str, message: str, headers: dict[str, str]) -> web.Response:
     status, anthropic_type, openai_type, code = _ERRORS[kind]
     if api == "anthropic":
@@ -208,12 +231,27 @@ def _describe_call(api: str, body: dict[str, Any], request: web.Request, expecte
         "prompt": _text_of(users[-1]) if users else "",
         "system": _text_of(body.get("system") if api == "anthropic" else (systems[0] if systems else None)) or None,
         "max_tokens": body.get("max_tokens", body.get("max_completion_tokens")),
+        # Which name the cap came under: OpenAI's reasoning models refuse the deprecated max_tokens.
+        "max_tokens_field": next((f for f in ("max_tokens", "max_completion_tokens") if f in body), None),
         "temperature": body.get("temperature"),
         "key_matched": bool(key) and (expected_key is None or hmac.compare_digest(key, expected_key)),
         "key_present": bool(key),
         "retry_count": int(retry_count) if retry_count.isdigit() else None,
         "time": time.time(),
     }
+
+
+def _step_headers(api: str, step: dict[str, Any]) -> dict[str, str]:
+    """The retry-after and rate-limit headers a fault step asks for."""
+    headers = {}
+    if "retry_after_ms" in step:
+        headers["retry-after-ms"] = f"{step['retry_after_ms']:g}"
+    if "retry_after_s" in step:
+        headers["retry-after"] = f"{step['retry_after_s']:g}"
+    if step["kind"] == "rate_limit":
+        reset_s = step.get("reset_s", step.get("retry_after_s", step.get("retry_after_ms", 1000) / 1000))
+        headers.update(_rate_headers(api, 0, reset_s))
+    return headers
 
 
 async def _handle(state: _State, api: str, request: web.Request) -> web.Response:
@@ -232,15 +270,12 @@ async def _handle(state: _State, api: str, request: web.Request) -> web.Response
         message = "invalid x-api-key" if call["key_present"] else "missing API key"
         return _error_response(api, "unauthorized", message, headers)
 
+    refused = _refused_parameter(api, body)
+    if refused is not None:
+        return web.json_response(refused, status=400, headers=headers)
     step = state.take(api, call["prompt"]) or {"kind": "ok"}
     kind = step["kind"]
-    if "retry_after_ms" in step:
-        headers["retry-after-ms"] = f"{step['retry_after_ms']:g}"
-    if "retry_after_s" in step:
-        headers["retry-after"] = f"{step['retry_after_s']:g}"
-    if kind == "rate_limit":
-        reset_s = step.get("reset_s", step.get("retry_after_s", step.get("retry_after_ms", 1000) / 1000))
-        headers.update(_rate_headers(api, 0, reset_s))
+    headers.update(_step_headers(api, step))
     if kind in _ERRORS:
         return _error_response(api, kind, f"stand-in {kind}", headers)
     if kind == "timeout":

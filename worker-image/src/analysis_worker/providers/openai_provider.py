@@ -14,6 +14,11 @@ queue's policy is the only one), stream, use tools, or ask for more than one
 choice. The API key goes to the SDK and nowhere else: never into a message or
 a log.
 
+The output cap goes as ``max_completion_tokens``: ``max_tokens`` is
+deprecated, and the reasoning models (the o-series, gpt-5) refuse it with a
+400. Those models also refuse sampling parameters, so ``temperature`` is left
+out for them (:func:`refuses_sampling`).
+
 ``request.timeout_s`` is the SDK's httpx2 timeout, which bounds each phase
 (connect, each read) rather than the whole call; the worker's deadline
 around ``complete()`` bounds the total.
@@ -21,12 +26,21 @@ around ``complete()`` bounds the total.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import openai
 
 from analysis_core import errors
 from analysis_worker.providers import _http, base
+
+# Model families that reason before answering and accept only the default sampling (o1, o3-mini, o4-mini, gpt-5...).
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(\b|[-.])")
+
+
+def refuses_sampling(model: str) -> bool:
+    """Whether ``model`` is one of OpenAI's reasoning models, which reject ``temperature`` and the like."""
+    return _REASONING_MODEL.match(model) is not None
 
 
 class OpenAIProvider:
@@ -61,13 +75,13 @@ class OpenAIProvider:
             messages.append({"role": "system", "content": request.system})
         messages.append({"role": "user", "content": request.prompt})
         optional: dict[str, Any] = {}
-        if request.temperature is not None:
+        if request.temperature is not None and not refuses_sampling(self._model):
             optional["temperature"] = request.temperature
         try:
             raw = await self._client.chat.completions.with_raw_response.create(
                 model=self._model,
                 messages=messages,
-                max_tokens=request.max_tokens,
+                max_completion_tokens=request.max_tokens,
                 timeout=request.timeout_s,
                 **optional,
             )

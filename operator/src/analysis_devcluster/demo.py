@@ -24,6 +24,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -155,28 +156,43 @@ def _bundled_redis_url(dev: cluster.DevCluster) -> str:
     return f"redis://:{password}@{address}:6379/0"
 
 
+def cells(table: list[str]) -> list[list[str]]:
+    """The cells of ``kubectl get``'s table, cut at the header's column starts (a cell may hold spaces: "4✓ 1✗")."""
+    starts = [match.start() for match in re.finditer(r"\S+", table[0])]
+    ends = [*starts[1:], None]
+    return [[line[start:end].strip() for start, end in zip(starts, ends, strict=True)] for line in table]
+
+
+def aligned(row: list[str], widths: list[int]) -> str:
+    """A row in fixed columns, so that successive rows line up as one table."""
+    return "".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+
+
 def _watch(dev: cluster.DevCluster, timeout_s: float) -> bool:
-    """Print the batch's row whenever it changes, until Complete or Failed; True when Complete."""
+    """Print the batch's row whenever it changes, until Complete or Failed (that row included); True when Complete.
+
+    ``kubectl get`` sizes its columns for the rows of each call, so rows
+    printed one call at a time would shift; they are realigned to fixed widths.
+    """
     deadline = time.monotonic() + timeout_s
-    last = ""
-    header_shown = False
+    last: list[str] = []
+    widths: list[int] = []
     while time.monotonic() < deadline:
         table = dev.kubectl("get", "-n", NAMESPACE, "analysisbatches", check=False).stdout.splitlines()
         if len(table) == 2:
-            if not header_shown:
-                print(table[0], flush=True)
-                header_shown = True
-            row = " ".join(table[1].split()[:-1])  # the AGE column changes every second
-            if row != last:
-                print(table[1], flush=True)
+            header, row = cells(table)
+            if not widths:
+                widths = [max(len(name) + 3, len(cell) + 3, 10) for name, cell in zip(header, row, strict=True)]
+                print(aligned(header, widths), flush=True)
+            if row[:-1] != last[:-1]:  # the AGE column changes every second
+                print(aligned(row, widths), flush=True)
                 last = row
-        phase = dev.kubectl("get", "-n", NAMESPACE, "analysisbatch", BATCH, "-o", "jsonpath={.status.phase}",
-                            check=False).stdout  # fmt: skip
-        if phase in ("Complete", "Failed"):
-            waited = dev.kubectl("wait", "-n", NAMESPACE, "--for=condition=Complete", f"analysisbatch/{BATCH}",
-                                 "--timeout=10s", check=False)  # fmt: skip
-            print(waited.stdout.rstrip() or waited.stderr.rstrip(), flush=True)
-            return waited.returncode == 0
+            phase = row[header.index("PHASE")]
+            if phase in ("Complete", "Failed"):
+                waited = dev.kubectl("wait", "-n", NAMESPACE, "--for=condition=Complete", f"analysisbatch/{BATCH}",
+                                     "--timeout=10s", check=False)  # fmt: skip
+                print(waited.stdout.rstrip() or waited.stderr.rstrip(), flush=True)
+                return waited.returncode == 0
         time.sleep(0.5)
     _say(f"not Complete within {timeout_s:.0f}s")
     return False

@@ -22,7 +22,13 @@ case $mode in demo | test) ;; *) echo "usage: $0 [demo|test]" >&2; exit 2 ;; esa
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 updated=""
-apt_update() { [ -n "$updated" ] || { $sudo apt-get update -qq; updated=1; }; }
+# apt's own output goes to a log; the terminal gets one line per step (and the log's tail on failure).
+log="$(cd "$(dirname "$0")/.." && pwd)/.devcluster/logs/system-packages.log"
+mkdir -p "$(dirname "$log")"
+logged() {
+  "$@" >> "$log" 2>&1 || { code=$?; echo "failed (exit $code): $*; the last lines of $log:" >&2; tail -n 30 "$log" >&2; exit "$code"; }
+}
+apt_update() { [ -n "$updated" ] || { logged $sudo apt-get update -qq; updated=1; }; }
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -38,9 +44,9 @@ if [ "$mode" = test ]; then
   command -v jq >/dev/null || missing+=(jq)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} with apt-get"
+  echo "installing ${missing[*]} with apt-get (log: $log)"
   apt_update
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  logged $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if [ "$mode" = test ] && ! command -v promtool >/dev/null; then
@@ -51,7 +57,7 @@ if [ "$mode" = test ] && ! command -v promtool >/dev/null; then
   # As root, apt-get would hand the download to its _apt user, who may not write here.
   sandbox=()
   [ "$(id -u)" -ne 0 ] || sandbox=(-o APT::Sandbox::User=root)
-  (cd "$tmp" && apt-get download -qq "${sandbox[@]}" prometheus)
+  (cd "$tmp" && logged apt-get download -qq "${sandbox[@]}" prometheus)
   dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -O ./usr/bin/promtool > "$tmp/promtool"
   $sudo install -m 0755 "$tmp/promtool" /usr/local/bin/promtool
   promtool --version | head -n 1

@@ -24,8 +24,10 @@ stamped_init controlplane "$out" "$cache" "$stamp" "${tools[@]}"
 stamped_ready && exit 0
 
 cd "$here"
-k8s_version=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
-etcd_version=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+log="$(dirname "$out")/logs/controlplane-build.log"
+mkdir -p "$(dirname "$log")"
+k8s_version=$(go list -m -f '{{.Version}}' k8s.io/kubernetes 2>>"$log")
+etcd_version=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3 2>>"$log")
 major=${k8s_version#v}; major=${major%%.*}
 kminor=$(echo "$k8s_version" | cut -d. -f2)
 build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -36,12 +38,12 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 ldflags+=" -X go.etcd.io/etcd/api/v3/version.GitSHA=${etcd_version}"
 
-echo "building kubernetes $k8s_version and etcd $etcd_version with $gov into $out (a cold build takes a while)"
+echo "building kubernetes $k8s_version and etcd $etcd_version with $gov into $out (a cold build takes a while; log: $log)"
 mkdir -p "$out"
 tmp=$(mktemp -d "$out/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
-CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+CGO_ENABLED=0 stamped_logged "$log" go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
   go.etcd.io/etcd/server/v3 \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \

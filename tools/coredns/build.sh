@@ -22,15 +22,17 @@ stamped_init coredns "$out" "$cache" "$stamp" coredns
 stamped_ready && exit 0
 
 cd "$here"
-version=$(go list -m -f '{{.Version}}' github.com/coredns/coredns)
-echo "building coredns $version with $gov into $out"
+log="$(dirname "$out")/logs/coredns-build.log"
+mkdir -p "$(dirname "$log")"
+version=$(go list -m -f '{{.Version}}' github.com/coredns/coredns 2>>"$log")
+echo "building coredns $version with $gov into $out (log: $log)"
 mkdir -p "$out"
 tmp=$(mktemp -d "$out/.coredns-build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 # GitCommit is what `coredns -version` prints after the version; the module has no commit, so the tag.
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$version" \
-  -o "$tmp/coredns" .
+CGO_ENABLED=0 stamped_logged "$log" go build -trimpath \
+  -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$version" -o "$tmp/coredns" .
 mv -f "$tmp/coredns" "$out/coredns"
 stamped_save
 echo "built in $(( $(date +%s) - start ))s: $("$out/coredns" -version | head -1)"

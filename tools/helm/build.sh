@@ -32,7 +32,9 @@ stamped_ready && exit 0
 mkdir -p "$out"
 
 # The module's go.mod (for client-go's version) and its commit, from the module proxy.
-info=$(go mod download -json "$module@$HELM_VERSION")
+log="$(dirname "$out")/logs/helm-build.log"
+mkdir -p "$(dirname "$log")"
+info=$(go mod download -json "$module@$HELM_VERSION" 2>>"$log")
 field() { echo "$info" | sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}$/\1/p" | head -1; }
 gomod=$(field GoMod)
 commit=$(field Hash)
@@ -46,11 +48,11 @@ for pkg in pkg/lint/rules pkg/chartutil; do
   ldflags+=" -X $module/$pkg.k8sVersionMajor=$kmajor -X $module/$pkg.k8sVersionMinor=$kminor"
 done
 
-echo "building helm $HELM_VERSION (Kubernetes $kmajor.$kminor) with $gov into $out (a cold build takes a few minutes)"
+echo "building helm $HELM_VERSION (Kubernetes $kmajor.$kminor) with $gov into $out (a cold build takes a few minutes; log: $log)"
 tmp=$(mktemp -d "$out/.helm-build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
-GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "$module/cmd/helm@$HELM_VERSION"
+GOBIN="$tmp" CGO_ENABLED=0 stamped_logged "$log" go install -trimpath -ldflags "$ldflags" "$module/cmd/helm@$HELM_VERSION"
 mv -f "$tmp/helm" "$out/helm"
 stamped_save
 echo "built in $(( $(date +%s) - start ))s: $("$out/helm" version --short)"

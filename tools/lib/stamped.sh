@@ -13,6 +13,8 @@
 #   stamped_ready || ...                         returns 0 (and says so) if $out is current or was
 #                                                restored from the cache
 #   stamped_save                                 after the build put every tool in $out
+#   stamped_logged LOG CMD...                    run CMD with its output (go's "downloading" lines and all)
+#                                                in LOG only; on failure, its last lines and the exit code
 #
 # It deliberately builds nothing itself: each script knows its own go command.
 
@@ -64,4 +66,17 @@ stamped_require_go() {
     exit 1
   fi
   echo "$gov"
+}
+
+# Run "$@" with its output in the file $1 only; on failure show its tail and fail with its exit code.
+stamped_logged() {
+  local log=$1 code=0
+  shift
+  mkdir -p "$(dirname "$log")"
+  "$@" > "$log" 2>&1 || code=$?
+  if [ "$code" -ne 0 ]; then
+    echo "failed (exit $code): $*; the last lines of $log:" >&2
+    tail -n 40 "$log" >&2
+    return "$code"
+  fi
 }

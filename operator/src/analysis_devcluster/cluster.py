@@ -102,7 +102,7 @@ class Ports:
 
     @classmethod
     def pick(cls) -> "Ports":
-        return cls(*(processes.free_port() for _ in range(5)))
+        return cls(*processes.free_ports(len(dataclasses.fields(cls))))
 
 
 def _https_status(
@@ -138,31 +138,28 @@ def _node_ready(port: int, name: str, context: ssl.SSLContext, host: str = "127.
         connection.close()
 
 
-def _http_ok(port: int, path: str) -> bool:
-    """Whether GET http://127.0.0.1:port/path answers 200."""
+def _http_get(port: int, path: str) -> tuple[int, bytes] | None:
+    """The status and body of GET http://127.0.0.1:port/path, or None if there is no answer yet."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        response.read()
-        return response.status == 200
+        return response.status, response.read()
     except (OSError, http.client.HTTPException):
-        return False
+        return None
     finally:
         connection.close()
+
+
+def _http_ok(port: int, path: str) -> bool:
+    """Whether GET http://127.0.0.1:port/path answers 200."""
+    answer = _http_get(port, path)
+    return answer is not None and answer[0] == 200
 
 
 def _etcd_healthy(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
-    try:
-        connection.request("GET", "/health")
-        response = connection.getresponse()
-        body = response.read()
-        return response.status == 200 and b'"health":"true"' in body.replace(b" ", b"")
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
+    answer = _http_get(port, "/health")
+    return answer is not None and answer[0] == 200 and b'"health":"true"' in answer[1].replace(b" ", b"")
 
 
 def redis_client(url: str, timeout: float = 1.0) -> redis.Redis:
@@ -287,13 +284,6 @@ class DevCluster:
         """Names of components that have exited since start."""
         dead = [component.name for component in self._components if not component.running()]
         return dead + (self._node.dead_components() if self._node is not None else [])
-
-    @property
-    def running_node(self) -> Node:
-        """The node (``node=True``) once started."""
-        if self._node is None:
-            raise RuntimeError("this dev cluster has no node running")
-        return self._node
 
     def kubectl(
         self,

@@ -332,13 +332,16 @@ def base_image() -> Built:
     digest = hashlib.sha256(f"{_RECIPE}\0{DEBIAN_SUITE}\0{mirror}\0{' '.join(BASE_PACKAGES)}".encode()).hexdigest()
     name = f"{BASE_REPOSITORY}:{DEBIAN_SUITE}-{digest[:12]}"
     archive = cache_dir() / f"analysis-devcluster-base-{digest[:12]}.tar"
-    present = subprocess.run(["buildah", "inspect", "--type=image", name], capture_output=True, check=False)
-    if present.returncode == 0 and archive.exists():
-        return Built(name, archive, digest, 0.0, cached=True)
+    stored = subprocess.run(["buildah", "inspect", "--type=image", name], capture_output=True, check=False)
+    in_storage = stored.returncode == 0
     archive.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    if present.returncode != 0 and archive.exists():
-        _run(["buildah", "pull", "--quiet", f"docker-archive:{archive}"], what="loading the cached base image")
+    # The Dockerfiles build FROM buildah's storage, containerd imports the archive: either restores the other.
+    if in_storage or archive.exists():
+        if not archive.exists():
+            _save_with("buildah", name, archive)
+        elif not in_storage:
+            _run(["buildah", "pull", "--quiet", f"docker-archive:{archive}"], what="loading the cached base image")
         return Built(name, archive, digest, time.monotonic() - started, cached=True)
     if shutil.which("debootstrap") is None:
         raise BuildError("debootstrap is not on PATH: run `tools/system-packages.sh` (Debian package debootstrap)")

@@ -1,13 +1,16 @@
 """The dev cluster's node: containerd, runc and the CNI plugins from Debian, kubelet, kube-proxy, kube-scheduler and CoreDNS.
 
-Called by :mod:`analysis_devcluster.cluster` when a cluster has a node: the
-control plane is up, then :meth:`Node.start` sets up the pod network
-(:mod:`analysis_devcluster.podnet`), starts containerd and imports the
-images (:mod:`analysis_devcluster.images`), then starts the node's
-components as child processes of the caller (:mod:`analysis_devcluster.processes`),
-each with a credential of its own from the cluster's PKI (the kubelet is
-``system:node:<name>``, so the Node authorizer and NodeRestriction apply).
-:meth:`Node.stop` removes every trace of it.
+Called by :mod:`analysis_devcluster.cluster` when a cluster has a node, in
+four steps. :meth:`Node.prepare`, before the control plane (whose servers
+listen on the pod bridge): the lock, a sweep, the pod network
+(:mod:`analysis_devcluster.podnet`), containerd and the images
+(:mod:`analysis_devcluster.images`). :meth:`Node.start`, once the apiserver
+serves: the node's components as child processes of the caller
+(:mod:`analysis_devcluster.processes`), each with a credential of its own
+from the cluster's PKI (the kubelet is ``system:node:<name>``, so the Node
+authorizer and NodeRestriction apply). :meth:`Node.stop_components`, before
+the control plane stops; :meth:`Node.release`, after it: every trace of the
+node swept, the lock let go.
 
 Where things live: a node is a machine-wide thing (a bridge, routes, iptables
 rules, cgroups, mounts), so only one runs per machine. :data:`LOCK` is held
@@ -16,8 +19,8 @@ places: :data:`RUN_DIR` (sockets, containerd's state, network namespaces)
 and :data:`VAR_DIR` (containerd's root, the kubelet's root, pod addresses),
 with the pods' cgroups under :data:`CGROUP_ROOT`. Logs and configuration go
 to the cluster's state directory. Because these places are fixed,
-:func:`sweep` can remove what a crashed run left, and :meth:`Node.start`
-calls it before anything else; :meth:`Node.stop` calls it last.
+:func:`sweep` can remove what a crashed run left: :meth:`Node.prepare` calls
+it before anything else, :meth:`Node.release` last.
 
 The host: cgroup v1 or v2 is detected and the kubelet configured for it
 (``cgroupfs`` driver; the ``failCgroupV1`` opt-out on v1); the sandbox may
@@ -225,7 +228,7 @@ class Ports:
 
     @classmethod
     def pick(cls) -> "Ports":
-        return cls(*(processes.free_port() for _ in range(7)))
+        return cls(*processes.free_ports(len(dataclasses.fields(cls))))
 
 
 class Node:

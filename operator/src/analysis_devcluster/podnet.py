@@ -182,9 +182,11 @@ def write_cni_config(ranges: Ranges, conf_dir: Path, data_dir: Path) -> Path:
 
 
 def setup(ranges: Ranges) -> None:
-    """Make the bridge with the gateway address, the blackhole routes, the forwarding guard and the sysctls."""
+    """Make the bridge with the gateway address, the blackhole routes, the forwarding guard and the sysctls.
+
+    On a host already swept of a node's traces (``node.sweep``, which calls :func:`teardown`).
+    """
     check_free(ranges)
-    teardown(ranges)
     _run("ip", "link", "add", "name", BRIDGE, "type", "bridge")
     _run("ip", "addr", "add", f"{ranges.gateway}/{ranges.pods.prefixlen}", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")

@@ -128,7 +128,9 @@ def test_a_worker_over_its_memory_limit_is_oom_killed_and_its_item_completes_onc
     pods = json.loads(batches.kubectl("get", "pods", "-l", f"analysis.dev/batch-uid={uid}", "-o", "json").stdout)
     terminations = [(status.get("lastState") or {}).get("terminated") or (status.get("state") or {}).get("terminated")
                     for p in pods["items"] for status in p["status"].get("containerStatuses", [])]  # fmt: skip
-    seen = [(p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses")) for p in pods["items"]]
+    seen = [
+        (p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses")) for p in pods["items"]
+    ]
     assert "OOMKilled" in [t.get("reason") for t in terminations if t], json.dumps(seen)
     st = batches.get("hungry")["status"]
     assert st["items"]["succeeded"] == 3

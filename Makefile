@@ -50,6 +50,10 @@ controlplane: ## build the control plane, the node's kubelet, kube-proxy, kube-s
 	tools/coredns/build.sh
 	tools/helm/build.sh
 
+.PHONY: kstatus
+kstatus: ## build kstatus (status.Compute of sigs.k8s.io/cli-utils: how Flux and kpt judge a resource) into .devcluster/bin (cached)
+	tools/kstatus/build.sh
+
 .PHONY: node-images
 node-images: install ## build what the dev cluster's node runs (Debian base, pause, operator, worker, redis; cached by digest)
 	$(PY) -m analysis_devcluster.images --node
@@ -73,7 +77,7 @@ typecheck: install ## mypy --strict over the four packages
 	$(BIN)/mypy
 
 .PHONY: imports
-imports: install ## import-linter: the import rules of DESIGN.md section 6
+imports: install ## import-linter: the import rules of docs/design.md#import-rules
 	$(BIN)/lint-imports
 
 .PHONY: crds
@@ -90,7 +94,7 @@ check-crds: install ## fail if crds/ differs from what the API models generate
 	$(PY) -m analysis_core.api.crd --check --dir crds
 
 .PHONY: test
-test: system-packages install controlplane node-images ## the default test run: every tier (unit, integration, e2e) against the real control plane, node and Redis (needs root)
+test: system-packages install controlplane kstatus node-images ## the default test run: every tier (unit, integration, e2e) against the real control plane, node and Redis (needs root)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit

@@ -297,7 +297,10 @@ def test_an_approval_added_to_the_spec_releases_the_held_items(batches: Any) -> 
     st = batches.get(name)["status"]
     assert st["phase"] == "WaitingForApproval"
     assert "plan-ok" in batches.conditions(name)["WaitingForApproval"]["message"]
-    assert batches.conditions(name)["Reconciling"]["status"] == "True"
+    # Settled: nothing left but a person's approval, so kstatus readers see it as Current, not as work in progress.
+    conditions = batches.conditions(name)
+    assert conditions["Reconciling"]["status"] == "False"
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("True", "WaitingForApproval")
     batches.kubectl("patch", "analysisbatch", name, "--type=merge", "-p",
                     '{"spec": {"approvals": [{"stage": "plan-ok"}]}}')  # fmt: skip
     batches.wait(name, "Complete", timeout_s=120)

@@ -3,7 +3,7 @@
 Every example is admitted; every manifest of the invalid corpus is rejected at
 apply time with a message naming the offending field (the ``# expect:`` lines
 of each file); ``kubectl explain`` teaches the API; ``kubectl get`` prints the
-columns of DESIGN.md section 1.
+columns of docs/design.md#printer-columns.
 """
 
 import json

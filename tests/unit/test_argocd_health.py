@@ -142,6 +142,7 @@ def observe(snap: queue.Snapshot | None, generation: int = 1, max_failed: int = 
 
 RUNNING = snapshot(draft=counts(ready=1, running=2, succeeded=0))
 HELD = snapshot(("draft",), draft=counts(succeeded=3), gate=counts(ready=3))
+HELD_WHILE_RUNNING = snapshot(draft=counts(ready=1, running=1, succeeded=1), gate=counts(ready=1))
 DONE = snapshot(("draft", "gate", "review"), 31_000, draft=counts(succeeded=4), gate=counts(succeeded=3),
                 review=counts(succeeded=3, approved=3, rejected=1))  # fmt: skip
 BROKE = snapshot(("draft",), draft=counts(succeeded=2, failed=1), gate=counts(ready=2))
@@ -159,6 +160,14 @@ def redis_away() -> dict[str, Any]:
     """Redis stopped answering while the batch ran: the last counts stay, Reconciling says why."""
     away = status.Problem("RedisUnavailable", "Redis cannot be reached: Connection refused", stalled=False)
     return status.compute(observe(None, problems=[away]), status.compute(observe(RUNNING), None))
+
+
+def suspended_redis_away() -> dict[str, Any]:
+    """Redis stopped answering while the batch was suspended: the operator cannot tell what workers see, so it
+    reports the wait for Redis rather than a settled batch."""
+    away = status.Problem("RedisUnavailable", "Redis cannot be reached: Connection refused", stalled=False)
+    suspended = status.compute(observe(RUNNING, generation=2, suspended=True), None)
+    return status.compute(observe(None, generation=2, suspended=True, problems=[away]), suspended)
 
 
 def missing_configmap() -> dict[str, Any]:
@@ -181,8 +190,13 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "progressing_pending.yaml": Scenario(SPEC, 1, lambda: status.compute(observe(None), None)),
     "progressing_running.yaml": Scenario(SPEC, 1, lambda: status.compute(observe(RUNNING, workers={"draft": 3}), None)),
-    "progressing_waitingForApproval.yaml": Scenario(
+    # Every draft is done and the items wait at the gate: a person's approval is all that moves it on.
+    "suspended_waitingForApproval.yaml": Scenario(
         SPEC, 1, lambda: status.compute(observe(HELD, held={"gate": 3}), None)
+    ),
+    # One item waits at the gate while another is still being drafted: that is work in progress.
+    "progressing_heldWhileRunning.yaml": Scenario(
+        SPEC, 1, lambda: status.compute(observe(HELD_WHILE_RUNNING, held={"gate": 1}, workers={"draft": 1}), None)
     ),
     "progressing_redisUnavailable.yaml": Scenario(SPEC, 1, redis_away),
     # spec.failurePolicy was raised after the failure; the operator has not caught up with generation 2 yet.
@@ -196,6 +210,7 @@ SCENARIOS: dict[str, Scenario] = {
     "degraded_failed.yaml": Scenario(SPEC, 1, lambda: status.compute(observe(BROKE), None)),
     "degraded_stalled.yaml": Scenario(ITEMS_FROM_SPEC, 1, missing_configmap),
     "degraded_budgetExceeded.yaml": Scenario(SPEC, 1, lambda: status.compute(observe(over_budget()), None)),
+    "progressing_suspendedRedisUnavailable.yaml": Scenario({**SPEC, "suspend": True}, 2, suspended_redis_away),
     "suspended_bySpec.yaml": Scenario(
         {**SPEC, "suspend": True}, 2, lambda: status.compute(observe(RUNNING, generation=2, suspended=True), None)
     ),

@@ -135,7 +135,6 @@ def test_suspend_budget_and_approval_each_have_their_condition() -> None:
     st = status.compute(observe(snapshot(draft=counts(2)), suspended=True), None)
     assert st["phase"] == "Suspended"
     assert conditions(st)["Suspended"] == ("True", "SuspendedBySpec")
-    assert conditions(st)["Reconciling"] == ("False", "Suspended")
 
     over = snapshot(flags={"budget_exceeded": "2000100 tokens used, budget.maxTokens is 2000000"}, draft=counts(2))
     st = status.compute(observe(over), None)
@@ -143,6 +142,88 @@ def test_suspend_budget_and_approval_each_have_their_condition() -> None:
     assert conditions(st)["Stalled"] == ("True", "BudgetExceeded")
     events = status.events(None, st)
     assert ("Warning", "BudgetExceeded") in [(e.type, e.reason) for e in events]
+
+
+def trio(st: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(status, reason) of Ready, Reconciling and Stalled: what kstatus reads."""
+    cond = conditions(st)
+    return cond["Ready"], cond["Reconciling"], cond["Stalled"]
+
+
+HELD = snapshot(frozenset({"draft"}), gate=counts(2), draft=counts(succeeded=2))
+
+
+@pytest.mark.parametrize(
+    ("name", "obs", "reason"),
+    [
+        ("suspended while items run", observe(snapshot(draft=counts(1, 2)), suspended=True), "Suspended"),
+        ("suspended before any claim", observe(snapshot(draft=counts(3)), suspended=True), "Suspended"),
+        ("only approvals are left", observe(HELD, held={"gate": 2}), "WaitingForApproval"),
+        ("suspended at a gate", observe(HELD, held={"gate": 2}, suspended=True), "Suspended"),
+    ],
+)
+def test_a_settled_batch_is_ready_neither_reconciling_nor_stalled(
+    name: str, obs: status.Observation, reason: str
+) -> None:
+    """All that the spec allows is done; the next move is a person's edit of the spec (kstatus: Current)."""
+    st = status.compute(obs, None)
+    assert st["phase"] == reason, name
+    assert trio(st) == (("True", reason), ("False", reason), ("False", reason)), name
+    messages = {c["type"]: c["message"] for c in st["conditions"]}
+    assert messages["Ready"]
+    assert messages["Ready"] == messages["Reconciling"]
+    assert conditions(st)["Complete"][0] == "False"  # Ready is not Complete: Complete says done
+    v1alpha1.AnalysisBatchStatus.model_validate(st)
+
+
+def test_the_messages_of_a_settled_batch_say_what_moves_it_on() -> None:
+    waiting = status.compute(observe(HELD, held={"gate": 2}), None)
+    assert conditions(waiting)["WaitingForApproval"] == ("True", "ItemsHeld")
+    assert {c["type"]: c["message"] for c in waiting["conditions"]}["Ready"] == (
+        "2 items wait at gate: approve them in spec.approvals"
+    )
+    suspended = status.compute(observe(snapshot(draft=counts(2)), suspended=True), None)
+    assert {c["type"]: c["message"] for c in suspended["conditions"]}["Ready"] == status.SUSPENDED_MESSAGE
+
+
+def test_items_held_while_another_stage_works_is_still_reconciling() -> None:
+    busy = snapshot(draft=counts(1, 1, succeeded=1), gate=counts(1))
+    st = status.compute(observe(busy, held={"gate": 1}), None)
+    assert st["phase"] == "Running"
+    assert conditions(st)["WaitingForApproval"] == ("True", "ItemsHeld")
+    assert trio(st) == (("False", "Running"), ("True", "Running"), ("False", "Progressing"))
+
+
+def test_a_problem_outranks_a_settled_phase() -> None:
+    away = status.Problem("RedisUnavailable", "Redis cannot be reached: connection refused", stalled=False)
+    for settled in (observe(snapshot(draft=counts(2)), suspended=True), observe(HELD, held={"gate": 2})):
+        before = status.compute(settled, None)
+        # Redis away: the operator cannot confirm the flag workers read before each claim, so it is still working.
+        st = status.compute(dataclasses.replace(settled, snapshot=None, state=None, problems=[away]), before)
+        assert st["phase"] == before["phase"]
+        assert trio(st) == (("False", "RedisUnavailable"), ("True", "RedisUnavailable"), ("False", "Progressing"))
+    over = {"budget_exceeded": "2000100 tokens used, budget.maxTokens is 2000000"}
+    for settled in (observe(snapshot(flags=over, draft=counts(2)), suspended=True),
+                    observe(snapshot(frozenset({"draft"}), flags=over, gate=counts(2), draft=counts(succeeded=2)),
+                            held={"gate": 2})):  # fmt: skip
+        st = status.compute(settled, None)
+        assert trio(st) == (("False", "BudgetExceeded"), ("False", "BudgetExceeded"), ("True", "BudgetExceeded"))
+
+
+def test_settling_and_resuming_flip_ready_and_reconciling_without_events_of_their_own() -> None:
+    running = status.compute(observe(snapshot(draft=counts(1, 1, succeeded=1), gate=counts(1)), held={"gate": 1}),
+                             None)  # fmt: skip
+    waiting = status.compute(observe(HELD, held={"gate": 2}, now=NOW + timedelta(minutes=1)), running)
+    assert trio(waiting)[0] == ("True", "WaitingForApproval")
+    moved = {c["type"]: c["lastTransitionTime"] for c in waiting["conditions"]}
+    assert moved["Ready"] == moved["Reconciling"] == "2026-11-22T12:01:00Z"
+    assert moved["Stalled"] == moved["WaitingForApproval"] == "2026-11-22T12:00:00Z"
+    # WaitingForApproval was already true while the draft ran: nothing new to announce.
+    assert status.events(running, waiting) == []
+    released = status.compute(observe(snapshot(frozenset({"draft"}), draft=counts(succeeded=2),
+                                               review=counts(2)), now=NOW + timedelta(minutes=2)), waiting)  # fmt: skip
+    assert trio(released) == (("False", "Running"), ("True", "Running"), ("False", "Progressing"))
+    assert [(e.type, e.reason) for e in status.events(waiting, released)] == [("Normal", "WaitingForApprovalCleared")]
 
 
 def test_events_fire_once_per_flip() -> None:

@@ -1,5 +1,6 @@
 # Stamp-and-cache for the test tools built from Go modules (sourced by
-# tools/controlplane/build.sh, tools/helm/build.sh and tools/coredns/build.sh).
+# tools/controlplane/build.sh, tools/helm/build.sh, tools/coredns/build.sh and
+# tools/kstatus/build.sh).
 #
 # A build is named by a stamp: a digest of everything that decides its output
 # (the module files, the build script, the Go version). The binaries go to

@@ -1,4 +1,4 @@
-"""The error taxonomy of DESIGN.md section 4, and what each class decides.
+"""The error taxonomy of docs/design.md#retries-timeouts-and-the-error-taxonomy, and what each class decides.
 
 Providers (in the worker) turn whatever their SDK raises into one
 ``ProviderError`` with an ``ErrorClass``; ``decide()`` then says what happens

@@ -35,7 +35,7 @@ from analysis_core import errors
 from analysis_core.api import v1alpha1
 
 PLAN_VERSION = 1
-# What a prompt template may use (DESIGN.md section 2); the worker renders exactly these.
+# What a prompt template may use (docs/design.md#prompts-and-template-variables); the worker renders exactly these.
 TEMPLATE_VARIABLES = frozenset({"item", "input", "vars", "feedback", "round", "attempt"})
 # The judge's prompt when the spec gives none.
 DEFAULT_JUDGE_PROMPT = (

@@ -7,7 +7,7 @@ messages (``queue.Route``), extra results to store with it (each fanned-out
 child's own input), the status this stage records, and counters. The worker
 then hands all of it to ``StageQueue.complete`` as one atomic step.
 
-Rules (DESIGN.md section 2):
+Rules (docs/design.md#routing):
 
 - a generate stage passes its output to the next stage; with ``fanOut`` the
   list at the path becomes child items ``<parent>/<key>``, sorted by

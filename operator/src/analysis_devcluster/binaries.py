@@ -3,7 +3,8 @@
 Called by :mod:`analysis_devcluster.cluster` before anything is started, and
 by tests that check the error message. The Go-built tools (etcd,
 kube-apiserver, kube-controller-manager, kubectl; the node's kubelet,
-kube-proxy, kube-scheduler and coredns; helm) come from one directory:
+kube-proxy, kube-scheduler and coredns; helm; and kstatus, which only
+tests run) come from one directory:
 ``$ANALYSIS_DEVCLUSTER_BIN`` or ``<repo root>/.devcluster/bin``;
 ``redis-server`` comes from ``PATH``.
 

@@ -1,4 +1,4 @@
-"""A batch's status, computed from what the reconciler observed (DESIGN.md section 5).
+"""A batch's status, computed from what the reconciler observed (docs/design.md#status-contract).
 
 Pure: the reconciler gathers an :class:`Observation` (the plan, an atomic
 Redis snapshot, the worker pods it sees, the problems it met) and
@@ -10,13 +10,23 @@ first write, so ``kubectl wait --for=condition=Complete`` and kstatus readers
 never see "unknown". A condition keeps its ``lastTransitionTime`` while its
 status stays the same; only a status flip moves it.
 
-The kstatus trio reads like this:
+The kstatus trio reads like this (kstatus, and so Flux, reads the first two
+and falls back on ``Ready``; tests/integration/test_kstatus.py runs the real
+library on what this module writes):
 
-- ``Reconciling=True`` while the batch makes progress (or waits for an
-  approval or for Redis to come back);
-- ``Stalled=True`` when it cannot move without someone acting: it failed, its
-  budget is used up, or a reference is broken (the reason says which);
-- ``Ready=True`` only once it is ``Complete``.
+- ``Reconciling=True`` while the operator has work it can do by itself:
+  seeding, items to run, or Redis to wait for (kstatus: InProgress);
+- ``Stalled=True`` when it cannot move without someone acting on a problem: it
+  failed, its budget is used up, or a reference is broken; the reason says
+  which (kstatus: Failed);
+- ``Ready=True`` once it has done all that its spec allows: it is
+  ``Complete``, or it is settled, i.e. suspended by ``spec.suspend``, or with
+  nothing left to do but items held at an approval stage. A settled batch
+  has ``Reconciling=False``, ``Stalled=False`` and ``Ready=True``, all with
+  the reason ``Suspended`` or ``WaitingForApproval`` (kstatus: Current): the
+  next move is a person's edit of the spec, which raises the generation, so
+  kstatus reads InProgress again until the operator has acted on it.
+  ``Complete`` is the condition that means done.
 """
 
 from __future__ import annotations
@@ -202,6 +212,9 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
         for stage, n in held.items()
     )
 
+    # Settled: all that the spec allows is done, and only a person's edit of the spec moves it on. With Redis away
+    # (a passing problem) the operator cannot confirm that, nor the flag workers read before each claim.
+    settled = phase in (P.SUSPENDED, P.WAITING_FOR_APPROVAL) and not passing
     if phase is P.FAILED:
         stalled = _Cond(C.STALLED, True, "Failed", state_msg)
     elif blocking:
@@ -209,23 +222,25 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
     elif budget and not terminal:
         stalled = _Cond(C.STALLED, True, "BudgetExceeded", budget)
     else:
-        stalled = _Cond(C.STALLED, False, "Progressing" if not terminal else str(phase))
+        stalled = _Cond(C.STALLED, False, str(phase) if terminal or settled else "Progressing")
 
     if terminal:
         reconciling = _Cond(C.RECONCILING, False, str(phase), state_msg)
     elif stalled.true:
         reconciling = _Cond(C.RECONCILING, False, stalled.reason, stalled.message)
-    elif obs.suspended:
-        reconciling = _Cond(C.RECONCILING, False, "Suspended", "spec.suspend is true")
     elif passing:
         reconciling = _Cond(C.RECONCILING, True, passing[0].reason, passing[0].message)
+    elif phase is P.SUSPENDED:
+        reconciling = _Cond(C.RECONCILING, False, "Suspended", SUSPENDED_MESSAGE)
     elif phase is P.WAITING_FOR_APPROVAL:
-        reconciling = _Cond(C.RECONCILING, True, "WaitingForApproval", held_msg)
+        reconciling = _Cond(C.RECONCILING, False, "WaitingForApproval", held_msg)
     else:
         reconciling = _Cond(C.RECONCILING, True, str(phase), _progress_message(counts))
 
     if phase is P.COMPLETE:
         ready = _Cond(C.READY, True, "Complete", state_msg)
+    elif settled and not stalled.true:
+        ready = _Cond(C.READY, True, reconciling.reason, reconciling.message)
     else:
         ready = _Cond(
             C.READY,

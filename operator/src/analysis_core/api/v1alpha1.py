@@ -769,7 +769,7 @@ class ConditionStatus(enum.StrEnum):
 
 
 class ConditionType(enum.StrEnum):
-    """The conditions a batch reports (DESIGN.md section 5).
+    """The conditions a batch reports (docs/design.md#conditions).
 
     Ready, Reconciling and Stalled follow kstatus, so Flux, kpt and Argo CD read
     health without knowing this API; the others say what happened, and

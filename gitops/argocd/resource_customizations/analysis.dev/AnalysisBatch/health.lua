@@ -8,10 +8,19 @@
 --   Healthy      the batch is Complete
 --   Degraded     it Failed, or it is Stalled (a broken reference, a plan that
 --                does not compile, its budget used up): reason and message say why
---   Suspended    spec.suspend is true and it has not finished
+--   Suspended    it waits for a person to edit its spec, with nothing else to
+--                do: spec.suspend is true and it has not finished, or items are
+--                held at an approval stage and every other stage is idle
 --   Progressing  everything else: no status yet, a status of an older
---                generation (whatever that status says), pending, running,
---                waiting for an approval, or waiting for Redis to come back
+--                generation (whatever that status says), pending, running
+--                (items held at a gate while other stages still work, too), or
+--                waiting for Redis to come back (Reconciling=True)
+--
+-- It agrees with kstatus (what Flux reads; tests/integration/test_kstatus.py):
+-- Healthy and Suspended are kstatus's Current, Degraded its Failed and
+-- Progressing its InProgress, except for a batch without any status (kstatus
+-- reads Current). Argo CD itself reports a batch being deleted as Progressing
+-- ("Pending deletion") without running this script.
 --
 -- Argo CD runs this with gopher-lua (Lua 5.1), where every number is a float
 -- and string.format hands its arguments to Go's fmt: so no string.format, and
@@ -108,14 +117,21 @@ local function assess(batch)
     return verdict("Degraded", explain(budget, "BudgetExceeded"))
   end
 
+  -- Work the operator can still do (Redis to wait for, too) comes before a settled state.
+  local reconciling, work = holds(status, "Reconciling", nil)
+  if reconciling then
+    return verdict("Progressing", explain(work, status.phase))
+  end
+
   local suspended, suspension = holds(status, "Suspended", "Suspended")
   if suspended or (batch.spec ~= nil and batch.spec.suspend == true) then
     return verdict("Suspended", explain(suspension, "spec.suspend is true") .. " (" .. progress .. " items done)")
   end
 
-  local reconciling, work = holds(status, "Reconciling", nil)
-  if reconciling then
-    return verdict("Progressing", explain(work, status.phase))
+  -- Only when nothing else moves: items held at a gate while another stage works is Running, Reconciling=True.
+  local waiting, gate = holds(status, "WaitingForApproval", "WaitingForApproval")
+  if waiting and status.phase == "WaitingForApproval" then
+    return verdict("Suspended", explain(gate, "WaitingForApproval") .. " (" .. progress .. " items done)")
   end
   local message = status.phase .. ": " .. progress .. " items done"
   if status.message ~= nil and status.message ~= "" then

@@ -1,4 +1,4 @@
-"""Prompt templates: Jinja2 in a sandbox, with the variables DESIGN.md section 2 names.
+"""Prompt templates: Jinja2 in a sandbox, with the variables docs/design.md#prompts-and-template-variables names.
 
 A template sees ``item``, ``input`` (the previous stage's output), ``vars``,
 ``feedback`` and ``round`` (judge loops) and ``attempt``. Unknown variables

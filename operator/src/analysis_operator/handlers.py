@@ -35,7 +35,7 @@ import kopf
 
 from analysis_core import queue
 from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
-from analysis_operator import builders, config, kube, metrics, reconciler, teardown
+from analysis_operator import builders, config, kube, logfilters, metrics, reconciler, teardown
 from analysis_operator.config import OperatorConfig
 
 FINALIZER = "analysis.dev/cleanup"
@@ -68,6 +68,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    logfilters.install()
     configure(settings)
     cfg = OperatorConfig.from_env()
     memo.cfg = cfg

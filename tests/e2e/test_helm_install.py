@@ -15,7 +15,8 @@ the chart refers to, so the password goes from the Secret to the operator
 workers. The third runs the chart's bundled Redis: a StatefulSet from the
 ``analysis-redis`` image (Debian's redis-server) on a local PersistentVolume.
 Every namespace enforces the "restricted" Pod Security Standard (the
-cluster's admission configuration). The operator's own log, read with
+cluster's admission configuration). The README's dev-cluster steps run as written, the chart after them
+on the CRD ``kubectl apply`` made. The operator's own log, read with
 ``kubectl logs`` as a user would, shows no request its RBAC refused.
 """
 
@@ -326,4 +327,63 @@ def test_the_readme_kind_walkthrough_runs_here_but_for_kind_itself(setting: Sett
     assert re.search(r"ticker-summary\s+Complete", watched), watched
     setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "research", "--timeout=120s", timeout=150)
     setting.uninstall()
+    setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")
+
+
+def readme_dev_cluster_blocks() -> list[list[str]]:
+    """The shell blocks of the README's "Working with a dev cluster", each as its commands (comments dropped)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Working with a dev cluster", 1)[1].split("\n## ", 1)[0]
+    blocks = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        lines = [line.split("  #", 1)[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+        blocks.append([line for line in lines if line and not line.startswith("#")])
+    return blocks
+
+
+@pytest.mark.timeout(600)
+def test_the_readme_dev_cluster_steps_then_its_chart_run_as_written(setting: Setting, tmp_path: Path) -> None:
+    """The README's dev-cluster steps (the operator on the host), then its chart on the same cluster.
+
+    The reader's CRD was made by ``kubectl apply`` and carries no Helm ownership, so the release must take it
+    over. Starting and stopping the dev cluster are left out (the tests hold it), and its env file is the
+    session cluster's ``env()``.
+    """
+    on_host, chart = readme_dev_cluster_blocks()
+    assert (on_host[0], chart[-1]) == ("make dev-cluster", "make dev-cluster-down"), (on_host, chart)
+    assert on_host[1] == "set -a; . .devcluster/env; set +a", on_host
+    # What the session's fixture gave the CRD for Helm, taken away again: as the reader's is, kubectl's only.
+    setting.kubectl("label", "crd", CRD, "app.kubernetes.io/managed-by-")
+    setting.kubectl("annotate", "crd", CRD, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-")
+    env = {**setting.helm_env, **setting.dev.env()}
+    log = tmp_path / "host-operator.log"
+    log.touch()
+
+    def run(command: str) -> str:
+        ran = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300, check=False)  # fmt: skip
+        assert ran.returncode == 0, f"{command}\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}\n{log.read_text()[-3000:]}"
+        return ran.stdout
+
+    host_operator: subprocess.Popen[bytes] | None = None
+    try:
+        for command in on_host[2:]:
+            if "analysis-operator --all-namespaces" in command:  # the second terminal
+                with log.open("wb") as out:
+                    host_operator = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=env,
+                                                     stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                continue
+            shown = run(command)
+            if "kubectl analysis results" in command:
+                assert all(ticker in shown for ticker in ("NVDA", "AMD", "TSM")), shown
+    finally:
+        if host_operator is not None:  # Ctrl-C, before the chart
+            host_operator.send_signal(2)
+            host_operator.wait(60)
+    assert host_operator is not None, on_host
+    for command in chart[:-1]:
+        run(command)
+    crd = setting.get("", "crd", CRD)["metadata"]
+    assert crd["annotations"]["meta.helm.sh/release-name"] == RELEASE, crd
+    assert setting.kubectl("get", "analysisbatch", "-n", "default", "-o", "name").stdout == ""
     setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")

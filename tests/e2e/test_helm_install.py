@@ -36,7 +36,8 @@ import yaml
 
 import analysis_core
 from analysis_core import keys
-from analysis_devcluster import binaries, cluster, images, node
+from analysis_devcluster import binaries, cluster, images, node, processes
+from analysis_operator import builders
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -386,4 +387,63 @@ def test_the_readme_dev_cluster_steps_then_its_chart_run_as_written(setting: Set
     crd = setting.get("", "crd", CRD)["metadata"]
     assert crd["annotations"]["meta.helm.sh/release-name"] == RELEASE, crd
     assert setting.kubectl("get", "analysisbatch", "-n", "default", "-o", "name").stdout == ""
+    setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")
+
+
+@pytest.mark.timeout(600)
+def test_helm_upgrade_while_a_batch_runs_loses_and_repeats_nothing(setting: Setting) -> None:
+    """``helm upgrade`` to a release of other images, in the middle of a batch.
+
+    The release is the same content under a new tag (the node names its images anew; there is no earlier
+    release to go back to yet), so what this proves is the upgrade's mechanics: the operator pod is replaced
+    (strategy Recreate), the new operator moves the running stage onto the new worker image (a Job's pod
+    template is immutable, so the stage's Job is replaced and its pods drain: in-flight items are handed back
+    or their leases expire), and the batch completes with every item once.
+    """
+    version, upgraded = analysis_core.__version__, f"{analysis_core.__version__}-upgrade"
+    setting.install(bundled=True)
+    setting.namespace("upgrade")
+    manifest = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    name = manifest["metadata"]["name"]
+    items = [f"T{i:02d}" for i in range(30)]
+    manifest["metadata"]["namespace"] = "upgrade"
+    manifest["spec"]["items"] = items
+    manifest["spec"]["providers"]["summarizer"]["offline"]["latencyMilliseconds"] = 2000
+    manifest["spec"]["stages"][0]["concurrency"] = 2
+    setting.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def done() -> int:
+        return int((setting.get("upgrade", "analysisbatch", name).get("status") or {}).get("items", {}).get("done", 0))
+
+    def pods(label: str) -> list[dict[str, Any]]:
+        listed = setting.kubectl("get", "pods", "-A", "-l", label, "-o", "json").stdout
+        return list(json.loads(listed)["items"])
+
+    processes.eventually(lambda: done() >= 2, 120, "two items done before the upgrade", interval=0.5)
+    operator_pods = {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=operator")}
+    for repository in (images.OPERATOR.repository, images.WORKER.repository):
+        setting.dev.tag_image(f"{repository}:{version}", f"{repository}:{upgraded}")
+    setting.helm("upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--reuse-values", "--wait", "--timeout=180s",
+                 f"--set=operator.image.tag={upgraded}", f"--set=worker.image.tag={upgraded}")  # fmt: skip
+    assert done() < len(items), "the batch finished before the upgrade: give it more work"
+    now = pods("app.kubernetes.io/component=operator")
+    assert [p["spec"]["containers"][0]["image"] for p in now] == [f"{images.OPERATOR.repository}:{upgraded}"], now
+    assert not operator_pods & {p["metadata"]["uid"] for p in now}
+    uid = setting.get("upgrade", "analysisbatch", name)["metadata"]["uid"]
+
+    def on_new_workers() -> bool:
+        running = [p for p in pods(f"{builders.LABEL_BATCH_UID}={uid}") if p["status"].get("phase") == "Running"]
+        return any(p["spec"]["containers"][0]["image"].endswith(f":{upgraded}") for p in running)
+
+    processes.eventually(on_new_workers, 120, "a worker pod of the new release runs the stage", interval=0.5)
+    setting.wait("upgrade", name, "Complete", timeout_s=300)
+    status = setting.get("upgrade", "analysisbatch", name)["status"]
+    assert (status["items"]["succeeded"], status["items"].get("failed", 0)) == (len(items), 0), status["items"]
+    rows = results(setting, "upgrade", name)
+    assert sorted(row["item"] for row in rows) == items, rows  # each item once
+    assert {row["status"] for row in rows} == {"succeeded"}, rows
+    assert refusals(setting.operator_log()) == []
+
+    setting.kubectl("delete", "analysisbatch", name, "-n", "upgrade", "--timeout=120s", timeout=150)
+    setting.uninstall()
     setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")

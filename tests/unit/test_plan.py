@@ -1,5 +1,6 @@
 """The plan compiler: specs the schema admits but no worker could run are rejected, naming the field."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,14 @@ def test_the_error_lists_every_problem_in_one_message() -> None:
     )
     with pytest.raises(plan.PlanError, match=r"spec.stages\[0\].prompt: .*'x'.*; spec.stages\[1\].prompt: .*'y'"):
         plan.compile_plan("uid", the_spec)
+
+
+def test_a_worker_reads_its_own_and_older_plans_and_refuses_a_newer_one_by_its_version() -> None:
+    compiled = plan.compile_plan("uid", spec({"name": "a", "provider": "main", "prompt": "{{ item }}"}))
+    assert plan.Plan.loads(compiled.dumps()) == compiled
+    older = json.loads(compiled.dumps())
+    del older["version"]  # a plan from before the field: version 1
+    assert plan.Plan.loads(json.dumps(older)).version == 1
+    newer = {**json.loads(compiled.dumps()), "version": plan.PLAN_VERSION + 1, "fieldOfTheFuture": True}
+    with pytest.raises(plan.PlanVersionError, match=f"plan version {plan.PLAN_VERSION + 1} is newer than this worker"):
+        plan.Plan.loads(json.dumps(newer))

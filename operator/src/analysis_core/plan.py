@@ -34,6 +34,9 @@ import pydantic
 from analysis_core import errors
 from analysis_core.api import v1alpha1
 
+# The plan's schema version. A worker reads every plan from version 1 up to its own (fields are only ever added,
+# with defaults) and refuses a newer one rather than guess at it; a change that an older worker would misread
+# bumps it (docs/design.md#upgrades).
 PLAN_VERSION = 1
 # What a prompt template may use (docs/design.md#prompts-and-template-variables); the worker renders exactly these.
 TEMPLATE_VARIABLES = frozenset({"item", "input", "vars", "feedback", "round", "attempt"})
@@ -44,6 +47,10 @@ DEFAULT_JUDGE_PROMPT = (
     "\n\nAnswer about {{ item }}:\n{{ input }}"
 )
 _TEMPLATES = jinja2.sandbox.ImmutableSandboxedEnvironment()
+
+
+class PlanVersionError(ValueError):
+    """A plan written for a newer worker than this one."""
 
 
 class PlanError(ValueError):
@@ -136,7 +143,15 @@ class Plan(_Frozen):
 
     @classmethod
     def loads(cls, text: str) -> Plan:
-        return cls.model_validate(json.loads(text))
+        """The plan in ``text``; a plan of a newer schema is refused by its version, before its fields are read."""
+        raw = json.loads(text)
+        version = raw.get("version", PLAN_VERSION) if isinstance(raw, dict) else PLAN_VERSION
+        if isinstance(version, int) and version > PLAN_VERSION:
+            raise PlanVersionError(
+                f"plan version {version} is newer than this worker's ({PLAN_VERSION}): the worker image is older than "
+                "the operator that wrote the plan; run the worker image of the operator's release"
+            )
+        return cls.model_validate(raw)
 
     @classmethod
     def load(cls, path: Path) -> Plan:

@@ -299,6 +299,12 @@ class DevCluster:
             raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
         return result
 
+    def tag_image(self, source: str, target: str) -> None:
+        """Name the node's image ``source`` also ``target`` (see :meth:`Node.tag_image`); needs the node."""
+        if self._node is None:
+            raise RuntimeError("tag_image needs the node: start the DevCluster with node=True")
+        self._node.tag_image(source, target)
+
     def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
         """Server-side apply every manifest in ``directory`` and wait until all CRDs are Established.
 

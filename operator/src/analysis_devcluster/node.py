@@ -331,6 +331,21 @@ class Node:
     def _wait(self, component: processes.Component, what: str, probe: Callable[[], bool]) -> None:
         processes.wait_until(component, what, probe, time.monotonic() + self.ready_timeout, self.ready_timeout)
 
+    def tag_image(self, source: str, target: str) -> None:
+        """Give the image ``source`` (as a pod names it, ``analysis-worker:0.1.0``) the name ``target`` too.
+
+        What a release of other images looks like to the node without building any: pods that name
+        ``target`` run the same content (tests of ``helm upgrade``).
+        """
+        known = self._ctr("images", "list", "--quiet").stdout.split()
+        matches = [ref for ref in known if ref == source or ref.endswith("/" + source)]
+        if not matches:
+            raise NodeError(f"no image {source} in containerd (it has: {', '.join(sorted(known))})")
+        prefix = matches[0].removesuffix(source)  # e.g. docker.io/library/, as the kubelet resolves short names
+        tagged = self._ctr("images", "tag", "--force", matches[0], prefix + target)
+        if tagged.returncode != 0:
+            raise NodeError(f"ctr images tag {matches[0]} {prefix + target} failed: {tagged.stderr.strip()}")
+
     def _ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         argv = [_which("ctr"), "--address", str(CONTAINERD_SOCKET), "--namespace", CONTAINERD_NAMESPACE, *args]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)

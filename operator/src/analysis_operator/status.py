@@ -41,6 +41,7 @@ from analysis_core.api import v1alpha1
 
 C = v1alpha1.ConditionType
 P = v1alpha1.Phase
+R = v1alpha1.Reason
 SUSPENDED_MESSAGE = "spec.suspend is true: no new claims; in-flight items finish"
 
 
@@ -216,29 +217,29 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
     # (a passing problem) the operator cannot confirm that, nor the flag workers read before each claim.
     settled = phase in (P.SUSPENDED, P.WAITING_FOR_APPROVAL) and not passing
     if phase is P.FAILED:
-        stalled = _Cond(C.STALLED, True, "Failed", state_msg)
+        stalled = _Cond(C.STALLED, True, R.FAILED, state_msg)
     elif blocking:
         stalled = _Cond(C.STALLED, True, blocking[0].reason, blocking[0].message)
     elif budget and not terminal:
-        stalled = _Cond(C.STALLED, True, "BudgetExceeded", budget)
+        stalled = _Cond(C.STALLED, True, R.BUDGET_EXCEEDED, budget)
     else:
-        stalled = _Cond(C.STALLED, False, str(phase) if terminal or settled else "Progressing")
+        stalled = _Cond(C.STALLED, False, R(phase) if terminal or settled else R.PROGRESSING)
 
     if terminal:
-        reconciling = _Cond(C.RECONCILING, False, str(phase), state_msg)
+        reconciling = _Cond(C.RECONCILING, False, R(phase), state_msg)
     elif stalled.true:
         reconciling = _Cond(C.RECONCILING, False, stalled.reason, stalled.message)
     elif passing:
         reconciling = _Cond(C.RECONCILING, True, passing[0].reason, passing[0].message)
     elif phase is P.SUSPENDED:
-        reconciling = _Cond(C.RECONCILING, False, "Suspended", SUSPENDED_MESSAGE)
+        reconciling = _Cond(C.RECONCILING, False, R.SUSPENDED, SUSPENDED_MESSAGE)
     elif phase is P.WAITING_FOR_APPROVAL:
-        reconciling = _Cond(C.RECONCILING, False, "WaitingForApproval", held_msg)
+        reconciling = _Cond(C.RECONCILING, False, R.WAITING_FOR_APPROVAL, held_msg)
     else:
-        reconciling = _Cond(C.RECONCILING, True, str(phase), _progress_message(counts))
+        reconciling = _Cond(C.RECONCILING, True, R(phase), _progress_message(counts))
 
     if phase is P.COMPLETE:
-        ready = _Cond(C.READY, True, "Complete", state_msg)
+        ready = _Cond(C.READY, True, R.COMPLETE, state_msg)
     elif settled and not stalled.true:
         ready = _Cond(C.READY, True, reconciling.reason, reconciling.message)
     else:
@@ -255,23 +256,23 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
         _Cond(
             C.COMPLETE,
             phase is P.COMPLETE,
-            "Complete" if phase is P.COMPLETE else str(phase),
+            R(phase),
             state_msg if phase is P.COMPLETE else "",
         ),
         _Cond(
             C.FAILED,
             phase is P.FAILED,
-            "TooManyFailedItems" if phase is P.FAILED else "NoFailure",
+            R.TOO_MANY_FAILED_ITEMS if phase is P.FAILED else R.NO_FAILURE,
             state_msg if phase is P.FAILED else "",
         ),
         _Cond(
             C.SUSPENDED,
             obs.suspended and not terminal,
-            "SuspendedBySpec" if obs.suspended else "NotSuspended",
+            R.SUSPENDED_BY_SPEC if obs.suspended else R.NOT_SUSPENDED,
             SUSPENDED_MESSAGE if obs.suspended else "",
         ),
-        _Cond(C.BUDGET_EXCEEDED, bool(budget), "BudgetExceeded" if budget else "WithinBudget", budget or ""),
-        _Cond(C.WAITING_FOR_APPROVAL, bool(held) and not terminal, "ItemsHeld" if held else "NothingHeld", held_msg),
+        _Cond(C.BUDGET_EXCEEDED, bool(budget), R.BUDGET_EXCEEDED if budget else R.WITHIN_BUDGET, budget or ""),
+        _Cond(C.WAITING_FOR_APPROVAL, bool(held) and not terminal, R.ITEMS_HELD if held else R.NOTHING_HELD, held_msg),
     ]
 
 
@@ -387,7 +388,7 @@ def events(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> li
             message = cond["message"] or kind
             out.append(Event(severity, cond["reason"], message))
         else:
-            out.append(Event("Normal", f"{kind}Cleared", f"{kind} is no longer true"))
+            out.append(Event("Normal", R.cleared(C(kind)), f"{kind} is no longer true"))
     return out
 
 

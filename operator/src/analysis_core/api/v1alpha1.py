@@ -786,6 +786,57 @@ class ConditionType(enum.StrEnum):
     WAITING_FOR_APPROVAL = "WaitingForApproval"
 
 
+class Reason(enum.StrEnum):
+    """Every reason the operator writes on a condition or an Event, defined once (docs/design.md#conditions).
+
+    People alert on these and tools match them (the kubectl plugin, the Argo CD health check), so they are
+    part of the API: a reason is added, never renamed.
+    """
+
+    # Conditions: the kstatus trio and the phase they report.
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"
+    PROGRESSING = "Progressing"
+    # Conditions: what happened, true / false.
+    TOO_MANY_FAILED_ITEMS = "TooManyFailedItems"
+    NO_FAILURE = "NoFailure"
+    SUSPENDED_BY_SPEC = "SuspendedBySpec"
+    NOT_SUSPENDED = "NotSuspended"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    WITHIN_BUDGET = "WithinBudget"
+    ITEMS_HELD = "ItemsHeld"
+    NOTHING_HELD = "NothingHeld"
+    # Problems (docs/design.md#problem-reasons): what the schema cannot catch.
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_PLAN = "InvalidPlan"
+    CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
+    CONFIGMAP_KEY_NOT_FOUND = "ConfigMapKeyNotFound"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    NO_ITEMS = "NoItems"
+    DUPLICATE_ITEMS = "DuplicateItems"
+    INVALID_ITEMS = "InvalidItems"
+    WORKER_IMAGE_UNAVAILABLE = "WorkerImageUnavailable"
+    WORKERS_CRASHING = "WorkersCrashing"
+    WORKERS_FAILED = "WorkersFailed"
+    PUBLISH_FAILED = "PublishFailed"
+    WORKLOAD_APPLY_FAILED = "WorkloadApplyFailed"
+    REDIS_UNAVAILABLE = "RedisUnavailable"
+    # Events besides condition flips (a flip to false posts "<Type>Cleared").
+    RETRY_FAILED = "RetryFailed"
+    CLEANUP_RETRYING = "CleanupRetrying"
+    CLEANUP_INCOMPLETE = "CleanupIncomplete"
+
+    @staticmethod
+    def cleared(condition: ConditionType) -> str:
+        """The Event reason of ``condition`` turning false."""
+        return f"{condition}Cleared"
+
+
 class Condition(_StatusModel):
     """A condition in the Kubernetes convention (metav1.Condition)."""
 

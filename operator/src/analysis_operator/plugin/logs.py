@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from analysis_operator.plugin_kubectl import EXIT_KUBECTL, Kubectl, PluginError
+from analysis_operator.plugin.kubectl import EXIT_KUBECTL, Kubectl, PluginError
 
 # The labels the operator puts on worker pods (analysis_operator.builders; a unit test keeps them equal).
 # Not imported from there: that would load the plan models and the Redis client into every plugin call.

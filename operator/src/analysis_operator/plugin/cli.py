@@ -1,33 +1,12 @@
-"""``kubectl analysis`` (installed as ``kubectl-analysis``): the kubectl plugin.
+"""The command line of ``kubectl analysis``: the parser, one function per verb, and ``main``.
 
-Verbs, each taking ``-n/--namespace``, ``--context`` and ``--kubeconfig``:
-
-- ``status <batch>``: per-stage progress bars, rates, retries, judge
-  verdicts, tokens, cost and the conditions that matter, redrawn until the
-  batch finishes (``--once``: one snapshot);
-- ``get <batch>`` and ``list [-A]``: a table richer than ``kubectl get``
-  (``-o wide|json|yaml|name``);
-- ``results <batch> [-o jsonl|json|table]``: what each item ended with, read
-  from the result ConfigMaps the operator writes (``analysis_operator.results``);
-- ``approve <batch> --stage S [--items a,b]``, ``retry-failed <batch>``,
-  ``suspend <batch>``, ``resume <batch>``: the writes a human would make
-  (``analysis_operator.plugin_control``);
-- ``logs <batch> [--stage S] [-f] [--tail N]``: the worker pods' logs
-  (``analysis_operator.plugin_logs``);
-- ``version``.
-
-It runs kubectl for every call (``analysis_operator.plugin_kubectl``), so it
-uses exactly the user's kubeconfig, and never talks to Redis: everything it
-shows is in the batch's status, its result ConfigMaps and its pods.
-
-Exit codes: 0 done; 1 the batch does not exist; 2 bad usage (including a
-request the batch cannot take, such as approving a stage that is not an
-approval stage); 3 the batch has no results yet; 4 kubectl could not be run
-or failed otherwise; 5 the batch has failed (``status``). Errors go to
-stderr, one line, ``error: ...`` like kubectl's own.
-
-The plugin never imports the worker or kopf (import-linter checks it): it
-is installed where only kubectl is.
+Each verb reads through :class:`~analysis_operator.plugin.kubectl.Kubectl`,
+leaves the deciding and the text to the pure modules (``progress``, ``render``,
+``control``, ``logs``, and ``analysis_operator.results`` for the result
+ConfigMaps), and writes to ``out``. A failure is a
+:class:`~analysis_operator.plugin.kubectl.PluginError`, which ``main`` turns
+into one ``error: ...`` line on stderr and the exit code it carries (the
+codes are listed in ``analysis_operator.plugin``).
 """
 
 from __future__ import annotations
@@ -45,11 +24,8 @@ from typing import Any, TextIO
 import yaml
 
 import analysis_core
-from analysis_operator import plugin_control as control
-from analysis_operator import plugin_logs as logs
-from analysis_operator import plugin_render as render
-from analysis_operator import plugin_status
-from analysis_operator.plugin_kubectl import (
+from analysis_operator.plugin import control, logs, progress, render
+from analysis_operator.plugin.kubectl import (
     CONFLICT_ATTEMPTS,
     EXIT_BATCH_FAILED,
     EXIT_KUBECTL,
@@ -148,7 +124,7 @@ def _draw(out: TextIO, lines: list[str], drawn: int) -> int:
 def status_verb(args: argparse.Namespace, out: TextIO) -> int:
     kubectl = Kubectl.from_args(args)
     tty = out.isatty() and not args.once
-    rates = plugin_status.Rates()
+    rates = progress.Rates()
     drawn, shown, failures = 0, None, 0
     while True:
         try:
@@ -163,8 +139,8 @@ def status_verb(args: argparse.Namespace, out: TextIO) -> int:
             time.sleep(args.interval)
             continue
         rates.observe(time.monotonic(), batch)
-        end = plugin_status.outcome(batch)
-        lines = plugin_status.snapshot(batch, rates, datetime.now(UTC), unicode=_unicode(out))
+        end = progress.outcome(batch)
+        lines = progress.snapshot(batch, rates, datetime.now(UTC), unicode=_unicode(out))
         version = (batch.get("metadata") or {}).get("resourceVersion")
         if tty:
             drawn = _draw(out, lines, drawn)
@@ -325,7 +301,7 @@ def logs_verb(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.follow:
         state = logs.Follow(kubectl, namespace, args.tail, out, sys.stderr)
-        logs.follow(state, list_streams, lambda: plugin_status.outcome(kubectl.batch(name)) is not None,
+        logs.follow(state, list_streams, lambda: progress.outcome(kubectl.batch(name)) is not None,
                     LOGS_INTERVAL_S)  # fmt: skip
         return 0
     found = list_streams()

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from analysis_operator import plugin_render as render
+from analysis_operator.plugin import render
 
 # As the reconciler reads it (a unit test keeps them equal; importing the reconciler would load kopf).
 ANNOTATION_RETRY_FAILED = "analysis.dev/retry-failed"

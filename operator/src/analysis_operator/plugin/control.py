@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from analysis_operator import plugin_render as render
-from analysis_operator.plugin_status import ANNOTATION_RETRY_FAILED
+from analysis_operator.plugin import render
+from analysis_operator.plugin.progress import ANNOTATION_RETRY_FAILED
 
 # Field managers and markers of the GitOps controllers that would undo a spec change made outside Git.
 GITOPS_MANAGERS = {"argocd-controller": "Argo CD", "kustomize-controller": "Flux", "helm-controller": "Flux"}

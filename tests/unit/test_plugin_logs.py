@@ -4,7 +4,6 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import builders
 from analysis_operator.plugin import logs
 
 pytestmark = pytest.mark.unit
@@ -21,10 +20,6 @@ def pod(name: str, stage: str, created: str, *, state: str = "running", containe
         "status": {"containerStatuses": [{"name": c, "state": {state: {}}, "restartCount": restarts}
                                          for c in containers]},
     }  # fmt: skip
-
-
-def test_the_labels_are_the_ones_the_operator_puts_on_worker_pods() -> None:
-    assert (logs.LABEL_BATCH_UID, logs.LABEL_STAGE) == (builders.LABEL_BATCH_UID, builders.LABEL_STAGE)
 
 
 def test_the_selector_picks_the_batch_by_uid_and_optionally_one_stage() -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import reconciler, status
+from analysis_core.api import wellknown
+from analysis_operator import status
 from analysis_operator.plugin import cli, progress
 
 pytestmark = pytest.mark.unit
@@ -115,14 +116,10 @@ def test_following_ends_on_complete_or_failed_for_the_current_generation_only() 
 
 def test_after_retry_failed_a_failed_batch_is_followed_until_the_operator_acted_on_the_new_token() -> None:
     failed = batch(conditions=[condition("Failed", True)], retriedFailed="first")
-    failed["metadata"]["annotations"] = {progress.ANNOTATION_RETRY_FAILED: "second"}
+    failed["metadata"]["annotations"] = {wellknown.ANNOTATION_RETRY_FAILED: "second"}
     assert progress.outcome(failed) is None
     failed["status"]["retriedFailed"] = "second"
     assert progress.outcome(failed) == "Failed"
-
-
-def test_the_retry_annotation_is_the_one_the_operator_reads() -> None:
-    assert progress.ANNOTATION_RETRY_FAILED == reconciler.ANNOTATION_RETRY_FAILED
 
 
 # ---------------------------------------------------------------- the snapshot
@@ -176,7 +173,7 @@ def test_the_conditions_that_matter_are_shown_once_each_with_reason_and_message(
 
 def test_a_snapshot_says_when_the_status_lags_the_spec_or_a_retry_request() -> None:
     lagging = batch(generation=3, observed=2)
-    lagging["metadata"]["annotations"] = {progress.ANNOTATION_RETRY_FAILED: "t2"}
+    lagging["metadata"]["annotations"] = {wellknown.ANNOTATION_RETRY_FAILED: "t2"}
     lines = progress.snapshot(lagging, progress.Rates(), NOW)
     assert lines[-2].startswith("note: this status is for generation 2; the spec is at 3")
     assert lines[-1] == "note: retry-failed t2 requested; the operator has not acted on it yet"

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from analysis_core import queue
+from analysis_core.api import wellknown
 from analysis_operator import builders, results
 
 pytestmark = pytest.mark.unit
@@ -89,7 +90,7 @@ def test_chunks_fill_up_then_roll_over_and_never_pass_the_cap() -> None:
     assert [r["item"] for r in rows] == [f"I{i:02d}" for i in range(20)]
     for cm in chunks:
         assert cm["metadata"]["labels"][results.LABEL_RESULTS] == "true"
-        assert cm["metadata"]["labels"][builders.LABEL_BATCH_UID] == BATCH.uid
+        assert cm["metadata"]["labels"][wellknown.LABEL_BATCH_UID] == BATCH.uid
         assert results.rows_in(cm) == len(cm["data"][results.RESULTS_KEY].splitlines())
     assert results.plan_export(BATCH, chunks, []) == []
 
@@ -133,7 +134,7 @@ def test_names_and_labels() -> None:
     cm = results.results_configmap(BATCH, 0, ['{"item":"A"}'])
     assert cm["metadata"]["labels"] == {**builders.labels(BATCH), results.LABEL_RESULTS: "true"}
     assert cm["metadata"]["annotations"] == {results.ANNOTATION_ROWS: "1", results.ANNOTATION_INDEX: "0"}
-    assert results.selector(BATCH.uid) == f"{builders.LABEL_BATCH_UID}={BATCH.uid},{results.LABEL_RESULTS}=true"
+    assert results.selector(BATCH.uid) == f"{wellknown.LABEL_BATCH_UID}={BATCH.uid},{results.LABEL_RESULTS}=true"
 
 
 def test_the_latest_row_of_each_item_wins() -> None:

@@ -65,6 +65,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from analysis_core import queue
+from analysis_core.api import wellknown
 from analysis_operator import builders
 
 RESULTS_KEY = "results.jsonl"
@@ -160,7 +161,7 @@ def chunk_name(batch: builders.Batch, index: int) -> str:
 
 def selector(batch_uid: str) -> str:
     """The label selector of one batch's result chunks (by uid: a recreated batch of the same name is another)."""
-    return f"{builders.LABEL_BATCH_UID}={batch_uid},{LABEL_RESULTS}=true"
+    return f"{wellknown.LABEL_BATCH_UID}={batch_uid},{LABEL_RESULTS}=true"
 
 
 def results_configmap(batch: builders.Batch, index: int, lines: Sequence[str]) -> dict[str, Any]:

@@ -12,6 +12,10 @@ plan compiler read batches through them). They do not repeat the CEL rules:
 cross-field checks that the schema cannot express belong to the plan compiler,
 which reports them as conditions. Spec models are frozen and forbid unknown
 fields; they accept both the wire names (camelCase) and the Python names.
+
+The enumerations a client compares a batch against (stage types, phases,
+condition types and statuses) are defined in ``analysis_core.api.wellknown``,
+with the labels and annotations, and re-exported here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
+
+from analysis_core.api import wellknown
+
+# Defined without pydantic (the kubectl plugin compares against them), and part of this API all the same.
+StageType = wellknown.StageType
+Phase = wellknown.Phase
+ConditionStatus = wellknown.ConditionStatus
+ConditionType = wellknown.ConditionType
 
 # Bounds shared by several fields. They keep objects well under Kopf's
 # 256 KiB annotation cap and keep the API server's CEL cost estimates finite.
@@ -254,12 +266,6 @@ class Provider(_Model):
 
 
 # ---------------------------------------------------------------- stages
-
-
-class StageType(enum.StrEnum):
-    GENERATE = "generate"
-    JUDGE = "judge"
-    APPROVAL = "approval"
 
 
 class OutputFormat(enum.StrEnum):
@@ -753,39 +759,6 @@ class AnalysisBatchSpec(_Model):
 # ---------------------------------------------------------------- status
 
 
-class Phase(enum.StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    WAITING_FOR_APPROVAL = "WaitingForApproval"
-    SUSPENDED = "Suspended"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-
-
-class ConditionStatus(enum.StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
-
-
-class ConditionType(enum.StrEnum):
-    """The conditions a batch reports (docs/design.md#conditions).
-
-    Ready, Reconciling and Stalled follow kstatus, so Flux, kpt and Argo CD read
-    health without knowing this API; the others say what happened, and
-    ``kubectl wait --for=condition=Complete`` waits on them.
-    """
-
-    READY = "Ready"
-    RECONCILING = "Reconciling"
-    STALLED = "Stalled"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-    SUSPENDED = "Suspended"
-    BUDGET_EXCEEDED = "BudgetExceeded"
-    WAITING_FOR_APPROVAL = "WaitingForApproval"
-
-
 class Condition(_StatusModel):
     """A condition in the Kubernetes convention (metav1.Condition)."""
 
@@ -900,7 +873,7 @@ class AnalysisBatchStatus(_StatusModel):
     results: ResultsStatus | None = Field(default=None, description="Where the results are.")
     retried_failed: str | None = Field(
         default=None,
-        description="The value of the analysis.dev/retry-failed annotation last acted on "
+        description=f"The value of the {wellknown.ANNOTATION_RETRY_FAILED} annotation last acted on "
         "(each new value re-runs the failed and dead-lettered items once).",
     )
     start_time: datetime | None = Field(default=None, description="When the first item was enqueued.")

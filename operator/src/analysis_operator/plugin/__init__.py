@@ -35,7 +35,10 @@ modules behind it, from the command line down:
 - ``kubectl``: running kubectl, and the exit codes its failures map to.
 
 The plugin is installed where only kubectl is, and starts on every call:
-it never imports the worker or kopf.
+it never imports the worker or kopf. The names it shares with the operator
+(labels, the retry-failed annotation, phases, condition and stage types) come
+from ``analysis_core.api.wellknown``, which needs nothing but the standard
+library.
 """
 
 from analysis_operator.plugin.cli import main

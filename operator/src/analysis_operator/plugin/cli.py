@@ -24,6 +24,8 @@ from typing import Any, TextIO
 import yaml
 
 import analysis_core
+from analysis_core import api
+from analysis_core.api import wellknown
 from analysis_operator.plugin import control, logs, progress, render
 from analysis_operator.plugin.kubectl import (
     CONFLICT_ATTEMPTS,
@@ -55,7 +57,7 @@ def _unicode(out: TextIO) -> bool:
 
 
 def _ident(batch: dict[str, Any]) -> str:
-    return f"analysisbatch.analysis.dev/{(batch.get('metadata') or {}).get('name', '?')}"
+    return f"{api.KIND.lower()}.{api.GROUP}/{(batch.get('metadata') or {}).get('name', '?')}"
 
 
 def _name_and_namespace(batch: dict[str, Any], name: str) -> tuple[str, str]:
@@ -149,7 +151,7 @@ def status_verb(args: argparse.Namespace, out: TextIO) -> int:
             shown = version
         out.flush()
         if args.once or end is not None:
-            return EXIT_BATCH_FAILED if end == "Failed" else 0
+            return EXIT_BATCH_FAILED if end == wellknown.ConditionType.FAILED else 0
         time.sleep(args.interval)
 
 
@@ -291,7 +293,7 @@ def logs_verb(args: argparse.Namespace, out: TextIO) -> int:
     if args.stage is not None and args.stage not in types:
         raise PluginError(f'analysisbatch "{name}" has no stage "{args.stage}" (stages: {", ".join(types)})',
                           EXIT_USAGE)  # fmt: skip
-    if args.stage is not None and types[args.stage] == "approval":
+    if args.stage is not None and types[args.stage] == wellknown.StageType.APPROVAL:
         raise PluginError(f'stage "{args.stage}" is an approval stage: it runs no worker pods', EXIT_USAGE)
     order = render.stage_names(batch)
     selector = logs.selector(batch["metadata"]["uid"], args.stage)
@@ -385,7 +387,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="comma-separated item ids to release (default: every item waiting at the stage)")  # fmt: skip
 
     _verb(sub, "retry-failed", common, "re-run the failed and dead-lettered items",
-          "Set the analysis.dev/retry-failed annotation to a fresh value; the operator re-runs the batch's failed "
+          f"Set the {wellknown.ANNOTATION_RETRY_FAILED} annotation to a fresh value; the operator re-runs the batch's failed "
           "and dead-lettered items once for it.")  # fmt: skip
     _verb(
         sub,

@@ -46,7 +46,7 @@ import yaml
 
 from analysis_core import completion, env, keys, plan, queue
 from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1, wellknown
-from analysis_operator import builders, kube, results, status
+from analysis_operator import builders, export, kube, results, status
 from analysis_operator.config import OperatorConfig
 
 BATCHES = kube.Kind(f"{GROUP}/{VERSION}", PLURAL)
@@ -412,7 +412,7 @@ class Reconciler:
     # ---------------------------------------------------------------- 5. results
 
     async def _export(self, batch: builders.Batch, body: kopf.Body, *, final: bool) -> Mapping[str, Any] | None:
-        """Append newly ended items to the results ConfigMaps (``results.py``); returns ``status.results``.
+        """Append newly ended items to the results ConfigMaps (``export.py``); returns ``status.results``.
 
         Runs every ``results_interval_s`` while items finish, and to the end
         before a finished batch reports so. The cursor is what the ConfigMaps
@@ -433,7 +433,7 @@ class Reconciler:
                 records = await queue.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
                 if not records:
                     break
-                for planned in results.plan_export(batch, chunks, [results.row(r) for r in records]):
+                for planned in export.plan_export(batch, chunks, [export.row(r) for r in records]):
                     await self._write_chunk(batch, body, planned)
                 chunks = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.selector(batch.uid))
                 cursor = results.exported(chunks)

@@ -26,6 +26,7 @@ import yaml
 import analysis_core
 from analysis_core import api
 from analysis_core.api import wellknown
+from analysis_operator import results
 from analysis_operator.plugin import control, logs, progress, render
 from analysis_operator.plugin.kubectl import (
     CONFLICT_ATTEMPTS,
@@ -86,9 +87,6 @@ def _render_results(rows: list[dict[str, Any]], output: str, table: Callable[[li
 
 
 def results_verb(args: argparse.Namespace, out: TextIO) -> int:
-    # Imported here: the results module brings the plan models and the Redis client, which no other verb needs.
-    from analysis_operator import results
-
     kubectl = Kubectl.from_args(args)
     batch = kubectl.batch(args.batch)
     _name, namespace = _name_and_namespace(batch, args.batch)

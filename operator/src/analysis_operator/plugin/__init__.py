@@ -35,9 +35,11 @@ modules behind it, from the command line down:
 - ``kubectl``: running kubectl, and the exit codes its failures map to.
 
 The plugin is installed where only kubectl is, and starts on every call:
-it never imports the worker or kopf. The names it shares with the operator
-(labels, the retry-failed annotation, phases, condition and stage types) come
-from ``analysis_core.api.wellknown``, which needs nothing but the standard
+it imports neither kopf, aiohttp, Redis, pydantic, the worker, nor any
+module of the operator but its result format, ``analysis_operator.results``
+(import-linter contracts). The names it shares with the operator (labels,
+the retry-failed annotation, phases, condition and stage types) come from
+``analysis_core.api.wellknown``, which needs nothing but the standard
 library.
 """
 

@@ -385,8 +385,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="comma-separated item ids to release (default: every item waiting at the stage)")  # fmt: skip
 
     _verb(sub, "retry-failed", common, "re-run the failed and dead-lettered items",
-          f"Set the {wellknown.ANNOTATION_RETRY_FAILED} annotation to a fresh value; the operator re-runs the batch's failed "
-          "and dead-lettered items once for it.")  # fmt: skip
+          f"Set the {wellknown.ANNOTATION_RETRY_FAILED} annotation to a fresh value; the operator re-runs the "
+          "batch's failed and dead-lettered items once for it.")  # fmt: skip
     _verb(
         sub,
         "suspend",

@@ -36,8 +36,8 @@ import yaml
 
 import analysis_core
 from analysis_core import keys
+from analysis_core.api import wellknown
 from analysis_devcluster import binaries, cluster, images, node, processes
-from analysis_operator import builders
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -432,7 +432,7 @@ def test_helm_upgrade_while_a_batch_runs_loses_and_repeats_nothing(setting: Sett
     uid = setting.get("upgrade", "analysisbatch", name)["metadata"]["uid"]
 
     def on_new_workers() -> bool:
-        running = [p for p in pods(f"{builders.LABEL_BATCH_UID}={uid}") if p["status"].get("phase") == "Running"]
+        running = [p for p in pods(f"{wellknown.LABEL_BATCH_UID}={uid}") if p["status"].get("phase") == "Running"]
         return any(p["spec"]["containers"][0]["image"].endswith(f":{upgraded}") for p in running)
 
     processes.eventually(on_new_workers, 120, "a worker pod of the new release runs the stage", interval=0.5)

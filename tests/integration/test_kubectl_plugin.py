@@ -23,7 +23,7 @@ import analysis_core
 from analysis_core import queue
 from analysis_devcluster import binaries
 from analysis_devcluster.cluster import DevCluster
-from analysis_operator import builders, results
+from analysis_operator import builders, export
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def create_chunks(devcluster: DevCluster, batch: builders.Batch, records: list[q
     """Export ``records`` as the operator would, in small chunks; returns how many ConfigMaps that made."""
     chunks: list[dict[str, Any]] = []
     for record in records:  # one at a time, as finals arrive
-        for cm in results.plan_export(batch, chunks, [results.row(record)], chunk_bytes=300):
+        for cm in export.plan_export(batch, chunks, [export.row(record)], chunk_bytes=300):
             verb = "replace" if cm["metadata"].get("resourceVersion") else "create"
             written = devcluster.kubectl(verb, "-o", "json", "-f", "-", input=json.dumps(cm))
             chunks = [c for c in chunks if c["metadata"]["name"] != cm["metadata"]["name"]]
@@ -96,8 +96,8 @@ def test_kubectl_analysis_results_prints_the_latest_result_of_each_item(
     assert made >= 2  # the rows span chunks
     # An earlier batch of the same name left results behind (not yet garbage-collected): selected by uid,
     # they never mix in, though they carry the batch's name.
-    earlier = results.results_configmap(builders.Batch(name, namespace, "0-earlier-uid"), 7, [
-        results.encode(results.row(record("0-earlier-uid", "INTC", "succeeded", output="old")))
+    earlier = export.results_configmap(builders.Batch(name, namespace, "0-earlier-uid"), 7, [
+        export.encode(export.row(record("0-earlier-uid", "INTC", "succeeded", output="old")))
     ])  # fmt: skip
     devcluster.kubectl("create", "-f", "-", input=json.dumps(earlier))
     kubeconfig = str(devcluster.kubeconfig)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from analysis_core import env, plan, queue
-from analysis_core.api import v1alpha1
+from analysis_core.api import v1alpha1, wellknown
 from analysis_operator import builders
 
 pytestmark = pytest.mark.unit
@@ -90,7 +90,7 @@ def test_a_redis_password_reaches_workers_only_through_the_batchs_secret() -> No
         "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": builders.REDIS_PASSWORD_KEY}},
     }
     assert secret["metadata"]["namespace"] == BATCH.namespace
-    assert secret["metadata"]["labels"][builders.LABEL_BATCH_UID] == BATCH.uid
+    assert secret["metadata"]["labels"][wellknown.LABEL_BATCH_UID] == BATCH.uid
     assert base64.b64decode(secret["data"][builders.REDIS_PASSWORD_KEY]).decode() == "s3cret/+pw"
     assert "s3cret" not in json.dumps(pod)
 
@@ -126,7 +126,7 @@ def test_the_executor_picks_the_workload(executor: str, kind: str, size_field: s
     obj: dict[str, Any] = builders.workload(BATCH, compiled, compiled.stage("analyze"), SETTINGS, size=3)
     assert obj["kind"] == kind
     assert obj["spec"][size_field] == 3
-    assert obj["metadata"]["labels"][builders.LABEL_STAGE] == "analyze"
+    assert obj["metadata"]["labels"][wellknown.LABEL_STAGE] == "analyze"
     restart = obj["spec"]["template"]["spec"]["restartPolicy"]
     assert restart == ("Never" if kind == "Job" else "Always")
 

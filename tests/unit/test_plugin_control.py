@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import plugin_control as control
+from analysis_operator.plugin import control
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import builders, plugin_logs
+from analysis_operator.plugin import logs
 
 pytestmark = pytest.mark.unit
 
@@ -22,13 +22,9 @@ def pod(name: str, stage: str, created: str, *, state: str = "running", containe
     }  # fmt: skip
 
 
-def test_the_labels_are_the_ones_the_operator_puts_on_worker_pods() -> None:
-    assert (plugin_logs.LABEL_BATCH_UID, plugin_logs.LABEL_STAGE) == (builders.LABEL_BATCH_UID, builders.LABEL_STAGE)
-
-
 def test_the_selector_picks_the_batch_by_uid_and_optionally_one_stage() -> None:
-    assert plugin_logs.selector(UID) == f"analysis.dev/batch-uid={UID}"
-    assert plugin_logs.selector(UID, "analyze") == f"analysis.dev/batch-uid={UID},analysis.dev/stage=analyze"
+    assert logs.selector(UID) == f"analysis.dev/batch-uid={UID}"
+    assert logs.selector(UID, "analyze") == f"analysis.dev/batch-uid={UID},analysis.dev/stage=analyze"
 
 
 def test_streams_come_in_stage_order_then_by_age_each_prefixed_with_stage_and_pod() -> None:
@@ -38,7 +34,7 @@ def test_streams_come_in_stage_order_then_by_age_each_prefixed_with_stage_and_po
         pod("b-analyze-1", "analyze", "2026-01-01T00:00:03Z", state="terminated", restarts=1),
         pod("b-analyze-3", "analyze", "2026-01-01T00:00:07Z", state="waiting"),
     ]
-    found = plugin_logs.streams(pods, ["analyze", "review", "report"])
+    found = logs.streams(pods, ["analyze", "review", "report"])
     assert [(s.pod, s.prefix, s.started, s.restarts) for s in found] == [
         ("b-analyze-1", "[analyze b-analyze-1]", True, 1),
         ("b-analyze-2", "[analyze b-analyze-2]", True, 0),
@@ -49,7 +45,7 @@ def test_streams_come_in_stage_order_then_by_age_each_prefixed_with_stage_and_po
 
 
 def test_a_pod_with_several_containers_names_the_container_too() -> None:
-    found = plugin_logs.streams([pod("p", "analyze", "t", containers=("worker", "sidecar"))], ["analyze"])
+    found = logs.streams([pod("p", "analyze", "t", containers=("worker", "sidecar"))], ["analyze"])
     assert [(s.container, s.prefix) for s in found] == [
         ("worker", "[analyze p/worker]"),
         ("sidecar", "[analyze p/sidecar]"),
@@ -61,12 +57,12 @@ def test_a_pod_without_status_is_not_started_and_unknown_stages_go_last() -> Non
         "metadata": {"name": "p", "labels": {"analysis.dev/stage": "mystery"}},
         "spec": {"containers": [{"name": "worker"}]},
     }
-    found = plugin_logs.streams([bare, pod("q", "analyze", "t")], ["analyze"])
+    found = logs.streams([bare, pod("q", "analyze", "t")], ["analyze"])
     assert [(s.pod, s.started) for s in found] == [("q", True), ("p", False)]
 
 
 def test_every_line_gets_the_prefix_and_ends_with_a_newline() -> None:
-    assert plugin_logs.prefixed("[a p]", '{"event": "claimed"}\n{"event": "done"}') == (
+    assert logs.prefixed("[a p]", '{"event": "claimed"}\n{"event": "done"}') == (
         '[a p] {"event": "claimed"}\n[a p] {"event": "done"}\n'
     )
-    assert plugin_logs.prefixed("[a p]", "") == ""
+    assert logs.prefixed("[a p]", "") == ""

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import plugin_render as render
+from analysis_operator.plugin import render
 
 pytestmark = pytest.mark.unit
 

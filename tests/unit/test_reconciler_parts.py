@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from analysis_core import plan
-from analysis_core.api import v1alpha1
-from analysis_operator import builders, reconciler
+from analysis_core.api import v1alpha1, wellknown
+from analysis_operator import reconciler
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,7 @@ PLAN = plan.compile_plan(
 
 def pod(reason: str, message: str, **meta: Any) -> dict[str, Any]:
     return {
-        "metadata": {"name": "p-1", "labels": {builders.LABEL_STAGE: "analyze"}, **meta},
+        "metadata": {"name": "p-1", "labels": {wellknown.LABEL_STAGE: "analyze"}, **meta},
         "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": reason,
                                                                                        "message": message}}}]},
     }  # fmt: skip
@@ -62,7 +62,7 @@ def test_deleting_pods_and_healthy_pods_report_nothing() -> None:
 def test_workload_summaries() -> None:
     job = {
         "kind": "Job",
-        "metadata": {"name": "b-analyze-abc123", "labels": {builders.LABEL_STAGE: "analyze"},
+        "metadata": {"name": "b-analyze-abc123", "labels": {wellknown.LABEL_STAGE: "analyze"},
                      "annotations": {reconciler.ANNOTATION_SPEC_HASH: "h1"}},
         "spec": {"parallelism": 3},
         "status": {"conditions": [{"type": "Complete", "status": "True"}]},

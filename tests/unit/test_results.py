@@ -1,4 +1,4 @@
-"""Result rows and chunks: caps, appending then rolling over, the cursor a restart derives, readers, the table."""
+"""Result rows and chunks: caps, rolling over, the cursor a restart derives (``export``); readers, the table."""
 
 import json
 from typing import Any
@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 
 from analysis_core import queue
-from analysis_operator import builders, results
+from analysis_core.api import wellknown
+from analysis_operator import builders, export, results
 
 pytestmark = pytest.mark.unit
 
@@ -20,7 +21,7 @@ def record(item: str, *, output: str | None = "fine", status: Any = "succeeded",
 
 
 def row(item: str, size: int = 10, **more: Any) -> dict[str, Any]:
-    return results.row(record(item, output="x" * size, **more))
+    return export.row(record(item, output="x" * size, **more))
 
 
 def applied(existing: list[dict[str, Any]], planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,49 +37,49 @@ def data_bytes(cm: dict[str, Any]) -> int:
 
 
 def test_a_row_holds_what_the_item_ended_with() -> None:
-    assert results.row(record("NVDA", output='{"rating": "buy"}')) == {
+    assert export.row(record("NVDA", output='{"rating": "buy"}')) == {
         "item": "NVDA", "stage": "report", "status": "succeeded", "output": {"rating": "buy"}, "error": None,
         "errorClass": None, "round": 0, "attempt": 1,
     }  # fmt: skip
     # JSON in a Markdown fence is parsed too; a prose answer or a JSON scalar stays the text it was.
-    assert results.row(record("A", output="```json\n[1, 2]\n```"))["output"] == [1, 2]
-    assert results.row(record("A", output="42"))["output"] == "42"
-    assert results.row(record("A", output="Buy: strong {demand}"))["output"] == "Buy: strong {demand}"
-    failed = results.row(
+    assert export.row(record("A", output="```json\n[1, 2]\n```"))["output"] == [1, 2]
+    assert export.row(record("A", output="42"))["output"] == "42"
+    assert export.row(record("A", output="Buy: strong {demand}"))["output"] == "Buy: strong {demand}"
+    failed = export.row(
         record("AMD", output=None, status="failed", error="rejected 3 times", error_class="JudgeRejected", round=2)
     )
     assert (failed["status"], failed["output"], failed["errorClass"], failed["round"]) == (
         "failed", None, "JudgeRejected", 2,
     )  # fmt: skip
     # Nothing but the documented columns: no model, tokens or anything else a pod knows.
-    assert set(results.row(record("A", model="claude", input_tokens=3))) == {
+    assert set(export.row(record("A", model="claude", input_tokens=3))) == {
         "item", "stage", "status", "output", "error", "errorClass", "round", "attempt",
     }  # fmt: skip
 
 
 def test_a_large_output_is_cut_to_the_row_cap_and_says_so() -> None:
     big = json.dumps({"text": 'quote " and newline \n and ✓ ' * 20_000})  # escapes grow it when encoded
-    line = results.encode(results.row(record("NVDA", output=big)))
-    assert len(line.encode()) <= results.ROW_BYTES
+    line = export.encode(export.row(record("NVDA", output=big)))
+    assert len(line.encode()) <= export.ROW_BYTES
     decoded = json.loads(line)
     assert decoded["truncated"] is True
     assert isinstance(decoded["output"], str)
     # Parsed JSON is cut as its compact serialization.
     assert json.dumps(json.loads(big), ensure_ascii=False, separators=(",", ":")).startswith(decoded["output"])
-    assert len(decoded["output"]) > results.ROW_BYTES // 4  # cut to fit, not emptied
-    small = json.loads(results.encode(results.row(record("AMD", output="short"))))
+    assert len(decoded["output"]) > export.ROW_BYTES // 4  # cut to fit, not emptied
+    small = json.loads(export.encode(export.row(record("AMD", output="short"))))
     assert "truncated" not in small
 
 
 def test_chunks_fill_up_then_roll_over_and_never_pass_the_cap() -> None:
     cap = 1000
-    first = results.plan_export(BATCH, [], [row(f"I{i:02d}", 100) for i in range(3)], chunk_bytes=cap)
+    first = export.plan_export(BATCH, [], [row(f"I{i:02d}", 100) for i in range(3)], chunk_bytes=cap)
     assert [cm["metadata"]["name"] for cm in first] == ["semis-q3-results-0"]
     assert "resourceVersion" not in first[0]["metadata"]  # a creation
     chunks = applied([], first)
     chunks[0]["metadata"]["resourceVersion"] = "41"
     # Appending goes to the last chunk until it is full, then opens the next.
-    more = results.plan_export(BATCH, chunks, [row(f"I{i:02d}", 100) for i in range(3, 20)], chunk_bytes=cap)
+    more = export.plan_export(BATCH, chunks, [row(f"I{i:02d}", 100) for i in range(3, 20)], chunk_bytes=cap)
     assert [cm["metadata"]["name"] for cm in more] == [f"semis-q3-results-{i}" for i in range(len(more))]
     assert more[0]["metadata"]["resourceVersion"] == "41"  # a replacement of the version it was planned from
     assert all("resourceVersion" not in cm["metadata"] for cm in more[1:])
@@ -89,9 +90,9 @@ def test_chunks_fill_up_then_roll_over_and_never_pass_the_cap() -> None:
     assert [r["item"] for r in rows] == [f"I{i:02d}" for i in range(20)]
     for cm in chunks:
         assert cm["metadata"]["labels"][results.LABEL_RESULTS] == "true"
-        assert cm["metadata"]["labels"][builders.LABEL_BATCH_UID] == BATCH.uid
+        assert cm["metadata"]["labels"][wellknown.LABEL_BATCH_UID] == BATCH.uid
         assert results.rows_in(cm) == len(cm["data"][results.RESULTS_KEY].splitlines())
-    assert results.plan_export(BATCH, chunks, []) == []
+    assert export.plan_export(BATCH, chunks, []) == []
 
 
 def test_the_cursor_is_derived_from_the_chunks_so_a_restart_neither_loses_nor_duplicates() -> None:
@@ -101,12 +102,12 @@ def test_the_cursor_is_derived_from_the_chunks_so_a_restart_neither_loses_nor_du
     step = 0
     while results.exported(chunks) < len(finals):
         cursor = results.exported(chunks)
-        planned = results.plan_export(BATCH, chunks, finals[cursor : cursor + 7], chunk_bytes=cap)
+        planned = export.plan_export(BATCH, chunks, finals[cursor : cursor + 7], chunk_bytes=cap)
         # Every third pass the operator "crashes" after the first write: the next pass derives where it was.
         writes = planned[:1] if step % 3 == 2 else planned
         chunks = applied(chunks, writes)
         step += 1
-    assert results.read_rows(chunks) == [json.loads(results.encode(r)) for r in finals]
+    assert results.read_rows(chunks) == [json.loads(export.encode(r)) for r in finals]
     assert results.exported(chunks) == len(finals)
     # The chunks are read in index order whatever order they are listed in (names of long batches are hashed).
     assert results.read_rows(list(reversed(chunks))) == results.read_rows(chunks)
@@ -118,22 +119,22 @@ def test_the_cursor_is_derived_from_the_chunks_so_a_restart_neither_loses_nor_du
 
 
 def test_replacements_keep_their_owner() -> None:
-    (chunk,) = results.plan_export(BATCH, [], [row("A")])
+    (chunk,) = export.plan_export(BATCH, [], [row("A")])
     owner = [{"apiVersion": "analysis.dev/v1alpha1", "kind": "AnalysisBatch", "name": BATCH.name, "uid": BATCH.uid}]
     chunk["metadata"].update(resourceVersion="7", ownerReferences=owner)
-    (again,) = results.plan_export(BATCH, [chunk], [row("B")])
+    (again,) = export.plan_export(BATCH, [chunk], [row("B")])
     assert again["metadata"]["ownerReferences"] == owner
     assert again["metadata"]["annotations"][results.ANNOTATION_ROWS] == "2"
 
 
 def test_names_and_labels() -> None:
-    assert results.chunk_name(BATCH, 3) == "semis-q3-results-3"
+    assert export.chunk_name(BATCH, 3) == "semis-q3-results-3"
     long_batch = builders.Batch("b" * 60, "ns", BATCH.uid)
-    assert len(results.chunk_name(long_batch, 12)) <= 63
-    cm = results.results_configmap(BATCH, 0, ['{"item":"A"}'])
+    assert len(export.chunk_name(long_batch, 12)) <= 63
+    cm = export.results_configmap(BATCH, 0, ['{"item":"A"}'])
     assert cm["metadata"]["labels"] == {**builders.labels(BATCH), results.LABEL_RESULTS: "true"}
     assert cm["metadata"]["annotations"] == {results.ANNOTATION_ROWS: "1", results.ANNOTATION_INDEX: "0"}
-    assert results.selector(BATCH.uid) == f"{builders.LABEL_BATCH_UID}={BATCH.uid},{results.LABEL_RESULTS}=true"
+    assert results.selector(BATCH.uid) == f"{wellknown.LABEL_BATCH_UID}={BATCH.uid},{results.LABEL_RESULTS}=true"
 
 
 def test_the_latest_row_of_each_item_wins() -> None:

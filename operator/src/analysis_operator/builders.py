@@ -4,7 +4,7 @@ The reconciler calls these with what it observed and applies the dicts they
 return (adopting them, so they are owned by the batch). They do no I/O and
 decide nothing about *when*: sizing (parallelism, replicas) comes in as an
 argument. Names are deterministic, so a replayed reconcile finds the object
-it made before; labels are named once here.
+it made before; the labels others select by are named in ``analysis_core.api.wellknown``.
 
 Worker pods are built to be admitted where the ``restricted`` Pod Security
 Standard is enforced: non-root, read-only root filesystem, no privilege
@@ -23,14 +23,11 @@ import re
 from typing import Any
 
 from analysis_core import env, plan, queue
-from analysis_core.api import v1alpha1
+from analysis_core.api import v1alpha1, wellknown
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_BATCH = "analysis.dev/batch"
-LABEL_BATCH_UID = "analysis.dev/batch-uid"
-LABEL_STAGE = "analysis.dev/stage"
 ANNOTATION_PLAN_HASH = "analysis.dev/plan-hash"  # on pod templates: what the workers run
 ANNOTATION_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
@@ -95,11 +92,11 @@ def labels(batch: Batch, stage: str | None = None) -> dict[str, str]:
         LABEL_NAME: "analysis-worker",
         LABEL_PART_OF: "analysis-operator",
         LABEL_MANAGED_BY: "analysis-operator",
-        LABEL_BATCH: batch.name[:MAX_NAME],
-        LABEL_BATCH_UID: batch.uid,
+        wellknown.LABEL_BATCH: batch.name[:MAX_NAME],
+        wellknown.LABEL_BATCH_UID: batch.uid,
     }
     if stage is not None:
-        out[LABEL_STAGE] = stage
+        out[wellknown.LABEL_STAGE] = stage
     return out
 
 
@@ -280,7 +277,7 @@ def worker_deployment(
     batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan, settings: WorkerSettings, *, replicas: int
 ) -> dict[str, Any]:
     """A Deployment of idling workers for ``executor: Deployment``, sized by the reconciler."""
-    selector = {LABEL_BATCH_UID: batch.uid, LABEL_STAGE: stage.name}
+    selector = {wellknown.LABEL_BATCH_UID: batch.uid, wellknown.LABEL_STAGE: stage.name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

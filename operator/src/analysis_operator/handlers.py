@@ -34,15 +34,15 @@ from typing import Any
 import kopf
 
 from analysis_core import queue
-from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
-from analysis_operator import builders, config, kube, logfilters, metrics, reconciler, teardown
+from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1, wellknown
+from analysis_operator import config, kube, logfilters, metrics, reconciler, teardown
 from analysis_operator.config import OperatorConfig
 
 FINALIZER = "analysis.dev/cleanup"
 ANNOTATION_PREFIX = "analysis.dev"
 TERMINAL = ("Complete", "Failed")
 BATCH = (GROUP, VERSION, PLURAL)
-OWNED = {builders.LABEL_BATCH_UID: kopf.PRESENT}
+OWNED = {wellknown.LABEL_BATCH_UID: kopf.PRESENT}
 
 # A step that fails on these is simply run again; anything else is a bug and is logged with its traceback.
 RETRYABLE: tuple[type[Exception], ...] = (kube.ApiError, *queue.UNAVAILABLE)
@@ -100,17 +100,17 @@ def _touch() -> None:
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
 async def jobs_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.Workload]:
-    return {body["metadata"]["labels"][builders.LABEL_BATCH_UID]: reconciler.workload_summary(body)}
+    return {body["metadata"]["labels"][wellknown.LABEL_BATCH_UID]: reconciler.workload_summary(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
 async def deployments_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.Workload]:
-    return {body["metadata"]["labels"][builders.LABEL_BATCH_UID]: reconciler.workload_summary(body)}
+    return {body["metadata"]["labels"][wellknown.LABEL_BATCH_UID]: reconciler.workload_summary(body)}
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
 async def pods_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.Pod]:
-    return {body["metadata"]["labels"][builders.LABEL_BATCH_UID]: reconciler.pod_summary(body)}
+    return {body["metadata"]["labels"][wellknown.LABEL_BATCH_UID]: reconciler.pod_summary(body)}
 
 
 def children_of(
@@ -132,7 +132,7 @@ def needs_reconciler(body: kopf.Body, **_: Any) -> bool:
         return True
     if any(stage.get("workers") for stage in st.get("stages") or []):
         return True
-    token = (meta.get("annotations") or {}).get(reconciler.ANNOTATION_RETRY_FAILED)
+    token = (meta.get("annotations") or {}).get(wellknown.ANNOTATION_RETRY_FAILED)
     if token and token != st.get("retriedFailed"):
         return True
     return spec.get("ttlSecondsAfterFinished") is not None
@@ -213,7 +213,7 @@ async def _expire(client: kube.Kube, body: Mapping[str, Any], current: Mapping[s
 
 @kopf.on.create(*BATCH, id="kick-on-create")
 @kopf.on.update(*BATCH, id="kick-on-spec", field="spec")
-@kopf.on.update(*BATCH, id="kick-on-retry", field=("metadata", "annotations", reconciler.ANNOTATION_RETRY_FAILED))
+@kopf.on.update(*BATCH, id="kick-on-retry", field=("metadata", "annotations", wellknown.ANNOTATION_RETRY_FAILED))
 async def kick(memo: kopf.Memo, **_: Any) -> None:
     """Wake the batch's reconciler now rather than at its next tick."""
     _kick_event(memo).set()

@@ -45,12 +45,11 @@ import pydantic
 import yaml
 
 from analysis_core import completion, env, keys, plan, queue
-from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
-from analysis_operator import builders, kube, results, status
+from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1, wellknown
+from analysis_operator import builders, export, kube, results, status
 from analysis_operator.config import OperatorConfig
 
 BATCHES = kube.Kind(f"{GROUP}/{VERSION}", PLURAL)
-ANNOTATION_RETRY_FAILED = "analysis.dev/retry-failed"
 ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the spec last applied
 EXPORT_PAGE = 500  # finals read per round trip while exporting
 BUSY_POD_COST = "1000"  # pod-deletion-cost of a worker with an item in flight (idle ones: 0)
@@ -309,7 +308,7 @@ class Reconciler:
 
         True when it acted on a new value (the snapshot is then out of date).
         """
-        token = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY_FAILED)
+        token = (body["metadata"].get("annotations") or {}).get(wellknown.ANNOTATION_RETRY_FAILED)
         if not token or snapshot.flags.get("retry_token") == token:
             return False
         flags_key = keys.BatchKeys(batch.uid).flags
@@ -413,7 +412,7 @@ class Reconciler:
     # ---------------------------------------------------------------- 5. results
 
     async def _export(self, batch: builders.Batch, body: kopf.Body, *, final: bool) -> Mapping[str, Any] | None:
-        """Append newly ended items to the results ConfigMaps (``results.py``); returns ``status.results``.
+        """Append newly ended items to the results ConfigMaps (``export.py``); returns ``status.results``.
 
         Runs every ``results_interval_s`` while items finish, and to the end
         before a finished batch reports so. The cursor is what the ConfigMaps
@@ -434,7 +433,7 @@ class Reconciler:
                 records = await queue.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
                 if not records:
                     break
-                for planned in results.plan_export(batch, chunks, [results.row(r) for r in records]):
+                for planned in export.plan_export(batch, chunks, [export.row(r) for r in records]):
                     await self._write_chunk(batch, body, planned)
                 chunks = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.selector(batch.uid))
                 cursor = results.exported(chunks)
@@ -577,7 +576,7 @@ def workload_summary(body: kopf.Body) -> Workload:
     return Workload(
         kind=kind,
         name=meta["name"],
-        stage=(meta.get("labels") or {}).get(builders.LABEL_STAGE, ""),
+        stage=(meta.get("labels") or {}).get(wellknown.LABEL_STAGE, ""),
         spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
         size=int(spec.get("parallelism" if kind == "Job" else "replicas") or 0),
         complete=kind == "Job" and "Complete" in conditions,
@@ -594,7 +593,7 @@ def pod_summary(body: kopf.Body) -> Pod:
             waiting = state["waiting"]
     return Pod(
         name=meta["name"],
-        stage=(meta.get("labels") or {}).get(builders.LABEL_STAGE, ""),
+        stage=(meta.get("labels") or {}).get(wellknown.LABEL_STAGE, ""),
         phase=str(st.get("phase") or "Pending"),
         deleting=bool(meta.get("deletionTimestamp")),
         waiting_reason=str(waiting.get("reason") or ""),

@@ -22,7 +22,8 @@ from typing import Any
 import kopf
 
 from analysis_core import env, keys, queue
-from analysis_operator import builders, kube
+from analysis_core.api import wellknown
+from analysis_operator import kube
 
 GIVE_UP_AFTER = 60  # retries, about two seconds apart while pods drain, longer while Redis is away
 SCAN_COUNT = 1000
@@ -31,7 +32,7 @@ SCAN_COUNT = 1000
 async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, retry: int, logger: kopf.Logger) -> None:
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
-    selector = f"{builders.LABEL_BATCH_UID}={uid}"
+    selector = f"{wellknown.LABEL_BATCH_UID}={uid}"
     with contextlib.suppress(*queue.UNAVAILABLE):  # the workers go anyway; the keys are swept once Redis is back
         await _stop_claims(redis, uid)
     for kind in (kube.JOBS, kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICEACCOUNTS):

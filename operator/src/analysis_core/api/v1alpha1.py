@@ -12,6 +12,10 @@ plan compiler read batches through them). They do not repeat the CEL rules:
 cross-field checks that the schema cannot express belong to the plan compiler,
 which reports them as conditions. Spec models are frozen and forbid unknown
 fields; they accept both the wire names (camelCase) and the Python names.
+
+The enumerations a client compares a batch against (stage types, phases,
+condition types and statuses) are defined in ``analysis_core.api.wellknown``,
+with the labels and annotations, and re-exported here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
+
+from analysis_core.api import wellknown
+
+# Defined without pydantic (the kubectl plugin compares against them), and part of this API all the same.
+StageType = wellknown.StageType
+Phase = wellknown.Phase
+ConditionStatus = wellknown.ConditionStatus
+ConditionType = wellknown.ConditionType
+Reason = wellknown.Reason
 
 # Bounds shared by several fields. They keep objects well under Kopf's
 # 256 KiB annotation cap and keep the API server's CEL cost estimates finite.
@@ -254,12 +267,6 @@ class Provider(_Model):
 
 
 # ---------------------------------------------------------------- stages
-
-
-class StageType(enum.StrEnum):
-    GENERATE = "generate"
-    JUDGE = "judge"
-    APPROVAL = "approval"
 
 
 class OutputFormat(enum.StrEnum):
@@ -753,90 +760,6 @@ class AnalysisBatchSpec(_Model):
 # ---------------------------------------------------------------- status
 
 
-class Phase(enum.StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    WAITING_FOR_APPROVAL = "WaitingForApproval"
-    SUSPENDED = "Suspended"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-
-
-class ConditionStatus(enum.StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
-
-
-class ConditionType(enum.StrEnum):
-    """The conditions a batch reports (docs/design.md#conditions).
-
-    Ready, Reconciling and Stalled follow kstatus, so Flux, kpt and Argo CD read
-    health without knowing this API; the others say what happened, and
-    ``kubectl wait --for=condition=Complete`` waits on them.
-    """
-
-    READY = "Ready"
-    RECONCILING = "Reconciling"
-    STALLED = "Stalled"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-    SUSPENDED = "Suspended"
-    BUDGET_EXCEEDED = "BudgetExceeded"
-    WAITING_FOR_APPROVAL = "WaitingForApproval"
-
-
-class Reason(enum.StrEnum):
-    """Every reason the operator writes on a condition or an Event, defined once (docs/design.md#conditions).
-
-    People alert on these and tools match them (the kubectl plugin, the Argo CD health check), so they are
-    part of the API: a reason is added, never renamed.
-    """
-
-    # Conditions: the kstatus trio and the phase they report.
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUSPENDED = "Suspended"
-    WAITING_FOR_APPROVAL = "WaitingForApproval"
-    PROGRESSING = "Progressing"
-    # Conditions: what happened, true / false.
-    TOO_MANY_FAILED_ITEMS = "TooManyFailedItems"
-    NO_FAILURE = "NoFailure"
-    SUSPENDED_BY_SPEC = "SuspendedBySpec"
-    NOT_SUSPENDED = "NotSuspended"
-    BUDGET_EXCEEDED = "BudgetExceeded"
-    WITHIN_BUDGET = "WithinBudget"
-    ITEMS_HELD = "ItemsHeld"
-    NOTHING_HELD = "NothingHeld"
-    # Problems (docs/design.md#problem-reasons): what the schema cannot catch.
-    INVALID_SPEC = "InvalidSpec"
-    INVALID_PLAN = "InvalidPlan"
-    CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
-    CONFIGMAP_KEY_NOT_FOUND = "ConfigMapKeyNotFound"
-    SECRET_NOT_FOUND = "SecretNotFound"
-    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
-    NO_ITEMS = "NoItems"
-    DUPLICATE_ITEMS = "DuplicateItems"
-    INVALID_ITEMS = "InvalidItems"
-    WORKER_IMAGE_UNAVAILABLE = "WorkerImageUnavailable"
-    WORKERS_CRASHING = "WorkersCrashing"
-    WORKERS_FAILED = "WorkersFailed"
-    PUBLISH_FAILED = "PublishFailed"
-    WORKLOAD_APPLY_FAILED = "WorkloadApplyFailed"
-    REDIS_UNAVAILABLE = "RedisUnavailable"
-    # Events besides condition flips (a flip to false posts "<Type>Cleared").
-    RETRY_FAILED = "RetryFailed"
-    CLEANUP_RETRYING = "CleanupRetrying"
-    CLEANUP_INCOMPLETE = "CleanupIncomplete"
-
-    @staticmethod
-    def cleared(condition: ConditionType) -> str:
-        """The Event reason of ``condition`` turning false."""
-        return f"{condition}Cleared"
-
-
 class Condition(_StatusModel):
     """A condition in the Kubernetes convention (metav1.Condition)."""
 
@@ -951,7 +874,7 @@ class AnalysisBatchStatus(_StatusModel):
     results: ResultsStatus | None = Field(default=None, description="Where the results are.")
     retried_failed: str | None = Field(
         default=None,
-        description="The value of the analysis.dev/retry-failed annotation last acted on "
+        description=f"The value of the {wellknown.ANNOTATION_RETRY_FAILED} annotation last acted on "
         "(each new value re-runs the failed and dead-lettered items once).",
     )
     start_time: datetime | None = Field(default=None, description="When the first item was enqueued.")

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from analysis_operator import plugin, plugin_status, reconciler, status
+from analysis_core.api import wellknown
+from analysis_operator import status
+from analysis_operator.plugin import cli, progress
 
 pytestmark = pytest.mark.unit
 
@@ -59,7 +61,7 @@ def batch(
 
 
 def test_rates_need_two_observations_and_then_count_items_per_minute() -> None:
-    rates = plugin_status.Rates()
+    rates = progress.Rates()
     rates.observe(100.0, batch(done=2, analyze=(2, 1, 1)))
     assert rates.per_minute() is None
     rates.observe(100.5, batch(done=3, analyze=(3, 1, 1)))
@@ -72,7 +74,7 @@ def test_rates_need_two_observations_and_then_count_items_per_minute() -> None:
 
 
 def test_rates_forget_observations_older_than_the_window() -> None:
-    rates = plugin_status.Rates(window_s=60)
+    rates = progress.Rates(window_s=60)
     rates.observe(0.0, batch(done=0))
     rates.observe(30.0, batch(done=30))  # a burst, long ago
     rates.observe(100.0, batch(done=31))
@@ -82,7 +84,7 @@ def test_rates_forget_observations_older_than_the_window() -> None:
 
 
 def test_a_retry_failed_that_lowers_done_restarts_the_window_instead_of_a_negative_rate() -> None:
-    rates = plugin_status.Rates()
+    rates = progress.Rates()
     rates.observe(0.0, batch(done=5, total=5))
     rates.observe(10.0, batch(done=3, total=5))  # two failed items are back in the pipeline
     assert rates.per_minute() is None
@@ -92,46 +94,42 @@ def test_a_retry_failed_that_lowers_done_restarts_the_window_instead_of_a_negati
 
 def test_the_average_rate_runs_from_the_start_to_completion_or_now() -> None:
     running = batch(done=6)["status"]
-    assert plugin_status.average_per_minute(running, NOW) == pytest.approx(3.0)  # 6 items in 2 minutes
+    assert progress.average_per_minute(running, NOW) == pytest.approx(3.0)  # 6 items in 2 minutes
     finished = {**running, "completionTime": stamp(60)}
-    assert plugin_status.average_per_minute(finished, NOW) == pytest.approx(6.0)  # 6 items in the minute it ran
-    assert plugin_status.average_per_minute({}, NOW) is None
-    assert [plugin_status.rate_text(r) for r in (None, 2.345, 1234.5)] == ["-", "2.3/min", "1234/min"]
+    assert progress.average_per_minute(finished, NOW) == pytest.approx(6.0)  # 6 items in the minute it ran
+    assert progress.average_per_minute({}, NOW) is None
+    assert [progress.rate_text(r) for r in (None, 2.345, 1234.5)] == ["-", "2.3/min", "1234/min"]
 
 
 # ---------------------------------------------------------------- when following ends
 
 
 def test_following_ends_on_complete_or_failed_for_the_current_generation_only() -> None:
-    assert plugin_status.outcome(batch()) is None
-    assert plugin_status.outcome(batch(conditions=[condition("Complete", True)])) == "Complete"
+    assert progress.outcome(batch()) is None
+    assert progress.outcome(batch(conditions=[condition("Complete", True)])) == "Complete"
     failed = [condition("Complete", False), condition("Failed", True, "TooManyFailedItems")]
-    assert plugin_status.outcome(batch(conditions=failed)) == "Failed"
+    assert progress.outcome(batch(conditions=failed)) == "Failed"
     # The spec changed after it completed (an approval added, say): that Complete is about an older spec.
     stale = batch(conditions=[condition("Complete", True)], generation=2, observed=1)
-    assert plugin_status.outcome(stale) is None
+    assert progress.outcome(stale) is None
 
 
 def test_after_retry_failed_a_failed_batch_is_followed_until_the_operator_acted_on_the_new_token() -> None:
     failed = batch(conditions=[condition("Failed", True)], retriedFailed="first")
-    failed["metadata"]["annotations"] = {plugin_status.ANNOTATION_RETRY_FAILED: "second"}
-    assert plugin_status.outcome(failed) is None
+    failed["metadata"]["annotations"] = {wellknown.ANNOTATION_RETRY_FAILED: "second"}
+    assert progress.outcome(failed) is None
     failed["status"]["retriedFailed"] = "second"
-    assert plugin_status.outcome(failed) == "Failed"
-
-
-def test_the_retry_annotation_is_the_one_the_operator_reads() -> None:
-    assert plugin_status.ANNOTATION_RETRY_FAILED == reconciler.ANNOTATION_RETRY_FAILED
+    assert progress.outcome(failed) == "Failed"
 
 
 # ---------------------------------------------------------------- the snapshot
 
 
 def test_a_snapshot_shows_bars_counts_rates_judge_tokens_and_cost() -> None:
-    rates = plugin_status.Rates()
+    rates = progress.Rates()
     rates.observe(0.0, batch(done=1, analyze=(1, 2, 1)))
     rates.observe(60.0, batch(done=2, analyze=(2, 1, 1)))
-    lines = plugin_status.snapshot(batch(done=2), rates, NOW)
+    lines = progress.snapshot(batch(done=2), rates, NOW)
     assert lines[0].split("   ") == ["analysisbatch research/semis-q3", "Running", "age 2m10s", "running 2m"]
     assert lines[1].split("   ") == [
         "items", "[████████████░░░░░░░░░░░░░░░░░░]", "2/5 (40%)", "2 succeeded, 0 failed", "rate 1.0/min",
@@ -152,7 +150,7 @@ def test_a_snapshot_shows_bars_counts_rates_judge_tokens_and_cost() -> None:
 
 
 def test_one_observation_shows_the_average_rate_and_no_stage_rates() -> None:
-    lines = plugin_status.snapshot(batch(done=6), plugin_status.Rates(), NOW)
+    lines = progress.snapshot(batch(done=6), progress.Rates(), NOW)
     assert lines[1].endswith("avg 3.0/min")
     assert lines[3].split()[-1] == "-"
 
@@ -166,7 +164,7 @@ def test_the_conditions_that_matter_are_shown_once_each_with_reason_and_message(
         condition("Suspended", False, "NotSuspended"),
     ]  # fmt: skip
     shown = batch(conditions=conditions, message=why, phase="Failed")
-    lines = plugin_status.snapshot(shown, plugin_status.Rates(), NOW)
+    lines = progress.snapshot(shown, progress.Rates(), NOW)
     assert lines[-2:] == [
         f"Failed: TooManyFailedItems: {why}",  # Stalled says the same, and the headline too: once is enough
         "BudgetExceeded: maxTokens 1000 reached",
@@ -175,8 +173,8 @@ def test_the_conditions_that_matter_are_shown_once_each_with_reason_and_message(
 
 def test_a_snapshot_says_when_the_status_lags_the_spec_or_a_retry_request() -> None:
     lagging = batch(generation=3, observed=2)
-    lagging["metadata"]["annotations"] = {plugin_status.ANNOTATION_RETRY_FAILED: "t2"}
-    lines = plugin_status.snapshot(lagging, plugin_status.Rates(), NOW)
+    lagging["metadata"]["annotations"] = {wellknown.ANNOTATION_RETRY_FAILED: "t2"}
+    lines = progress.snapshot(lagging, progress.Rates(), NOW)
     assert lines[-2].startswith("note: this status is for generation 2; the spec is at 3")
     assert lines[-1] == "note: retry-failed t2 requested; the operator has not acted on it yet"
 
@@ -184,17 +182,17 @@ def test_a_snapshot_says_when_the_status_lags_the_spec_or_a_retry_request() -> N
 def test_a_batch_the_operator_has_not_seen_yet_still_renders() -> None:
     fresh = {"metadata": {"name": "new", "namespace": "ns", "creationTimestamp": stamp(2)},
              "spec": {"stages": [{"name": "analyze"}]}}  # fmt: skip
-    lines = plugin_status.snapshot(fresh, plugin_status.Rates(), NOW, unicode=False)
+    lines = progress.snapshot(fresh, progress.Rates(), NOW, unicode=False)
     assert lines[0].split("   ") == ["analysisbatch ns/new", "Pending", "age 2s"]
     assert lines[1].split("   ")[1:3] == ["[------------------------------]", "0/0 (0%)"]
     assert lines[3].split()[:5] == ["analyze", "generate", "[--------------------]", "0%", "0/0"]
     assert lines[-1] == "note: the operator has not reported on this batch yet"
-    assert plugin_status.outcome(fresh) is None
+    assert progress.outcome(fresh) is None
 
 
-def test_the_plugin_loads_neither_kopf_the_worker_nor_what_only_results_need() -> None:
-    """kopf and the worker never; the plan models and the Redis client only for ``results``, so other verbs start fast."""
-    heavy = ("kopf", "analysis_worker", "pydantic", "redis", "analysis_core.plan")
+def test_the_plugin_loads_neither_kopf_the_worker_the_models_nor_redis() -> None:
+    """What every call pays for at start, ``results`` included (import-linter checks the imports; this, what loads)."""
+    heavy = ("kopf", "aiohttp", "analysis_worker", "pydantic", "redis", "analysis_core.plan", "prometheus_client")
     probe = f"import sys, analysis_operator.plugin; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert loaded.stdout.strip() == "[]"
@@ -202,19 +200,19 @@ def test_the_plugin_loads_neither_kopf_the_worker_nor_what_only_results_need() -
 
 @pytest.mark.parametrize("tokens", [0, 999, 1000, 4149, 9999, 10_000, 48_000, 999_499, 999_999, 1_000_000, 12_345_678])
 def test_tokens_read_as_the_status_summarizes_them(tokens: int) -> None:
-    assert plugin_status.tokens_text(tokens) == status.tokens_summary(tokens)
+    assert progress.tokens_text(tokens) == status.tokens_summary(tokens)
 
 
 def test_on_a_terminal_each_frame_replaces_the_last_and_fits_the_width(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "12")
     out = io.StringIO()
-    drawn = plugin._draw(out, ["short", "a line longer than twelve"], 0)
+    drawn = cli._draw(out, ["short", "a line longer than twelve"], 0)
     assert (drawn, out.getvalue()) == (2, "short\na line lon…\n")
     out.truncate(0)
     out.seek(0)
-    assert plugin._draw(out, ["one line now"], drawn) == 1
+    assert cli._draw(out, ["one line now"], drawn) == 1
     assert out.getvalue() == "\x1b[2A\r\x1b[Jone line n…\n"  # up two lines, clear to the end, draw
     monkeypatch.setenv("LINES", "4")
     out = io.StringIO()
-    assert plugin._draw(out, ["1", "2", "3", "4", "5"], 0) == 3  # a frame taller than the terminal is cut
+    assert cli._draw(out, ["1", "2", "3", "4", "5"], 0) == 3  # a frame taller than the terminal is cut
     assert out.getvalue() == "1\n2\n…\n"

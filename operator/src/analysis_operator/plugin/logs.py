@@ -26,12 +26,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from analysis_operator.plugin_kubectl import EXIT_KUBECTL, Kubectl, PluginError
+from analysis_core.api import wellknown
+from analysis_operator.plugin.kubectl import EXIT_KUBECTL, Kubectl, PluginError
 
-# The labels the operator puts on worker pods (analysis_operator.builders; a unit test keeps them equal).
-# Not imported from there: that would load the plan models and the Redis client into every plugin call.
-LABEL_BATCH_UID = "analysis.dev/batch-uid"
-LABEL_STAGE = "analysis.dev/stage"
 FINISH_GRACE_S = 15.0  # after the batch finished: how long streams may take to end by themselves
 
 
@@ -49,8 +46,8 @@ class Stream:
 
 def selector(batch_uid: str, stage: str | None = None) -> str:
     """The label selector of the batch's worker pods, of one stage if given."""
-    labels = f"{LABEL_BATCH_UID}={batch_uid}"
-    return labels + (f",{LABEL_STAGE}={stage}" if stage else "")
+    labels = f"{wellknown.LABEL_BATCH_UID}={batch_uid}"
+    return labels + (f",{wellknown.LABEL_STAGE}={stage}" if stage else "")
 
 
 def _started(status: Mapping[str, Any]) -> bool:
@@ -69,14 +66,14 @@ def streams(pods: Sequence[Mapping[str, Any]], stage_order: Sequence[str]) -> li
 
     def key(pod: Mapping[str, Any]) -> tuple[int, str, str]:
         metadata = pod.get("metadata") or {}
-        stage = (metadata.get("labels") or {}).get(LABEL_STAGE, "")
+        stage = (metadata.get("labels") or {}).get(wellknown.LABEL_STAGE, "")
         return rank.get(stage, len(rank)), str(metadata.get("creationTimestamp", "")), str(metadata.get("name", ""))
 
     out = []
     for pod in sorted(pods, key=key):
         metadata = pod.get("metadata") or {}
         name = str(metadata.get("name", ""))
-        stage = str((metadata.get("labels") or {}).get(LABEL_STAGE, "?"))
+        stage = str((metadata.get("labels") or {}).get(wellknown.LABEL_STAGE, "?"))
         containers = [str(c.get("name", "")) for c in (pod.get("spec") or {}).get("containers") or []]
         statuses = {str(s.get("name")): s for s in (pod.get("status") or {}).get("containerStatuses") or []}
         for container in containers:

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from analysis_operator import plugin_render as render
-from analysis_operator.plugin_status import ANNOTATION_RETRY_FAILED
+from analysis_core.api import wellknown
+from analysis_operator.plugin import render
 
 # Field managers and markers of the GitOps controllers that would undo a spec change made outside Git.
 GITOPS_MANAGERS = {"argocd-controller": "Argo CD", "kustomize-controller": "Flux", "helm-controller": "Flux"}
@@ -56,8 +56,8 @@ def check_approval_stage(batch: Mapping[str, Any], stage: str) -> None:
     name = (batch.get("metadata") or {}).get("name", "?")
     if stage not in types:
         raise Refused(f'analysisbatch "{name}" has no stage "{stage}" (stages: {", ".join(types) or "none"})')
-    if types[stage] != "approval":
-        gates = [s for s, kind in types.items() if kind == "approval"]
+    if types[stage] != wellknown.StageType.APPROVAL:
+        gates = [s for s, kind in types.items() if kind == wellknown.StageType.APPROVAL]
         hint = f"its approval stages: {', '.join(gates)}" if gates else "it has no approval stage"
         raise Refused(f'stage "{stage}" of analysisbatch "{name}" is of type {types[stage]}, not approval ({hint})')
 
@@ -123,7 +123,7 @@ def fresh_token(now: datetime, suffix: str | None = None) -> str:
 
 def retry_patch(token: str) -> dict[str, Any]:
     """The annotation the operator compares with ``status.retriedFailed``; each new value re-runs failures once."""
-    return {"metadata": {"annotations": {ANNOTATION_RETRY_FAILED: token}}}
+    return {"metadata": {"annotations": {wellknown.ANNOTATION_RETRY_FAILED: token}}}
 
 
 def gitops_owner(batch: Mapping[str, Any]) -> str | None:

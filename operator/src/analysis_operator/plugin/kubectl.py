@@ -23,13 +23,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis_core import api
+
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_NO_RESULTS = 3
 EXIT_KUBECTL = 4
 EXIT_BATCH_FAILED = 5
 KUBECTL_TIMEOUT_S = 60
-RESOURCE = "analysisbatches.analysis.dev"  # fully qualified: never mistaken for another group's kind
+RESOURCE = f"{api.PLURAL}.{api.GROUP}"  # fully qualified: never mistaken for another group's kind
 FIELD_MANAGER = "kubectl-analysis"  # who wrote a field, as managedFields shows it
 CONFLICT_ATTEMPTS = 10
 

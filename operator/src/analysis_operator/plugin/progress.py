@@ -19,16 +19,22 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from analysis_operator import plugin_render as render
+from analysis_core.api import wellknown
+from analysis_operator.plugin import render
 
-# As the reconciler reads it (a unit test keeps them equal; importing the reconciler would load kopf).
-ANNOTATION_RETRY_FAILED = "analysis.dev/retry-failed"
 WINDOW_S = 60.0  # rates are over the last minute of observations
 MIN_SPAN_S = 1.0  # below this, a difference of counts says nothing about a rate
 BATCH_BAR = 30
 STAGE_BAR = 20
 # Conditions worth a line when true, in the order they are shown: what ended it, then what blocks it.
-NOTABLE = ("Complete", "Failed", "Stalled", "BudgetExceeded", "Suspended", "WaitingForApproval")
+NOTABLE = (
+    wellknown.ConditionType.COMPLETE,
+    wellknown.ConditionType.FAILED,
+    wellknown.ConditionType.STALLED,
+    wellknown.ConditionType.BUDGET_EXCEEDED,
+    wellknown.ConditionType.SUSPENDED,
+    wellknown.ConditionType.WAITING_FOR_APPROVAL,
+)
 STAGE_COLUMNS = ("STAGE", "TYPE", "PROGRESS", "DONE", "PENDING", "RUNNING", "RETRYING", "FAILED", "WORKERS", "RATE")
 
 
@@ -147,15 +153,15 @@ def outcome(batch: Mapping[str, Any]) -> str | None:
     generation = metadata.get("generation")
     if generation is not None and status.get("observedGeneration") != generation:
         return None
-    token = (metadata.get("annotations") or {}).get(ANNOTATION_RETRY_FAILED)
+    token = (metadata.get("annotations") or {}).get(wellknown.ANNOTATION_RETRY_FAILED)
     if token and status.get("retriedFailed") != token:
         return None
     conds = conditions(status)
-    for kind in ("Complete", "Failed"):
+    for kind in (wellknown.ConditionType.COMPLETE, wellknown.ConditionType.FAILED):
         cond = conds.get(kind)
-        if cond is not None and cond.get("status") == "True":
-            return kind
-    if not conds and status.get("phase") in ("Complete", "Failed"):
+        if cond is not None and cond.get("status") == wellknown.ConditionStatus.TRUE:
+            return str(kind)
+    if not conds and status.get("phase") in (wellknown.Phase.COMPLETE, wellknown.Phase.FAILED):
         return str(status["phase"])
     return None
 
@@ -168,7 +174,7 @@ def _header(batch: Mapping[str, Any], now: datetime) -> str:
     status = render.status_of(batch)
     parts = [
         f"analysisbatch {metadata.get('namespace', '')}/{metadata.get('name', '')}",
-        str(status.get("phase") or "Pending"),
+        str(status.get("phase") or wellknown.Phase.PENDING),
         f"age {render.since(render.parse_time(metadata.get('creationTimestamp')), now)}",
     ]
     if status.get("startTime"):
@@ -201,7 +207,7 @@ def _stage_rows(batch: Mapping[str, Any], rates: Rates, unicode: bool) -> list[l
         done, total = stage_counts(stage)
         failed = int(stage.get("failed") or 0) + int(stage.get("deadLettered") or 0)
         rows.append([
-            name, types.get(name, "generate"),
+            name, types.get(name, wellknown.StageType.GENERATE),
             f"{render.bar(done, total, STAGE_BAR, unicode=unicode)} {render.percent(done, total):>3}%",
             f"{done}/{total}", str(stage.get("pending") or 0), str(stage.get("running") or 0),
             str(stage.get("retrying") or 0), str(failed), str(stage.get("workers") or 0),
@@ -235,7 +241,7 @@ def _notes(batch: Mapping[str, Any]) -> list[str]:
     said: set[str] = set()
     for kind in NOTABLE:
         cond = conds.get(kind)
-        if cond is None or cond.get("status") != "True":
+        if cond is None or cond.get("status") != wellknown.ConditionStatus.TRUE:
             continue
         message = " ".join(str(cond.get("message") or "").split())
         if message and message in said:
@@ -252,7 +258,7 @@ def _notes(batch: Mapping[str, Any]) -> list[str]:
     if generation is not None and observed is not None and observed != generation:
         lines.append(f"note: this status is for generation {observed}; the spec is at {generation} "
                      "(the operator has not caught up yet)")  # fmt: skip
-    token = (metadata.get("annotations") or {}).get(ANNOTATION_RETRY_FAILED)
+    token = (metadata.get("annotations") or {}).get(wellknown.ANNOTATION_RETRY_FAILED)
     if token and status.get("retriedFailed") != token:
         lines.append(f"note: retry-failed {token} requested; the operator has not acted on it yet")
     if not status:

@@ -1,33 +1,12 @@
-"""``kubectl analysis`` (installed as ``kubectl-analysis``): the kubectl plugin.
+"""The command line of ``kubectl analysis``: the parser, one function per verb, and ``main``.
 
-Verbs, each taking ``-n/--namespace``, ``--context`` and ``--kubeconfig``:
-
-- ``status <batch>``: per-stage progress bars, rates, retries, judge
-  verdicts, tokens, cost and the conditions that matter, redrawn until the
-  batch finishes (``--once``: one snapshot);
-- ``get <batch>`` and ``list [-A]``: a table richer than ``kubectl get``
-  (``-o wide|json|yaml|name``);
-- ``results <batch> [-o jsonl|json|table]``: what each item ended with, read
-  from the result ConfigMaps the operator writes (``analysis_operator.results``);
-- ``approve <batch> --stage S [--items a,b]``, ``retry-failed <batch>``,
-  ``suspend <batch>``, ``resume <batch>``: the writes a human would make
-  (``analysis_operator.plugin_control``);
-- ``logs <batch> [--stage S] [-f] [--tail N]``: the worker pods' logs
-  (``analysis_operator.plugin_logs``);
-- ``version``.
-
-It runs kubectl for every call (``analysis_operator.plugin_kubectl``), so it
-uses exactly the user's kubeconfig, and never talks to Redis: everything it
-shows is in the batch's status, its result ConfigMaps and its pods.
-
-Exit codes: 0 done; 1 the batch does not exist; 2 bad usage (including a
-request the batch cannot take, such as approving a stage that is not an
-approval stage); 3 the batch has no results yet; 4 kubectl could not be run
-or failed otherwise; 5 the batch has failed (``status``). Errors go to
-stderr, one line, ``error: ...`` like kubectl's own.
-
-The plugin never imports the worker or kopf (import-linter checks it): it
-is installed where only kubectl is.
+Each verb reads through :class:`~analysis_operator.plugin.kubectl.Kubectl`,
+leaves the deciding and the text to the pure modules (``progress``, ``render``,
+``control``, ``logs``, and ``analysis_operator.results`` for the result
+ConfigMaps), and writes to ``out``. A failure is a
+:class:`~analysis_operator.plugin.kubectl.PluginError`, which ``main`` turns
+into one ``error: ...`` line on stderr and the exit code it carries (the
+codes are listed in ``analysis_operator.plugin``).
 """
 
 from __future__ import annotations
@@ -45,11 +24,11 @@ from typing import Any, TextIO
 import yaml
 
 import analysis_core
-from analysis_operator import plugin_control as control
-from analysis_operator import plugin_logs as logs
-from analysis_operator import plugin_render as render
-from analysis_operator import plugin_status
-from analysis_operator.plugin_kubectl import (
+from analysis_core import api
+from analysis_core.api import wellknown
+from analysis_operator import results
+from analysis_operator.plugin import control, logs, progress, render
+from analysis_operator.plugin.kubectl import (
     CONFLICT_ATTEMPTS,
     EXIT_BATCH_FAILED,
     EXIT_KUBECTL,
@@ -79,7 +58,7 @@ def _unicode(out: TextIO) -> bool:
 
 
 def _ident(batch: dict[str, Any]) -> str:
-    return f"analysisbatch.analysis.dev/{(batch.get('metadata') or {}).get('name', '?')}"
+    return f"{api.KIND.lower()}.{api.GROUP}/{(batch.get('metadata') or {}).get('name', '?')}"
 
 
 def _name_and_namespace(batch: dict[str, Any], name: str) -> tuple[str, str]:
@@ -108,9 +87,6 @@ def _render_results(rows: list[dict[str, Any]], output: str, table: Callable[[li
 
 
 def results_verb(args: argparse.Namespace, out: TextIO) -> int:
-    # Imported here: the results module brings the plan models and the Redis client, which no other verb needs.
-    from analysis_operator import results
-
     kubectl = Kubectl.from_args(args)
     batch = kubectl.batch(args.batch)
     _name, namespace = _name_and_namespace(batch, args.batch)
@@ -148,7 +124,7 @@ def _draw(out: TextIO, lines: list[str], drawn: int) -> int:
 def status_verb(args: argparse.Namespace, out: TextIO) -> int:
     kubectl = Kubectl.from_args(args)
     tty = out.isatty() and not args.once
-    rates = plugin_status.Rates()
+    rates = progress.Rates()
     drawn, shown, failures = 0, None, 0
     while True:
         try:
@@ -163,8 +139,8 @@ def status_verb(args: argparse.Namespace, out: TextIO) -> int:
             time.sleep(args.interval)
             continue
         rates.observe(time.monotonic(), batch)
-        end = plugin_status.outcome(batch)
-        lines = plugin_status.snapshot(batch, rates, datetime.now(UTC), unicode=_unicode(out))
+        end = progress.outcome(batch)
+        lines = progress.snapshot(batch, rates, datetime.now(UTC), unicode=_unicode(out))
         version = (batch.get("metadata") or {}).get("resourceVersion")
         if tty:
             drawn = _draw(out, lines, drawn)
@@ -173,7 +149,7 @@ def status_verb(args: argparse.Namespace, out: TextIO) -> int:
             shown = version
         out.flush()
         if args.once or end is not None:
-            return EXIT_BATCH_FAILED if end == "Failed" else 0
+            return EXIT_BATCH_FAILED if end == wellknown.ConditionType.FAILED else 0
         time.sleep(args.interval)
 
 
@@ -315,7 +291,7 @@ def logs_verb(args: argparse.Namespace, out: TextIO) -> int:
     if args.stage is not None and args.stage not in types:
         raise PluginError(f'analysisbatch "{name}" has no stage "{args.stage}" (stages: {", ".join(types)})',
                           EXIT_USAGE)  # fmt: skip
-    if args.stage is not None and types[args.stage] == "approval":
+    if args.stage is not None and types[args.stage] == wellknown.StageType.APPROVAL:
         raise PluginError(f'stage "{args.stage}" is an approval stage: it runs no worker pods', EXIT_USAGE)
     order = render.stage_names(batch)
     selector = logs.selector(batch["metadata"]["uid"], args.stage)
@@ -325,7 +301,7 @@ def logs_verb(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.follow:
         state = logs.Follow(kubectl, namespace, args.tail, out, sys.stderr)
-        logs.follow(state, list_streams, lambda: plugin_status.outcome(kubectl.batch(name)) is not None,
+        logs.follow(state, list_streams, lambda: progress.outcome(kubectl.batch(name)) is not None,
                     LOGS_INTERVAL_S)  # fmt: skip
         return 0
     found = list_streams()
@@ -409,8 +385,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="comma-separated item ids to release (default: every item waiting at the stage)")  # fmt: skip
 
     _verb(sub, "retry-failed", common, "re-run the failed and dead-lettered items",
-          "Set the analysis.dev/retry-failed annotation to a fresh value; the operator re-runs the batch's failed "
-          "and dead-lettered items once for it.")  # fmt: skip
+          f"Set the {wellknown.ANNOTATION_RETRY_FAILED} annotation to a fresh value; the operator re-runs the "
+          "batch's failed and dead-lettered items once for it.")  # fmt: skip
     _verb(
         sub,
         "suspend",

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from analysis_core.api import wellknown
+
 GAP = "   "  # between columns, as kubectl get
 NONE = "-"
 COLUMNS = ("NAME", "PHASE", "STAGE", "STAGES", "PROGRESS", "FAILED", "RETRIES", "JUDGE", "TOKENS", "COST",
@@ -117,7 +119,7 @@ def stage_types(batch: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for stage in (batch.get("spec") or {}).get("stages") or []:
         if isinstance(stage, Mapping):
-            out[str(stage.get("name", ""))] = str(stage.get("type") or "generate")
+            out[str(stage.get("name", ""))] = str(stage.get("type") or wellknown.StageType.GENERATE)
     return out
 
 
@@ -170,7 +172,7 @@ def table_row(batch: Mapping[str, Any], now: datetime, *, wide: bool = False, na
     row = [str(metadata.get("namespace", ""))] if namespace else []
     row += [
         str(metadata.get("name", "")),
-        str(status.get("phase") or "Pending"),
+        str(status.get("phase") or wellknown.Phase.PENDING),
         str(status.get("currentStage") or NONE),
         stages_done(batch),
         progress(status),

@@ -158,9 +158,14 @@ def chunk_name(batch: builders.Batch, index: int) -> str:
     return builders.child_name(batch, "results", str(index))
 
 
+def labels(batch_uid: str) -> dict[str, str]:
+    """The labels that select one batch's result chunks (by uid: a recreated batch of the same name is another)."""
+    return {builders.LABEL_BATCH_UID: batch_uid, LABEL_RESULTS: "true"}
+
+
 def selector(batch_uid: str) -> str:
-    """The label selector of one batch's result chunks (by uid: a recreated batch of the same name is another)."""
-    return f"{builders.LABEL_BATCH_UID}={batch_uid},{LABEL_RESULTS}=true"
+    """``labels`` as a label selector string (``kubectl -l``)."""
+    return ",".join(f"{key}={value}" for key, value in labels(batch_uid).items())
 
 
 def results_configmap(batch: builders.Batch, index: int, lines: Sequence[str]) -> dict[str, Any]:

@@ -11,7 +11,9 @@
 # `builder` installs those dependencies into a virtual environment at
 # /opt/venv (a layer that is rebuilt only when the list changes, with pip's
 # cache kept between builds), then the project itself without dependencies,
-# from a wheel built in a separate build venv; the final stage copies only
+# from a wheel built in a separate build venv out of this image's packages
+# only (analysis_core, analysis_operator: no worker, no dev cluster, and so,
+# by hatch_build.py, no command of theirs); the final stage copies only
 # /opt/venv onto the same base, so the source tree, pip and the build backend
 # never reach the image. Every dependency ships a manylinux wheel, so no stage
 # needs a compiler.
@@ -46,9 +48,9 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
  && /opt/venv/bin/pip install -r /tmp/requirements.txt \
  && /opt/build/bin/pip install "hatchling>=1.27"
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator/src operator/src
-COPY worker-image/src worker-image/src
+COPY pyproject.toml README.md hatch_build.py ./
+COPY operator/src/analysis_core operator/src/analysis_core
+COPY operator/src/analysis_operator operator/src/analysis_operator
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
  && /opt/venv/bin/pip install --no-deps --no-index /tmp/wheels/*.whl \
  && /opt/venv/bin/pip uninstall --yes pip setuptools

@@ -19,12 +19,12 @@ $(PY):
 	$(BIN)/pip install --quiet --upgrade pip
 
 INSTALLED := $(VENV)/.installed
-$(INSTALLED): pyproject.toml | $(PY)
-	$(BIN)/pip install --quiet -e ".[operator,worker,devcluster]" --group dev
+$(INSTALLED): pyproject.toml tools/devcluster/pyproject.toml | $(PY)
+	$(BIN)/pip install --quiet -e ".[operator,worker]" -e tools/devcluster --group dev
 	touch $@
 
 .PHONY: install
-install: $(INSTALLED) ## create .venv and install the project (editable) with every extra and the dev tools
+install: $(INSTALLED) ## create .venv and install the project and the dev cluster (editable) with every extra and the dev tools
 
 .PHONY: system-packages
 system-packages: ## install what the tests need and the machine lacks: redis-server, make, containerd, runc, CNI plugins, buildah, debootstrap, lua5.4, jq, promtool
@@ -64,13 +64,13 @@ images: install ## build the operator, worker and redis images (buildah or docke
 
 .PHONY: lint
 lint: install ## ruff: lint and format check
-	$(BIN)/ruff check $(SRC) tests bench
-	$(BIN)/ruff format --check $(SRC) tests bench
+	$(BIN)/ruff check $(SRC) tests bench hatch_build.py tools/devcluster
+	$(BIN)/ruff format --check $(SRC) tests bench hatch_build.py tools/devcluster
 
 .PHONY: format
 format: install ## ruff: fix what can be fixed and format
-	$(BIN)/ruff check --fix $(SRC) tests bench
-	$(BIN)/ruff format $(SRC) tests bench
+	$(BIN)/ruff check --fix $(SRC) tests bench hatch_build.py tools/devcluster
+	$(BIN)/ruff format $(SRC) tests bench hatch_build.py tools/devcluster
 
 .PHONY: typecheck
 typecheck: install ## mypy --strict over the four packages

@@ -19,18 +19,23 @@ then rejects a misspelled field, though not a field the real CRD would refuse.
 import base64
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
+from lightkube.core.resource import api_info
+from lightkube.resources.core_v1 import Event
 
-from analysis_core.api import PLURAL
+from analysis_core import plan, queue
+from analysis_core.api import PLURAL, v1alpha1
 from analysis_devcluster import binaries, cluster
-from analysis_operator import kube
+from analysis_operator import builders, kube, results, teardown
 from analysis_operator.config import OperatorConfig
 
 pytestmark = [pytest.mark.integration]
@@ -304,12 +309,14 @@ def test_rbac_is_least_privilege(helm_env: dict[str, str], values: str) -> None:
 
 
 def test_rbac_covers_every_kind_the_operator_calls(helm_env: dict[str, str]) -> None:
-    """Each kind in the operator's client (kube.KINDS, Events, the batches) has a rule; a new kind needs one."""
+    """Each kind in the operator's client (kube.KINDS), Events (Kopf posts them) and the batches has a rule.
+
+    A new kind needs one.
+    """
     rules = rules_of(render(helm_env))
-    used = {*kube.KINDS.values(), kube.EVENTS}
-    for kind in used:
-        group = "" if kind.api_version == "v1" else kind.api_version.split("/")[0]
-        assert verbs(rules, group, kind.plural), f"no rule for {kind.api_version} {kind.plural}"
+    for kind in {*kube.KINDS.values(), Event}:
+        info = api_info(kind)
+        assert verbs(rules, info.resource.group, info.plural), f"no rule for {info.resource.api_version} {info.plural}"
     assert verbs(rules, "analysis.dev", PLURAL) >= {"list", "watch", "patch"}
     assert verbs(rules, "analysis.dev", f"{PLURAL}/status") == {"patch"}
 
@@ -540,7 +547,8 @@ def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
         return result.stdout.strip() == "yes"
 
     needed = [("create", "secrets"), ("patch", "secrets"), ("watch", PLURAL), ("create", "events"),
-              ("deletecollection", "jobs.batch"), ("patch", "deployments.apps"), ("patch", "pods")]  # fmt: skip
+              ("delete", "jobs.batch"), ("delete", "configmaps"), ("delete", "serviceaccounts"),
+              ("patch", "deployments.apps"), ("patch", "pods")]  # fmt: skip
     for verb, resource in needed:
         assert can(verb, resource, installed.watched), f"cannot {verb} {resource} in {installed.watched}"
         assert not can(verb, resource, installed.namespace), f"can {verb} {resource} outside the watched namespace"
@@ -549,6 +557,66 @@ def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
         assert not can(verb, "secrets", installed.watched)
     assert not can("list", PLURAL, None)
     assert not can("list", "customresourcedefinitions.apiextensions.k8s.io", None)
+
+
+def kubeconfig_as(devcluster: cluster.DevCluster, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig for the session cluster that authenticates as ``account`` with a short-lived token."""
+    token = devcluster.kubectl("create", "token", account, "-n", namespace, "--duration=10m").stdout.strip()
+    admin = yaml.safe_load(devcluster.kubeconfig.read_text(encoding="utf-8"))
+    admin["users"] = [{"name": account, "user": {"token": token}}]
+    admin["contexts"][0]["context"]["user"] = account
+    path.write_text(yaml.safe_dump(admin), encoding="utf-8")
+    return path
+
+
+async def test_the_operators_client_does_its_work_within_the_installed_rbac(
+    devcluster: cluster.DevCluster, installed: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call of ``kube.Kube`` the reconciler and the teardown make, as the chart's ServiceAccount."""
+    watched = installed.watched
+    manifest = {"apiVersion": "analysis.dev/v1alpha1", "kind": "AnalysisBatch",
+                "metadata": {"name": "rbac", "namespace": watched},
+                "spec": {"items": ["a"], "providers": {"local": {"type": "offline"}},
+                         "stages": [{"name": "analyze", "provider": "local", "prompt": "{{ item }}"},
+                                    {"name": "report", "provider": "local", "prompt": "{{ input }}",
+                                     "executor": "Deployment"}]}}  # fmt: skip
+    body = json.loads(devcluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(manifest)).stdout)
+    batch = builders.Batch("rbac", watched, body["metadata"]["uid"])
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(manifest["spec"])
+    compiled = plan.compile_plan(batch.uid, spec)
+    settings = builders.WorkerSettings(image="analysis-worker:0.1.0", redis_url="redis://redis:6379/0", redis_auth=True)
+    config_path = kubeconfig_as(devcluster, installed.namespace, "ao-analysis-operator", tmp_path / "kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(config_path))
+    client = kube.Kube(timeout_s=10)
+    redis = queue.connect(devcluster.redis_url)
+    try:
+        children = [builders.service_account(batch), builders.redis_secret(batch, "pw"),
+                    builders.plan_configmap(batch, compiled, settings)]  # fmt: skip
+        children += [builders.workload(batch, compiled, stage, settings, size=1) for stage in compiled.stages]
+        for child in children:
+            await client.apply(child)
+        plan_name = builders.plan_configmap(batch, compiled, settings)["metadata"]["name"]
+        assert await client.get(kube.CONFIGMAPS, watched, plan_name) is not None
+        await client.create(results.results_configmap(batch, 0, ['{"item": "a"}']))
+        (chunk,) = [c.to_dict() for c in await client.list(kube.CONFIGMAPS, watched, results.labels(batch.uid))]
+        await client.replace(results.plan_export(batch, [chunk], [{"item": "b"}])[0])
+        await client.merge_patch(kube.BATCHES.Status, watched, batch.name, {"status": {"phase": "Running"}})
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "worker", "namespace": watched, "labels": builders.labels(batch)},
+               "spec": {"containers": [{"name": "w", "image": "analysis-worker:0.1.0"}]}}  # fmt: skip
+        devcluster.kubectl("create", "-f", "-", input=json.dumps(pod))
+        patch = {"metadata": {"annotations": {builders.ANNOTATION_DELETION_COST: "0"}}}
+        await client.merge_patch(kube.PODS, watched, "worker", patch)
+        devcluster.kubectl("delete", "pod", "worker", "-n", watched, "--grace-period=0", "--force")
+        for kind in (kube.JOBS, kube.DEPLOYMENTS):
+            assert len(await client.list(kind, watched, {builders.LABEL_BATCH_UID: batch.uid})) == 1
+        await teardown.tear_down(client, redis, kopf.Body(body), retry=0, logger=logging.getLogger("test"))
+        for kind in (kube.JOBS, kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICEACCOUNTS):
+            assert await client.list(kind, watched, {builders.LABEL_BATCH_UID: batch.uid}) == []
+        assert await client.delete(kube.BATCHES, watched, batch.name) is True
+    finally:
+        await client.close()
+        await redis.aclose()
 
 
 def test_the_bundled_redis_password_survives_an_upgrade(devcluster: cluster.DevCluster, installed: Release) -> None:

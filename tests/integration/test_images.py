@@ -4,8 +4,9 @@
 the node does before it imports them into containerd. These tests read what
 was built: each image's configuration (user, entrypoint, labels, no
 HEALTHCHECK), and its contents, by running the image with ``buildah run``:
-every module of its packages imports, and what it must not carry (kopf in
-the worker, the provider SDKs in the operator, pip anywhere) is absent. The
+every module of its packages imports, its commands are its side's only, and
+what it must not carry (the other side's package and dependencies, the dev
+cluster, pip) is absent. The
 pods of the e2e tier run the same images on the real node. A rebuild after a
 change of the project's source reuses the dependency layer (buildah's layer
 cache), which is what keeps a warm build at seconds.
@@ -42,12 +43,15 @@ class Image:
     packages: tuple[str, ...]  # every module of these must import
     present: tuple[str, ...]
     absent: tuple[str, ...]  # what the image must not carry
+    commands: tuple[str, ...]  # the console scripts the project's distribution installs there
 
 
-OPERATOR = Image(images.OPERATOR, ("analysis_core", "analysis_operator"), ("kopf", "aiohttp", "prometheus_client"),
-                 ("anthropic", "openai", "pip"))  # fmt: skip
+OPERATOR = Image(images.OPERATOR, ("analysis_core", "analysis_operator"),
+                 ("kopf", "aiohttp", "lightkube", "prometheus_client"),
+                 ("analysis_worker", "analysis_devcluster", "anthropic", "openai", "pip"),
+                 ("analysis-operator", "kubectl-analysis"))  # fmt: skip
 WORKER = Image(images.WORKER, ("analysis_core", "analysis_worker"), ("anthropic", "openai", "prometheus_client"),
-               ("kopf", "pip"))  # fmt: skip
+               ("analysis_operator", "analysis_devcluster", "kopf", "lightkube", "pip"), ("analysis-worker",))  # fmt: skip
 IMAGES = [pytest.param(OPERATOR, id="operator"), pytest.param(WORKER, id="worker")]
 
 
@@ -102,7 +106,7 @@ def test_image_configuration(built: dict[str, images.Built], image: Image) -> No
 
 
 IMPORT_EVERY_MODULE = """
-import importlib, importlib.util, json, pkgutil, sys
+import importlib, importlib.metadata, importlib.util, json, pkgutil, sys
 tops, present, absent = (arg.split(",") for arg in sys.argv[1:4])
 failures, files = {}, {}
 for top in tops:
@@ -117,8 +121,9 @@ for top in tops:
             failures[info.name] = f"{type(exc).__name__}: {exc}"
 missing = [name for name in present if importlib.util.find_spec(name) is None]
 found = [name for name in absent if importlib.util.find_spec(name) is not None]
+commands = sorted(ep.name for ep in importlib.metadata.distribution("analysis-operator").entry_points)
 print(json.dumps({"failures": failures, "files": files, "missing": missing, "found": found,
-                  "executable": sys.executable}))
+                  "executable": sys.executable, "commands": commands}))
 """
 
 
@@ -138,6 +143,8 @@ def test_image_imports_all_its_code_and_carries_nothing_it_must_not(
             assert file.startswith(f"{VENV_DIR}/lib/"), f"{package} came from {file}, not from the image's venv"
         assert report["missing"] == [], f"the {image.spec.repository} image lacks {report['missing']}"
         assert report["found"] == [], f"the {image.spec.repository} image must not carry {report['found']}"
+        # Only the commands of its own side: none that would fail for a package it does not carry.
+        assert report["commands"] == sorted(image.commands)
         # The base's own Python carries no pip either: nothing in the image can install more.
         assert run_in(container, "python3", "-m", "pip", "--version").returncode != 0
         # The entrypoint answers as itself.
@@ -175,15 +182,18 @@ def test_build_context_keeps_out_everything_but_the_sources() -> None:
     """.devcluster holds private keys and kubeconfigs; .venv and .git are large: none may reach a build context."""
     rules = images.IgnoreRules.read(REPO_ROOT / ".dockerignore")
     for secret in (".devcluster/kubeconfig", ".devcluster/state/pki/ca.key", ".venv/bin/python", ".git/config",
-                   ".env", "bench/results/x.json", "tests/conftest.py", "charts/analysis-operator/values.yaml"):  # fmt: skip
+                   ".env", "bench/results/x.json", "tests/conftest.py", "charts/analysis-operator/values.yaml",
+                   "operator/src/analysis_devcluster/cli.py", "tools/devcluster/pyproject.toml"):  # fmt: skip
         assert rules.ignored(secret), f"{secret} would be sent to the builder"
-    for needed in ("pyproject.toml", "README.md", "operator/src/analysis_core/__init__.py",
-                   "operator/src/analysis_core/lua/seed.lua", "worker-image/src/analysis_worker/cli.py"):  # fmt: skip
+    for needed in ("pyproject.toml", "README.md", "hatch_build.py", "operator/src/analysis_core/__init__.py",
+                   "operator/src/analysis_core/lua/seed.lua", "operator/src/analysis_operator/kube.py",
+                   "worker-image/src/analysis_worker/cli.py"):  # fmt: skip
         assert not rules.ignored(needed), f"{needed} is needed by the build"
     assert rules.ignored("operator/src/analysis_core/__pycache__/keys.cpython-311.pyc")
     context = images.context_files(REPO_ROOT)
     assert "pyproject.toml" in context
-    assert not [path for path in context if path.startswith((".devcluster/", ".venv/", ".git/", "tests/"))]
+    assert not [path for path in context if path.startswith((".devcluster/", ".venv/", ".git/", "tests/",
+                                                             "operator/src/analysis_devcluster/"))]  # fmt: skip
 
 
 def test_a_source_change_rebuilds_on_the_cached_dependency_layer(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube.models.meta_v1 import Status
 from prometheus_client import CollectorRegistry, generate_latest
 
 from analysis_core import env, errors
@@ -115,13 +116,18 @@ def test_an_unreadable_cost_counts_as_zero_rather_than_breaking_the_scrape() -> 
     assert operator_metrics.Progress.of({}).stages == ()
 
 
+def api_error(code: int, reason: str, message: str) -> kube.ApiError:
+    """What the client raises for an API server's Status answer."""
+    return kube.ApiError(status=Status(code=code, reason=reason, message=message))
+
+
 def test_reconcile_errors_are_labelled_by_class_and_api_reason_never_by_message() -> None:
-    conflict = kube.ApiError(409, "Conflict", "jobs.batch x exists")
+    conflict = api_error(409, "Conflict", "jobs.batch x exists")
     assert operator_metrics.error_labels(conflict) == ("ApiError", "Conflict")
     assert operator_metrics.error_labels(ValueError("item NVDA broke")) == ("ValueError", "")
     before = sample(operator_metrics.REGISTRY, "analysis_operator_reconcile_errors_total", error="ApiError",
                     reason="NotFound")  # fmt: skip
-    operator_metrics.reconcile_failed(kube.ApiError(404, "NotFound", "configmaps y not found"))
+    operator_metrics.reconcile_failed(api_error(404, "NotFound", "configmaps y not found"))
     after = sample(operator_metrics.REGISTRY, "analysis_operator_reconcile_errors_total", error="ApiError",
                    reason="NotFound")  # fmt: skip
     assert after == before + 1

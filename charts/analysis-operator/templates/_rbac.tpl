@@ -37,16 +37,16 @@ server-side apply, which needs create (the first time) and patch.
   verbs: ["create"]
 # The operator: read the user's ConfigMaps named by spec.itemsFrom and
 # promptFrom (get); apply the plan ConfigMap (create, patch); write the results
-# ConfigMaps (list by label, create, update); remove them all on deletion
-# (deletecollection by the batch-uid label).
+# ConfigMaps (list by label, create, update); remove the batch's on deletion
+# (list by the batch-uid label, delete each, as `kubectl delete -l` does).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "create", "update", "patch", "deletecollection"]
+  verbs: ["get", "list", "create", "update", "patch", "delete"]
 # The operator: the workers' ServiceAccount, applied per batch (no token, no
-# rights) and removed on deletion.
+# rights) and removed on deletion (list by label, delete).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["create", "patch", "deletecollection"]
+  verbs: ["list", "create", "patch", "delete"]
 # The operator: the per-batch copy of the Redis password for its workers
 # (write-only, see above).
 - apiGroups: [""]
@@ -60,13 +60,13 @@ server-side apply, which needs create (the first time) and patch.
   verbs: ["list", "watch", "patch"]
 # Kopf: indexes of the stages' Jobs and Deployments (list, watch). The
 # operator: apply them (create, patch), retire an outdated one (delete), remove
-# them all on deletion (deletecollection).
+# the batch's on deletion (list by label, delete each).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "patch", "delete", "deletecollection"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "create", "patch", "delete", "deletecollection"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}
 
 {{/*

@@ -45,7 +45,7 @@ BATCH = (GROUP, VERSION, PLURAL)
 OWNED = {wellknown.LABEL_BATCH_UID: kopf.PRESENT}
 
 # A step that fails on these is simply run again; anything else is a bug and is logged with its traceback.
-RETRYABLE: tuple[type[Exception], ...] = (kube.ApiError, *queue.UNAVAILABLE)
+RETRYABLE: tuple[type[Exception], ...] = (*kube.ERRORS, *queue.UNAVAILABLE)
 
 _last_event = time.monotonic()
 
@@ -72,7 +72,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     cfg = OperatorConfig.from_env()
     memo.cfg = cfg
-    memo.kube = kube.Kube(lambda: kube.login(settings), timeout_s=settings.networking.request_timeout or 30)
+    memo.kube = kube.Kube(settings.networking.request_timeout or 30, trust_env=settings.networking.trust_env)
     memo.redis = queue.connect(cfg.redis_url, cfg.redis_password)
     memo.metrics = await metrics.serve(cfg.metrics_port) if cfg.metrics_port else None
 
@@ -193,7 +193,7 @@ async def _step(
         metrics.reconcile_failed(exc)
         if not isinstance(exc, RETRYABLE):
             raise
-        logger.warning(f"reconcile step failed; again in a moment: {exc}")
+        logger.warning(f"reconcile step failed; again in a moment: {kube.describe(exc)}")
     finally:
         metrics.reconciled(time.monotonic() - started)
 
@@ -208,7 +208,7 @@ async def _expire(client: kube.Kube, body: Mapping[str, Any], current: Mapping[s
     if (datetime.now(UTC) - at).total_seconds() >= ttl:
         meta = body["metadata"]
         logger.info(f"finished {ttl}s ago (ttlSecondsAfterFinished): deleting")
-        await client.delete(reconciler.BATCHES, meta["namespace"], meta["name"])
+        await client.delete(kube.BATCHES, meta["namespace"], meta["name"])
 
 
 @kopf.on.create(*BATCH, id="kick-on-create")

@@ -1,219 +1,228 @@
-"""The operator's one asynchronous Kubernetes client: a thin layer over aiohttp.
+"""The operator's Kubernetes calls: lightkube's ``AsyncClient`` and the few verbs the reconciler needs on top.
 
-Why not a client library: the reconciler needs a handful of verbs on a
-handful of kinds (get, list, server-side apply, merge-patch of status,
-delete, create an Event), and every child is a plain dict built by
-``builders``. The official client would add tens of megabytes of generated
-models per operator process for none of that (Kopf's own notes measure it as
-most of an idle operator's memory), and ``kubernetes.aio`` models do not go
-through ``kopf.adopt``. So: one ``aiohttp`` session, made at startup and
-closed at cleanup, with the credentials Kopf's own login functions read (the
-pod's service account in a cluster, the kubeconfig elsewhere).
+``handlers.startup`` makes one :class:`Kube` per operator process and closes
+it at cleanup; the reconciler, the teardown and the TTL expiry call its
+verbs. Kopf keeps its own connection for watching and for Events
+(``kopf.event``); this one only reads and writes the batches' children and
+the batches' status.
 
-Children are written with server-side apply (``fieldManager:
-analysis-operator``, forced): creating and updating are one idempotent call,
-a replayed reconcile is a no-op, and fields other controllers own (a Job's
-selector, its controller-set labels) are left alone. Nothing here retries on
-its own: the reconciler is level-based and simply runs again.
+Why lightkube (measured in docs/design.md#why-lightkube): the official client's
+asyncio twin imports every generated model of every API group at once, about
+38 MB per process; lightkube loads the typed models of a group only when
+imported (here ``core/v1``, ``batch/v1``, ``apps/v1``), speaks server-side
+apply, and takes plain dicts, which is what ``builders`` produce and should
+keep producing.
+
+What this module adds to the client:
+
+- :func:`config`: the credentials, in the order Kopf reads its own: the pod's
+  service account (its token re-read after a 401, as tokens rotate), else the
+  files of ``KUBECONFIG`` merged the way kubectl merges them, else
+  ``~/.kube/config``;
+- :meth:`Kube.apply`: server-side apply of a child as ``builders`` made it
+  (``fieldManager: analysis-operator``, forced): creating and updating are one
+  idempotent call, a replayed reconcile is a no-op, and fields other
+  controllers own (a Job's selector, its controller-set labels) are left alone;
+- verbs shaped for a level-based caller: ``get`` answers None for a missing
+  object, ``delete`` False for one already gone, ``list`` a list;
+- the kinds it touches (:data:`KINDS`, :data:`BATCHES`) and the errors a call
+  raises (:data:`ERRORS`, :func:`describe`).
+
+Errors are lightkube's own ``ApiError`` (the API server's ``Status`` in
+``.status``: ``code``, ``reason``, ``message``), re-exported here so callers
+name one module. Nothing here retries: the reconciler is level-based and
+simply runs again.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import urllib.parse
-from collections.abc import Callable, Mapping
-from typing import Any
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
-import aiohttp
-import kopf
+import httpx2
+import lightkube
+import yaml
+from lightkube.core import resource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, ServiceAccount
+from lightkube.types import CascadeType, PatchType
+
+from analysis_core.api import GROUP, KIND, PLURAL, VERSION
 
 FIELD_MANAGER = "analysis-operator"
 
+ApiError = lightkube.ApiError
+# What a failed call raises: the API server's refusal (ApiError; an error answer that is not a JSON Status, from
+# a proxy say, stays a plain HTTPStatusError), or no answer at all (connect, TLS, timeout: TransportError).
+ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPStatusError, httpx2.TransportError)
 
-class ApiError(Exception):
-    """A non-2xx answer: the HTTP status, the Status reason (``NotFound``, ``Conflict``...) and message."""
+CONFIGMAPS = ConfigMap
+SERVICEACCOUNTS = ServiceAccount
+SECRETS = Secret  # written (the workers' Redis password), never read
+PODS = Pod
+JOBS = Job
+DEPLOYMENTS = Deployment
+BATCHES = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)  # ``BATCHES.Status``: the status subresource
+# The children ``builders`` make, by (apiVersion, kind).
+KINDS: dict[tuple[str, str], type[resource.NamespacedResource]] = {
+    ("v1", "ConfigMap"): CONFIGMAPS,
+    ("v1", "ServiceAccount"): SERVICEACCOUNTS,
+    ("v1", "Secret"): SECRETS,
+    ("v1", "Pod"): PODS,
+    ("batch/v1", "Job"): JOBS,
+    ("apps/v1", "Deployment"): DEPLOYMENTS,
+}
+# Kubeconfig fields that name a file, relative to the kubeconfig that holds them.
+KUBECONFIG_FILES = ("certificate-authority", "client-certificate", "client-key", "tokenFile")
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
-class Kind:
-    """Where a kind lives in the API: ``/api/v1`` or ``/apis/<group>/<version>``, and its plural."""
-
-    api_version: str
-    plural: str
-    namespaced: bool = True
-
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
-        root = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        parts = [root]
-        if self.namespaced and namespace:
-            parts += ["namespaces", namespace]
-        parts.append(self.plural)
-        if name:
-            parts.append(name)
-        if subresource:
-            parts.append(subresource)
-        return "/".join(parts)
+R = TypeVar("R", bound=resource.NamespacedResource)
 
 
-CONFIGMAPS = Kind("v1", "configmaps")
-SERVICEACCOUNTS = Kind("v1", "serviceaccounts")
-SECRETS = Kind("v1", "secrets")  # written (the workers' Redis password), never read
-PODS = Kind("v1", "pods")
-EVENTS = Kind("v1", "events")
-JOBS = Kind("batch/v1", "jobs")
-DEPLOYMENTS = Kind("apps/v1", "deployments")
-KINDS = {("v1", "ConfigMap"): CONFIGMAPS, ("v1", "ServiceAccount"): SERVICEACCOUNTS, ("v1", "Pod"): PODS,
-         ("v1", "Secret"): SECRETS, ("batch/v1", "Job"): JOBS, ("apps/v1", "Deployment"): DEPLOYMENTS}  # fmt: skip
-
-
-def kind_of(obj: Mapping[str, Any]) -> Kind:
+def kind_of(obj: Mapping[str, Any]) -> type[resource.NamespacedResource]:
     return KINDS[(obj["apiVersion"], obj["kind"])]
 
 
-def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    """Credentials as Kopf reads them: the pod's service account first, else the kubeconfig."""
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.LoginError("no service account token and no kubeconfig: cannot reach Kubernetes")
-    return info
+def describe(exc: BaseException) -> str:
+    """An error for a condition message or a log line: ``422 Invalid: <the server's message>`` for an ApiError."""
+    if isinstance(exc, ApiError):
+        return f"{exc.status.code} {exc.status.reason or 'Unknown'}: {exc.status.message or ''}"
+    return str(exc) or type(exc).__name__
+
+
+def is_conflict(exc: ApiError) -> bool:
+    """409: another writer moved first (a stale ``resourceVersion``, or the object already exists)."""
+    return exc.status.code == 409
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def config() -> lightkube.KubeConfig:
+    """The pod's service account, else ``KUBECONFIG`` (one or more files), else ``~/.kube/config``."""
+    try:
+        return lightkube.KubeConfig.from_service_account()
+    except lightkube.ConfigError:
+        pass
+    paths = [Path(p).expanduser() for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    paths = paths or [Path("~/.kube/config").expanduser()]
+    if len(paths) == 1:
+        return lightkube.KubeConfig.from_file(paths[0])
+    loaded = [(path, yaml.safe_load(path.read_text(encoding="utf-8")) or {}) for path in paths if path.is_file()]
+    if not loaded:
+        raise lightkube.ConfigError(f"none of the KUBECONFIG files exists: {os.pathsep.join(map(str, paths))}")
+    return lightkube.KubeConfig.from_dict(merge_kubeconfigs(loaded), fname=loaded[0][0])
+
+
+def merge_kubeconfigs(files: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Kubeconfig files merged as kubectl merges ``KUBECONFIG``: the first file to name an entry or a context wins.
+
+    A relative file reference (a CA, a client certificate or key, a token file)
+    is made absolute against the file that holds it, since the merged result
+    has only one file to be relative to.
+    """
+    merged: dict[str, Any] = {"clusters": [], "contexts": [], "users": []}
+    for path, content in files:
+        if merged.get("current-context") is None and content.get("current-context"):
+            merged["current-context"] = content["current-context"]
+        for section, inner in (("clusters", "cluster"), ("contexts", "context"), ("users", "user")):
+            named = {entry["name"] for entry in merged[section]}
+            for entry in content.get(section) or []:
+                if entry["name"] in named:
+                    continue
+                fields = dict(entry.get(inner) or {})
+                for field in KUBECONFIG_FILES:
+                    if fields.get(field) and not Path(fields[field]).expanduser().is_absolute():
+                        fields[field] = str(path.parent / fields[field])
+                merged[section].append({"name": entry["name"], inner: fields})
+                named.add(entry["name"])
+    return merged
+
+
+# ---------------------------------------------------------------- the client
 
 
 class Kube:
-    """One session to one API server; ``relogin`` is called once after a 401 (rotated tokens)."""
+    """One lightkube ``AsyncClient`` to one API server, with the operator's verbs; ``client`` for anything else."""
 
-    def __init__(self, relogin: Callable[[], kopf.ConnectionInfo], timeout_s: float = 30.0) -> None:
-        self._relogin = relogin
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
-        self._session: aiohttp.ClientSession | None = None
-        self._server = ""
-
-    def _connect(self) -> aiohttp.ClientSession:
-        info = self._relogin()
-        self._server = info.server.rstrip("/")
-        headers = {**info.as_http_headers(), "User-Agent": f"{FIELD_MANAGER}"}
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=20),
-            headers=headers,
-            timeout=self._timeout,
+    def __init__(self, timeout_s: float = 30.0, *, trust_env: bool = False) -> None:
+        # trust_env as Kopf's own connection has it (off by default): both reach the API server the same way.
+        self.client = lightkube.AsyncClient(
+            config(),
+            timeout=httpx2.Timeout(timeout_s, connect=10),
+            field_manager=FIELD_MANAGER,
+            trust_env=trust_env,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """One call; the decoded JSON answer, or ApiError."""
-        for attempt in (1, 2):
-            if self._session is None:
-                self._session = self._connect()
-            url = self._server + path
-            if params:
-                url += "?" + urllib.parse.urlencode(params)
-            data = None if body is None else json.dumps(body, separators=(",", ":"))
-            headers = {"Content-Type": content_type} if data is not None else {}
-            async with self._session.request(method, url, data=data, headers=headers) as response:
-                text = await response.text()
-                if response.status == 401 and attempt == 1:
-                    await self.close()  # a rotated service-account token: read it again, once
-                    continue
-                if response.status >= 400:
-                    raise _error(response.status, text)
-                return json.loads(text) if text else None
-        raise AssertionError("unreachable")
-
-    # ---------------------------------------------------------------- verbs
-
-    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: type[R], namespace: str, name: str) -> R | None:
         """The object, or None when it does not exist."""
         try:
-            return dict(await self.request("GET", kind.path(namespace, name)))
+            return await self.client.get(kind, name, namespace=namespace)
         except ApiError as exc:
-            if exc.status == 404:
+            if exc.status.code == 404:
                 return None
             raise
 
-    async def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        answer = await self.request("GET", kind.path(namespace), params={"labelSelector": label_selector})
-        return list(answer.get("items") or [])
+    async def list(self, kind: type[R], namespace: str, labels: Mapping[str, str]) -> list[R]:
+        """Every object of ``kind`` in ``namespace`` carrying all of ``labels``."""
+        return [obj async for obj in self.client.list(kind, namespace=namespace, labels=dict(labels))]
 
-    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply: create or update to exactly these fields, owned by the operator."""
-        kind = kind_of(obj)
         meta = obj["metadata"]
-        return dict(
-            await self.request(
-                "PATCH",
-                kind.path(meta["namespace"], meta["name"]),
-                body=obj,
-                params={"fieldManager": FIELD_MANAGER, "force": "true"},
-                content_type="application/apply-patch+yaml",
-            )
+        await self.client.patch(
+            kind_of(obj),
+            meta["name"],
+            dict(obj),
+            namespace=meta["namespace"],
+            patch_type=PatchType.APPLY,
+            field_manager=FIELD_MANAGER,
+            force=True,
         )
 
-    async def merge_patch(
-        self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any], subresource: str | None = None
-    ) -> dict[str, Any]:
-        return dict(
-            await self.request(
-                "PATCH",
-                kind.path(namespace, name, subresource),
-                body=patch,
-                content_type="application/merge-patch+json",
-            )
-        )
+    async def merge_patch(self, kind: type[R], namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch; ``kind`` may be a subresource (``BATCHES.Status``)."""
+        await self.client.patch(kind, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE)
 
-    async def delete(self, kind: Kind, namespace: str, name: str, propagation: str = "Background") -> bool:
-        """Delete; False if it was already gone."""
+    async def delete(self, kind: type[R], namespace: str, name: str) -> bool:
+        """Delete, its dependents in the background; False if it was already gone."""
         try:
-            await self.request(
-                "DELETE",
-                kind.path(namespace, name),
-                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
-            )
+            await self.client.delete(kind, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
         except ApiError as exc:
-            if exc.status == 404:
+            if exc.status.code == 404:
                 return False
             raise
         return True
 
-    async def delete_collection(self, kind: Kind, namespace: str, label_selector: str) -> None:
-        """Delete every object of ``kind`` matching the selector (Background propagation)."""
-        await self.request(
-            "DELETE",
-            kind.path(namespace),
-            body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-            params={"labelSelector": label_selector},
-        )
+    async def delete_labelled(self, kind: type[R], namespace: str, labels: Mapping[str, str]) -> int:
+        """Delete every object of ``kind`` carrying ``labels``; how many were deleted now.
 
-    async def create(self, kind: Kind, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(await self.request("POST", kind.path(namespace), body=obj))
+        One delete per object: lightkube's ``deletecollection`` takes no label
+        selector, and deleting a whole collection without one is not an option.
+        """
+        deleted = 0
+        for obj in await self.list(kind, namespace, labels):
+            # Every lightkube resource has metadata; the bound of ``R`` (lightkube's base class) does not say so.
+            name = obj.metadata.name if obj.metadata is not None else None  # type: ignore[attr-defined]
+            if name and await self.delete(kind, namespace, name):
+                deleted += 1
+        return deleted
 
-    async def replace(self, kind: Kind, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """PUT: fails with 409 Conflict unless ``obj``'s resourceVersion is still the current one."""
-        return dict(await self.request("PUT", kind.path(namespace, obj["metadata"]["name"]), body=obj))
+    async def create(self, obj: Mapping[str, Any]) -> None:
+        """Create; 409 AlreadyExists when it does."""
+        await self.client.create(_model(obj))
+
+    async def replace(self, obj: Mapping[str, Any]) -> None:
+        """PUT: 409 Conflict unless ``obj``'s ``resourceVersion`` is still the current one."""
+        await self.client.replace(_model(obj))
 
 
-def _error(status: int, text: str) -> ApiError:
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        return ApiError(status, "Unknown", text[:300])
-    if not isinstance(payload, dict):
-        return ApiError(status, "Unknown", text[:300])
-    return ApiError(status, str(payload.get("reason") or "Unknown"), str(payload.get("message") or text[:300]))
+def _model(obj: Mapping[str, Any]) -> resource.NamespacedResource:
+    """``obj`` as its typed model, which ``create`` and ``replace`` take (a ConfigMap loses nothing in the trip)."""
+    return cast(resource.NamespacedResource, kind_of(obj).from_dict(dict(obj)))  # type: ignore[attr-defined]

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from analysis_core.api import v1alpha1
+from analysis_operator import kube
 
 log = logging.getLogger("analysis_operator")
 
@@ -69,6 +70,8 @@ def error_labels(exc: BaseException) -> tuple[str, str]:
     Never the message: it names objects and items, which would make every
     error a new series.
     """
+    if isinstance(exc, kube.ApiError):
+        return type(exc).__name__, exc.status.reason or ""
     reason = getattr(exc, "reason", "")
     return type(exc).__name__, reason if isinstance(reason, str) else ""
 

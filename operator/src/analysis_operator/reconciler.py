@@ -45,11 +45,10 @@ import pydantic
 import yaml
 
 from analysis_core import completion, env, keys, plan, queue
-from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1, wellknown
+from analysis_core.api import v1alpha1, wellknown
 from analysis_operator import builders, export, kube, results, status
 from analysis_operator.config import OperatorConfig
 
-BATCHES = kube.Kind(f"{GROUP}/{VERSION}", PLURAL)
 ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the spec last applied
 EXPORT_PAGE = 500  # finals read per round trip while exporting
 BUSY_POD_COST = "1000"  # pod-deletion-cost of a worker with an item in flight (idle ones: 0)
@@ -185,7 +184,7 @@ class Reconciler:
                 )
             )
             return None
-        data = configmap.get("data") or {}
+        data = configmap.data or {}
         if ref.key not in data:
             keys_ = ", ".join(sorted(data)) or "none"
             problems.append(
@@ -257,7 +256,7 @@ class Reconciler:
                 self._published = text
         except kube.ApiError as exc:
             what = "the plan, the ServiceAccount or the Redis Secret"
-            problems.append(status.Problem("PublishFailed", f"cannot write {what}: {exc}"))
+            problems.append(status.Problem("PublishFailed", f"cannot write {what}: {kube.describe(exc)}"))
 
     async def _advance(
         self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled
@@ -354,7 +353,9 @@ class Reconciler:
                 await self.kube.apply(desired)
                 self._applied[name] = digest
             except kube.ApiError as exc:
-                problems.append(status.Problem("WorkloadApplyFailed", f"{desired['kind']} {name}: {exc}"))
+                problems.append(
+                    status.Problem("WorkloadApplyFailed", f"{desired['kind']} {name}: {kube.describe(exc)}")
+                )
 
     def _stabilized(self, stage: str, size: int, current: int, stopping: bool) -> int:
         """Grow at once; shrink only after the stage wanted fewer pods for ``scale_down_delay_s``.
@@ -393,7 +394,7 @@ class Reconciler:
         """Jobs of an older template or run: their pods hand back what they hold and go."""
         for workload in stale:
             resource = kube.JOBS if workload.kind == "Job" else kube.DEPLOYMENTS
-            await self.kube.delete(resource, batch.namespace, workload.name, propagation="Background")
+            await self.kube.delete(resource, batch.namespace, workload.name)
 
     async def _protect_busy(self, batch: builders.Batch, stage: str, children: Children) -> None:
         """Before a Deployment shrinks: busy workers get a high pod-deletion-cost, so idle ones go first."""
@@ -426,7 +427,7 @@ class Reconciler:
         length = await queue.finals_length(self.redis, batch.uid)
         if self._results is not None and self._results["rows"] == length:
             return self._results
-        chunks = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.selector(batch.uid))
+        chunks = await self._chunks(batch)
         cursor = results.exported(chunks)
         try:
             while cursor < length:
@@ -434,11 +435,11 @@ class Reconciler:
                 if not records:
                     break
                 for planned in export.plan_export(batch, chunks, [export.row(r) for r in records]):
-                    await self._write_chunk(batch, body, planned)
-                chunks = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.selector(batch.uid))
+                    await self._write_chunk(body, planned)
+                chunks = await self._chunks(batch)
                 cursor = results.exported(chunks)
         except kube.ApiError as exc:
-            if exc.status != 409 or final:
+            if not kube.is_conflict(exc) or final:
                 raise
         names = [c["metadata"]["name"] for c in results.ordered(chunks)]
         self._results = {"configMaps": names, "rows": cursor}
@@ -446,11 +447,16 @@ class Reconciler:
             self._first_failure = _first_failure(results.read_rows(chunks))
         return self._results
 
-    async def _write_chunk(self, batch: builders.Batch, body: kopf.Body, chunk: dict[str, Any]) -> None:
+    async def _chunks(self, batch: builders.Batch) -> list[dict[str, Any]]:
+        """The batch's result ConfigMaps as plain dicts, which ``results`` reads."""
+        listed = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.labels(batch.uid))
+        return [chunk.to_dict() for chunk in listed]
+
+    async def _write_chunk(self, body: kopf.Body, chunk: dict[str, Any]) -> None:
         if chunk["metadata"].get("resourceVersion"):
-            await self.kube.replace(kube.CONFIGMAPS, batch.namespace, chunk)
+            await self.kube.replace(chunk)
         else:
-            await self.kube.create(kube.CONFIGMAPS, batch.namespace, _owned(chunk, body))
+            await self.kube.create(_owned(chunk, body))
 
     # ---------------------------------------------------------------- 6. status
 
@@ -463,7 +469,7 @@ class Reconciler:
         if self._written is not None and now - self._written_at < self.cfg.status_interval_s:
             return  # the next step after the interval writes it (the newest by then)
         patch = {"status": {**{key: None for key in previous if key not in new}, **new}}
-        await self.kube.merge_patch(BATCHES, batch.namespace, batch.name, patch, subresource="status")
+        await self.kube.merge_patch(kube.BATCHES.Status, batch.namespace, batch.name, patch)
         self._written, self._written_at = new, now
         for event in status.events(previous, new):
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)

@@ -64,9 +64,14 @@ def dumps(value: Any) -> str:
 # ---------------------------------------------------------------- chunks
 
 
+def labels(batch_uid: str) -> dict[str, str]:
+    """The labels that select one batch's result chunks (by uid: a recreated batch of the same name is another)."""
+    return {wellknown.LABEL_BATCH_UID: batch_uid, LABEL_RESULTS: "true"}
+
+
 def selector(batch_uid: str) -> str:
-    """The label selector of one batch's result chunks (by uid: a recreated batch of the same name is another)."""
-    return f"{wellknown.LABEL_BATCH_UID}={batch_uid},{LABEL_RESULTS}=true"
+    """``labels`` as a label selector string (``kubectl -l``)."""
+    return ",".join(f"{key}={value}" for key, value in labels(batch_uid).items())
 
 
 def _annotation(configmap: Mapping[str, Any], name: str) -> int | None:

@@ -16,7 +16,6 @@ what is left behind and lets go.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -32,12 +31,12 @@ SCAN_COUNT = 1000
 async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, retry: int, logger: kopf.Logger) -> None:
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
-    selector = f"{wellknown.LABEL_BATCH_UID}={uid}"
+    labels = {wellknown.LABEL_BATCH_UID: uid}
     with contextlib.suppress(*queue.UNAVAILABLE):  # the workers go anyway; the keys are swept once Redis is back
         await _stop_claims(redis, uid)
     for kind in (kube.JOBS, kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICEACCOUNTS):
-        await client.delete_collection(kind, namespace, selector)
-    pods = [p for p in await client.list(kube.PODS, namespace, selector) if _running(p)]
+        await client.delete_labelled(kind, namespace, labels)
+    pods = [p for p in await client.list(kube.PODS, namespace, labels) if _running(p)]
     if pods and retry < GIVE_UP_AFTER:
         raise kopf.TemporaryError(f"waiting for {len(pods)} worker pods to stop", delay=2)
     try:
@@ -60,8 +59,8 @@ async def _stop_claims(redis: queue.Redis, uid: str) -> None:
     await redis.hset(keys.BatchKeys(uid).flags, env.FLAG_SUSPENDED, "the batch is being deleted")
 
 
-def _running(pod: Mapping[str, Any]) -> bool:
-    return str((pod.get("status") or {}).get("phase")) not in ("Succeeded", "Failed")
+def _running(pod: kube.PODS) -> bool:
+    return (pod.status.phase if pod.status else None) not in ("Succeeded", "Failed")
 
 
 async def sweep(redis: queue.Redis, uid: str) -> int:

@@ -178,7 +178,7 @@ def test_build_context_keeps_out_everything_but_the_sources() -> None:
                    ".env", "bench/results/x.json", "tests/conftest.py", "charts/analysis-operator/values.yaml"):  # fmt: skip
         assert rules.ignored(secret), f"{secret} would be sent to the builder"
     for needed in ("pyproject.toml", "README.md", "operator/src/analysis_core/__init__.py",
-                   "operator/src/analysis_core/lua/seed.lua", "worker-image/src/analysis_worker/cli.py"):  # fmt: skip
+                   "operator/src/analysis_operator/lua/seed.lua", "worker-image/src/analysis_worker/cli.py"):  # fmt: skip
         assert not rules.ignored(needed), f"{needed} is needed by the build"
     assert rules.ignored("operator/src/analysis_core/__pycache__/keys.cpython-311.pyc")
     context = images.context_files(REPO_ROOT)

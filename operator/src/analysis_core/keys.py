@@ -101,7 +101,7 @@ class BatchKeys:
 
         Appended in the same Lua step that records the outcome (``complete.lua``,
         ``reclaim.lua``, ``release.lua``), once per key; the operator exports it
-        incrementally (``queue.finals``) with a cursor kept outside Redis.
+        incrementally (``producer.finals``) with a cursor kept outside Redis.
         """
         return f"{self.tag}:finals"
 
@@ -110,7 +110,7 @@ class BatchKeys:
         """Hash: idempotency key of a failed or dead-lettered end -> the key its re-run starts with.
 
         Written once per key (HSETNX, in ``rerun.lua``): what makes
-        ``queue.retry_failed`` requeue an item at most once per failure.
+        ``producer.retry_failed`` requeue an item at most once per failure.
         """
         return f"{self.tag}:reruns"
 

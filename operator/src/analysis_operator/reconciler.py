@@ -9,11 +9,11 @@ step did:
    generation while it compiles; every step while a reference is broken, so
    a fix is noticed within a step);
 2. publish the plan ConfigMap and the workers' ServiceAccount; seed the
-   first stage once (``queue.seed`` is idempotent); mirror ``spec.suspend``
+   first stage once (``producer.seed`` is idempotent); mirror ``spec.suspend``
    into the flag workers read before each claim;
 3. read one atomic Redis snapshot and act on it: release approved items,
    collect fan-in stages, seal stages nothing can feed any more
-   (``analysis_core.completion`` proves each of these safe to do late);
+   (``completion`` proves each of these safe to do late);
 4. size each stage's Job or Deployment to min(concurrency, backlog + in
    flight) and apply it when it differs from what the Kopf indexes show;
 5. export finished items to results ConfigMaps;
@@ -44,9 +44,9 @@ import kopf
 import pydantic
 import yaml
 
-from analysis_core import completion, env, keys, plan, queue
+from analysis_core import env, keys, plan, queue
 from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
-from analysis_operator import builders, kube, results, status
+from analysis_operator import builders, completion, kube, producer, results, status
 from analysis_operator.config import OperatorConfig
 
 BATCHES = kube.Kind(f"{GROUP}/{VERSION}", PLURAL)
@@ -262,19 +262,19 @@ class Reconciler:
 
     async def _advance(
         self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled
-    ) -> tuple[queue.Snapshot, completion.BatchState]:
+    ) -> tuple[producer.Snapshot, completion.BatchState]:
         """Seed, mirror flags, release, collect, seal; the snapshot and state after all that."""
         the_plan, spec = compiled.plan, compiled.spec
         names = [s.name for s in the_plan.stages]
         flags_key = keys.BatchKeys(batch.uid).flags
-        snapshot = await queue.snapshot(self.redis, batch.uid, names)
+        snapshot = await producer.snapshot(self.redis, batch.uid, names)
         if not snapshot.seeded:
-            await queue.seed(self.redis, batch.uid, names, compiled.items)
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            await producer.seed(self.redis, batch.uid, names, compiled.items)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         if await self._retry_failed_if_asked(batch, body, the_plan, snapshot):
             # Re-run items are back in their stages and the sealed set is cleared:
             # deciding from the older snapshot could seal a stage they still have to reach.
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         state = completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
         stop = spec.suspend or state.phase is completion.Phase.FAILED
         if stop and env.FLAG_SUSPENDED not in snapshot.flags:
@@ -290,20 +290,20 @@ class Reconciler:
             if snapshot.stages[gate].ready:
                 following = the_plan.stage(gate).next
                 gather = following is not None and the_plan.stage(following).collect
-                acted |= await queue.release(self.redis, batch.uid, gate, following, items, gather=gather) > 0
+                acted |= await producer.release(self.redis, batch.uid, gate, following, items, gather=gather) > 0
         for stage in completion.collectable(the_plan, snapshot):
-            acted |= await queue.collect(self.redis, batch.uid, stage) > 0
+            acted |= await producer.collect(self.redis, batch.uid, stage) > 0
         if acted:
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         sealable = completion.sealable(the_plan, snapshot)
         for stage in sealable:
-            await queue.seal(self.redis, batch.uid, stage)
+            await producer.seal(self.redis, batch.uid, stage)
         if sealable:
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         return snapshot, completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
 
     async def _retry_failed_if_asked(
-        self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, snapshot: queue.Snapshot
+        self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, snapshot: producer.Snapshot
     ) -> bool:
         """The ``analysis.dev/retry-failed`` annotation: each new value re-runs failed and dead-lettered items once.
 
@@ -313,7 +313,7 @@ class Reconciler:
         if not token or snapshot.flags.get("retry_token") == token:
             return False
         flags_key = keys.BatchKeys(batch.uid).flags
-        rerun = await queue.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
+        rerun = await producer.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
         await self.redis.hset(flags_key, "retry_token", token)
         await self.redis.hincrby(flags_key, "run", 1)
         kopf.info(body, reason="RetryFailed", message=f"re-running {rerun} failed or dead-lettered items")
@@ -326,7 +326,7 @@ class Reconciler:
         batch: builders.Batch,
         body: kopf.Body,
         the_plan: plan.Plan,
-        snapshot: queue.Snapshot,
+        snapshot: producer.Snapshot,
         children: Children,
         *,
         stopping: bool,
@@ -376,7 +376,7 @@ class Reconciler:
         self,
         stage: plan.StagePlan,
         counts: queue.StageCounts,
-        snapshot: queue.Snapshot,
+        snapshot: producer.Snapshot,
         observed: Workload | None,
         size: int,
         digest: str,
@@ -424,14 +424,14 @@ class Reconciler:
         if not final and now < self._results_due:
             return self._results
         self._results_due = now + self.cfg.results_interval_s
-        length = await queue.finals_length(self.redis, batch.uid)
+        length = await producer.finals_length(self.redis, batch.uid)
         if self._results is not None and self._results["rows"] == length:
             return self._results
         chunks = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.selector(batch.uid))
         cursor = results.exported(chunks)
         try:
             while cursor < length:
-                records = await queue.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
+                records = await producer.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
                 if not records:
                     break
                 for planned in results.plan_export(batch, chunks, [results.row(r) for r in records]):

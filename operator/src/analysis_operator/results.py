@@ -11,7 +11,7 @@ at 1 MiB, so results are split into numbered chunks, each holding at most
 ``ROW_BYTES`` (its output is cut, and the row says ``"truncated": true``), so
 any row fits in any fresh chunk.
 
-One row per ended item (``analysis_core.queue.FinalRecord``), in the order
+One row per ended item (``producer.FinalRecord``), in the order
 the items ended::
 
     {"item", "stage", "status", "output", "error", "errorClass", "round", "attempt"}
@@ -22,14 +22,14 @@ only: parsed JSON when the whole text is a JSON object or array (optionally
 in one Markdown code fence, as models like to answer), so consumers of a
 ``output: json`` stage get structure and not a string to parse again; the
 raw text otherwise, so a prose answer that happens to read as a number or
-``true`` stays the string it was. A re-run item (``queue.retry_failed``)
+``true`` stays the string it was. A re-run item (``producer.retry_failed``)
 ends again and gets a new row later on; readers keep the last row per item
 (``latest_per_item``). Rows carry no model name, token counts or anything
 from the pod's environment: nothing secret can reach them.
 
 The export and its cursor (write, then derive)
 ----------------------------------------------
-The operator reads the batch's finals list from Redis (``queue.finals``) and
+The operator reads the batch's finals list from Redis (``producer.finals``) and
 appends rows here. Its cursor into that list is *not* stored anywhere: it is
 the number of rows the batch's result ConfigMaps hold (``exported``), because
 every row exported so far is in exactly one chunk and the chunks hold the
@@ -37,7 +37,7 @@ list's prefix, in order. So the loop is:
 
 1. list the batch's result ConfigMaps (label ``LABEL_RESULTS`` and the batch
    uid); ``cursor = exported(chunks)``;
-2. ``records = await queue.finals(client, uid, cursor, n)``;
+2. ``records = await producer.finals(client, uid, cursor, n)``;
 3. ``plan_export(batch, chunks, [row(r) for r in records])`` and apply the
    ConfigMaps it returns *in order*, stopping at the first failure.
 
@@ -64,8 +64,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from analysis_core import queue
-from analysis_operator import builders
+from analysis_operator import builders, producer
 
 RESULTS_KEY = "results.jsonl"
 LABEL_RESULTS = "analysis.dev/results"
@@ -96,7 +95,7 @@ def parse_output(text: str | None) -> Any:
     return value if isinstance(value, dict | list) else text
 
 
-def row(record: queue.FinalRecord) -> dict[str, Any]:
+def row(record: producer.FinalRecord) -> dict[str, Any]:
     """The result row of one ended item (not yet capped: ``encode`` does that)."""
     return {
         "item": record.item,

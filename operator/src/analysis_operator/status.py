@@ -36,8 +36,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from analysis_core import completion, env, plan, queue
+from analysis_core import env, plan, queue
 from analysis_core.api import v1alpha1
+from analysis_operator import completion, producer
 
 C = v1alpha1.ConditionType
 P = v1alpha1.Phase
@@ -62,7 +63,7 @@ class Observation:
     generation: int
     now: datetime
     plan: plan.Plan | None = None  # None: not compiled (see problems)
-    snapshot: queue.Snapshot | None = None  # None: not seeded yet, or Redis unreachable
+    snapshot: producer.Snapshot | None = None  # None: not seeded yet, or Redis unreachable
     state: completion.BatchState | None = None
     workers: Mapping[str, int] = dataclasses.field(default_factory=dict)  # stage -> live worker pods
     held: Mapping[str, int] = dataclasses.field(default_factory=dict)  # approval stage -> items held
@@ -137,7 +138,7 @@ def _stage_status(stage: plan.StagePlan, counts: queue.StageCounts, workers: int
     }
 
 
-def _current_stage(the_plan: plan.Plan, snapshot: queue.Snapshot) -> str | None:
+def _current_stage(the_plan: plan.Plan, snapshot: producer.Snapshot) -> str | None:
     for stage in the_plan.stages:
         if not snapshot.stages[stage.name].drained:
             return stage.name

@@ -8,7 +8,7 @@ One ``Worker`` serves one stage of one batch. Three tasks run side by side:
   at a time;
 - each item task renders the prompt, waits for the stage's shared rate
   limiter, calls the provider under the stage's deadline, and finishes the
-  attempt in one atomic step (``StageQueue.complete``) or schedules a retry
+  attempt in one atomic step (``consumer.StageQueue.complete``) or schedules a retry
   as the error taxonomy decides (``analysis_core.errors.decide``);
 - the keeper renews the leases of items in flight, moves due retries back
   into the stream, and writes the health key.
@@ -36,10 +36,10 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from analysis_core import env, errors, plan, pricing, queue, ratelimit, routing
+from analysis_core import env, errors, plan, pricing, queue
 from analysis_core.api import v1alpha1
 from analysis_worker import config as config_
-from analysis_worker import health, metrics, templates
+from analysis_worker import consumer, health, metrics, ratelimit, routing, templates
 from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
@@ -85,7 +85,7 @@ class Worker:
         self.provider = provider
         self.client = client
         self.prices = prices
-        self.queue = queue.StageQueue(client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name)
+        self.queue = consumer.StageQueue(client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name)
         limits = self.stage.rate_limit
         self.limiter = ratelimit.Limiter(
             client,
@@ -214,7 +214,7 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            deliveries: list[queue.Delivery] = []
+            deliveries: list[consumer.Delivery] = []
             if time.monotonic() >= next_reclaim:
                 deliveries = await self.queue.reclaim(free, lease_ms, self.max_deliveries)
                 self.metrics.redelivered(metrics.Redelivery.EXPIRED_LEASE, len(deliveries))
@@ -233,7 +233,7 @@ class Worker:
             return False
         return (await self.queue.counts()).drained
 
-    def _start(self, deliveries: list[queue.Delivery]) -> None:
+    def _start(self, deliveries: list[consumer.Delivery]) -> None:
         for delivery in deliveries:
             if delivery.entry_id in self.inflight:
                 continue
@@ -283,16 +283,16 @@ class Worker:
         budget = self.plan.budget
         if budget is None or self._over_budget:
             return self._over_budget is not None
-        why = budget.exceeded(await queue.usage(self.client, self.cfg.batch_uid))
+        why = budget.exceeded(await consumer.usage(self.client, self.cfg.batch_uid))
         if why:
             self._over_budget = why
-            await queue.raise_flag(self.client, self.cfg.batch_uid, env.FLAG_BUDGET_EXCEEDED, why)
+            await consumer.raise_flag(self.client, self.cfg.batch_uid, env.FLAG_BUDGET_EXCEEDED, why)
             log.warning("budget used up: no new claims", extra={"fields": {"why": why}})
         return self._over_budget is not None
 
     # ---------------------------------------------------------------- one item
 
-    async def _process(self, delivery: queue.Delivery) -> None:
+    async def _process(self, delivery: consumer.Delivery) -> None:
         try:
             await self._process_one(delivery)
         except asyncio.CancelledError:
@@ -301,7 +301,7 @@ class Worker:
             # Not acknowledged, so the lease expires and the item is redelivered.
             log.exception("item aborted", extra={"fields": {"item": delivery.message.item}})
 
-    async def _process_one(self, delivery: queue.Delivery) -> None:
+    async def _process_one(self, delivery: consumer.Delivery) -> None:
         claimed_ms = _now_ms()
         message = delivery.message
         if not message.since_ms:
@@ -400,7 +400,7 @@ class Worker:
 
     async def _succeed(
         self,
-        delivery: queue.Delivery,
+        delivery: consumer.Delivery,
         text: str,
         tokens: tuple[int, int],
         model: str,
@@ -451,7 +451,7 @@ class Worker:
 
     async def _failed_attempt(
         self,
-        delivery: queue.Delivery,
+        delivery: consumer.Delivery,
         error: errors.ProviderError,
         tokens: tuple[int, int],
         fields: dict[str, Any],
@@ -462,7 +462,7 @@ class Worker:
         message = delivery.message
         self.metrics.error(error.error_class)
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
-        # A re-run item (queue.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
+        # A re-run item (producer.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
         decision = errors.decide(error, self.stage.retry, attempt=message.attempts_in_run, elapsed_s=elapsed_s)
         spent = {}
         if any(tokens):
@@ -487,7 +487,7 @@ class Worker:
                 self.stats.duplicates += 1
                 self.metrics.item(metrics.Outcome.DUPLICATE)
             return
-        # Failed for good: the end of its journey. Input and feedback let queue.retry_failed run it again.
+        # Failed for good: the end of its journey. Input and feedback let producer.retry_failed run it again.
         outcome = {
             "status": "failed", "error_class": str(error.error_class), "error": error.message[:500],
             "input": message.input, **({"feedback": message.feedback} if message.feedback else {}),

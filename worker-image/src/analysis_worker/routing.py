@@ -3,9 +3,9 @@
 The worker calls ``parse_output`` on a provider's answer (JSON stages: it must
 parse and match the stage's JSON schema, or it is ``BadOutput``), then
 ``after_success`` to learn what completing the attempt means: the follow-up
-messages (``queue.Route``), extra results to store with it (each fanned-out
+messages (``consumer.Route``), extra results to store with it (each fanned-out
 child's own input), the status this stage records, and counters. The worker
-then hands all of it to ``StageQueue.complete`` as one atomic step.
+then hands all of it to ``consumer.StageQueue.complete`` as one atomic step.
 
 Rules (docs/design.md#routing):
 
@@ -13,7 +13,7 @@ Rules (docs/design.md#routing):
   list at the path becomes child items ``<parent>/<key>``, sorted by
   ``sortBy`` and cut at ``max``, each with its element as input;
 - into a ``collect`` stage, items are gathered rather than enqueued, until
-  ``queue.collect`` combines them (fan-in);
+  the operator combines them (``analysis_operator.producer.collect``, fan-in);
 - a judge stage reads a verdict. Approved: the reviewed output goes on.
   Rejected: the item goes back to the reviewed stage, next round, with the
   feedback. Out of rejections: ``onExhausted`` fails it or passes the last
@@ -33,6 +33,7 @@ import jsonschema
 
 from analysis_core import plan, queue
 from analysis_core.api import v1alpha1
+from analysis_worker import consumer
 
 
 class BadOutput(ValueError):
@@ -42,7 +43,7 @@ class BadOutput(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Routed:
     status: str  # what this stage records: succeeded, rejected or failed
-    routes: list[queue.Route]
+    routes: list[consumer.Route]
     results: dict[str, str]  # more results to store with the attempt's own (fan-out inputs)
     increments: dict[str, int]
     note: str = ""
@@ -119,14 +120,14 @@ def after_success(
                   {"succeeded": 1})  # fmt: skip
 
 
-def onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> list[queue.Route]:
+def onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> list[consumer.Route]:
     """The route to the next stage, if any; into its gathering hash when it collects (fan-in).
 
     Also what an approval stage does with an item it releases.
     """
     if stage.next is None:
         return []
-    return [queue.Route(stage.next, message, gather=the_plan.stage(stage.next).collect)]
+    return [consumer.Route(stage.next, message, gather=the_plan.stage(stage.next).collect)]
 
 
 def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, verdict: Verdict,
@@ -140,7 +141,7 @@ def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, 
     if message.round < stage.max_rejections:
         assert stage.reviews is not None
         back = queue.Message(message.item, message.round + 1, input=reviewed_input, feedback=verdict.feedback)
-        return Routed("rejected", [queue.Route(stage.reviews, back)], {}, counts,
+        return Routed("rejected", [consumer.Route(stage.reviews, back)], {}, counts,
                       f"rejected in round {message.round}; back to {stage.reviews}")  # fmt: skip
     counts["exhausted"] = 1
     if stage.on_exhausted is v1alpha1.OnExhausted.ACCEPT_LAST:

@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 import yaml
 
-from analysis_core import env, plan, queue
+from analysis_core import env, plan, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_devcluster import binaries, cluster
 from analysis_operator import builders, completion, producer, status
@@ -155,7 +155,7 @@ HELD = snapshot(("draft",), draft=counts(succeeded=3), gate=counts(ready=3))
 DONE = snapshot(("draft", "gate", "review"), draft=counts(succeeded=3), gate=counts(succeeded=3),
                 review=counts(succeeded=3, approved=3))  # fmt: skip
 AWAY = status.Problem("RedisUnavailable", "Redis cannot be reached: Connection refused", stalled=False)
-OVER = {env.FLAG_BUDGET_EXCEEDED: "52000 tokens used, budget.maxTokens is 50000"}
+OVER = {wire.FLAG_BUDGET_EXCEEDED: "52000 tokens used, budget.maxTokens is 50000"}
 
 
 BROKEN = status.Observation(generation=1, now=NOW, problems=[

@@ -29,7 +29,7 @@ import jsonschema
 import pytest
 import yaml
 
-from analysis_core import env, plan, queue
+from analysis_core import plan, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_operator import completion, producer, status
 
@@ -153,7 +153,7 @@ def over_budget() -> producer.Snapshot:
     assert PLAN.budget is not None
     why = PLAN.budget.exceeded({"input_tokens": tokens * 4 // 5, "output_tokens": tokens // 5})
     assert why is not None
-    return snapshot(tokens=tokens, flags={env.FLAG_BUDGET_EXCEEDED: why}, draft=counts(ready=1, succeeded=2))
+    return snapshot(tokens=tokens, flags={wire.FLAG_BUDGET_EXCEEDED: why}, draft=counts(ready=1, succeeded=2))
 
 
 def redis_away() -> dict[str, Any]:

@@ -9,8 +9,9 @@ The queue has two sides, each in the package of the process that runs it:
   leases, completes or retries attempts, reclaims expired leases and hands
   back what it holds when it stops.
 
-They agree on the key names (``keys``), the message format (``Message``), and
-the Lua scripts each side runs on the same keys (``scripts``). This module holds
+They agree on the key names (``keys``), the names inside the keys
+(``wire``), the message format (``Message``), and the script registry
+(``scripts``). This module holds
 the rest of what both need, and nothing that only one side uses.
 
 Why Streams with a consumer group, not lists with a lease set
@@ -49,6 +50,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+
+from analysis_core import wire
 
 Redis = aioredis.Redis
 
@@ -98,9 +101,9 @@ class Message:
     def fields(self) -> list[str]:
         """Flat stream fields, the wire format of the stream and the delayed set."""
         return [
-            "item", self.item, "round", str(self.round), "attempt", str(self.attempt),
-            "input", self.input, "since", str(self.since_ms), "feedback", self.feedback,
-            "first", str(self.first_attempt),
+            wire.MSG_ITEM, self.item, wire.MSG_ROUND, str(self.round), wire.MSG_ATTEMPT, str(self.attempt),
+            wire.MSG_INPUT, self.input, wire.MSG_SINCE, str(self.since_ms), wire.MSG_FEEDBACK, self.feedback,
+            wire.MSG_FIRST, str(self.first_attempt),
         ]  # fmt: skip
 
     @property
@@ -113,13 +116,13 @@ class Message:
         if not isinstance(fields, dict):
             fields = dict(zip(fields[::2], fields[1::2], strict=True))
         return cls(
-            item=fields["item"],
-            round=int(fields.get("round", 0)),
-            attempt=int(fields.get("attempt", 1)),
-            input=fields.get("input", ""),
-            since_ms=int(fields.get("since", 0) or 0),
-            feedback=fields.get("feedback", ""),
-            first_attempt=int(fields.get("first", 1) or 1),
+            item=fields[wire.MSG_ITEM],
+            round=int(fields.get(wire.MSG_ROUND, 0)),
+            attempt=int(fields.get(wire.MSG_ATTEMPT, 1)),
+            input=fields.get(wire.MSG_INPUT, ""),
+            since_ms=int(fields.get(wire.MSG_SINCE, 0) or 0),
+            feedback=fields.get(wire.MSG_FEEDBACK, ""),
+            first_attempt=int(fields.get(wire.MSG_FIRST, 1) or 1),
         )
 
 
@@ -134,7 +137,7 @@ class StageCounts:
     ready: int  # in the stream, not yet claimed
     running: int  # claimed and not acknowledged (leased)
     retrying: int  # waiting in the delayed set
-    counters: dict[str, int]  # monotonic: succeeded, failed, retries, dead_lettered, tokens, ...
+    counters: dict[str, int]  # wire.COUNT_* and wire.USAGE_*: monotonic but for a re-run
     gathered: int = 0  # waiting to be collected (collect stages)
 
     @property

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from analysis_core import plan
+from analysis_core import plan, wire
 from analysis_core.api import v1alpha1
 from analysis_operator import producer
 
@@ -105,8 +105,9 @@ class BatchState:
 
 def state(the_plan: plan.Plan, snapshot: producer.Snapshot, max_failed_items: int) -> BatchState:
     """Running until every stage is sealed and drained; Failed as soon as failures pass the policy."""
-    failed = sum(c.counters.get("failed", 0) + c.counters.get("dead_lettered", 0) for c in snapshot.stages.values())
-    finished = snapshot.stages[the_plan.stages[-1].name].counters.get("succeeded", 0)
+    counters = [c.counters for c in snapshot.stages.values()]
+    failed = sum(c.get(wire.COUNT_FAILED, 0) + c.get(wire.COUNT_DEAD_LETTERED, 0) for c in counters)
+    finished = snapshot.stages[the_plan.stages[-1].name].counters.get(wire.COUNT_SUCCEEDED, 0)
     if failed > max_failed_items:
         reason = f"{failed} items failed, more than failurePolicy.maxFailedItems ({max_failed_items})"
         return BatchState(Phase.FAILED, failed, finished, reason)

@@ -32,10 +32,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from analysis_core import keys as keys_
-from analysis_core import queue, scripts
+from analysis_core import queue, scripts, wire
 
 LUA = scripts.Library("analysis_operator")
 
@@ -47,8 +47,8 @@ class Snapshot:
     stages: dict[str, queue.StageCounts]
     sealed: frozenset[str]
     seeded: bool
-    usage: dict[str, int] = dataclasses.field(default_factory=dict)  # input_tokens, output_tokens, cost_nusd
-    flags: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. budget_exceeded -> why
+    usage: dict[str, int] = dataclasses.field(default_factory=dict)  # wire.USAGE_* -> tokens, nano-dollars
+    flags: dict[str, str] = dataclasses.field(default_factory=dict)  # wire.FLAG_* -> value
 
 
 async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snapshot:
@@ -93,7 +93,7 @@ async def collect(client: queue.Redis, uid: str, stage: str) -> int:
     items = [str(item) for item in await client.hkeys(k.gathered(stage))]
     collected = await LUA.script(client, "collect")(
         keys=[k.gathered(stage), k.results, k.stream(stage), k.collected(stage)],
-        args=[f"{uid}/{stage}/collected", collected_id(items)],
+        args=[k.collected_input(stage), collected_id(items)],
     )
     return int(collected)
 
@@ -115,9 +115,11 @@ async def release(
     k = keys_.BatchKeys(uid)
     # Every key is named (one slot on Redis Cluster): without a next stage the gate's stream stands in, unused.
     if next_stage is None:
-        target, mode = k.stream(gate), "none"
+        target, mode = k.stream(gate), wire.RELEASE_NONE
     else:
-        target, mode = (k.gathered(next_stage), "gather") if gather else (k.stream(next_stage), "stream")
+        target, mode = (
+            (k.gathered(next_stage), wire.RELEASE_GATHER) if gather else (k.stream(next_stage), wire.RELEASE_STREAM)
+        )
     released = await LUA.script(client, "release")(
         keys=[k.stream(gate), k.outcomes, k.counts(gate), target, k.finals],
         args=[uid, gate, "*" if items is None else json.dumps(sorted(items)), limit, mode],
@@ -144,8 +146,9 @@ async def seal(client: queue.Redis, uid: str, stage: str) -> None:
 
 # ---------------------------------------------------------------- finals and re-runs
 
+# How an item ended: the outcome statuses an end can have (wire.STATUS_SUCCEEDED, STATUS_FAILED, STATUS_DEAD).
 FinalStatus = Literal["succeeded", "failed", "dead"]
-_FINAL_STATUSES: dict[str, FinalStatus] = {"succeeded": "succeeded", "failed": "failed", "dead": "dead"}
+_FINAL_STATUSES: dict[str, FinalStatus] = {status: status for status in get_args(FinalStatus)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +196,9 @@ def _final_record(idem: str, raw_outcome: str | None, output: str | None) -> Fin
         loaded = {}
     outcome: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
     # Only ends are listed; an outcome that is missing or unreadable is reported as a failure, not dropped.
-    status = _FINAL_STATUSES.get(str(outcome.get("status")), "failed")
-    error = _optional_str(outcome.get("error"))
-    if status == "failed" and error is None and not outcome:
+    status = _FINAL_STATUSES.get(str(outcome.get(wire.OUTCOME_STATUS)), _FINAL_STATUSES[wire.STATUS_FAILED])
+    error = _optional_str(outcome.get(wire.OUTCOME_ERROR))
+    if status == wire.STATUS_FAILED and error is None and not outcome:
         error = "no outcome recorded"
     return FinalRecord(
         item=parsed.item,
@@ -204,12 +207,12 @@ def _final_record(idem: str, raw_outcome: str | None, output: str | None) -> Fin
         round=parsed.round,
         attempt=parsed.attempt,
         idem=idem,
-        output=output if status == "succeeded" else None,
-        error=error if status != "succeeded" else None,
-        error_class=_optional_str(outcome.get("error_class")) if status != "succeeded" else None,
-        model=_optional_str(outcome.get("model")),
-        input_tokens=_optional_int(outcome.get("in")),
-        output_tokens=_optional_int(outcome.get("out")),
+        output=output if status == wire.STATUS_SUCCEEDED else None,
+        error=error if status != wire.STATUS_SUCCEEDED else None,
+        error_class=_optional_str(outcome.get(wire.OUTCOME_ERROR_CLASS)) if status != wire.STATUS_SUCCEEDED else None,
+        model=_optional_str(outcome.get(wire.OUTCOME_MODEL)),
+        input_tokens=_optional_int(outcome.get(wire.OUTCOME_INPUT_TOKENS)),
+        output_tokens=_optional_int(outcome.get(wire.OUTCOME_OUTPUT_TOKENS)),
     )
 
 

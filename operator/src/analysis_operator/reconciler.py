@@ -44,7 +44,7 @@ import kopf
 import pydantic
 import yaml
 
-from analysis_core import env, keys, plan, queue
+from analysis_core import keys, plan, queue, wire
 from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
 from analysis_operator import builders, completion, kube, producer, results, status
 from analysis_operator.config import OperatorConfig
@@ -239,7 +239,7 @@ class Reconciler:
             problems=problems,
             suspended=spec.suspend,
             results=exported,
-            retried_failed=snapshot.flags.get("retry_token"),
+            retried_failed=snapshot.flags.get(wire.FLAG_RETRY_TOKEN),
         )
 
     async def _publish(
@@ -277,14 +277,14 @@ class Reconciler:
             snapshot = await producer.snapshot(self.redis, batch.uid, names)
         state = completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
         stop = spec.suspend or state.phase is completion.Phase.FAILED
-        if stop and env.FLAG_SUSPENDED not in snapshot.flags:
+        if stop and wire.FLAG_SUSPENDED not in snapshot.flags:
             why = "spec.suspend" if spec.suspend else "the batch failed"
-            await self.redis.hset(flags_key, env.FLAG_SUSPENDED, why)
-        elif not stop and env.FLAG_SUSPENDED in snapshot.flags:
-            await self.redis.hdel(flags_key, env.FLAG_SUSPENDED)
-        over = snapshot.flags.get(env.FLAG_BUDGET_EXCEEDED)
+            await self.redis.hset(flags_key, wire.FLAG_SUSPENDED, why)
+        elif not stop and wire.FLAG_SUSPENDED in snapshot.flags:
+            await self.redis.hdel(flags_key, wire.FLAG_SUSPENDED)
+        over = snapshot.flags.get(wire.FLAG_BUDGET_EXCEEDED)
         if over and (the_plan.budget is None or the_plan.budget.exceeded(snapshot.usage) is None):
-            await self.redis.hdel(flags_key, env.FLAG_BUDGET_EXCEEDED)  # the budget was raised
+            await self.redis.hdel(flags_key, wire.FLAG_BUDGET_EXCEEDED)  # the budget was raised
         acted = False
         for gate, items in the_plan.approvals.items():
             if snapshot.stages[gate].ready:
@@ -310,12 +310,12 @@ class Reconciler:
         True when it acted on a new value (the snapshot is then out of date).
         """
         token = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY_FAILED)
-        if not token or snapshot.flags.get("retry_token") == token:
+        if not token or snapshot.flags.get(wire.FLAG_RETRY_TOKEN) == token:
             return False
         flags_key = keys.BatchKeys(batch.uid).flags
         rerun = await producer.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
-        await self.redis.hset(flags_key, "retry_token", token)
-        await self.redis.hincrby(flags_key, "run", 1)
+        await self.redis.hset(flags_key, wire.FLAG_RETRY_TOKEN, token)
+        await self.redis.hincrby(flags_key, wire.FLAG_RUN, 1)
         kopf.info(body, reason="RetryFailed", message=f"re-running {rerun} failed or dead-lettered items")
         return True
 
@@ -332,7 +332,7 @@ class Reconciler:
         stopping: bool,
         problems: list[status.Problem],
     ) -> None:
-        run = int(snapshot.flags.get("run", "0") or 0)
+        run = int(snapshot.flags.get(wire.FLAG_RUN, "0") or 0)
         for stage in the_plan.stages:
             if stage.provider is None:
                 continue

@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from analysis_core import env, keys, queue
+from analysis_core import keys, queue, wire
 from analysis_operator import builders, kube
 
 GIVE_UP_AFTER = 60  # retries, about two seconds apart while pods drain, longer while Redis is away
@@ -56,7 +56,7 @@ async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, r
 
 
 async def _stop_claims(redis: queue.Redis, uid: str) -> None:
-    await redis.hset(keys.BatchKeys(uid).flags, env.FLAG_SUSPENDED, "the batch is being deleted")
+    await redis.hset(keys.BatchKeys(uid).flags, wire.FLAG_SUSPENDED, "the batch is being deleted")
 
 
 def _running(pod: Mapping[str, Any]) -> bool:

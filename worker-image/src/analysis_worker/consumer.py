@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from analysis_core import keys as keys_
-from analysis_core import queue, scripts
+from analysis_core import queue, scripts, wire
 
 LUA = scripts.Library("analysis_worker")
 
@@ -53,10 +53,11 @@ class Route:
     message: queue.Message
     gather: bool = False
 
-    def wire(self) -> dict[str, Any]:
+    def script_arg(self) -> dict[str, Any]:
+        """The route as ``complete.lua`` reads it."""
         if self.gather:
-            return {"gather": self.message.item, "input": self.message.input}
-        return {"fields": self.message.fields()}
+            return {wire.ROUTE_GATHER: self.message.item, wire.ROUTE_INPUT: self.message.input}
+        return {wire.ROUTE_FIELDS: self.message.fields()}
 
 
 def _decode_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
@@ -157,7 +158,7 @@ class StageQueue:
             args=[
                 keys_.GROUP, delivery.entry_id, idem, json.dumps(outcome, separators=(",", ":")),
                 "0" if result is None else "1", result or "", json.dumps(increments),
-                json.dumps([route.wire() for route in routes]), json.dumps(more_results or {}),
+                json.dumps([route.script_arg() for route in routes]), json.dumps(more_results or {}),
                 "1" if final else "0",
             ],
         )  # fmt: skip

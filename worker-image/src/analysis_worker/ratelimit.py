@@ -69,7 +69,7 @@ class Limiter:
         self.tokens = tokens_per_window or 0
         self.window_ms = math.ceil(1000 * (window_s + max(window_s * GUARD_FRACTION, GUARD_MIN_S)))
         k = keys_.BatchKeys(uid)
-        self._keys = [k.limiter(stage, part) for part in ("req", "tok", "amt", "sum", "pause")]
+        self._keys = [k.limiter(stage, part) for part in keys_.LIMITER_PARTS]
         self._acquire = LUA.script(client, "limiter_acquire")
         self._settle = LUA.script(client, "limiter_settle")
         self._pause = LUA.script(client, "limiter_pause")

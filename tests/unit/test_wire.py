@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+import redis.asyncio
 
 from analysis_core import scripts, wire
 from analysis_operator import producer
@@ -51,7 +52,7 @@ STORED = {
     "ROUTE_FIELDS": "fields", "ROUTE_GATHER": "gather", "ROUTE_INPUT": "input",
     "RELEASE_STREAM": "stream", "RELEASE_GATHER": "gather", "RELEASE_NONE": "none",
     "COLLECTED_ITEM": "item", "COLLECTED_OUTPUT": "output",
-    "BEAT_IN_FLIGHT": "in_flight",
+    "BEAT_IN_FLIGHT": "in_flight", "BEAT_AT": "at", "BEAT_POD": "pod",
 }  # fmt: skip
 
 
@@ -204,8 +205,9 @@ def test_the_prelude_declares_only_what_a_script_mentions() -> None:
 
 # ---------------------------------------------------------------- Python
 
-# The modules that speak to Redis: the queue's shared part and its two sides.
-PROTOCOL_MODULES = (
+PACKAGES = ("operator/src/analysis_core", "operator/src/analysis_operator", "worker-image/src/analysis_worker")
+# The modules that talk to Redis: the queue's shared part and its two sides. Every other module goes through them.
+QUEUE_MODULES = (
     "operator/src/analysis_core/queue.py",
     "operator/src/analysis_core/keys.py",
     "operator/src/analysis_core/scripts.py",
@@ -213,20 +215,60 @@ PROTOCOL_MODULES = (
     "worker-image/src/analysis_worker/consumer.py",
     "worker-image/src/analysis_worker/ratelimit.py",
 )
-# (module, word): where a word of the vocabulary names something else.
+# Modules that use the queue (they import one of these) are checked where a name goes.
+QUEUE_IMPORTS = {"analysis_core.queue", "analysis_core.keys", "analysis_core.wire", "analysis_operator.producer",
+                 "analysis_worker.consumer"}  # fmt: skip
+# Where a word of the vocabulary names something else: (module, word) -> why; "key:" words only as a dict key.
 ELSEWHERE = {
-    ("operator/src/analysis_core/queue.py", "retry"): "redis-py's connection option",
-}
+    ("analysis_core/queue.py", "retry"): "redis-py's connection option",
+    ("analysis_operator/builders.py", "run"): "a key of the digest that names a Job (changing it renames Jobs)",
+    ("analysis_operator/handlers.py", "status"): "a Kubernetes object's status",
+    ("analysis_operator/teardown.py", "status"): "a Kubernetes object's status",
+    ("analysis_operator/reconciler.py", "status"): "a Kubernetes object's status, and a result row's",
+    **{("analysis_operator/reconciler.py", w): "a result row's field or status (results.py)"
+       for w in ("item", "error", "failed", "dead")},
+    ("analysis_operator/status.py", "status"): "a condition's status",
+    **{("analysis_operator/status.py", f"key:{w}"): "a field of the CRD's status"
+       for w in ("succeeded", "failed", "retries", "approved", "rejected", "exhausted")},
+    ("analysis_worker/routing.py", "approved"): "a judge's verdict, as the model writes it",
+    ("analysis_worker/routing.py", "feedback"): "a judge's verdict, as the model writes it",
+}  # fmt: skip
+# Modules that use the queue's types but none of its names.
+UNCHECKED = {"analysis_operator/results.py": "writes result rows from FinalRecord attributes; its words are the rows'"}
 _HASH_COMMANDS = {"hset", "hsetnx", "hget", "hmget", "hdel", "hexists", "hincrby"}
 
 
-def named_literals(tree: ast.AST, *, everywhere: bool = False) -> list[tuple[int, str]]:
-    """String literals where a name goes: dict keys and values, ``.get``/``.pop`` keys, subscripts, comparisons,
-    hash fields; with ``everywhere``, every string literal but docstrings.
+def _for_logs(tree: ast.AST) -> set[int]:
+    """Nodes that only make log fields: an ``extra=`` argument, and dicts assigned to names it uses."""
+    skipped: set[int] = set()
+    scopes = [n for n in ast.walk(tree) if isinstance(n, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef)]
+    for scope in scopes:
+        extras = [
+            kw.value for n in ast.walk(scope) if isinstance(n, ast.Call) for kw in n.keywords if kw.arg == "extra"
+        ]
+        names = {n.id for value in extras for n in ast.walk(value) if isinstance(n, ast.Name)}
+        values = list(extras)
+        grew = True
+        while grew:  # fields = {...}; details = {**fields, ...}; extra={"fields": details}
+            grew = False
+            for n in ast.walk(scope):
+                assigned = isinstance(n, ast.Assign) and isinstance(n.value, ast.Dict) and n.value not in values
+                if assigned and any(isinstance(t, ast.Name) and t.id in names for t in n.targets):
+                    values.append(n.value)
+                    names |= {m.id for m in ast.walk(n.value) if isinstance(m, ast.Name)}
+                    grew = True
+        skipped |= {id(m) for value in values for m in ast.walk(value)}
+    return skipped
+
+
+def named_literals(tree: ast.AST, *, everywhere: bool = False) -> list[tuple[int, str, bool]]:
+    """String literals where a name goes, as (line, source, a dict key?): dict keys and values, ``.get``/``.pop``
+    keys, subscripts, comparisons, hash fields; with ``everywhere``, every string literal but docstrings.
 
     Literals inside ``Literal[...]`` are types, which mypy checks; a script's name (``LUA.script(client,
-    "retry")``) names a file.
+    "retry")``) names a file; log fields are the logs' own vocabulary.
     """
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     docstrings = {
         id(node.body[0].value)
         for node in ast.walk(tree)
@@ -235,10 +277,10 @@ def named_literals(tree: ast.AST, *, everywhere: bool = False) -> list[tuple[int
         and isinstance(node.body[0], ast.Expr)
         and isinstance(node.body[0].value, ast.Constant)
     }
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    logs = set() if everywhere else _for_logs(tree)
     found = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docstrings:
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docstrings | logs:
             continue
         parent = parents.get(node)
         if isinstance(parent, ast.JoinedStr):  # f"approved_round_{n}" where a name goes
@@ -248,6 +290,7 @@ def named_literals(tree: ast.AST, *, everywhere: bool = False) -> list[tuple[int
         ):
             node, parent = parent, parents.get(parent)
         call_attr = parent.func.attr if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Attribute) else ""
+        is_key = isinstance(parent, ast.Dict) and node in parent.keys
         named = (
             everywhere
             or isinstance(parent, ast.Dict)
@@ -258,28 +301,65 @@ def named_literals(tree: ast.AST, *, everywhere: bool = False) -> list[tuple[int
         )
         literal_type = isinstance(parent, ast.Subscript) and ast.unparse(parent.value) == "Literal"
         if named and not literal_type and call_attr != "script":
-            found.append((getattr(node, "lineno", 0), ast.unparse(node)))
+            found.append((getattr(node, "lineno", 0), ast.unparse(node), is_key))
     return found
 
 
 def python_drift(path: str, source: str, *, everywhere: bool = False) -> list[str]:
+    """Every literal of ``source`` that spells a ``wire`` name; ``path`` as in ``ELSEWHERE``."""
     names = set(wire.constants().values())
     prefixes = [n for n in names if n.endswith("_")]
     hits = []
-    for line, literal in named_literals(ast.parse(source), everywhere=everywhere):
+    for line, literal, is_key in named_literals(ast.parse(source), everywhere=everywhere):
         words = set(re.findall(r"[\"']([^\"'{]*)", literal))
         drifted = {w for w in words if w in names or any(w.startswith(p) for p in prefixes)}
-        hits += [(line, w) for w in drifted if (path, w) not in ELSEWHERE]
+        hits += [
+            (line, w)
+            for w in drifted
+            if (path, w) not in ELSEWHERE and not (is_key and (path, f"key:{w}") in ELSEWHERE)
+        ]
     return [f"{path}:{line}: {word!r}" for line, word in sorted(hits)]
+
+
+def modules() -> dict[str, str]:
+    """Every module of the three runtime packages: path as in ``ELSEWHERE`` -> source."""
+    return {
+        f"{Path(package).name}/{p.relative_to(ROOT / package)}": p.read_text(encoding="utf-8")
+        for package in PACKAGES
+        for p in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def imports(source: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def short(path: str) -> str:
+    return path.split("/src/", 1)[1]
 
 
 def test_the_queue_modules_spell_wire_names_only_as_constants() -> None:
     drift = [
-        hit
-        for path in PROTOCOL_MODULES
-        for hit in python_drift(path, (ROOT / path).read_text(encoding="utf-8"), everywhere=True)
+        hit for path in QUEUE_MODULES for hit in python_drift(short(path), (ROOT / path).read_text(), everywhere=True)
     ]
     assert drift == [], "use the analysis_core.wire constants instead"
+
+
+def test_modules_that_use_the_queue_spell_wire_names_only_as_constants() -> None:
+    checked, drift = [], []
+    for path, source in modules().items():
+        if path in UNCHECKED or path.endswith("/wire.py") or not imports(source) & QUEUE_IMPORTS:
+            continue
+        checked.append(path)
+        drift += python_drift(path, source)
+    assert {"analysis_worker/loop.py", "analysis_operator/status.py", "analysis_operator/reconciler.py"} <= set(checked)
+    assert drift == [], "use the analysis_core.wire constants instead (or say in ELSEWHERE why a word means else)"
 
 
 def test_the_python_drift_check_sees_what_it_looks_for() -> None:
@@ -289,12 +369,33 @@ def test_the_python_drift_check_sees_what_it_looks_for() -> None:
         'outcome = {"status": "dead", wire.OUTCOME_INPUT: x}\n'
         'n = counters.get("dead_lettered", 0) + counters["rerun"]\n'
         'if flags.get(wire.FLAG_RUN) in ("failed", other): client.hset(key, "retry_token", t)\n'
-        'log.info("failed", extra={"why": f"approved_round_{n}"})\n'
+        'increments = {f"approved_round_{n}": 1}\n'
         'await LUA.script(client, "retry")(keys=[k], args=["done"])\n'
+        'fields = {"item": item}\n'
+        'log.info("failed", extra={"fields": {**fields, "error": why}})\n'
     )
     assert python_drift("x.py", snippet) == [
         "x.py:3: 'dead'", "x.py:3: 'status'", "x.py:4: 'dead_lettered'", "x.py:4: 'rerun'", "x.py:5: 'failed'",
         "x.py:5: 'retry_token'", "x.py:6: 'approved_round_'",
     ]  # fmt: skip
     everywhere = python_drift("x.py", snippet, everywhere=True)
-    assert everywhere == sorted([*python_drift("x.py", snippet), "x.py:6: 'failed'"])
+    assert everywhere == sorted(
+        [*python_drift("x.py", snippet), "x.py:8: 'item'", "x.py:9: 'error'", "x.py:9: 'failed'", "x.py:9: 'fields'"]
+    )
+
+
+def test_only_the_queue_modules_talk_to_redis() -> None:
+    """The reconciler, the worker loop and the rest call the producer's or the consumer's functions instead."""
+    others = ("get", "set", "delete", "exists", "append", "close", "aclose", "info", "time", "wait", "shutdown",
+              "digest", "from_url", "copy", "sort", "keys", "type", "lock", "echo", "watch")  # fmt: skip
+    commands = {name for name in dir(redis.asyncio.Redis) if not name.startswith("_")} - set(others)
+    assert {"hset", "hincrby", "mget", "xadd", "scan_iter", "unlink", "pipeline", "register_script"} <= commands
+    queue_modules = {short(path) for path in QUEUE_MODULES}
+    calls = [
+        f"{path}:{node.lineno}: {node.func.attr}"
+        for path, source in modules().items()
+        if path not in queue_modules
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in commands
+    ]
+    assert calls == []

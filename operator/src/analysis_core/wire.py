@@ -28,7 +28,7 @@ instead. What the names are:
 - ``RELEASE_*``: where ``release.lua`` sends released items;
 - ``COLLECTED_*``: the fields of each element of a collect stage's combined
   input (a JSON list, what its prompt sees as ``input``);
-- ``BEAT_*``: what the operator reads from a worker's heartbeat.
+- ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``).
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ COLLECTED_OUTPUT = "output"
 
 # ---- a worker's heartbeat
 BEAT_IN_FLIGHT = "in_flight"  # items the worker holds
+BEAT_AT = "at"  # when it was written (epoch seconds)
+BEAT_POD = "pod"
 
 
 def approved_in_round(round_: int) -> str:

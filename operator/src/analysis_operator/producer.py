@@ -1,10 +1,12 @@
 """The operator's side of the batch's Redis queue: seed, release, collect, seal, snapshot, finals, re-runs.
 
-Called by the reconciler (``reconciler.py``) and by tests. Each
-call is one round trip, mostly one Lua script from ``lua/`` next to this
-module, so it is atomic and can be repeated: seeding and collecting run once
-(markers), a release records each item's outcome with first-writer-wins, and
-a re-run requeues each failed end once. The consumer side, which workers run,
+The operator touches a batch's Redis data through this module only: the
+reconciler (``reconciler.py``) every step, the teardown (``teardown.py``)
+when the batch is deleted. Each call is one round trip, mostly one Lua script
+from ``lua/`` next to this module, so it is atomic and can be repeated:
+seeding and collecting run once (markers), a release records each item's
+outcome with first-writer-wins, a re-run requeues each failed end once, and
+flags are set to a value rather than toggled. The consumer side, which workers run,
 is ``analysis_worker.consumer``; what both share is ``analysis_core.queue``.
 
 Where items end (finals): the step that ends an item's journey also appends
@@ -49,6 +51,26 @@ class Snapshot:
     seeded: bool
     usage: dict[str, int] = dataclasses.field(default_factory=dict)  # wire.USAGE_* -> tokens, nano-dollars
     flags: dict[str, str] = dataclasses.field(default_factory=dict)  # wire.FLAG_* -> value
+
+    @property
+    def suspended(self) -> bool:
+        """Workers claim nothing (``suspend``)."""
+        return wire.FLAG_SUSPENDED in self.flags
+
+    @property
+    def budget_exceeded(self) -> str | None:
+        """Why workers stopped claiming for the budget, if a worker found it used up."""
+        return self.flags.get(wire.FLAG_BUDGET_EXCEEDED)
+
+    @property
+    def retry_token(self) -> str | None:
+        """The retry-failed annotation value last acted on (``mark_retried``)."""
+        return self.flags.get(wire.FLAG_RETRY_TOKEN)
+
+    @property
+    def run(self) -> int:
+        """How many re-runs the batch had; part of every Job's name, so a re-run gets fresh Jobs."""
+        return int(self.flags.get(wire.FLAG_RUN) or 0)
 
 
 async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snapshot:
@@ -142,6 +164,56 @@ async def seed(client: queue.Redis, uid: str, stages: Sequence[str], items: Sequ
 async def seal(client: queue.Redis, uid: str, stage: str) -> None:
     """Mark ``stage`` as receiving no more work: its Job-mode workers exit once it has drained."""
     await client.sadd(keys_.BatchKeys(uid).sealed, stage)
+
+
+# ---------------------------------------------------------------- flags and workers
+
+
+async def suspend(client: queue.Redis, uid: str, why: str) -> None:
+    """Stop new claims: workers check before every claim; what they hold runs to its end."""
+    await client.hset(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED, why)
+
+
+async def resume(client: queue.Redis, uid: str) -> None:
+    """Let workers claim again after ``suspend``."""
+    await client.hdel(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED)
+
+
+async def clear_budget_exceeded(client: queue.Redis, uid: str) -> None:
+    """Forget that a worker found the budget used up (the budget was raised): workers claim again."""
+    await client.hdel(keys_.BatchKeys(uid).flags, wire.FLAG_BUDGET_EXCEEDED)
+
+
+async def mark_retried(client: queue.Redis, uid: str, token: str) -> None:
+    """Record that the retry-failed value ``token`` was acted on, and count a new run (``Snapshot.run``)."""
+    flags = keys_.BatchKeys(uid).flags
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(flags, wire.FLAG_RETRY_TOKEN, token)
+        pipe.hincrby(flags, wire.FLAG_RUN, 1)
+        await pipe.execute()
+
+
+async def items_in_flight(client: queue.Redis, uid: str, stage: str, pods: Sequence[str]) -> dict[str, int]:
+    """How many items each worker pod of ``stage`` holds, as its heartbeat says (0 without one); one round trip."""
+    k = keys_.BatchKeys(uid)
+    beats = await client.mget([k.health(stage, pod) for pod in pods]) if pods else []
+    return {
+        pod: 0 if beat is None else int(json.loads(beat).get(wire.BEAT_IN_FLIGHT, 0))
+        for pod, beat in zip(pods, beats, strict=True)
+    }
+
+
+async def remove(client: queue.Redis, uid: str, *, page: int = 1000) -> int:
+    """Unlink every key of the batch; returns how many. They share its hash tag, so one pattern finds them all."""
+    removed, batch = 0, []
+    async for key in client.scan_iter(match=keys_.BatchKeys(uid).pattern, count=page):
+        batch.append(key)
+        if len(batch) >= page:
+            removed += int(await client.unlink(*batch))
+            batch = []
+    if batch:
+        removed += int(await client.unlink(*batch))
+    return removed
 
 
 # ---------------------------------------------------------------- finals and re-runs

@@ -33,7 +33,6 @@ and the work between them is small and bounded by the plan's size.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ import kopf
 import pydantic
 import yaml
 
-from analysis_core import keys, plan, queue, wire
+from analysis_core import plan, queue
 from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1
 from analysis_operator import builders, completion, kube, producer, results, status
 from analysis_operator.config import OperatorConfig
@@ -239,7 +238,7 @@ class Reconciler:
             problems=problems,
             suspended=spec.suspend,
             results=exported,
-            retried_failed=snapshot.flags.get(wire.FLAG_RETRY_TOKEN),
+            retried_failed=snapshot.retry_token,
         )
 
     async def _publish(
@@ -266,7 +265,6 @@ class Reconciler:
         """Seed, mirror flags, release, collect, seal; the snapshot and state after all that."""
         the_plan, spec = compiled.plan, compiled.spec
         names = [s.name for s in the_plan.stages]
-        flags_key = keys.BatchKeys(batch.uid).flags
         snapshot = await producer.snapshot(self.redis, batch.uid, names)
         if not snapshot.seeded:
             await producer.seed(self.redis, batch.uid, names, compiled.items)
@@ -277,14 +275,14 @@ class Reconciler:
             snapshot = await producer.snapshot(self.redis, batch.uid, names)
         state = completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
         stop = spec.suspend or state.phase is completion.Phase.FAILED
-        if stop and wire.FLAG_SUSPENDED not in snapshot.flags:
+        if stop and not snapshot.suspended:
             why = "spec.suspend" if spec.suspend else "the batch failed"
-            await self.redis.hset(flags_key, wire.FLAG_SUSPENDED, why)
-        elif not stop and wire.FLAG_SUSPENDED in snapshot.flags:
-            await self.redis.hdel(flags_key, wire.FLAG_SUSPENDED)
-        over = snapshot.flags.get(wire.FLAG_BUDGET_EXCEEDED)
+            await producer.suspend(self.redis, batch.uid, why)
+        elif not stop and snapshot.suspended:
+            await producer.resume(self.redis, batch.uid)
+        over = snapshot.budget_exceeded
         if over and (the_plan.budget is None or the_plan.budget.exceeded(snapshot.usage) is None):
-            await self.redis.hdel(flags_key, wire.FLAG_BUDGET_EXCEEDED)  # the budget was raised
+            await producer.clear_budget_exceeded(self.redis, batch.uid)  # the budget was raised
         acted = False
         for gate, items in the_plan.approvals.items():
             if snapshot.stages[gate].ready:
@@ -310,12 +308,10 @@ class Reconciler:
         True when it acted on a new value (the snapshot is then out of date).
         """
         token = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY_FAILED)
-        if not token or snapshot.flags.get(wire.FLAG_RETRY_TOKEN) == token:
+        if not token or snapshot.retry_token == token:
             return False
-        flags_key = keys.BatchKeys(batch.uid).flags
         rerun = await producer.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
-        await self.redis.hset(flags_key, wire.FLAG_RETRY_TOKEN, token)
-        await self.redis.hincrby(flags_key, wire.FLAG_RUN, 1)
+        await producer.mark_retried(self.redis, batch.uid, token)
         kopf.info(body, reason="RetryFailed", message=f"re-running {rerun} failed or dead-lettered items")
         return True
 
@@ -332,7 +328,7 @@ class Reconciler:
         stopping: bool,
         problems: list[status.Problem],
     ) -> None:
-        run = int(snapshot.flags.get(wire.FLAG_RUN, "0") or 0)
+        run = snapshot.run
         for stage in the_plan.stages:
             if stage.provider is None:
                 continue
@@ -398,14 +394,12 @@ class Reconciler:
 
     async def _protect_busy(self, batch: builders.Batch, stage: str, children: Children) -> None:
         """Before a Deployment shrinks: busy workers get a high pod-deletion-cost, so idle ones go first."""
-        k = keys.BatchKeys(batch.uid)
         pods = [p for p in children.pods if p.stage == stage and p.live]
         if not pods:
             return
-        beats = await self.redis.mget([k.health(stage, p.name) for p in pods])
-        for pod, beat in zip(pods, beats, strict=True):
-            busy = beat is not None and json.loads(beat).get("in_flight", 0) > 0
-            cost = BUSY_POD_COST if busy else "0"
+        held = await producer.items_in_flight(self.redis, batch.uid, stage, [p.name for p in pods])
+        for pod in pods:
+            cost = BUSY_POD_COST if held[pod.name] > 0 else "0"
             if pod.deletion_cost != cost:
                 patch = {"metadata": {"annotations": {builders.ANNOTATION_DELETION_COST: cost}}}
                 await self.kube.merge_patch(kube.PODS, batch.namespace, pod.name, patch)

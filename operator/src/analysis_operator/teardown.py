@@ -21,11 +21,10 @@ from typing import Any
 
 import kopf
 
-from analysis_core import keys, queue, wire
-from analysis_operator import builders, kube
+from analysis_core import keys, queue
+from analysis_operator import builders, kube, producer
 
 GIVE_UP_AFTER = 60  # retries, about two seconds apart while pods drain, longer while Redis is away
-SCAN_COUNT = 1000
 
 
 async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, retry: int, logger: kopf.Logger) -> None:
@@ -56,7 +55,7 @@ async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, r
 
 
 async def _stop_claims(redis: queue.Redis, uid: str) -> None:
-    await redis.hset(keys.BatchKeys(uid).flags, wire.FLAG_SUSPENDED, "the batch is being deleted")
+    await producer.suspend(redis, uid, "the batch is being deleted")
 
 
 def _running(pod: Mapping[str, Any]) -> bool:
@@ -64,19 +63,5 @@ def _running(pod: Mapping[str, Any]) -> bool:
 
 
 async def sweep(redis: queue.Redis, uid: str) -> int:
-    """Unlink every key of the batch (they share its hash tag, so one pattern finds them all)."""
-    removed = 0
-    async for batch in _scan_batches(redis, keys.BatchKeys(uid).pattern):
-        removed += int(await redis.unlink(*batch))
-    return removed
-
-
-async def _scan_batches(redis: queue.Redis, pattern: str) -> Any:
-    batch: list[str] = []
-    async for key in redis.scan_iter(match=pattern, count=SCAN_COUNT):
-        batch.append(key)
-        if len(batch) >= SCAN_COUNT:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    """Unlink every key of the batch."""
+    return await producer.remove(redis, uid)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -251,6 +252,28 @@ async def usage(client: queue.Redis, uid: str) -> dict[str, int]:
     return {str(field): int(value) for field, value in raw.items()}
 
 
-async def raise_flag(client: queue.Redis, uid: str, flag: str, why: str) -> bool:
-    """Tell the operator something (once): True if this call raised it."""
-    return bool(await client.hsetnx(keys_.BatchKeys(uid).flags, flag, why))
+async def suspended(client: queue.Redis, uid: str) -> bool:
+    """The operator suspended the batch (``spec.suspend``, a failed batch, a deletion): claim nothing now."""
+    return bool(await client.hexists(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED))
+
+
+async def raise_budget_exceeded(client: queue.Redis, uid: str, why: str) -> bool:
+    """Tell every worker and the operator that the budget is used up (once): True if this call said it first."""
+    return bool(await client.hsetnx(keys_.BatchKeys(uid).flags, wire.FLAG_BUDGET_EXCEEDED, why))
+
+
+async def beat(
+    client: queue.Redis, uid: str, stage: str, pod: str, *, in_flight: int, ttl_s: float, about: Mapping[str, Any]
+) -> None:
+    """Write this worker's heartbeat, which expires after ``ttl_s`` unless written again.
+
+    ``in_flight`` is what the operator reads (``producer.items_in_flight``);
+    ``about`` (the worker's tallies) is there for people reading the key.
+    """
+    payload = {wire.BEAT_AT: time.time(), wire.BEAT_POD: pod, wire.BEAT_IN_FLIGHT: in_flight, **about}
+    await client.set(keys_.BatchKeys(uid).health(stage, pod), json.dumps(payload), px=int(ttl_s * 1000))
+
+
+async def beating(client: queue.Redis, uid: str, stage: str, pod: str) -> bool:
+    """This worker's heartbeat has not expired."""
+    return bool(await client.exists(keys_.BatchKeys(uid).health(stage, pod)))

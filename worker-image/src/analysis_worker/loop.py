@@ -265,12 +265,7 @@ class Worker:
                     next_renew = now + self.lease_s / 3
                 await self.queue.promote()
                 if now >= next_beat:
-                    info = {
-                        "pod": self.cfg.pod_name,
-                        wire.BEAT_IN_FLIGHT: len(self.inflight),
-                        **dataclasses.asdict(self.stats),
-                    }
-                    await health.beat(self.client, self.cfg, info)
+                    await health.beat(self.client, self.cfg, len(self.inflight), dataclasses.asdict(self.stats))
                     next_beat = now + self.cfg.health_ttl_s / 3
             except queue.UNAVAILABLE as exc:
                 log.warning("redis unavailable", extra={"fields": {"error": str(exc)}})
@@ -278,7 +273,7 @@ class Worker:
 
     async def _claims_blocked(self) -> bool:
         """The batch is suspended (spec.suspend) or its budget is used up: claim nothing now."""
-        suspended = await self.client.hexists(self.queue.keys.flags, wire.FLAG_SUSPENDED)
+        suspended = await consumer.suspended(self.client, self.cfg.batch_uid)
         if suspended != self._suspended:
             self._suspended = bool(suspended)
             log.info("suspended: no new claims" if suspended else "resumed")
@@ -290,7 +285,7 @@ class Worker:
         why = budget.exceeded(await consumer.usage(self.client, self.cfg.batch_uid))
         if why:
             self._over_budget = why
-            await consumer.raise_flag(self.client, self.cfg.batch_uid, wire.FLAG_BUDGET_EXCEEDED, why)
+            await consumer.raise_budget_exceeded(self.client, self.cfg.batch_uid, why)
             log.warning("budget used up: no new claims", extra={"fields": {"why": why}})
         return self._over_budget is not None
 

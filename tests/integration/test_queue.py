@@ -214,3 +214,50 @@ async def test_a_redelivered_fan_out_completion_creates_no_second_set_of_childre
     downstream = await consumer.stage_counts(clients[0], uid, "b")
     assert downstream.ready == 2
     assert (await q.counts()).counters == {"succeeded": 1, "children": 2}
+
+
+async def test_flags_the_operator_sets_are_what_workers_and_snapshots_read(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    client = clients[0]
+    uid = await seeded(clients, ["NVDA"])
+    snap = await producer.snapshot(client, uid, ["a", "b"])
+    assert (snap.suspended, snap.budget_exceeded, snap.retry_token, snap.run) == (False, None, None, 0)
+    await producer.suspend(client, uid, "spec.suspend")
+    assert await consumer.suspended(client, uid)
+    assert await consumer.raise_budget_exceeded(client, uid, "400 tokens used")
+    assert not await consumer.raise_budget_exceeded(client, uid, "500 tokens used")  # the first one says it
+    await producer.mark_retried(client, uid, "t1")
+    await producer.mark_retried(client, uid, "t2")
+    snap = await producer.snapshot(client, uid, ["a", "b"])
+    assert (snap.suspended, snap.budget_exceeded, snap.retry_token, snap.run) == (True, "400 tokens used", "t2", 2)
+    await producer.resume(client, uid)
+    await producer.clear_budget_exceeded(client, uid)
+    assert not await consumer.suspended(client, uid)
+    snap = await producer.snapshot(client, uid, ["a", "b"])
+    assert (snap.suspended, snap.budget_exceeded, snap.run) == (False, None, 2)
+
+
+async def test_the_operator_reads_what_each_worker_holds_from_its_heartbeat(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    client, uid = clients[0], uuid.uuid4().hex
+    await consumer.beat(client, uid, "a", "pod-1", in_flight=2, ttl_s=5, about={"claimed": 7})
+    await consumer.beat(client, uid, "a", "pod-2", in_flight=0, ttl_s=5, about={})
+    assert await consumer.beating(client, uid, "a", "pod-1")
+    assert not await consumer.beating(client, uid, "a", "pod-3")
+    held = await producer.items_in_flight(client, uid, "a", ["pod-1", "pod-2", "pod-3"])
+    assert held == {"pod-1": 2, "pod-2": 0, "pod-3": 0}
+    assert await producer.items_in_flight(client, uid, "a", []) == {}
+    await consumer.beat(client, uid, "a", "pod-1", in_flight=1, ttl_s=0.05, about={})
+    await asyncio.sleep(0.2)
+    assert not await consumer.beating(client, uid, "a", "pod-1")  # a worker that stops beating goes stale
+
+
+async def test_removing_a_batch_leaves_other_batches_alone(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    client = clients[0]
+    gone, kept = await seeded(clients, ["NVDA", "AMD"]), await seeded(clients, ["TSM"])
+    await producer.suspend(client, gone, "the batch is being deleted")
+    assert await producer.remove(client, gone, page=2) == 4  # both streams, the seeded marker, the flags
+    assert await client.keys(keys.BatchKeys(gone).pattern) == []
+    assert (await consumer.stage_counts(client, kept, "a")).ready == 1

@@ -10,9 +10,9 @@ The queue has two sides, each in the package of the process that runs it:
   back what it holds when it stops.
 
 They agree on the key names (``keys``), the names inside the keys
-(``wire``), the message format (``Message``), and the script registry
-(``scripts``). This module holds
-the rest of what both need, and nothing that only one side uses.
+(``wire``), the message format (``Message``) and the script registry
+(``scripts``). This module holds the rest of what both need, and nothing
+that only one side uses.
 
 Why Streams with a consumer group, not lists with a lease set
 --------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 The operator touches a batch's Redis data through this module only: the
 reconciler (``reconciler.py``) every step, the teardown (``teardown.py``)
-when the batch is deleted. Each call is one round trip, mostly one Lua script
-from ``lua/`` next to this module, so it is atomic and can be repeated:
-seeding and collecting run once (markers), a release records each item's
-outcome with first-writer-wins, a re-run requeues each failed end once, and
-flags are set to a value rather than toggled. The consumer side, which workers run,
-is ``analysis_worker.consumer``; what both share is ``analysis_core.queue``.
+when the batch is deleted. Whatever changes more than one key is one Lua
+script from ``lua/`` next to this module, so it is atomic; and every call can
+be repeated: seeding and collecting run once (markers), a release records
+each item's outcome with first-writer-wins, a re-run requeues each failed end
+once, and flags are set to a value rather than toggled. The consumer side,
+which workers run, is ``analysis_worker.consumer``; what both share is
+``analysis_core.queue``.
 
 Where items end (finals): the step that ends an item's journey also appends
 its idempotency key to the batch's finals list (``keys.BatchKeys.finals``),
@@ -22,8 +23,8 @@ the list incrementally (``finals``, with a cursor of its own) and
 
 Re-runs: ``retry_failed`` requeues each failed or dead-lettered end into the
 stage where it ended at the next attempt number, so idempotency keys stay
-unique, with ``queue.Message.first_attempt`` set to that number so the worker's
-retry policy counts a fresh budget from it.
+unique, with ``queue.Message.first_attempt`` set to that number so the
+worker's retry policy counts a fresh budget from it.
 
 Decides nothing: when to seal, collect or fail is ``completion``'s to say,
 from a ``snapshot``.

@@ -1,9 +1,12 @@
 """The worker's side of the batch's Redis queue: claim, lease, complete, retry, reclaim, hand back.
 
 A ``StageQueue`` is one stage's queue as one consumer (a worker pod, named by
-the pod) sees it; ``loop.Worker`` is its only caller besides tests. Every
-change of state is one Lua script from ``lua/`` next to this module, so it
-is atomic and replay-safe. Completing an attempt records its outcome under
+the pod) sees it, for ``loop.Worker``; the functions below it are the
+worker's reads of the whole batch (counts, usage, the flags), the budget flag
+it raises and its heartbeat (``health``). The worker touches Redis through
+this module and ``ratelimit`` only. Every change of state that touches more
+than one key is one Lua script from ``lua/`` next to this module, so it is
+atomic and replay-safe. Completing an attempt records its outcome under
 the idempotency key with HSETNX, stores the result, counts, routes follow-ups
 and acknowledges in one step (``complete.lua``); the first completion wins
 and a duplicate (a redelivered item whose first worker was slow, not dead)
@@ -47,7 +50,8 @@ class Route:
     """A follow-up message for a stage, written in the same step as the completion.
 
     ``gather``: the stage collects (fan-in), so the item waits in its gathering
-    hash until ``collect`` combines everything that reached it.
+    hash until the operator combines everything that reached it
+    (``analysis_operator.producer.collect``).
     """
 
     stage: str

@@ -56,9 +56,11 @@ from typing import Any
 
 import redis.exceptions
 
-from analysis_core import env, keys, plan, queue, ratelimit
+from analysis_core import env, keys, plan, queue
 from analysis_core.api import v1alpha1
 from analysis_devcluster import binaries
+from analysis_operator import producer
+from analysis_worker import consumer, ratelimit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "queue.json"
@@ -298,7 +300,7 @@ class Bench:
         await self.wait_until(all_beat, "every worker's first heartbeat", processes, timeout_s=60)
 
     async def succeeded(self, uid: str) -> int:
-        return (await queue.stage_counts(self.client, uid, STAGE)).counters.get("succeeded", 0)
+        return (await consumer.stage_counts(self.client, uid, STAGE)).counters.get("succeeded", 0)
 
     async def ours(self, workers: int, n: int, *, backlog_first: bool) -> Timed:
         uid, plan_path = self.write_plan(latency_ms=0)
@@ -306,18 +308,18 @@ class Bench:
         processes: list[Any] = []
         try:
             if backlog_first:
-                await queue.seed(self.client, uid, [STAGE], items)
+                await producer.seed(self.client, uid, [STAGE], items)
                 started = time.perf_counter()
                 processes, _ = self.start_workers(uid, plan_path, workers)
             else:
                 processes, pods = self.start_workers(uid, plan_path, workers)
                 await self.wait_healthy(uid, pods, processes)
                 started = time.perf_counter()
-                await queue.seed(self.client, uid, [STAGE], items)
+                await producer.seed(self.client, uid, [STAGE], items)
             timed = await self.timed_until_done(started, lambda: self.succeeded(uid), n, processes)
         finally:
             self.procs.stop(processes)
-        counts = await queue.stage_counts(self.client, uid, STAGE)
+        counts = await consumer.stage_counts(self.client, uid, STAGE)
         if counts.counters.get("succeeded") != n or counts.counters.get("failed", 0) or not counts.drained:
             raise RuntimeError(f"ours, {workers} workers: unexpected end state {counts}")
         await self.client.flushall()
@@ -431,14 +433,14 @@ class Bench:
         processes, pods = self.start_workers(uid, plan_path, workers)
         try:
             await self.wait_healthy(uid, pods, processes)
-            await queue.seed(self.client, uid, [STAGE], [f"L{i:06d}" for i in range(backlog)])
+            await producer.seed(self.client, uid, [STAGE], [f"L{i:06d}" for i in range(backlog)])
             await asyncio.sleep(duration_s)
             stop_ms = int(time.time() * 1000)
         finally:
             # SIGTERM: calls in flight finish and are recorded; calls granted while draining count too.
             self.procs.stop(processes)
         outcomes = [json.loads(v) for v in (await self.client.hgetall(keys.BatchKeys(uid).outcomes)).values()]
-        counts = await queue.stage_counts(self.client, uid, STAGE)
+        counts = await consumer.stage_counts(self.client, uid, STAGE)
         await self.client.flushall()
         if any(o["status"] != "succeeded" for o in outcomes) or counts.counters.get("failed", 0):
             raise RuntimeError(f"limiter run: not every call succeeded ({counts})")

@@ -38,9 +38,11 @@ from typing import Any
 import pytest
 import redis
 
-from analysis_core import env, keys, plan, queue, routing
+from analysis_core import env, keys, plan, queue
 from analysis_core.api import v1alpha1
 from analysis_devcluster import cluster
+from analysis_operator import producer
+from analysis_worker import routing
 from analysis_worker.providers import base, offline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +129,7 @@ class Batch:
     async def seed(self) -> None:
         client = queue.connect(self.redis_url)
         try:
-            await queue.seed(client, self.uid, [s.name for s in self.plan.stages], self.items)
+            await producer.seed(client, self.uid, [s.name for s in self.plan.stages], self.items)
         finally:
             await client.aclose()
 
@@ -279,7 +281,7 @@ def simulate(the_plan: plan.Plan, items: list[str]) -> Prediction:
             waiting = next((s for s in the_plan.stages if gathered[s.name]), None)
             if waiting is None:
                 return prediction
-            combined = queue.Message(queue.collected_id(gathered[waiting.name]),
+            combined = queue.Message(producer.collected_id(gathered[waiting.name]),
                                      input=f"{the_plan.uid}/{waiting.name}/collected")  # fmt: skip
             todo[waiting.name].append(combined)
             gathered[waiting.name] = {}

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from analysis_core import completion, keys, queue
+from analysis_core import keys, queue
 from analysis_core.api import v1alpha1
+from analysis_operator import completion, producer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -42,15 +43,15 @@ async def test_stock_research_runs_to_the_predicted_results(workers: Any, redis:
             workers.start(batch, stage.name, ANALYSIS_MODE="job")
     await batch.seed()
     while True:  # the operator's part
-        snap = await queue.snapshot(redis, batch.uid, names)
+        snap = await producer.snapshot(redis, batch.uid, names)
         for gate, approved in the_plan.approvals.items():
             after = the_plan.stage(gate).next
             gather = after is not None and the_plan.stage(after).collect
-            await queue.release(redis, batch.uid, gate, after, approved, gather=gather)
+            await producer.release(redis, batch.uid, gate, after, approved, gather=gather)
         for stage in completion.collectable(the_plan, snap):
-            await queue.collect(redis, batch.uid, stage)
+            await producer.collect(redis, batch.uid, stage)
         for stage in completion.sealable(the_plan, snap):
-            await queue.seal(redis, batch.uid, stage)
+            await producer.seal(redis, batch.uid, stage)
         state = completion.state(the_plan, snap, max_failed_items=1)
         assert state.phase is not completion.Phase.FAILED, state.reason
         if state.phase is completion.Phase.COMPLETE:

@@ -4,7 +4,9 @@ from typing import Any
 
 import pytest
 
-from analysis_core import completion, plan, queue
+from analysis_core import plan, queue
+from analysis_operator import completion, producer
+from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,25 +31,25 @@ async def test_items_wait_at_the_gate_until_approved(workers: Any, redis: queue.
     stages = [s.name for s in batch.plan.stages]
 
     async def waiting() -> int:
-        return (await queue.snapshot(redis, batch.uid, stages)).stages["sign-off"].ready
+        return (await producer.snapshot(redis, batch.uid, stages)).stages["sign-off"].ready
 
     await workers.eventually(lambda: _equals(waiting, len(items)), 20, "every item waiting at the gate")
     # The operator releases what the plan's approvals name; the rest keeps waiting.
-    assert await queue.release(redis, batch.uid, "sign-off", "publish", batch.plan.approvals["sign-off"]) == 1
-    assert await queue.release(redis, batch.uid, "sign-off", "publish", ["AMD"]) == 0  # idempotent
+    assert await producer.release(redis, batch.uid, "sign-off", "publish", batch.plan.approvals["sign-off"]) == 1
+    assert await producer.release(redis, batch.uid, "sign-off", "publish", ["AMD"]) == 0  # idempotent
 
     async def published() -> int:
-        return (await queue.stage_counts(redis, batch.uid, "publish")).counters.get("succeeded", 0)
+        return (await consumer.stage_counts(redis, batch.uid, "publish")).counters.get("succeeded", 0)
 
     await workers.eventually(lambda: _equals(published, 1), 20, "AMD published")
-    snap = await queue.snapshot(redis, batch.uid, stages)
+    snap = await producer.snapshot(redis, batch.uid, stages)
     assert snap.stages["sign-off"].ready == 3
     assert completion.state(batch.plan, snap, 0).phase is completion.Phase.RUNNING
     # An approval of the whole stage, added later (no restart), releases everyone still waiting.
     later = plan.Plan.model_validate({**batch.plan.model_dump(), "approvals": {"sign-off": None}})
-    assert await queue.release(redis, batch.uid, "sign-off", "publish", later.approvals["sign-off"]) == 3
+    assert await producer.release(redis, batch.uid, "sign-off", "publish", later.approvals["sign-off"]) == 3
     await workers.eventually(lambda: _equals(published, len(items)), 20, "everything published")
-    gate = (await queue.stage_counts(redis, batch.uid, "sign-off")).counters
+    gate = (await consumer.stage_counts(redis, batch.uid, "sign-off")).counters
     assert gate == {"succeeded": 4, "approved": 4}
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from analysis_core import queue
+from analysis_operator import producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,15 +25,15 @@ async def test_a_token_budget_stops_new_claims(workers: Any, redis: queue.Redis)
     worker = workers.start(batch, "only")
 
     async def flagged() -> dict[str, str] | None:
-        snap = await queue.snapshot(redis, batch.uid, ["only"])
+        snap = await producer.snapshot(redis, batch.uid, ["only"])
         return snap.flags or None
 
     flags = await workers.eventually(flagged, 30, "the budget flag raised")
     assert "budget.maxTokens is 400" in flags["budget_exceeded"]
     await asyncio.sleep(1.0)  # items in flight finish
-    before = await queue.snapshot(redis, batch.uid, ["only"])
+    before = await producer.snapshot(redis, batch.uid, ["only"])
     await asyncio.sleep(1.5)
-    after = await queue.snapshot(redis, batch.uid, ["only"])
+    after = await producer.snapshot(redis, batch.uid, ["only"])
     done = after.stages["only"].counters["succeeded"]
     assert done == before.stages["only"].counters["succeeded"]  # no new claims
     assert 0 < done < len(items)
@@ -60,11 +61,11 @@ async def test_a_cost_budget_stops_new_claims(workers: Any, redis: queue.Redis, 
     workers.start(batch, "only", ANALYSIS_PRICES_PATH=str(prices))
 
     async def flagged() -> dict[str, str] | None:
-        return (await queue.snapshot(redis, batch.uid, ["only"])).flags or None
+        return (await producer.snapshot(redis, batch.uid, ["only"])).flags or None
 
     flags = await workers.eventually(flagged, 30, "the budget flag raised")
     assert "budget.maxCostUSD is $0.5000" in flags["budget_exceeded"]
     await asyncio.sleep(1.0)
-    snap = await queue.snapshot(redis, batch.uid, ["only"])
+    snap = await producer.snapshot(redis, batch.uid, ["only"])
     assert 0 < snap.stages["only"].counters["succeeded"] < len(items)
     assert snap.usage["cost_nusd"] >= 0.5e9

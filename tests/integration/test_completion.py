@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from analysis_core import completion, queue
+from analysis_core import queue
+from analysis_operator import completion, producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,9 +30,9 @@ async def test_job_workers_exit_once_sealed_and_the_batch_completes(workers: Any
     await batch.seed()
     seal_order: list[str] = []
     while True:  # the operator's part
-        snap = await queue.snapshot(redis, batch.uid, stages)
+        snap = await producer.snapshot(redis, batch.uid, stages)
         for stage in completion.sealable(batch.plan, snap):
-            await queue.seal(redis, batch.uid, stage)
+            await producer.seal(redis, batch.uid, stage)
             seal_order.append(stage)
         if completion.state(batch.plan, snap, max_failed_items=0).phase is completion.Phase.COMPLETE:
             break
@@ -39,6 +40,6 @@ async def test_job_workers_exit_once_sealed_and_the_batch_completes(workers: Any
     assert seal_order == ["draft", "review", "report"]
     for worker in running:
         assert await asyncio.to_thread(worker.process.wait, 20) == 0
-    final = await queue.snapshot(redis, batch.uid, stages)
+    final = await producer.snapshot(redis, batch.uid, stages)
     assert final.stages["report"].counters["succeeded"] == len(items)
     assert final.stages["review"].counters.get("rejected", 0) > 0  # the loop really looped before sealing

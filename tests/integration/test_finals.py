@@ -4,7 +4,7 @@ The finals list must hold every end the ``simulate`` prediction has, each
 item exactly once: the last stage's successes, a judge's ``onExhausted``
 outcome (the reviewed answer passed on for ``AcceptLast``, a failure for
 ``Fail``), a fan-out without children, failures and dead letters. Then
-``queue.retry_failed`` requeues exactly the failed ones, with a fresh
+``producer.retry_failed`` requeues exactly the failed ones, with a fresh
 attempt budget, unsealing what was sealed, and they finish.
 """
 
@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from analysis_core import completion, keys, plan, queue, routing
+from analysis_core import keys, plan, queue
 from analysis_devcluster import standin
+from analysis_operator import completion, producer
+from analysis_worker import consumer, routing
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +63,12 @@ def predicted_ends(
     return {idem: r.status for idem, r in routed.items() if not r.routes}
 
 
-async def all_finals(redis: queue.Redis, uid: str, page: int = 7) -> list[queue.FinalRecord]:
+async def all_finals(redis: queue.Redis, uid: str, page: int = 7) -> list[producer.FinalRecord]:
     """The whole list, read in pages as an exporter would."""
-    records: list[queue.FinalRecord] = []
-    while batch := await queue.finals(redis, uid, len(records), page):
+    records: list[producer.FinalRecord] = []
+    while batch := await producer.finals(redis, uid, len(records), page):
         records.extend(batch)
-    assert len(records) == await queue.finals_length(redis, uid)
+    assert len(records) == await producer.finals_length(redis, uid)
     return records
 
 
@@ -96,7 +98,7 @@ async def test_finals_are_exactly_the_predicted_ends(
 
     async def finished() -> bool:
         recorded = await redis.hlen(keys.BatchKeys(batch.uid).outcomes)
-        counts = [await queue.stage_counts(redis, batch.uid, s.name) for s in batch.plan.stages]
+        counts = [await consumer.stage_counts(redis, batch.uid, s.name) for s in batch.plan.stages]
         return recorded == len(expected) and all(c.drained for c in counts)
 
     await workers.eventually(finished, 60, "every predicted attempt recorded")
@@ -120,7 +122,7 @@ async def test_finals_are_exactly_the_predicted_ends(
         else:
             assert r.output == await redis.hget(k.results, r.idem)
     # Nothing failed but the judge's Fail ends, so nothing else is re-run.
-    assert await queue.retry_failed(redis, batch.uid, [s.name for s in batch.plan.stages]) == sum(
+    assert await producer.retry_failed(redis, batch.uid, [s.name for s in batch.plan.stages]) == sum(
         1 for status in ends.values() if status == "failed"
     )
 
@@ -156,9 +158,9 @@ async def operate(redis: queue.Redis, the_plan: plan.Plan) -> completion.BatchSt
     """The operator's part: seal from fresh atomic snapshots until the batch is Complete."""
     names = [s.name for s in the_plan.stages]
     while True:
-        snap = await queue.snapshot(redis, the_plan.uid, names)
+        snap = await producer.snapshot(redis, the_plan.uid, names)
         for stage in completion.sealable(the_plan, snap):
-            await queue.seal(redis, the_plan.uid, stage)
+            await producer.seal(redis, the_plan.uid, stage)
         state = completion.state(the_plan, snap, max_failed_items=100)
         if state.phase is completion.Phase.COMPLETE:
             return state
@@ -206,9 +208,9 @@ async def test_retry_failed_reruns_exactly_the_failed_items_with_a_fresh_budget(
     assert by_item["TECH/FLAKY"].output is None
 
     # Re-run: exactly the two failed items, once however often it is asked.
-    assert await queue.retry_failed(redis, batch.uid, names) == 2
-    assert await queue.retry_failed(redis, batch.uid, names) == 0
-    snap = await queue.snapshot(redis, batch.uid, names)
+    assert await producer.retry_failed(redis, batch.uid, names) == 2
+    assert await producer.retry_failed(redis, batch.uid, names) == 0
+    snap = await producer.snapshot(redis, batch.uid, names)
     assert snap.sealed == frozenset()  # Job-mode workers must serve the re-run: nothing is sealed
     assert snap.stages["rank"].counters["rerun"] == snap.stages["analyze"].counters["rerun"] == 1
     state = completion.state(batch.plan, snap, max_failed_items=0)
@@ -230,33 +232,33 @@ async def test_retry_failed_reruns_exactly_the_failed_items_with_a_fresh_budget(
     flaky = [outcomes[f"{batch.uid}/analyze/TECH/FLAKY/0/{n}"] for n in (1, 2, 3, 4)]
     assert flaky == ["retry", "failed", "retry", "succeeded"]
     assert outcomes[f"{batch.uid}/rank/LOCKED/0/2"] == "succeeded"
-    assert await queue.retry_failed(redis, batch.uid, names) == 0  # nothing failed any more
+    assert await producer.retry_failed(redis, batch.uid, names) == 0  # nothing failed any more
 
 
 async def test_dead_letters_end_once_and_are_rerun_with_their_input(redis: queue.Redis, redis_url: str) -> None:
     uid = uuid.uuid4().hex
-    await queue.seed(redis, uid, ["a", "b"], [])
+    await producer.seed(redis, uid, ["a", "b"], [])
     k = keys.BatchKeys(uid)
     message = queue.Message("NVDA", round=1, input=f"{uid}/a/NVDA/0/1", feedback="cite sources")
     await redis.xadd(k.stream("b"), dict(zip(message.fields()[::2], message.fields()[1::2], strict=True)))
     blocking = queue.connect_blocking(redis_url)
     try:
-        q = queue.StageQueue(redis, blocking, uid, "b", "pod")
+        q = consumer.StageQueue(redis, blocking, uid, "b", "pod")
         (delivery,) = await q.claim(1, 100)
         for _ in range(2):  # delivered three times without completing: dead-lettered
             await asyncio.sleep(0.06)
             await q.reclaim(10, lease_ms=50, max_deliveries=2)
-        (dead,) = await queue.finals(redis, uid, 0, 10)
+        (dead,) = await producer.finals(redis, uid, 0, 10)
         assert (dead.item, dead.stage, dead.status, dead.round, dead.attempt) == ("NVDA", "b", "dead", 1, 1)
         assert dead.error == "delivered 3 times without completing"
         assert dead.output is None
         # A worker that was only slow neither resurrects it nor ends it a second time.
         assert not await q.complete(delivery, {"status": "succeeded"}, result="late", increments={}, final=True)
-        assert await queue.finals_length(redis, uid) == 1
+        assert await producer.finals_length(redis, uid) == 1
         assert (await q.counts()).counters["dead_lettered"] == 1
 
-        assert await queue.retry_failed(redis, uid, ["a", "b"]) == 1
-        assert await queue.retry_failed(redis, uid, ["a", "b"]) == 0
+        assert await producer.retry_failed(redis, uid, ["a", "b"]) == 1
+        assert await producer.retry_failed(redis, uid, ["a", "b"]) == 0
         (again,) = await q.claim(1, 100)
         assert again.message == queue.Message(
             "NVDA", round=1, attempt=2, input=message.input, feedback="cite sources", first_attempt=2
@@ -264,45 +266,45 @@ async def test_dead_letters_end_once_and_are_rerun_with_their_input(redis: queue
         assert again.message.attempts_in_run == 1
         assert (await q.counts()).counters == {"dead_lettered": 0, "redelivered": 1, "rerun": 1}
         assert await q.complete(again, {"status": "succeeded"}, result="fine", increments={"succeeded": 1}, final=True)
-        assert [(r.status, r.attempt, r.output) for r in await queue.finals(redis, uid, 0, 10)] == [
+        assert [(r.status, r.attempt, r.output) for r in await producer.finals(redis, uid, 0, 10)] == [
             ("dead", 1, None),
             ("succeeded", 2, "fine"),
         ]
-        assert await queue.finals(redis, uid, 2, 10) == []
+        assert await producer.finals(redis, uid, 2, 10) == []
     finally:
         await blocking.aclose()
 
 
 async def test_an_approval_gate_as_the_last_stage_ends_items_with_their_input(redis: queue.Redis) -> None:
     uid = uuid.uuid4().hex
-    await queue.seed(redis, uid, ["write", "gate"], [])
+    await producer.seed(redis, uid, ["write", "gate"], [])
     k = keys.BatchKeys(uid)
     written = f"{uid}/write/NVDA/0/1"
     await redis.hset(k.results, written, "the draft")
     message = queue.Message("NVDA", input=written)
     await redis.xadd(k.stream("gate"), dict(zip(message.fields()[::2], message.fields()[1::2], strict=True)))
     for _ in range(2):  # a repeated release changes nothing
-        await queue.release(redis, uid, "gate", None, None)
-    (ended,) = await queue.finals(redis, uid, 0, 10)
+        await producer.release(redis, uid, "gate", None, None)
+    (ended,) = await producer.finals(redis, uid, 0, 10)
     assert (ended.item, ended.stage, ended.status, ended.output) == ("NVDA", "gate", "succeeded", "the draft")
 
 
 async def test_items_before_an_already_collected_fan_in_are_left_failed(redis: queue.Redis, redis_url: str) -> None:
     uid = uuid.uuid4().hex
-    await queue.seed(redis, uid, ["analyze", "rank"], ["NVDA", "AMD"])
+    await producer.seed(redis, uid, ["analyze", "rank"], ["NVDA", "AMD"])
     blocking = queue.connect_blocking(redis_url)
     try:
-        q = queue.StageQueue(redis, blocking, uid, "analyze", "pod")
+        q = consumer.StageQueue(redis, blocking, uid, "analyze", "pod")
         for delivery in await q.claim(2, 100):
             if delivery.message.item == "NVDA":
-                routes = [queue.Route("rank", queue.Message("NVDA", input="x"), gather=True)]
+                routes = [consumer.Route("rank", queue.Message("NVDA", input="x"), gather=True)]
                 await q.complete(delivery, {"status": "succeeded"}, result="x", increments={}, routes=routes)
             else:
                 outcome = {"status": "failed", "error": "boom", "input": ""}
                 await q.complete(delivery, outcome, result=None, increments={"failed": 1}, final=True)
-        assert await queue.collect(redis, uid, "rank") == 1
+        assert await producer.collect(redis, uid, "rank") == 1
         # AMD could never be gathered into rank any more: re-running it would strand it.
-        assert await queue.retry_failed(redis, uid, ["analyze", "rank"]) == 0
+        assert await producer.retry_failed(redis, uid, ["analyze", "rank"]) == 0
         assert (await q.counts()).counters["failed"] == 1
     finally:
         await blocking.aclose()

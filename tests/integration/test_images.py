@@ -186,7 +186,7 @@ def test_build_context_keeps_out_everything_but_the_sources() -> None:
                    "operator/src/analysis_devcluster/cli.py", "tools/devcluster/pyproject.toml"):  # fmt: skip
         assert rules.ignored(secret), f"{secret} would be sent to the builder"
     for needed in ("pyproject.toml", "README.md", "hatch_build.py", "operator/src/analysis_core/__init__.py",
-                   "operator/src/analysis_core/lua/seed.lua", "operator/src/analysis_operator/kube.py",
+                   "operator/src/analysis_operator/lua/seed.lua", "operator/src/analysis_operator/kube.py",
                    "worker-image/src/analysis_worker/cli.py"):  # fmt: skip
         assert not rules.ignored(needed), f"{needed} is needed by the build"
     assert rules.ignored("operator/src/analysis_core/__pycache__/keys.cpython-311.pyc")

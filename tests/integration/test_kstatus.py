@@ -42,10 +42,10 @@ from typing import Any
 import pytest
 import yaml
 
-from analysis_core import completion, env, plan, queue
+from analysis_core import env, plan, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_devcluster import binaries, cluster
-from analysis_operator import builders, status
+from analysis_operator import builders, completion, producer, status
 
 pytestmark = pytest.mark.integration
 
@@ -127,12 +127,12 @@ def counts(ready: int = 0, running: int = 0, **counters: int) -> queue.StageCoun
 
 
 def snapshot(sealed: tuple[str, ...] = (), flags: dict[str, str] | None = None,
-             **stages: queue.StageCounts) -> queue.Snapshot:  # fmt: skip
+             **stages: queue.StageCounts) -> producer.Snapshot:  # fmt: skip
     every = {s.name: stages.get(s.name, counts()) for s in PLAN.stages}
-    return queue.Snapshot(every, frozenset(sealed), True, {"input_tokens": 900, "output_tokens": 300}, flags or {})
+    return producer.Snapshot(every, frozenset(sealed), True, {"input_tokens": 900, "output_tokens": 300}, flags or {})
 
 
-def observe(snap: queue.Snapshot | None, **kw: Any) -> status.Observation:
+def observe(snap: producer.Snapshot | None, **kw: Any) -> status.Observation:
     """An observation as ``Reconciler._drive`` builds it: the plan, the snapshot and the state derived from it."""
     state = completion.state(PLAN, snap, 0) if snap is not None else None
     return status.Observation(**{"generation": 1, "now": NOW, "plan": PLAN, "snapshot": snap, "state": state, **kw})
@@ -155,7 +155,7 @@ HELD = snapshot(("draft",), draft=counts(succeeded=3), gate=counts(ready=3))
 DONE = snapshot(("draft", "gate", "review"), draft=counts(succeeded=3), gate=counts(succeeded=3),
                 review=counts(succeeded=3, approved=3))  # fmt: skip
 AWAY = status.Problem("RedisUnavailable", "Redis cannot be reached: Connection refused", stalled=False)
-OVER = {env.FLAG_BUDGET_EXCEEDED: "52000 tokens used, budget.maxTokens is 50000"}
+OVER = {wire.FLAG_BUDGET_EXCEEDED: "52000 tokens used, budget.maxTokens is 50000"}
 
 
 BROKEN = status.Observation(generation=1, now=NOW, problems=[

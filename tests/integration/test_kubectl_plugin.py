@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 
 import analysis_core
-from analysis_core import queue
 from analysis_devcluster import binaries
 from analysis_devcluster.cluster import DevCluster
-from analysis_operator import builders, export
+from analysis_operator import builders, export, producer
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +62,7 @@ def batch_manifest(name: str) -> str:
     })  # fmt: skip
 
 
-def create_chunks(devcluster: DevCluster, batch: builders.Batch, records: list[queue.FinalRecord]) -> int:
+def create_chunks(devcluster: DevCluster, batch: builders.Batch, records: list[producer.FinalRecord]) -> int:
     """Export ``records`` as the operator would, in small chunks; returns how many ConfigMaps that made."""
     chunks: list[dict[str, Any]] = []
     for record in records:  # one at a time, as finals arrive
@@ -75,8 +74,8 @@ def create_chunks(devcluster: DevCluster, batch: builders.Batch, records: list[q
     return len(chunks)
 
 
-def record(uid: str, item: str, status: Any, attempt: int = 1, **more: Any) -> queue.FinalRecord:
-    return queue.FinalRecord(item=item, stage="report", status=status, round=0, attempt=attempt,
+def record(uid: str, item: str, status: Any, attempt: int = 1, **more: Any) -> producer.FinalRecord:
+    return producer.FinalRecord(item=item, stage="report", status=status, round=0, attempt=attempt,
                              idem=f"{uid}/report/{item}/0/{attempt}", **more)  # fmt: skip
 
 

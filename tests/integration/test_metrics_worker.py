@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from analysis_core import env, keys, queue
+from analysis_core import env, keys
 from analysis_devcluster import processes, standin
+from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,14 +93,14 @@ async def test_worker_metrics_follow_a_run_with_faults(server: standin.StandIn, 
         workers.start(batch, stage, ANALYSIS_API_KEY=API_KEY, **{env.METRICS_PORT: str(port)})
 
     async def settled() -> bool:
-        analyze = await queue.stage_counts(redis, batch.uid, "analyze")
-        judge = await queue.stage_counts(redis, batch.uid, "judge")
+        analyze = await consumer.stage_counts(redis, batch.uid, "analyze")
+        judge = await consumer.stage_counts(redis, batch.uid, "judge")
         return analyze.drained and judge.drained and judge.counters.get("succeeded", 0) == 4
 
     await workers.eventually(settled, 60, "every item judged")
     analyze = scrape(ports["analyze"])
     judge = scrape(ports["judge"])
-    counted = (await queue.stage_counts(redis, batch.uid, "analyze")).counters
+    counted = (await consumer.stage_counts(redis, batch.uid, "analyze")).counters
 
     # Analyze: A, B, LIMIT and FLAKY pass (LIMIT after a 429, FLAKY after a 500), AUTHX fails on its key,
     # and the item the judge rejected passes a second time.
@@ -131,7 +132,7 @@ async def test_worker_metrics_follow_a_run_with_faults(server: standin.StandIn, 
     assert value(judge, "analysis_worker_items_total", stage="judge", outcome="succeeded") == 4
 
     # Tokens and cost of both stages add up to the batch's usage in Redis; gpt-4.1 has a price, so cost > 0.
-    usage = await queue.usage(redis, batch.uid)
+    usage = await consumer.usage(redis, batch.uid)
     for direction, field in (("input", "input_tokens"), ("output", "output_tokens")):
         spent = sum(value(s, "analysis_worker_tokens_total", direction=direction) for s in (analyze, judge))
         assert spent == usage[field] > 0
@@ -160,7 +161,7 @@ async def test_a_worker_whose_metrics_port_is_taken_still_works(workers: Any, re
         worker = workers.start(batch, "draft", **{env.METRICS_PORT: str(port)})
 
         async def done() -> bool:
-            return (await queue.stage_counts(redis, batch.uid, "draft")).counters.get("succeeded", 0) == 3
+            return (await consumer.stage_counts(redis, batch.uid, "draft")).counters.get("succeeded", 0) == 3
 
         await workers.eventually(done, 30, "items done without a metrics endpoint")
         assert worker.process.poll() is None
@@ -185,7 +186,7 @@ async def test_items_taken_over_from_a_dead_worker_count_as_redeliveries(workers
     first = workers.start(batch, "draft")
 
     async def all_running() -> bool:
-        return (await queue.stage_counts(redis, batch.uid, "draft")).running == 3
+        return (await consumer.stage_counts(redis, batch.uid, "draft")).running == 3
 
     await workers.eventually(all_running, 15, "claimed by the first worker")
     first.process.send_signal(signal.SIGKILL)
@@ -194,7 +195,7 @@ async def test_items_taken_over_from_a_dead_worker_count_as_redeliveries(workers
     workers.start(batch, "draft", **{env.METRICS_PORT: str(port)})
 
     async def done() -> bool:
-        return (await queue.stage_counts(redis, batch.uid, "draft")).counters.get("succeeded", 0) == 3
+        return (await consumer.stage_counts(redis, batch.uid, "draft")).counters.get("succeeded", 0) == 3
 
     await workers.eventually(done, 30, "taken over and finished")
     samples = scrape(port)

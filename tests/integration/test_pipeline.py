@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from analysis_core import keys, queue
+from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,15 +54,15 @@ async def test_the_run_records_exactly_the_predicted_outcomes(
         if len(raw) < len(expected):
             return None
         for stage in batch.plan.stages:
-            if not (await queue.stage_counts(redis, batch.uid, stage.name)).drained:
+            if not (await consumer.stage_counts(redis, batch.uid, stage.name)).drained:
                 return None
         return {key: routing_status(value) for key, value in raw.items()}
 
     recorded = await workers.eventually(finished, 60, "every predicted attempt recorded")
     assert recorded == expected
-    rank = await queue.stage_counts(redis, batch.uid, "rank")
+    rank = await consumer.stage_counts(redis, batch.uid, "rank")
     assert rank.counters["children"] == sum(1 for k in expected if k.split("/")[1] == "analyze" and k.endswith("/0/1"))
-    review = await queue.stage_counts(redis, batch.uid, "review")
+    review = await consumer.stage_counts(redis, batch.uid, "review")
     sent_back = sum(1 for k, v in expected.items() if k.split("/")[1] == "review" and v == "rejected")
     # Every rejection is counted, the last one of an exhausted item too.
     assert review.counters["rejected"] == sent_back + exhausted
@@ -90,9 +91,9 @@ async def test_a_judge_that_always_rejects_ends_every_item_by_on_exhausted(
         workers.start(batch, stage.name)
 
     async def settled() -> bool:
-        review = await queue.stage_counts(redis, batch.uid, "review")
+        review = await consumer.stage_counts(redis, batch.uid, "review")
         return review.counters.get("exhausted", 0) == exhausted and all(
-            [(await queue.stage_counts(redis, batch.uid, s.name)).drained for s in batch.plan.stages]
+            [(await consumer.stage_counts(redis, batch.uid, s.name)).drained for s in batch.plan.stages]
         )
 
     await workers.eventually(settled, 60, "every item exhausted")
@@ -101,5 +102,5 @@ async def test_a_judge_that_always_rejects_ends_every_item_by_on_exhausted(
     finals = [k for k, v in expected.items() if k.split("/")[1] == "review" and k.endswith("/2/1")]
     assert len(finals) == len(children)
     assert {expected[k] for k in finals} == {last_status}
-    report = await queue.stage_counts(redis, batch.uid, "report")
+    report = await consumer.stage_counts(redis, batch.uid, "report")
     assert report.counters.get("succeeded", 0) == (len(children) if on_exhausted == "AcceptLast" else 0)

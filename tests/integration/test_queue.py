@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from analysis_core import keys, queue
+from analysis_operator import producer
+from analysis_worker import consumer
 
 pytestmark = pytest.mark.integration
 
@@ -21,25 +23,25 @@ async def clients(redis_url: str) -> AsyncIterator[tuple[queue.Redis, queue.Redi
         await client.aclose()
 
 
-def stage_queue(clients: tuple[queue.Redis, queue.Redis], uid: str, stage: str, consumer: str) -> queue.StageQueue:
-    return queue.StageQueue(clients[0], clients[1], uid, stage, consumer)
+def stage_queue(clients: tuple[queue.Redis, queue.Redis], uid: str, stage: str, name: str) -> consumer.StageQueue:
+    return consumer.StageQueue(clients[0], clients[1], uid, stage, name)
 
 
 async def seeded(
     clients: tuple[queue.Redis, queue.Redis], items: list[str], stages: tuple[str, ...] = ("a", "b")
 ) -> str:
     uid = uuid.uuid4().hex
-    assert await queue.seed(clients[0], uid, list(stages), items) == len(items)
+    assert await producer.seed(clients[0], uid, list(stages), items) == len(items)
     return uid
 
 
 async def test_seeding_is_idempotent_and_counted(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA", "AMD", "TSM"])
-    assert await queue.seed(clients[0], uid, ["a", "b"], ["NVDA", "AMD", "TSM"]) == 0
-    counts = await queue.stage_counts(clients[0], uid, "a")
+    assert await producer.seed(clients[0], uid, ["a", "b"], ["NVDA", "AMD", "TSM"]) == 0
+    counts = await consumer.stage_counts(clients[0], uid, "a")
     assert (counts.ready, counts.running, counts.retrying) == (3, 0, 0)
     assert not counts.drained
-    later = await queue.stage_counts(clients[0], uid, "b")
+    later = await consumer.stage_counts(clients[0], uid, "b")
     assert later.drained  # the group exists even before anything reaches the stage
 
 
@@ -50,7 +52,7 @@ async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis,
     assert delivery.message == queue.Message("NVDA")
     assert (await q.counts()).running == 1
     idem = q.keys.idem("a", "NVDA", 0, 1)
-    route = queue.Route("b", queue.Message("NVDA", input=idem))
+    route = consumer.Route("b", queue.Message("NVDA", input=idem))
     done = await q.complete(
         delivery, {"status": "succeeded"}, result="analysis", increments={"succeeded": 1}, routes=[route]
     )
@@ -84,12 +86,12 @@ async def test_expired_lease_is_redelivered_and_the_first_completion_wins(
     assert second.entry_id == first.entry_id
     assert second.deliveries == 2
     assert await slow.renew([first.entry_id]) == [first.entry_id]  # the lease moved on
-    route = [queue.Route("b", queue.Message("NVDA"))]
+    route = [consumer.Route("b", queue.Message("NVDA"))]
     assert await other.complete(second, {"status": "succeeded"}, result="x", increments={"succeeded": 1}, routes=route)
     assert not await slow.complete(
         first, {"status": "succeeded"}, result="y", increments={"succeeded": 1}, routes=route
     )
-    assert (await queue.stage_counts(clients[0], uid, "b")).ready == 1
+    assert (await consumer.stage_counts(clients[0], uid, "b")).ready == 1
     assert (await other.counts()).counters == {"succeeded": 1, "redelivered": 1}
 
 
@@ -169,7 +171,7 @@ async def test_hand_back_makes_work_available_at_once(clients: tuple[queue.Redis
 
 async def test_a_blocked_claim_wakes_when_work_arrives(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = uuid.uuid4().hex
-    await queue.seed(clients[0], uid, ["a"], [])
+    await producer.seed(clients[0], uid, ["a"], [])
     q = stage_queue(clients, uid, "a", "pod")
     waiting = asyncio.create_task(q.claim(1, 5000))
     await asyncio.sleep(0.05)
@@ -193,7 +195,7 @@ async def test_sealing(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     q = stage_queue(clients, uid, "a", "pod")
     assert not await q.sealed()
-    await queue.seal(clients[0], uid, "a")
+    await producer.seal(clients[0], uid, "a")
     assert await q.sealed()
 
 
@@ -204,11 +206,58 @@ async def test_a_redelivered_fan_out_completion_creates_no_second_set_of_childre
     q = stage_queue(clients, uid, "a", "pod")
     (delivery,) = await q.claim(1, 100)
     idem = q.keys.idem("a", "semis", 0, 1)
-    children = [queue.Route("b", queue.Message(f"semis/{t}", input=f"{idem}#{t}")) for t in ("NVDA", "AMD")]
+    children = [consumer.Route("b", queue.Message(f"semis/{t}", input=f"{idem}#{t}")) for t in ("NVDA", "AMD")]
     inputs = {f"{idem}#{t}": t for t in ("NVDA", "AMD")}
     for _ in range(2):  # the second is a slow duplicate of the same attempt
         await q.complete(delivery, {"status": "succeeded"}, result="{}", increments={"succeeded": 1, "children": 2},
                          routes=children, more_results=inputs)  # fmt: skip
-    downstream = await queue.stage_counts(clients[0], uid, "b")
+    downstream = await consumer.stage_counts(clients[0], uid, "b")
     assert downstream.ready == 2
     assert (await q.counts()).counters == {"succeeded": 1, "children": 2}
+
+
+async def test_flags_the_operator_sets_are_what_workers_and_snapshots_read(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    client = clients[0]
+    uid = await seeded(clients, ["NVDA"])
+    snap = await producer.snapshot(client, uid, ["a", "b"])
+    assert (snap.suspended, snap.budget_exceeded, snap.retry_token, snap.run) == (False, None, None, 0)
+    await producer.suspend(client, uid, "spec.suspend")
+    assert await consumer.suspended(client, uid)
+    assert await consumer.raise_budget_exceeded(client, uid, "400 tokens used")
+    assert not await consumer.raise_budget_exceeded(client, uid, "500 tokens used")  # the first one says it
+    await producer.mark_retried(client, uid, "t1")
+    await producer.mark_retried(client, uid, "t2")
+    snap = await producer.snapshot(client, uid, ["a", "b"])
+    assert (snap.suspended, snap.budget_exceeded, snap.retry_token, snap.run) == (True, "400 tokens used", "t2", 2)
+    await producer.resume(client, uid)
+    await producer.clear_budget_exceeded(client, uid)
+    assert not await consumer.suspended(client, uid)
+    snap = await producer.snapshot(client, uid, ["a", "b"])
+    assert (snap.suspended, snap.budget_exceeded, snap.run) == (False, None, 2)
+
+
+async def test_the_operator_reads_what_each_worker_holds_from_its_heartbeat(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    client, uid = clients[0], uuid.uuid4().hex
+    await consumer.beat(client, uid, "a", "pod-1", in_flight=2, ttl_s=5, about={"claimed": 7})
+    await consumer.beat(client, uid, "a", "pod-2", in_flight=0, ttl_s=5, about={})
+    assert await consumer.beating(client, uid, "a", "pod-1")
+    assert not await consumer.beating(client, uid, "a", "pod-3")
+    held = await producer.items_in_flight(client, uid, "a", ["pod-1", "pod-2", "pod-3"])
+    assert held == {"pod-1": 2, "pod-2": 0, "pod-3": 0}
+    assert await producer.items_in_flight(client, uid, "a", []) == {}
+    await consumer.beat(client, uid, "a", "pod-1", in_flight=1, ttl_s=0.05, about={})
+    await asyncio.sleep(0.2)
+    assert not await consumer.beating(client, uid, "a", "pod-1")  # a worker that stops beating goes stale
+
+
+async def test_removing_a_batch_leaves_other_batches_alone(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    client = clients[0]
+    gone, kept = await seeded(clients, ["NVDA", "AMD"]), await seeded(clients, ["TSM"])
+    await producer.suspend(client, gone, "the batch is being deleted")
+    assert await producer.remove(client, gone, page=2) == 4  # both streams, the seeded marker, the flags
+    assert await client.keys(keys.BatchKeys(gone).pattern) == []
+    assert (await consumer.stage_counts(client, kept, "a")).ready == 1

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from analysis_core import queue, ratelimit
+from analysis_core import queue
+from analysis_worker import ratelimit
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,8 @@ import redis.exceptions
 
 from analysis_core import env, queue
 from analysis_devcluster import cluster
+from analysis_operator import producer
+from analysis_worker import consumer
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +40,14 @@ async def test_workers_authenticate_with_the_password_from_their_environment(
             "stages": [{"name": "only", "provider": "local", "prompt": "{{ item }}"}],
         }
         batch = harness.batch(spec)
-        await queue.seed(client, batch.uid, ["only"], batch.items)
+        await producer.seed(client, batch.uid, ["only"], batch.items)
         refused = harness.start(batch, "only", pod="no-password")
         assert await asyncio.to_thread(refused.process.wait, 30) == 2
         assert any("Redis refused the worker" in line["msg"] for line in refused.lines())
         worker = harness.start(batch, "only", pod="with-password", **{env.REDIS_PASSWORD: PASSWORD})
 
         async def done() -> bool:
-            return (await queue.stage_counts(client, batch.uid, "only")).counters.get("succeeded", 0) == 3
+            return (await consumer.stage_counts(client, batch.uid, "only")).counters.get("succeeded", 0) == 3
 
         await harness.eventually(done, 20, "every item done by the authenticated worker")
         for started in (refused, worker):

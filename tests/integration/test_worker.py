@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from analysis_core import keys, queue
+from analysis_operator import producer
+from analysis_worker import consumer
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +49,7 @@ async def test_sigkill_mid_item_loses_nothing_and_writes_nothing_twice(workers: 
     kills = 0
 
     async def finished() -> bool:
-        counts = await queue.stage_counts(redis, batch.uid, "polish")
+        counts = await consumer.stage_counts(redis, batch.uid, "polish")
         return counts.counters.get("succeeded", 0) == len(items) and counts.drained
 
     async def holding(worker: Any) -> bool:
@@ -70,8 +72,8 @@ async def test_sigkill_mid_item_loses_nothing_and_writes_nothing_twice(workers: 
             pool[stage].append(workers.start(batch, stage, pod=victim.pod if kills % 2 else None))
         elif kills == 12:
             await workers.eventually(finished, 60, "finished after the last kill")
-    draft = await queue.stage_counts(redis, batch.uid, "draft")
-    polish = await queue.stage_counts(redis, batch.uid, "polish")
+    draft = await consumer.stage_counts(redis, batch.uid, "draft")
+    polish = await consumer.stage_counts(redis, batch.uid, "polish")
     # Nothing lost: every item passed both stages, nothing failed or was dead-lettered, nothing is left.
     assert draft.counters["succeeded"] == polish.counters["succeeded"] == len(items)
     for counts in (draft, polish):
@@ -95,12 +97,12 @@ async def test_sigterm_hands_back_work_it_cannot_finish_in_the_grace_period(work
     worker = workers.start(batch, "draft", ANALYSIS_GRACE_SECONDS="0.5")
 
     async def all_running() -> bool:
-        return (await queue.stage_counts(redis, batch.uid, "draft")).running == 3
+        return (await consumer.stage_counts(redis, batch.uid, "draft")).running == 3
 
     await workers.eventually(all_running, 15, "claimed")
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=10) == 0
-    counts = await queue.stage_counts(redis, batch.uid, "draft")
+    counts = await consumer.stage_counts(redis, batch.uid, "draft")
     # Back in the stream at once, not after the 60 s lease.
     assert (counts.ready, counts.running) == (3, 0)
     assert await outcomes(redis, batch.uid) == {}
@@ -114,12 +116,12 @@ async def test_sigterm_lets_work_in_flight_finish_within_the_grace_period(worker
     worker = workers.start(batch, "draft", ANALYSIS_GRACE_SECONDS="20")
 
     async def all_running() -> bool:
-        return (await queue.stage_counts(redis, batch.uid, "draft")).running == 2
+        return (await consumer.stage_counts(redis, batch.uid, "draft")).running == 2
 
     await workers.eventually(all_running, 15, "claimed")
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=20) == 0
-    counts = await queue.stage_counts(redis, batch.uid, "draft")
+    counts = await consumer.stage_counts(redis, batch.uid, "draft")
     assert counts.counters["succeeded"] == 2
     assert counts.drained
 
@@ -131,11 +133,11 @@ async def test_job_mode_exits_once_the_stage_is_sealed_and_drained(workers: Any,
     worker = workers.start(batch, "draft", ANALYSIS_MODE="job")
 
     async def drafted() -> bool:
-        return (await queue.stage_counts(redis, batch.uid, "draft")).counters.get("succeeded", 0) == len(items)
+        return (await consumer.stage_counts(redis, batch.uid, "draft")).counters.get("succeeded", 0) == len(items)
 
     await workers.eventually(drafted, 15, "drafted")
     assert worker.process.poll() is None  # not sealed yet: more work could still come
-    await queue.seal(redis, batch.uid, "draft")
+    await producer.seal(redis, batch.uid, "draft")
     assert worker.process.wait(timeout=10) == 0
     assert any(line["msg"] == "stage sealed and drained" for line in worker.lines())
 
@@ -182,6 +184,6 @@ def test_logs_are_json_with_batch_stage_and_item_first(workers: Any) -> None:
 async def _seal(url: str, uid: str, stage: str) -> None:
     client = queue.connect(url)
     try:
-        await queue.seal(client, uid, stage)
+        await producer.seal(client, uid, stage)
     finally:
         await client.aclose()

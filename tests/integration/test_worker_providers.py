@@ -16,6 +16,7 @@ import pytest
 
 from analysis_core import keys, plan, queue
 from analysis_devcluster import standin
+from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,7 +75,7 @@ async def test_each_error_class_takes_its_path(
     worker = workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
 
     async def settled() -> dict[str, int] | None:
-        counts = await queue.stage_counts(redis, batch.uid, "analyze")
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
         done = counts.counters.get("succeeded", 0) + counts.counters.get("failed", 0)
         return counts.counters if done == len(items) and counts.drained else None
 
@@ -131,7 +132,7 @@ async def test_four_processes_never_exceed_the_shared_rate_limit(
         workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
 
     async def done() -> bool:
-        counts = await queue.stage_counts(redis, batch.uid, "analyze")
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
         return counts.counters.get("succeeded", 0) == n_items
 
     await workers.eventually(done, 60, "all items through the limiter")
@@ -164,12 +165,12 @@ async def test_an_answer_that_fails_its_format_is_still_paid_for(
     workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY, ANALYSIS_PRICES_PATH=str(prices))
 
     async def succeeded() -> bool:
-        return (await queue.stage_counts(redis, batch.uid, "analyze")).counters.get("succeeded", 0) == 1
+        return (await consumer.stage_counts(redis, batch.uid, "analyze")).counters.get("succeeded", 0) == 1
 
     await workers.eventually(succeeded, 30, "the second answer accepted")
     seen = await outcomes(redis, batch.uid)
     assert seen["analyze/ACME/0/1"]["error_class"] == "BadOutput"
-    used = await queue.usage(redis, batch.uid)
+    used = await consumer.usage(redis, batch.uid)
     assert (used["input_tokens"], used["output_tokens"]) == (2000, 600)
     # 2000 input tokens at $3/Mtok and 600 output tokens at $15/Mtok, in nano-dollars.
     assert used["cost_nusd"] == (2000 * 3 + 600 * 15) * 1000

@@ -11,6 +11,7 @@ import pytest
 
 from analysis_core import keys, queue
 from analysis_devcluster import processes
+from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,7 +48,7 @@ async def test_workers_ride_out_a_redis_restart(tmp_path: Path, make_workers: An
             harness.start(batch, "only")
 
         async def succeeded() -> int:
-            return (await queue.stage_counts(client, batch.uid, "only")).counters.get("succeeded", 0)
+            return (await consumer.stage_counts(client, batch.uid, "only")).counters.get("succeeded", 0)
 
         await harness.eventually(lambda: _at_least(succeeded, 40), 30, "some progress")
         server.stop(grace=10)  # SIGTERM: Redis writes its AOF and exits
@@ -56,7 +57,7 @@ async def test_workers_ride_out_a_redis_restart(tmp_path: Path, make_workers: An
 
         async def all_done() -> bool:
             try:
-                counts = await queue.stage_counts(client, batch.uid, "only")
+                counts = await consumer.stage_counts(client, batch.uid, "only")
             except queue.UNAVAILABLE:
                 return False
             return counts.counters.get("succeeded", 0) == len(items) and counts.drained

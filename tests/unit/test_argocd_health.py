@@ -29,9 +29,9 @@ import jsonschema
 import pytest
 import yaml
 
-from analysis_core import completion, env, plan, queue
+from analysis_core import plan, queue, wire
 from analysis_core.api import v1alpha1
-from analysis_operator import status
+from analysis_operator import completion, producer, status
 
 pytestmark = pytest.mark.unit
 
@@ -129,13 +129,13 @@ def counts(ready: int = 0, running: int = 0, retrying: int = 0, **counters: int)
 
 
 def snapshot(sealed: tuple[str, ...] = (), tokens: int = 12_400, flags: dict[str, str] | None = None,
-             **stages: queue.StageCounts) -> queue.Snapshot:  # fmt: skip
+             **stages: queue.StageCounts) -> producer.Snapshot:  # fmt: skip
     every = {s.name: stages.get(s.name, counts()) for s in PLAN.stages}
     usage = {"input_tokens": tokens * 4 // 5, "output_tokens": tokens // 5, "cost_nusd": tokens * 3_000}
-    return queue.Snapshot(every, frozenset(sealed), True, usage, flags or {})
+    return producer.Snapshot(every, frozenset(sealed), True, usage, flags or {})
 
 
-def observe(snap: queue.Snapshot | None, generation: int = 1, max_failed: int = 0, **kw: Any) -> status.Observation:
+def observe(snap: producer.Snapshot | None, generation: int = 1, max_failed: int = 0, **kw: Any) -> status.Observation:
     state = completion.state(PLAN, snap, max_failed) if snap is not None else None
     return status.Observation(generation=generation, now=NOW, plan=PLAN, snapshot=snap, state=state, **kw)
 
@@ -148,12 +148,12 @@ DONE = snapshot(("draft", "gate", "review"), 31_000, draft=counts(succeeded=4), 
 BROKE = snapshot(("draft",), draft=counts(succeeded=2, failed=1), gate=counts(ready=2))
 
 
-def over_budget() -> queue.Snapshot:
+def over_budget() -> producer.Snapshot:
     tokens = 52_000
     assert PLAN.budget is not None
     why = PLAN.budget.exceeded({"input_tokens": tokens * 4 // 5, "output_tokens": tokens // 5})
     assert why is not None
-    return snapshot(tokens=tokens, flags={env.FLAG_BUDGET_EXCEEDED: why}, draft=counts(ready=1, succeeded=2))
+    return snapshot(tokens=tokens, flags={wire.FLAG_BUDGET_EXCEEDED: why}, draft=counts(ready=1, succeeded=2))
 
 
 def redis_away() -> dict[str, Any]:

@@ -4,8 +4,9 @@ from typing import Any
 
 import pytest
 
-from analysis_core import completion, plan, queue
+from analysis_core import plan, queue
 from analysis_core.api import v1alpha1
+from analysis_operator import completion, producer
 
 pytestmark = pytest.mark.unit
 
@@ -29,11 +30,11 @@ BUSY = queue.StageCounts(1, 0, 0, {})
 
 def snap(
     sealed: set[str], busy: set[str] = frozenset(), seeded: bool = True, **counters: dict[str, int]
-) -> queue.Snapshot:
+) -> producer.Snapshot:
     stages = {s.name: (BUSY if s.name in busy else IDLE) for s in PLAN.stages}
     for name, values in counters.items():
         stages[name] = queue.StageCounts(0, 0, 0, values)
-    return queue.Snapshot(stages, frozenset(sealed), seeded)
+    return producer.Snapshot(stages, frozenset(sealed), seeded)
 
 
 def test_a_judge_loop_is_one_unit() -> None:
@@ -69,17 +70,17 @@ def test_state_follows_seals_drains_and_the_failure_policy() -> None:
 def test_a_collect_stage_is_collected_once_upstream_is_done_and_sealed_after() -> None:
     p = compiled(gen("research"), {**gen("rank"), "collect": True}, gen("report"))
     base = {s.name: IDLE for s in p.stages}
-    gathering = queue.Snapshot({**base, "rank": queue.StageCounts(0, 0, 0, {}, gathered=3)}, frozenset(), True)
+    gathering = producer.Snapshot({**base, "rank": queue.StageCounts(0, 0, 0, {}, gathered=3)}, frozenset(), True)
     assert completion.collectable(p, gathering) == []  # research is not sealed yet
     assert completion.sealable(p, gathering) == ["research"]
-    upstream_sealed = queue.Snapshot(gathering.stages, frozenset({"research"}), True)
+    upstream_sealed = producer.Snapshot(gathering.stages, frozenset({"research"}), True)
     assert completion.collectable(p, upstream_sealed) == ["rank"]
     assert completion.sealable(p, upstream_sealed) == []  # not before its items are combined
-    collected = queue.Snapshot(base, frozenset({"research"}), True)
+    collected = producer.Snapshot(base, frozenset({"research"}), True)
     assert completion.sealable(p, collected) == ["rank", "report"]
 
 
 def test_the_collected_item_is_named_after_the_common_parent() -> None:
-    assert queue.collected_id(["semis/AI chips", "semis/memory"]) == "semis"
-    assert queue.collected_id(["NVDA", "AMD"]) == "all"
-    assert queue.collected_id(["semis/a", "software/b"]) == "all"
+    assert producer.collected_id(["semis/AI chips", "semis/memory"]) == "semis"
+    assert producer.collected_id(["NVDA", "AMD"]) == "all"
+    assert producer.collected_id(["semis/a", "software/b"]) == "all"

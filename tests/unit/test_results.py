@@ -5,19 +5,18 @@ from typing import Any
 
 import pytest
 
-from analysis_core import queue
 from analysis_core.api import wellknown
-from analysis_operator import builders, export, results
+from analysis_operator import builders, export, producer, results
 
 pytestmark = pytest.mark.unit
 
 BATCH = builders.Batch("semis-q3", "research", "0b9c6c1e-5d7a-4c1b-9a3e-1f2d3c4b5a69")
 
 
-def record(item: str, *, output: str | None = "fine", status: Any = "succeeded", **more: Any) -> queue.FinalRecord:
+def record(item: str, *, output: str | None = "fine", status: Any = "succeeded", **more: Any) -> producer.FinalRecord:
     fields: dict[str, Any] = {"stage": "report", "round": 0, "attempt": 1, **more}
     idem = f"{BATCH.uid}/{fields['stage']}/{item}/{fields['round']}/{fields['attempt']}"
-    return queue.FinalRecord(item=item, status=status, idem=idem, output=output, **fields)
+    return producer.FinalRecord(item=item, status=status, idem=idem, output=output, **fields)
 
 
 def row(item: str, size: int = 10, **more: Any) -> dict[str, Any]:

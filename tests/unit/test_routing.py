@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from analysis_core import plan, queue, routing
+from analysis_core import plan, queue
 from analysis_core.api import v1alpha1
+from analysis_worker import consumer, routing
 
 pytestmark = pytest.mark.unit
 
@@ -65,7 +66,7 @@ def test_fan_out_output_that_routing_cannot_use_is_bad_output(output: Any, probl
 def test_a_plain_stage_passes_its_result_on_and_the_last_stage_ends_the_item() -> None:
     p = compiled(ANALYZE, REPORT)
     routed = routing.after_success(p, p.stage("analyze"), queue.Message("NVDA", 1), "uid/analyze/NVDA/1/2", "text")
-    assert routed.routes == [queue.Route("report", queue.Message("NVDA", 1, input="uid/analyze/NVDA/1/2"))]
+    assert routed.routes == [consumer.Route("report", queue.Message("NVDA", 1, input="uid/analyze/NVDA/1/2"))]
     last = routing.after_success(p, p.stage("report"), queue.Message("NVDA"), "k", "done")
     assert (last.status, last.routes) == ("succeeded", [])
 
@@ -79,7 +80,7 @@ def judge(p: plan.Plan, round_: int, approved: bool) -> routing.Routed:
 def test_an_approved_item_takes_the_reviewed_output_on() -> None:
     routed = judge(compiled(ANALYZE, REVIEW, REPORT), 1, approved=True)
     assert routed.status == "succeeded"
-    assert routed.routes == [queue.Route("report", queue.Message("NVDA", 1, input="uid/analyze/NVDA/1/1"))]
+    assert routed.routes == [consumer.Route("report", queue.Message("NVDA", 1, input="uid/analyze/NVDA/1/1"))]
     assert routed.increments == {"succeeded": 1, "approved": 1, "approved_round_1": 1}
 
 
@@ -87,7 +88,7 @@ def test_a_rejected_item_goes_back_with_feedback_and_the_next_round() -> None:
     routed = judge(compiled(ANALYZE, REVIEW, REPORT), 0, approved=False)
     assert routed.status == "rejected"
     (route,) = routed.routes
-    assert route == queue.Route(
+    assert route == consumer.Route(
         "analyze", queue.Message("NVDA", 1, input="uid/rank/semis/0/1#NVDA", feedback="cite sources")
     )
     assert routed.increments == {"rejected": 1, "rejected_round_0": 1}
@@ -99,7 +100,7 @@ def test_out_of_rejections_fail_or_accept_the_last_answer() -> None:
     assert failing.increments["exhausted"] == failing.increments["failed"] == 1
     accepting = judge(compiled(ANALYZE, {**REVIEW, "onExhausted": "AcceptLast"}, REPORT), 2, approved=False)
     assert accepting.status == "succeeded"
-    assert accepting.routes == [queue.Route("report", queue.Message("NVDA", 2, input="uid/analyze/NVDA/2/1"))]
+    assert accepting.routes == [consumer.Route("report", queue.Message("NVDA", 2, input="uid/analyze/NVDA/2/1"))]
 
 
 def test_outputs_are_parsed_as_the_stage_promised() -> None:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from analysis_core import completion, plan, queue
+from analysis_core import plan, queue
 from analysis_core.api import v1alpha1
-from analysis_operator import status
+from analysis_operator import completion, producer, status
 
 pytestmark = pytest.mark.unit
 
@@ -36,13 +36,13 @@ def counts(ready: int = 0, running: int = 0, retrying: int = 0, **counters: int)
 
 
 def snapshot(sealed: frozenset[str] = frozenset(), flags: dict[str, str] | None = None,
-             **stages: queue.StageCounts) -> queue.Snapshot:  # fmt: skip
+             **stages: queue.StageCounts) -> producer.Snapshot:  # fmt: skip
     full = {s.name: stages.get(s.name, counts()) for s in PLAN.stages}
     usage = {"input_tokens": 40_000, "output_tokens": 8_400, "cost_nusd": 610_000_000}
-    return queue.Snapshot(full, sealed, True, usage, flags or {})
+    return producer.Snapshot(full, sealed, True, usage, flags or {})
 
 
-def observe(snap: queue.Snapshot | None, **kw: Any) -> status.Observation:
+def observe(snap: producer.Snapshot | None, **kw: Any) -> status.Observation:
     state = completion.state(PLAN, snap, 0) if snap is not None else None
     defaults: dict[str, Any] = {"generation": 3, "now": NOW, "plan": PLAN, "snapshot": snap, "state": state}
     return status.Observation(**{**defaults, **kw})

@@ -25,6 +25,3 @@ METRICS_PORT = "ANALYSIS_METRICS_PORT"  # Prometheus /metrics; "0" turns it off
 # or a suspend) exits with this code, 128 + SIGTERM; the Job's podFailurePolicy
 # ignores it, where exit 0 would count as the work-queue Job's success.
 EXIT_STOPPED_EARLY = 143
-# Flags in the batch's flags hash that workers obey before every claim.
-FLAG_SUSPENDED = "suspended"  # set by the operator from spec.suspend
-FLAG_BUDGET_EXCEEDED = "budget_exceeded"  # raised by the first worker that sees the budget used up

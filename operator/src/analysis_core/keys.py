@@ -18,6 +18,14 @@ import dataclasses
 
 GROUP = "workers"  # the one consumer group of every stage stream
 
+# The parts of a stage's rate limiter (``BatchKeys.limiter``), in the order ``limiter_acquire.lua`` takes them.
+LIMITER_REQUESTS = "req"  # sorted set: granted requests by time
+LIMITER_TOKENS = "tok"  # sorted set: token reservations by time
+LIMITER_AMOUNTS = "amt"  # hash: reservation -> tokens
+LIMITER_SUM = "sum"  # string: tokens reserved in the window
+LIMITER_PAUSE = "pause"  # string: until when (ms) the stage is paused
+LIMITER_PARTS = (LIMITER_REQUESTS, LIMITER_TOKENS, LIMITER_AMOUNTS, LIMITER_SUM, LIMITER_PAUSE)
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchKeys:
@@ -60,7 +68,7 @@ class BatchKeys:
         return f"{self.tag}:health:{stage}:{consumer}"
 
     def limiter(self, stage: str, part: str) -> str:
-        """The stage's rate limiter: ``part`` is one of req, tok, amt, sum, pause."""
+        """The stage's rate limiter: ``part`` is one of ``LIMITER_PARTS``."""
         return f"{self.tag}:rl:{stage}:{part}"
 
     # ---- per batch
@@ -101,7 +109,7 @@ class BatchKeys:
 
         Appended in the same Lua step that records the outcome (``complete.lua``,
         ``reclaim.lua``, ``release.lua``), once per key; the operator exports it
-        incrementally (``queue.finals``) with a cursor kept outside Redis.
+        incrementally (``producer.finals``) with a cursor kept outside Redis.
         """
         return f"{self.tag}:finals"
 
@@ -110,7 +118,7 @@ class BatchKeys:
         """Hash: idempotency key of a failed or dead-lettered end -> the key its re-run starts with.
 
         Written once per key (HSETNX, in ``rerun.lua``): what makes
-        ``queue.retry_failed`` requeue an item at most once per failure.
+        ``producer.retry_failed`` requeue an item at most once per failure.
         """
         return f"{self.tag}:reruns"
 
@@ -122,6 +130,15 @@ class BatchKeys:
     def idem(self, stage: str, item: str, round_: int, attempt: int) -> str:
         """The idempotency key of one attempt: ``batch-uid/stage/item/round/attempt``."""
         return f"{self.uid}/{stage}/{item}/{round_}/{attempt}"
+
+    def collected_input(self, stage: str) -> str:
+        """Field of the results hash holding a collect stage's combined input (``collect.lua`` writes it)."""
+        return f"{self.uid}/{stage}/collected"
+
+
+def child_input(idem: str, key: str) -> str:
+    """Field of the results hash holding the input of fan-out child ``key`` of attempt ``idem``."""
+    return f"{idem}#{key}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import jinja2.nodes
 import jinja2.sandbox
 import pydantic
 
-from analysis_core import errors
+from analysis_core import errors, wire
 from analysis_core.api import v1alpha1
 
 # The plan's schema version. A worker reads every plan from version 1 up to its own (fields are only ever added,
@@ -87,10 +87,10 @@ class BudgetPlan(_Frozen):
 
     def exceeded(self, usage: Mapping[str, int]) -> str | None:
         """Why ``usage`` is past this budget, or None."""
-        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+        tokens = usage.get(wire.USAGE_INPUT_TOKENS, 0) + usage.get(wire.USAGE_OUTPUT_TOKENS, 0)
         if self.max_tokens is not None and tokens >= self.max_tokens:
             return f"{tokens} tokens used, budget.maxTokens is {self.max_tokens}"
-        cost = usage.get("cost_nusd", 0)
+        cost = usage.get(wire.USAGE_COST_NUSD, 0)
         if self.max_cost_nusd is not None and cost >= self.max_cost_nusd:
             return f"${cost / 1e9:.4f} spent, budget.maxCostUSD is ${self.max_cost_nusd / 1e9:.4f}"
         return None

@@ -4,12 +4,12 @@ The reconciler calls this with the chunks it listed and the finals it read
 from Redis, and writes what it returns. The chunks' format, and everything
 that reads them, is ``analysis_operator.results``; this module makes rows
 (``row``), caps them (``encode``) and plans the writes (``plan_export``), so
-it needs the builders (names, labels) and the queue's ``FinalRecord``, which
+it needs the builders (names, labels) and the producer's ``FinalRecord``, which
 readers of results never do.
 
 The export and its cursor (write, then derive)
 ----------------------------------------------
-The operator reads the batch's finals list from Redis (``queue.finals``) and
+The operator reads the batch's finals list from Redis (``producer.finals``) and
 appends rows to the chunks. Its cursor into that list is *not* stored
 anywhere: it is the number of rows the batch's result ConfigMaps hold
 (``results.exported``), because every row exported so far is in exactly one
@@ -17,7 +17,7 @@ chunk and the chunks hold the list's prefix, in order. So the loop is:
 
 1. list the batch's result ConfigMaps (``results.selector``);
    ``cursor = results.exported(chunks)``;
-2. ``records = await queue.finals(client, uid, cursor, n)``;
+2. ``records = await producer.finals(client, uid, cursor, n)``;
 3. ``plan_export(batch, chunks, [row(r) for r in records])`` and apply the
    ConfigMaps it returns *in order*, stopping at the first failure.
 
@@ -44,8 +44,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from analysis_core import queue
-from analysis_operator import builders, results
+from analysis_operator import builders, producer, results
 
 # Data per chunk: half the 1 MiB object cap, leaving ample room for metadata and any encoding overhead.
 CHUNK_BYTES = 512 * 1024
@@ -71,7 +70,7 @@ def parse_output(text: str | None) -> Any:
     return value if isinstance(value, dict | list) else text
 
 
-def row(record: queue.FinalRecord) -> dict[str, Any]:
+def row(record: producer.FinalRecord) -> dict[str, Any]:
     """The result row of one ended item (not yet capped: ``encode`` does that)."""
     return {
         "item": record.item,

@@ -9,11 +9,11 @@ step did:
    generation while it compiles; every step while a reference is broken, so
    a fix is noticed within a step);
 2. publish the plan ConfigMap and the workers' ServiceAccount; seed the
-   first stage once (``queue.seed`` is idempotent); mirror ``spec.suspend``
+   first stage once (``producer.seed`` is idempotent); mirror ``spec.suspend``
    into the flag workers read before each claim;
 3. read one atomic Redis snapshot and act on it: release approved items,
    collect fan-in stages, seal stages nothing can feed any more
-   (``analysis_core.completion`` proves each of these safe to do late);
+   (``completion`` proves each of these safe to do late);
 4. size each stage's Job or Deployment to min(concurrency, backlog + in
    flight) and apply it when it differs from what the Kopf indexes show;
 5. export finished items to results ConfigMaps;
@@ -33,7 +33,6 @@ and the work between them is small and bounded by the plan's size.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -44,10 +43,12 @@ import kopf
 import pydantic
 import yaml
 
-from analysis_core import completion, env, keys, plan, queue
+from analysis_core import plan, queue
 from analysis_core.api import v1alpha1, wellknown
-from analysis_operator import builders, export, kube, results, status
+from analysis_operator import builders, completion, export, kube, producer, results, status
 from analysis_operator.config import OperatorConfig
+
+R = v1alpha1.Reason
 
 ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the spec last applied
 EXPORT_PAGE = 500  # finals read per round trip while exporting
@@ -147,7 +148,7 @@ class Reconciler:
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             field = "spec." + ".".join(str(part) for part in first["loc"])
-            problems.append(status.Problem("InvalidSpec", f"{field}: {first['msg']}"))
+            problems.append(status.Problem(R.INVALID_SPEC, f"{field}: {first['msg']}"))
             return None
         prompts: dict[str, str] = {}
         for index, stage in enumerate(spec.stages):
@@ -168,7 +169,7 @@ class Reconciler:
             the_plan = plan.compile_plan(batch.uid, spec, generation=generation, prompts=prompts)
         except plan.PlanError as exc:
             detail = "; ".join(f"{field}: {message}" for field, message in exc.problems)
-            problems.append(status.Problem("InvalidPlan", detail))
+            problems.append(status.Problem(R.INVALID_PLAN, detail))
             return None
         self._compiled = _Compiled(generation, the_plan, spec, items)
         return self._compiled
@@ -180,7 +181,7 @@ class Reconciler:
         if configmap is None:
             problems.append(
                 status.Problem(
-                    "ConfigMapNotFound", f"{field}.configMapKeyRef: ConfigMap {batch.namespace}/{ref.name} not found"
+                    R.CONFIGMAP_NOT_FOUND, f"{field}.configMapKeyRef: ConfigMap {batch.namespace}/{ref.name} not found"
                 )
             )
             return None
@@ -189,7 +190,7 @@ class Reconciler:
             keys_ = ", ".join(sorted(data)) or "none"
             problems.append(
                 status.Problem(
-                    "ConfigMapKeyNotFound",
+                    R.CONFIGMAP_KEY_NOT_FOUND,
                     f"{field}.configMapKeyRef: ConfigMap {batch.namespace}/{ref.name} has no key {ref.key!r} "
                     f"(keys: {keys_})",
                 )
@@ -216,7 +217,7 @@ class Reconciler:
         try:
             snapshot, state = await self._advance(batch, body, compiled)
         except queue.UNAVAILABLE as exc:
-            problems.append(status.Problem("RedisUnavailable", f"Redis cannot be reached: {exc}", stalled=False))
+            problems.append(status.Problem(R.REDIS_UNAVAILABLE, f"Redis cannot be reached: {exc}", stalled=False))
             return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
         terminal = state.phase is not completion.Phase.RUNNING
         await self._converge(
@@ -237,7 +238,7 @@ class Reconciler:
             problems=problems,
             suspended=spec.suspend,
             results=exported,
-            retried_failed=snapshot.flags.get("retry_token"),
+            retried_failed=snapshot.retry_token,
         )
 
     async def _publish(
@@ -256,65 +257,62 @@ class Reconciler:
                 self._published = text
         except kube.ApiError as exc:
             what = "the plan, the ServiceAccount or the Redis Secret"
-            problems.append(status.Problem("PublishFailed", f"cannot write {what}: {kube.describe(exc)}"))
+            problems.append(status.Problem(R.PUBLISH_FAILED, f"cannot write {what}: {kube.describe(exc)}"))
 
     async def _advance(
         self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled
-    ) -> tuple[queue.Snapshot, completion.BatchState]:
+    ) -> tuple[producer.Snapshot, completion.BatchState]:
         """Seed, mirror flags, release, collect, seal; the snapshot and state after all that."""
         the_plan, spec = compiled.plan, compiled.spec
         names = [s.name for s in the_plan.stages]
-        flags_key = keys.BatchKeys(batch.uid).flags
-        snapshot = await queue.snapshot(self.redis, batch.uid, names)
+        snapshot = await producer.snapshot(self.redis, batch.uid, names)
         if not snapshot.seeded:
-            await queue.seed(self.redis, batch.uid, names, compiled.items)
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            await producer.seed(self.redis, batch.uid, names, compiled.items)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         if await self._retry_failed_if_asked(batch, body, the_plan, snapshot):
             # Re-run items are back in their stages and the sealed set is cleared:
             # deciding from the older snapshot could seal a stage they still have to reach.
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         state = completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
         stop = spec.suspend or state.phase is completion.Phase.FAILED
-        if stop and env.FLAG_SUSPENDED not in snapshot.flags:
+        if stop and not snapshot.suspended:
             why = "spec.suspend" if spec.suspend else "the batch failed"
-            await self.redis.hset(flags_key, env.FLAG_SUSPENDED, why)
-        elif not stop and env.FLAG_SUSPENDED in snapshot.flags:
-            await self.redis.hdel(flags_key, env.FLAG_SUSPENDED)
-        over = snapshot.flags.get(env.FLAG_BUDGET_EXCEEDED)
+            await producer.suspend(self.redis, batch.uid, why)
+        elif not stop and snapshot.suspended:
+            await producer.resume(self.redis, batch.uid)
+        over = snapshot.budget_exceeded
         if over and (the_plan.budget is None or the_plan.budget.exceeded(snapshot.usage) is None):
-            await self.redis.hdel(flags_key, env.FLAG_BUDGET_EXCEEDED)  # the budget was raised
+            await producer.clear_budget_exceeded(self.redis, batch.uid)  # the budget was raised
         acted = False
         for gate, items in the_plan.approvals.items():
             if snapshot.stages[gate].ready:
                 following = the_plan.stage(gate).next
                 gather = following is not None and the_plan.stage(following).collect
-                acted |= await queue.release(self.redis, batch.uid, gate, following, items, gather=gather) > 0
+                acted |= await producer.release(self.redis, batch.uid, gate, following, items, gather=gather) > 0
         for stage in completion.collectable(the_plan, snapshot):
-            acted |= await queue.collect(self.redis, batch.uid, stage) > 0
+            acted |= await producer.collect(self.redis, batch.uid, stage) > 0
         if acted:
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         sealable = completion.sealable(the_plan, snapshot)
         for stage in sealable:
-            await queue.seal(self.redis, batch.uid, stage)
+            await producer.seal(self.redis, batch.uid, stage)
         if sealable:
-            snapshot = await queue.snapshot(self.redis, batch.uid, names)
+            snapshot = await producer.snapshot(self.redis, batch.uid, names)
         return snapshot, completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
 
     async def _retry_failed_if_asked(
-        self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, snapshot: queue.Snapshot
+        self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, snapshot: producer.Snapshot
     ) -> bool:
         """The ``analysis.dev/retry-failed`` annotation: each new value re-runs failed and dead-lettered items once.
 
         True when it acted on a new value (the snapshot is then out of date).
         """
         token = (body["metadata"].get("annotations") or {}).get(wellknown.ANNOTATION_RETRY_FAILED)
-        if not token or snapshot.flags.get("retry_token") == token:
+        if not token or snapshot.retry_token == token:
             return False
-        flags_key = keys.BatchKeys(batch.uid).flags
-        rerun = await queue.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
-        await self.redis.hset(flags_key, "retry_token", token)
-        await self.redis.hincrby(flags_key, "run", 1)
-        kopf.info(body, reason="RetryFailed", message=f"re-running {rerun} failed or dead-lettered items")
+        rerun = await producer.retry_failed(self.redis, batch.uid, [s.name for s in the_plan.stages])
+        await producer.mark_retried(self.redis, batch.uid, token)
+        kopf.info(body, reason=R.RETRY_FAILED, message=f"re-running {rerun} failed or dead-lettered items")
         return True
 
     # ---------------------------------------------------------------- 4. children
@@ -324,13 +322,13 @@ class Reconciler:
         batch: builders.Batch,
         body: kopf.Body,
         the_plan: plan.Plan,
-        snapshot: queue.Snapshot,
+        snapshot: producer.Snapshot,
         children: Children,
         *,
         stopping: bool,
         problems: list[status.Problem],
     ) -> None:
-        run = int(snapshot.flags.get("run", "0") or 0)
+        run = snapshot.run
         for stage in the_plan.stages:
             if stage.provider is None:
                 continue
@@ -354,7 +352,7 @@ class Reconciler:
                 self._applied[name] = digest
             except kube.ApiError as exc:
                 problems.append(
-                    status.Problem("WorkloadApplyFailed", f"{desired['kind']} {name}: {kube.describe(exc)}")
+                    status.Problem(R.WORKLOAD_APPLY_FAILED, f"{desired['kind']} {name}: {kube.describe(exc)}")
                 )
 
     def _stabilized(self, stage: str, size: int, current: int, stopping: bool) -> int:
@@ -376,7 +374,7 @@ class Reconciler:
         self,
         stage: plan.StagePlan,
         counts: queue.StageCounts,
-        snapshot: queue.Snapshot,
+        snapshot: producer.Snapshot,
         observed: Workload | None,
         size: int,
         digest: str,
@@ -398,14 +396,12 @@ class Reconciler:
 
     async def _protect_busy(self, batch: builders.Batch, stage: str, children: Children) -> None:
         """Before a Deployment shrinks: busy workers get a high pod-deletion-cost, so idle ones go first."""
-        k = keys.BatchKeys(batch.uid)
         pods = [p for p in children.pods if p.stage == stage and p.live]
         if not pods:
             return
-        beats = await self.redis.mget([k.health(stage, p.name) for p in pods])
-        for pod, beat in zip(pods, beats, strict=True):
-            busy = beat is not None and json.loads(beat).get("in_flight", 0) > 0
-            cost = BUSY_POD_COST if busy else "0"
+        held = await producer.items_in_flight(self.redis, batch.uid, stage, [p.name for p in pods])
+        for pod in pods:
+            cost = BUSY_POD_COST if held[pod.name] > 0 else "0"
             if pod.deletion_cost != cost:
                 patch = {"metadata": {"annotations": {builders.ANNOTATION_DELETION_COST: cost}}}
                 await self.kube.merge_patch(kube.PODS, batch.namespace, pod.name, patch)
@@ -424,14 +420,14 @@ class Reconciler:
         if not final and now < self._results_due:
             return self._results
         self._results_due = now + self.cfg.results_interval_s
-        length = await queue.finals_length(self.redis, batch.uid)
+        length = await producer.finals_length(self.redis, batch.uid)
         if self._results is not None and self._results["rows"] == length:
             return self._results
         chunks = await self._chunks(batch)
         cursor = results.exported(chunks)
         try:
             while cursor < length:
-                records = await queue.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
+                records = await producer.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
                 if not records:
                     break
                 for planned in export.plan_export(batch, chunks, [export.row(r) for r in records]):
@@ -506,11 +502,11 @@ def parse_items(text: str, ref: v1alpha1.ConfigMapKeyRef, problems: list[status.
         items = [line.strip() for line in text.splitlines()]
     items = [item for item in items if item and not item.startswith("#")]
     if not items:
-        problems.append(status.Problem("NoItems", f"{field}: lists no items"))
+        problems.append(status.Problem(R.NO_ITEMS, f"{field}: lists no items"))
     elif len(set(items)) != len(items):
-        problems.append(status.Problem("DuplicateItems", f"{field}: lists an item more than once"))
+        problems.append(status.Problem(R.DUPLICATE_ITEMS, f"{field}: lists an item more than once"))
     elif any("/" in item for item in items):
-        problems.append(status.Problem("InvalidItems", f"{field}: item ids cannot contain '/'"))
+        problems.append(status.Problem(R.INVALID_ITEMS, f"{field}: item ids cannot contain '/'"))
     return items
 
 
@@ -533,10 +529,17 @@ def _live_workers(children: Children) -> dict[str, int]:
 def _job_failure(workload: Workload) -> status.Problem | None:
     if not workload.failed:
         return None
-    return status.Problem("WorkersFailed", f"Job {workload.name} gave up: {workload.failed}")
+    return status.Problem(R.WORKERS_FAILED, f"Job {workload.name} gave up: {workload.failed}")
 
 
 _SECRET_WORDS = ("secret", "Secret")
+# (a Secret?, a key of it?) -> what a pod that cannot start for a missing object reports
+_NOT_FOUND = {
+    (True, True): R.SECRET_KEY_NOT_FOUND,
+    (True, False): R.SECRET_NOT_FOUND,
+    (False, True): R.CONFIGMAP_KEY_NOT_FOUND,
+    (False, False): R.CONFIGMAP_NOT_FOUND,
+}
 
 
 def pod_problems(the_plan: plan.Plan, children: Children) -> list[status.Problem]:
@@ -553,19 +556,19 @@ def pod_problems(the_plan: plan.Plan, children: Children) -> list[status.Problem
             continue
         if reason == "CreateContainerConfigError":
             field = next((f for name, f in secrets.items() if f'"{name}"' in message or f"/{name}" in message), None)
-            kind = "Secret" if any(w in message for w in _SECRET_WORDS) else "ConfigMap"
+            secret = any(w in message for w in _SECRET_WORDS)
             missing_key = "couldn't find key" in message
-            code = f"{kind}{'Key' if missing_key else ''}NotFound"
+            code = _NOT_FOUND[secret, missing_key]
             where = f"{field}: " if field else f"stage {pod.stage}: "
             out.setdefault(code, status.Problem(code, f"{where}{message}"))
         elif reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "ImageNotLocal"):
             out.setdefault(
-                "WorkerImageUnavailable",
-                status.Problem("WorkerImageUnavailable", f"stage {pod.stage}: {reason}: {message}"),
+                R.WORKER_IMAGE_UNAVAILABLE,
+                status.Problem(R.WORKER_IMAGE_UNAVAILABLE, f"stage {pod.stage}: {reason}: {message}"),
             )
         elif reason == "CrashLoopBackOff":
             out.setdefault(
-                "WorkersCrashing", status.Problem("WorkersCrashing", f"stage {pod.stage}: pod {pod.name}: {message}")
+                R.WORKERS_CRASHING, status.Problem(R.WORKERS_CRASHING, f"stage {pod.stage}: pod {pod.name}: {message}")
             )
     return list(out.values())
 

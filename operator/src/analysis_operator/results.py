@@ -16,7 +16,7 @@ The format
 A chunk carries the label ``LABEL_RESULTS`` and the batch's uid label
 (``selector``), its position in ``ANNOTATION_INDEX`` (names may be hashed)
 and its row count in ``ANNOTATION_ROWS``. Chunks in index order hold one row
-per ended item (``analysis_core.queue.FinalRecord``), in the order the items
+per ended item (``analysis_operator.producer.FinalRecord``), in the order the items
 ended::
 
     {"item", "stage", "status", "output", "error", "errorClass", "round", "attempt"}
@@ -27,7 +27,7 @@ only: parsed JSON when the whole text is a JSON object or array (optionally
 in one Markdown code fence, as models like to answer), so consumers of a
 ``output: json`` stage get structure and not a string to parse again; the
 raw text otherwise, so a prose answer that happens to read as a number or
-``true`` stays the string it was. A re-run item (``queue.retry_failed``)
+``true`` stays the string it was. A re-run item (``producer.retry_failed``)
 ends again and gets a new row later on; readers keep the last row per item
 (``latest_per_item``). Rows carry no model name, token counts or anything
 from the pod's environment: nothing secret can reach them.

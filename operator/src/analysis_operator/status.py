@@ -36,8 +36,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from analysis_core import completion, env, plan, queue
+from analysis_core import plan, queue, wire
 from analysis_core.api import v1alpha1
+from analysis_operator import completion, producer
 
 C = v1alpha1.ConditionType
 P = v1alpha1.Phase
@@ -63,7 +64,7 @@ class Observation:
     generation: int
     now: datetime
     plan: plan.Plan | None = None  # None: not compiled (see problems)
-    snapshot: queue.Snapshot | None = None  # None: not seeded yet, or Redis unreachable
+    snapshot: producer.Snapshot | None = None  # None: not seeded yet, or Redis unreachable
     state: completion.BatchState | None = None
     workers: Mapping[str, int] = dataclasses.field(default_factory=dict)  # stage -> live worker pods
     held: Mapping[str, int] = dataclasses.field(default_factory=dict)  # approval stage -> items held
@@ -130,15 +131,15 @@ def _stage_status(stage: plan.StagePlan, counts: queue.StageCounts, workers: int
         "name": stage.name,
         "pending": counts.ready + counts.gathered,
         "running": counts.running,
-        "succeeded": c.get("succeeded", 0),
-        "failed": c.get("failed", 0),
+        "succeeded": c.get(wire.COUNT_SUCCEEDED, 0),
+        "failed": c.get(wire.COUNT_FAILED, 0),
         "retrying": counts.retrying,
-        "deadLettered": c.get("dead_lettered", 0),
+        "deadLettered": c.get(wire.COUNT_DEAD_LETTERED, 0),
         "workers": workers,
     }
 
 
-def _current_stage(the_plan: plan.Plan, snapshot: queue.Snapshot) -> str | None:
+def _current_stage(the_plan: plan.Plan, snapshot: producer.Snapshot) -> str | None:
     for stage in the_plan.stages:
         if not snapshot.stages[stage.name].drained:
             return stage.name
@@ -151,38 +152,40 @@ def _counts(obs: Observation) -> dict[str, Any]:
     assert obs.snapshot is not None
     snap, the_plan = obs.snapshot, obs.plan
     last = snap.stages[the_plan.stages[-1].name].counters
-    failed = sum(s.counters.get("failed", 0) for s in snap.stages.values())
-    dead = sum(s.counters.get("dead_lettered", 0) for s in snap.stages.values())
+    failed = sum(s.counters.get(wire.COUNT_FAILED, 0) for s in snap.stages.values())
+    dead = sum(s.counters.get(wire.COUNT_DEAD_LETTERED, 0) for s in snap.stages.values())
     in_pipeline = sum(s.ready + s.running + s.retrying + s.gathered for s in snap.stages.values())
-    done = last.get("succeeded", 0) + failed + dead
+    done = last.get(wire.COUNT_SUCCEEDED, 0) + failed + dead
     total = done + in_pipeline
     judges = [snap.stages[s.name].counters for s in the_plan.stages if s.type is v1alpha1.StageType.JUDGE]
-    approved = sum(j.get("approved", 0) for j in judges)
-    rejected = sum(j.get("rejected", 0) for j in judges)
+    approved = sum(j.get(wire.COUNT_APPROVED, 0) for j in judges)
+    rejected = sum(j.get(wire.COUNT_REJECTED, 0) for j in judges)
     usage = snap.usage
-    tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    input_tokens, output_tokens = usage.get(wire.USAGE_INPUT_TOKENS, 0), usage.get(wire.USAGE_OUTPUT_TOKENS, 0)
+    cost_nusd = usage.get(wire.USAGE_COST_NUSD, 0)
+    tokens = input_tokens + output_tokens
     out: dict[str, Any] = {
         "currentStage": _current_stage(the_plan, snap),
         "progress": f"{done}/{total}",
         "percent": 100 if total and done == total else (done * 100 // total if total else 0),
-        "retries": sum(s.counters.get("retries", 0) for s in snap.stages.values()),
-        "items": {"total": total, "done": done, "succeeded": last.get("succeeded", 0), "failed": failed,
+        "retries": sum(s.counters.get(wire.COUNT_RETRIES, 0) for s in snap.stages.values()),
+        "items": {"total": total, "done": done, "succeeded": last.get(wire.COUNT_SUCCEEDED, 0), "failed": failed,
                   "deadLettered": dead},
         "stages": [_stage_status(s, snap.stages[s.name], obs.workers.get(s.name, 0)) for s in the_plan.stages],
         "usage": {
-            "inputTokens": usage.get("input_tokens", 0),
-            "outputTokens": usage.get("output_tokens", 0),
+            "inputTokens": input_tokens,
+            "outputTokens": output_tokens,
             "totalTokens": tokens,
-            "costUSD": nusd_to_usd(usage.get("cost_nusd", 0)),
+            "costUSD": nusd_to_usd(cost_nusd),
             "tokensSummary": tokens_summary(tokens),
-            "costSummary": cost_summary(usage.get("cost_nusd", 0)),
+            "costSummary": cost_summary(cost_nusd),
         },
     }  # fmt: skip
     if judges:
         out["judge"] = {
             "approved": approved,
             "rejected": rejected,
-            "exhausted": sum(j.get("exhausted", 0) for j in judges),
+            "exhausted": sum(j.get(wire.COUNT_EXHAUSTED, 0) for j in judges),
             "summary": judge_summary(approved, rejected),
         }
     return out
@@ -203,7 +206,7 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
     terminal = phase in (P.COMPLETE, P.FAILED)
     blocking = [p for p in obs.problems if p.stalled]
     passing = [p for p in obs.problems if not p.stalled]
-    budget = None if obs.snapshot is None else obs.snapshot.flags.get(env.FLAG_BUDGET_EXCEEDED)
+    budget = None if obs.snapshot is None else obs.snapshot.flags.get(wire.FLAG_BUDGET_EXCEEDED)
     state_msg = obs.state.reason if obs.state is not None else ""
     held = {stage: n for stage, n in obs.held.items() if n}
     held_msg = "; ".join(

@@ -16,16 +16,14 @@ what is left behind and lets go.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import kopf
 
-from analysis_core import env, keys, queue
+from analysis_core import keys, queue
 from analysis_core.api import wellknown
-from analysis_operator import kube
+from analysis_operator import kube, producer
 
 GIVE_UP_AFTER = 60  # retries, about two seconds apart while pods drain, longer while Redis is away
-SCAN_COUNT = 1000
 
 
 async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, retry: int, logger: kopf.Logger) -> None:
@@ -44,11 +42,11 @@ async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, r
     except queue.UNAVAILABLE as exc:
         if retry < GIVE_UP_AFTER:
             why = f"Redis unavailable, the batch's keys remain; retry {retry + 1} of {GIVE_UP_AFTER}: {exc}"
-            kopf.warn(body, reason="CleanupRetrying", message=why)
+            kopf.warn(body, reason=wellknown.Reason.CLEANUP_RETRYING, message=why)
             raise kopf.TemporaryError(why, delay=5) from exc
         kopf.warn(
             body,
-            reason="CleanupIncomplete",
+            reason=wellknown.Reason.CLEANUP_INCOMPLETE,
             message=f"gave up after {retry} tries: Redis keys matching {keys.BatchKeys(uid).pattern} remain ({exc})",
         )
         return
@@ -56,7 +54,7 @@ async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, r
 
 
 async def _stop_claims(redis: queue.Redis, uid: str) -> None:
-    await redis.hset(keys.BatchKeys(uid).flags, env.FLAG_SUSPENDED, "the batch is being deleted")
+    await producer.suspend(redis, uid, "the batch is being deleted")
 
 
 def _running(pod: kube.PODS) -> bool:
@@ -64,19 +62,5 @@ def _running(pod: kube.PODS) -> bool:
 
 
 async def sweep(redis: queue.Redis, uid: str) -> int:
-    """Unlink every key of the batch (they share its hash tag, so one pattern finds them all)."""
-    removed = 0
-    async for batch in _scan_batches(redis, keys.BatchKeys(uid).pattern):
-        removed += int(await redis.unlink(*batch))
-    return removed
-
-
-async def _scan_batches(redis: queue.Redis, pattern: str) -> Any:
-    batch: list[str] = []
-    async for key in redis.scan_iter(match=pattern, count=SCAN_COUNT):
-        batch.append(key)
-        if len(batch) >= SCAN_COUNT:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    """Unlink every key of the batch."""
+    return await producer.remove(redis, uid)

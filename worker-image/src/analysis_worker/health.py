@@ -1,34 +1,33 @@
 """Liveness of a worker: a heartbeat key with a TTL, and ``analysis-worker --check``.
 
-The worker loop writes ``{uid}:health:<stage>:<pod>`` every third of the TTL
-with what it is doing; the key expires on its own when the loop stops
-beating (hung, deadlocked, or dead). ``check`` is what a pod's exec probe
-runs: exit 0 if this pod's key exists, 1 otherwise (including when Redis
-cannot be reached, which a worker cannot work without either).
+The worker loop writes ``{uid}:health:<stage>:<pod>`` (``consumer.beat``)
+every third of the TTL with what it is doing; the key expires on its own when
+the loop stops beating (hung, deadlocked, or dead). ``check`` is what a pod's
+exec probe runs: exit 0 if this pod's key exists, 1 otherwise (including when
+Redis cannot be reached, which a worker cannot work without either).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
+from collections.abc import Mapping
 from typing import Any
 
-from analysis_core import keys, queue
+from analysis_core import queue
 from analysis_worker import config as config_
+from analysis_worker import consumer
 
 
-async def beat(client: queue.Redis, cfg: config_.WorkerConfig, info: dict[str, Any]) -> None:
-    key = keys.BatchKeys(cfg.batch_uid).health(cfg.stage, cfg.pod_name)
-    payload = json.dumps({"at": time.time(), **info})
-    await client.set(key, payload, px=int(cfg.health_ttl_s * 1000))
+async def beat(client: queue.Redis, cfg: config_.WorkerConfig, in_flight: int, about: Mapping[str, Any]) -> None:
+    await consumer.beat(
+        client, cfg.batch_uid, cfg.stage, cfg.pod_name, in_flight=in_flight, ttl_s=cfg.health_ttl_s, about=about
+    )
 
 
 async def _check(cfg: config_.WorkerConfig) -> bool:
     client = queue.connect(cfg.redis_url, cfg.redis_secret)
     try:
-        key = keys.BatchKeys(cfg.batch_uid).health(cfg.stage, cfg.pod_name)
-        return bool(await client.exists(key))
+        return await consumer.beating(client, cfg.batch_uid, cfg.stage, cfg.pod_name)
     finally:
         await client.aclose()
 

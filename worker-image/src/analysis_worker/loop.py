@@ -8,7 +8,7 @@ One ``Worker`` serves one stage of one batch. Three tasks run side by side:
   at a time;
 - each item task renders the prompt, waits for the stage's shared rate
   limiter, calls the provider under the stage's deadline, and finishes the
-  attempt in one atomic step (``StageQueue.complete``) or schedules a retry
+  attempt in one atomic step (``consumer.StageQueue.complete``) or schedules a retry
   as the error taxonomy decides (``analysis_core.errors.decide``);
 - the keeper renews the leases of items in flight, moves due retries back
   into the stream, and writes the health key.
@@ -36,10 +36,10 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from analysis_core import env, errors, plan, pricing, queue, ratelimit, routing
+from analysis_core import env, errors, plan, pricing, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_worker import config as config_
-from analysis_worker import health, metrics, templates
+from analysis_worker import consumer, health, metrics, ratelimit, routing, templates
 from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
@@ -85,7 +85,7 @@ class Worker:
         self.provider = provider
         self.client = client
         self.prices = prices
-        self.queue = queue.StageQueue(client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name)
+        self.queue = consumer.StageQueue(client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name)
         limits = self.stage.rate_limit
         self.limiter = ratelimit.Limiter(
             client,
@@ -214,7 +214,7 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            deliveries: list[queue.Delivery] = []
+            deliveries: list[consumer.Delivery] = []
             if time.monotonic() >= next_reclaim:
                 deliveries = await self.queue.reclaim(free, lease_ms, self.max_deliveries)
                 self.metrics.redelivered(metrics.Redelivery.EXPIRED_LEASE, len(deliveries))
@@ -233,7 +233,7 @@ class Worker:
             return False
         return (await self.queue.counts()).drained
 
-    def _start(self, deliveries: list[queue.Delivery]) -> None:
+    def _start(self, deliveries: list[consumer.Delivery]) -> None:
         for delivery in deliveries:
             if delivery.entry_id in self.inflight:
                 continue
@@ -265,8 +265,7 @@ class Worker:
                     next_renew = now + self.lease_s / 3
                 await self.queue.promote()
                 if now >= next_beat:
-                    info = {"pod": self.cfg.pod_name, "in_flight": len(self.inflight), **dataclasses.asdict(self.stats)}
-                    await health.beat(self.client, self.cfg, info)
+                    await health.beat(self.client, self.cfg, len(self.inflight), dataclasses.asdict(self.stats))
                     next_beat = now + self.cfg.health_ttl_s / 3
             except queue.UNAVAILABLE as exc:
                 log.warning("redis unavailable", extra={"fields": {"error": str(exc)}})
@@ -274,7 +273,7 @@ class Worker:
 
     async def _claims_blocked(self) -> bool:
         """The batch is suspended (spec.suspend) or its budget is used up: claim nothing now."""
-        suspended = await self.client.hexists(self.queue.keys.flags, env.FLAG_SUSPENDED)
+        suspended = await consumer.suspended(self.client, self.cfg.batch_uid)
         if suspended != self._suspended:
             self._suspended = bool(suspended)
             log.info("suspended: no new claims" if suspended else "resumed")
@@ -283,16 +282,16 @@ class Worker:
         budget = self.plan.budget
         if budget is None or self._over_budget:
             return self._over_budget is not None
-        why = budget.exceeded(await queue.usage(self.client, self.cfg.batch_uid))
+        why = budget.exceeded(await consumer.usage(self.client, self.cfg.batch_uid))
         if why:
             self._over_budget = why
-            await queue.raise_flag(self.client, self.cfg.batch_uid, env.FLAG_BUDGET_EXCEEDED, why)
+            await consumer.raise_budget_exceeded(self.client, self.cfg.batch_uid, why)
             log.warning("budget used up: no new claims", extra={"fields": {"why": why}})
         return self._over_budget is not None
 
     # ---------------------------------------------------------------- one item
 
-    async def _process(self, delivery: queue.Delivery) -> None:
+    async def _process(self, delivery: consumer.Delivery) -> None:
         try:
             await self._process_one(delivery)
         except asyncio.CancelledError:
@@ -301,7 +300,7 @@ class Worker:
             # Not acknowledged, so the lease expires and the item is redelivered.
             log.exception("item aborted", extra={"fields": {"item": delivery.message.item}})
 
-    async def _process_one(self, delivery: queue.Delivery) -> None:
+    async def _process_one(self, delivery: consumer.Delivery) -> None:
         claimed_ms = _now_ms()
         message = delivery.message
         if not message.since_ms:
@@ -327,7 +326,7 @@ class Worker:
             error = errors.ProviderError(errors.ErrorClass.BAD_OUTPUT, str(exc))
             await self._failed_attempt(delivery, error, tokens, fields, model=completion.model)
             return
-        timing = {"claimed_ms": claimed_ms, "called_ms": called_ms}
+        timing = {wire.OUTCOME_CLAIMED_MS: claimed_ms, wire.OUTCOME_CALLED_MS: called_ms}
         await self._succeed(delivery, completion.text, tokens, completion.model, fields, timing, routed)
 
     async def _reviewed_input(self, message: queue.Message) -> str:
@@ -335,7 +334,7 @@ class Worker:
         if self.stage.type is not v1alpha1.StageType.JUDGE or not message.input:
             return ""
         reviewed = await self.queue.outcome(message.input)
-        return str((reviewed or {}).get("input", ""))
+        return str((reviewed or {}).get(wire.OUTCOME_INPUT, ""))
 
     async def _call(self, message: queue.Message) -> tuple[base.Completion, int]:
         """Render, wait for the limiter, call the provider under the stage's deadline; also when it was called."""
@@ -395,12 +394,18 @@ class Worker:
             self.metrics.pause(metrics.Pause.QUOTA_EXHAUSTED)
         return completion, called_ms
 
-    def _cost_nusd(self, model: str, tokens: tuple[int, int]) -> int:
-        return int(self.prices.cost_usd(model, tokens[0], tokens[1]) * NANO)
+    def _usage(self, model: str, tokens: tuple[int, int]) -> dict[str, int]:
+        """The counters a call adds: its tokens, and its cost in nano-dollars."""
+        cost_nusd = int(self.prices.cost_usd(model, tokens[0], tokens[1]) * NANO)
+        return {
+            wire.USAGE_INPUT_TOKENS: tokens[0],
+            wire.USAGE_OUTPUT_TOKENS: tokens[1],
+            wire.USAGE_COST_NUSD: cost_nusd,
+        }
 
     async def _succeed(
         self,
-        delivery: queue.Delivery,
+        delivery: consumer.Delivery,
         text: str,
         tokens: tuple[int, int],
         model: str,
@@ -410,24 +415,27 @@ class Worker:
     ) -> None:
         message = delivery.message
         idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
-        cost = self._cost_nusd(model, tokens)
         outcome: dict[str, Any] = {
-            "status": routed.status, "pod": self.cfg.pod_name, "model": model, "in": tokens[0], "out": tokens[1],
-            "input": message.input, **timing,
+            wire.OUTCOME_STATUS: routed.status, wire.OUTCOME_POD: self.cfg.pod_name, wire.OUTCOME_MODEL: model,
+            wire.OUTCOME_INPUT_TOKENS: tokens[0], wire.OUTCOME_OUTPUT_TOKENS: tokens[1],
+            wire.OUTCOME_INPUT: message.input, **timing,
         }  # fmt: skip
         # Sent nowhere: the item's journey ends here (the last stage, a fan-out without children, a judge's Fail).
         final = not routed.routes
-        if routed.status == "failed":  # a judge out of rejections (onExhausted: Fail)
-            outcome.update(error_class=str(errors.ErrorClass.JUDGE_REJECTED), error=routed.note)
+        if routed.status == wire.STATUS_FAILED:  # a judge out of rejections (onExhausted: Fail)
+            outcome[wire.OUTCOME_ERROR_CLASS] = str(errors.ErrorClass.JUDGE_REJECTED)
+            outcome[wire.OUTCOME_ERROR] = routed.note
         elif final and self.stage.type is v1alpha1.StageType.JUDGE:
-            outcome["output_key"] = message.input  # what it ends with is the reviewed answer, not the verdict
-        usage = {"input_tokens": tokens[0], "output_tokens": tokens[1], "cost_nusd": cost}
+            outcome[wire.OUTCOME_OUTPUT_KEY] = (
+                message.input
+            )  # what it ends with is the reviewed answer, not the verdict
+        usage = self._usage(model, tokens)
         first = await self.queue.complete(
             delivery, outcome, result=text, increments={**routed.increments, **usage}, routes=routed.routes,
             more_results=routed.results, final=final,
         )  # fmt: skip
         if first:
-            if routed.status == "failed":
+            if routed.status == wire.STATUS_FAILED:
                 self.stats.failed += 1
             else:
                 self.stats.succeeded += 1
@@ -442,16 +450,16 @@ class Worker:
     def _count_success(self, routed: routing.Routed) -> None:
         """Metrics of a completed call: how the attempt ended, and a judge's verdict."""
         self.metrics.item(metrics.Outcome(routed.status))
-        if "approved" in routed.increments:
+        if wire.COUNT_APPROVED in routed.increments:
             self.metrics.verdict(approved=True)
-        elif "rejected" in routed.increments:
+        elif wire.COUNT_REJECTED in routed.increments:
             self.metrics.verdict(approved=False)
-        if routed.status == "failed":  # out of rejections, onExhausted: Fail
+        if routed.status == wire.STATUS_FAILED:  # out of rejections, onExhausted: Fail
             self.metrics.error(errors.ErrorClass.JUDGE_REJECTED)
 
     async def _failed_attempt(
         self,
-        delivery: queue.Delivery,
+        delivery: consumer.Delivery,
         error: errors.ProviderError,
         tokens: tuple[int, int],
         fields: dict[str, Any],
@@ -462,16 +470,18 @@ class Worker:
         message = delivery.message
         self.metrics.error(error.error_class)
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
-        # A re-run item (queue.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
+        # A re-run item (producer.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
         decision = errors.decide(error, self.stage.retry, attempt=message.attempts_in_run, elapsed_s=elapsed_s)
-        spent = {}
-        if any(tokens):
-            spent = {"input_tokens": tokens[0], "output_tokens": tokens[1], "cost_nusd": self._cost_nusd(model, tokens)}
+        spent = self._usage(model, tokens) if any(tokens) else {}
         details = {**fields, "error_class": str(error.error_class), "error": error.message}
         if decision.action is errors.Action.RETRY:
             next_message = dataclasses.replace(message, attempt=message.attempt + (1 if decision.uses_attempt else 0))
-            outcome = {"status": "retry", "error_class": str(error.error_class), "error": error.message[:500]}
-            counter = "retries" if decision.uses_attempt else "rate_limited"
+            outcome = {
+                wire.OUTCOME_STATUS: wire.STATUS_RETRY,
+                wire.OUTCOME_ERROR_CLASS: str(error.error_class),
+                wire.OUTCOME_ERROR: error.message[:500],
+            }
+            counter = wire.COUNT_RETRIES if decision.uses_attempt else wire.COUNT_RATE_LIMITED
             scheduled = await self.queue.retry(
                 delivery,
                 next_message,
@@ -487,12 +497,14 @@ class Worker:
                 self.stats.duplicates += 1
                 self.metrics.item(metrics.Outcome.DUPLICATE)
             return
-        # Failed for good: the end of its journey. Input and feedback let queue.retry_failed run it again.
+        # Failed for good: the end of its journey. Input and feedback let producer.retry_failed run it again.
         outcome = {
-            "status": "failed", "error_class": str(error.error_class), "error": error.message[:500],
-            "input": message.input, **({"feedback": message.feedback} if message.feedback else {}),
+            wire.OUTCOME_STATUS: wire.STATUS_FAILED, wire.OUTCOME_ERROR_CLASS: str(error.error_class),
+            wire.OUTCOME_ERROR: error.message[:500], wire.OUTCOME_INPUT: message.input,
+            **({wire.OUTCOME_FEEDBACK: message.feedback} if message.feedback else {}),
         }  # fmt: skip
-        first = await self.queue.complete(delivery, outcome, result=None, increments={"failed": 1, **spent}, final=True)
+        increments = {wire.COUNT_FAILED: 1, **spent}
+        first = await self.queue.complete(delivery, outcome, result=None, increments=increments, final=True)
         if first:
             self.stats.failed += 1
             self.metrics.item(metrics.Outcome.FAILED)

@@ -36,7 +36,7 @@ from wsgiref.simple_server import WSGIServer
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from analysis_core import env, errors
+from analysis_core import env, errors, wire
 
 log = logging.getLogger("analysis_worker")
 
@@ -54,12 +54,15 @@ WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 3
 
 
 class Outcome(enum.StrEnum):
-    """How one attempt at an item ended in this worker."""
+    """How one attempt at an item ended in this worker.
 
-    SUCCEEDED = "succeeded"  # completed and routed on (a judge's approval or AcceptLast included)
-    REJECTED = "rejected"  # a judge sent it back to the stage it reviews
+    ``SUCCEEDED``, ``REJECTED`` and ``FAILED`` are the outcome statuses a completion records (``Outcome(routed.status)``).
+    """
+
+    SUCCEEDED = wire.STATUS_SUCCEEDED  # completed and routed on (a judge's approval or AcceptLast included)
+    REJECTED = wire.STATUS_REJECTED  # a judge sent it back to the stage it reviews
     RETRIED = "retried"  # failed, and a retry was scheduled (rate limits included)
-    FAILED = "failed"  # failed for good (a judge out of rejections with onExhausted: Fail included)
+    FAILED = wire.STATUS_FAILED  # failed for good (a judge out of rejections with onExhausted: Fail included)
     DUPLICATE = "duplicate"  # another delivery of the same attempt had completed it first
 
 

@@ -13,12 +13,13 @@ for i = 1, #flat, 2 do items[#items + 1] = {flat[i], flat[i + 1]} end
 table.sort(items, function(a, b) return a[1] < b[1] end)
 local combined = {}
 for _, pair in ipairs(items) do
-  combined[#combined + 1] = {item = pair[1], output = redis.call('HGET', KEYS[2], pair[2]) or ''}
+  local output = redis.call('HGET', KEYS[2], pair[2]) or ''
+  combined[#combined + 1] = {[COLLECTED_ITEM] = pair[1], [COLLECTED_OUTPUT] = output}
 end
 if #combined > 0 then
   redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(combined))
-  redis.call('XADD', KEYS[3], '*', 'item', ARGV[2], 'round', '0', 'attempt', '1', 'input', ARGV[1],
-    'since', '0', 'feedback', '')
+  redis.call('XADD', KEYS[3], '*', MSG_ITEM, ARGV[2], MSG_ROUND, '0', MSG_ATTEMPT, '1', MSG_INPUT, ARGV[1],
+    MSG_SINCE, '0', MSG_FEEDBACK, '')
 end
 redis.call('DEL', KEYS[1])
 return #combined

@@ -37,6 +37,7 @@ GUARD_FRACTION = 0.02
 GUARD_MIN_S = 0.25
 # Longest single sleep between tries, so a stop request or a settle elsewhere is noticed.
 MAX_SLEEP_S = 1.0
+LUA = scripts.Library("analysis_worker")
 
 
 def estimate_tokens(prompt: str, max_tokens: int) -> int:
@@ -68,10 +69,10 @@ class Limiter:
         self.tokens = tokens_per_window or 0
         self.window_ms = math.ceil(1000 * (window_s + max(window_s * GUARD_FRACTION, GUARD_MIN_S)))
         k = keys_.BatchKeys(uid)
-        self._keys = [k.limiter(stage, part) for part in ("req", "tok", "amt", "sum", "pause")]
-        self._acquire = scripts.script(client, "limiter_acquire")
-        self._settle = scripts.script(client, "limiter_settle")
-        self._pause = scripts.script(client, "limiter_pause")
+        self._keys = [k.limiter(stage, part) for part in keys_.LIMITER_PARTS]
+        self._acquire = LUA.script(client, "limiter_acquire")
+        self._settle = LUA.script(client, "limiter_settle")
+        self._pause = LUA.script(client, "limiter_pause")
 
     @property
     def enabled(self) -> bool:

@@ -21,19 +21,19 @@ for _, entry in ipairs(claimed[2]) do
   if deliveries > tonumber(ARGV[5]) then
     local f = {}
     for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
-    local key = ARGV[6] .. '/' .. ARGV[7] .. '/' .. f['item'] .. '/' .. f['round'] .. '/' .. f['attempt']
+    local key = ARGV[6] .. '/' .. ARGV[7] .. '/' .. f[MSG_ITEM] .. '/' .. f[MSG_ROUND] .. '/' .. f[MSG_ATTEMPT]
     local why = 'delivered ' .. deliveries .. ' times without completing'
-    local outcome = cjson.encode({status = 'dead', deliveries = deliveries, error = why,
-      input = f['input'] or '', feedback = f['feedback'] or ''})
+    local outcome = cjson.encode({[OUTCOME_STATUS] = STATUS_DEAD, [OUTCOME_DELIVERIES] = deliveries,
+      [OUTCOME_ERROR] = why, [OUTCOME_INPUT] = f[MSG_INPUT] or '', [OUTCOME_FEEDBACK] = f[MSG_FEEDBACK] or ''})
     if redis.call('HSETNX', KEYS[2], key, outcome) == 1 then
       redis.call('HSET', KEYS[3], key, why)
-      redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+      redis.call('HINCRBY', KEYS[4], COUNT_DEAD_LETTERED, 1)
       redis.call('RPUSH', KEYS[5], key)
     end
     redis.call('XACK', stream, group, id)
     redis.call('XDEL', stream, id)
   else
-    redis.call('HINCRBY', KEYS[4], 'redelivered', 1)
+    redis.call('HINCRBY', KEYS[4], COUNT_REDELIVERED, 1)
     out[#out + 1] = {id, fields, deliveries}
   end
 end

@@ -10,7 +10,7 @@
 -- KEYS[5] the batch's finals list
 -- ARGV[1] batch uid  ARGV[2] gate stage  ARGV[3] JSON array of approved items, or "*" for all
 -- ARGV[4] most entries to look at
--- ARGV[5] 'stream', 'gather', or 'none' (the gate is the last stage; KEYS[4] unused)
+-- ARGV[5] RELEASE_STREAM, RELEASE_GATHER, or RELEASE_NONE (the gate is the last stage; KEYS[4] unused)
 -- Returns how many items were released.
 local all = ARGV[3] == '*'
 local approved = {}
@@ -22,18 +22,18 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber
   local id, fields = entry[1], entry[2]
   local f = {}
   for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
-  if all or approved[f['item']] then
-    local key = ARGV[1] .. '/' .. ARGV[2] .. '/' .. f['item'] .. '/' .. f['round'] .. '/' .. f['attempt']
-    local outcome = {status = 'succeeded', approved = true, input = f['input']}
-    if ARGV[5] == 'none' then outcome['output_key'] = f['input'] end
+  if all or approved[f[MSG_ITEM]] then
+    local key = ARGV[1] .. '/' .. ARGV[2] .. '/' .. f[MSG_ITEM] .. '/' .. f[MSG_ROUND] .. '/' .. f[MSG_ATTEMPT]
+    local outcome = {[OUTCOME_STATUS] = STATUS_SUCCEEDED, [OUTCOME_APPROVED] = true, [OUTCOME_INPUT] = f[MSG_INPUT]}
+    if ARGV[5] == RELEASE_NONE then outcome[OUTCOME_OUTPUT_KEY] = f[MSG_INPUT] end
     if redis.call('HSETNX', KEYS[2], key, cjson.encode(outcome)) == 1 then
-      redis.call('HINCRBY', KEYS[3], 'succeeded', 1)
-      redis.call('HINCRBY', KEYS[3], 'approved', 1)
-      if ARGV[5] == 'stream' then
-        redis.call('XADD', KEYS[4], '*', 'item', f['item'], 'round', f['round'], 'attempt', '1',
-          'input', f['input'], 'since', '0', 'feedback', '')
-      elseif ARGV[5] == 'gather' then
-        redis.call('HSET', KEYS[4], f['item'], f['input'])
+      redis.call('HINCRBY', KEYS[3], COUNT_SUCCEEDED, 1)
+      redis.call('HINCRBY', KEYS[3], COUNT_APPROVED, 1)
+      if ARGV[5] == RELEASE_STREAM then
+        redis.call('XADD', KEYS[4], '*', MSG_ITEM, f[MSG_ITEM], MSG_ROUND, f[MSG_ROUND], MSG_ATTEMPT, '1',
+          MSG_INPUT, f[MSG_INPUT], MSG_SINCE, '0', MSG_FEEDBACK, '')
+      elseif ARGV[5] == RELEASE_GATHER then
+        redis.call('HSET', KEYS[4], f[MSG_ITEM], f[MSG_INPUT])
       else
         redis.call('RPUSH', KEYS[5], key)
       end

@@ -1,6 +1,6 @@
 -- Schedule another try of a message after a delay, and acknowledge the
 -- current delivery. When the failed attempt uses up an attempt, its outcome
--- ("retry") is recorded under its idempotency key first, so a slow duplicate
+-- (STATUS_RETRY) is recorded under its idempotency key first, so a slow duplicate
 -- of the same attempt cannot schedule a second retry or route the item. A
 -- rate-limited call keeps its attempt: nothing is recorded, and duplicates
 -- collapse because the delayed set holds each message once.
@@ -25,7 +25,7 @@ end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[5]), ARGV[6])
-local usage = {input_tokens = true, output_tokens = true, cost_nusd = true}
+local usage = {[USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true}
 for field, n in pairs(cjson.decode(ARGV[7])) do
   redis.call('HINCRBY', KEYS[4], field, n)
   if usage[field] then redis.call('HINCRBY', KEYS[5], field, n) end

@@ -12,7 +12,8 @@
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] idempotency key  ARGV[4] outcome JSON
 -- ARGV[5] "1" if ARGV[6] is a result to store  ARGV[6] result
 -- ARGV[7] JSON object of counter increments  ARGV[8] JSON array of routes,
---         each {fields = flat array of stream fields, gather = item or absent}
+--         each {ROUTE_FIELDS: flat array of stream fields} or, for a collect stage,
+--         {ROUTE_GATHER: item, ROUTE_INPUT: its input reference}
 -- ARGV[9] JSON object of more results to store (a fanned-out child's input)
 -- ARGV[10] "1" if the item's journey ends with this attempt (final)
 -- Returns 1 when this call completed the attempt, 0 for a duplicate.
@@ -28,16 +29,16 @@ end
 for key, value in pairs(cjson.decode(ARGV[9])) do
   redis.call('HSET', KEYS[3], key, value)
 end
-local usage = {input_tokens = true, output_tokens = true, cost_nusd = true}
+local usage = {[USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true}
 for field, n in pairs(cjson.decode(ARGV[7])) do
   redis.call('HINCRBY', KEYS[4], field, n)
   if usage[field] then redis.call('HINCRBY', KEYS[5], field, n) end
 end
 for i, route in ipairs(cjson.decode(ARGV[8])) do
-  if route['gather'] then
-    redis.call('HSET', KEYS[6 + i], route['gather'], route['input'])
+  if route[ROUTE_GATHER] then
+    redis.call('HSET', KEYS[6 + i], route[ROUTE_GATHER], route[ROUTE_INPUT])
   else
-    redis.call('XADD', KEYS[6 + i], '*', unpack(route['fields']))
+    redis.call('XADD', KEYS[6 + i], '*', unpack(route[ROUTE_FIELDS]))
   end
 end
 if ARGV[10] == '1' then

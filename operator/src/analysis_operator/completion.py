@@ -1,6 +1,6 @@
 """When a stage can receive no more work (sealing), and when a batch is done.
 
-The operator reads an atomic ``queue.Snapshot`` of the batch, asks
+The operator reads an atomic ``producer.Snapshot`` of the batch, asks
 ``collectable`` which collect stages have all their items in (fan-in),
 ``sealable`` which stages to seal and ``state`` whether the batch is running,
 complete or failed, and acts. Job-mode workers exit once their stage is
@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from analysis_core import plan, queue
+from analysis_core import plan, wire
 from analysis_core.api import v1alpha1
+from analysis_operator import producer
 
 
 def units(the_plan: plan.Plan) -> list[list[str]]:
@@ -46,11 +47,11 @@ def units(the_plan: plan.Plan) -> list[list[str]]:
     return grouped
 
 
-def _drained(snapshot: queue.Snapshot, stages: list[str]) -> bool:
+def _drained(snapshot: producer.Snapshot, stages: list[str]) -> bool:
     return all(snapshot.stages[name].drained for name in stages)
 
 
-def _upstream_done(the_plan: plan.Plan, snapshot: queue.Snapshot, stage: str) -> bool:
+def _upstream_done(the_plan: plan.Plan, snapshot: producer.Snapshot, stage: str) -> bool:
     """Every unit before ``stage``'s unit is sealed and drained: nothing can send it work any more."""
     for unit in units(the_plan):
         if stage in unit:
@@ -60,8 +61,8 @@ def _upstream_done(the_plan: plan.Plan, snapshot: queue.Snapshot, stage: str) ->
     return True
 
 
-def collectable(the_plan: plan.Plan, snapshot: queue.Snapshot) -> list[str]:
-    """Collect stages whose items are all in (``queue.collect`` them, then seal)."""
+def collectable(the_plan: plan.Plan, snapshot: producer.Snapshot) -> list[str]:
+    """Collect stages whose items are all in (``producer.collect`` them, then seal)."""
     if not snapshot.seeded:
         return []
     return [
@@ -71,7 +72,7 @@ def collectable(the_plan: plan.Plan, snapshot: queue.Snapshot) -> list[str]:
     ]
 
 
-def sealable(the_plan: plan.Plan, snapshot: queue.Snapshot) -> list[str]:
+def sealable(the_plan: plan.Plan, snapshot: producer.Snapshot) -> list[str]:
     """Stages to seal now (not yet sealed, and nothing can send them work any more)."""
     if not snapshot.seeded:
         return []
@@ -102,10 +103,11 @@ class BatchState:
     reason: str = ""
 
 
-def state(the_plan: plan.Plan, snapshot: queue.Snapshot, max_failed_items: int) -> BatchState:
+def state(the_plan: plan.Plan, snapshot: producer.Snapshot, max_failed_items: int) -> BatchState:
     """Running until every stage is sealed and drained; Failed as soon as failures pass the policy."""
-    failed = sum(c.counters.get("failed", 0) + c.counters.get("dead_lettered", 0) for c in snapshot.stages.values())
-    finished = snapshot.stages[the_plan.stages[-1].name].counters.get("succeeded", 0)
+    counters = [c.counters for c in snapshot.stages.values()]
+    failed = sum(c.get(wire.COUNT_FAILED, 0) + c.get(wire.COUNT_DEAD_LETTERED, 0) for c in counters)
+    finished = snapshot.stages[the_plan.stages[-1].name].counters.get(wire.COUNT_SUCCEEDED, 0)
     if failed > max_failed_items:
         reason = f"{failed} items failed, more than failurePolicy.maxFailedItems ({max_failed_items})"
         return BatchState(Phase.FAILED, failed, finished, reason)

@@ -3,9 +3,9 @@
 The worker calls ``parse_output`` on a provider's answer (JSON stages: it must
 parse and match the stage's JSON schema, or it is ``BadOutput``), then
 ``after_success`` to learn what completing the attempt means: the follow-up
-messages (``queue.Route``), extra results to store with it (each fanned-out
+messages (``consumer.Route``), extra results to store with it (each fanned-out
 child's own input), the status this stage records, and counters. The worker
-then hands all of it to ``StageQueue.complete`` as one atomic step.
+then hands all of it to ``consumer.StageQueue.complete`` as one atomic step.
 
 Rules (docs/design.md#routing):
 
@@ -13,7 +13,7 @@ Rules (docs/design.md#routing):
   list at the path becomes child items ``<parent>/<key>``, sorted by
   ``sortBy`` and cut at ``max``, each with its element as input;
 - into a ``collect`` stage, items are gathered rather than enqueued, until
-  ``queue.collect`` combines them (fan-in);
+  the operator combines them (``analysis_operator.producer.collect``, fan-in);
 - a judge stage reads a verdict. Approved: the reviewed output goes on.
   Rejected: the item goes back to the reviewed stage, next round, with the
   feedback. Out of rejections: ``onExhausted`` fails it or passes the last
@@ -31,8 +31,9 @@ from typing import Any
 
 import jsonschema
 
-from analysis_core import plan, queue
+from analysis_core import keys, plan, queue, wire
 from analysis_core.api import v1alpha1
+from analysis_worker import consumer
 
 
 class BadOutput(ValueError):
@@ -41,10 +42,10 @@ class BadOutput(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Routed:
-    status: str  # what this stage records: succeeded, rejected or failed
-    routes: list[queue.Route]
+    status: str  # what this stage records: wire.STATUS_SUCCEEDED, STATUS_REJECTED or STATUS_FAILED
+    routes: list[consumer.Route]
     results: dict[str, str]  # more results to store with the attempt's own (fan-out inputs)
-    increments: dict[str, int]
+    increments: dict[str, int]  # wire.COUNT_* -> by how much
     note: str = ""
 
 
@@ -115,18 +116,18 @@ def after_success(
         return _judged(the_plan, stage, message, output, reviewed_input)
     if stage.fan_out is not None:
         return _fanned_out(the_plan, stage, message, idem, output)
-    return Routed("succeeded", onward(the_plan, stage, queue.Message(message.item, message.round, input=idem)), {},
-                  {"succeeded": 1})  # fmt: skip
+    passed_on = onward(the_plan, stage, queue.Message(message.item, message.round, input=idem))
+    return Routed(wire.STATUS_SUCCEEDED, passed_on, {}, {wire.COUNT_SUCCEEDED: 1})
 
 
-def onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> list[queue.Route]:
+def onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> list[consumer.Route]:
     """The route to the next stage, if any; into its gathering hash when it collects (fan-in).
 
     Also what an approval stage does with an item it releases.
     """
     if stage.next is None:
         return []
-    return [queue.Route(stage.next, message, gather=the_plan.stage(stage.next).collect)]
+    return [consumer.Route(stage.next, message, gather=the_plan.stage(stage.next).collect)]
 
 
 def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, verdict: Verdict,
@@ -134,19 +135,20 @@ def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, 
     reviewed = message.input  # the reviewed attempt's result: what goes on when approved
     passed_on = onward(the_plan, stage, queue.Message(message.item, message.round, input=reviewed))
     if verdict.approved:
-        return Routed("succeeded", passed_on, {}, {"succeeded": 1, "approved": 1, f"approved_round_{message.round}": 1},
-                      f"approved in round {message.round}")  # fmt: skip
-    counts = {"rejected": 1, f"rejected_round_{message.round}": 1}
+        approved = {wire.COUNT_SUCCEEDED: 1, wire.COUNT_APPROVED: 1, wire.approved_in_round(message.round): 1}
+        return Routed(wire.STATUS_SUCCEEDED, passed_on, {}, approved, f"approved in round {message.round}")
+    counts = {wire.COUNT_REJECTED: 1, wire.rejected_in_round(message.round): 1}
     if message.round < stage.max_rejections:
         assert stage.reviews is not None
         back = queue.Message(message.item, message.round + 1, input=reviewed_input, feedback=verdict.feedback)
-        return Routed("rejected", [queue.Route(stage.reviews, back)], {}, counts,
+        return Routed(wire.STATUS_REJECTED, [consumer.Route(stage.reviews, back)], {}, counts,
                       f"rejected in round {message.round}; back to {stage.reviews}")  # fmt: skip
-    counts["exhausted"] = 1
+    counts[wire.COUNT_EXHAUSTED] = 1
     if stage.on_exhausted is v1alpha1.OnExhausted.ACCEPT_LAST:
-        return Routed("succeeded", passed_on, {}, {**counts, "succeeded": 1},
+        return Routed(wire.STATUS_SUCCEEDED, passed_on, {}, {**counts, wire.COUNT_SUCCEEDED: 1},
                       f"rejected {message.round + 1} times; the last answer goes on (AcceptLast)")  # fmt: skip
-    return Routed("failed", [], {}, {**counts, "failed": 1}, f"rejected {message.round + 1} times (onExhausted: Fail)")
+    note = f"rejected {message.round + 1} times (onExhausted: Fail)"
+    return Routed(wire.STATUS_FAILED, [], {}, {**counts, wire.COUNT_FAILED: 1}, note)
 
 
 def _fanned_out(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, idem: str, output: Any) -> Routed:
@@ -169,11 +171,11 @@ def _fanned_out(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Messa
         while key in seen:  # duplicates keep every element, with a stable suffix
             key = f"{key}-{position}"
         seen.add(key)
-        child_input = f"{idem}#{key}"
+        child_input = keys.child_input(idem, key)
         results[child_input] = element if isinstance(element, str) else json.dumps(element, sort_keys=True)
         routes.extend(onward(the_plan, stage, queue.Message(f"{message.item}/{key}", input=child_input)))
-    return Routed("succeeded", routes, results, {"succeeded": 1, "children": len(routes)},
-                  f"{len(routes)} children")  # fmt: skip
+    increments = {wire.COUNT_SUCCEEDED: 1, wire.COUNT_CHILDREN: len(routes)}
+    return Routed(wire.STATUS_SUCCEEDED, routes, results, increments, f"{len(routes)} children")
 
 
 def _sorted(elements: list[Any], field: str, *, descending: bool) -> list[Any]:

@@ -1,0 +1,126 @@
+"""The names inside a batch's Redis data: stream fields, counters, flags, outcome fields and statuses.
+
+Key names are ``keys``; this module names what the keys hold. Each name is
+written here once. Python imports it; the Lua scripts get the same constants
+as locals of the same name (``scripts`` puts them in front of each script's
+text when it reads it), so ``f[MSG_ITEM]`` in a script and
+``wire.MSG_ITEM`` in Python are one definition.
+``tests/unit/test_wire.py`` fails on a script or a Redis-speaking module that
+spells one of these names as a literal, and on a changed value.
+
+The values are what running batches already hold: changing one would strand
+a batch across an upgrade, so a value never changes; a new name is added
+instead. What the names are:
+
+- ``MSG_*``: the fields of a stage's message (a stream entry, and a retry
+  waiting in the delayed set), flat as ``queue.Message.fields`` writes them;
+- ``COUNT_*``: a stage's counters (``keys.BatchKeys.counts``), monotonic but
+  for a re-run, which takes a failure back; ``approved_in_round`` and
+  ``rejected_in_round`` name a judge's per-round counters;
+- ``USAGE_*``: tokens and cost, counted per stage and for the batch
+  (``keys.BatchKeys.usage``), in integers (cost in nano-dollars);
+- ``FLAG_*``: fields of the batch's flags hash; workers obey the first two
+  before every claim, the operator keeps the last two for itself;
+- ``OUTCOME_*``: the fields of an attempt's outcome JSON (``outcomes`` hash),
+  written once per idempotency key by whoever finishes the attempt;
+- ``STATUS_*``: the values of an outcome's status;
+- ``ROUTE_*``: the fields of a follow-up route handed to ``complete.lua``;
+- ``RELEASE_*``: where ``release.lua`` sends released items;
+- ``COLLECTED_*``: the fields of each element of a collect stage's combined
+  input (a JSON list, what its prompt sees as ``input``);
+- ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``).
+"""
+
+from __future__ import annotations
+
+# ---- a stage's message
+MSG_ITEM = "item"
+MSG_ROUND = "round"
+MSG_ATTEMPT = "attempt"
+MSG_INPUT = "input"  # where the input is: a key of the results hash ("" for initial items)
+MSG_SINCE = "since"  # ms: the first attempt in this stage and round started (0: not yet)
+MSG_FEEDBACK = "feedback"
+MSG_FIRST = "first"  # the attempt this run started at (a re-run starts past the old ones)
+
+# ---- a stage's counters
+COUNT_SUCCEEDED = "succeeded"
+COUNT_FAILED = "failed"
+COUNT_RETRIES = "retries"  # retries that used an attempt
+COUNT_RATE_LIMITED = "rate_limited"  # retries that kept their attempt
+COUNT_REDELIVERED = "redelivered"  # expired leases taken over
+COUNT_DEAD_LETTERED = "dead_lettered"
+COUNT_RERUN = "rerun"  # failed or dead-lettered ends requeued by a re-run
+COUNT_CHILDREN = "children"  # fan-out children made
+COUNT_APPROVED = "approved"  # a judge's verdicts, and items an approval gate released
+COUNT_REJECTED = "rejected"
+COUNT_EXHAUSTED = "exhausted"  # rejected with no rounds left
+COUNT_APPROVED_ROUND = "approved_round_"  # + the round: approved_in_round
+COUNT_REJECTED_ROUND = "rejected_round_"  # + the round: rejected_in_round
+
+# ---- tokens and cost (a stage's counters and the batch's usage hash)
+USAGE_INPUT_TOKENS = "input_tokens"
+USAGE_OUTPUT_TOKENS = "output_tokens"
+USAGE_COST_NUSD = "cost_nusd"
+
+# ---- the batch's flags
+FLAG_SUSPENDED = "suspended"  # -> why; set by the operator from spec.suspend (or a failed batch)
+FLAG_BUDGET_EXCEEDED = "budget_exceeded"  # -> why; raised by the first worker that sees the budget used up
+FLAG_RETRY_TOKEN = "retry_token"  # the retry-failed annotation value the operator last acted on
+FLAG_RUN = "run"  # how many re-runs there were; part of every Job's name
+
+# ---- an attempt's outcome
+OUTCOME_STATUS = "status"  # one of STATUS_*
+OUTCOME_ERROR = "error"
+OUTCOME_ERROR_CLASS = "error_class"
+OUTCOME_INPUT = "input"  # the attempt's input reference; a re-run starts from it
+OUTCOME_FEEDBACK = "feedback"
+OUTCOME_OUTPUT_KEY = "output_key"  # the result the item ended with, when not the attempt's own
+OUTCOME_MODEL = "model"
+OUTCOME_INPUT_TOKENS = "in"
+OUTCOME_OUTPUT_TOKENS = "out"
+OUTCOME_POD = "pod"
+OUTCOME_DELIVERIES = "deliveries"  # a dead letter's
+OUTCOME_APPROVED = "approved"  # an approval gate's release
+OUTCOME_CLAIMED_MS = "claimed_ms"
+OUTCOME_CALLED_MS = "called_ms"
+
+# ---- outcome statuses
+STATUS_SUCCEEDED = "succeeded"
+STATUS_REJECTED = "rejected"  # a judge sent the item back
+STATUS_FAILED = "failed"
+STATUS_RETRY = "retry"
+STATUS_DEAD = "dead"
+
+# ---- a route handed to complete.lua
+ROUTE_FIELDS = "fields"  # the message's flat fields, for a stream
+ROUTE_GATHER = "gather"  # the item, for a collect stage's gathering hash
+ROUTE_INPUT = "input"  # its input reference, with ROUTE_GATHER
+
+# ---- where release.lua sends released items
+RELEASE_STREAM = "stream"  # the next stage's stream
+RELEASE_GATHER = "gather"  # the next stage's gathering hash (it collects)
+RELEASE_NONE = "none"  # nowhere: the gate is the last stage
+
+# ---- an element of a collect stage's combined input
+COLLECTED_ITEM = "item"
+COLLECTED_OUTPUT = "output"
+
+# ---- a worker's heartbeat
+BEAT_IN_FLIGHT = "in_flight"  # items the worker holds
+BEAT_AT = "at"  # when it was written (epoch seconds)
+BEAT_POD = "pod"
+
+
+def approved_in_round(round_: int) -> str:
+    """A judge's counter of approvals in round ``round_``."""
+    return f"{COUNT_APPROVED_ROUND}{round_}"
+
+
+def rejected_in_round(round_: int) -> str:
+    """A judge's counter of rejections in round ``round_``."""
+    return f"{COUNT_REJECTED_ROUND}{round_}"
+
+
+def constants() -> dict[str, str]:
+    """Every name above by its constant's name: what the Lua scripts get and what the drift test looks for."""
+    return {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}

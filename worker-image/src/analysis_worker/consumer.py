@@ -1,0 +1,283 @@
+"""The worker's side of the batch's Redis queue: claim, lease, complete, retry, reclaim, hand back.
+
+A ``StageQueue`` is one stage's queue as one consumer (a worker pod, named by
+the pod) sees it, for ``loop.Worker``; the functions below it are the
+worker's reads of the whole batch (counts, usage, the flags), the budget flag
+it raises and its heartbeat (``health``). The worker touches Redis through
+this module and ``ratelimit`` only. Every change of state that touches more
+than one key is one Lua script from ``lua/`` next to this module, so it is
+atomic and replay-safe. Completing an attempt records its outcome under
+the idempotency key with HSETNX, stores the result, counts, routes follow-ups
+and acknowledges in one step (``complete.lua``); the first completion wins
+and a duplicate (a redelivered item whose first worker was slow, not dead)
+only acknowledges its own delivery. Retries wait in a sorted set scored by
+due time and are moved back into the stream when due (``retry.lua``,
+``promote.lua``). Leases, redelivery and dead letters are described in
+``analysis_core.queue``, with what the two sides share; the operator's side
+is ``analysis_operator.producer``.
+
+Decides nothing about routing: the caller passes the follow-up messages
+(``routing``), and says whether a completion ends the item's journey.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from analysis_core import keys as keys_
+from analysis_core import queue, scripts, wire
+
+LUA = scripts.Library("analysis_worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """A claimed message: the stream entry that holds the lease, and how often it was delivered."""
+
+    entry_id: str
+    message: queue.Message
+    deliveries: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A follow-up message for a stage, written in the same step as the completion.
+
+    ``gather``: the stage collects (fan-in), so the item waits in its gathering
+    hash until the operator combines everything that reached it
+    (``analysis_operator.producer.collect``).
+    """
+
+    stage: str
+    message: queue.Message
+    gather: bool = False
+
+    def script_arg(self) -> dict[str, Any]:
+        """The route as ``complete.lua`` reads it."""
+        if self.gather:
+            return {wire.ROUTE_GATHER: self.message.item, wire.ROUTE_INPUT: self.message.input}
+        return {wire.ROUTE_FIELDS: self.message.fields()}
+
+
+def _decode_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """Entries of an XREADGROUP reply: ``[[stream, [(id, {field: value}), ...]], ...]``."""
+    entries: list[tuple[str, dict[str, str]]] = []
+    for _stream, stream_entries in reply or []:
+        for entry_id, fields in stream_entries:
+            if fields:  # None or {} for an entry deleted while it was pending
+                entries.append((entry_id, fields))
+    return entries
+
+
+class StageQueue:
+    """The queue of one stage of one batch, as one consumer (a worker pod) sees it."""
+
+    def __init__(self, client: queue.Redis, blocking: queue.Redis, uid: str, stage: str, consumer: str) -> None:
+        self.client = client
+        self.blocking = blocking
+        self.keys = keys_.BatchKeys(uid)
+        self.stage = stage
+        self.consumer = consumer
+        self.stream = self.keys.stream(stage)
+
+    async def ensure_group(self) -> None:
+        """Create the stage's consumer group (from the start of the stream) if it does not exist."""
+        try:
+            await self.client.xgroup_create(self.stream, keys_.GROUP, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ---------------------------------------------------------------- claiming
+
+    async def claim(self, count: int, block_ms: int) -> list[Delivery]:
+        """Up to ``count`` new messages, waiting at most ``block_ms`` for the first."""
+        reply = await self.blocking.xreadgroup(
+            keys_.GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        return [Delivery(entry_id, queue.Message.from_fields(fields)) for entry_id, fields in _decode_entries(reply)]
+
+    async def claim_own_pending(self, count: int) -> list[Delivery]:
+        """Messages this consumer name already holds: a restarted worker resumes them at once."""
+        reply = await self.client.xreadgroup(keys_.GROUP, self.consumer, {self.stream: "0"}, count=count)
+        return [Delivery(entry_id, queue.Message.from_fields(fields), 2) for entry_id, fields in _decode_entries(reply)]
+
+    async def reclaim(self, count: int, lease_ms: int, max_deliveries: int) -> list[Delivery]:
+        """Take over up to ``count`` deliveries whose lease expired; dead-letter those past the bound."""
+        reply = await LUA.script(self.client, "reclaim")(
+            keys=[
+                self.stream, self.keys.outcomes, self.keys.dead(self.stage), self.keys.counts(self.stage),
+                self.keys.finals,
+            ],
+            args=[keys_.GROUP, self.consumer, lease_ms, count, max_deliveries, self.keys.uid, self.stage],
+        )  # fmt: skip
+        return [Delivery(str(entry_id), queue.Message.from_fields(fields), int(n)) for entry_id, fields, n in reply]
+
+    async def renew(self, entry_ids: Iterable[str]) -> list[str]:
+        """Renew the leases of ``entry_ids``; returns the ones this consumer no longer holds."""
+        ids = list(entry_ids)
+        if not ids:
+            return []
+        lost = await LUA.script(self.client, "renew")(keys=[self.stream], args=[keys_.GROUP, self.consumer, *ids])
+        return [str(i) for i in lost]
+
+    async def hand_back(self, entry_ids: Iterable[str]) -> int:
+        """Return deliveries to the stream at once (graceful shutdown)."""
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        return int(await LUA.script(self.client, "handback")(keys=[self.stream], args=[keys_.GROUP, *ids]))
+
+    # ---------------------------------------------------------------- finishing
+
+    async def complete(
+        self,
+        delivery: Delivery,
+        outcome: dict[str, Any],
+        *,
+        result: str | None,
+        increments: dict[str, int],
+        routes: Sequence[Route] = (),
+        more_results: dict[str, str] | None = None,
+        final: bool = False,
+    ) -> bool:
+        """Finish the delivery's attempt for good; False if another completion of the same key came first.
+
+        ``final``: the item's journey ends with this attempt (no route onward,
+        or failed for good); its key is appended to the batch's finals.
+        """
+        message = delivery.message
+        idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
+        done = await LUA.script(self.client, "complete")(
+            keys=[
+                self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage), self.keys.usage,
+                self.keys.finals,
+                *(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in routes),
+            ],
+            args=[
+                keys_.GROUP, delivery.entry_id, idem, json.dumps(outcome, separators=(",", ":")),
+                "0" if result is None else "1", result or "", json.dumps(increments),
+                json.dumps([route.script_arg() for route in routes]), json.dumps(more_results or {}),
+                "1" if final else "0",
+            ],
+        )  # fmt: skip
+        return bool(done)
+
+    async def retry(
+        self,
+        delivery: Delivery,
+        next_message: queue.Message,
+        *,
+        delay_ms: int,
+        outcome: dict[str, Any] | None,
+        increments: dict[str, int],
+    ) -> bool:
+        """Schedule ``next_message`` after ``delay_ms``; ``outcome`` None keeps the attempt (rate limits)."""
+        message = delivery.message
+        idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
+        scheduled = await LUA.script(self.client, "retry")(
+            keys=[
+                self.stream, self.keys.outcomes, self.keys.delayed(self.stage), self.keys.counts(self.stage),
+                self.keys.usage,
+            ],
+            args=[
+                keys_.GROUP, delivery.entry_id, idem,
+                "" if outcome is None else json.dumps(outcome, separators=(",", ":")),
+                max(0, delay_ms), json.dumps(next_message.fields()), json.dumps(increments),
+            ],
+        )  # fmt: skip
+        return bool(scheduled)
+
+    async def promote(self, limit: int = 100) -> tuple[int, int]:
+        """Move due retries into the stream; returns (moved, ms until the next is due or -1)."""
+        moved, wait = await LUA.script(self.client, "promote")(
+            keys=[self.keys.delayed(self.stage), self.stream], args=[limit]
+        )
+        return int(moved), int(wait)
+
+    async def outcome(self, idem: str) -> dict[str, Any] | None:
+        """The recorded outcome of an attempt, if it finished."""
+        value = await self.client.hget(self.keys.outcomes, idem)
+        return None if value is None else dict(json.loads(value))
+
+    async def result(self, idem: str) -> str | None:
+        """The stored output of a successful attempt (a follow-up stage's input)."""
+        value = await self.client.hget(self.keys.results, idem)
+        return None if value is None else str(value)
+
+    # ---------------------------------------------------------------- state
+
+    async def counts(self) -> queue.StageCounts:
+        return await stage_counts(self.client, self.keys.uid, self.stage)
+
+    async def pending_ids(self, count: int = 1000) -> list[str]:
+        """Entries this consumer holds (claimed, not acknowledged)."""
+        rows = await self.client.xpending_range(
+            self.stream, keys_.GROUP, min="-", max="+", count=count, consumername=self.consumer
+        )
+        return [str(row["message_id"]) for row in rows]
+
+    async def sealed(self) -> bool:
+        return bool(await self.client.sismember(self.keys.sealed, self.stage))
+
+
+async def stage_counts(client: queue.Redis, uid: str, stage: str) -> queue.StageCounts:
+    """Backlog, leases, retries and counters of one stage, in one round trip."""
+    k = keys_.BatchKeys(uid)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(k.stream(stage))
+        pipe.xinfo_groups(k.stream(stage))
+        pipe.zcard(k.delayed(stage))
+        pipe.hgetall(k.counts(stage))
+        length, groups, retrying, counters = await pipe.execute(raise_on_error=False)
+    running = 0
+    if isinstance(groups, list):
+        for group in groups:
+            if group.get("name") == keys_.GROUP:
+                running = int(group.get("pending", 0))
+    length = length if isinstance(length, int) else 0
+    return queue.StageCounts(
+        ready=max(0, length - running),
+        running=running,
+        retrying=int(retrying),
+        counters={name: int(value) for name, value in (counters or {}).items()},
+    )
+
+
+async def usage(client: queue.Redis, uid: str) -> dict[str, int]:
+    """The whole batch's tokens and cost so far (what budgets are checked against)."""
+    raw = await client.hgetall(keys_.BatchKeys(uid).usage)
+    return {str(field): int(value) for field, value in raw.items()}
+
+
+async def suspended(client: queue.Redis, uid: str) -> bool:
+    """The operator suspended the batch (``spec.suspend``, a failed batch, a deletion): claim nothing now."""
+    return bool(await client.hexists(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED))
+
+
+async def raise_budget_exceeded(client: queue.Redis, uid: str, why: str) -> bool:
+    """Tell every worker and the operator that the budget is used up (once): True if this call said it first."""
+    return bool(await client.hsetnx(keys_.BatchKeys(uid).flags, wire.FLAG_BUDGET_EXCEEDED, why))
+
+
+async def beat(
+    client: queue.Redis, uid: str, stage: str, pod: str, *, in_flight: int, ttl_s: float, about: Mapping[str, Any]
+) -> None:
+    """Write this worker's heartbeat, which expires after ``ttl_s`` unless written again.
+
+    ``in_flight`` is what the operator reads (``producer.items_in_flight``);
+    ``about`` (the worker's tallies) is there for people reading the key.
+    """
+    payload = {wire.BEAT_AT: time.time(), wire.BEAT_POD: pod, wire.BEAT_IN_FLIGHT: in_flight, **about}
+    await client.set(keys_.BatchKeys(uid).health(stage, pod), json.dumps(payload), px=int(ttl_s * 1000))
+
+
+async def beating(client: queue.Redis, uid: str, stage: str, pod: str) -> bool:
+    """This worker's heartbeat has not expired."""
+    return bool(await client.exists(keys_.BatchKeys(uid).health(stage, pod)))

@@ -35,7 +35,7 @@ from lightkube.resources.core_v1 import Event
 from analysis_core import plan, queue
 from analysis_core.api import PLURAL, v1alpha1
 from analysis_devcluster import binaries, cluster
-from analysis_operator import builders, kube, results, teardown
+from analysis_operator import builders, export, kube, results, teardown
 from analysis_operator.config import OperatorConfig
 
 pytestmark = [pytest.mark.integration]
@@ -597,9 +597,9 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
             await client.apply(child)
         plan_name = builders.plan_configmap(batch, compiled, settings)["metadata"]["name"]
         assert await client.get(kube.CONFIGMAPS, watched, plan_name) is not None
-        await client.create(results.results_configmap(batch, 0, ['{"item": "a"}']))
+        await client.create(export.results_configmap(batch, 0, ['{"item": "a"}']))
         (chunk,) = [c.to_dict() for c in await client.list(kube.CONFIGMAPS, watched, results.labels(batch.uid))]
-        await client.replace(results.plan_export(batch, [chunk], [{"item": "b"}])[0])
+        await client.replace(export.plan_export(batch, [chunk], [{"item": "b"}])[0])
         await client.merge_patch(kube.BATCHES.Status, watched, batch.name, {"status": {"phase": "Running"}})
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "worker", "namespace": watched, "labels": builders.labels(batch)},

@@ -33,7 +33,7 @@ from lightkube.core.resource import api_info
 from lightkube.resources.core_v1 import Event
 
 from analysis_core import plan, queue
-from analysis_core.api import PLURAL, v1alpha1
+from analysis_core.api import PLURAL, v1alpha1, wellknown
 from analysis_devcluster import binaries, cluster
 from analysis_operator import builders, export, kube, results, teardown
 from analysis_operator.config import OperatorConfig
@@ -609,10 +609,10 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
         await client.merge_patch(kube.PODS, watched, "worker", patch)
         devcluster.kubectl("delete", "pod", "worker", "-n", watched, "--grace-period=0", "--force")
         for kind in (kube.JOBS, kube.DEPLOYMENTS):
-            assert len(await client.list(kind, watched, {builders.LABEL_BATCH_UID: batch.uid})) == 1
+            assert len(await client.list(kind, watched, {wellknown.LABEL_BATCH_UID: batch.uid})) == 1
         await teardown.tear_down(client, redis, kopf.Body(body), retry=0, logger=logging.getLogger("test"))
         for kind in (kube.JOBS, kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICEACCOUNTS):
-            assert await client.list(kind, watched, {builders.LABEL_BATCH_UID: batch.uid}) == []
+            assert await client.list(kind, watched, {wellknown.LABEL_BATCH_UID: batch.uid}) == []
         assert await client.delete(kube.BATCHES, watched, batch.name) is True
     finally:
         await client.close()

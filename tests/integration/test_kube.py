@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from analysis_core import plan
-from analysis_core.api import v1alpha1
+from analysis_core.api import v1alpha1, wellknown
 from analysis_devcluster.cluster import DevCluster
-from analysis_operator import builders, kube, results
+from analysis_operator import builders, export, kube, results
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crds_installed")]
 
@@ -92,29 +92,29 @@ async def test_list_selects_by_label_and_delete_labelled_removes_only_those(
     other = builders.Batch("other", namespace, "00000000-0000-4000-8000-000000000002")
     for batch in (mine, other):
         for index in range(2):
-            await client.create(results.results_configmap(batch, index, [json.dumps({"item": str(index)})]))
+            await client.create(export.results_configmap(batch, index, [json.dumps({"item": str(index)})]))
     listed = await client.list(kube.CONFIGMAPS, namespace, results.labels(mine.uid))
-    assert sorted(c.metadata.name for c in listed if c.metadata) == [results.chunk_name(mine, i) for i in (0, 1)]
+    assert sorted(c.metadata.name for c in listed if c.metadata) == [export.chunk_name(mine, i) for i in (0, 1)]
     assert results.exported([c.to_dict() for c in listed]) == 2
-    assert await client.delete_labelled(kube.CONFIGMAPS, namespace, {builders.LABEL_BATCH_UID: mine.uid}) == 2
+    assert await client.delete_labelled(kube.CONFIGMAPS, namespace, {wellknown.LABEL_BATCH_UID: mine.uid}) == 2
     assert await client.list(kube.CONFIGMAPS, namespace, results.labels(mine.uid)) == []
     assert len(await client.list(kube.CONFIGMAPS, namespace, results.labels(other.uid))) == 2
-    assert await client.delete(kube.CONFIGMAPS, namespace, results.chunk_name(other, 0)) is True
-    assert await client.delete(kube.CONFIGMAPS, namespace, results.chunk_name(other, 0)) is False
+    assert await client.delete(kube.CONFIGMAPS, namespace, export.chunk_name(other, 0)) is True
+    assert await client.delete(kube.CONFIGMAPS, namespace, export.chunk_name(other, 0)) is False
 
 
 async def test_result_chunks_are_written_under_preconditions(
     client: kube.Kube, devcluster: DevCluster, namespace: str
 ) -> None:
     batch = builders.Batch("rows", namespace, "00000000-0000-4000-8000-000000000003")
-    chunk = results.results_configmap(batch, 0, ['{"item": "a"}'])
+    chunk = export.results_configmap(batch, 0, ['{"item": "a"}'])
     await client.create(chunk)
     with pytest.raises(kube.ApiError) as exists:
         await client.create(chunk)
     assert kube.is_conflict(exists.value)
     assert exists.value.status.reason == "AlreadyExists"
     (stored,) = [c.to_dict() for c in await client.list(kube.CONFIGMAPS, namespace, results.labels(batch.uid))]
-    (planned,) = results.plan_export(batch, [stored], [{"item": "b"}])
+    (planned,) = export.plan_export(batch, [stored], [{"item": "b"}])
     assert planned["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
     await client.replace(planned)
     assert results.exported([c.to_dict() for c in await client.list(kube.CONFIGMAPS, namespace,

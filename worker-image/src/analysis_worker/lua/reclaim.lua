@@ -3,7 +3,7 @@
 -- and counts the delivery. An entry delivered more often than the bound is
 -- dead-lettered instead: its outcome is recorded (so a late completion is a
 -- no-op), with the message's input and feedback so that a re-run can start
--- it again (queue.retry_failed); it is counted, appended to the batch's
+-- it again (producer.retry_failed); it is counted, appended to the batch's
 -- finals (its journey ends here) and acknowledged.
 --
 -- KEYS[1] stage stream  KEYS[2] outcomes  KEYS[3] dead-letter hash  KEYS[4] counts

@@ -150,6 +150,14 @@ async def release(
     return int(released)
 
 
+async def held_items(client: queue.Redis, uid: str, gate: str, limit: int) -> list[str]:
+    """The ids of up to ``limit`` items waiting at the approval stage ``gate``, oldest first (for display)."""
+    entries = await client.xrange(keys_.BatchKeys(uid).stream(gate), count=limit) or []
+    return list(
+        dict.fromkeys(str(fields[wire.MSG_ITEM]) for _, fields in entries if fields and wire.MSG_ITEM in fields)
+    )
+
+
 async def seed(client: queue.Redis, uid: str, stages: Sequence[str], items: Sequence[str]) -> int:
     """Enqueue the initial items into the first stage, once; create every stage's group."""
     k = keys_.BatchKeys(uid)

@@ -219,6 +219,9 @@ class Reconciler:
         except queue.UNAVAILABLE as exc:
             problems.append(status.Problem(R.REDIS_UNAVAILABLE, f"Redis cannot be reached: {exc}", stalled=False))
             return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
+        except producer.NewerLayout as exc:
+            problems.append(status.Problem(R.REDIS_LAYOUT_UNSUPPORTED, str(exc)))
+            return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
         terminal = state.phase is not completion.Phase.RUNNING
         await self._converge(
             batch, body, the_plan, snapshot, children, stopping=spec.suspend or terminal, problems=problems

@@ -170,8 +170,11 @@ class Workers:
         return Batch(uid, compiled, path, list(parsed.items or []), self.redis_url)
 
     def env(self, batch: Batch, stage: str, pod: str, **extra: str) -> dict[str, str]:
+        # PYTHONPATH passes through: a checkout run against another's virtualenv tests its own worker code.
+        passed = {name: os.environ[name] for name in ("PATH", "PYTHONPATH") if name in os.environ}
         return {
-            "PATH": os.environ.get("PATH", "/usr/bin"),
+            "PATH": "/usr/bin",
+            **passed,
             env.REDIS_URL: self.redis_url,
             env.BATCH_UID: batch.uid,
             env.STAGE: stage,

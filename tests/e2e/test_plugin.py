@@ -206,7 +206,14 @@ def test_approve_releases_held_items_and_the_batch_completes(batches: Any) -> No
     batches.apply(manifest)
     batches.wait("gated", "WaitingForApproval", timeout_s=60)
     waiting = ok(plugin(batches, "status", "gated", "--once")).splitlines()
-    assert "WaitingForApproval: ItemsHeld: 3 items wait at gate: approve them in spec.approvals" in waiting
+    # The gate names what it holds (oldest first: the order the drafts finished in).
+    named = next(line for line in waiting if line.startswith("WaitingForApproval: ItemsHeld: 3 items wait at gate ("))
+    assert named.endswith("): approve them in spec.approvals"), named
+    listed = next(line for line in waiting if line.startswith("waiting at gate: "))
+    assert sorted(listed.removeprefix("waiting at gate: ").split(", ")) == ["A", "B", "C"], waiting
+    refused = plugin(batches, "approve", "gated", "--stage", "gate", "--items", "A,NOPE")
+    assert refused.returncode == 2
+    assert 'not waiting at stage "gate" of analysisbatch "gated": NOPE' in refused.stderr
     assert stage_row(waiting, "gate")[4:6] == ["0/3", "3"]  # done/total, pending
 
     refused = plugin(batches, "approve", "gated", "--stage", "draft")

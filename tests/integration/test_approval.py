@@ -44,6 +44,10 @@ async def test_items_wait_at_the_gate_until_approved(workers: Any, redis: queue.
     await workers.eventually(lambda: _equals(published, 1), 20, "AMD published")
     snap = await producer.snapshot(redis, batch.uid, stages)
     assert snap.stages["sign-off"].ready == 3
+    # What status shows of the gate: the items still waiting, oldest first, bounded.
+    waiting_now = await producer.held_items(redis, batch.uid, "sign-off", 10)
+    assert sorted(waiting_now) == ["INTC", "NVDA", "TSM"]
+    assert len(await producer.held_items(redis, batch.uid, "sign-off", 2)) == 2
     assert completion.state(batch.plan, snap, 0).phase is completion.Phase.RUNNING
     # An approval of the whole stage, added later (no restart), releases everyone still waiting.
     later = plan.Plan.model_validate({**batch.plan.model_dump(), "approvals": {"sign-off": None}})
@@ -51,6 +55,7 @@ async def test_items_wait_at_the_gate_until_approved(workers: Any, redis: queue.
     await workers.eventually(lambda: _equals(published, len(items)), 20, "everything published")
     gate = (await consumer.stage_counts(redis, batch.uid, "sign-off")).counters
     assert gate == {"succeeded": 4, "approved": 4}
+    assert await producer.held_items(redis, batch.uid, "sign-off", 10) == []
 
 
 async def _equals(count: Any, n: int) -> bool:

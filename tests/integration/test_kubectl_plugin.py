@@ -171,6 +171,13 @@ def gated_manifest(name: str) -> str:
     })  # fmt: skip
 
 
+def hold(devcluster: DevCluster, namespace: str, name: str, items: list[str], pending: int | None = None) -> None:
+    """Write the status an operator would: ``items`` wait at the stage ``gate`` (``pending`` of them in all)."""
+    row = {"name": "gate", "pending": len(items) if pending is None else pending, "heldItems": items}
+    devcluster.kubectl("patch", "analysisbatch", name, "-n", namespace, "--subresource=status", "--type=merge",
+                       "-p", json.dumps({"status": {"stages": [row]}}))  # fmt: skip
+
+
 def spec_of(devcluster: DevCluster, namespace: str, name: str) -> dict[str, Any]:
     got = devcluster.kubectl("get", "analysisbatch", name, "-n", namespace, "-o", "json")
     return dict(json.loads(got.stdout)["spec"])
@@ -223,6 +230,7 @@ def test_approve_refuses_a_stage_that_is_not_an_approval_stage_and_changes_nothi
 
 def test_approve_merges_with_what_the_spec_holds(devcluster: DevCluster, crds_installed: Path, namespace: str) -> None:
     devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("merging"))
+    hold(devcluster, namespace, "merging", ["A", "B", "C"])
     kubeconfig = str(devcluster.kubeconfig)
 
     def approve(*more: str) -> subprocess.CompletedProcess[str]:
@@ -253,11 +261,38 @@ def test_approve_merges_with_what_the_spec_holds(devcluster: DevCluster, crds_in
     assert "kubectl-analysis" in {m["manager"] for m in managers}
 
 
+def test_approve_refuses_items_that_are_not_waiting_and_names_them(
+    devcluster: DevCluster, crds_installed: Path, namespace: str
+) -> None:
+    devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("picky"))
+    kubeconfig = str(devcluster.kubeconfig)
+
+    def approve(*items: str) -> subprocess.CompletedProcess[str]:
+        return run_kubectl("analysis", "approve", "picky", "-n", namespace, "--stage", "gate", "--items", ",".join(items),
+                           KUBECONFIG=kubeconfig)  # fmt: skip
+
+    early = approve("A")  # nothing has arrived at the gate yet
+    assert (early.returncode, early.stdout) == (2, "")
+    assert 'not waiting at stage "gate" of analysisbatch "picky": A (waiting: none)' in early.stderr
+    hold(devcluster, namespace, "picky", ["A", "B"])
+    wrong = approve("A", "TYPO")
+    assert wrong.returncode == 2
+    assert 'not waiting at stage "gate" of analysisbatch "picky": TYPO (waiting: A, B)' in wrong.stderr
+    assert "approvals" not in spec_of(devcluster, namespace, "picky")  # nothing written
+    # A status that lists only the first of many waiting items cannot vouch for the rest: approved, with a warning.
+    hold(devcluster, namespace, "picky", ["A", "B"], pending=80)
+    far = approve("B", "Z")
+    assert far.returncode == 0, far.stderr
+    assert "not among them: Z" in far.stderr
+    assert spec_of(devcluster, namespace, "picky")["approvals"] == [{"stage": "gate", "items": ["B", "Z"]}]
+
+
 def test_an_approval_written_between_read_and_patch_is_kept(
     devcluster: DevCluster, crds_installed: Path, namespace: str, tmp_path: Path
 ) -> None:
     """Another writer approves between the plugin's read and its patch: the patch conflicts, is redone, and merges."""
     devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("raced"))
+    hold(devcluster, namespace, "raced", ["MINE", "OTHER"])
     real = binaries.find("kubectl")
     wrapper = tmp_path / "kubectl"
     wrapper.write_text(
@@ -281,6 +316,7 @@ def test_an_approval_written_between_read_and_patch_is_kept(
 
 def test_concurrent_approvals_lose_no_item(devcluster: DevCluster, crds_installed: Path, namespace: str) -> None:
     devcluster.kubectl("create", "-n", namespace, "-f", "-", input=gated_manifest("crowded"))
+    hold(devcluster, namespace, "crowded", ["A", "B", "C", "D"])
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "KUBECONFIG": str(devcluster.kubeconfig), "KUBECTL": str(binaries.find("kubectl"))}
     writers = [

@@ -45,6 +45,18 @@ async def test_seeding_is_idempotent_and_counted(clients: tuple[queue.Redis, que
     assert later.drained  # the group exists even before anything reaches the stage
 
 
+async def test_a_batch_keeps_its_layout_version_and_one_newer_than_the_operator_is_refused(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    assert (await producer.snapshot(clients[0], uid, ["a", "b"])).layout == keys.LAYOUT_VERSION
+    assert await consumer.layout(clients[0], uid) == keys.LAYOUT_VERSION
+    assert await consumer.layout(clients[0], uuid.uuid4().hex) is None  # not seeded yet
+    await clients[0].set(keys.BatchKeys(uid).seeded, keys.LAYOUT_VERSION + 1)  # as a later release would seed it
+    with pytest.raises(producer.NewerLayout, match=f"layout version {keys.LAYOUT_VERSION + 1}, newer than"):
+        await producer.snapshot(clients[0], uid, ["a", "b"])
+
+
 async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     q = stage_queue(clients, uid, "a", "pod-1")

@@ -126,6 +126,17 @@ async def test_sigterm_lets_work_in_flight_finish_within_the_grace_period(worker
     assert counts.drained
 
 
+async def test_a_worker_refuses_a_batch_in_a_newer_redis_layout(workers: Any, redis: queue.Redis) -> None:
+    batch = workers.batch(two_stage_spec(["A"], latency_ms=0))
+    await batch.seed()
+    await redis.set(keys.BatchKeys(batch.uid).seeded, keys.LAYOUT_VERSION + 1)  # as a later release would seed it
+    worker = workers.start(batch, "draft")
+    assert worker.process.wait(timeout=20) == 2
+    said = [line["msg"] for line in worker.lines() if line.get("level") == "error"]
+    assert any(f"layout version {keys.LAYOUT_VERSION + 1}, newer than this worker's" in m for m in said), said
+    assert (await consumer.stage_counts(redis, batch.uid, "draft")).ready == 1  # nothing claimed
+
+
 async def test_job_mode_exits_once_the_stage_is_sealed_and_drained(workers: Any, redis: queue.Redis) -> None:
     items = ["NVDA", "AMD", "TSM", "INTC", "ARM"]
     batch = workers.batch(two_stage_spec(items, latency_ms=10))

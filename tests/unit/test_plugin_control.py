@@ -20,6 +20,12 @@ def batch(approvals: list[dict[str, Any]] | None = None, **metadata: Any) -> dic
     return {"metadata": {"name": "semis", "resourceVersion": "41", **metadata}, "spec": spec}
 
 
+def holding(the_batch: dict[str, Any], stage: str, listed: list[str], pending: int | None = None) -> dict[str, Any]:
+    """``the_batch`` with a status whose ``stage`` holds ``pending`` items, ``listed`` named."""
+    row = {"name": stage, "pending": len(listed) if pending is None else pending, "heldItems": listed}
+    return {**the_batch, "status": {"stages": [row]}}
+
+
 def test_items_parse_from_a_comma_list_trimmed_and_without_repeats() -> None:
     assert control.parse_items("NVDA, AMD,,NVDA ,tech/semis/TSM") == ["NVDA", "AMD", "tech/semis/TSM"]
     with pytest.raises(control.Refused, match="lists no item"):
@@ -48,12 +54,35 @@ def test_a_stage_open_for_all_items_stays_so_and_approving_all_replaces_a_list()
 
 
 def test_the_approve_patch_carries_the_version_it_was_computed_from() -> None:
-    patch = control.approve_patch(batch([{"stage": "final-ok"}]), "plan-ok", ["A"])
+    patch = control.approve_patch(holding(batch([{"stage": "final-ok"}]), "plan-ok", ["A"]), "plan-ok", ["A"])
     assert patch == {
         "metadata": {"resourceVersion": "41"},
         "spec": {"approvals": [{"stage": "final-ok"}, {"stage": "plan-ok", "items": ["A"]}]},
     }
     assert control.approve_patch(batch([{"stage": "plan-ok"}]), "plan-ok", None) is None
+
+
+def test_listed_items_must_be_waiting_at_the_stage_and_those_that_are_not_are_named() -> None:
+    waiting = holding(batch(), "plan-ok", ["A", "B"])
+    assert control.approve_patch(waiting, "plan-ok", ["B"]) is not None
+    with pytest.raises(control.Refused) as refused:
+        control.approve_patch(waiting, "plan-ok", ["B", "Z", "Y"])
+    assert str(refused.value) == (
+        'not waiting at stage "plan-ok" of analysisbatch "semis": Z, Y (waiting: A, B); '
+        "to approve items before they arrive, list them in spec.approvals"
+    )
+    with pytest.raises(control.Refused, match=r"semis\": A \(waiting: none\)"):
+        control.approve_patch(batch(), "plan-ok", ["A"])  # no status yet: nothing waits
+    # Approving the whole stage needs nothing to wait; items the spec already releases are not checked again.
+    assert control.approve_patch(batch(), "plan-ok", None) is not None
+    assert control.approve_patch(batch([{"stage": "plan-ok", "items": ["A"]}]), "plan-ok", ["A"]) is None
+
+
+def test_an_item_beyond_a_cut_short_list_is_returned_for_a_warning_not_refused() -> None:
+    cut = holding(batch(), "plan-ok", ["A", "B"], pending=120)
+    assert control.held_at(cut, "plan-ok") == (["A", "B"], False)
+    assert control.check_waiting(cut, "plan-ok", ["B", "Q"]) == ["Q"]
+    assert control.approve_patch(cut, "plan-ok", ["Q"]) is not None
 
 
 def test_only_an_approval_stage_can_be_approved() -> None:

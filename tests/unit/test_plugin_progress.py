@@ -171,6 +171,18 @@ def test_the_conditions_that_matter_are_shown_once_each_with_reason_and_message(
     ]
 
 
+def test_the_items_an_approval_stage_holds_are_listed_and_a_cut_short_list_says_how_many_more() -> None:
+    held = batch(phase="WaitingForApproval")
+    held["status"]["stages"] = [
+        {"name": "draft", "succeeded": 3},
+        {"name": "gate", "pending": 3, "heldItems": ["A", "B", "C"]},
+        {"name": "final-ok", "pending": 60, "heldItems": [f"I{i}" for i in range(50)]},
+    ]
+    lines = progress.snapshot(held, progress.Rates(), NOW)
+    assert "waiting at gate: A, B, C" in lines
+    assert f"waiting at final-ok: {', '.join(f'I{i}' for i in range(50))} (and 10 more)" in lines
+
+
 def test_a_snapshot_says_when_the_status_lags_the_spec_or_a_retry_request() -> None:
     lagging = batch(generation=3, observed=2)
     lagging["metadata"]["annotations"] = {wellknown.ANNOTATION_RETRY_FAILED: "t2"}

@@ -186,6 +186,21 @@ def test_the_messages_of_a_settled_batch_say_what_moves_it_on() -> None:
     assert {c["type"]: c["message"] for c in suspended["conditions"]}["Ready"] == status.SUSPENDED_MESSAGE
 
 
+def test_the_items_held_at_a_gate_are_listed_in_its_stage_and_the_first_named_in_the_message() -> None:
+    ids = [f"item-{i:03d}" for i in range(status.HELD_ITEMS_SHOWN)]
+    many = snapshot(gate=counts(120), draft=counts(succeeded=120))
+    st = status.compute(observe(many, held={"gate": 120}, held_items={"gate": ids}), None)
+    gate = next(s for s in st["stages"] if s["name"] == "gate")
+    assert (gate["heldItems"], gate["pending"]) == (ids, 120)  # bounded; pending counts them all
+    assert "heldItems" not in next(s for s in st["stages"] if s["name"] == "draft")
+    named = ", ".join(ids[: status.HELD_ITEMS_NAMED])
+    assert st["message"] == f"120 items wait at gate ({named}, …): approve them in spec.approvals"
+    few = snapshot(gate=counts(2), draft=counts(succeeded=2))
+    st = status.compute(observe(few, held={"gate": 2}, held_items={"gate": ["NVDA", "AMD"]}), None)
+    assert st["message"] == "2 items wait at gate (NVDA, AMD): approve them in spec.approvals"
+    v1alpha1.AnalysisBatchStatus.model_validate(st)  # the schema's bound holds
+
+
 def test_items_held_while_another_stage_works_is_still_reconciling() -> None:
     busy = snapshot(draft=counts(1, 1, succeeded=1), gate=counts(1))
     st = status.compute(observe(busy, held={"gate": 1}), None)

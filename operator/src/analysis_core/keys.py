@@ -17,6 +17,10 @@ from __future__ import annotations
 import dataclasses
 
 GROUP = "workers"  # the one consumer group of every stage stream
+# The version of this layout (key names, fields, what scripts keep where). A batch's seeded marker holds the
+# version it was seeded with; an operator or worker refuses a batch of a newer layout than its own, and a change
+# an older process would misread bumps it (docs/design.md#upgrades).
+LAYOUT_VERSION = 1
 
 # The parts of a stage's rate limiter (``BatchKeys.limiter``), in the order ``limiter_acquire.lua`` takes them.
 LIMITER_REQUESTS = "req"  # sorted set: granted requests by time
@@ -100,7 +104,7 @@ class BatchKeys:
 
     @property
     def seeded(self) -> str:
-        """Marker that the initial items were enqueued (makes seeding idempotent)."""
+        """Marker that the initial items were enqueued (makes seeding idempotent), holding the layout version."""
         return f"{self.tag}:seeded"
 
     @property

@@ -43,6 +43,17 @@ from analysis_core import queue, scripts, wire
 LUA = scripts.Library("analysis_operator")
 
 
+class NewerLayout(Exception):
+    """The batch's Redis data is in a newer layout than this operator's (``keys.LAYOUT_VERSION``)."""
+
+    def __init__(self, layout: int) -> None:
+        super().__init__(
+            f"Redis holds this batch in layout version {layout}, newer than this operator's "
+            f"({keys_.LAYOUT_VERSION}): a later release seeded it; run that release or a later one"
+        )
+        self.layout = layout
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """Every stage's counts, the sealed stages and whether the batch was seeded, read atomically."""
@@ -52,6 +63,7 @@ class Snapshot:
     seeded: bool
     usage: dict[str, int] = dataclasses.field(default_factory=dict)  # wire.USAGE_* -> tokens, nano-dollars
     flags: dict[str, str] = dataclasses.field(default_factory=dict)  # wire.FLAG_* -> value
+    layout: int | None = None  # the layout version the batch was seeded with (keys.LAYOUT_VERSION then)
 
     @property
     def suspended(self) -> bool:
@@ -75,7 +87,11 @@ class Snapshot:
 
 
 async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snapshot:
-    """One atomic read of the whole batch (``lua/snapshot.lua``): what sealing and completion decide from."""
+    """One atomic read of the whole batch (``lua/snapshot.lua``): what sealing and completion decide from.
+
+    Raises :class:`NewerLayout` for a batch seeded in a layout newer than this operator knows: nothing may be
+    decided, let alone written, from data it may misread.
+    """
     k = keys_.BatchKeys(uid)
     stage_keys = [
         key for stage in stages for key in (k.stream(stage), k.delayed(stage), k.counts(stage), k.gathered(stage))
@@ -83,6 +99,8 @@ async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snap
     per_stage, sealed, seeded, usage, flags = await LUA.script(client, "snapshot")(
         keys=[*stage_keys, k.sealed, k.seeded, k.usage, k.flags], args=[keys_.GROUP]
     )
+    if seeded is not None and int(seeded) > keys_.LAYOUT_VERSION:
+        raise NewerLayout(int(seeded))
     counts = {}
     for stage, (length, pending, delayed, flat, gathered) in zip(stages, per_stage, strict=True):
         running = int(pending)
@@ -96,9 +114,10 @@ async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snap
     return Snapshot(
         counts,
         frozenset(str(s) for s in sealed),
-        bool(seeded),
+        seeded is not None,
         {str(f): int(v) for f, v in zip(usage[::2], usage[1::2], strict=True)},
         {str(f): str(v) for f, v in zip(flags[::2], flags[1::2], strict=True)},
+        None if seeded is None else int(seeded),
     )
 
 
@@ -150,6 +169,14 @@ async def release(
     return int(released)
 
 
+async def held_items(client: queue.Redis, uid: str, gate: str, limit: int) -> list[str]:
+    """The ids of up to ``limit`` items waiting at the approval stage ``gate``, oldest first (for display)."""
+    entries = await client.xrange(keys_.BatchKeys(uid).stream(gate), count=limit) or []
+    return list(
+        dict.fromkeys(str(fields[wire.MSG_ITEM]) for _, fields in entries if fields and wire.MSG_ITEM in fields)
+    )
+
+
 async def seed(client: queue.Redis, uid: str, stages: Sequence[str], items: Sequence[str]) -> int:
     """Enqueue the initial items into the first stage, once; create every stage's group."""
     k = keys_.BatchKeys(uid)
@@ -157,7 +184,7 @@ async def seed(client: queue.Redis, uid: str, stages: Sequence[str], items: Sequ
     script = LUA.script(client, "seed")
     enqueued = await script(
         keys=[k.seeded, k.stream(stages[0]), *(k.stream(stage) for stage in stages)],
-        args=[keys_.GROUP, json.dumps(messages)],
+        args=[keys_.GROUP, json.dumps(messages), keys_.LAYOUT_VERSION],
     )
     return int(enqueued)
 

@@ -219,6 +219,9 @@ class Reconciler:
         except queue.UNAVAILABLE as exc:
             problems.append(status.Problem(R.REDIS_UNAVAILABLE, f"Redis cannot be reached: {exc}", stalled=False))
             return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
+        except producer.NewerLayout as exc:
+            problems.append(status.Problem(R.REDIS_LAYOUT_UNSUPPORTED, str(exc)))
+            return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
         terminal = state.phase is not completion.Phase.RUNNING
         await self._converge(
             batch, body, the_plan, snapshot, children, stopping=spec.suspend or terminal, problems=problems
@@ -228,6 +231,7 @@ class Reconciler:
             state = dataclasses.replace(state, reason=f"{state.reason}; {self._first_failure}")
         # What an approval stage still holds, approved in part or not at all (released items have moved on).
         held = {s.name: snapshot.stages[s.name].ready for s in the_plan.stages if s.type is v1alpha1.StageType.APPROVAL}
+        held_items = await self._held_items(batch, held)
         return dataclasses.replace(
             obs,
             plan=the_plan,
@@ -235,11 +239,23 @@ class Reconciler:
             state=state,
             workers=workers,
             held=held,
+            held_items=held_items,
             problems=problems,
             suspended=spec.suspend,
             results=exported,
             retried_failed=snapshot.retry_token,
         )
+
+    async def _held_items(self, batch: builders.Batch, held: Mapping[str, int]) -> dict[str, list[str]]:
+        """Which items wait at each approval stage that holds any, the first few (for status; best effort)."""
+        try:
+            return {
+                gate: await producer.held_items(self.redis, batch.uid, gate, status.HELD_ITEMS_SHOWN)
+                for gate, n in held.items()
+                if n
+            }
+        except queue.UNAVAILABLE:
+            return {}
 
     async def _publish(
         self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, problems: list[status.Problem]

@@ -44,6 +44,8 @@ C = v1alpha1.ConditionType
 P = v1alpha1.Phase
 R = v1alpha1.Reason
 SUSPENDED_MESSAGE = "spec.suspend is true: no new claims; in-flight items finish"
+HELD_ITEMS_SHOWN = v1alpha1.HELD_ITEMS_SHOWN  # in status.stages[].heldItems
+HELD_ITEMS_NAMED = 5  # in the WaitingForApproval message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Observation:
     state: completion.BatchState | None = None
     workers: Mapping[str, int] = dataclasses.field(default_factory=dict)  # stage -> live worker pods
     held: Mapping[str, int] = dataclasses.field(default_factory=dict)  # approval stage -> items held
+    # approval stage -> the first HELD_ITEMS_SHOWN of them, oldest first
+    held_items: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
     problems: Sequence[Problem] = ()
     suspended: bool = False
     results: Mapping[str, Any] | None = None  # the results sink: configMaps and rows
@@ -125,9 +129,11 @@ def _busy_outside_gates(obs: Observation) -> bool:
     return False
 
 
-def _stage_status(stage: plan.StagePlan, counts: queue.StageCounts, workers: int) -> dict[str, Any]:
+def _stage_status(
+    stage: plan.StagePlan, counts: queue.StageCounts, workers: int, held: Sequence[str] | None
+) -> dict[str, Any]:
     c = counts.counters
-    return {
+    row: dict[str, Any] = {
         "name": stage.name,
         "pending": counts.ready + counts.gathered,
         "running": counts.running,
@@ -137,6 +143,9 @@ def _stage_status(stage: plan.StagePlan, counts: queue.StageCounts, workers: int
         "deadLettered": c.get(wire.COUNT_DEAD_LETTERED, 0),
         "workers": workers,
     }
+    if held:
+        row["heldItems"] = list(held[:HELD_ITEMS_SHOWN])
+    return row
 
 
 def _current_stage(the_plan: plan.Plan, snapshot: producer.Snapshot) -> str | None:
@@ -171,7 +180,10 @@ def _counts(obs: Observation) -> dict[str, Any]:
         "retries": sum(s.counters.get(wire.COUNT_RETRIES, 0) for s in snap.stages.values()),
         "items": {"total": total, "done": done, "succeeded": last.get(wire.COUNT_SUCCEEDED, 0), "failed": failed,
                   "deadLettered": dead},
-        "stages": [_stage_status(s, snap.stages[s.name], obs.workers.get(s.name, 0)) for s in the_plan.stages],
+        "stages": [
+            _stage_status(s, snap.stages[s.name], obs.workers.get(s.name, 0), obs.held_items.get(s.name))
+            for s in the_plan.stages
+        ],
         "usage": {
             "inputTokens": input_tokens,
             "outputTokens": output_tokens,
@@ -209,12 +221,7 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
     budget = None if obs.snapshot is None else obs.snapshot.flags.get(wire.FLAG_BUDGET_EXCEEDED)
     state_msg = obs.state.reason if obs.state is not None else ""
     held = {stage: n for stage, n in obs.held.items() if n}
-    held_msg = "; ".join(
-        f"{n} item waits at {stage}: approve it in spec.approvals"
-        if n == 1
-        else f"{n} items wait at {stage}: approve them in spec.approvals"
-        for stage, n in held.items()
-    )
+    held_msg = "; ".join(_held_message(stage, n, obs.held_items.get(stage) or ()) for stage, n in held.items())
 
     # Settled: all that the spec allows is done, and only a person's edit of the spec moves it on. With Redis away
     # (a passing problem) the operator cannot confirm that, nor the flag workers read before each claim.
@@ -277,6 +284,15 @@ def _conditions(obs: Observation, phase: v1alpha1.Phase, counts: Mapping[str, An
         _Cond(C.BUDGET_EXCEEDED, bool(budget), R.BUDGET_EXCEEDED if budget else R.WITHIN_BUDGET, budget or ""),
         _Cond(C.WAITING_FOR_APPROVAL, bool(held) and not terminal, R.ITEMS_HELD if held else R.NOTHING_HELD, held_msg),
     ]
+
+
+def _held_message(stage: str, n: int, items: Sequence[str]) -> str:
+    """``3 items wait at plan-ok (a, b, c): approve them in spec.approvals``, naming the first few."""
+    named = list(items[:HELD_ITEMS_NAMED])
+    which = f" ({', '.join(named)}{', …' if n > len(named) else ''})" if named else ""
+    if n == 1:
+        return f"1 item waits at {stage}{which}: approve it in spec.approvals"
+    return f"{n} items wait at {stage}{which}: approve them in spec.approvals"
 
 
 def _progress_message(counts: Mapping[str, Any]) -> str:

@@ -19,9 +19,9 @@ import sys
 import redis.exceptions
 
 import analysis_core
-from analysis_core import env, plan, pricing, queue
+from analysis_core import env, keys, plan, pricing, queue
 from analysis_worker import config as config_
-from analysis_worker import health, logs, loop, providers
+from analysis_worker import consumer, health, logs, loop, providers
 
 log = logging.getLogger("analysis_worker")
 
@@ -36,6 +36,11 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
     client = queue.connect(cfg.redis_url, cfg.redis_secret)
     blocking = queue.connect_blocking(cfg.redis_url, cfg.redis_secret)
     try:
+        seeded = await consumer.layout(client, cfg.batch_uid)
+        if seeded is not None and seeded > keys.LAYOUT_VERSION:
+            log.error("Redis holds batch %s in layout version %s, newer than this worker's (%s): run the worker "
+                      "image of the operator's release", cfg.batch_uid, seeded, keys.LAYOUT_VERSION)  # fmt: skip
+            return 2
         prices = pricing.PriceTable.load(cfg.prices_path)
         worker = loop.Worker(cfg, the_plan, provider, client, blocking, prices)
         running = asyncio.get_running_loop()

@@ -256,6 +256,12 @@ async def usage(client: queue.Redis, uid: str) -> dict[str, int]:
     return {str(field): int(value) for field, value in raw.items()}
 
 
+async def layout(client: queue.Redis, uid: str) -> int | None:
+    """The layout version the batch was seeded with (``keys.LAYOUT_VERSION`` then); None before seeding."""
+    value = await client.get(keys_.BatchKeys(uid).seeded)
+    return None if value is None else int(value)
+
+
 async def suspended(client: queue.Redis, uid: str) -> bool:
     """The operator suspended the batch (``spec.suspend``, a failed batch, a deletion): claim nothing now."""
     return bool(await client.hexists(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED))

@@ -783,6 +783,9 @@ class Condition(_StatusModel):
     )
 
 
+HELD_ITEMS_SHOWN = 50  # items named per approval stage in status.stages[].heldItems
+
+
 class StageStatus(_StatusModel):
     """Counts of one stage."""
 
@@ -796,6 +799,12 @@ class StageStatus(_StatusModel):
     retrying: int = Field(default=0, ge=0, description="Items waiting for a retry after a failed attempt.")
     dead_lettered: int = Field(default=0, ge=0, description="Items given up after too many redeliveries.")
     workers: int = Field(default=0, ge=0, description="Worker pods the stage runs now.")
+    held_items: list[str] | None = Field(
+        default=None,
+        max_length=HELD_ITEMS_SHOWN,
+        description=f"Approval stages only: the items waiting for spec.approvals, oldest first, at most "
+        f"{HELD_ITEMS_SHOWN} (pending counts them all).",
+    )
 
 
 class JudgeStatus(_StatusModel):

@@ -112,6 +112,7 @@ class Reason(enum.StrEnum):
     PUBLISH_FAILED = "PublishFailed"
     WORKLOAD_APPLY_FAILED = "WorkloadApplyFailed"
     REDIS_UNAVAILABLE = "RedisUnavailable"
+    REDIS_LAYOUT_UNSUPPORTED = "RedisLayoutUnsupported"
     # Events besides condition flips (a flip to false posts "<Type>Cleared").
     RETRY_FAILED = "RetryFailed"
     CLEANUP_RETRYING = "CleanupRetrying"

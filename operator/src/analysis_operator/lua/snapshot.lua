@@ -7,7 +7,7 @@
 -- hash (4 keys per stage, in stage order), then the sealed set, the seeded
 -- marker, the batch's usage hash and its flags hash.
 -- ARGV[1] group
--- Returns {{len, pending, delayed, {counter, value, ...}, gathered} per stage, sealed members, seeded,
+-- Returns {{len, pending, delayed, {counter, value, ...}, gathered} per stage, sealed members, the seeded marker (the layout version, or nil),
 --          {usage field, value, ...}, {flag, value, ...}}.
 local stages = {}
 for i = 1, #KEYS - 4, 4 do
@@ -19,5 +19,5 @@ for i = 1, #KEYS - 4, 4 do
     redis.call('HLEN', KEYS[i + 3])}
 end
 local sealed = redis.call('SMEMBERS', KEYS[#KEYS - 3])
-local seeded = redis.call('EXISTS', KEYS[#KEYS - 2])
+local seeded = redis.call('GET', KEYS[#KEYS - 2])
 return {stages, sealed, seeded, redis.call('HGETALL', KEYS[#KEYS - 1]), redis.call('HGETALL', KEYS[#KEYS])}

@@ -243,6 +243,12 @@ def approve_verb(args: argparse.Namespace, out: TextIO) -> int:
         raise PluginError(str(exc), EXIT_USAGE) from exc
     kubectl = Kubectl.from_args(args)
     batch, written = _write_spec(kubectl, args.batch, lambda b: control.approve_patch(b, args.stage, items))
+    if written is not None and items is not None:
+        listed, complete = control.held_at(batch, args.stage)
+        unvouched = [] if complete else [item for item in items if item not in listed]
+        if unvouched:
+            print(f"warning: the status lists only the first waiting items of stage {args.stage}; not among them: "
+                  f"{', '.join(unvouched)}", file=sys.stderr)  # fmt: skip
     now_open = control.approved(written or batch, args.stage)
     if written is None:
         out.write(f"{_ident(batch)}: stage {args.stage} already approved for {_items_text(now_open)}\n")

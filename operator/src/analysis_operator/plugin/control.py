@@ -91,13 +91,50 @@ def _precondition(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def approve_patch(batch: Mapping[str, Any], stage: str, items: Sequence[str] | None) -> dict[str, Any] | None:
-    """The patch that approves ``stage`` (for ``items`` or all), tied to the version read; None: already approved."""
+    """The patch that approves ``stage`` (for ``items`` or all), tied to the version read; None: already approved.
+
+    Listed items must be waiting at the stage (``check_waiting``), unless the spec already approves them.
+    """
     check_approval_stage(batch, stage)
     existing = (batch.get("spec") or {}).get("approvals") or []
     merged = merged_approvals(existing, stage, items)
     if merged is None:
         return None
+    if items is not None:
+        already = approved(batch, stage) or []
+        check_waiting(batch, stage, [item for item in items if item not in already])
     return {"metadata": _precondition(batch), "spec": {"approvals": merged}}
+
+
+def held_at(batch: Mapping[str, Any], stage: str) -> tuple[list[str], bool]:
+    """The items the last status lists as waiting at ``stage``, and whether that list names all of them.
+
+    The operator lists at most a bounded number per stage (``status.stages[].heldItems``) while ``pending``
+    counts them all.
+    """
+    for row in render.status_of(batch).get("stages") or []:
+        if isinstance(row, Mapping) and row.get("name") == stage:
+            listed = [str(item) for item in row.get("heldItems") or []]
+            return listed, len(listed) >= int(row.get("pending") or 0)
+    return [], True
+
+
+def check_waiting(batch: Mapping[str, Any], stage: str, items: Sequence[str]) -> list[str]:
+    """Refuse items that do not wait at ``stage``, naming them; returns those the status cannot vouch for.
+
+    When the status names every waiting item, an item it does not name is refused. When its list is cut
+    short, an item missing from it may still wait further back: it is returned, for a warning, not refused.
+    """
+    listed, complete = held_at(batch, stage)
+    missing = [item for item in items if item not in listed]
+    if missing and complete:
+        name = (batch.get("metadata") or {}).get("name", "?")
+        waiting = ", ".join(listed) if listed else "none"
+        raise Refused(
+            f'not waiting at stage "{stage}" of analysisbatch "{name}": {", ".join(missing)} (waiting: {waiting}); '
+            "to approve items before they arrive, list them in spec.approvals"
+        )
+    return missing
 
 
 def approved(batch: Mapping[str, Any], stage: str) -> list[str] | None:

@@ -232,6 +232,18 @@ def _usage_line(status: Mapping[str, Any]) -> str:
     return render.GAP.join(parts)
 
 
+def _held(status: Mapping[str, Any]) -> list[str]:
+    """``waiting at gate: A, B, C (and 47 more)``: the items each approval stage holds, as the status lists them."""
+    lines = []
+    for row in status.get("stages") or []:
+        if not isinstance(row, Mapping) or not row.get("heldItems"):
+            continue
+        listed = [str(item) for item in row["heldItems"]]
+        more = int(row.get("pending") or 0) - len(listed)
+        lines.append(f"waiting at {row.get('name')}: {', '.join(listed)}" + (f" (and {more} more)" if more > 0 else ""))
+    return lines
+
+
 def _notes(batch: Mapping[str, Any]) -> list[str]:
     """The true conditions that matter, each once, then the headline if it adds something, then lags."""
     metadata = batch.get("metadata") or {}
@@ -250,6 +262,7 @@ def _notes(batch: Mapping[str, Any]) -> list[str]:
         reason = str(cond.get("reason") or "")
         label = kind if reason in ("", kind) else f"{kind}: {reason}"
         lines.append(label + (f": {message}" if message else ""))
+    lines += _held(status)
     headline = " ".join(str(status.get("message") or "").split())
     if headline and headline not in said:
         lines.append(f"message: {headline}")

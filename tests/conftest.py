@@ -254,7 +254,8 @@ class Prediction:
 
 def _offline_answer(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> str:
     provider = the_plan.providers[stage.provider or ""]
-    options = provider.offline or v1alpha1.OfflineOptions()
+    options = provider.offline
+    assert options is not None, "the plan carries an offline provider's options"
     if stage.type is v1alpha1.StageType.JUDGE:
         kind = base.OutputKind.VERDICT
     else:

@@ -262,7 +262,7 @@ def _offline_answer(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.M
         kind = base.OutputKind.JSON if stage.output is v1alpha1.OutputFormat.JSON else base.OutputKind.TEXT
     fan = stage.fan_out
     request = base.Request(
-        prompt="", max_tokens=1, timeout_s=1, output=kind, item=message.item, stage=stage.name, round=message.round,
+        prompt="", max_tokens=1, timeout_seconds=1, output=kind, item=message.item, stage=stage.name, round=message.round,
         json_schema=stage.json_schema, fan_out=None if fan is None else base.FanOutHint(fan.path, fan.key, fan.sort_by),
     )  # fmt: skip
     return offline.answer(request, seed=options.seed, rejection_rate=options.rejection_rate)

@@ -31,7 +31,7 @@ REPORT_SCHEMA: dict[str, Any] = {
 
 
 def request(**fields: Any) -> base.Request:
-    defaults: dict[str, Any] = {"prompt": "Analyse this.", "max_tokens": 1000, "timeout_s": 30.0}
+    defaults: dict[str, Any] = {"prompt": "Analyse this.", "max_tokens": 1000, "timeout_seconds": 30.0}
     return base.Request(**{**defaults, **fields})
 
 
@@ -131,7 +131,7 @@ def test_same_seed_stage_item_and_round_give_the_same_answer(kind: dict[str, Any
         system="be brief",
         attempt=3,
         max_tokens=5,
-        timeout_s=1.0,
+        timeout_seconds=1.0,
         temperature=1.5,
         **kind,
     )

@@ -1,9 +1,13 @@
-"""The plan compiler: specs the schema admits but no worker could run are rejected, naming the field."""
+"""The plan compiler: specs the schema admits but no worker could run are rejected, naming the field.
+
+Also the plan's versions: a worker reads older plans and refuses newer ones.
+"""
 
 import json
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 
@@ -119,12 +123,23 @@ def test_the_error_lists_every_problem_in_one_message() -> None:
         plan.compile_plan("uid", the_spec)
 
 
-def test_a_worker_reads_its_own_and_older_plans_and_refuses_a_newer_one_by_its_version() -> None:
+def test_a_worker_reads_its_own_plan_and_refuses_a_newer_one_by_its_version() -> None:
     compiled = plan.compile_plan("uid", spec({"name": "a", "provider": "main", "prompt": "{{ item }}"}))
     assert plan.Plan.loads(compiled.dumps()) == compiled
-    older = json.loads(compiled.dumps())
-    del older["version"]  # a plan from before the field: version 1
-    assert plan.Plan.loads(json.dumps(older)).version == 1
     newer = {**json.loads(compiled.dumps()), "version": plan.PLAN_VERSION + 1, "fieldOfTheFuture": True}
     with pytest.raises(plan.PlanVersionError, match=f"plan version {plan.PLAN_VERSION + 1} is newer than this worker"):
         plan.Plan.loads(json.dumps(newer))
+
+
+def test_a_version_1_plan_reads_as_the_plan_this_compiler_makes_of_the_same_spec() -> None:
+    # What an operator of the previous release published: a new worker may start before the new operator rewrites it.
+    v1 = json.loads((Path(__file__).parent / "plan-v1.json").read_text(encoding="utf-8"))
+    the_spec = v1alpha1.AnalysisBatchSpec.model_validate(v1["spec"])
+    compiled = plan.compile_plan(v1["uid"], the_spec, generation=v1["generation"])
+    assert v1["plan"]["version"] == 1
+    assert plan.Plan.loads(json.dumps(v1["plan"])) == compiled
+    unversioned = {name: value for name, value in v1["plan"].items() if name != "version"}  # from before the field
+    assert plan.Plan.loads(json.dumps(unversioned)) == compiled
+    # Nothing of version 1 is left over for a version-2 plan to carry.
+    with pytest.raises(pydantic.ValidationError, match="timeout_s"):
+        plan.Plan.loads(json.dumps({**v1["plan"], "version": 2}))

@@ -428,7 +428,8 @@ class Bench:
         duration_s = s.limiter_windows * s.limiter_window_s
         backlog = int(requests * (s.limiter_windows + 2)) + 100  # more than the run can finish
         uid, plan_path = self.write_plan(
-            latency_ms=latency_ms, rate_limit=plan.RateLimitPlan(requests=requests, window_s=s.limiter_window_s)
+            latency_ms=latency_ms,
+            rate_limit=plan.RateLimitPlan(requests_per_minute=requests, window_s=s.limiter_window_s),
         )
         processes, pods = self.start_workers(uid, plan_path, workers)
         try:

@@ -257,14 +257,15 @@ class Prediction:
 
 def _offline_answer(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -> str:
     provider = the_plan.providers[stage.provider or ""]
-    options = provider.offline or v1alpha1.OfflineOptions()
+    options = provider.offline
+    assert options is not None, "the plan carries an offline provider's options"
     if stage.type is v1alpha1.StageType.JUDGE:
         kind = base.OutputKind.VERDICT
     else:
         kind = base.OutputKind.JSON if stage.output is v1alpha1.OutputFormat.JSON else base.OutputKind.TEXT
     fan = stage.fan_out
     request = base.Request(
-        prompt="", max_tokens=1, timeout_s=1, output=kind, item=message.item, stage=stage.name, round=message.round,
+        prompt="", max_tokens=1, timeout_seconds=1, output=kind, item=message.item, stage=stage.name, round=message.round,
         json_schema=stage.json_schema, fan_out=None if fan is None else base.FanOutHint(fan.path, fan.key, fan.sort_by),
     )  # fmt: skip
     return offline.answer(request, seed=options.seed, rejection_rate=options.rejection_rate)

@@ -50,7 +50,10 @@ def _base_url(server: standin.StandIn, api: str) -> str:
 
 def _request(prompt: str = "hello there", **fields: Any) -> base.Request:
     return base.Request(
-        prompt=prompt, max_tokens=fields.pop("max_tokens", 64), timeout_s=fields.pop("timeout_s", 5.0), **fields
+        prompt=prompt,
+        max_tokens=fields.pop("max_tokens", 64),
+        timeout_seconds=fields.pop("timeout_seconds", 5.0),
+        **fields,
     )
 
 
@@ -212,7 +215,7 @@ async def test_wrong_key_is_auth_and_never_echoed(server: standin.StandIn, api: 
 async def test_slow_answer_is_timeout(provider: base.Provider, server: standin.StandIn) -> None:
     server.set_plan([{"kind": "timeout", "delay_s": 3}])
     started = time.monotonic()
-    error = await _failure(provider, _request(timeout_s=0.3))
+    error = await _failure(provider, _request(timeout_seconds=0.3))
     assert error.error_class is EC.TIMEOUT
     assert time.monotonic() - started < 2.0
     assert len(server.requests()) == 1
@@ -224,7 +227,7 @@ async def test_closed_port_is_network(api: str) -> None:
         port = probe.getsockname()[1]
     client = _provider(api, f"http://127.0.0.1:{port}" + ("/v1" if api == "openai" else ""))
     try:
-        error = await _failure(client, _request(timeout_s=2.0))
+        error = await _failure(client, _request(timeout_seconds=2.0))
     finally:
         await client.aclose()
     assert error.error_class is EC.NETWORK

@@ -125,7 +125,7 @@ async def test_four_processes_never_exceed_the_shared_rate_limit(
     items = [f"R{i:02d}" for i in range(n_items)]
     batch = workers.batch(
         spec("openai", stand_in.openai_base_url, items, concurrency=4, rateLimit={"requestsPerMinute": limit}),
-        stages={"analyze": {"rate_limit": plan.RateLimitPlan(requests=limit, window_s=window_s)}},
+        stages={"analyze": {"rate_limit": plan.RateLimitPlan(requests_per_minute=limit, window_s=window_s)}},
     )
     await batch.seed()
     for _ in range(4):

@@ -66,7 +66,7 @@ def test_the_api_key_comes_only_from_its_secret() -> None:
     # The plan the pods mount names the Secret key; no key material exists for it to carry.
     assert json.loads(builders.plan_configmap(BATCH, the_plan(), SETTINGS)["data"][builders.PLAN_KEY])["providers"][
         "claude"
-    ]["api_key_secret"] == {"name": "llm-keys", "key": "anthropic"}
+    ]["api_key_secret_ref"] == {"name": "llm-keys", "key": "anthropic"}
 
 
 def test_the_plan_configmap_holds_the_plan_the_pods_mount() -> None:

@@ -7,7 +7,8 @@ from analysis_core import errors
 pytestmark = pytest.mark.unit
 
 E = errors.ErrorClass
-POLICY = errors.RetryPolicy(max_attempts=3, initial_s=2, factor=2, max_s=10, jitter=0.0)
+BACKOFF = errors.Backoff(initial_seconds=2, factor=2, max_seconds=10, jitter=0)
+POLICY = errors.RetryPolicy(max_attempts=3, backoff=BACKOFF)
 
 
 def decide(
@@ -46,7 +47,8 @@ def test_a_retry_after_longer_than_the_backoff_is_honoured_for_other_classes_too
 
 
 def test_the_total_deadline_ends_retries() -> None:
-    policy = errors.RetryPolicy(max_attempts=10, initial_s=2, factor=2, max_s=60, jitter=0, deadline_s=10)
+    backoff = errors.Backoff(initial_seconds=2, factor=2, max_seconds=60, jitter=0)
+    policy = errors.RetryPolicy(max_attempts=10, backoff=backoff, deadline_seconds=10)
     assert decide(E.TIMEOUT, attempt=2, elapsed_s=5, policy=policy).action is errors.Action.RETRY  # 5 + 4 <= 10
     late = decide(E.TIMEOUT, attempt=2, elapsed_s=7, policy=policy)  # 7 + 4 > 10
     assert late.action is errors.Action.FAIL
@@ -55,7 +57,8 @@ def test_the_total_deadline_ends_retries() -> None:
 
 
 def test_backoff_is_capped_and_jittered_within_bounds() -> None:
-    policy = errors.RetryPolicy(initial_s=1, factor=3, max_s=20, jitter=0.2)
+    backoff = errors.Backoff(initial_seconds=1, factor=3, max_seconds=20, jitter=0.2)
+    policy = errors.RetryPolicy(max_attempts=3, backoff=backoff)
     assert errors.backoff_s(policy, 1, rand=lambda: 0.5) == 1
     assert errors.backoff_s(policy, 3, rand=lambda: 0.5) == 9
     assert errors.backoff_s(policy, 10, rand=lambda: 0.5) == 20

@@ -31,12 +31,17 @@ REPORT_SCHEMA: dict[str, Any] = {
 
 
 def request(**fields: Any) -> base.Request:
-    defaults: dict[str, Any] = {"prompt": "Analyse this.", "max_tokens": 1000, "timeout_s": 30.0}
+    defaults: dict[str, Any] = {"prompt": "Analyse this.", "max_tokens": 1000, "timeout_seconds": 30.0}
     return base.Request(**{**defaults, **fields})
 
 
 def answer(req: base.Request, *, seed: int = 0, rejection_rate: float = 0.3) -> str:
     return offline.answer(req, seed=seed, rejection_rate=rejection_rate)
+
+
+def provider(model: str = v1alpha1.OFFLINE_MODEL, **options: Any) -> offline.OfflineProvider:
+    """The provider the worker builds for these ``spec.providers.<name>.offline`` options (the API's defaults)."""
+    return offline.OfflineProvider(v1alpha1.OfflineOptions(**options), model=model)
 
 
 def schema_errors(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
@@ -126,7 +131,7 @@ def test_same_seed_stage_item_and_round_give_the_same_answer(kind: dict[str, Any
         system="be brief",
         attempt=3,
         max_tokens=5,
-        timeout_s=1.0,
+        timeout_seconds=1.0,
         temperature=1.5,
         **kind,
     )
@@ -147,7 +152,7 @@ def test_changing_round_stage_item_or_seed_changes_most_answers(kind: dict[str, 
 
 async def test_complete_returns_answer() -> None:
     req = request(item="AAPL", stage="analyze", output=base.OutputKind.JSON, json_schema=REPORT_SCHEMA)
-    completion = await offline.OfflineProvider(seed=3, rejection_rate=0.5).complete(req)
+    completion = await provider(seed=3, rejection_rate=0.5).complete(req)
     assert completion.text == offline.answer(req, seed=3, rejection_rate=0.5)
 
 
@@ -329,48 +334,51 @@ def test_a_rejected_item_can_pass_in_a_later_round() -> None:
 
 
 async def test_usage_model_and_request_id() -> None:
-    provider = offline.OfflineProvider(model="offline-test")
-    assert provider.model == "offline-test"
-    completion = await provider.complete(request(prompt="x" * 9, item="a", stage="s"))
+    named = provider(model="offline-test")
+    assert named.model == "offline-test"
+    completion = await named.complete(request(prompt="x" * 9, item="a", stage="s"))
     assert completion.input_tokens == 3
     assert completion.output_tokens == max(1, math.ceil(len(completion.text) / 4))
     assert completion.model == "offline-test"
     assert completion.rate_limit is None
     assert completion.request_id is not None
     assert re.fullmatch(r"offline-[0-9a-f]{12}", completion.request_id)
-    assert (await provider.complete(request(prompt="", item="a", stage="s"))).input_tokens == 1
-    again = await provider.complete(request(prompt="y", item="a", stage="s"))
+    assert (await named.complete(request(prompt="", item="a", stage="s"))).input_tokens == 1
+    again = await named.complete(request(prompt="y", item="a", stage="s"))
     assert again.request_id == completion.request_id
-    retry = await provider.complete(request(prompt="y", item="a", stage="s", attempt=2))
+    retry = await named.complete(request(prompt="y", item="a", stage="s", attempt=2))
     assert retry.request_id != completion.request_id
     assert retry.text == completion.text
-    await provider.aclose()
+    await named.aclose()
 
 
 async def test_latency_is_honoured() -> None:
-    provider = offline.OfflineProvider(latency_ms=50)
+    slow = provider(latency_milliseconds=50)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await provider.complete(request())
+    await slow.complete(request())
     assert loop.time() - start >= 0.045
 
 
 async def test_latency_is_cancellable() -> None:
-    provider = offline.OfflineProvider(latency_ms=60_000)
+    slow = provider(latency_milliseconds=60_000)
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
-            await provider.complete(request())
+            await slow.complete(request())
     assert loop.time() - start < 5
 
 
 @pytest.mark.parametrize(
-    "options", [{"rejection_rate": -0.1}, {"rejection_rate": 1.01}, {"rejection_rate": math.nan}, {"latency_ms": -1}]
+    "options",
+    [{"rejection_rate": -0.1}, {"rejection_rate": 1.01}, {"rejection_rate": math.nan}, {"latency_milliseconds": -1}],
 )
 def test_bad_options_are_refused(options: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=r"rejection_rate|latency_ms"):
-        offline.OfflineProvider(**options)
+    # Options that got past the API's bounds (a plan the operator did not write) are refused by the provider too.
+    unchecked = v1alpha1.OfflineOptions.model_construct(**options)
+    with pytest.raises(ValueError, match=r"rejection_rate|latency_milliseconds"):
+        offline.OfflineProvider(unchecked, model=v1alpha1.OFFLINE_MODEL)
 
 
 def test_answer_refuses_a_bad_rate() -> None:

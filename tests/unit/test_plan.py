@@ -1,13 +1,19 @@
-"""The plan compiler: specs the schema admits but no worker could run are rejected, naming the field."""
+"""The plan compiler: specs the schema admits but no worker could run are rejected, naming the field.
 
+Also the plan's rules: a knob keeps its spec name and its API default (the plan
+states none of its own), and a worker reads older plans and refuses newer ones.
+"""
+
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 
-from analysis_core import plan
+from analysis_core import errors, plan
 from analysis_core.api import v1alpha1
 
 pytestmark = pytest.mark.unit
@@ -119,12 +125,98 @@ def test_the_error_lists_every_problem_in_one_message() -> None:
         plan.compile_plan("uid", the_spec)
 
 
-def test_a_worker_reads_its_own_and_older_plans_and_refuses_a_newer_one_by_its_version() -> None:
+def test_a_worker_reads_its_own_plan_and_refuses_a_newer_one_by_its_version() -> None:
     compiled = plan.compile_plan("uid", spec({"name": "a", "provider": "main", "prompt": "{{ item }}"}))
     assert plan.Plan.loads(compiled.dumps()) == compiled
-    older = json.loads(compiled.dumps())
-    del older["version"]  # a plan from before the field: version 1
-    assert plan.Plan.loads(json.dumps(older)).version == 1
     newer = {**json.loads(compiled.dumps()), "version": plan.PLAN_VERSION + 1, "fieldOfTheFuture": True}
     with pytest.raises(plan.PlanVersionError, match=f"plan version {plan.PLAN_VERSION + 1} is newer than this worker"):
         plan.Plan.loads(json.dumps(newer))
+
+
+def test_a_version_1_plan_reads_as_the_plan_this_compiler_makes_of_the_same_spec() -> None:
+    # What an operator of the previous release published: a new worker may start before the new operator rewrites it.
+    v1 = json.loads((Path(__file__).parent / "plan-v1.json").read_text(encoding="utf-8"))
+    the_spec = v1alpha1.AnalysisBatchSpec.model_validate(v1["spec"])
+    compiled = plan.compile_plan(v1["uid"], the_spec, generation=v1["generation"])
+    assert v1["plan"]["version"] == 1
+    assert plan.Plan.loads(json.dumps(v1["plan"])) == compiled
+    unversioned = {name: value for name, value in v1["plan"].items() if name != "version"}  # from before the field
+    assert plan.Plan.loads(json.dumps(unversioned)) == compiled
+    # Nothing of version 1 is left over for a version-2 plan to carry.
+    with pytest.raises(pydantic.ValidationError, match="timeout_s"):
+        plan.Plan.loads(json.dumps({**v1["plan"], "version": 2}))
+
+
+# ---------------------------------------------------------------- one name, one default
+
+
+def omitted_knobs() -> v1alpha1.AnalysisBatchSpec:
+    """A spec that leaves every knob it can unset."""
+    return spec(
+        {"name": "rank", "provider": "main", "prompt": "x", "output": "json",
+         "fanOut": {"path": "$.stocks", "sortBy": "score"}, "rateLimit": {"requestsPerMinute": 10}},
+        {"name": "draft", "provider": "main", "prompt": "y"},
+        {"name": "review", "type": "judge", "provider": "main", "reviews": "draft"},
+    )  # fmt: skip
+
+
+def check_defaults(api: type[pydantic.BaseModel], resolved: Any, where: str) -> None:
+    """Each field of ``api`` with a default (other than None) has that value in ``resolved``, under the same name."""
+    for name, field in api.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if field.is_required() or default is None:
+            continue
+        value = getattr(resolved, name)  # an AttributeError is a knob renamed on its way into the plan
+        if isinstance(default, pydantic.BaseModel):
+            check_defaults(type(default), value, f"{where}.{name}")
+        else:
+            assert value == default, f"{where}.{name}: {value!r} in the plan, {default!r} in the API"
+
+
+def test_an_omitted_knob_compiles_to_the_api_models_default() -> None:
+    compiled = plan.compile_plan("uid", omitted_knobs())
+    check_defaults(v1alpha1.Stage, compiled.stage("draft"), "stages[draft]")
+    check_defaults(v1alpha1.Provider, compiled.providers["main"], "providers[main]")
+    # Defaults the schema cannot state (the field is forbidden elsewhere), quoted by their descriptions.
+    review = compiled.stage("review")
+    assert (review.max_rejections, review.on_exhausted) == (
+        v1alpha1.DEFAULT_MAX_REJECTIONS,
+        v1alpha1.DEFAULT_ON_EXHAUSTED,
+    )
+    rank = compiled.stage("rank")
+    assert rank.fan_out is not None
+    assert rank.fan_out.order is v1alpha1.DEFAULT_SORT_ORDER
+    main = compiled.providers["main"]
+    assert (main.model, main.offline) == (v1alpha1.OFFLINE_MODEL, v1alpha1.OfflineOptions())
+    # What the spec has no field for: one constant each.
+    assert rank.rate_limit == plan.RateLimitPlan(requests_per_minute=10, window_s=plan.RATE_LIMIT_WINDOW_S)
+    assert (compiled.lease_s, compiled.max_deliveries) == (plan.LEASE_S, plan.MAX_DELIVERIES)
+
+
+def test_the_plan_states_no_default_but_none() -> None:
+    for model in (plan.Plan, plan.StagePlan, plan.ProviderPlan, plan.RateLimitPlan, plan.BudgetPlan):
+        for name, field in model.model_fields.items():
+            assert field.is_required() or field.default is None, (
+                f"{model.__name__}.{name} defaults to {field.default!r}"
+            )
+    for policy in (errors.RetryPolicy, errors.Backoff):
+        for f in dataclasses.fields(policy):
+            assert f.default in (dataclasses.MISSING, None), f"{policy.__name__}.{f.name} defaults to {f.default!r}"
+            assert f.default_factory is dataclasses.MISSING, f"{policy.__name__}.{f.name} has a default factory"
+
+
+def field_names(model: Any) -> set[str]:
+    """The field names of a pydantic model or a dataclass."""
+    if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+        return set(model.model_fields)
+    return {f.name for f in dataclasses.fields(model)}
+
+
+def test_a_knob_keeps_its_spec_name_in_the_plan() -> None:
+    resolved_into_prompt = {"prompt_from"}
+    assert field_names(v1alpha1.Stage) - field_names(plan.StagePlan) == resolved_into_prompt
+    assert field_names(v1alpha1.Provider) <= field_names(plan.ProviderPlan)
+    assert field_names(v1alpha1.RateLimit) <= field_names(plan.RateLimitPlan)
+    assert field_names(v1alpha1.Retry) <= field_names(errors.RetryPolicy)
+    assert field_names(v1alpha1.Backoff) <= field_names(errors.Backoff)
+    assert field_names(v1alpha1.Budget) - field_names(plan.BudgetPlan) == {"max_cost_usd"}  # as max_cost_nusd

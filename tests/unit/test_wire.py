@@ -220,6 +220,7 @@ QUEUE_IMPORTS = {"analysis_core.queue", "analysis_core.keys", "analysis_core.wir
                  "analysis_worker.consumer"}  # fmt: skip
 # Where a word of the vocabulary names something else: (module, word) -> why; "key:" words only as a dict key.
 ELSEWHERE = {
+    ("analysis_core/plan.py", "retry"): "the plan's field for spec.stages[].retry, regrouped by the version-1 upgrade",
     ("analysis_core/queue.py", "retry"): "redis-py's connection option",
     ("analysis_operator/builders.py", "run"): "a key of the digest that names a Job (changing it renames Jobs)",
     ("analysis_operator/handlers.py", "status"): "a Kubernetes object's status",

@@ -120,7 +120,9 @@ def test_the_stock_research_plan_links_stages_in_order() -> None:
     ]  # fmt: skip
     review = compiled.stage("review")
     assert (review.max_rejections, review.on_exhausted) == (3, v1alpha1.OnExhausted.ACCEPT_LAST)
-    assert compiled.stage("analyze").rate_limit == plan.RateLimitPlan(requests=120, tokens=400000)
+    assert compiled.stage("analyze").rate_limit == plan.RateLimitPlan(
+        requests_per_minute=120, tokens_per_minute=400000, window_s=plan.RATE_LIMIT_WINDOW_S
+    )
     assert plan.Plan.loads(compiled.dumps()) == compiled
 
 

@@ -75,15 +75,27 @@ class ProviderError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """The stage's retry settings (``spec.stages[].retry``), in seconds."""
+class Backoff:
+    """The delay between attempts, ``spec.stages[].retry.backoff`` by the same names."""
 
-    max_attempts: int = 3
-    initial_s: float = 2.0
-    factor: float = 2.0
-    max_s: float = 300.0
-    jitter: float = 0.2
-    deadline_s: float | None = None
+    initial_seconds: float
+    factor: float
+    max_seconds: float
+    jitter: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """A stage's retry settings, ``spec.stages[].retry`` by the same names, resolved by the plan compiler.
+
+    No field has a default of its own: the API models hold the defaults
+    (``v1alpha1.Retry``, ``v1alpha1.Backoff``). ``deadline_seconds`` None
+    means no deadline.
+    """
+
+    max_attempts: int
+    backoff: Backoff
+    deadline_seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +108,10 @@ class Decision:
 
 def backoff_s(policy: RetryPolicy, attempt: int, rand: Callable[[], float] = random.random) -> float:
     """Delay before attempt ``attempt + 1``: initial * factor^(attempt-1), capped, spread by +-jitter."""
-    base = min(policy.max_s, policy.initial_s * policy.factor ** max(0, attempt - 1))
-    spread = base * policy.jitter * (2 * rand() - 1)
-    return max(0.0, min(policy.max_s, base + spread))
+    backoff = policy.backoff
+    base = min(backoff.max_seconds, backoff.initial_seconds * backoff.factor ** max(0, attempt - 1))
+    spread = base * backoff.jitter * (2 * rand() - 1)
+    return max(0.0, min(backoff.max_seconds, base + spread))
 
 
 def decide(
@@ -123,6 +136,6 @@ def decide(
         if error.retry_after_s is not None:
             delay = max(delay, error.retry_after_s)
         uses_attempt = True
-    if policy.deadline_s is not None and elapsed_s + delay > policy.deadline_s:
-        return Decision(Action.FAIL, reason=f"{cls}: retrying would pass the {policy.deadline_s:g}s deadline")
+    if policy.deadline_seconds is not None and elapsed_s + delay > policy.deadline_seconds:
+        return Decision(Action.FAIL, reason=f"{cls}: retrying would pass the {policy.deadline_seconds:g}s deadline")
     return Decision(Action.RETRY, delay_s=delay, uses_attempt=uses_attempt, reason=str(cls))

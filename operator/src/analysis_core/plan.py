@@ -3,9 +3,21 @@
 The operator compiles the spec (``compile_plan``), publishes the plan as JSON
 in a ConfigMap, and every worker reads it at start (``Plan.load``). The plan
 resolves what the spec leaves implicit: prompts read from ConfigMaps, the
-stage that follows each stage, defaults of judge-only fields, retry policy in
-seconds, the rate-limit window. It carries no secrets: a provider names the
-Secret key that the operator maps into the worker's environment.
+stage that follows each stage, defaults of judge-only fields, the retry
+policy, and the settings the spec has no field for (the rate-limit window,
+the lease, the delivery bound: the constants below). It carries no secrets: a
+provider names the Secret key that the operator maps into the worker's
+environment.
+
+One meaning per knob, one default. The API models (``v1alpha1``) hold the
+default of every field a user can set, and ``compile_plan`` copies the
+resolved value into the plan, so the plan's models state no default of their
+own: a field is required, or None when the spec leaves it unset (``dumps``
+leaves Nones out). A plan field has the name of its spec field in snake_case
+(``timeoutSeconds``, ``timeout_seconds``); a name changes only with its unit
+(``budget.maxCostUSD`` in dollars, ``max_cost_nusd`` in nano-dollars). Code
+downstream (the worker, the builders) reads the plan and never defaults a value
+again.
 
 ``compile_plan`` also rejects what the schema cannot see but would fail at
 run time, naming the field: a template that does not parse or uses an
@@ -34,10 +46,19 @@ import pydantic
 from analysis_core import errors, wire
 from analysis_core.api import v1alpha1
 
-# The plan's schema version. A worker reads every plan from version 1 up to its own (fields are only ever added,
-# with defaults) and refuses a newer one rather than guess at it; a change that an older worker would misread
-# bumps it (docs/design.md#upgrades).
-PLAN_VERSION = 1
+# The plan's schema version. A worker reads every plan from version 1 up to its own (``Plan.loads`` upgrades an
+# older one) and refuses a newer one rather than guess at it; a change that an older worker would misread bumps it
+# (docs/design.md#upgrades). Version 2 named every field as the spec does (version 1: ``timeout_s``, ``retry``'s
+# ``initial_s``, ``rate_limit.requests``, ...) and resolved ``fanOut.order``.
+PLAN_VERSION = 2
+# Settings the spec has no field for, each stated here only; ``compile_plan`` puts them in every plan.
+# The window that rateLimit's "per minute" counts over.
+RATE_LIMIT_WINDOW_S = 60.0
+# The lease (visibility timeout) of a claimed item; workers renew it every third of this while a call runs, and
+# take over an item whose lease ran out.
+LEASE_S = 30.0
+# How often an item may be delivered before it is dead-lettered (a worker that died with it counts as one).
+MAX_DELIVERIES = 5
 # What a prompt template may use (docs/design.md#prompts-and-template-variables); the worker renders exactly these.
 TEMPLATE_VARIABLES = frozenset({"item", "input", "vars", "feedback", "round", "attempt"})
 # The judge's prompt when the spec gives none.
@@ -66,24 +87,34 @@ class _Frozen(pydantic.BaseModel):
 
 
 class ProviderPlan(_Frozen):
+    """``spec.providers.<name>``, resolved: ``model`` is set for every type, ``offline`` for type offline."""
+
     type: v1alpha1.ProviderType
     model: str
     base_url: str | None = None
-    max_tokens: int = 4096
+    max_tokens: int
     temperature: float | None = None
-    api_key_secret: v1alpha1.SecretKeyRef | None = None
+    api_key_secret_ref: v1alpha1.SecretKeyRef | None = None
     offline: v1alpha1.OfflineOptions | None = None
 
 
 class RateLimitPlan(_Frozen):
-    requests: int | None = None
-    tokens: int | None = None
-    window_s: float = 60.0
+    """``spec.stages[].rateLimit``; the limits count over ``window_s`` (``RATE_LIMIT_WINDOW_S``, a minute).
+
+    Tests and benchmarks shorten the window to run a real worker against a
+    limit in seconds rather than minutes; the operator always writes a minute.
+    """
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    window_s: float
 
 
 class BudgetPlan(_Frozen):
+    """``spec.budget``; the cost in nano-dollars, the unit of the usage counters."""
+
     max_tokens: int | None = None
-    max_cost_nusd: int | None = None  # nano-dollars, the unit of the usage counters
+    max_cost_nusd: int | None = None
 
     def exceeded(self, usage: Mapping[str, int]) -> str | None:
         """Why ``usage`` is past this budget, or None."""
@@ -97,40 +128,40 @@ class BudgetPlan(_Frozen):
 
 
 class StagePlan(_Frozen):
+    """``spec.stages[i]``, resolved: the prompt's text, the judge-only settings (on every stage), the next stage."""
+
     name: str
     index: int
     type: v1alpha1.StageType
     provider: str | None = None
     prompt: str | None = None
-    output: v1alpha1.OutputFormat = v1alpha1.OutputFormat.TEXT
+    output: v1alpha1.OutputFormat
     json_schema: dict[str, Any] | None = None
-    fan_out: v1alpha1.FanOut | None = None
-    collect: bool = False
+    fan_out: v1alpha1.FanOut | None = None  # with sortBy, its order is set
+    collect: bool
     reviews: str | None = None
-    max_rejections: int = 3
-    on_exhausted: v1alpha1.OnExhausted = v1alpha1.OnExhausted.FAIL
-    concurrency: int = 4
+    max_rejections: int
+    on_exhausted: v1alpha1.OnExhausted
+    concurrency: int
     rate_limit: RateLimitPlan | None = None
-    timeout_s: float = 300.0
-    retry: errors.RetryPolicy = errors.RetryPolicy()
-    executor: v1alpha1.Executor = v1alpha1.Executor.JOB
+    timeout_seconds: float
+    retry: errors.RetryPolicy
+    executor: v1alpha1.Executor
     next: str | None = None  # the stage that receives this stage's output
 
 
 class Plan(_Frozen):
-    version: int = PLAN_VERSION
+    version: int
     uid: str
-    generation: int = 1
+    generation: int
     providers: dict[str, ProviderPlan]
     stages: list[StagePlan]
-    vars: dict[str, str] = {}
+    vars: dict[str, str]
     # Approval stage -> the items released through it; None releases every item.
-    approvals: dict[str, list[str] | None] = {}
+    approvals: dict[str, list[str] | None]
     budget: BudgetPlan | None = None
-    # How often a message may be delivered before it is dead-lettered.
-    max_deliveries: int = 5
-    # The lease (visibility timeout); workers renew it at a third of this while a call runs.
-    lease_s: float = 30.0
+    max_deliveries: int  # MAX_DELIVERIES
+    lease_s: float  # LEASE_S
 
     def stage(self, name: str) -> StagePlan:
         for stage in self.stages:
@@ -143,19 +174,71 @@ class Plan(_Frozen):
 
     @classmethod
     def loads(cls, text: str) -> Plan:
-        """The plan in ``text``; a plan of a newer schema is refused by its version, before its fields are read."""
+        """The plan in ``text``, upgraded to this schema if it is older.
+
+        A plan of a newer schema is refused by its version, before its fields are read.
+        """
         raw = json.loads(text)
-        version = raw.get("version", PLAN_VERSION) if isinstance(raw, dict) else PLAN_VERSION
+        if not isinstance(raw, dict):
+            return cls.model_validate(raw)  # refused, with pydantic's message
+        version = raw.get("version", 1)  # a plan from before the field is version 1
         if isinstance(version, int) and version > PLAN_VERSION:
             raise PlanVersionError(
                 f"plan version {version} is newer than this worker's ({PLAN_VERSION}): the worker image is older than "
                 "the operator that wrote the plan; run the worker image of the operator's release"
             )
+        if version == 1:
+            raw = _from_version_1(raw)
         return cls.model_validate(raw)
 
     @classmethod
     def load(cls, path: Path) -> Plan:
         return cls.loads(path.read_text(encoding="utf-8"))
+
+
+def _from_version_1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 plan in version 2's names, so a new worker runs the plan an old operator published.
+
+    Version 1 wrote every field it had (only Nones were left out), so the
+    upgrade renames and regroups, and adds one value: version 1 left
+    ``fanOut.order`` unset to mean Descending, which version 2 writes out.
+    What version 1 meant is fixed, so that is Descending here, whatever the
+    API's default becomes. Anything malformed is passed on for validation to refuse.
+    """
+    upgraded = {**raw, "version": PLAN_VERSION}
+    if isinstance(providers := raw.get("providers"), dict):
+        upgraded["providers"] = {
+            name: _renamed(provider, {"api_key_secret": "api_key_secret_ref"}) for name, provider in providers.items()
+        }
+    if isinstance(stages := raw.get("stages"), list):
+        upgraded["stages"] = [_stage_from_version_1(stage) for stage in stages]
+    return upgraded
+
+
+def _stage_from_version_1(stage: Any) -> Any:
+    stage = _renamed(stage, {"timeout_s": "timeout_seconds"})
+    if not isinstance(stage, dict):
+        return stage
+    if isinstance(retry := stage.get("retry"), dict):
+        backoff = {"initial_s": "initial_seconds", "factor": "factor", "max_s": "max_seconds", "jitter": "jitter"}
+        stage["retry"] = {
+            **_renamed({k: v for k, v in retry.items() if k not in backoff}, {"deadline_s": "deadline_seconds"}),
+            "backoff": {new: retry[old] for old, new in backoff.items() if old in retry},
+        }
+    if "rate_limit" in stage:
+        stage["rate_limit"] = _renamed(
+            stage["rate_limit"], {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
+        )
+    if isinstance(fan := stage.get("fan_out"), dict) and fan.get("sortBy") and fan.get("order") is None:
+        stage["fan_out"] = {**fan, "order": v1alpha1.SortOrder.DESCENDING.value}
+    return stage
+
+
+def _renamed(fields: Any, names: Mapping[str, str]) -> Any:
+    """``fields`` with its keys renamed by ``names``; anything but a dict as it is."""
+    if not isinstance(fields, dict):
+        return fields
+    return {names.get(name, name): value for name, value in fields.items()}
 
 
 def _template_problems(field: str, source: str, vars_: Mapping[str, str]) -> Iterator[tuple[str, str]]:
@@ -253,11 +336,11 @@ def compile_plan(
     providers = {
         name: ProviderPlan(
             type=p.type,
-            model=p.model or "offline",
+            model=p.model or v1alpha1.OFFLINE_MODEL,
             base_url=p.base_url,
             max_tokens=p.max_tokens,
             temperature=p.temperature,
-            api_key_secret=p.api_key_secret_ref,
+            api_key_secret_ref=p.api_key_secret_ref,
             offline=p.offline or (v1alpha1.OfflineOptions() if p.type is v1alpha1.ProviderType.OFFLINE else None),
         )
         for name, p in spec.providers.items()
@@ -276,23 +359,29 @@ def compile_plan(
                 else prompts.get(s.name, DEFAULT_JUDGE_PROMPT if s.type is v1alpha1.StageType.JUDGE else None),
                 output=s.output,
                 json_schema=s.json_schema,
-                fan_out=s.fan_out,
+                fan_out=_fan_out(s.fan_out),
                 collect=s.collect,
                 reviews=s.reviews,
-                max_rejections=3 if s.max_rejections is None else s.max_rejections,
-                on_exhausted=s.on_exhausted or v1alpha1.OnExhausted.FAIL,
+                max_rejections=v1alpha1.DEFAULT_MAX_REJECTIONS if s.max_rejections is None else s.max_rejections,
+                on_exhausted=s.on_exhausted or v1alpha1.DEFAULT_ON_EXHAUSTED,
                 concurrency=s.concurrency,
                 rate_limit=None
                 if s.rate_limit is None
-                else RateLimitPlan(requests=s.rate_limit.requests_per_minute, tokens=s.rate_limit.tokens_per_minute),
-                timeout_s=float(s.timeout_seconds),
+                else RateLimitPlan(
+                    requests_per_minute=s.rate_limit.requests_per_minute,
+                    tokens_per_minute=s.rate_limit.tokens_per_minute,
+                    window_s=RATE_LIMIT_WINDOW_S,
+                ),
+                timeout_seconds=float(s.timeout_seconds),
                 retry=errors.RetryPolicy(
                     max_attempts=s.retry.max_attempts,
-                    initial_s=backoff.initial_seconds,
-                    factor=backoff.factor,
-                    max_s=backoff.max_seconds,
-                    jitter=backoff.jitter,
-                    deadline_s=None if s.retry.deadline_seconds is None else float(s.retry.deadline_seconds),
+                    backoff=errors.Backoff(
+                        initial_seconds=backoff.initial_seconds,
+                        factor=backoff.factor,
+                        max_seconds=backoff.max_seconds,
+                        jitter=backoff.jitter,
+                    ),
+                    deadline_seconds=None if s.retry.deadline_seconds is None else float(s.retry.deadline_seconds),
                 ),
                 executor=s.executor,
                 next=spec.stages[index + 1].name if index + 1 < len(spec.stages) else None,
@@ -304,6 +393,7 @@ def compile_plan(
         cost = spec.budget.max_cost_usd
         budget = BudgetPlan(max_tokens=spec.budget.max_tokens, max_cost_nusd=None if cost is None else int(cost * 1e9))
     return Plan(
+        version=PLAN_VERSION,
         uid=uid,
         generation=generation,
         providers=providers,
@@ -311,4 +401,13 @@ def compile_plan(
         vars=dict(spec.vars or {}),
         approvals=approvals,
         budget=budget,
+        max_deliveries=MAX_DELIVERIES,
+        lease_s=LEASE_S,
     )
+
+
+def _fan_out(fan_out: v1alpha1.FanOut | None) -> v1alpha1.FanOut | None:
+    """``fan_out`` with its sort order resolved when it sorts."""
+    if fan_out is None or fan_out.sort_by is None or fan_out.order is not None:
+        return fan_out
+    return fan_out.model_copy(update={"order": v1alpha1.DEFAULT_SORT_ORDER})

@@ -160,8 +160,8 @@ def _environment(
     if settings.prices is not None:
         variables.append({"name": env.PRICES_PATH, "value": f"{PLAN_DIR}/{PRICES_KEY}"})
     provider = the_plan.providers.get(stage.provider or "")
-    if provider is not None and provider.api_key_secret is not None:
-        ref = provider.api_key_secret
+    if provider is not None and provider.api_key_secret_ref is not None:
+        ref = provider.api_key_secret_ref
         variables.append({"name": env.API_KEY, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return variables
 

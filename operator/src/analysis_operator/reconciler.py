@@ -561,9 +561,9 @@ _NOT_FOUND = {
 def pod_problems(the_plan: plan.Plan, children: Children) -> list[status.Problem]:
     """What the worker pods report that a person has to fix, named by the spec field behind it."""
     secrets = {
-        p.api_key_secret.name: f"spec.providers.{name}.apiKeySecretRef"
+        p.api_key_secret_ref.name: f"spec.providers.{name}.apiKeySecretRef"
         for name, p in the_plan.providers.items()
-        if p.api_key_secret is not None
+        if p.api_key_secret_ref is not None
     }
     out: dict[str, status.Problem] = {}
     for pod in children.pods:

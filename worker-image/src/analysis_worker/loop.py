@@ -91,9 +91,9 @@ class Worker:
             client,
             cfg.batch_uid,
             cfg.stage,
-            requests_per_window=limits.requests if limits else None,
-            tokens_per_window=limits.tokens if limits else None,
-            window_s=limits.window_s if limits else ratelimit.WINDOW_S,
+            requests_per_window=limits.requests_per_minute if limits else None,
+            tokens_per_window=limits.tokens_per_minute if limits else None,
+            window_s=limits.window_s if limits else plan.RATE_LIMIT_WINDOW_S,
         )
         self.concurrency = cfg.concurrency or self.stage.concurrency
         self.lease_s = cfg.lease_s or the_plan.lease_s
@@ -350,7 +350,7 @@ class Worker:
         request = base.Request(
             prompt=prompt,
             max_tokens=provider_plan.max_tokens,
-            timeout_s=stage.timeout_s,
+            timeout_seconds=stage.timeout_seconds,
             output=_output_kind(stage),
             temperature=provider_plan.temperature,
             item=message.item,
@@ -369,12 +369,12 @@ class Worker:
         called_ms = _now_ms()
         try:
             with self.metrics.provider_call():
-                async with asyncio.timeout(stage.timeout_s):
+                async with asyncio.timeout(stage.timeout_seconds):
                     completion = await self.provider.complete(request)
         except TimeoutError as exc:
             await self.limiter.settle(reservation, reservation.tokens)
             raise errors.ProviderError(
-                errors.ErrorClass.TIMEOUT, f"no answer within the stage's {stage.timeout_s:g}s"
+                errors.ErrorClass.TIMEOUT, f"no answer within the stage's {stage.timeout_seconds:g}s"
             ) from exc
         except errors.ProviderError as exc:
             await self.limiter.settle(reservation, 0)

@@ -8,6 +8,12 @@ size; once it returns, the reservation is settled to the real usage
 its quota is spent (a 429's retry-after, or rate-limit headers at zero), the
 whole stage pauses until the reset (``limiter_pause.lua``).
 
+The limiter counts over whatever window it is given, so its limits are
+``requests_per_window`` and ``tokens_per_window``. The worker passes the
+stage's ``rateLimit`` from the plan: ``requests_per_minute`` and
+``tokens_per_minute`` over ``window_s``, which is a minute
+(``plan.RATE_LIMIT_WINDOW_S``) in every plan the operator writes.
+
 Why a log and not a token bucket: a bucket of size L refilling at L per
 minute admits up to 2L in some 60-second windows; the log admits at most L in
 every window, which is what "requests per minute" promises a provider. A
@@ -32,7 +38,6 @@ import redis.asyncio as aioredis
 from analysis_core import keys as keys_
 from analysis_core import scripts
 
-WINDOW_S = 60.0
 GUARD_FRACTION = 0.02
 GUARD_MIN_S = 0.25
 # Longest single sleep between tries, so a stop request or a settle elsewhere is noticed.
@@ -63,7 +68,7 @@ class Limiter:
         *,
         requests_per_window: int | None,
         tokens_per_window: int | None,
-        window_s: float = WINDOW_S,
+        window_s: float,
     ) -> None:
         self.requests = requests_per_window or 0
         self.tokens = tokens_per_window or 0

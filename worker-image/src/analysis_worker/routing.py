@@ -162,7 +162,8 @@ def _fanned_out(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Messa
     if not isinstance(elements, list):
         raise BadOutput(f"fanOut.path {fan.path} is a {type(elements).__name__} in the output, not a list")
     if fan.sort_by:
-        elements = _sorted(elements, fan.sort_by, descending=fan.order is not v1alpha1.SortOrder.ASCENDING)
+        # The plan compiler sets the order of every fan-out that sorts.
+        elements = _sorted(elements, fan.sort_by, descending=fan.order is v1alpha1.SortOrder.DESCENDING)
     if fan.max is not None:
         elements = elements[: fan.max]
     routes, results, seen = [], {}, set()

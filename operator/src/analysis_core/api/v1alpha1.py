@@ -162,6 +162,11 @@ class ProviderType(enum.StrEnum):
     OFFLINE = "offline"
 
 
+# The model name an offline provider reports when the spec names none (model is required for the other types, so
+# the schema cannot default it; the plan compiler applies this).
+OFFLINE_MODEL = "offline"
+
+
 class OfflineOptions(_Model):
     """Behaviour of the built-in deterministic provider (type offline)."""
 
@@ -289,6 +294,14 @@ class SortOrder(enum.StrEnum):
     DESCENDING = "Descending"
 
 
+# Defaults the schema cannot state, because the field is forbidden where it does not apply (a CEL rule) and a schema
+# default would put it there: maxRejections and onExhausted on judge stages only, fanOut.order only with sortBy.
+# The plan compiler applies them; the field descriptions quote them.
+DEFAULT_MAX_REJECTIONS = 3
+DEFAULT_ON_EXHAUSTED = OnExhausted.FAIL
+DEFAULT_SORT_ORDER = SortOrder.DESCENDING
+
+
 class FanOut(_Model):
     """Turns a list in a stage's JSON output into child items of the next stage."""
 
@@ -326,7 +339,7 @@ class FanOut(_Model):
     )
     order: SortOrder | None = Field(
         default=None,
-        description="Sort order for sortBy. Default Descending, so max "
+        description=f"Sort order for sortBy. Default {DEFAULT_SORT_ORDER}, so max "
         "keeps the highest values ('rank, then analyze the top 5').",
     )
     max: int | None = Field(default=None, ge=1, le=1000, description="Keep at most this many children after sorting.")
@@ -546,13 +559,16 @@ class Stage(_Model):
         "reviews. A rejection sends the item back there with the judge's feedback.",
     )
     max_rejections: int | None = Field(
-        default=None, ge=0, le=10, description="Judge stages only: how many times an item may be sent back. Default 3."
+        default=None,
+        ge=0,
+        le=10,
+        description=f"Judge stages only: how many times an item may be sent back. Default {DEFAULT_MAX_REJECTIONS}.",
     )
     on_exhausted: OnExhausted | None = Field(
         default=None,
         description="Judge stages only: what happens after maxRejections "
         "rejections. Fail fails the item; AcceptLast passes the last output "
-        "on. Default Fail.",
+        f"on. Default {DEFAULT_ON_EXHAUSTED}.",
     )
     concurrency: int = Field(
         default=4, ge=1, le=1000, description="Most calls of this stage in flight at once; also the most worker pods."

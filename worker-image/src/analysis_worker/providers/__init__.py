@@ -19,13 +19,9 @@ def build(settings: plan.ProviderPlan, api_key: str | None, *, strict_validation
     if settings.type is v1alpha1.ProviderType.OFFLINE:
         from analysis_worker.providers import offline
 
-        options = settings.offline or v1alpha1.OfflineOptions()
-        return offline.OfflineProvider(
-            seed=options.seed,
-            latency_ms=options.latency_milliseconds,
-            rejection_rate=options.rejection_rate,
-            model=settings.model,
-        )
+        if settings.offline is None:
+            raise ValueError("an offline provider's plan carries its options (plan.compile_plan sets them)")
+        return offline.OfflineProvider(settings.offline, model=settings.model)
     if not api_key:
         raise ValueError(f"a {settings.type} provider needs an API key")
     if settings.type is v1alpha1.ProviderType.ANTHROPIC:

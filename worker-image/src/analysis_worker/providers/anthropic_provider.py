@@ -12,7 +12,7 @@ queue's policy is the only one), stream, use tools, look at the prompt, or send
 ``request.temperature`` (the current API version refuses sampling parameters).
 The API key goes to the SDK and nowhere else: never into a message or a log.
 
-``request.timeout_s`` is the SDK's httpx2 timeout, which bounds each phase
+``request.timeout_seconds`` is the SDK's httpx2 timeout, which bounds each phase
 (connect, each read) rather than the whole call; the worker's deadline
 around ``complete()`` bounds the total.
 """
@@ -67,7 +67,7 @@ class AnthropicProvider:
                 messages=[{"role": "user", "content": request.prompt}],
                 # An explicit timeout also disables the SDK's client-side
                 # "streaming is required" refusal for large max_tokens.
-                timeout=request.timeout_s,
+                timeout=request.timeout_seconds,
                 **optional,
             )
         except anthropic.AnthropicError as exc:

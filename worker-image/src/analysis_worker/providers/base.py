@@ -35,7 +35,7 @@ class FanOutHint:
 class Request:
     prompt: str
     max_tokens: int
-    timeout_s: float
+    timeout_seconds: float  # the stage's timeoutSeconds
     output: OutputKind = OutputKind.TEXT
     temperature: float | None = None
     system: str | None = None

@@ -1,11 +1,11 @@
 """The built-in deterministic provider (``type: offline``): plausible answers without a key or a network.
 
-The worker builds an ``OfflineProvider`` from a provider's ``OfflineOptions``
-(seed, latency, rejection rate) when its type is ``offline``; the examples, the
-demo and the tests run whole pipelines on it. Every answer comes from
-``answer()``, a pure function of the seed and the request's stage, item and
-round, so a test can predict exactly what a worker will produce and a rerun of
-a batch gives the same results.
+The worker builds an ``OfflineProvider`` from the ``OfflineOptions`` (seed,
+latency, rejection rate) that the plan carries for a provider of type
+``offline``; the examples, the demo and the tests run whole pipelines on it.
+Every answer comes from ``answer()``, a pure function of the seed and the
+request's stage, item and round, so a test can predict exactly what a worker
+will produce and a rerun of a batch gives the same results.
 
 It deliberately ignores the prompt, the system text, the attempt number and the
 clock: an answer that changed on a retry would make retries look like they fix
@@ -24,6 +24,7 @@ import random
 import re
 from typing import Any
 
+from analysis_core.api import v1alpha1
 from analysis_worker.providers import base
 
 # An item's last path segment that already is a ticker ("MU", "BRK.B"): the report keeps it.
@@ -158,15 +159,13 @@ _FORMATS = {
 class OfflineProvider:
     """A ``base.Provider`` whose answers come from ``answer()``; optionally slow, never failing."""
 
-    def __init__(
-        self, *, seed: int = 0, latency_ms: int = 0, rejection_rate: float = 0.3, model: str = "offline"
-    ) -> None:
-        _check_rate(rejection_rate)
-        if latency_ms < 0:
-            raise ValueError(f"latency_ms must be >= 0, got {latency_ms}")
-        self._seed = seed
-        self._latency_ms = latency_ms
-        self._rejection_rate = rejection_rate
+    def __init__(self, options: v1alpha1.OfflineOptions, *, model: str) -> None:
+        _check_rate(options.rejection_rate)
+        if options.latency_milliseconds < 0:
+            raise ValueError(f"latency_milliseconds must be >= 0, got {options.latency_milliseconds}")
+        self._seed = options.seed
+        self._latency_milliseconds = options.latency_milliseconds
+        self._rejection_rate = options.rejection_rate
         self._model = model
 
     @property
@@ -174,9 +173,9 @@ class OfflineProvider:
         return self._model
 
     async def complete(self, request: base.Request) -> base.Completion:
-        if self._latency_ms > 0:
+        if self._latency_milliseconds > 0:
             # A plain sleep: a timeout or a worker shutdown cancels it like a real network call.
-            await asyncio.sleep(self._latency_ms / 1000)
+            await asyncio.sleep(self._latency_milliseconds / 1000)
         text = answer(request, seed=self._seed, rejection_rate=self._rejection_rate)
         return base.Completion(
             text=text,

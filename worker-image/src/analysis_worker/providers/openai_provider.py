@@ -19,7 +19,7 @@ deprecated, and the reasoning models (the o-series, gpt-5) refuse it with a
 400. Those models also refuse sampling parameters, so ``temperature`` is left
 out for them (:func:`refuses_sampling`).
 
-``request.timeout_s`` is the SDK's httpx2 timeout, which bounds each phase
+``request.timeout_seconds`` is the SDK's httpx2 timeout, which bounds each phase
 (connect, each read) rather than the whole call; the worker's deadline
 around ``complete()`` bounds the total.
 """
@@ -82,7 +82,7 @@ class OpenAIProvider:
                 model=self._model,
                 messages=messages,
                 max_completion_tokens=request.max_tokens,
-                timeout=request.timeout_s,
+                timeout=request.timeout_seconds,
                 **optional,
             )
         except openai.OpenAIError as exc:

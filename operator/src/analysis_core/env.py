@@ -14,12 +14,15 @@ API_KEY = "ANALYSIS_API_KEY"  # from the provider's Secret; never logged
 MODE = "ANALYSIS_MODE"  # "job" (exit when sealed and drained) or "deployment" (idle)
 CONCURRENCY = "ANALYSIS_CONCURRENCY"  # calls in flight in this process
 GRACE_SECONDS = "ANALYSIS_GRACE_SECONDS"  # SIGTERM: finish or hand back within this
-LEASE_SECONDS = "ANALYSIS_LEASE_SECONDS"  # visibility timeout; renewed while a call runs
-MAX_DELIVERIES = "ANALYSIS_MAX_DELIVERIES"  # redeliveries before an item is dead-lettered
-HEALTH_TTL_SECONDS = "ANALYSIS_HEALTH_TTL_SECONDS"
+HEALTH_TTL_SECONDS = "ANALYSIS_HEALTH_TTL_SECONDS"  # a heartbeat older than this fails the liveness check
 PRICES_PATH = "ANALYSIS_PRICES_PATH"  # a price table overriding the packaged one
 LOG_FORMAT = "ANALYSIS_LOG_FORMAT"  # "json" (default) or "text"
 METRICS_PORT = "ANALYSIS_METRICS_PORT"  # Prometheus /metrics; "0" turns it off
+
+# What a worker uses when its variable is unset (the operator sets GRACE_SECONDS from its own settings, which
+# default to this too); the lease and the delivery bound come from the plan only.
+DEFAULT_GRACE_SECONDS = 25
+DEFAULT_HEALTH_TTL_SECONDS = 15
 
 # A Job-mode worker stopped before its stage is done (SIGTERM from a scale-down
 # or a suspend) exits with this code, 128 + SIGTERM; the Job's podFailurePolicy

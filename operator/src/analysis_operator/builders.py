@@ -57,7 +57,7 @@ class WorkerSettings:
     cpu_request: str = "100m"
     memory_request: str = "128Mi"
     memory_limit: str = "512Mi"
-    grace_s: int = 25
+    grace_s: int = env.DEFAULT_GRACE_SECONDS
     image_pull_policy: str = "IfNotPresent"
     metrics_port: int = 9090  # the worker's Prometheus endpoint; 0 turns it off
     redis_auth: bool = False  # Redis wants a password: workers read it from the batch's Redis Secret

@@ -72,11 +72,11 @@ class OperatorConfig:
             # The worker image of the operator's own release: the two move together.
             image=get("WORKER_IMAGE", f"analysis-worker:{analysis_core.__version__}"),
             redis_url=get("WORKER_REDIS_URL", redis_url),
-            cpu_request=get("WORKER_CPU_REQUEST", "100m"),
-            memory_request=get("WORKER_MEMORY_REQUEST", "128Mi"),
-            memory_limit=get("WORKER_MEMORY_LIMIT", "512Mi"),
-            image_pull_policy=get("WORKER_IMAGE_PULL_POLICY", "IfNotPresent"),
-            metrics_port=port("WORKER_METRICS_PORT", "9090"),
+            cpu_request=get("WORKER_CPU_REQUEST", _default(builders.WorkerSettings, "cpu_request")),
+            memory_request=get("WORKER_MEMORY_REQUEST", _default(builders.WorkerSettings, "memory_request")),
+            memory_limit=get("WORKER_MEMORY_LIMIT", _default(builders.WorkerSettings, "memory_limit")),
+            image_pull_policy=get("WORKER_IMAGE_PULL_POLICY", _default(builders.WorkerSettings, "image_pull_policy")),
+            metrics_port=port("WORKER_METRICS_PORT", _default(builders.WorkerSettings, "metrics_port")),
             redis_auth=password is not None,
             prices=_prices(environ.get(PREFIX + "PRICES_PATH") or None),
         )
@@ -84,12 +84,18 @@ class OperatorConfig:
             redis_url=redis_url,
             worker=worker,
             redis_password=password,
-            reconcile_interval_s=number("RECONCILE_INTERVAL", "1"),
-            status_interval_s=number("STATUS_INTERVAL", "2"),
-            results_interval_s=number("RESULTS_INTERVAL", "5"),
-            scale_down_delay_s=number("SCALE_DOWN_DELAY", "5"),
-            metrics_port=port("METRICS_PORT", "8080"),
+            reconcile_interval_s=number("RECONCILE_INTERVAL", _default(cls, "reconcile_interval_s")),
+            status_interval_s=number("STATUS_INTERVAL", _default(cls, "status_interval_s")),
+            results_interval_s=number("RESULTS_INTERVAL", _default(cls, "results_interval_s")),
+            scale_down_delay_s=number("SCALE_DOWN_DELAY", _default(cls, "scale_down_delay_s")),
+            metrics_port=port("METRICS_PORT", _default(cls, "metrics_port")),
         )
+
+
+def _default(cls: type, name: str) -> str:
+    """The default of the dataclass field ``name`` of ``cls``, as its environment variable spells it: one home."""
+    (field,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return str(field.default)
 
 
 def _prices(path: str | None) -> str | None:

@@ -46,8 +46,6 @@ class WorkerConfig:
     mode: Mode
     concurrency: int | None  # None: the stage's concurrency
     grace_s: float
-    lease_s: float | None  # None: the plan's
-    max_deliveries: int | None  # None: the plan's
     health_ttl_s: float
     log_format: str
     prices_path: Path | None
@@ -122,8 +120,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
         problems.append(f"{env.MODE}={mode_raw!r} must be one of: job, deployment")
     concurrency = _number(environ, env.CONCURRENCY, int, problems, minimum=1)
     grace = _number(environ, env.GRACE_SECONDS, float, problems, minimum=0)
-    lease = _number(environ, env.LEASE_SECONDS, float, problems, minimum=0.1)
-    deliveries = _number(environ, env.MAX_DELIVERIES, int, problems, minimum=1)
     health_ttl = _number(environ, env.HEALTH_TTL_SECONDS, float, problems, minimum=1)
     log_format = environ.get(env.LOG_FORMAT, "json")
     if log_format not in ("json", "text"):
@@ -146,10 +142,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
         api_key=pydantic.SecretStr(api_key) if api_key else None,
         mode=Mode(mode_raw),
         concurrency=None if concurrency is None else int(concurrency),
-        grace_s=25.0 if grace is None else float(grace),
-        lease_s=None if lease is None else float(lease),
-        max_deliveries=None if deliveries is None else int(deliveries),
-        health_ttl_s=15.0 if health_ttl is None else float(health_ttl),
+        grace_s=float(env.DEFAULT_GRACE_SECONDS if grace is None else grace),
+        health_ttl_s=float(env.DEFAULT_HEALTH_TTL_SECONDS if health_ttl is None else health_ttl),
         log_format=log_format,
         prices_path=Path(prices) if prices else None,
     )

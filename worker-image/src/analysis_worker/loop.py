@@ -96,8 +96,8 @@ class Worker:
             window_s=limits.window_s if limits else plan.RATE_LIMIT_WINDOW_S,
         )
         self.concurrency = cfg.concurrency or self.stage.concurrency
-        self.lease_s = cfg.lease_s or the_plan.lease_s
-        self.max_deliveries = cfg.max_deliveries or the_plan.max_deliveries
+        self.lease_s = the_plan.lease_s
+        self.max_deliveries = the_plan.max_deliveries
         self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.metrics = metrics.StageMetrics(

@@ -67,8 +67,10 @@ def source_stats() -> dict[str, Any]:
         for tree in ("operator/src", "worker-image/src"):
             run = subprocess.run(
                 ["duplicates", "--repo", str(REPO / tree), "--seconds", "120"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             first = run.stdout.splitlines()[0] if run.stdout else ""
             pairs[tree] = int(first.split()[0]) if first[:1].isdigit() else 0
         out["duplicate_pairs"] = pairs
@@ -113,10 +115,20 @@ def measure(dev: cluster.DevCluster, work: Path, args: argparse.Namespace) -> di
     dev.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
     log = (work / "operator.log").open("wb")
     operator = subprocess.Popen(
-        [str(BIN / "analysis-operator"), "--all-namespaces", f"--liveness=http://127.0.0.1:{processes.free_port()}/healthz"],
-        env={**env, "ANALYSIS_OPERATOR_REDIS_URL": dev.redis_url, "ANALYSIS_OPERATOR_METRICS_PORT": str(processes.free_port())},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "analysis-operator"),
+            "--all-namespaces",
+            f"--liveness=http://127.0.0.1:{processes.free_port()}/healthz",
+        ],
+        env={
+            **env,
+            "ANALYSIS_OPERATOR_REDIS_URL": dev.redis_url,
+            "ANALYSIS_OPERATOR_METRICS_PORT": str(processes.free_port()),
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
 
         def all_reconciled() -> bool:

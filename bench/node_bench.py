@@ -70,8 +70,13 @@ def image_builds(skip_cold: bool) -> dict[str, Any]:
                 f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "storage"}"\nrunroot = "{root / "run"}"\n'
             )
             (root / "tmp").mkdir()
-            os.environ.update({"CONTAINERS_STORAGE_CONF": str(conf), "TMPDIR": str(root / "tmp"),
-                               images.CACHE_ENV: str(root / "archives")})  # fmt: skip
+            os.environ.update(
+                {
+                    "CONTAINERS_STORAGE_CONF": str(conf),
+                    "TMPDIR": str(root / "tmp"),
+                    images.CACHE_ENV: str(root / "archives"),
+                }
+            )
         try:
             if not skip_cold:
                 results["cold"] = timed_build_all()
@@ -106,10 +111,18 @@ def pod_start(dev: cluster.DevCluster, count: int) -> dict[str, Any]:
     seconds = []
     for index in range(count):
         name = f"pod-{index}"
-        container = {"name": "main", "image": images.WORKER.name(), "securityContext": RESTRICTED,
-                     "command": ["python3", "-c", "import time; time.sleep(600)"]}  # fmt: skip
-        manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "bench"},
-                    "spec": {"terminationGracePeriodSeconds": 0, "containers": [container]}}  # fmt: skip
+        container = {
+            "name": "main",
+            "image": images.WORKER.name(),
+            "securityContext": RESTRICTED,
+            "command": ["python3", "-c", "import time; time.sleep(600)"],
+        }
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {"terminationGracePeriodSeconds": 0, "containers": [container]},
+        }
         started = time.monotonic()
         dev.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest))
         while True:
@@ -176,8 +189,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     summary = {name: build["seconds"] for name, build in builds.items()}
-    print(json.dumps({"images_seconds": summary, "node_ready_seconds": node["ready_seconds"],
-                      "pod_start_median_seconds": node["pod_start"]["median"], "demo": demo_run}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "images_seconds": summary,
+                "node_ready_seconds": node["ready_seconds"],
+                "pod_start_median_seconds": node["pod_start"]["median"],
+                "demo": demo_run,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -193,9 +193,22 @@ class Bench:
         data.mkdir()
         port = free_port()
         argv = [
-            str(binaries.redis_server()), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-            "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-        ]  # fmt: skip
+            str(binaries.redis_server()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         server = self.procs.spawn(argv, {"PATH": os.environ.get("PATH", "/usr/bin")}, "redis.log")
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         self._client = queue.connect(self.redis_url)
@@ -340,9 +353,13 @@ class Bench:
 
     async def arq_python(self, *args: str) -> str:
         process = await asyncio.create_subprocess_exec(
-            str(ARQ_VENV / "bin" / "python"), *args, cwd=ROOT, env=self.arq_environ(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            str(ARQ_VENV / "bin" / "python"),
+            *args,
+            cwd=ROOT,
+            env=self.arq_environ(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(process.communicate(), timeout=RUN_TIMEOUT_S)
         if process.returncode != 0:
             raise RuntimeError(f"arq venv python {args} failed: {err.decode(errors='replace')[-2000:]}")

@@ -191,9 +191,12 @@ class Workers:
         log = self.tmp_path / f"{pod}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [str(WORKER)], env=self.env(batch, stage, pod, **extra), stdout=out, stderr=subprocess.STDOUT,
+                [str(WORKER)],
+                env=self.env(batch, stage, pod, **extra),
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         worker = WorkerProcess(pod, stage, process, log)
         self.started.append(worker)
         return worker
@@ -265,9 +268,16 @@ def _offline_answer(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.M
         kind = base.OutputKind.JSON if stage.output is v1alpha1.OutputFormat.JSON else base.OutputKind.TEXT
     fan = stage.fan_out
     request = base.Request(
-        prompt="", max_tokens=1, timeout_seconds=1, output=kind, item=message.item, stage=stage.name, round=message.round,
-        json_schema=stage.json_schema, fan_out=None if fan is None else base.FanOutHint(fan.path, fan.key, fan.sort_by),
-    )  # fmt: skip
+        prompt="",
+        max_tokens=1,
+        timeout_seconds=1,
+        output=kind,
+        item=message.item,
+        stage=stage.name,
+        round=message.round,
+        json_schema=stage.json_schema,
+        fan_out=None if fan is None else base.FanOutHint(fan.path, fan.key, fan.sort_by),
+    )
     return offline.answer(request, seed=options.seed, rejection_rate=options.rejection_rate)
 
 
@@ -285,8 +295,9 @@ def simulate(the_plan: plan.Plan, items: list[str]) -> Prediction:
             waiting = next((s for s in the_plan.stages if gathered[s.name]), None)
             if waiting is None:
                 return prediction
-            combined = queue.Message(producer.collected_id(gathered[waiting.name]),
-                                     input=f"{the_plan.uid}/{waiting.name}/collected")  # fmt: skip
+            combined = queue.Message(
+                producer.collected_id(gathered[waiting.name]), input=f"{the_plan.uid}/{waiting.name}/collected"
+            )
             todo[waiting.name].append(combined)
             gathered[waiting.name] = {}
             continue
@@ -297,8 +308,9 @@ def simulate(the_plan: plan.Plan, items: list[str]) -> Prediction:
             routed = routing.Routed("succeeded", routing.onward(the_plan, busy, message), {}, {})
         else:
             output = routing.parse_output(busy, _offline_answer(the_plan, busy, message))
-            routed = routing.after_success(the_plan, busy, message, idem, output,
-                                           reviewed_input=inputs.get(message.input, ""))  # fmt: skip
+            routed = routing.after_success(
+                the_plan, busy, message, idem, output, reviewed_input=inputs.get(message.input, "")
+            )
         prediction.outcomes[idem] = routed.status
         for name, n in routed.increments.items():
             prediction.counters[name] = prediction.counters.get(name, 0) + n

@@ -81,10 +81,16 @@ class Operator:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "analysis-operator"), "--all-namespaces",
-                 f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz"],
-                env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [
+                    str(VENV_BIN / "analysis-operator"),
+                    "--all-namespaces",
+                    f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+                ],
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -140,14 +146,20 @@ class Batches:
     def wait(self, name: str, condition: str, timeout_s: float = 120) -> None:
         """``kubectl wait --for=condition=<condition>``; on failure, the batch and the operator's log."""
         result = self.kubectl(
-            "wait", f"--for=condition={condition}", f"analysisbatch/{name}", f"--timeout={timeout_s:.0f}s",
-            timeout=timeout_s + 15, check=False,
-        )  # fmt: skip
+            "wait",
+            f"--for=condition={condition}",
+            f"analysisbatch/{name}",
+            f"--timeout={timeout_s:.0f}s",
+            timeout=timeout_s + 15,
+            check=False,
+        )
         if result.returncode != 0:
             status = json.dumps(self.get(name).get("status"), indent=1)[-3000:]
             pods = self.kubectl("get", "pods,jobs,deployments", "-o", "wide", check=False).stdout
-            pytest.fail(f"{name} not {condition} within {timeout_s}s: {result.stderr}\nstatus: {status}\n"
-                        f"{pods}\noperator log:\n{self.operator.tail()}")  # fmt: skip
+            pytest.fail(
+                f"{name} not {condition} within {timeout_s}s: {result.stderr}\nstatus: {status}\n"
+                f"{pods}\noperator log:\n{self.operator.tail()}"
+            )
 
     def eventually(self, check: Any, within_s: float, what: str, interval: float = 0.2) -> Any:
         return processes.eventually(
@@ -178,8 +190,9 @@ def batches(node_cluster: cluster.DevCluster, operator: Operator) -> Iterator[Ba
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     node_cluster.kubectl("create", "namespace", name)
     try:
-        node_cluster.kubectl("wait", "--for", "create", "--timeout=30s", "-n", name, "serviceaccount/default",
-                             timeout=45)  # fmt: skip
+        node_cluster.kubectl(
+            "wait", "--for", "create", "--timeout=30s", "-n", name, "serviceaccount/default", timeout=45
+        )
         if not operator.alive():
             operator.start()
         yield Batches(node_cluster, name, operator)

@@ -84,11 +84,16 @@ class Setting:
     def install(self, *sets: str, bundled: bool = False) -> str:
         """``helm install --wait``, with the external Redis unless ``bundled``; returns what helm printed (NOTES)."""
         if bundled:
-            redis = [f"redis.bundled.image.repository={images.REDIS.repository}",
-                     f"redis.bundled.image.tag={analysis_core.__version__}"]  # fmt: skip
+            redis = [
+                f"redis.bundled.image.repository={images.REDIS.repository}",
+                f"redis.bundled.image.tag={analysis_core.__version__}",
+            ]
         else:
-            redis = ["redis.bundled.enabled=false", f"redis.external.url={self.redis_url}",
-                     "redis.external.existingSecret.name=redis-auth"]  # fmt: skip
+            redis = [
+                "redis.bundled.enabled=false",
+                f"redis.external.url={self.redis_url}",
+                "redis.external.existingSecret.name=redis-auth",
+            ]
         args = [f"--set={value}" for value in [*redis, "operator.resultsInterval=1", *sets]]
         return self.helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--wait", "--timeout=180s", *args).stdout
 
@@ -103,8 +108,16 @@ class Setting:
         return dict(json.loads(self.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
 
     def wait(self, namespace: str, name: str, condition: str, timeout_s: int = 150) -> None:
-        result = self.kubectl("wait", f"--for=condition={condition}", f"analysisbatch/{name}", "-n", namespace,
-                              f"--timeout={timeout_s}s", timeout=timeout_s + 15, check=False)  # fmt: skip
+        result = self.kubectl(
+            "wait",
+            f"--for=condition={condition}",
+            f"analysisbatch/{name}",
+            "-n",
+            namespace,
+            f"--timeout={timeout_s}s",
+            timeout=timeout_s + 15,
+            check=False,
+        )
         if result.returncode != 0:
             status = json.dumps(self.get(namespace, "analysisbatch", name).get("status"), indent=1)[-2500:]
             pods = self.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
@@ -128,15 +141,26 @@ def setting(
     # The next test that needs the session's operator starts it again (the `batches` fixture).
     operator.stop()
     # The session applied the CRD with kubectl; the release takes it over, as Helm adopts what names it.
-    dev.kubectl("annotate", "--overwrite", "crd", CRD, f"meta.helm.sh/release-name={RELEASE}",
-                f"meta.helm.sh/release-namespace={SYSTEM}")  # fmt: skip
+    dev.kubectl(
+        "annotate",
+        "--overwrite",
+        "crd",
+        CRD,
+        f"meta.helm.sh/release-name={RELEASE}",
+        f"meta.helm.sh/release-namespace={SYSTEM}",
+    )
     dev.kubectl("label", "--overwrite", "crd", CRD, "app.kubernetes.io/managed-by=Helm")
     with cluster.private_redis(root, password=PASSWORD, host=dev.host) as redis_url:
         # kubectl finds the kubectl-analysis plugin on PATH, as it would for a user who installed it.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}"
-        helm_env = {**os.environ, "PATH": path, "KUBECONFIG": str(dev.kubeconfig),
-                    "HELM_CACHE_HOME": str(root / "helm" / "cache"), "HELM_CONFIG_HOME": str(root / "helm" / "config"),
-                    "HELM_DATA_HOME": str(root / "helm" / "data")}  # fmt: skip
+        helm_env = {
+            **os.environ,
+            "PATH": path,
+            "KUBECONFIG": str(dev.kubeconfig),
+            "HELM_CACHE_HOME": str(root / "helm" / "cache"),
+            "HELM_CONFIG_HOME": str(root / "helm" / "config"),
+            "HELM_DATA_HOME": str(root / "helm" / "data"),
+        }
         here = Setting(dev, redis_url, helm_env)
         here.namespace(SYSTEM)
         here.kubectl("create", "secret", "generic", "redis-auth", "-n", SYSTEM, f"--from-literal=password={PASSWORD}")
@@ -152,8 +176,12 @@ def results(setting: Setting, namespace: str, name: str) -> list[dict[str, Any]]
     """``kubectl analysis results`` as a user runs it."""
     shown = subprocess.run(
         [str(binaries.find("kubectl")), "analysis", "results", name, "-n", namespace, "-o", "jsonl"],
-        env=setting.helm_env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=setting.helm_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert shown.returncode == 0, shown.stderr
     return [json.loads(line) for line in shown.stdout.splitlines()]
 
@@ -170,8 +198,9 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     # The operator runs from its image name, as the service account the chart made.
     deployment = setting.get(SYSTEM, "deployment", RELEASE)
     assert deployment["status"]["readyReplicas"] == 1
-    pod = json.loads(setting.kubectl("get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator",
-                                     "-o", "json").stdout)["items"][0]  # fmt: skip
+    pod = json.loads(
+        setting.kubectl("get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator", "-o", "json").stdout
+    )["items"][0]
     assert pod["spec"]["containers"][0]["image"] == f"analysis-operator:{analysis_core.__version__}"
     assert pod["spec"]["serviceAccountName"] == RELEASE
 
@@ -186,8 +215,9 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     uid = batch["metadata"]["uid"]
     # The workers reached the password-protected Redis through the operator's per-batch copy of the password.
     assert setting.redis_keys(uid)
-    copies = json.loads(setting.kubectl("get", "secrets", "-n", "team-r", "-l", f"analysis.dev/batch-uid={uid}",
-                                        "-o", "json").stdout)["items"]  # fmt: skip
+    copies = json.loads(
+        setting.kubectl("get", "secrets", "-n", "team-r", "-l", f"analysis.dev/batch-uid={uid}", "-o", "json").stdout
+    )["items"]
     assert [c["metadata"]["ownerReferences"][0]["uid"] for c in copies] == [uid]
     # Nothing the operator asked for was refused, and the password appears in none of what a user reads.
     log = setting.operator_log()
@@ -217,8 +247,9 @@ def test_a_namespaced_install_runs_batches_of_its_namespaces_only(setting: Setti
     for name in ("team-a", "team-b"):
         setting.namespace(name)
     setting.install("watch.allNamespaces=false", "watch.namespaces={team-a}")
-    roles = json.loads(setting.kubectl("get", "roles", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}",
-                                       "-o", "json").stdout)["items"]  # fmt: skip
+    roles = json.loads(
+        setting.kubectl("get", "roles", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json").stdout
+    )["items"]
     assert [role["metadata"]["namespace"] for role in roles] == ["team-a"]
     assert setting.kubectl("get", "clusterrole", RELEASE, check=False).returncode != 0
     # The unwatched one first: by the time the watched one is done, the operator had every chance to touch it.
@@ -255,8 +286,9 @@ def test_the_bundled_redis_runs_from_its_image_on_a_local_volume(setting: Settin
     assert whoami == "999"
     pong = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "redis-cli", "ping").stdout.strip()
     assert pong == "PONG"
-    refused = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "env", "-u", "REDISCLI_AUTH",
-                              "redis-cli", "ping", check=False)  # fmt: skip
+    refused = setting.kubectl(
+        "exec", "-n", SYSTEM, f"{statefulset}-0", "--", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False
+    )
     assert "NOAUTH" in refused.stdout + refused.stderr
 
     setting.namespace("bundled")
@@ -309,17 +341,27 @@ def test_the_readme_kind_walkthrough_runs_here_but_for_kind_itself(setting: Sett
                 command = "make images BASE_IMAGE=debian"
             if command.endswith(" -w"):
                 # A watch, left to a user's Ctrl-C: it runs beside the next steps and must show the batch complete.
-                watcher = subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                watcher = subprocess.Popen(
+                    ["bash", "-c", command],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
                 continue
-            ran = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
-                                 timeout=420, check=False)  # fmt: skip
+            ran = subprocess.run(
+                ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=420, check=False
+            )
             assert ran.returncode == 0, f"{command}\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}"
             if command.startswith("kubectl analysis results"):
                 assert all(ticker in ran.stdout for ticker in ("NVDA", "AMD", "TSM")), ran.stdout
         for archive in loaded:
-            manifest = json.loads(subprocess.run(["tar", "-xOf", str(ROOT / archive), "manifest.json"],
-                                                 capture_output=True, text=True, check=True).stdout)  # fmt: skip
+            manifest = json.loads(
+                subprocess.run(
+                    ["tar", "-xOf", str(ROOT / archive), "manifest.json"], capture_output=True, text=True, check=True
+                ).stdout
+            )
             assert manifest[0]["RepoTags"], archive
     finally:
         if watcher is not None:
@@ -361,8 +403,9 @@ def test_the_readme_dev_cluster_steps_then_its_chart_run_as_written(setting: Set
     log.touch()
 
     def run(command: str) -> str:
-        ran = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=300, check=False)  # fmt: skip
+        ran = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         assert ran.returncode == 0, f"{command}\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}\n{log.read_text()[-3000:]}"
         return ran.stdout
 
@@ -371,8 +414,9 @@ def test_the_readme_dev_cluster_steps_then_its_chart_run_as_written(setting: Set
         for command in on_host[2:]:
             if "analysis-operator --all-namespaces" in command:  # the second terminal
                 with log.open("wb") as out:
-                    host_operator = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=env,
-                                                     stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                    host_operator = subprocess.Popen(
+                        ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                    )
                 continue
             shown = run(command)
             if "kubectl analysis results" in command:
@@ -423,8 +467,18 @@ def test_helm_upgrade_while_a_batch_runs_loses_and_repeats_nothing(setting: Sett
     operator_pods = {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=operator")}
     for repository in (images.OPERATOR.repository, images.WORKER.repository):
         setting.dev.tag_image(f"{repository}:{version}", f"{repository}:{upgraded}")
-    setting.helm("upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--reuse-values", "--wait", "--timeout=180s",
-                 f"--set=operator.image.tag={upgraded}", f"--set=worker.image.tag={upgraded}")  # fmt: skip
+    setting.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        SYSTEM,
+        "--reuse-values",
+        "--wait",
+        "--timeout=180s",
+        f"--set=operator.image.tag={upgraded}",
+        f"--set=worker.image.tag={upgraded}",
+    )
     assert done() < len(items), "the batch finished before the upgrade: give it more work"
     now = pods("app.kubernetes.io/component=operator")
     assert [p["spec"]["containers"][0]["image"] for p in now] == [f"{images.OPERATOR.repository}:{upgraded}"], now

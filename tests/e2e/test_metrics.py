@@ -63,8 +63,12 @@ def test_a_batch_has_series_while_it_is_reconciled_and_none_once_deleted(batches
     ns = batches.namespace
     with standin.StandIn(api_key=API_KEY, host=batches.dev.host) as server:
         batches.kubectl("create", "secret", "generic", "llm-keys", f"--from-literal=openai={API_KEY}")
-        provider = {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
-                    "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}}  # fmt: skip
+        provider = {
+            "type": "openai",
+            "model": "gpt-4.1",
+            "baseURL": server.openai_base_url,
+            "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+        }
         # A TTL keeps the reconciler (and so the batch's series) alive after it completes.
         batches.apply(manifest("priced", items, provider, ttlSecondsAfterFinished=3600))
         batches.wait("priced", "Complete", timeout_s=120)
@@ -77,12 +81,16 @@ def test_a_batch_has_series_while_it_is_reconciled_and_none_once_deleted(batches
 
     samples = batches.eventually(settled, 30, "the completed status in the metrics")
     stage = {"namespace": ns, "batch": "priced", "stage": "summarize"}
-    states = {s: value(samples, "analysis_operator_stage_items", **stage, state=s)
-              for s in ("pending", "running", "retrying", "succeeded", "failed", "dead_lettered")}  # fmt: skip
+    states = {
+        s: value(samples, "analysis_operator_stage_items", **stage, state=s)
+        for s in ("pending", "running", "retrying", "succeeded", "failed", "dead_lettered")
+    }
     assert states == {"pending": 0, "running": 0, "retrying": 0, "succeeded": 3, "failed": 0, "dead_lettered": 0}
     assert any(n == "analysis_operator_stage_workers" for n, _lab, _v in of_batch(samples, ns, "priced"))
-    tokens = {d: value(samples, "analysis_operator_batch_tokens_total", namespace=ns, batch="priced", direction=d)
-              for d in ("input", "output")}  # fmt: skip
+    tokens = {
+        d: value(samples, "analysis_operator_batch_tokens_total", namespace=ns, batch="priced", direction=d)
+        for d in ("input", "output")
+    }
     assert tokens == {"input": usage["inputTokens"], "output": usage["outputTokens"]}
     assert tokens["input"] > 0
     cost = value(samples, "analysis_operator_batch_cost_dollars_total", namespace=ns, batch="priced")

@@ -32,10 +32,19 @@ RESTRICTED = {
 
 def pod(name: str, image: str, script: str, **container: Any) -> dict[str, Any]:
     """A restricted pod running ``python3 -c script`` from ``image``."""
-    spec = {"name": "main", "image": image, "command": ["python3", "-c", script], "securityContext": RESTRICTED,
-            **container}  # fmt: skip
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [spec]}}  # fmt: skip
+    spec = {
+        "name": "main",
+        "image": image,
+        "command": ["python3", "-c", script],
+        "securityContext": RESTRICTED,
+        **container,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [spec]},
+    }
 
 
 def exec_in(batches: Any, pod_name: str, script: str) -> subprocess.CompletedProcess[str]:
@@ -59,16 +68,23 @@ def ticker_summary(name: str, items: list[str], **stage: Any) -> dict[str, Any]:
 def test_the_restricted_standard_is_enforced_everywhere_but_the_system_namespaces(
     batches: Any, node_cluster: cluster.DevCluster
 ) -> None:
-    privileged = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged"},
-                  "spec": {"containers": [{"name": "main", "image": "analysis-worker:0.1.0",
-                                           "securityContext": {"privileged": True}}]}}  # fmt: skip
-    refused = node_cluster.kubectl("-n", batches.namespace, "apply", "--dry-run=server", "-f", "-",
-                                   input=yaml.safe_dump(privileged), check=False)  # fmt: skip
+    privileged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged"},
+        "spec": {
+            "containers": [{"name": "main", "image": "analysis-worker:0.1.0", "securityContext": {"privileged": True}}]
+        },
+    }
+    refused = node_cluster.kubectl(
+        "-n", batches.namespace, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(privileged), check=False
+    )
     assert refused.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in refused.stderr
     assert "privileged" in refused.stderr
-    exempt = node_cluster.kubectl("-n", "kube-system", "apply", "--dry-run=server", "-f", "-",
-                                  input=yaml.safe_dump(privileged), check=False)  # fmt: skip
+    exempt = node_cluster.kubectl(
+        "-n", "kube-system", "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(privileged), check=False
+    )
     assert exempt.returncode == 0, exempt.stderr
 
 
@@ -118,16 +134,25 @@ def test_a_worker_over_its_memory_limit_is_oom_killed_and_its_item_completes_onc
         server.set_plan([{"kind": "huge", "match": "BIG", "size_mb": 256, "times": 1}])
         batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=openai=sk-test")
         manifest = ticker_summary("hungry", ["A", "BIG", "C"], timeoutSeconds=30, concurrency=1)
-        manifest["spec"]["providers"] = {"gpt": {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
-                                                 "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}}}  # fmt: skip
+        manifest["spec"]["providers"] = {
+            "gpt": {
+                "type": "openai",
+                "model": "gpt-4.1",
+                "baseURL": server.openai_base_url,
+                "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+            }
+        }
         manifest["spec"]["stages"][0]["provider"] = "gpt"
         batches.apply(manifest)
         batches.wait("hungry", "Complete", timeout_s=300)
         calls = [call for call in server.requests() if "BIG" in call["prompt"]]
     uid = batches.get("hungry")["metadata"]["uid"]
     pods = json.loads(batches.kubectl("get", "pods", "-l", f"analysis.dev/batch-uid={uid}", "-o", "json").stdout)
-    terminations = [(status.get("lastState") or {}).get("terminated") or (status.get("state") or {}).get("terminated")
-                    for p in pods["items"] for status in p["status"].get("containerStatuses", [])]  # fmt: skip
+    terminations = [
+        (status.get("lastState") or {}).get("terminated") or (status.get("state") or {}).get("terminated")
+        for p in pods["items"]
+        for status in p["status"].get("containerStatuses", [])
+    ]
     seen = [
         (p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses")) for p in pods["items"]
     ]
@@ -192,8 +217,13 @@ except OSError as error:
 """
     batches.apply(pod("netcheck", "analysis-worker:0.1.0", script))
     batches.eventually(
-        lambda: json.loads(batches.kubectl("get", "pod", "netcheck", "-o", "json").stdout)["status"].get("phase")
-        in ("Succeeded", "Failed"), 60, "the network check done")  # fmt: skip
+        lambda: (
+            json.loads(batches.kubectl("get", "pod", "netcheck", "-o", "json").stdout)["status"].get("phase")
+            in ("Succeeded", "Failed")
+        ),
+        60,
+        "the network check done",
+    )
     lines = batches.kubectl("logs", "netcheck").stdout.splitlines()
     assert lines[0] == "connected", lines  # the apiserver through the kubernetes Service and cluster DNS
     assert lines[1] == "connected", lines  # Redis on the bridge's gateway

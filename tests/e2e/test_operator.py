@@ -43,9 +43,13 @@ def on_stand_in(server: Any, api: str, **stage: Any) -> dict[str, Any]:
     manifest = example("ticker-summary", latency_ms=None)
     base_url = server.url if api == "anthropic" else server.openai_base_url
     manifest["spec"]["providers"] = {
-        "summarizer": {"type": api, "model": "claude-test" if api == "anthropic" else "gpt-4.1", "baseURL": base_url,
-                       "apiKeySecretRef": {"name": "llm-keys", "key": api}},
-    }  # fmt: skip
+        "summarizer": {
+            "type": api,
+            "model": "claude-test" if api == "anthropic" else "gpt-4.1",
+            "baseURL": base_url,
+            "apiKeySecretRef": {"name": "llm-keys", "key": api},
+        },
+    }
     manifest["spec"]["stages"][0].update(stage)
     return manifest
 
@@ -65,8 +69,11 @@ def results(batches: Any, name: str, output: str = "jsonl") -> subprocess.Comple
     return subprocess.run(
         [str(binaries.find("kubectl")), "analysis", "results", name, "-n", batches.namespace, "-o", output],
         env={**os.environ, "KUBECONFIG": str(batches.dev.kubeconfig)},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(300)
@@ -111,8 +118,14 @@ def check_argocd_ignores_what_kopf_wrote(annotations: dict[str, str]) -> None:
     people_wrote = {"analysis.dev/retry-failed": "1", "team": "research"}  # what must stay visible in a diff
     live = {"metadata": {"annotations": {**annotations, **people_wrote}}}
     for expression in rule["jqPathExpressions"]:
-        result = subprocess.run(["jq", "-c", f"del({expression})"], input=json.dumps(live), capture_output=True,
-                                text=True, timeout=30, check=True)  # fmt: skip
+        result = subprocess.run(
+            ["jq", "-c", f"del({expression})"],
+            input=json.dumps(live),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         live = json.loads(result.stdout)
     others = {k: v for k, v in annotations.items() if k not in kopf_wrote}  # e.g. kubectl's last-applied
     assert live["metadata"]["annotations"] == {**others, **people_wrote}, kopf_wrote
@@ -125,8 +138,9 @@ def test_suspend_stops_claims_and_resume_finishes(batches: Any) -> None:
     manifest["spec"]["stages"][0]["concurrency"] = 2
     batches.apply(manifest)
     name = manifest["metadata"]["name"]
-    batches.eventually(lambda: (batches.get(name).get("status") or {}).get("items", {}).get("done", 0) >= 2, 90,
-                       "two items done")  # fmt: skip
+    batches.eventually(
+        lambda: (batches.get(name).get("status") or {}).get("items", {}).get("done", 0) >= 2, 90, "two items done"
+    )
     running = batches.conditions(name)
     assert (running["Reconciling"]["status"], running["Ready"]["status"]) == ("True", "False")
     batches.kubectl("patch", "analysisbatch", name, "--type=merge", "-p", '{"spec": {"suspend": true}}')
@@ -152,8 +166,9 @@ def test_deleting_mid_run_leaves_no_redis_key_and_no_child(batches: Any, executo
     batches.apply(manifest)
     name = manifest["metadata"]["name"]
     uid = batches.get(name)["metadata"]["uid"]
-    batches.eventually(lambda: (batches.get(name).get("status") or {}).get("stages", [{}])[0].get("running"), 90,
-                       "items in flight")  # fmt: skip
+    batches.eventually(
+        lambda: (batches.get(name).get("status") or {}).get("stages", [{}])[0].get("running"), 90, "items in flight"
+    )
     batches.kubectl("delete", "analysisbatch", name, "--timeout=90s", timeout=120)
     assert batches.kubectl("get", "analysisbatch", name, check=False).returncode != 0
     assert batches.redis_keys(uid) == []
@@ -165,8 +180,11 @@ def test_an_operator_killed_mid_batch_finishes_it_without_duplicates(batches: An
     manifest = example("stock-research", latency_ms=300)
     batches.apply(manifest)
     name = manifest["metadata"]["name"]
-    batches.eventually(lambda: (batches.get(name).get("status") or {}).get("currentStage") in ("analyze", "review"),
-                       120, "analysis under way")  # fmt: skip
+    batches.eventually(
+        lambda: (batches.get(name).get("status") or {}).get("currentStage") in ("analyze", "review"),
+        120,
+        "analysis under way",
+    )
     batches.operator.kill()
     time.sleep(2)
     batches.operator.start()
@@ -189,8 +207,13 @@ def test_a_worker_pod_deleted_mid_item_loses_nothing(batches: Any) -> None:
     name = manifest["metadata"]["name"]
     uid = batches.get(name)["metadata"]["uid"]
     busy = batches.eventually(
-        lambda: (batches.get(name).get("status") or {}).get("stages", [{}])[0].get("running") and
-        batches.children(uid)["pods"], 90, "an item in flight")  # fmt: skip
+        lambda: (
+            (batches.get(name).get("status") or {}).get("stages", [{}])[0].get("running")
+            and batches.children(uid)["pods"]
+        ),
+        90,
+        "an item in flight",
+    )
     batches.kubectl("delete", "pod", busy[0], "--grace-period=1", "--wait=false")
     batches.wait(name, "Complete", timeout_s=180)
     st = batches.get(name)["status"]
@@ -301,8 +324,9 @@ def test_an_approval_added_to_the_spec_releases_the_held_items(batches: Any) -> 
     conditions = batches.conditions(name)
     assert conditions["Reconciling"]["status"] == "False"
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("True", "WaitingForApproval")
-    batches.kubectl("patch", "analysisbatch", name, "--type=merge", "-p",
-                    '{"spec": {"approvals": [{"stage": "plan-ok"}]}}')  # fmt: skip
+    batches.kubectl(
+        "patch", "analysisbatch", name, "--type=merge", "-p", '{"spec": {"approvals": [{"stage": "plan-ok"}]}}'
+    )
     batches.wait(name, "Complete", timeout_s=120)
     assert batches.conditions(name)["WaitingForApproval"]["status"] == "False"
 
@@ -315,8 +339,9 @@ def test_a_finished_batch_is_deleted_after_its_ttl(batches: Any) -> None:
     name = manifest["metadata"]["name"]
     uid = batches.get(name)["metadata"]["uid"]
     batches.wait(name, "Complete", timeout_s=60)
-    batches.eventually(lambda: batches.kubectl("get", "analysisbatch", name, check=False).returncode != 0, 30,
-                       "deleted by its TTL")  # fmt: skip
+    batches.eventually(
+        lambda: batches.kubectl("get", "analysisbatch", name, check=False).returncode != 0, 30, "deleted by its TTL"
+    )
     assert batches.redis_keys(uid) == []
 
 

@@ -47,9 +47,12 @@ def two_stages(name: str, *, gate: bool = False, latency_ms: int = 0) -> dict[st
         "apiVersion": "analysis.dev/v1alpha1",
         "kind": "AnalysisBatch",
         "metadata": {"name": name},
-        "spec": {"items": ["A", "B", "C"], "stages": stages,
-                 "providers": {"m": {"type": "offline", "offline": {"seed": 3, "latencyMilliseconds": latency_ms}}}},
-    }  # fmt: skip
+        "spec": {
+            "items": ["A", "B", "C"],
+            "stages": stages,
+            "providers": {"m": {"type": "offline", "offline": {"seed": 3, "latencyMilliseconds": latency_ms}}},
+        },
+    }
 
 
 def plugin(batches: Any, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -57,16 +60,21 @@ def plugin(batches: Any, *args: str, timeout: float = 120) -> subprocess.Complet
     return subprocess.run(
         [str(binaries.find("kubectl")), "analysis", *args, "-n", batches.namespace],
         env={**os.environ, "KUBECONFIG": str(batches.dev.kubeconfig)},
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def plugin_in_background(batches: Any, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(binaries.find("kubectl")), "analysis", *args, "-n", batches.namespace],
         env={**os.environ, "KUBECONFIG": str(batches.dev.kubeconfig)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
@@ -170,8 +178,20 @@ def test_get_and_list_show_batches_across_namespaces(batches: Any, second_namesp
     st = batch["status"]
 
     header, row = ok(plugin(batches, "get", name)).splitlines()
-    assert header.split() == ["NAME", "PHASE", "STAGE", "STAGES", "PROGRESS", "FAILED", "RETRIES", "JUDGE", "TOKENS",
-                              "COST", "DURATION", "AGE"]  # fmt: skip
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "STAGE",
+        "STAGES",
+        "PROGRESS",
+        "FAILED",
+        "RETRIES",
+        "JUDGE",
+        "TOKENS",
+        "COST",
+        "DURATION",
+        "AGE",
+    ]
     assert row.split()[:6] == [name, "Complete", "-", "1/1", "3/3", "(100%)"]
     assert row.split()[6:11] == ["0", str(st["retries"]), "-", st["usage"]["tokensSummary"], st["usage"]["costSummary"]]
     assert all(re.fullmatch(r"\d+s", cell) for cell in row.split()[-2:])  # DURATION and AGE
@@ -196,8 +216,9 @@ def test_get_and_list_show_batches_across_namespaces(batches: Any, second_namesp
     listed = json.loads(ok(plugin(batches, "list", "-A", "-o", "json")))
     assert listed["kind"] == "List"
     assert {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in listed["items"]} >= {
-        (batches.namespace, name), (second_namespace, name),
-    }  # fmt: skip
+        (batches.namespace, name),
+        (second_namespace, name),
+    }
 
 
 @pytest.mark.timeout(240)
@@ -220,8 +241,9 @@ def test_approve_releases_held_items_and_the_batch_completes(batches: Any) -> No
     assert refused.returncode == 2
     assert "is of type generate, not approval (its approval stages: gate)" in refused.stderr
 
-    assert "approved: stage gate, items A, B" in ok(plugin(batches, "approve", "gated", "--stage", "gate",
-                                                           "--items", "A,B"))  # fmt: skip
+    assert "approved: stage gate, items A, B" in ok(
+        plugin(batches, "approve", "gated", "--stage", "gate", "--items", "A,B")
+    )
     batches.eventually(lambda: stage_status(batches, "gated", "polish").get("succeeded") == 2, 90, "A and B polished")
     assert stage_status(batches, "gated", "gate")["pending"] == 1  # C still waits
     # A partial approval leaves the batch waiting for the rest.
@@ -240,8 +262,10 @@ def test_approve_releases_held_items_and_the_batch_completes(batches: Any) -> No
     assert snapshots(followed.stdout)[-1][0].split("   ")[1] == "Complete"
     rows = [json.loads(line) for line in ok(plugin(batches, "results", "gated")).splitlines()]
     assert [(r["item"], r["stage"], r["status"]) for r in rows] == [
-        ("A", "polish", "succeeded"), ("B", "polish", "succeeded"), ("C", "polish", "succeeded"),
-    ]  # fmt: skip
+        ("A", "polish", "succeeded"),
+        ("B", "polish", "succeeded"),
+        ("C", "polish", "succeeded"),
+    ]
 
 
 @pytest.mark.timeout(240)
@@ -252,10 +276,14 @@ def test_retry_failed_reruns_the_failed_item_and_status_exits_by_the_outcome(bat
         # The first call about BAD fails with a 500; with one attempt, BAD fails for good and the batch with it.
         server.set_plan([{"kind": "server_error", "match": "BAD", "times": 1}])
         manifest = ticker_summary(["GOOD", "BAD", "FINE"])
-        manifest["spec"]["providers"] = {"summarizer": {
-            "type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
-            "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
-        }}  # fmt: skip
+        manifest["spec"]["providers"] = {
+            "summarizer": {
+                "type": "openai",
+                "model": "gpt-4.1",
+                "baseURL": server.openai_base_url,
+                "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+            }
+        }
         manifest["spec"]["stages"][0]["retry"] = {"maxAttempts": 1}
         batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=openai=sk-test")
         batches.apply(manifest)
@@ -271,8 +299,10 @@ def test_retry_failed_reruns_the_failed_item_and_status_exits_by_the_outcome(bat
         calls = len(server.requests())
 
         retried = ok(plugin(batches, "retry-failed", name))
-        assert retried.startswith(f"analysisbatch.analysis.dev/{name}: retry of failed and dead-lettered items "
-                                  "requested (1 in the last status; token ")  # fmt: skip
+        assert retried.startswith(
+            f"analysisbatch.analysis.dev/{name}: retry of failed and dead-lettered items "
+            "requested (1 in the last status; token "
+        )
         # Right away the status still says Failed; following waits for the operator to act on the new token.
         followed = plugin(batches, "status", name, "--interval", "0.5", timeout=150)
         assert followed.returncode == 0, followed.stdout + followed.stderr
@@ -297,12 +327,26 @@ def test_logs_gathers_the_batchs_worker_logs_by_uid_and_stage(batches: Any) -> N
         "analysis.dev/batch-uid": "0-an-earlier-batch",
         "analysis.dev/stage": "draft",
     }
-    restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-                  "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
-    container = {"name": "worker", "image": batches.operator.env()["ANALYSIS_OPERATOR_WORKER_IMAGE"],
-                 "command": ["analysis-worker"], "securityContext": restricted}  # fmt: skip
-    batches.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "noted-draft-old", "labels": labels},
-                   "spec": {"restartPolicy": "Never", "containers": [container]}})  # fmt: skip
+    restricted = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "name": "worker",
+        "image": batches.operator.env()["ANALYSIS_OPERATOR_WORKER_IMAGE"],
+        "command": ["analysis-worker"],
+        "securityContext": restricted,
+    }
+    batches.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "noted-draft-old", "labels": labels},
+            "spec": {"restartPolicy": "Never", "containers": [container]},
+        }
+    )
     following = plugin_in_background(batches, "logs", "noted", "-f")
     try:
         batches.wait("noted", "Complete", timeout_s=120)
@@ -338,8 +382,10 @@ def test_logs_gathers_the_batchs_worker_logs_by_uid_and_stage(batches: Any) -> N
     assert all(body.get("stage", stage) == stage for stage, _pod, body in everything)
     first_polish = next(i for i, (stage, _pod, _body) in enumerate(everything) if stage == "polish")
     assert all(stage == "polish" for stage, _pod, _body in everything[first_polish:])  # stage order
-    assert (succeeded_items(everything, "draft"), succeeded_items(everything, "polish")) == (["A", "B", "C"],
-                                                                                            ["A", "B", "C"])  # fmt: skip
+    assert (succeeded_items(everything, "draft"), succeeded_items(everything, "polish")) == (
+        ["A", "B", "C"],
+        ["A", "B", "C"],
+    )
 
     polish = parsed(ok(plugin(batches, "logs", "noted", "--stage", "polish")))
     assert {stage for stage, _pod, _body in polish} == {"polish"}

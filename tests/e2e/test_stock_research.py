@@ -57,8 +57,10 @@ async def test_stock_research_runs_to_the_predicted_results(workers: Any, redis:
         if state.phase is completion.Phase.COMPLETE:
             break
         await asyncio.sleep(0.05)
-    recorded = {key: json.loads(value)["status"] for key, value in
-                (await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)).items()}  # fmt: skip
+    recorded = {
+        key: json.loads(value)["status"]
+        for key, value in (await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)).items()
+    }
     assert recorded == expected
     for worker in workers.started:
         assert await asyncio.to_thread(worker.process.wait, 30) == 0

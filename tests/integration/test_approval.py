@@ -14,16 +14,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.mark.timeout(120)
 async def test_items_wait_at_the_gate_until_approved(workers: Any, redis: queue.Redis) -> None:
     items = ["NVDA", "AMD", "TSM", "INTC"]
-    batch = workers.batch({
-        "items": items,
-        "providers": {"local": {"type": "offline"}},
-        "stages": [
-            {"name": "draft", "provider": "local", "prompt": "{{ item }}"},
-            {"name": "sign-off", "type": "approval"},
-            {"name": "publish", "provider": "local", "prompt": "{{ input }}"},
-        ],
-        "approvals": [{"stage": "sign-off", "items": ["AMD"]}],
-    })  # fmt: skip
+    batch = workers.batch(
+        {
+            "items": items,
+            "providers": {"local": {"type": "offline"}},
+            "stages": [
+                {"name": "draft", "provider": "local", "prompt": "{{ item }}"},
+                {"name": "sign-off", "type": "approval"},
+                {"name": "publish", "provider": "local", "prompt": "{{ input }}"},
+            ],
+            "approvals": [{"stage": "sign-off", "items": ["AMD"]}],
+        }
+    )
     assert batch.plan.approvals == {"sign-off": ["AMD"]}
     await batch.seed()
     for stage in ("draft", "publish"):

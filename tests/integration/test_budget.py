@@ -14,12 +14,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.mark.timeout(120)
 async def test_a_token_budget_stops_new_claims(workers: Any, redis: queue.Redis) -> None:
     items = [f"B{i:02d}" for i in range(40)]
-    batch = workers.batch({
-        "items": items,
-        "providers": {"local": {"type": "offline", "offline": {"latencyMilliseconds": 40}}},
-        "stages": [{"name": "only", "provider": "local", "prompt": "Analyze {{ item }} in depth", "concurrency": 2}],
-        "budget": {"maxTokens": 400},
-    })  # fmt: skip
+    batch = workers.batch(
+        {
+            "items": items,
+            "providers": {"local": {"type": "offline", "offline": {"latencyMilliseconds": 40}}},
+            "stages": [
+                {"name": "only", "provider": "local", "prompt": "Analyze {{ item }} in depth", "concurrency": 2}
+            ],
+            "budget": {"maxTokens": 400},
+        }
+    )
     assert batch.plan.budget is not None
     await batch.seed()
     worker = workers.start(batch, "only")
@@ -50,13 +54,18 @@ async def test_a_cost_budget_stops_new_claims(workers: Any, redis: queue.Redis, 
     prices = tmp_path / "prices.yaml"
     prices.write_text("models:\n  priced-offline: {input: 1000, output: 1000}\n", encoding="utf-8")
     items = [f"C{i:02d}" for i in range(40)]
-    batch = workers.batch({
-        "items": items,
-        "providers": {"local": {"type": "offline", "model": "priced-offline",
-                                "offline": {"latencyMilliseconds": 40}}},
-        "stages": [{"name": "only", "provider": "local", "prompt": "Analyze {{ item }} in depth", "concurrency": 2}],
-        "budget": {"maxCostUSD": 0.5},
-    })  # fmt: skip
+    batch = workers.batch(
+        {
+            "items": items,
+            "providers": {
+                "local": {"type": "offline", "model": "priced-offline", "offline": {"latencyMilliseconds": 40}}
+            },
+            "stages": [
+                {"name": "only", "provider": "local", "prompt": "Analyze {{ item }} in depth", "concurrency": 2}
+            ],
+            "budget": {"maxCostUSD": 0.5},
+        }
+    )
     await batch.seed()
     workers.start(batch, "only", ANALYSIS_PRICES_PATH=str(prices))
 

@@ -23,8 +23,9 @@ SETTINGS = builders.WorkerSettings(
 
 
 def apply(devcluster: DevCluster, namespace: str, obj: dict[str, Any]) -> Any:
-    return devcluster.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", "-o", "json",
-                              input=json.dumps(obj), check=False)  # fmt: skip
+    return devcluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", "-o", "json", input=json.dumps(obj), check=False
+    )
 
 
 def test_children_are_accepted_and_worker_pods_are_admitted_as_restricted(
@@ -32,12 +33,16 @@ def test_children_are_accepted_and_worker_pods_are_admitted_as_restricted(
 ) -> None:
     devcluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     batch = builders.Batch("semis-q3", namespace, "0b9c6c1e-5d7a-4c1b-9a3e-1f2d3c4b5a69")
-    spec = v1alpha1.AnalysisBatchSpec.model_validate({
-        "items": ["NVDA"],
-        "providers": {"gpt": {"type": "openai", "model": "m", "apiKeySecretRef": {"name": "llm-keys", "key": "k"}}},
-        "stages": [{"name": "analyze", "provider": "gpt", "prompt": "{{ item }}"},
-                   {"name": "report", "provider": "gpt", "prompt": "{{ input }}", "executor": "Deployment"}],
-    })  # fmt: skip
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["NVDA"],
+            "providers": {"gpt": {"type": "openai", "model": "m", "apiKeySecretRef": {"name": "llm-keys", "key": "k"}}},
+            "stages": [
+                {"name": "analyze", "provider": "gpt", "prompt": "{{ item }}"},
+                {"name": "report", "provider": "gpt", "prompt": "{{ input }}", "executor": "Deployment"},
+            ],
+        }
+    )
     compiled = plan.compile_plan(batch.uid, spec)
     children = [builders.plan_configmap(batch, compiled, SETTINGS), builders.service_account(batch)]
     children.append(builders.redis_secret(batch, "a-password"))
@@ -49,8 +54,12 @@ def test_children_are_accepted_and_worker_pods_are_admitted_as_restricted(
     # Admission looks the pod's ServiceAccount up, so that one is created for real.
     devcluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(builders.service_account(batch)))
     template = builders.worker_pod_template(batch, compiled, compiled.stage("analyze"), SETTINGS, mode="job")
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", **template["metadata"]},
-           "spec": template["spec"]}  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe", **template["metadata"]},
+        "spec": template["spec"],
+    }
     admitted = apply(devcluster, namespace, pod)
     assert admitted.returncode == 0, admitted.stderr
     # The namespace really enforces: the same pod with privilege escalation allowed is refused.

@@ -109,20 +109,40 @@ MONITORING_FIELDS: dict[str, Obj] = {
         "type": "object",
         "properties": {
             "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "matchExpressions": {"type": "array", "items": {"type": "object", "properties": {
-                "key": {"type": "string"}, "operator": {"type": "string"},
-                "values": {"type": "array", "items": {"type": "string"}}}}},
+            "matchExpressions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "key": {"type": "string"},
+                        "operator": {"type": "string"},
+                        "values": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
         },
     },
-    "namespaceSelector": {"type": "object", "properties": {
-        "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+    "namespaceSelector": {
+        "type": "object",
+        "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+    },
     "podTargetLabels": {"type": "array", "items": {"type": "string"}},
     "targetLabels": {"type": "array", "items": {"type": "string"}},
     "jobLabel": {"type": "string"},
-}  # fmt: skip
-ENDPOINT = {"type": "array", "items": {"type": "object", "properties": {
-    "port": {"type": "string"}, "path": {"type": "string"}, "interval": {"type": "string"},
-    "scrapeTimeout": {"type": "string"}, "scheme": {"type": "string"}}}}  # fmt: skip
+}
+ENDPOINT = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "port": {"type": "string"},
+            "path": {"type": "string"},
+            "interval": {"type": "string"},
+            "scrapeTimeout": {"type": "string"},
+            "scheme": {"type": "string"},
+        },
+    },
+}
 
 
 def monitoring_crd(kind: str, plural: str, endpoints: str) -> Obj:
@@ -135,16 +155,24 @@ def monitoring_crd(kind: str, plural: str, endpoints: str) -> Obj:
             "group": "monitoring.coreos.com",
             "scope": "Namespaced",
             "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                "type": "object", "properties": {"spec": spec}}}}],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}},
+                }
+            ],
         },
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
 def monitoring_crds(devcluster: cluster.DevCluster) -> None:
-    crds = [monitoring_crd("ServiceMonitor", "servicemonitors", "endpoints"),
-            monitoring_crd("PodMonitor", "podmonitors", "podMetricsEndpoints")]  # fmt: skip
+    crds = [
+        monitoring_crd("ServiceMonitor", "servicemonitors", "endpoints"),
+        monitoring_crd("PodMonitor", "podmonitors", "podMetricsEndpoints"),
+    ]
     devcluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(yaml.safe_dump(c) for c in crds))
     for crd in crds:
         name = crd["metadata"]["name"]
@@ -193,9 +221,12 @@ def test_helm_lint_strict(helm_env: dict[str, str], values: str | None) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("values", CI_FILES)
 def test_each_rendering_passes_the_api_servers_dry_run(
-    devcluster: cluster.DevCluster, helm_env: dict[str, str], ci_namespaces: list[str], monitoring_crds: None,
+    devcluster: cluster.DevCluster,
+    helm_env: dict[str, str],
+    ci_namespaces: list[str],
+    monitoring_crds: None,
     values: str,
-) -> None:  # fmt: skip
+) -> None:
     docs = render(helm_env, *values_args(values))
     result = dry_run(devcluster, docs)
     assert result.returncode == 0, result.stderr
@@ -259,8 +290,17 @@ def test_helm_rejects_values_the_schema_does_not_allow(
 
 def test_a_password_in_the_redis_url_is_rejected_without_being_echoed(helm_env: dict[str, str]) -> None:
     url = "redis://:hunter2-secret@redis.data.svc:6379/0"
-    result = run_helm(helm_env, "template", "x", str(CHART), "--set", "redis.bundled.enabled=false",
-                      "--set", f"redis.external.url={url}", check=False)  # fmt: skip
+    result = run_helm(
+        helm_env,
+        "template",
+        "x",
+        str(CHART),
+        "--set",
+        "redis.bundled.enabled=false",
+        "--set",
+        f"redis.external.url={url}",
+        check=False,
+    )
     assert result.returncode != 0
     assert "at '/redis/external/url'" in result.stderr
     assert "hunter2-secret" not in result.stderr + result.stdout
@@ -304,8 +344,9 @@ def test_rbac_is_least_privilege(helm_env: dict[str, str], values: str) -> None:
         assert not verbs(rules, "apiextensions.k8s.io", "customresourcedefinitions")
     account = one(docs, "ServiceAccount")["metadata"]
     for binding in bindings:
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
-                                        "namespace": RELEASE_NAMESPACE}]  # fmt: skip
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": RELEASE_NAMESPACE}
+        ]
 
 
 def test_rbac_covers_every_kind_the_operator_calls(helm_env: dict[str, str]) -> None:
@@ -422,7 +463,8 @@ def test_the_password_comes_from_the_secret_and_nowhere_else(helm_env: dict[str,
     docs = render(helm_env, *values_args("external-redis-values.yaml"))
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(container)["ANALYSIS_OPERATOR_REDIS_PASSWORD"]["valueFrom"] == {
-        "secretKeyRef": {"name": "redis-auth", "key": "redis-password"}}  # fmt: skip
+        "secretKeyRef": {"name": "redis-auth", "key": "redis-password"}
+    }
     bundled = render(helm_env)
     password = base64.b64decode(one(bundled, "Secret")["data"]["password"]).decode()
     others = [doc for doc in bundled if doc["kind"] != "Secret"]
@@ -546,9 +588,17 @@ def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
         result = devcluster.kubectl("auth", "can-i", verb, resource, "--as", account, *scope, *extra, check=False)
         return result.stdout.strip() == "yes"
 
-    needed = [("create", "secrets"), ("patch", "secrets"), ("watch", PLURAL), ("create", "events"),
-              ("delete", "jobs.batch"), ("delete", "configmaps"), ("delete", "serviceaccounts"),
-              ("patch", "deployments.apps"), ("patch", "pods")]  # fmt: skip
+    needed = [
+        ("create", "secrets"),
+        ("patch", "secrets"),
+        ("watch", PLURAL),
+        ("create", "events"),
+        ("delete", "jobs.batch"),
+        ("delete", "configmaps"),
+        ("delete", "serviceaccounts"),
+        ("patch", "deployments.apps"),
+        ("patch", "pods"),
+    ]
     for verb, resource in needed:
         assert can(verb, resource, installed.watched), f"cannot {verb} {resource} in {installed.watched}"
         assert not can(verb, resource, installed.namespace), f"can {verb} {resource} outside the watched namespace"
@@ -574,12 +624,19 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
 ) -> None:
     """Every call of ``kube.Kube`` the reconciler and the teardown make, as the chart's ServiceAccount."""
     watched = installed.watched
-    manifest = {"apiVersion": "analysis.dev/v1alpha1", "kind": "AnalysisBatch",
-                "metadata": {"name": "rbac", "namespace": watched},
-                "spec": {"items": ["a"], "providers": {"local": {"type": "offline"}},
-                         "stages": [{"name": "analyze", "provider": "local", "prompt": "{{ item }}"},
-                                    {"name": "report", "provider": "local", "prompt": "{{ input }}",
-                                     "executor": "Deployment"}]}}  # fmt: skip
+    manifest = {
+        "apiVersion": "analysis.dev/v1alpha1",
+        "kind": "AnalysisBatch",
+        "metadata": {"name": "rbac", "namespace": watched},
+        "spec": {
+            "items": ["a"],
+            "providers": {"local": {"type": "offline"}},
+            "stages": [
+                {"name": "analyze", "provider": "local", "prompt": "{{ item }}"},
+                {"name": "report", "provider": "local", "prompt": "{{ input }}", "executor": "Deployment"},
+            ],
+        },
+    }
     body = json.loads(devcluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(manifest)).stdout)
     batch = builders.Batch("rbac", watched, body["metadata"]["uid"])
     spec = v1alpha1.AnalysisBatchSpec.model_validate(manifest["spec"])
@@ -590,8 +647,11 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
     client = kube.Kube(timeout_s=10)
     redis = queue.connect(devcluster.redis_url)
     try:
-        children = [builders.service_account(batch), builders.redis_secret(batch, "pw"),
-                    builders.plan_configmap(batch, compiled, settings)]  # fmt: skip
+        children = [
+            builders.service_account(batch),
+            builders.redis_secret(batch, "pw"),
+            builders.plan_configmap(batch, compiled, settings),
+        ]
         children += [builders.workload(batch, compiled, stage, settings, size=1) for stage in compiled.stages]
         for child in children:
             await client.apply(child)
@@ -601,9 +661,12 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
         (chunk,) = [c.to_dict() for c in await client.list(kube.CONFIGMAPS, watched, results.labels(batch.uid))]
         await client.replace(export.plan_export(batch, [chunk], [{"item": "b"}])[0])
         await client.merge_patch(kube.BATCHES.Status, watched, batch.name, {"status": {"phase": "Running"}})
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "worker", "namespace": watched, "labels": builders.labels(batch)},
-               "spec": {"containers": [{"name": "w", "image": "analysis-worker:0.1.0"}]}}  # fmt: skip
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "worker", "namespace": watched, "labels": builders.labels(batch)},
+            "spec": {"containers": [{"name": "w", "image": "analysis-worker:0.1.0"}]},
+        }
         devcluster.kubectl("create", "-f", "-", input=json.dumps(pod))
         patch = {"metadata": {"annotations": {builders.ANNOTATION_DELETION_COST: "0"}}}
         await client.merge_patch(kube.PODS, watched, "worker", patch)
@@ -624,8 +687,17 @@ def test_the_bundled_redis_password_survives_an_upgrade(devcluster: cluster.DevC
         return dict(json.loads(devcluster.kubectl("get", kind, name, "-n", installed.namespace, "-o", "json").stdout))
 
     before = base64.b64decode(get("secret", "ao-analysis-operator-redis")["data"]["password"]).decode()
-    run_helm(installed.env, "upgrade", "ao", str(CHART), "-n", installed.namespace, *installed.args,
-             "--set", "operator.statusInterval=3")  # fmt: skip
+    run_helm(
+        installed.env,
+        "upgrade",
+        "ao",
+        str(CHART),
+        "-n",
+        installed.namespace,
+        *installed.args,
+        "--set",
+        "operator.statusInterval=3",
+    )
     after = base64.b64decode(get("secret", "ao-analysis-operator-redis")["data"]["password"]).decode()
     assert after == before
     container = get("deployment", "ao-analysis-operator")["spec"]["template"]["spec"]["containers"][0]

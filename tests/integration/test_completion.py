@@ -14,17 +14,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.mark.timeout(120)
 async def test_job_workers_exit_once_sealed_and_the_batch_completes(workers: Any, redis: queue.Redis) -> None:
     items = [f"I{i:02d}" for i in range(30)]
-    batch = workers.batch({
-        "items": items,
-        "providers": {"local": {"type": "offline", "offline": {"seed": 3, "latencyMilliseconds": 20,
-                                                               "rejectionRate": 0.5}}},
-        "stages": [
-            {"name": "draft", "provider": "local", "prompt": "{{ item }} {{ feedback }}"},
-            {"name": "review", "type": "judge", "provider": "local", "reviews": "draft", "maxRejections": 2,
-             "onExhausted": "AcceptLast"},
-            {"name": "report", "provider": "local", "prompt": "{{ input }}"},
-        ],
-    })  # fmt: skip
+    batch = workers.batch(
+        {
+            "items": items,
+            "providers": {
+                "local": {"type": "offline", "offline": {"seed": 3, "latencyMilliseconds": 20, "rejectionRate": 0.5}}
+            },
+            "stages": [
+                {"name": "draft", "provider": "local", "prompt": "{{ item }} {{ feedback }}"},
+                {
+                    "name": "review",
+                    "type": "judge",
+                    "provider": "local",
+                    "reviews": "draft",
+                    "maxRejections": 2,
+                    "onExhausted": "AcceptLast",
+                },
+                {"name": "report", "provider": "local", "prompt": "{{ input }}"},
+            ],
+        }
+    )
     stages = [s.name for s in batch.plan.stages]
     running = [workers.start(batch, stage, ANALYSIS_MODE="job") for stage in stages]
     await batch.seed()

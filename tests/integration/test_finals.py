@@ -30,13 +30,24 @@ API_KEY = "sk-test-finals-5e0a"
 def judged(on_exhausted: str, *, judge_last: bool, rejection_rate: float = 0.5) -> dict[str, Any]:
     """test_pipeline's fan-out and judge pipeline; without its report stage the judge is the last stage."""
     stages = [
-        {"name": "rank", "provider": "local", "prompt": "Rank stocks in {{ item }}", "output": "json",
-         "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score", "max": 3}},
+        {
+            "name": "rank",
+            "provider": "local",
+            "prompt": "Rank stocks in {{ item }}",
+            "output": "json",
+            "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score", "max": 3},
+        },
         {"name": "analyze", "provider": "local", "prompt": "Analyze {{ item }}: {{ input }} {{ feedback }}"},
-        {"name": "review", "type": "judge", "provider": "local", "reviews": "analyze", "maxRejections": 2,
-         "onExhausted": on_exhausted},
+        {
+            "name": "review",
+            "type": "judge",
+            "provider": "local",
+            "reviews": "analyze",
+            "maxRejections": 2,
+            "onExhausted": on_exhausted,
+        },
         {"name": "report", "provider": "local", "prompt": "Report on {{ input }}"},
-    ]  # fmt: skip
+    ]
     return {
         "items": ["semiconductors", "software"],
         "providers": {"local": {"type": "offline", "offline": {"seed": 1, "rejectionRate": rejection_rate}}},
@@ -51,8 +62,9 @@ def predicted_ends(
     routed: dict[str, routing.Routed] = {}
     real = routing.after_success
 
-    def recording(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, idem: str, *a: Any,
-                  **kw: Any) -> routing.Routed:  # fmt: skip
+    def recording(
+        the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, idem: str, *a: Any, **kw: Any
+    ) -> routing.Routed:
         routed[idem] = real(the_plan, stage, message, idem, *a, **kw)
         return routed[idem]
 
@@ -143,15 +155,31 @@ def fan_out_spec(base_url: str) -> dict[str, Any]:
     fast = {"initialSeconds": 0.1, "factor": 1, "maxSeconds": 0.2, "jitter": 0}
     return {
         "items": ["NONE", "TECH", "LOCKED"],
-        "providers": {"llm": {"type": "openai", "model": "stand-in-model", "baseURL": base_url,
-                              "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}}},
+        "providers": {
+            "llm": {
+                "type": "openai",
+                "model": "stand-in-model",
+                "baseURL": base_url,
+                "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+            }
+        },
         "stages": [
-            {"name": "rank", "provider": "llm", "prompt": "Rank {{ item }}", "output": "json",
-             "fanOut": {"path": "$.stocks", "key": "ticker"}, "retry": {"maxAttempts": 2, "backoff": fast}},
-            {"name": "analyze", "provider": "llm", "prompt": "Analyze {{ item }} from {{ input }}",
-             "retry": {"maxAttempts": 2, "backoff": fast}},
+            {
+                "name": "rank",
+                "provider": "llm",
+                "prompt": "Rank {{ item }}",
+                "output": "json",
+                "fanOut": {"path": "$.stocks", "key": "ticker"},
+                "retry": {"maxAttempts": 2, "backoff": fast},
+            },
+            {
+                "name": "analyze",
+                "provider": "llm",
+                "prompt": "Analyze {{ item }} from {{ input }}",
+                "retry": {"maxAttempts": 2, "backoff": fast},
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 async def operate(redis: queue.Redis, the_plan: plan.Plan) -> completion.BatchState:
@@ -176,14 +204,16 @@ def run_workers(workers: Any, batch: Any) -> list[Any]:
 async def test_retry_failed_reruns_exactly_the_failed_items_with_a_fresh_budget(
     stand_in: standin.StandIn, workers: Any, redis: queue.Redis
 ) -> None:
-    stand_in.set_plan([
-        {"match": "Rank NONE", "kind": "ok", "text": '{"stocks": []}'},  # a fan-out without children
-        {"match": "Rank TECH", "kind": "ok", "text": '{"stocks": [{"ticker": "OK"}, {"ticker": "FLAKY"}]}'},
-        {"match": "Rank LOCKED", "kind": "unauthorized"},  # fails at once; its re-run gets the next step
-        {"match": "Rank LOCKED", "kind": "ok", "text": '{"stocks": [{"ticker": "LATE"}]}'},
-        # Two attempts fail it; its re-run fails once more, then retries (a fresh budget of 2) and succeeds.
-        {"match": "Analyze TECH/FLAKY", "kind": "server_error", "times": 3},
-    ])  # fmt: skip
+    stand_in.set_plan(
+        [
+            {"match": "Rank NONE", "kind": "ok", "text": '{"stocks": []}'},  # a fan-out without children
+            {"match": "Rank TECH", "kind": "ok", "text": '{"stocks": [{"ticker": "OK"}, {"ticker": "FLAKY"}]}'},
+            {"match": "Rank LOCKED", "kind": "unauthorized"},  # fails at once; its re-run gets the next step
+            {"match": "Rank LOCKED", "kind": "ok", "text": '{"stocks": [{"ticker": "LATE"}]}'},
+            # Two attempts fail it; its re-run fails once more, then retries (a fresh budget of 2) and succeeds.
+            {"match": "Analyze TECH/FLAKY", "kind": "server_error", "times": 3},
+        ]
+    )
     batch = workers.batch(fan_out_spec(stand_in.openai_base_url))
     names = [s.name for s in batch.plan.stages]
     await batch.seed()

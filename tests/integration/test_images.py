@@ -46,12 +46,20 @@ class Image:
     commands: tuple[str, ...]  # the console scripts the project's distribution installs there
 
 
-OPERATOR = Image(images.OPERATOR, ("analysis_core", "analysis_operator"),
-                 ("kopf", "aiohttp", "lightkube", "prometheus_client"),
-                 ("analysis_worker", "analysis_devcluster", "anthropic", "openai", "pip"),
-                 ("analysis-operator", "kubectl-analysis"))  # fmt: skip
-WORKER = Image(images.WORKER, ("analysis_core", "analysis_worker"), ("anthropic", "openai", "prometheus_client"),
-               ("analysis_operator", "analysis_devcluster", "kopf", "lightkube", "pip"), ("analysis-worker",))  # fmt: skip
+OPERATOR = Image(
+    images.OPERATOR,
+    ("analysis_core", "analysis_operator"),
+    ("kopf", "aiohttp", "lightkube", "prometheus_client"),
+    ("analysis_worker", "analysis_devcluster", "anthropic", "openai", "pip"),
+    ("analysis-operator", "kubectl-analysis"),
+)
+WORKER = Image(
+    images.WORKER,
+    ("analysis_core", "analysis_worker"),
+    ("anthropic", "openai", "prometheus_client"),
+    ("analysis_operator", "analysis_devcluster", "kopf", "lightkube", "pip"),
+    ("analysis-worker",),
+)
 IMAGES = [pytest.param(OPERATOR, id="operator"), pytest.param(WORKER, id="worker")]
 
 
@@ -84,8 +92,13 @@ def working_container(name: str) -> Iterator[str]:
 
 def run_in(container: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """``argv`` in the image, as its user, with no network at all."""
-    return subprocess.run(["buildah", "run", "--network=none", container, "--", *argv], capture_output=True,
-                          text=True, timeout=300, check=False)  # fmt: skip
+    return subprocess.run(
+        ["buildah", "run", "--network=none", container, "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -181,19 +194,37 @@ def test_the_pause_image_is_a_static_binary(built: dict[str, images.Built]) -> N
 def test_build_context_keeps_out_everything_but_the_sources() -> None:
     """.devcluster holds private keys and kubeconfigs; .venv and .git are large: none may reach a build context."""
     rules = images.IgnoreRules.read(REPO_ROOT / ".dockerignore")
-    for secret in (".devcluster/kubeconfig", ".devcluster/state/pki/ca.key", ".venv/bin/python", ".git/config",
-                   ".env", "bench/results/x.json", "tests/conftest.py", "charts/analysis-operator/values.yaml",
-                   "operator/src/analysis_devcluster/cli.py", "tools/devcluster/pyproject.toml"):  # fmt: skip
+    for secret in (
+        ".devcluster/kubeconfig",
+        ".devcluster/state/pki/ca.key",
+        ".venv/bin/python",
+        ".git/config",
+        ".env",
+        "bench/results/x.json",
+        "tests/conftest.py",
+        "charts/analysis-operator/values.yaml",
+        "operator/src/analysis_devcluster/cli.py",
+        "tools/devcluster/pyproject.toml",
+    ):
         assert rules.ignored(secret), f"{secret} would be sent to the builder"
-    for needed in ("pyproject.toml", "README.md", "hatch_build.py", "operator/src/analysis_core/__init__.py",
-                   "operator/src/analysis_operator/lua/seed.lua", "operator/src/analysis_operator/kube.py",
-                   "worker-image/src/analysis_worker/cli.py"):  # fmt: skip
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "hatch_build.py",
+        "operator/src/analysis_core/__init__.py",
+        "operator/src/analysis_operator/lua/seed.lua",
+        "operator/src/analysis_operator/kube.py",
+        "worker-image/src/analysis_worker/cli.py",
+    ):
         assert not rules.ignored(needed), f"{needed} is needed by the build"
     assert rules.ignored("operator/src/analysis_core/__pycache__/keys.cpython-311.pyc")
     context = images.context_files(REPO_ROOT)
     assert "pyproject.toml" in context
-    assert not [path for path in context if path.startswith((".devcluster/", ".venv/", ".git/", "tests/",
-                                                             "operator/src/analysis_devcluster/"))]  # fmt: skip
+    assert not [
+        path
+        for path in context
+        if path.startswith((".devcluster/", ".venv/", ".git/", "tests/", "operator/src/analysis_devcluster/"))
+    ]
 
 
 def test_a_source_change_rebuilds_on_the_cached_dependency_layer(
@@ -218,11 +249,25 @@ def test_a_source_change_rebuilds_on_the_cached_dependency_layer(
     spec = dataclasses.replace(images.WORKER, repository="analysis-worker-layer-test")
     base = images.base_image().name
     output = subprocess.run(
-        ["buildah", "bud", "--layers", "--network=host", f"--cni-config-dir={tmp_path}",
-         f"--build-arg=BASE_IMAGE={base}", "--target=builder", "-f", str(context / spec.dockerfile), "-t", spec.name(),
-         str(context)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            "buildah",
+            "bud",
+            "--layers",
+            "--network=host",
+            f"--cni-config-dir={tmp_path}",
+            f"--build-arg=BASE_IMAGE={base}",
+            "--target=builder",
+            "-f",
+            str(context / spec.dockerfile),
+            "-t",
+            spec.name(),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     try:
         assert output.returncode == 0, output.stderr[-3000:]
         steps = re.split(r"\n(?=\[\d/\d\] STEP )", output.stdout)

@@ -72,8 +72,9 @@ def readings(*objects: dict[str, Any], as_yaml: bool = False) -> list[dict[str, 
         text = yaml.safe_dump_all(objects, sort_keys=False)
     else:
         text = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
-    result = subprocess.run([str(kstatus_binary())], input=text, capture_output=True, text=True, timeout=30,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(kstatus_binary())], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == len(objects), result.stdout
@@ -127,8 +128,9 @@ def counts(ready: int = 0, running: int = 0, **counters: int) -> queue.StageCoun
     return queue.StageCounts(ready, running, 0, dict(counters))
 
 
-def snapshot(sealed: tuple[str, ...] = (), flags: dict[str, str] | None = None,
-             **stages: queue.StageCounts) -> producer.Snapshot:  # fmt: skip
+def snapshot(
+    sealed: tuple[str, ...] = (), flags: dict[str, str] | None = None, **stages: queue.StageCounts
+) -> producer.Snapshot:
     every = {s.name: stages.get(s.name, counts()) for s in PLAN.stages}
     return producer.Snapshot(every, frozenset(sealed), True, {"input_tokens": 900, "output_tokens": 300}, flags or {})
 
@@ -153,14 +155,23 @@ def batch(st: dict[str, Any] | None, generation: int = 1, **metadata: Any) -> di
 
 RUNNING = snapshot(draft=counts(ready=1, running=2))
 HELD = snapshot(("draft",), draft=counts(succeeded=3), gate=counts(ready=3))
-DONE = snapshot(("draft", "gate", "review"), draft=counts(succeeded=3), gate=counts(succeeded=3),
-                review=counts(succeeded=3, approved=3))  # fmt: skip
+DONE = snapshot(
+    ("draft", "gate", "review"),
+    draft=counts(succeeded=3),
+    gate=counts(succeeded=3),
+    review=counts(succeeded=3, approved=3),
+)
 AWAY = status.Problem("RedisUnavailable", "Redis cannot be reached: Connection refused", stalled=False)
 OVER = {wire.FLAG_BUDGET_EXCEEDED: "52000 tokens used, budget.maxTokens is 50000"}
 
 
-BROKEN = status.Observation(generation=1, now=NOW, problems=[
-    status.Problem("ConfigMapNotFound", "spec.itemsFrom.configMapKeyRef: ConfigMap research/tickers not found")])  # fmt: skip
+BROKEN = status.Observation(
+    generation=1,
+    now=NOW,
+    problems=[
+        status.Problem("ConfigMapNotFound", "spec.itemsFrom.configMapKeyRef: ConfigMap research/tickers not found")
+    ],
+)
 FAILED_ITEM = snapshot(("draft",), draft=counts(succeeded=2, failed=1))
 OVER_BUDGET = snapshot(flags=OVER, draft=counts(ready=1))
 HELD_WHILE_BUSY = snapshot(draft=counts(ready=1, running=1), gate=counts(ready=1))
@@ -173,8 +184,9 @@ def first(obs: status.Observation) -> Callable[[], dict[str, Any]]:
 
 def away(settled: status.Observation) -> Callable[[], dict[str, Any]]:
     """The status once Redis stops answering after ``settled``: the reconciler's observation has no snapshot."""
-    return lambda: status.compute(observe(None, problems=[AWAY], suspended=settled.suspended),
-                                  status.compute(settled, None))  # fmt: skip
+    return lambda: status.compute(
+        observe(None, problems=[AWAY], suspended=settled.suspended), status.compute(settled, None)
+    )
 
 
 COMPUTED: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
@@ -227,7 +239,10 @@ def test_what_kstatus_says_of_a_settled_batch_names_the_wait() -> None:
         st = COMPUTED[name][0]()
         conditions = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
         assert (conditions["Ready"], conditions["Reconciling"], conditions["Stalled"]) == (
-            ("True", reason), ("False", reason), ("False", reason))  # fmt: skip
+            ("True", reason),
+            ("False", reason),
+            ("False", reason),
+        )
         assert readings(batch(st))[0]["message"] == "Resource is Ready"
 
 
@@ -251,8 +266,10 @@ class Operator:
                     "ANALYSIS_OPERATOR_STATUS_INTERVAL": "0.2",
                     "ANALYSIS_OPERATOR_RESULTS_INTERVAL": "1",
                 },
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
@@ -288,8 +305,12 @@ class Batches:
         return self.dev.kubectl("-n", self.namespace, *args, input=input).stdout
 
     def create(self, name: str, spec: dict[str, Any]) -> None:
-        manifest = {"apiVersion": "analysis.dev/v1alpha1", "kind": "AnalysisBatch",
-                    "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}  # fmt: skip
+        manifest = {
+            "apiVersion": "analysis.dev/v1alpha1",
+            "kind": "AnalysisBatch",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        }
         self.kubectl("create", "-f", "-", input=json.dumps(manifest))
 
     def get(self, name: str) -> dict[str, Any]:
@@ -306,12 +327,17 @@ class Batches:
             obj = self.get(name)
             st = obj.get("status") or {}
             true = {c["type"] for c in st.get("conditions") or [] if c["status"] == "True"}
-            if (st.get("observedGeneration") == obj["metadata"]["generation"] and st.get("phase") == phase
-                    and (condition is None or condition in true)):  # fmt: skip
+            if (
+                st.get("observedGeneration") == obj["metadata"]["generation"]
+                and st.get("phase") == phase
+                and (condition is None or condition in true)
+            ):
                 return obj
             if self.op.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{name} not {phase} within {within_s:g}s; its status: {json.dumps(st)[:1500]}\n"
-                            f"the operator's log:\n{self.op.tail()}")  # fmt: skip
+                pytest.fail(
+                    f"{name} not {phase} within {within_s:g}s; its status: {json.dumps(st)[:1500]}\n"
+                    f"the operator's log:\n{self.op.tail()}"
+                )
             time.sleep(0.2)
 
     def torn_down(self, name: str, within_s: float = 30) -> None:
@@ -335,14 +361,16 @@ class Batches:
 
 
 @pytest.fixture
-def batches(devcluster: cluster.DevCluster, namespace: str, operator: Operator, workers: Any,
-            tmp_path: Path) -> Iterator[Batches]:  # fmt: skip
+def batches(
+    devcluster: cluster.DevCluster, namespace: str, operator: Operator, workers: Any, tmp_path: Path
+) -> Iterator[Batches]:
     harness = Batches(devcluster, namespace, operator, workers, tmp_path)
     try:
         yield harness
     finally:  # while the operator still runs: it removes each batch's Redis keys and its finalizer
-        devcluster.kubectl("delete", "analysisbatches", "--all", "-n", namespace, "--timeout=60s", timeout=90,
-                           check=False)  # fmt: skip
+        devcluster.kubectl(
+            "delete", "analysisbatches", "--all", "-n", namespace, "--timeout=60s", timeout=90, check=False
+        )
 
 
 OFFLINE = {"local": {"type": "offline"}}
@@ -359,17 +387,29 @@ def test_what_the_operator_writes_reads_as_decided(batches: Batches) -> None:
 
     # Four batches at once: one walks through run, suspend, resume, approval gate and completion;
     # the others end Failed by a rejected item, by a used-up budget and by a missing ConfigMap.
-    batches.create("gated", {"items": ["NVDA", "AMD"], "providers": OFFLINE,
-                             "stages": [DRAFT, {"name": "gate", "type": "approval"}]})  # fmt: skip
-    batches.create("rejected", {
-        "items": ["NVDA"], "providers": {"local": {"type": "offline", "offline": {"rejectionRate": 1}}},
-        "stages": [DRAFT, {"name": "review", "type": "judge", "provider": "local", "reviews": "draft",
-                           "maxRejections": 0}],
-    })  # fmt: skip
-    batches.create("over-budget", {"items": ["NVDA", "AMD", "TSM"], "providers": OFFLINE, "budget": {"maxTokens": 1},
-                                   "stages": [DRAFT]})  # fmt: skip
-    batches.create("broken", {"itemsFrom": {"configMapKeyRef": {"name": "tickers", "key": "list"}},
-                              "providers": OFFLINE, "stages": [DRAFT]})  # fmt: skip
+    batches.create(
+        "gated",
+        {"items": ["NVDA", "AMD"], "providers": OFFLINE, "stages": [DRAFT, {"name": "gate", "type": "approval"}]},
+    )
+    batches.create(
+        "rejected",
+        {
+            "items": ["NVDA"],
+            "providers": {"local": {"type": "offline", "offline": {"rejectionRate": 1}}},
+            "stages": [
+                DRAFT,
+                {"name": "review", "type": "judge", "provider": "local", "reviews": "draft", "maxRejections": 0},
+            ],
+        },
+    )
+    batches.create(
+        "over-budget",
+        {"items": ["NVDA", "AMD", "TSM"], "providers": OFFLINE, "budget": {"maxTokens": 1}, "stages": [DRAFT]},
+    )
+    batches.create(
+        "broken",
+        {"itemsFrom": {"configMapKeyRef": {"name": "tickers", "key": "list"}}, "providers": OFFLINE, "stages": [DRAFT]},
+    )
 
     # Seeded, with its Job's pods Pending (no node) and no worker yet: running.
     record("running", IN_PROGRESS, batches.settle("gated", "Running"))

@@ -42,8 +42,12 @@ async def client(devcluster: DevCluster, monkeypatch: pytest.MonkeyPatch) -> Asy
 
 
 def created_batch(devcluster: DevCluster, namespace: str, name: str) -> builders.Batch:
-    manifest = {"apiVersion": "analysis.dev/v1alpha1", "kind": "AnalysisBatch",
-                "metadata": {"name": name, "namespace": namespace}, "spec": SPEC}  # fmt: skip
+    manifest = {
+        "apiVersion": "analysis.dev/v1alpha1",
+        "kind": "AnalysisBatch",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": SPEC,
+    }
     made = json.loads(devcluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(manifest)).stdout)
     return builders.Batch(name, namespace, made["metadata"]["uid"])
 
@@ -117,8 +121,12 @@ async def test_result_chunks_are_written_under_preconditions(
     (planned,) = export.plan_export(batch, [stored], [{"item": "b"}])
     assert planned["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
     await client.replace(planned)
-    assert results.exported([c.to_dict() for c in await client.list(kube.CONFIGMAPS, namespace,
-                                                                    results.labels(batch.uid))]) == 2  # fmt: skip
+    assert (
+        results.exported(
+            [c.to_dict() for c in await client.list(kube.CONFIGMAPS, namespace, results.labels(batch.uid))]
+        )
+        == 2
+    )
     with pytest.raises(kube.ApiError) as stale:
         await client.replace(planned)  # planned from a version that is no longer current
     assert kube.is_conflict(stale.value)
@@ -137,8 +145,9 @@ async def test_status_subresource_pod_patch_and_batch_delete(
     assert "phase" not in (kubectl_json(devcluster, namespace, "analysisbatch", batch.name).get("status") or {})
 
     with pytest.raises(kube.ApiError) as invalid:
-        await client.apply({"apiVersion": "v1", "kind": "ConfigMap",
-                            "metadata": {"name": "Not_A_Name", "namespace": namespace}})  # fmt: skip
+        await client.apply(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Not_A_Name", "namespace": namespace}}
+        )
     assert invalid.value.status.code == 422
     assert kube.describe(invalid.value).startswith("422 Invalid: ")
 
@@ -151,8 +160,17 @@ def test_several_kubeconfig_files_merge_as_kubectl_merges_them(
 ) -> None:
     """The first file to name the current context wins; an unrelated file before it changes nothing."""
     unrelated = tmp_path / "other.yaml"
-    unrelated.write_text(json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "contexts": [],
-                                     "users": [{"name": "someone", "user": {"token": "x"}}]}))  # fmt: skip
+    unrelated.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [],
+                "contexts": [],
+                "users": [{"name": "someone", "user": {"token": "x"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", f"{unrelated}:{devcluster.kubeconfig}")
     single = kube.config().get()
     assert single is not None

@@ -32,9 +32,13 @@ def run_kubectl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     kubectl = binaries.find("kubectl")
     path = os.pathsep.join([str(venv_bin), str(kubectl.parent), os.environ.get("PATH", "")])
     return subprocess.run(
-        [str(kubectl), *args], capture_output=True, text=True, env={**os.environ, "PATH": path, **env}, timeout=30,
+        [str(kubectl), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path, **env},
+        timeout=30,
         check=False,
-    )  # fmt: skip
+    )
 
 
 def test_kubectl_discovers_the_plugin() -> None:
@@ -50,16 +54,18 @@ def test_kubectl_analysis_runs_the_plugin() -> None:
 
 
 def batch_manifest(name: str) -> str:
-    return json.dumps({
-        "apiVersion": "analysis.dev/v1alpha1",
-        "kind": "AnalysisBatch",
-        "metadata": {"name": name},
-        "spec": {
-            "items": ["NVDA", "AMD", "TSM"],
-            "providers": {"local": {"type": "offline"}},
-            "stages": [{"name": "report", "provider": "local", "prompt": "Report on {{ item }}"}],
-        },
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "apiVersion": "analysis.dev/v1alpha1",
+            "kind": "AnalysisBatch",
+            "metadata": {"name": name},
+            "spec": {
+                "items": ["NVDA", "AMD", "TSM"],
+                "providers": {"local": {"type": "offline"}},
+                "stages": [{"name": "report", "provider": "local", "prompt": "Report on {{ item }}"}],
+            },
+        }
+    )
 
 
 def create_chunks(devcluster: DevCluster, batch: builders.Batch, records: list[producer.FinalRecord]) -> int:
@@ -75,8 +81,15 @@ def create_chunks(devcluster: DevCluster, batch: builders.Batch, records: list[p
 
 
 def record(uid: str, item: str, status: Any, attempt: int = 1, **more: Any) -> producer.FinalRecord:
-    return producer.FinalRecord(item=item, stage="report", status=status, round=0, attempt=attempt,
-                             idem=f"{uid}/report/{item}/0/{attempt}", **more)  # fmt: skip
+    return producer.FinalRecord(
+        item=item,
+        stage="report",
+        status=status,
+        round=0,
+        attempt=attempt,
+        idem=f"{uid}/report/{item}/0/{attempt}",
+        **more,
+    )
 
 
 def test_kubectl_analysis_results_prints_the_latest_result_of_each_item(
@@ -86,18 +99,24 @@ def test_kubectl_analysis_results_prints_the_latest_result_of_each_item(
     devcluster.kubectl("create", "-n", namespace, "-f", "-", input=batch_manifest(name))
     uid = devcluster.kubectl("get", "analysisbatch", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
     batch = builders.Batch(name, namespace, uid)
-    made = create_chunks(devcluster, batch, [
-        record(uid, "NVDA", "succeeded", output='{"rating": "buy", "thesis": "Data-centre demand keeps growing."}'),
-        record(uid, "AMD", "failed", error="stand-in server_error", error_class="Unknown"),
-        record(uid, "TSM", "succeeded", output="Capacity is sold out well into next year. " * 3),
-        record(uid, "AMD", "succeeded", attempt=2, output="Recovered on the re-run."),  # a re-run: the latest wins
-    ])  # fmt: skip
+    made = create_chunks(
+        devcluster,
+        batch,
+        [
+            record(uid, "NVDA", "succeeded", output='{"rating": "buy", "thesis": "Data-centre demand keeps growing."}'),
+            record(uid, "AMD", "failed", error="stand-in server_error", error_class="Unknown"),
+            record(uid, "TSM", "succeeded", output="Capacity is sold out well into next year. " * 3),
+            record(uid, "AMD", "succeeded", attempt=2, output="Recovered on the re-run."),  # a re-run: the latest wins
+        ],
+    )
     assert made >= 2  # the rows span chunks
     # An earlier batch of the same name left results behind (not yet garbage-collected): selected by uid,
     # they never mix in, though they carry the batch's name.
-    earlier = export.results_configmap(builders.Batch(name, namespace, "0-earlier-uid"), 7, [
-        export.encode(export.row(record("0-earlier-uid", "INTC", "succeeded", output="old")))
-    ])  # fmt: skip
+    earlier = export.results_configmap(
+        builders.Batch(name, namespace, "0-earlier-uid"),
+        7,
+        [export.encode(export.row(record("0-earlier-uid", "INTC", "succeeded", output="old")))],
+    )
     devcluster.kubectl("create", "-f", "-", input=json.dumps(earlier))
     kubeconfig = str(devcluster.kubeconfig)
 
@@ -105,8 +124,10 @@ def test_kubectl_analysis_results_prints_the_latest_result_of_each_item(
     assert jsonl.returncode == 0, jsonl.stderr
     rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
     assert [(r["item"], r["status"], r["attempt"]) for r in rows] == [
-        ("AMD", "succeeded", 2), ("NVDA", "succeeded", 1), ("TSM", "succeeded", 1),
-    ]  # fmt: skip
+        ("AMD", "succeeded", 2),
+        ("NVDA", "succeeded", 1),
+        ("TSM", "succeeded", 1),
+    ]
     assert rows[1]["output"] == {"rating": "buy", "thesis": "Data-centre demand keeps growing."}
     assert rows[0]["output"] == "Recovered on the re-run."
 
@@ -114,14 +135,17 @@ def test_kubectl_analysis_results_prints_the_latest_result_of_each_item(
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == rows
 
-    table = run_kubectl("analysis", "results", name, "-n", namespace, "-o", "table", KUBECONFIG=kubeconfig,
-                        COLUMNS="60")  # fmt: skip
+    table = run_kubectl(
+        "analysis", "results", name, "-n", namespace, "-o", "table", KUBECONFIG=kubeconfig, COLUMNS="60"
+    )
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert [line.split()[:3] for line in lines] == [
-        ["ITEM", "STAGE", "STATUS"], ["AMD", "report", "succeeded"], ["NVDA", "report", "succeeded"],
+        ["ITEM", "STAGE", "STATUS"],
+        ["AMD", "report", "succeeded"],
+        ["NVDA", "report", "succeeded"],
         ["TSM", "report", "succeeded"],
-    ]  # fmt: skip
+    ]
     assert lines[1].endswith("Recovered on the re-run.")
     assert all(len(line) <= 60 for line in lines)
     assert lines[3].endswith("…")
@@ -155,27 +179,38 @@ def test_kubectl_analysis_results_says_when_there_is_nothing_to_print(
 
 def gated_manifest(name: str) -> str:
     """A batch with an approval stage, never run (no operator here): the plugin only reads and writes its spec."""
-    return json.dumps({
-        "apiVersion": "analysis.dev/v1alpha1",
-        "kind": "AnalysisBatch",
-        "metadata": {"name": name},
-        "spec": {
-            "items": ["A", "B", "C"],
-            "providers": {"local": {"type": "offline"}},
-            "stages": [
-                {"name": "draft", "provider": "local", "prompt": "Draft on {{ item }}"},
-                {"name": "gate", "type": "approval"},
-                {"name": "review", "type": "judge", "provider": "local", "reviews": "draft"},
-            ],
-        },
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "apiVersion": "analysis.dev/v1alpha1",
+            "kind": "AnalysisBatch",
+            "metadata": {"name": name},
+            "spec": {
+                "items": ["A", "B", "C"],
+                "providers": {"local": {"type": "offline"}},
+                "stages": [
+                    {"name": "draft", "provider": "local", "prompt": "Draft on {{ item }}"},
+                    {"name": "gate", "type": "approval"},
+                    {"name": "review", "type": "judge", "provider": "local", "reviews": "draft"},
+                ],
+            },
+        }
+    )
 
 
 def hold(devcluster: DevCluster, namespace: str, name: str, items: list[str], pending: int | None = None) -> None:
     """Write the status an operator would: ``items`` wait at the stage ``gate`` (``pending`` of them in all)."""
     row = {"name": "gate", "pending": len(items) if pending is None else pending, "heldItems": items}
-    devcluster.kubectl("patch", "analysisbatch", name, "-n", namespace, "--subresource=status", "--type=merge",
-                       "-p", json.dumps({"status": {"stages": [row]}}))  # fmt: skip
+    devcluster.kubectl(
+        "patch",
+        "analysisbatch",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"stages": [row]}}),
+    )
 
 
 def spec_of(devcluster: DevCluster, namespace: str, name: str) -> dict[str, Any]:
@@ -185,14 +220,24 @@ def spec_of(devcluster: DevCluster, namespace: str, name: str) -> dict[str, Any]
 
 @pytest.mark.parametrize(
     "verb",
-    [["status", "--once"], ["status"], ["get"], ["approve", "--stage", "gate"], ["retry-failed"], ["suspend"],
-     ["resume"], ["logs"], ["logs", "-f"]],
-)  # fmt: skip
+    [
+        ["status", "--once"],
+        ["status"],
+        ["get"],
+        ["approve", "--stage", "gate"],
+        ["retry-failed"],
+        ["suspend"],
+        ["resume"],
+        ["logs"],
+        ["logs", "-f"],
+    ],
+)
 def test_every_verb_says_when_the_batch_does_not_exist(
     devcluster: DevCluster, crds_installed: Path, namespace: str, verb: list[str]
 ) -> None:
-    result = run_kubectl("analysis", verb[0], "no-such-batch", *verb[1:], "-n", namespace,
-                         KUBECONFIG=str(devcluster.kubeconfig))  # fmt: skip
+    result = run_kubectl(
+        "analysis", verb[0], "no-such-batch", *verb[1:], "-n", namespace, KUBECONFIG=str(devcluster.kubeconfig)
+    )
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.strip() == f'error: analysisbatch "no-such-batch" not found in namespace "{namespace}"'
 
@@ -234,8 +279,9 @@ def test_approve_merges_with_what_the_spec_holds(devcluster: DevCluster, crds_in
     kubeconfig = str(devcluster.kubeconfig)
 
     def approve(*more: str) -> subprocess.CompletedProcess[str]:
-        done = run_kubectl("analysis", "approve", "merging", "-n", namespace, "--stage", "gate", *more,
-                           KUBECONFIG=kubeconfig)  # fmt: skip
+        done = run_kubectl(
+            "analysis", "approve", "merging", "-n", namespace, "--stage", "gate", *more, KUBECONFIG=kubeconfig
+        )
         assert done.returncode == 0, done.stderr
         return done
 
@@ -256,8 +302,11 @@ def test_approve_merges_with_what_the_spec_holds(devcluster: DevCluster, crds_in
         "analysisbatch.analysis.dev/merging: stage gate already approved for all items\n"
     )
     assert spec_of(devcluster, namespace, "merging")["approvals"] == [{"stage": "gate"}]
-    managers = json.loads(devcluster.kubectl("get", "analysisbatch", "merging", "-n", namespace, "-o", "json",
-                                             "--show-managed-fields").stdout)["metadata"]["managedFields"]  # fmt: skip
+    managers = json.loads(
+        devcluster.kubectl(
+            "get", "analysisbatch", "merging", "-n", namespace, "-o", "json", "--show-managed-fields"
+        ).stdout
+    )["metadata"]["managedFields"]
     assert "kubectl-analysis" in {m["manager"] for m in managers}
 
 
@@ -268,8 +317,18 @@ def test_approve_refuses_items_that_are_not_waiting_and_names_them(
     kubeconfig = str(devcluster.kubeconfig)
 
     def approve(*items: str) -> subprocess.CompletedProcess[str]:
-        return run_kubectl("analysis", "approve", "picky", "-n", namespace, "--stage", "gate", "--items", ",".join(items),
-                           KUBECONFIG=kubeconfig)  # fmt: skip
+        return run_kubectl(
+            "analysis",
+            "approve",
+            "picky",
+            "-n",
+            namespace,
+            "--stage",
+            "gate",
+            "--items",
+            ",".join(items),
+            KUBECONFIG=kubeconfig,
+        )
 
     early = approve("A")  # nothing has arrived at the gate yet
     assert (early.returncode, early.stdout) == (2, "")
@@ -307,8 +366,19 @@ def test_an_approval_written_between_read_and_patch_is_kept(
         f'exec "{real}" "$@"\n'
     )
     wrapper.chmod(0o755)
-    done = run_kubectl("analysis", "approve", "raced", "-n", namespace, "--stage", "gate", "--items", "MINE",
-                       KUBECONFIG=str(devcluster.kubeconfig), KUBECTL=str(wrapper))  # fmt: skip
+    done = run_kubectl(
+        "analysis",
+        "approve",
+        "raced",
+        "-n",
+        namespace,
+        "--stage",
+        "gate",
+        "--items",
+        "MINE",
+        KUBECONFIG=str(devcluster.kubeconfig),
+        KUBECTL=str(wrapper),
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "raced").exists()  # the other writer did write in between
     assert spec_of(devcluster, namespace, "raced")["approvals"] == [{"stage": "gate", "items": ["OTHER", "MINE"]}]
@@ -320,10 +390,25 @@ def test_concurrent_approvals_lose_no_item(devcluster: DevCluster, crds_installe
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "KUBECONFIG": str(devcluster.kubeconfig), "KUBECTL": str(binaries.find("kubectl"))}
     writers = [
-        subprocess.Popen([str(venv_bin / "kubectl-analysis"), "approve", "crowded", "-n", namespace, "--stage", "gate",
-                          "--items", item], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                str(venv_bin / "kubectl-analysis"),
+                "approve",
+                "crowded",
+                "-n",
+                namespace,
+                "--stage",
+                "gate",
+                "--items",
+                item,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for item in ("A", "B", "C", "D")
-    ]  # fmt: skip
+    ]
     for writer in writers:
         _out, err = writer.communicate(timeout=60)
         assert writer.returncode == 0, err
@@ -361,8 +446,13 @@ def test_suspend_resume_and_retry_failed_write_what_the_operator_reads(
 
 
 def test_bad_usage_is_exit_2(devcluster: DevCluster) -> None:
-    for args in (["status", "b", "--interval", "0"], ["logs", "b", "--tail", "-1"], ["get", "b", "-o", "toml"],
-                 ["approve", "b", "--stage", "gate", "--items", " , "], ["frobnicate"]):  # fmt: skip
+    for args in (
+        ["status", "b", "--interval", "0"],
+        ["logs", "b", "--tail", "-1"],
+        ["get", "b", "-o", "toml"],
+        ["approve", "b", "--stage", "gate", "--items", " , "],
+        ["frobnicate"],
+    ):
         done = run_kubectl("analysis", *args, KUBECONFIG=str(devcluster.kubeconfig))
         assert done.returncode == 2, (args, done.stderr)
         assert done.stdout == ""

@@ -67,26 +67,48 @@ def names(samples: Samples) -> set[str]:
 
 async def test_worker_metrics_follow_a_run_with_faults(server: standin.StandIn, workers: Any, redis: Any) -> None:
     server.reset()
-    server.set_plan([
-        {"match": "Review", "kind": "ok", "text": REJECT},
-        {"match": "Review", "kind": "ok", "text": APPROVE, "times": 50},
-        {"match": "Analyze LIMIT", "kind": "rate_limit", "retry_after_s": 1},
-        {"match": "Analyze FLAKY", "kind": "server_error"},
-        {"match": "Analyze AUTHX", "kind": "unauthorized"},
-    ])  # fmt: skip
+    server.set_plan(
+        [
+            {"match": "Review", "kind": "ok", "text": REJECT},
+            {"match": "Review", "kind": "ok", "text": APPROVE, "times": 50},
+            {"match": "Analyze LIMIT", "kind": "rate_limit", "retry_after_s": 1},
+            {"match": "Analyze FLAKY", "kind": "server_error"},
+            {"match": "Analyze AUTHX", "kind": "unauthorized"},
+        ]
+    )
     items = ["A", "B", "LIMIT", "FLAKY", "AUTHX"]
     retry = {"maxAttempts": 3, "backoff": {"initialSeconds": 0.2, "factor": 2, "maxSeconds": 1, "jitter": 0}}
-    batch = workers.batch({
-        "items": items,
-        "providers": {"llm": {"type": "openai", "model": "gpt-4.1", "baseURL": server.openai_base_url,
-                              "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}}},
-        "stages": [
-            {"name": "analyze", "provider": "llm", "prompt": "Analyze {{ item }}", "concurrency": 4,
-             "rateLimit": {"requestsPerMinute": 600}, "retry": retry},
-            {"name": "judge", "type": "judge", "provider": "llm", "prompt": "Review {{ input }}",
-             "reviews": "analyze", "maxRejections": 2},
-        ],
-    })  # fmt: skip
+    batch = workers.batch(
+        {
+            "items": items,
+            "providers": {
+                "llm": {
+                    "type": "openai",
+                    "model": "gpt-4.1",
+                    "baseURL": server.openai_base_url,
+                    "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+                }
+            },
+            "stages": [
+                {
+                    "name": "analyze",
+                    "provider": "llm",
+                    "prompt": "Analyze {{ item }}",
+                    "concurrency": 4,
+                    "rateLimit": {"requestsPerMinute": 600},
+                    "retry": retry,
+                },
+                {
+                    "name": "judge",
+                    "type": "judge",
+                    "provider": "llm",
+                    "prompt": "Review {{ input }}",
+                    "reviews": "analyze",
+                    "maxRejections": 2,
+                },
+            ],
+        }
+    )
     await batch.seed()
     ports = {stage: processes.free_port() for stage in ("analyze", "judge")}
     for stage, port in ports.items():
@@ -104,8 +126,10 @@ async def test_worker_metrics_follow_a_run_with_faults(server: standin.StandIn, 
 
     # Analyze: A, B, LIMIT and FLAKY pass (LIMIT after a 429, FLAKY after a 500), AUTHX fails on its key,
     # and the item the judge rejected passes a second time.
-    outcomes = {o: value(analyze, "analysis_worker_items_total", stage="analyze", outcome=o)
-                for o in ("succeeded", "rejected", "retried", "failed", "duplicate")}  # fmt: skip
+    outcomes = {
+        o: value(analyze, "analysis_worker_items_total", stage="analyze", outcome=o)
+        for o in ("succeeded", "rejected", "retried", "failed", "duplicate")
+    }
     assert outcomes == {"succeeded": 5, "rejected": 0, "retried": 2, "failed": 1, "duplicate": 0}
     assert outcomes["succeeded"] == counted["succeeded"]
     assert outcomes["failed"] == counted["failed"]
@@ -136,8 +160,9 @@ async def test_worker_metrics_follow_a_run_with_faults(server: standin.StandIn, 
     for direction, field in (("input", "input_tokens"), ("output", "output_tokens")):
         spent = sum(value(s, "analysis_worker_tokens_total", direction=direction) for s in (analyze, judge))
         assert spent == usage[field] > 0
-    cost = sum(value(s, "analysis_worker_cost_dollars_total", provider="openai", model="gpt-4.1")
-               for s in (analyze, judge))  # fmt: skip
+    cost = sum(
+        value(s, "analysis_worker_cost_dollars_total", provider="openai", model="gpt-4.1") for s in (analyze, judge)
+    )
     assert cost == pytest.approx(usage["cost_nusd"] / 1e9, rel=1e-6)
     assert cost > 0
     for samples, stage in ((analyze, "analyze"), (judge, "judge")):
@@ -148,11 +173,13 @@ async def test_worker_metrics_follow_a_run_with_faults(server: standin.StandIn, 
 
 
 async def test_a_worker_whose_metrics_port_is_taken_still_works(workers: Any, redis: Any) -> None:
-    batch = workers.batch({
-        "items": ["P", "Q", "R"],
-        "providers": {"local": {"type": "offline", "offline": {"seed": 3}}},
-        "stages": [{"name": "draft", "provider": "local", "prompt": "Draft {{ item }}"}],
-    })  # fmt: skip
+    batch = workers.batch(
+        {
+            "items": ["P", "Q", "R"],
+            "providers": {"local": {"type": "offline", "offline": {"seed": 3}}},
+            "stages": [{"name": "draft", "provider": "local", "prompt": "Draft {{ item }}"}],
+        }
+    )
     await batch.seed()
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))

@@ -29,21 +29,30 @@ PAUSED = {
     "metadata": {"name": "sleeper", "namespace": "default"},
     "spec": {
         "terminationGracePeriodSeconds": 30,
-        "containers": [{
-            "name": "main", "image": "analysis-worker:0.1.0", "command": ["python3", "-c", "import time; time.sleep(3600)"],
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        }],
+        "containers": [
+            {
+                "name": "main",
+                "image": "analysis-worker:0.1.0",
+                "command": ["python3", "-c", "import time; time.sleep(3600)"],
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "runAsNonRoot": True,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+            }
+        ],
     },
-}  # fmt: skip
+}
 
 
 def traces() -> dict[str, object]:
     """Everything of a node that could outlive it on this host; empty values mean none."""
     iptables = "".join(
         subprocess.run([command, "-w", "-t", table, "-S"], capture_output=True, text=True, check=False).stdout
-        for command in ("iptables", "ip6tables") for table in ("filter", "nat", "mangle")
-    )  # fmt: skip
+        for command in ("iptables", "ip6tables")
+        for table in ("filter", "nat", "mangle")
+    )
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
     return {
         "processes": sorted(node._our_processes()),
@@ -57,8 +66,16 @@ def traces() -> dict[str, object]:
     }
 
 
-CLEAN = {"processes": [], "mounts": [], "directories": [], "bridge": [], "routes": [], "iptables": [], "cgroups": [],
-         "netns": []}  # fmt: skip
+CLEAN = {
+    "processes": [],
+    "mounts": [],
+    "directories": [],
+    "bridge": [],
+    "routes": [],
+    "iptables": [],
+    "cgroups": [],
+    "netns": [],
+}
 
 
 def run_a_pod(dev: cluster.DevCluster) -> None:

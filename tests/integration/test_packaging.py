@@ -23,15 +23,19 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = {"analysis_core", "analysis_operator", "analysis_worker"}
-COMMANDS = {"analysis-operator": "analysis_operator", "kubectl-analysis": "analysis_operator",
-            "analysis-worker": "analysis_worker"}  # fmt: skip
+COMMANDS = {
+    "analysis-operator": "analysis_operator",
+    "kubectl-analysis": "analysis_operator",
+    "analysis-worker": "analysis_worker",
+}
 
 
 def build(project: Path, out: Path, kind: str = "wheel") -> Path:
     """``hatchling.build.build_<kind>`` run in ``project``, as pip's PEP 517 call would (without isolation)."""
     code = f"from hatchling.build import build_{kind}; print(build_{kind}({str(out)!r}))"
-    ran = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=120,
-                         check=False)  # fmt: skip
+    ran = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=120, check=False
+    )
     assert ran.returncode == 0, ran.stderr
     return out / ran.stdout.strip().splitlines()[-1]
 

@@ -22,14 +22,25 @@ def pipeline(on_exhausted: str, rejection_rate: float = REJECTION_RATE) -> dict[
         "items": ["semiconductors", "software"],
         "providers": {"local": {"type": "offline", "offline": {"seed": SEED, "rejectionRate": rejection_rate}}},
         "stages": [
-            {"name": "rank", "provider": "local", "prompt": "Rank stocks in {{ item }}", "output": "json",
-             "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score", "max": 3}},
+            {
+                "name": "rank",
+                "provider": "local",
+                "prompt": "Rank stocks in {{ item }}",
+                "output": "json",
+                "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score", "max": 3},
+            },
             {"name": "analyze", "provider": "local", "prompt": "Analyze {{ item }}: {{ input }} {{ feedback }}"},
-            {"name": "review", "type": "judge", "provider": "local", "reviews": "analyze", "maxRejections": 2,
-             "onExhausted": on_exhausted},
+            {
+                "name": "review",
+                "type": "judge",
+                "provider": "local",
+                "reviews": "analyze",
+                "maxRejections": 2,
+                "onExhausted": on_exhausted,
+            },
             {"name": "report", "provider": "local", "prompt": "Report on {{ input }}"},
         ],
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("on_exhausted", ["AcceptLast", "Fail"])

@@ -221,8 +221,14 @@ async def test_a_redelivered_fan_out_completion_creates_no_second_set_of_childre
     children = [consumer.Route("b", queue.Message(f"semis/{t}", input=f"{idem}#{t}")) for t in ("NVDA", "AMD")]
     inputs = {f"{idem}#{t}": t for t in ("NVDA", "AMD")}
     for _ in range(2):  # the second is a slow duplicate of the same attempt
-        await q.complete(delivery, {"status": "succeeded"}, result="{}", increments={"succeeded": 1, "children": 2},
-                         routes=children, more_results=inputs)  # fmt: skip
+        await q.complete(
+            delivery,
+            {"status": "succeeded"},
+            result="{}",
+            increments={"succeeded": 1, "children": 2},
+            routes=children,
+            more_results=inputs,
+        )
     downstream = await consumer.stage_counts(clients[0], uid, "b")
     assert downstream.ready == 2
     assert (await q.counts()).counters == {"succeeded": 1, "children": 2}

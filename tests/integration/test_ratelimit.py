@@ -25,9 +25,13 @@ async def client(redis_url: str) -> AsyncIterator[queue.Redis]:
 
 def limiter(client: queue.Redis, window_s: float = 0.5, **limits: int) -> ratelimit.Limiter:
     return ratelimit.Limiter(
-        client, uuid.uuid4().hex, "stage",
-        requests_per_window=limits.get("requests"), tokens_per_window=limits.get("tokens"), window_s=window_s,
-    )  # fmt: skip
+        client,
+        uuid.uuid4().hex,
+        "stage",
+        requests_per_window=limits.get("requests"),
+        tokens_per_window=limits.get("tokens"),
+        window_s=window_s,
+    )
 
 
 async def test_no_window_holds_more_than_the_request_limit(client: queue.Redis) -> None:
@@ -44,8 +48,9 @@ async def test_no_window_holds_more_than_the_request_limit(client: queue.Redis) 
 
 async def test_concurrent_callers_share_one_limit(client: queue.Redis) -> None:
     lim = limiter(client, requests=5)
-    other = ratelimit.Limiter(client, lim._keys[0].split("}")[0][1:], "stage", requests_per_window=5,
-                              tokens_per_window=None, window_s=0.5)  # fmt: skip
+    other = ratelimit.Limiter(
+        client, lim._keys[0].split("}")[0][1:], "stage", requests_per_window=5, tokens_per_window=None, window_s=0.5
+    )
     grants: list[float] = []
 
     async def caller(which: ratelimit.Limiter) -> None:

@@ -329,16 +329,19 @@ async def test_openai_reasoning_models_get_no_max_tokens_and_no_sampling(server:
     """The stand-in refuses what those models refuse (max_tokens, a non-default temperature); the provider sends neither."""
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
     request = urllib.request.Request(
-        f"{server.openai_base_url}/chat/completions", data=json.dumps(body).encode(), method="POST",
+        f"{server.openai_base_url}/chat/completions",
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
     assert refused.value.code == 400
     assert json.loads(refused.value.read())["error"]["code"] == "unsupported_parameter"
 
-    client = openai_provider.OpenAIProvider(model=model, api_key=KEY, base_url=server.openai_base_url,
-                                            strict_validation=True)  # fmt: skip
+    client = openai_provider.OpenAIProvider(
+        model=model, api_key=KEY, base_url=server.openai_base_url, strict_validation=True
+    )
     try:
         done = await client.complete(_request("Rank these three.", temperature=0.2, max_tokens=500))
     finally:

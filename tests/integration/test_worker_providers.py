@@ -39,11 +39,15 @@ def spec(api: str, base_url: str, items: list[str], **stage: Any) -> dict[str, A
     return {
         "items": items,
         "providers": {
-            "llm": {"type": api, "model": "stand-in-model", "baseURL": base_url,
-                    "apiKeySecretRef": {"name": "llm-keys", "key": api}},
+            "llm": {
+                "type": api,
+                "model": "stand-in-model",
+                "baseURL": base_url,
+                "apiKeySecretRef": {"name": "llm-keys", "key": api},
+            },
         },
         "stages": [{"name": "analyze", "provider": "llm", "prompt": "Analyze {{ item }}", **stage}],
-    }  # fmt: skip
+    }
 
 
 async def outcomes(redis: queue.Redis, uid: str) -> dict[str, dict[str, Any]]:
@@ -56,21 +60,29 @@ async def outcomes(redis: queue.Redis, uid: str) -> dict[str, dict[str, Any]]:
 async def test_each_error_class_takes_its_path(
     api: str, stand_in: standin.StandIn, workers: Any, redis: queue.Redis
 ) -> None:
-    stand_in.set_plan([
-        {"match": "AUTHX", "kind": "unauthorized"},
-        {"match": "LIMIT", "kind": "rate_limit", "retry_after_s": 1},
-        {"match": "FLAKY", "kind": "server_error", "times": 2},
-        {"match": "BUSY", "kind": "overloaded"},
-        {"match": "GARBLED", "kind": "malformed"},
-        {"match": "SLOW", "kind": "timeout", "delay_s": 5},
-        {"match": "DOOMED", "kind": "server_error", "times": 10},
-    ])  # fmt: skip
+    stand_in.set_plan(
+        [
+            {"match": "AUTHX", "kind": "unauthorized"},
+            {"match": "LIMIT", "kind": "rate_limit", "retry_after_s": 1},
+            {"match": "FLAKY", "kind": "server_error", "times": 2},
+            {"match": "BUSY", "kind": "overloaded"},
+            {"match": "GARBLED", "kind": "malformed"},
+            {"match": "SLOW", "kind": "timeout", "delay_s": 5},
+            {"match": "DOOMED", "kind": "server_error", "times": 10},
+        ]
+    )
     base_url = stand_in.anthropic_base_url if api == "anthropic" else stand_in.openai_base_url
     items = ["OK", "AUTHX", "LIMIT", "FLAKY", "BUSY", "GARBLED", "SLOW", "DOOMED"]
     batch = workers.batch(
-        spec(api, base_url, items, concurrency=8, timeoutSeconds=1,
-             retry={"maxAttempts": 3, "backoff": {"initialSeconds": 0.2, "factor": 2, "maxSeconds": 1, "jitter": 0}}),
-    )  # fmt: skip
+        spec(
+            api,
+            base_url,
+            items,
+            concurrency=8,
+            timeoutSeconds=1,
+            retry={"maxAttempts": 3, "backoff": {"initialSeconds": 0.2, "factor": 2, "maxSeconds": 1, "jitter": 0}},
+        ),
+    )
     await batch.seed()
     worker = workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
 
@@ -151,16 +163,23 @@ async def test_an_answer_that_fails_its_format_is_still_paid_for(
     stand_in: standin.StandIn, workers: Any, redis: queue.Redis, tmp_path: Path
 ) -> None:
     # The first answer is not JSON (BadOutput, retried); the second is. Both calls used tokens, and both cost money.
-    stand_in.set_plan([
-        {"match": "ACME", "kind": "ok", "text": "not json", "input_tokens": 1000, "output_tokens": 500},
-        {"match": "ACME", "kind": "ok", "text": '{"rating": 4}', "input_tokens": 1000, "output_tokens": 100},
-    ])  # fmt: skip
+    stand_in.set_plan(
+        [
+            {"match": "ACME", "kind": "ok", "text": "not json", "input_tokens": 1000, "output_tokens": 500},
+            {"match": "ACME", "kind": "ok", "text": '{"rating": 4}', "input_tokens": 1000, "output_tokens": 100},
+        ]
+    )
     prices = tmp_path / "prices.yaml"
     prices.write_text("models:\n  stand-in-model: {input: 3, output: 15}\n")
     batch = workers.batch(
-        spec("openai", stand_in.openai_base_url, ["ACME"], output="json",
-             retry={"maxAttempts": 3, "backoff": {"initialSeconds": 0.1, "jitter": 0}}),
-    )  # fmt: skip
+        spec(
+            "openai",
+            stand_in.openai_base_url,
+            ["ACME"],
+            output="json",
+            retry={"maxAttempts": 3, "backoff": {"initialSeconds": 0.1, "jitter": 0}},
+        ),
+    )
     await batch.seed()
     workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY, ANALYSIS_PRICES_PATH=str(prices))
 

@@ -19,8 +19,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def redis_argv(port: int, data: Path) -> list[str]:
     server = shutil.which("redis-server")
     assert server is not None, "redis-server is not installed"
-    return [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--appendonly", "yes",
-            "--save", "", "--daemonize", "no"]  # fmt: skip
+    return [
+        server,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+    ]
 
 
 @pytest.mark.timeout(120)

@@ -81,14 +81,16 @@ def assess(resource: dict[str, Any], floats: bool = False) -> tuple[str, str]:
     """(health status, message) that health.lua returns for ``resource``, with ``obj`` set as Argo CD sets it."""
     lua = shutil.which(LUA)
     assert lua is not None, f"{LUA} is not installed (tools/system-packages.sh installs it)"
-    harness = "\n".join([
-        f"obj = {lua_literal(resource, floats)}",
-        f"local hs = dofile({lua_string(str(HEALTH_LUA))})",
-        "local keys = {}",
-        "for k in pairs(hs) do keys[#keys + 1] = k end",
-        "table.sort(keys)",
-        'io.write(table.concat(keys, ","), "\\0", hs.status, "\\0", hs.message)',
-    ])  # fmt: skip
+    harness = "\n".join(
+        [
+            f"obj = {lua_literal(resource, floats)}",
+            f"local hs = dofile({lua_string(str(HEALTH_LUA))})",
+            "local keys = {}",
+            "for k in pairs(hs) do keys[#keys + 1] = k end",
+            "table.sort(keys)",
+            'io.write(table.concat(keys, ","), "\\0", hs.status, "\\0", hs.message)',
+        ]
+    )
     result = subprocess.run([lua, "-"], input=harness, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     keys, health, message = result.stdout.split("\0")
@@ -128,8 +130,9 @@ def counts(ready: int = 0, running: int = 0, retrying: int = 0, **counters: int)
     return queue.StageCounts(ready, running, retrying, dict(counters))
 
 
-def snapshot(sealed: tuple[str, ...] = (), tokens: int = 12_400, flags: dict[str, str] | None = None,
-             **stages: queue.StageCounts) -> producer.Snapshot:  # fmt: skip
+def snapshot(
+    sealed: tuple[str, ...] = (), tokens: int = 12_400, flags: dict[str, str] | None = None, **stages: queue.StageCounts
+) -> producer.Snapshot:
     every = {s.name: stages.get(s.name, counts()) for s in PLAN.stages}
     usage = {"input_tokens": tokens * 4 // 5, "output_tokens": tokens // 5, "cost_nusd": tokens * 3_000}
     return producer.Snapshot(every, frozenset(sealed), True, usage, flags or {})
@@ -143,8 +146,13 @@ def observe(snap: producer.Snapshot | None, generation: int = 1, max_failed: int
 RUNNING = snapshot(draft=counts(ready=1, running=2, succeeded=0))
 HELD = snapshot(("draft",), draft=counts(succeeded=3), gate=counts(ready=3))
 HELD_WHILE_RUNNING = snapshot(draft=counts(ready=1, running=1, succeeded=1), gate=counts(ready=1))
-DONE = snapshot(("draft", "gate", "review"), 31_000, draft=counts(succeeded=4), gate=counts(succeeded=3),
-                review=counts(succeeded=3, approved=3, rejected=1))  # fmt: skip
+DONE = snapshot(
+    ("draft", "gate", "review"),
+    31_000,
+    draft=counts(succeeded=4),
+    gate=counts(succeeded=3),
+    review=counts(succeeded=3, approved=3, rejected=1),
+)
 BROKE = snapshot(("draft",), draft=counts(succeeded=2, failed=1), gate=counts(ready=2))
 
 
@@ -234,11 +242,16 @@ def manifest(scenario: Scenario) -> dict[str, Any]:
     return {
         "apiVersion": "analysis.dev/v1alpha1",
         "kind": "AnalysisBatch",
-        "metadata": {"name": "semis-q3", "namespace": "research", "uid": UID, "generation": scenario.generation,
-                     "creationTimestamp": "2026-11-22T11:58:00Z"},
+        "metadata": {
+            "name": "semis-q3",
+            "namespace": "research",
+            "uid": UID,
+            "generation": scenario.generation,
+            "creationTimestamp": "2026-11-22T11:58:00Z",
+        },
         "spec": scenario.spec,
         "status": stored(scenario.status()),
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------- fixtures and cases

@@ -19,12 +19,19 @@ SETTINGS = builders.WorkerSettings(image="analysis-worker:0.1.0", redis_url="red
 
 
 def the_plan(executor: str = "Job") -> plan.Plan:
-    spec = v1alpha1.AnalysisBatchSpec.model_validate({
-        "items": ["NVDA"],
-        "providers": {"claude": {"type": "anthropic", "model": "m", "apiKeySecretRef": {"name": "llm-keys",
-                                                                                       "key": "anthropic"}}},
-        "stages": [{"name": "analyze", "provider": "claude", "prompt": "{{ item }}", "executor": executor}],
-    })  # fmt: skip
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["NVDA"],
+            "providers": {
+                "claude": {
+                    "type": "anthropic",
+                    "model": "m",
+                    "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"},
+                }
+            },
+            "stages": [{"name": "analyze", "provider": "claude", "prompt": "{{ item }}", "executor": executor}],
+        }
+    )
     return plan.compile_plan(BATCH.uid, spec)
 
 
@@ -48,9 +55,11 @@ def test_worker_pods_are_locked_down() -> None:
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = spec["containers"]
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
-    }  # fmt: skip
+    }
     assert container["livenessProbe"]["exec"]["command"] == ["analysis-worker", "--check"]
     assert spec["terminationGracePeriodSeconds"] > SETTINGS.grace_s
 
@@ -59,8 +68,9 @@ def test_the_api_key_comes_only_from_its_secret() -> None:
     pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, mode="job")
     variables = {v["name"]: v for v in pod["spec"]["containers"][0]["env"]}
     assert variables[env.API_KEY] == {
-        "name": env.API_KEY, "valueFrom": {"secretKeyRef": {"name": "llm-keys", "key": "anthropic"}},
-    }  # fmt: skip
+        "name": env.API_KEY,
+        "valueFrom": {"secretKeyRef": {"name": "llm-keys", "key": "anthropic"}},
+    }
     assert variables[env.POD_NAME]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert {variables[n]["value"] for n in (env.BATCH_UID, env.STAGE, env.MODE)} == {BATCH.uid, "analyze", "job"}
     # The plan the pods mount names the Secret key; no key material exists for it to carry.

@@ -22,8 +22,13 @@ def gen(name: str) -> dict[str, Any]:
     return {"name": name, "provider": "m", "prompt": "x"}
 
 
-PLAN = compiled(gen("research"), gen("draft"), gen("polish"),
-                {"name": "review", "type": "judge", "provider": "m", "reviews": "draft"}, gen("report"))  # fmt: skip
+PLAN = compiled(
+    gen("research"),
+    gen("draft"),
+    gen("polish"),
+    {"name": "review", "type": "judge", "provider": "m", "reviews": "draft"},
+    gen("report"),
+)
 IDLE = queue.StageCounts(0, 0, 0, {})
 BUSY = queue.StageCounts(1, 0, 0, {})
 

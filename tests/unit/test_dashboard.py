@@ -20,8 +20,13 @@ pytestmark = pytest.mark.unit
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "charts/analysis-operator/dashboards/analysis-operator.json"
 # The sample names a family of each type exposes (created series are turned off in both modules).
-SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "summary": ("", "_sum",
-            "_count"), "info": ("_info",)}  # fmt: skip
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+    "summary": ("", "_sum", "_count"),
+    "info": ("_info",),
+}
 PROMQL_WORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan", "group_left", "group_right"}
 
 
@@ -77,8 +82,10 @@ def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_the_metric_name_extractor_sees_through_promql() -> None:
-    expr = ('histogram_quantile(0.99, sum by (le, model) (rate(a_seconds_bucket{x=~"y|z", q="sum(b)"}[5m]))) '
-            "/ on (model) group_left c_total offset 1h + 1e3 and bool d")  # fmt: skip
+    expr = (
+        'histogram_quantile(0.99, sum by (le, model) (rate(a_seconds_bucket{x=~"y|z", q="sum(b)"}[5m]))) '
+        "/ on (model) group_left c_total offset 1h + 1e3 and bool d"
+    )
     assert metric_names(expr) == {"a_seconds_bucket", "c_total", "d"}
     assert metric_names('sum(rate(x_total{a="b"}[$__rate_interval])) * 3600') == {"x_total"}
 

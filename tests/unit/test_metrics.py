@@ -35,8 +35,9 @@ def promtool_says(exposition: bytes) -> str:
     """What ``promtool check metrics`` complains about ("" when nothing, as it is silent then)."""
     promtool = shutil.which("promtool")
     assert promtool, "promtool is not installed (tools/system-packages.sh installs Debian's prometheus package)"
-    checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30,
-                             check=False)  # fmt: skip
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30, check=False
+    )
     said = (checked.stdout + checked.stderr).decode()
     return said if checked.returncode == 0 else f"{said}exit {checked.returncode}"
 
@@ -50,12 +51,20 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 STATUS: dict[str, Any] = {
     "phase": "Running",
     "stages": [
-        {"name": "analyze", "pending": 4, "running": 2, "succeeded": 7, "failed": 1, "retrying": 1,
-         "deadLettered": 0, "workers": 2},
+        {
+            "name": "analyze",
+            "pending": 4,
+            "running": 2,
+            "succeeded": 7,
+            "failed": 1,
+            "retrying": 1,
+            "deadLettered": 0,
+            "workers": 2,
+        },
         {"name": "judge", "pending": 0, "running": 1, "succeeded": 5, "failed": 0, "retrying": 0, "workers": 1},
     ],
     "usage": {"inputTokens": 1200, "outputTokens": 3400, "costUSD": "0.0612"},
-}  # fmt: skip
+}
 
 
 def batches_registry() -> tuple[operator_metrics.Batches, CollectorRegistry]:
@@ -125,11 +134,13 @@ def test_reconcile_errors_are_labelled_by_class_and_api_reason_never_by_message(
     conflict = api_error(409, "Conflict", "jobs.batch x exists")
     assert operator_metrics.error_labels(conflict) == ("ApiError", "Conflict")
     assert operator_metrics.error_labels(ValueError("item NVDA broke")) == ("ValueError", "")
-    before = sample(operator_metrics.REGISTRY, "analysis_operator_reconcile_errors_total", error="ApiError",
-                    reason="NotFound")  # fmt: skip
+    before = sample(
+        operator_metrics.REGISTRY, "analysis_operator_reconcile_errors_total", error="ApiError", reason="NotFound"
+    )
     operator_metrics.reconcile_failed(api_error(404, "NotFound", "configmaps y not found"))
-    after = sample(operator_metrics.REGISTRY, "analysis_operator_reconcile_errors_total", error="ApiError",
-                   reason="NotFound")  # fmt: skip
+    after = sample(
+        operator_metrics.REGISTRY, "analysis_operator_reconcile_errors_total", error="ApiError", reason="NotFound"
+    )
     assert after == before + 1
 
 
@@ -174,8 +185,14 @@ WORKER = worker_metrics.REGISTRY
 
 
 def calls(stage: str, outcome: str) -> float:
-    return sample(WORKER, "analysis_worker_provider_request_duration_seconds_count", stage=stage, provider="openai",
-                  model="m", outcome=outcome)  # fmt: skip
+    return sample(
+        WORKER,
+        "analysis_worker_provider_request_duration_seconds_count",
+        stage=stage,
+        provider="openai",
+        model="m",
+        outcome=outcome,
+    )
 
 
 async def test_provider_calls_are_timed_by_how_they_ended() -> None:
@@ -184,8 +201,9 @@ async def test_provider_calls_are_timed_by_how_they_ended() -> None:
 
     async def call(fail: BaseException | None) -> None:
         with m.provider_call():
-            in_flight = sample(WORKER, "analysis_worker_provider_calls_in_flight", stage=stage, provider="openai",
-                               model="m")  # fmt: skip
+            in_flight = sample(
+                WORKER, "analysis_worker_provider_calls_in_flight", stage=stage, provider="openai", model="m"
+            )
             assert in_flight == 1
             if fail is not None:
                 raise fail
@@ -196,8 +214,11 @@ async def test_provider_calls_are_timed_by_how_they_ended() -> None:
         with pytest.raises(type(fail)):
             await call(fail)
     assert {o: calls(stage, o) for o in ("success", "RateLimited", "Timeout", "cancelled")} == {
-        "success": 1, "RateLimited": 1, "Timeout": 1, "cancelled": 1
-    }  # fmt: skip
+        "success": 1,
+        "RateLimited": 1,
+        "Timeout": 1,
+        "cancelled": 1,
+    }
     assert sample(WORKER, "analysis_worker_provider_rate_limited_total", stage=stage, provider="openai", model="m") == 1
     assert sample(WORKER, "analysis_worker_provider_calls_in_flight", stage=stage, provider="openai", model="m") == 0
 
@@ -232,9 +253,16 @@ def test_stage_metrics_count_outcomes_verdicts_and_usage() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "port", "warned"),
-    [(None, 0, False), ("", 0, False), ("0", 0, False), ("9090", 9090, False), ("metrics", 0, True),
-     ("70000", 0, True), ("-1", 0, True)],
-)  # fmt: skip
+    [
+        (None, 0, False),
+        ("", 0, False),
+        ("0", 0, False),
+        ("9090", 9090, False),
+        ("metrics", 0, True),
+        ("70000", 0, True),
+        ("-1", 0, True),
+    ],
+)
 def test_the_metrics_port_comes_from_the_environment(
     raw: str | None, port: int, warned: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

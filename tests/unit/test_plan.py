@@ -42,11 +42,13 @@ def test_every_example_compiles(path: Path) -> None:
 
 
 def test_unknown_template_variables_are_named_with_their_field() -> None:
-    found = problems(spec(
-        {"name": "a", "provider": "main", "prompt": "{{ item }} {{ itme }}"},
-        {"name": "b", "provider": "main", "prompt": "{{ vars.language }} {{ vars['tone'] }} {{ input }}"},
-        vars={"language": "en"},
-    ))  # fmt: skip
+    found = problems(
+        spec(
+            {"name": "a", "provider": "main", "prompt": "{{ item }} {{ itme }}"},
+            {"name": "b", "provider": "main", "prompt": "{{ vars.language }} {{ vars['tone'] }} {{ input }}"},
+            vars={"language": "en"},
+        )
+    )
     assert found[0][0] == "spec.stages[0].prompt"
     assert "unknown template variable 'itme'" in found[0][1]
     assert found[1:] == [("spec.stages[1].prompt", "vars.tone is not defined in spec.vars")]
@@ -87,33 +89,54 @@ def test_a_fan_out_path_the_schema_rules_out() -> None:
 def test_fan_out_fields_the_element_schema_rules_out() -> None:
     element = {"type": "object", "properties": {"ticker": {"type": "string"}}, "additionalProperties": False}
     schema = {"type": "object", "properties": {"stocks": {"type": "array", "items": element}}}
-    fan = {"name": "rank", "provider": "main", "prompt": "x", "output": "json", "jsonSchema": schema,
-           "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score"}}  # fmt: skip
+    fan = {
+        "name": "rank",
+        "provider": "main",
+        "prompt": "x",
+        "output": "json",
+        "jsonSchema": schema,
+        "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score"},
+    }
     found = problems(spec(fan, {"name": "next", "provider": "main", "prompt": "y"}))
     assert found == [("spec.stages[0].fanOut.sortBy", "'score' is not a property of the list's elements in jsonSchema")]
 
 
 def test_a_schema_that_does_not_describe_the_path_lets_it_through() -> None:
-    fan = {"name": "rank", "provider": "main", "prompt": "x", "output": "json", "jsonSchema": {"type": "object"},
-           "fanOut": {"path": "$.a.b"}}  # fmt: skip
+    fan = {
+        "name": "rank",
+        "provider": "main",
+        "prompt": "x",
+        "output": "json",
+        "jsonSchema": {"type": "object"},
+        "fanOut": {"path": "$.a.b"},
+    }
     plan.compile_plan("uid", spec(fan, {"name": "next", "provider": "main", "prompt": "y"}))
 
 
 def test_a_judge_without_a_provider_is_rejected_even_if_the_schema_was_bypassed() -> None:
     judge = v1alpha1.Stage.model_construct(
-        name="review", type=v1alpha1.StageType.JUDGE, reviews="a", provider=None, prompt=None, prompt_from=None,
-        fan_out=None, json_schema=None,
-    )  # fmt: skip
+        name="review",
+        type=v1alpha1.StageType.JUDGE,
+        reviews="a",
+        provider=None,
+        prompt=None,
+        prompt_from=None,
+        fan_out=None,
+        json_schema=None,
+    )
     base = spec({"name": "a", "provider": "main", "prompt": "x"})
     bypassed = base.model_copy(update={"stages": [*base.stages, judge]})
     assert problems(bypassed) == [("spec.stages[1].provider", "a judge stage needs a provider")]
 
 
 def test_a_judge_without_a_prompt_gets_the_default_review_prompt() -> None:
-    compiled = plan.compile_plan("uid", spec(
-        {"name": "a", "provider": "main", "prompt": "x"},
-        {"name": "review", "type": "judge", "provider": "main", "reviews": "a"},
-    ))  # fmt: skip
+    compiled = plan.compile_plan(
+        "uid",
+        spec(
+            {"name": "a", "provider": "main", "prompt": "x"},
+            {"name": "review", "type": "judge", "provider": "main", "reviews": "a"},
+        ),
+    )
     assert compiled.stage("review").prompt == plan.DEFAULT_JUDGE_PROMPT
 
 
@@ -153,11 +176,17 @@ def test_a_version_1_plan_reads_as_the_plan_this_compiler_makes_of_the_same_spec
 def omitted_knobs() -> v1alpha1.AnalysisBatchSpec:
     """A spec that leaves every knob it can unset."""
     return spec(
-        {"name": "rank", "provider": "main", "prompt": "x", "output": "json",
-         "fanOut": {"path": "$.stocks", "sortBy": "score"}, "rateLimit": {"requestsPerMinute": 10}},
+        {
+            "name": "rank",
+            "provider": "main",
+            "prompt": "x",
+            "output": "json",
+            "fanOut": {"path": "$.stocks", "sortBy": "score"},
+            "rateLimit": {"requestsPerMinute": 10},
+        },
         {"name": "draft", "provider": "main", "prompt": "y"},
         {"name": "review", "type": "judge", "provider": "main", "reviews": "draft"},
-    )  # fmt: skip
+    )
 
 
 def check_defaults(api: type[pydantic.BaseModel], resolved: Any, where: str) -> None:

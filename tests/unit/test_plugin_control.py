@@ -12,9 +12,13 @@ pytestmark = pytest.mark.unit
 
 def batch(approvals: list[dict[str, Any]] | None = None, **metadata: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "stages": [{"name": "research", "type": "generate"}, {"name": "plan-ok", "type": "approval"},
-                   {"name": "final-ok", "type": "approval"}, {"name": "review", "type": "judge"}],
-    }  # fmt: skip
+        "stages": [
+            {"name": "research", "type": "generate"},
+            {"name": "plan-ok", "type": "approval"},
+            {"name": "final-ok", "type": "approval"},
+            {"name": "review", "type": "judge"},
+        ],
+    }
     if approvals is not None:
         spec["approvals"] = approvals
     return {"metadata": {"name": "semis", "resourceVersion": "41", **metadata}, "spec": spec}
@@ -36,8 +40,9 @@ def test_a_new_stage_is_added_for_all_items_or_for_the_listed_ones() -> None:
     assert control.merged_approvals([], "plan-ok", None) == [{"stage": "plan-ok"}]
     kept = [{"stage": "final-ok", "items": ["A"]}]
     assert control.merged_approvals(kept, "plan-ok", ["B", "C"]) == [
-        {"stage": "final-ok", "items": ["A"]}, {"stage": "plan-ok", "items": ["B", "C"]},
-    ]  # fmt: skip
+        {"stage": "final-ok", "items": ["A"]},
+        {"stage": "plan-ok", "items": ["B", "C"]},
+    ]
 
 
 def test_listed_items_join_those_already_approved() -> None:
@@ -129,6 +134,8 @@ def test_gitops_owners_show_in_tracking_marks_or_in_who_manages_the_spec() -> No
     applied = [{"manager": "argocd-controller", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
     assert control.gitops_owner(batch(managedFields=applied)) == "Argo CD"
     # A manager that owns only metadata does not undo a spec change; kubectl users are no GitOps.
-    labels_only = [{"manager": "kustomize-controller", "fieldsV1": {"f:metadata": {}}},
-                   {"manager": "kubectl-client-side-apply", "fieldsV1": {"f:spec": {}}}]  # fmt: skip
+    labels_only = [
+        {"manager": "kustomize-controller", "fieldsV1": {"f:metadata": {}}},
+        {"manager": "kubectl-client-side-apply", "fieldsV1": {"f:spec": {}}},
+    ]
     assert control.gitops_owner(batch(managedFields=labels_only)) is None

@@ -11,15 +11,26 @@ pytestmark = pytest.mark.unit
 UID = "0b9c6c1e-5d7a-4c1b-9a3e-1f2d3c4b5a69"
 
 
-def pod(name: str, stage: str, created: str, *, state: str = "running", containers: tuple[str, ...] = ("worker",),
-        restarts: int = 0) -> dict[str, Any]:  # fmt: skip
+def pod(
+    name: str,
+    stage: str,
+    created: str,
+    *,
+    state: str = "running",
+    containers: tuple[str, ...] = ("worker",),
+    restarts: int = 0,
+) -> dict[str, Any]:
     return {
-        "metadata": {"name": name, "creationTimestamp": created,
-                     "labels": {"analysis.dev/batch-uid": UID, "analysis.dev/stage": stage}},
+        "metadata": {
+            "name": name,
+            "creationTimestamp": created,
+            "labels": {"analysis.dev/batch-uid": UID, "analysis.dev/stage": stage},
+        },
         "spec": {"containers": [{"name": c} for c in containers]},
-        "status": {"containerStatuses": [{"name": c, "state": {state: {}}, "restartCount": restarts}
-                                         for c in containers]},
-    }  # fmt: skip
+        "status": {
+            "containerStatuses": [{"name": c, "state": {state: {}}, "restartCount": restarts} for c in containers]
+        },
+    }
 
 
 def test_the_selector_picks_the_batch_by_uid_and_optionally_one_stage() -> None:

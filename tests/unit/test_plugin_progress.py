@@ -37,7 +37,10 @@ def batch(
 ) -> dict[str, Any]:
     succeeded, pending, running = analyze
     status = {
-        "observedGeneration": observed, "phase": "Running", "startTime": stamp(120), "retries": 1,
+        "observedGeneration": observed,
+        "phase": "Running",
+        "startTime": stamp(120),
+        "retries": 1,
         "items": {"total": total, "done": done, "succeeded": done, "failed": 0, "deadLettered": 0},
         "stages": [
             {"name": "analyze", "succeeded": succeeded, "pending": pending, "running": running, "workers": 2},
@@ -48,13 +51,18 @@ def batch(
         "conditions": conditions if conditions is not None else [condition("Complete", False)],
         "message": f"{done}/{total} items done; working on analyze",
         **extra,
-    }  # fmt: skip
+    }
     return {
-        "metadata": {"name": "semis-q3", "namespace": "research", "generation": generation,
-                     "creationTimestamp": stamp(130), "resourceVersion": "7"},
+        "metadata": {
+            "name": "semis-q3",
+            "namespace": "research",
+            "generation": generation,
+            "creationTimestamp": stamp(130),
+            "resourceVersion": "7",
+        },
         "spec": {"stages": [{"name": "analyze"}, {"name": "review", "type": "judge"}]},
         "status": status,
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------- rates
@@ -132,19 +140,46 @@ def test_a_snapshot_shows_bars_counts_rates_judge_tokens_and_cost() -> None:
     lines = progress.snapshot(batch(done=2), rates, NOW)
     assert lines[0].split("   ") == ["analysisbatch research/semis-q3", "Running", "age 2m10s", "running 2m"]
     assert lines[1].split("   ") == [
-        "items", "[████████████░░░░░░░░░░░░░░░░░░]", "2/5 (40%)", "2 succeeded, 0 failed", "rate 1.0/min",
-    ]  # fmt: skip
+        "items",
+        "[████████████░░░░░░░░░░░░░░░░░░]",
+        "2/5 (40%)",
+        "2 succeeded, 0 failed",
+        "rate 1.0/min",
+    ]
     header, analyze, review = (line.split() for line in lines[2:5])
-    assert header == ["STAGE", "TYPE", "PROGRESS", "DONE", "PENDING", "RUNNING", "RETRYING", "FAILED", "WORKERS",
-                      "RATE"]  # fmt: skip
+    assert header == [
+        "STAGE",
+        "TYPE",
+        "PROGRESS",
+        "DONE",
+        "PENDING",
+        "RUNNING",
+        "RETRYING",
+        "FAILED",
+        "WORKERS",
+        "RATE",
+    ]
     # analyze: 2 done of 4 that reached it (1 pending, 1 running).
-    assert analyze == ["analyze", "generate", "[██████████░░░░░░░░░░]", "50%", "2/4", "1", "1", "0", "0", "2",
-                       "1.0/min"]  # fmt: skip
+    assert analyze == [
+        "analyze",
+        "generate",
+        "[██████████░░░░░░░░░░]",
+        "50%",
+        "2/4",
+        "1",
+        "1",
+        "0",
+        "0",
+        "2",
+        "1.0/min",
+    ]
     assert review[:5] == ["review", "judge", "[████████████████████]", "100%", "2/2"]
     assert lines[5].split("   ") == [
-        "retries 1", "judge 2 approved, 1 rejected (sent back for another round), 0 exhausted",
-        "tokens 48k (30k in, 18k out)", "cost $0.61",
-    ]  # fmt: skip
+        "retries 1",
+        "judge 2 approved, 1 rejected (sent back for another round), 0 exhausted",
+        "tokens 48k (30k in, 18k out)",
+        "cost $0.61",
+    ]
     assert lines[6] == "message: 2/5 items done; working on analyze"
     assert len(lines) == 7
 
@@ -158,11 +193,13 @@ def test_one_observation_shows_the_average_rate_and_no_stage_rates() -> None:
 def test_the_conditions_that_matter_are_shown_once_each_with_reason_and_message() -> None:
     why = "1 items failed (maxFailedItems 0); BAD: Unknown: stand-in server_error"
     conditions = [
-        condition("Ready", False, "Failed", why), condition("Stalled", True, "Failed", why),
-        condition("Complete", False), condition("Failed", True, "TooManyFailedItems", why),
+        condition("Ready", False, "Failed", why),
+        condition("Stalled", True, "Failed", why),
+        condition("Complete", False),
+        condition("Failed", True, "TooManyFailedItems", why),
         condition("BudgetExceeded", True, "BudgetExceeded", "maxTokens 1000 reached"),
         condition("Suspended", False, "NotSuspended"),
-    ]  # fmt: skip
+    ]
     shown = batch(conditions=conditions, message=why, phase="Failed")
     lines = progress.snapshot(shown, progress.Rates(), NOW)
     assert lines[-2:] == [
@@ -192,8 +229,10 @@ def test_a_snapshot_says_when_the_status_lags_the_spec_or_a_retry_request() -> N
 
 
 def test_a_batch_the_operator_has_not_seen_yet_still_renders() -> None:
-    fresh = {"metadata": {"name": "new", "namespace": "ns", "creationTimestamp": stamp(2)},
-             "spec": {"stages": [{"name": "analyze"}]}}  # fmt: skip
+    fresh = {
+        "metadata": {"name": "new", "namespace": "ns", "creationTimestamp": stamp(2)},
+        "spec": {"stages": [{"name": "analyze"}]},
+    }
     lines = progress.snapshot(fresh, progress.Rates(), NOW, unicode=False)
     assert lines[0].split("   ") == ["analysisbatch ns/new", "Pending", "age 2s"]
     assert lines[1].split("   ")[1:3] == ["[------------------------------]", "0/0 (0%)"]

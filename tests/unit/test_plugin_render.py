@@ -19,28 +19,50 @@ def stamp(seconds_ago: float) -> str:
 def batch(name: str = "semis-q3", namespace: str = "research", **status: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": namespace, "creationTimestamp": stamp(200), "generation": 1},
-        "spec": {"stages": [{"name": "analyze", "type": "generate"}, {"name": "gate", "type": "approval"},
-                            {"name": "review", "type": "judge"}]},
+        "spec": {
+            "stages": [
+                {"name": "analyze", "type": "generate"},
+                {"name": "gate", "type": "approval"},
+                {"name": "review", "type": "judge"},
+            ]
+        },
         "status": status,
-    }  # fmt: skip
+    }
 
 
 RUNNING = {
-    "phase": "Running", "currentStage": "gate", "progress": "2/5", "retries": 3, "message": "2/5 items done",
+    "phase": "Running",
+    "currentStage": "gate",
+    "progress": "2/5",
+    "retries": 3,
+    "message": "2/5 items done",
     "items": {"total": 5, "done": 2, "succeeded": 1, "failed": 1, "deadLettered": 0},
     "stages": [{"name": "analyze", "workers": 2}, {"name": "gate", "workers": 0}, {"name": "review", "workers": 1}],
     "judge": {"approved": 1, "rejected": 1, "summary": "1✓ 1✗"},
     "usage": {"tokensSummary": "48k", "costSummary": "$0.61"},
     "startTime": stamp(150),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(
     ("seconds", "shown"),
-    [(-5, "<invalid>"), (0, "0s"), (119, "119s"), (120, "2m"), (192, "3m12s"), (600, "10m"), (179 * 60, "179m"),
-     (3 * 3600 + 5 * 60, "3h5m"), (8 * 3600, "8h"), (47 * 3600, "47h"), (2 * 86400 + 3600, "2d1h"),
-     (30 * 86400, "30d"), (800 * 86400, "2y70d"), (3000 * 86400, "8y")],
-)  # fmt: skip
+    [
+        (-5, "<invalid>"),
+        (0, "0s"),
+        (119, "119s"),
+        (120, "2m"),
+        (192, "3m12s"),
+        (600, "10m"),
+        (179 * 60, "179m"),
+        (3 * 3600 + 5 * 60, "3h5m"),
+        (8 * 3600, "8h"),
+        (47 * 3600, "47h"),
+        (2 * 86400 + 3600, "2d1h"),
+        (30 * 86400, "30d"),
+        (800 * 86400, "2y70d"),
+        (3000 * 86400, "8y"),
+    ],
+)
 def test_durations_read_like_kubectl_ages(seconds: float, shown: str) -> None:
     assert render.human_duration(seconds) == shown
 
@@ -71,10 +93,19 @@ def test_the_table_shows_what_kubectl_get_does_and_more() -> None:
     header, row = (line.split("   ") for line in text.splitlines())
     cells = dict(zip([h.strip() for h in header if h], [c.strip() for c in row if c], strict=True))
     assert cells == {
-        "NAME": "semis-q3", "PHASE": "Running", "STAGE": "gate", "STAGES": "1/3", "PROGRESS": "2/5 (40%)",
-        "FAILED": "1", "RETRIES": "3", "JUDGE": "1✓ 1✗", "TOKENS": "48k", "COST": "$0.61", "DURATION": "2m30s",
+        "NAME": "semis-q3",
+        "PHASE": "Running",
+        "STAGE": "gate",
+        "STAGES": "1/3",
+        "PROGRESS": "2/5 (40%)",
+        "FAILED": "1",
+        "RETRIES": "3",
+        "JUDGE": "1✓ 1✗",
+        "TOKENS": "48k",
+        "COST": "$0.61",
+        "DURATION": "2m30s",
         "AGE": "3m20s",
-    }  # fmt: skip
+    }
 
 
 def test_wide_adds_workers_and_the_message_and_all_namespaces_adds_the_namespace() -> None:

@@ -12,21 +12,30 @@ pytestmark = pytest.mark.unit
 
 PLAN = plan.compile_plan(
     "uid",
-    v1alpha1.AnalysisBatchSpec.model_validate({
-        "items": ["A"],
-        "providers": {"claude": {"type": "anthropic", "model": "m",
-                                 "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"}}},
-        "stages": [{"name": "analyze", "provider": "claude", "prompt": "{{ item }}"}],
-    }),
-)  # fmt: skip
+    v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["A"],
+            "providers": {
+                "claude": {
+                    "type": "anthropic",
+                    "model": "m",
+                    "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"},
+                }
+            },
+            "stages": [{"name": "analyze", "provider": "claude", "prompt": "{{ item }}"}],
+        }
+    ),
+)
 
 
 def pod(reason: str, message: str, **meta: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": "p-1", "labels": {wellknown.LABEL_STAGE: "analyze"}, **meta},
-        "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": reason,
-                                                                                       "message": message}}}]},
-    }  # fmt: skip
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [{"state": {"waiting": {"reason": reason, "message": message}}}],
+        },
+    }
 
 
 @pytest.mark.parametrize(
@@ -62,15 +71,26 @@ def test_deleting_pods_and_healthy_pods_report_nothing() -> None:
 def test_workload_summaries() -> None:
     job = {
         "kind": "Job",
-        "metadata": {"name": "b-analyze-abc123", "labels": {wellknown.LABEL_STAGE: "analyze"},
-                     "annotations": {reconciler.ANNOTATION_SPEC_HASH: "h1"}},
+        "metadata": {
+            "name": "b-analyze-abc123",
+            "labels": {wellknown.LABEL_STAGE: "analyze"},
+            "annotations": {reconciler.ANNOTATION_SPEC_HASH: "h1"},
+        },
         "spec": {"parallelism": 3},
         "status": {"conditions": [{"type": "Complete", "status": "True"}]},
-    }  # fmt: skip
+    }
     summary = reconciler.workload_summary(job)
     assert (summary.stage, summary.size, summary.spec_hash, summary.complete) == ("analyze", 3, "h1", True)
-    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                     "message": "Job has reached the specified backoff limit"}]}  # fmt: skip
+    job["status"] = {
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            }
+        ]
+    }
     assert reconciler.workload_summary(job).failed.startswith("BackoffLimitExceeded")
     deployment = {"kind": "Deployment", "metadata": {"name": "b-analyze"}, "spec": {"replicas": 0}}
     assert reconciler.workload_summary(deployment).size == 0

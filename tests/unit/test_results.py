@@ -37,9 +37,15 @@ def data_bytes(cm: dict[str, Any]) -> int:
 
 def test_a_row_holds_what_the_item_ended_with() -> None:
     assert export.row(record("NVDA", output='{"rating": "buy"}')) == {
-        "item": "NVDA", "stage": "report", "status": "succeeded", "output": {"rating": "buy"}, "error": None,
-        "errorClass": None, "round": 0, "attempt": 1,
-    }  # fmt: skip
+        "item": "NVDA",
+        "stage": "report",
+        "status": "succeeded",
+        "output": {"rating": "buy"},
+        "error": None,
+        "errorClass": None,
+        "round": 0,
+        "attempt": 1,
+    }
     # JSON in a Markdown fence is parsed too; a prose answer or a JSON scalar stays the text it was.
     assert export.row(record("A", output="```json\n[1, 2]\n```"))["output"] == [1, 2]
     assert export.row(record("A", output="42"))["output"] == "42"
@@ -48,12 +54,22 @@ def test_a_row_holds_what_the_item_ended_with() -> None:
         record("AMD", output=None, status="failed", error="rejected 3 times", error_class="JudgeRejected", round=2)
     )
     assert (failed["status"], failed["output"], failed["errorClass"], failed["round"]) == (
-        "failed", None, "JudgeRejected", 2,
-    )  # fmt: skip
+        "failed",
+        None,
+        "JudgeRejected",
+        2,
+    )
     # Nothing but the documented columns: no model, tokens or anything else a pod knows.
     assert set(export.row(record("A", model="claude", input_tokens=3))) == {
-        "item", "stage", "status", "output", "error", "errorClass", "round", "attempt",
-    }  # fmt: skip
+        "item",
+        "stage",
+        "status",
+        "output",
+        "error",
+        "errorClass",
+        "round",
+        "attempt",
+    }
 
 
 def test_a_large_output_is_cut_to_the_row_cap_and_says_so() -> None:
@@ -156,11 +172,17 @@ def test_the_latest_row_of_each_item_wins() -> None:
 def test_the_table_summarises_each_row_on_one_line_cut_to_the_width() -> None:
     rows = [
         {"item": "NVDA", "stage": "report", "status": "succeeded", "output": "Strong\n\ndemand   ahead."},
-        {"item": "AMD", "stage": "review", "status": "failed", "output": None, "error": "rejected 3 times",
-         "errorClass": "JudgeRejected"},
+        {
+            "item": "AMD",
+            "stage": "review",
+            "status": "failed",
+            "output": None,
+            "error": "rejected 3 times",
+            "errorClass": "JudgeRejected",
+        },
         {"item": "semis/TSM", "stage": "report", "status": "succeeded", "output": {"rating": "buy"}},
         {"item": "X", "stage": "report", "status": "succeeded", "output": "y" * 500, "truncated": True},
-    ]  # fmt: skip
+    ]
     assert results.summary(rows[0]) == "Strong demand ahead."
     assert results.summary(rows[1]) == "JudgeRejected: rejected 3 times"
     assert results.summary(rows[2]) == '{"rating":"buy"}'

@@ -19,8 +19,13 @@ def compiled(*stages: dict[str, Any]) -> plan.Plan:
     return plan.compile_plan("uid", spec)
 
 
-RANK = {"name": "rank", "provider": "m", "prompt": "x", "output": "json",
-        "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score", "max": 2}}  # fmt: skip
+RANK = {
+    "name": "rank",
+    "provider": "m",
+    "prompt": "x",
+    "output": "json",
+    "fanOut": {"path": "$.stocks", "key": "ticker", "sortBy": "score", "max": 2},
+}
 ANALYZE = {"name": "analyze", "provider": "m", "prompt": "{{ input }} {{ feedback }}"}
 REVIEW = {"name": "review", "type": "judge", "provider": "m", "reviews": "analyze", "maxRejections": 2}
 REPORT = {"name": "report", "provider": "m", "prompt": "{{ input }}"}
@@ -28,8 +33,9 @@ REPORT = {"name": "report", "provider": "m", "prompt": "{{ input }}"}
 
 def test_fan_out_sorts_cuts_and_keys_children_under_their_parent() -> None:
     p = compiled(RANK, ANALYZE)
-    output = {"stocks": [{"ticker": "AMD", "score": 0.7}, {"ticker": "NVDA", "score": 0.9},
-                         {"ticker": "INTC", "score": 0.2}]}  # fmt: skip
+    output = {
+        "stocks": [{"ticker": "AMD", "score": 0.7}, {"ticker": "NVDA", "score": 0.9}, {"ticker": "INTC", "score": 0.2}]
+    }
     routed = routing.after_success(p, p.stage("rank"), queue.Message("semis"), "uid/rank/semis/0/1", output)
     assert [(r.stage, r.message.item) for r in routed.routes] == [("analyze", "semis/NVDA"), ("analyze", "semis/AMD")]
     first = routed.routes[0].message
@@ -44,8 +50,11 @@ def test_fan_out_of_strings_at_the_top_level_and_unsafe_keys() -> None:
     output = ["AI chips", "Memory / storage", "AI chips", "  Foundry  services "]
     routed = routing.after_success(p, p.stage("rank"), queue.Message("semis"), "k", output)
     assert [r.message.item for r in routed.routes] == [
-        "semis/AI chips", "semis/Memory - storage", "semis/AI chips-2", "semis/Foundry services",
-    ]  # fmt: skip
+        "semis/AI chips",
+        "semis/Memory - storage",
+        "semis/AI chips-2",
+        "semis/Foundry services",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -105,11 +114,19 @@ def test_out_of_rejections_fail_or_accept_the_last_answer() -> None:
 
 def test_outputs_are_parsed_as_the_stage_promised() -> None:
     p = compiled(
-        {"name": "a", "provider": "m", "prompt": "x", "output": "json",
-         "jsonSchema": {"type": "object", "required": ["rating"],
-                        "properties": {"rating": {"enum": ["buy", "hold", "sell"]}}}},
+        {
+            "name": "a",
+            "provider": "m",
+            "prompt": "x",
+            "output": "json",
+            "jsonSchema": {
+                "type": "object",
+                "required": ["rating"],
+                "properties": {"rating": {"enum": ["buy", "hold", "sell"]}},
+            },
+        },
         REVIEW | {"reviews": "a"},
-    )  # fmt: skip
+    )
     assert routing.parse_output(p.stage("a"), '```json\n{"rating": "buy"}\n```') == {"rating": "buy"}
     with pytest.raises(routing.BadOutput, match="not JSON"):
         routing.parse_output(p.stage("a"), '{"rating": "buy"')

@@ -16,15 +16,17 @@ NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 
 
 def compiled() -> plan.Plan:
-    spec = v1alpha1.AnalysisBatchSpec.model_validate({
-        "items": ["A", "B", "C"],
-        "providers": {"m": {"type": "offline"}},
-        "stages": [
-            {"name": "draft", "provider": "m", "prompt": "x"},
-            {"name": "gate", "type": "approval"},
-            {"name": "review", "type": "judge", "provider": "m", "reviews": "draft"},
-        ],
-    })  # fmt: skip
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["A", "B", "C"],
+            "providers": {"m": {"type": "offline"}},
+            "stages": [
+                {"name": "draft", "provider": "m", "prompt": "x"},
+                {"name": "gate", "type": "approval"},
+                {"name": "review", "type": "judge", "provider": "m", "reviews": "draft"},
+            ],
+        }
+    )
     return plan.compile_plan("uid", spec)
 
 
@@ -35,8 +37,9 @@ def counts(ready: int = 0, running: int = 0, retrying: int = 0, **counters: int)
     return queue.StageCounts(ready, running, retrying, dict(counters))
 
 
-def snapshot(sealed: frozenset[str] = frozenset(), flags: dict[str, str] | None = None,
-             **stages: queue.StageCounts) -> producer.Snapshot:  # fmt: skip
+def snapshot(
+    sealed: frozenset[str] = frozenset(), flags: dict[str, str] | None = None, **stages: queue.StageCounts
+) -> producer.Snapshot:
     full = {s.name: stages.get(s.name, counts()) for s in PLAN.stages}
     usage = {"input_tokens": 40_000, "output_tokens": 8_400, "cost_nusd": 610_000_000}
     return producer.Snapshot(full, sealed, True, usage, flags or {})
@@ -59,8 +62,16 @@ def test_a_running_batch_reads_as_reconciling_with_live_counts() -> None:
     assert st["observedGeneration"] == 3
     assert st["currentStage"] == "draft"
     assert st["progress"] == "0/2"
-    assert st["stages"][0] == {"name": "draft", "pending": 1, "running": 1, "succeeded": 1, "failed": 0,
-                               "retrying": 0, "deadLettered": 0, "workers": 2}  # fmt: skip
+    assert st["stages"][0] == {
+        "name": "draft",
+        "pending": 1,
+        "running": 1,
+        "succeeded": 1,
+        "failed": 0,
+        "retrying": 0,
+        "deadLettered": 0,
+        "workers": 2,
+    }
     assert st["judge"]["summary"] == "2✓ 1✗"
     assert st["usage"]["tokensSummary"] == "48k"
     assert st["usage"]["costSummary"] == "$0.61"
@@ -218,16 +229,18 @@ def test_a_problem_outranks_a_settled_phase() -> None:
         assert st["phase"] == before["phase"]
         assert trio(st) == (("False", "RedisUnavailable"), ("True", "RedisUnavailable"), ("False", "Progressing"))
     over = {"budget_exceeded": "2000100 tokens used, budget.maxTokens is 2000000"}
-    for settled in (observe(snapshot(flags=over, draft=counts(2)), suspended=True),
-                    observe(snapshot(frozenset({"draft"}), flags=over, gate=counts(2), draft=counts(succeeded=2)),
-                            held={"gate": 2})):  # fmt: skip
+    for settled in (
+        observe(snapshot(flags=over, draft=counts(2)), suspended=True),
+        observe(
+            snapshot(frozenset({"draft"}), flags=over, gate=counts(2), draft=counts(succeeded=2)), held={"gate": 2}
+        ),
+    ):
         st = status.compute(settled, None)
         assert trio(st) == (("False", "BudgetExceeded"), ("False", "BudgetExceeded"), ("True", "BudgetExceeded"))
 
 
 def test_settling_and_resuming_flip_ready_and_reconciling_without_events_of_their_own() -> None:
-    running = status.compute(observe(snapshot(draft=counts(1, 1, succeeded=1), gate=counts(1)), held={"gate": 1}),
-                             None)  # fmt: skip
+    running = status.compute(observe(snapshot(draft=counts(1, 1, succeeded=1), gate=counts(1)), held={"gate": 1}), None)
     waiting = status.compute(observe(HELD, held={"gate": 2}, now=NOW + timedelta(minutes=1)), running)
     assert trio(waiting)[0] == ("True", "WaitingForApproval")
     moved = {c["type"]: c["lastTransitionTime"] for c in waiting["conditions"]}
@@ -235,8 +248,12 @@ def test_settling_and_resuming_flip_ready_and_reconciling_without_events_of_thei
     assert moved["Stalled"] == moved["WaitingForApproval"] == "2026-11-22T12:00:00Z"
     # WaitingForApproval was already true while the draft ran: nothing new to announce.
     assert status.events(running, waiting) == []
-    released = status.compute(observe(snapshot(frozenset({"draft"}), draft=counts(succeeded=2),
-                                               review=counts(2)), now=NOW + timedelta(minutes=2)), waiting)  # fmt: skip
+    released = status.compute(
+        observe(
+            snapshot(frozenset({"draft"}), draft=counts(succeeded=2), review=counts(2)), now=NOW + timedelta(minutes=2)
+        ),
+        waiting,
+    )
     assert trio(released) == (("False", "Running"), ("True", "Running"), ("False", "Progressing"))
     assert [(e.type, e.reason) for e in status.events(waiting, released)] == [("Normal", "WaitingForApprovalCleared")]
 
@@ -262,9 +279,13 @@ def test_retry_failed_reopens_a_finished_batch() -> None:
 
 @pytest.mark.parametrize(
     ("nusd", "usd", "summary"),
-    [(0, "0", "$0"), (610_000_000, "0.61", "$0.61"), (1_500_000, "0.0015", "$0.0015"),
-     (12_345_000_000_000, "12345", "$12345.00")],
-)  # fmt: skip
+    [
+        (0, "0", "$0"),
+        (610_000_000, "0.61", "$0.61"),
+        (1_500_000, "0.0015", "$0.0015"),
+        (12_345_000_000_000, "12345", "$12345.00"),
+    ],
+)
 def test_money_is_exact_in_status_and_short_for_display(nusd: int, usd: str, summary: str) -> None:
     assert status.nusd_to_usd(nusd) == usd
     assert status.cost_summary(nusd) == summary

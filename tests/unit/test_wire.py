@@ -33,27 +33,64 @@ SCRIPT_PACKAGES = ("analysis_operator", "analysis_worker")
 
 # What a running batch holds; a changed value strands it across an upgrade. Add new names here, never edit one.
 STORED = {
-    "MSG_ITEM": "item", "MSG_ROUND": "round", "MSG_ATTEMPT": "attempt", "MSG_INPUT": "input", "MSG_SINCE": "since",
-    "MSG_FEEDBACK": "feedback", "MSG_FIRST": "first",
-    "COUNT_SUCCEEDED": "succeeded", "COUNT_FAILED": "failed", "COUNT_RETRIES": "retries",
-    "COUNT_RATE_LIMITED": "rate_limited", "COUNT_REDELIVERED": "redelivered", "COUNT_DEAD_LETTERED": "dead_lettered",
-    "COUNT_RERUN": "rerun", "COUNT_CHILDREN": "children", "COUNT_APPROVED": "approved", "COUNT_REJECTED": "rejected",
-    "COUNT_EXHAUSTED": "exhausted", "COUNT_APPROVED_ROUND": "approved_round_", "COUNT_REJECTED_ROUND": "rejected_round_",
-    "USAGE_INPUT_TOKENS": "input_tokens", "USAGE_OUTPUT_TOKENS": "output_tokens", "USAGE_COST_NUSD": "cost_nusd",
-    "FLAG_SUSPENDED": "suspended", "FLAG_BUDGET_EXCEEDED": "budget_exceeded", "FLAG_RETRY_TOKEN": "retry_token",
+    "MSG_ITEM": "item",
+    "MSG_ROUND": "round",
+    "MSG_ATTEMPT": "attempt",
+    "MSG_INPUT": "input",
+    "MSG_SINCE": "since",
+    "MSG_FEEDBACK": "feedback",
+    "MSG_FIRST": "first",
+    "COUNT_SUCCEEDED": "succeeded",
+    "COUNT_FAILED": "failed",
+    "COUNT_RETRIES": "retries",
+    "COUNT_RATE_LIMITED": "rate_limited",
+    "COUNT_REDELIVERED": "redelivered",
+    "COUNT_DEAD_LETTERED": "dead_lettered",
+    "COUNT_RERUN": "rerun",
+    "COUNT_CHILDREN": "children",
+    "COUNT_APPROVED": "approved",
+    "COUNT_REJECTED": "rejected",
+    "COUNT_EXHAUSTED": "exhausted",
+    "COUNT_APPROVED_ROUND": "approved_round_",
+    "COUNT_REJECTED_ROUND": "rejected_round_",
+    "USAGE_INPUT_TOKENS": "input_tokens",
+    "USAGE_OUTPUT_TOKENS": "output_tokens",
+    "USAGE_COST_NUSD": "cost_nusd",
+    "FLAG_SUSPENDED": "suspended",
+    "FLAG_BUDGET_EXCEEDED": "budget_exceeded",
+    "FLAG_RETRY_TOKEN": "retry_token",
     "FLAG_RUN": "run",
-    "OUTCOME_STATUS": "status", "OUTCOME_ERROR": "error", "OUTCOME_ERROR_CLASS": "error_class",
-    "OUTCOME_INPUT": "input", "OUTCOME_FEEDBACK": "feedback", "OUTCOME_OUTPUT_KEY": "output_key",
-    "OUTCOME_MODEL": "model", "OUTCOME_INPUT_TOKENS": "in", "OUTCOME_OUTPUT_TOKENS": "out", "OUTCOME_POD": "pod",
-    "OUTCOME_DELIVERIES": "deliveries", "OUTCOME_APPROVED": "approved", "OUTCOME_CLAIMED_MS": "claimed_ms",
+    "OUTCOME_STATUS": "status",
+    "OUTCOME_ERROR": "error",
+    "OUTCOME_ERROR_CLASS": "error_class",
+    "OUTCOME_INPUT": "input",
+    "OUTCOME_FEEDBACK": "feedback",
+    "OUTCOME_OUTPUT_KEY": "output_key",
+    "OUTCOME_MODEL": "model",
+    "OUTCOME_INPUT_TOKENS": "in",
+    "OUTCOME_OUTPUT_TOKENS": "out",
+    "OUTCOME_POD": "pod",
+    "OUTCOME_DELIVERIES": "deliveries",
+    "OUTCOME_APPROVED": "approved",
+    "OUTCOME_CLAIMED_MS": "claimed_ms",
     "OUTCOME_CALLED_MS": "called_ms",
-    "STATUS_SUCCEEDED": "succeeded", "STATUS_REJECTED": "rejected", "STATUS_FAILED": "failed", "STATUS_RETRY": "retry",
+    "STATUS_SUCCEEDED": "succeeded",
+    "STATUS_REJECTED": "rejected",
+    "STATUS_FAILED": "failed",
+    "STATUS_RETRY": "retry",
     "STATUS_DEAD": "dead",
-    "ROUTE_FIELDS": "fields", "ROUTE_GATHER": "gather", "ROUTE_INPUT": "input",
-    "RELEASE_STREAM": "stream", "RELEASE_GATHER": "gather", "RELEASE_NONE": "none",
-    "COLLECTED_ITEM": "item", "COLLECTED_OUTPUT": "output",
-    "BEAT_IN_FLIGHT": "in_flight", "BEAT_AT": "at", "BEAT_POD": "pod",
-}  # fmt: skip
+    "ROUTE_FIELDS": "fields",
+    "ROUTE_GATHER": "gather",
+    "ROUTE_INPUT": "input",
+    "RELEASE_STREAM": "stream",
+    "RELEASE_GATHER": "gather",
+    "RELEASE_NONE": "none",
+    "COLLECTED_ITEM": "item",
+    "COLLECTED_OUTPUT": "output",
+    "BEAT_IN_FLIGHT": "in_flight",
+    "BEAT_AT": "at",
+    "BEAT_POD": "pod",
+}
 
 
 def test_the_stored_names_keep_their_values() -> None:
@@ -159,8 +196,12 @@ def test_the_lua_drift_check_sees_what_it_looks_for() -> None:
         "local x = f[MSG_ITEM] .. 'done'\n"
     )
     assert sorted(lua_drift(snippet)) == [
-        "key or field status", "key or field status", "literal 'dead'", "literal 'rerun'", "literal 'succeeded'",
-    ]  # fmt: skip
+        "key or field status",
+        "key or field status",
+        "literal 'dead'",
+        "literal 'rerun'",
+        "literal 'succeeded'",
+    ]
 
 
 def test_every_wire_constant_a_script_uses_exists() -> None:
@@ -216,8 +257,13 @@ QUEUE_MODULES = (
     "worker-image/src/analysis_worker/ratelimit.py",
 )
 # Modules that use the queue (they import one of these) are checked where a name goes.
-QUEUE_IMPORTS = {"analysis_core.queue", "analysis_core.keys", "analysis_core.wire", "analysis_operator.producer",
-                 "analysis_worker.consumer"}  # fmt: skip
+QUEUE_IMPORTS = {
+    "analysis_core.queue",
+    "analysis_core.keys",
+    "analysis_core.wire",
+    "analysis_operator.producer",
+    "analysis_worker.consumer",
+}
 # Where a word of the vocabulary names something else: (module, word) -> why; "key:" words only as a dict key.
 ELSEWHERE = {
     ("analysis_core/plan.py", "retry"): "the plan's field for spec.stages[].retry, regrouped by the version-1 upgrade",
@@ -226,14 +272,18 @@ ELSEWHERE = {
     ("analysis_operator/handlers.py", "status"): "a Kubernetes object's status",
     ("analysis_operator/teardown.py", "status"): "a Kubernetes object's status",
     ("analysis_operator/reconciler.py", "status"): "a Kubernetes object's status, and a result row's",
-    **{("analysis_operator/reconciler.py", w): "a result row's field or status (results.py)"
-       for w in ("item", "error", "failed", "dead")},
+    **{
+        ("analysis_operator/reconciler.py", w): "a result row's field or status (results.py)"
+        for w in ("item", "error", "failed", "dead")
+    },
     ("analysis_operator/status.py", "status"): "a condition's status",
-    **{("analysis_operator/status.py", f"key:{w}"): "a field of the CRD's status"
-       for w in ("succeeded", "failed", "retries", "approved", "rejected", "exhausted")},
+    **{
+        ("analysis_operator/status.py", f"key:{w}"): "a field of the CRD's status"
+        for w in ("succeeded", "failed", "retries", "approved", "rejected", "exhausted")
+    },
     ("analysis_worker/routing.py", "approved"): "a judge's verdict, as the model writes it",
     ("analysis_worker/routing.py", "feedback"): "a judge's verdict, as the model writes it",
-}  # fmt: skip
+}
 # Modules that use the queue's types but none of its names.
 UNCHECKED = {"analysis_operator/export.py": "writes result rows from FinalRecord attributes; its words are the rows'"}
 _HASH_COMMANDS = {"hset", "hsetnx", "hget", "hmget", "hdel", "hexists", "hincrby"}
@@ -376,9 +426,14 @@ def test_the_python_drift_check_sees_what_it_looks_for() -> None:
         'log.info("failed", extra={"fields": {**fields, "error": why}})\n'
     )
     assert python_drift("x.py", snippet) == [
-        "x.py:3: 'dead'", "x.py:3: 'status'", "x.py:4: 'dead_lettered'", "x.py:4: 'rerun'", "x.py:5: 'failed'",
-        "x.py:5: 'retry_token'", "x.py:6: 'approved_round_'",
-    ]  # fmt: skip
+        "x.py:3: 'dead'",
+        "x.py:3: 'status'",
+        "x.py:4: 'dead_lettered'",
+        "x.py:4: 'rerun'",
+        "x.py:5: 'failed'",
+        "x.py:5: 'retry_token'",
+        "x.py:6: 'approved_round_'",
+    ]
     everywhere = python_drift("x.py", snippet, everywhere=True)
     assert everywhere == sorted(
         [*python_drift("x.py", snippet), "x.py:8: 'item'", "x.py:9: 'error'", "x.py:9: 'failed'", "x.py:9: 'fields'"]
@@ -387,8 +442,28 @@ def test_the_python_drift_check_sees_what_it_looks_for() -> None:
 
 def test_only_the_queue_modules_talk_to_redis() -> None:
     """The reconciler, the worker loop and the rest call the producer's or the consumer's functions instead."""
-    others = ("get", "set", "delete", "exists", "append", "close", "aclose", "info", "time", "wait", "shutdown",
-              "digest", "from_url", "copy", "sort", "keys", "type", "lock", "echo", "watch")  # fmt: skip
+    others = (
+        "get",
+        "set",
+        "delete",
+        "exists",
+        "append",
+        "close",
+        "aclose",
+        "info",
+        "time",
+        "wait",
+        "shutdown",
+        "digest",
+        "from_url",
+        "copy",
+        "sort",
+        "keys",
+        "type",
+        "lock",
+        "echo",
+        "watch",
+    )
     commands = {name for name in dir(redis.asyncio.Redis) if not name.startswith("_")} - set(others)
     assert {"hset", "hincrby", "mget", "xadd", "scan_iter", "unlink", "pipeline", "register_script"} <= commands
     queue_modules = {short(path) for path in QUEUE_MODULES}

@@ -16,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_key_of_a_batch_shares_its_hash_tag() -> None:
     k = keys.BatchKeys("0b9c-uid")
-    names = [k.stream("a"), k.delayed("a"), k.counts("a"), k.dead("a"), k.health("a", "pod"),
-             k.limiter("a", "req"), k.outcomes, k.results, k.sealed, k.seeded]  # fmt: skip
+    names = [
+        k.stream("a"),
+        k.delayed("a"),
+        k.counts("a"),
+        k.dead("a"),
+        k.health("a", "pod"),
+        k.limiter("a", "req"),
+        k.outcomes,
+        k.results,
+        k.sealed,
+        k.seeded,
+    ]
     assert all(name.startswith("{0b9c-uid}:") for name in names)
     assert len(set(names)) == len(names)
 
@@ -33,8 +43,13 @@ def test_templates_see_the_documented_variables() -> None:
     text = templates.render(
         "{{ item }} in {{ vars.language }} after {{ input }}{% if feedback %}; fix: {{ feedback }} "
         "(round {{ round }}, attempt {{ attempt }}){% endif %}",
-        item="NVDA", input="draft", vars={"language": "en"}, feedback="cite sources", round=1, attempt=2,
-    )  # fmt: skip
+        item="NVDA",
+        input="draft",
+        vars={"language": "en"},
+        feedback="cite sources",
+        round=1,
+        attempt=2,
+    )
     assert text == "NVDA in en after draft; fix: cite sources (round 1, attempt 2)"
     assert templates.render("{{ feedback }}", item="x") == ""
 
@@ -58,11 +73,18 @@ def plan_file(tmp_path: Path) -> Path:
 
 
 def test_configuration_from_a_complete_environment(plan_file: Path) -> None:
-    cfg, loaded = config.from_env({
-        env.REDIS_URL: "redis://127.0.0.1:6379/0", env.BATCH_UID: "uid-7", env.STAGE: "summarize",
-        env.PLAN_PATH: str(plan_file), env.POD_NAME: "summarize-abc", env.MODE: "deployment",
-        env.GRACE_SECONDS: "12.5", env.CONCURRENCY: "3",
-    })  # fmt: skip
+    cfg, loaded = config.from_env(
+        {
+            env.REDIS_URL: "redis://127.0.0.1:6379/0",
+            env.BATCH_UID: "uid-7",
+            env.STAGE: "summarize",
+            env.PLAN_PATH: str(plan_file),
+            env.POD_NAME: "summarize-abc",
+            env.MODE: "deployment",
+            env.GRACE_SECONDS: "12.5",
+            env.CONCURRENCY: "3",
+        }
+    )
     assert (cfg.pod_name, cfg.mode, cfg.grace_s, cfg.concurrency) == ("summarize-abc", config.Mode.DEPLOYMENT, 12.5, 3)
     assert cfg.api_key is None
     assert cfg.redis_secret is None
@@ -70,20 +92,32 @@ def test_configuration_from_a_complete_environment(plan_file: Path) -> None:
 
 
 def test_the_redis_password_comes_from_its_own_variable_and_is_never_shown(plan_file: Path) -> None:
-    cfg, _ = config.from_env({
-        env.REDIS_URL: "redis://redis:6379/0", env.BATCH_UID: "uid-7", env.STAGE: "summarize",
-        env.PLAN_PATH: str(plan_file), env.REDIS_PASSWORD: "hunter2-redis",
-    })  # fmt: skip
+    cfg, _ = config.from_env(
+        {
+            env.REDIS_URL: "redis://redis:6379/0",
+            env.BATCH_UID: "uid-7",
+            env.STAGE: "summarize",
+            env.PLAN_PATH: str(plan_file),
+            env.REDIS_PASSWORD: "hunter2-redis",
+        }
+    )
     assert cfg.redis_secret == "hunter2-redis"
     assert "hunter2" not in repr(cfg)
 
 
 def test_configuration_errors_name_every_variable(plan_file: Path) -> None:
     with pytest.raises(config.ConfigError) as caught:
-        config.from_env({
-            env.REDIS_URL: "localhost:6379", env.BATCH_UID: "other-uid", env.STAGE: "sumarize",
-            env.PLAN_PATH: str(plan_file), env.MODE: "cron", env.GRACE_SECONDS: "soon", env.CONCURRENCY: "0",
-        })  # fmt: skip
+        config.from_env(
+            {
+                env.REDIS_URL: "localhost:6379",
+                env.BATCH_UID: "other-uid",
+                env.STAGE: "sumarize",
+                env.PLAN_PATH: str(plan_file),
+                env.MODE: "cron",
+                env.GRACE_SECONDS: "soon",
+                env.CONCURRENCY: "0",
+            }
+        )
     message = str(caught.value)
     for fragment in (
         "ANALYSIS_REDIS_URL must be a redis://",
@@ -97,11 +131,13 @@ def test_configuration_errors_name_every_variable(plan_file: Path) -> None:
 
 
 def test_a_real_provider_without_a_key_is_a_configuration_error(tmp_path: Path) -> None:
-    spec = v1alpha1.AnalysisBatchSpec.model_validate({
-        "items": ["A"],
-        "providers": {"claude": {"type": "anthropic", "model": "m", "apiKeySecretRef": {"name": "k", "key": "a"}}},
-        "stages": [{"name": "s", "provider": "claude", "prompt": "p"}],
-    })  # fmt: skip
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["A"],
+            "providers": {"claude": {"type": "anthropic", "model": "m", "apiKeySecretRef": {"name": "k", "key": "a"}}},
+            "stages": [{"name": "s", "provider": "claude", "prompt": "p"}],
+        }
+    )
     path = tmp_path / "plan.json"
     path.write_text(plan.compile_plan("u", spec).dumps(), encoding="utf-8")
     base = {env.REDIS_URL: "redis://r:6379", env.BATCH_UID: "u", env.STAGE: "s", env.PLAN_PATH: str(path)}
@@ -115,9 +151,13 @@ def test_the_stock_research_plan_links_stages_in_order() -> None:
     spec = yaml.safe_load((ROOT / "examples" / "stock-research.yaml").read_text(encoding="utf-8"))["spec"]
     compiled = plan.compile_plan("u", v1alpha1.AnalysisBatchSpec.model_validate(spec))
     assert [(s.name, s.next) for s in compiled.stages] == [
-        ("research", "plan-ok"), ("plan-ok", "rank"), ("rank", "analyze"), ("analyze", "review"),
-        ("review", "report"), ("report", None),
-    ]  # fmt: skip
+        ("research", "plan-ok"),
+        ("plan-ok", "rank"),
+        ("rank", "analyze"),
+        ("analyze", "review"),
+        ("review", "report"),
+        ("report", None),
+    ]
     review = compiled.stage("review")
     assert (review.max_rejections, review.on_exhausted) == (3, v1alpha1.OnExhausted.ACCEPT_LAST)
     assert compiled.stage("analyze").rate_limit == plan.RateLimitPlan(

@@ -101,10 +101,21 @@ class Message:
     def fields(self) -> list[str]:
         """Flat stream fields, the wire format of the stream and the delayed set."""
         return [
-            wire.MSG_ITEM, self.item, wire.MSG_ROUND, str(self.round), wire.MSG_ATTEMPT, str(self.attempt),
-            wire.MSG_INPUT, self.input, wire.MSG_SINCE, str(self.since_ms), wire.MSG_FEEDBACK, self.feedback,
-            wire.MSG_FIRST, str(self.first_attempt),
-        ]  # fmt: skip
+            wire.MSG_ITEM,
+            self.item,
+            wire.MSG_ROUND,
+            str(self.round),
+            wire.MSG_ATTEMPT,
+            str(self.attempt),
+            wire.MSG_INPUT,
+            self.input,
+            wire.MSG_SINCE,
+            str(self.since_ms),
+            wire.MSG_FEEDBACK,
+            self.feedback,
+            wire.MSG_FIRST,
+            str(self.first_attempt),
+        ]
 
     @property
     def attempts_in_run(self) -> int:

@@ -67,14 +67,20 @@ _ADMISSION = {
             "configuration": {
                 "apiVersion": "pod-security.admission.config.k8s.io/v1",
                 "kind": "PodSecurityConfiguration",
-                "defaults": {level: value for mode in ("enforce", "audit", "warn")
-                             for level, value in ((mode, "restricted"), (f"{mode}-version", "latest"))},
-                "exemptions": {"usernames": [], "runtimeClasses": [],
-                               "namespaces": ["kube-system", "kube-public", "kube-node-lease"]},
+                "defaults": {
+                    level: value
+                    for mode in ("enforce", "audit", "warn")
+                    for level, value in ((mode, "restricted"), (f"{mode}-version", "latest"))
+                },
+                "exemptions": {
+                    "usernames": [],
+                    "runtimeClasses": [],
+                    "namespaces": ["kube-system", "kube-public", "kube-node-lease"],
+                },
             },
         }
     ],
-}  # fmt: skip
+}
 _POLL_INTERVAL = 0.1
 
 
@@ -194,8 +200,23 @@ def private_redis(
     for pods to reach it); the URL names ``host``.
     """
     port = processes.free_port()
-    argv = [str(binaries.redis_server()), "--bind", *dict.fromkeys(("127.0.0.1", host)), "--port", str(port),
-            "--dir", str(directory), "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no" if host != "127.0.0.1" else "yes"]  # fmt: skip
+    argv = [
+        str(binaries.redis_server()),
+        "--bind",
+        *dict.fromkeys(("127.0.0.1", host)),
+        "--port",
+        str(port),
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no" if host != "127.0.0.1" else "yes",
+    ]
     if password is not None:
         argv += ["--requirepass", password]
     server = processes.spawn("redis-server", argv, directory / "redis.log")
@@ -317,9 +338,14 @@ class DevCluster:
         while True:
             left = max(1.0, deadline - time.monotonic())
             waited = self.kubectl(
-                "wait", "--for=condition=established", f"--timeout={left:.0f}s", "crd", "--all",
-                timeout=left + 15, check=False,
-            )  # fmt: skip
+                "wait",
+                "--for=condition=established",
+                f"--timeout={left:.0f}s",
+                "crd",
+                "--all",
+                timeout=left + 15,
+                check=False,
+            )
             if waited.returncode == 0:
                 return
             if "accessor error" not in waited.stderr or time.monotonic() > deadline:

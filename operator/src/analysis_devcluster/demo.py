@@ -91,9 +91,18 @@ def run(home: Path, timeout_s: float) -> int:
         dev.start()
         _say(f"cluster ready in {time.monotonic() - started:.1f}s; helm install {RELEASE} (operator and Redis pods)")
         helm = _helm(dev, state)
-        helm("install", RELEASE, str(CHART), "--namespace", SYSTEM, "--create-namespace", "--wait", "--timeout=180s",
-             f"--set=redis.bundled.image.repository={images.REDIS.repository}",
-             f"--set=redis.bundled.image.tag={analysis_core.__version__}")  # fmt: skip
+        helm(
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            SYSTEM,
+            "--create-namespace",
+            "--wait",
+            "--timeout=180s",
+            f"--set=redis.bundled.image.repository={images.REDIS.repository}",
+            f"--set=redis.bundled.image.tag={analysis_core.__version__}",
+        )
         print(dev.kubectl("get", "pods", "-n", SYSTEM, "-o", "wide").stdout.rstrip(), flush=True)
         dev.kubectl("create", "namespace", NAMESPACE)
         dev.kubectl("wait", "--for", "create", "--timeout=30s", "-n", NAMESPACE, "serviceaccount/default", timeout=45)
@@ -116,8 +125,11 @@ def run(home: Path, timeout_s: float) -> int:
         shown = subprocess.run(
             ["kubectl-analysis", "results", BATCH, "-n", NAMESPACE, "-o", "table"],
             env={**os.environ, "KUBECTL": str(binaries.find("kubectl")), "KUBECONFIG": str(dev.kubeconfig)},
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         print(shown.stdout.rstrip() or shown.stderr.rstrip(), flush=True)
         total = time.monotonic() - started
         claim = None if probe.at is None else probe.at - applied
@@ -189,8 +201,15 @@ def _watch(dev: cluster.DevCluster, timeout_s: float) -> bool:
                 last = row
             phase = row[header.index("PHASE")]
             if phase in ("Complete", "Failed"):
-                waited = dev.kubectl("wait", "-n", NAMESPACE, "--for=condition=Complete", f"analysisbatch/{BATCH}",
-                                     "--timeout=10s", check=False)  # fmt: skip
+                waited = dev.kubectl(
+                    "wait",
+                    "-n",
+                    NAMESPACE,
+                    "--for=condition=Complete",
+                    f"analysisbatch/{BATCH}",
+                    "--timeout=10s",
+                    check=False,
+                )
                 print(waited.stdout.rstrip() or waited.stderr.rstrip(), flush=True)
                 return waited.returncode == 0
         time.sleep(0.5)

@@ -126,9 +126,14 @@ def cache_dir() -> Path:
 
 def _run(argv: Sequence[str], *, what: str, timeout: float = 1800, cwd: Path | None = None) -> str:
     result = subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd,
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip().splitlines()[-40:]
         raise BuildError(f"{what}: `{' '.join(argv[:3])} ...` exited {result.returncode}:\n" + "\n".join(output))
@@ -264,14 +269,39 @@ def _build_with(tool: str, root: Path, spec: Spec, build_args: dict[str, str], n
     if ca is not None:
         args.append(f"--secret=id=pip-ca,src={ca}")
     if tool == "docker":
-        _run(["docker", "build", "--network=host", *args, "-f", str(root / spec.dockerfile), "-t", name,
-              str(root / spec.context)], what=f"docker build of {name}")  # fmt: skip
+        _run(
+            [
+                "docker",
+                "build",
+                "--network=host",
+                *args,
+                "-f",
+                str(root / spec.dockerfile),
+                "-t",
+                name,
+                str(root / spec.context),
+            ],
+            what=f"docker build of {name}",
+        )
         return
     with _scratch() as empty:
         # --cni-config-dir: an empty directory, so that buildah never attaches a build to the node's bridge.
-        _run(["buildah", "bud", "--layers", "--network=host", f"--cni-config-dir={empty}", *args,
-              "-f", str(root / spec.dockerfile), "-t", name, str(root / spec.context)],
-             what=f"buildah bud of {name}")  # fmt: skip
+        _run(
+            [
+                "buildah",
+                "bud",
+                "--layers",
+                "--network=host",
+                f"--cni-config-dir={empty}",
+                *args,
+                "-f",
+                str(root / spec.dockerfile),
+                "-t",
+                name,
+                str(root / spec.context),
+            ],
+            what=f"buildah bud of {name}",
+        )
 
 
 @contextlib.contextmanager
@@ -293,8 +323,16 @@ def _save_with(tool: str, name: str, archive: Path) -> None:
         _run(["docker", "save", "-o", str(partial), name], what=f"docker save of {name}")
     else:
         # buildah names a short name localhost/<name>; the archive names it as docker would, docker.io/library/...
-        _run(["buildah", "push", "--quiet", f"localhost/{name}" if "/" not in name.split(":")[0] else name,
-              f"docker-archive:{partial}:{name}"], what=f"buildah push of {name}")  # fmt: skip
+        _run(
+            [
+                "buildah",
+                "push",
+                "--quiet",
+                f"localhost/{name}" if "/" not in name.split(":")[0] else name,
+                f"docker-archive:{partial}:{name}",
+            ],
+            what=f"buildah push of {name}",
+        )
     partial.replace(archive)
 
 
@@ -313,8 +351,11 @@ def debian_mirror() -> str:
     configured = os.environ.get(DEBIAN_MIRROR_ENV)
     if configured:
         return configured
-    sources = [*Path("/etc/apt").glob("sources.list.d/*.sources"), Path("/etc/apt/sources.list"),
-               *Path("/etc/apt").glob("sources.list.d/*.list")]  # fmt: skip
+    sources = [
+        *Path("/etc/apt").glob("sources.list.d/*.sources"),
+        Path("/etc/apt/sources.list"),
+        *Path("/etc/apt").glob("sources.list.d/*.list"),
+    ]
     for source in sources:
         with contextlib.suppress(OSError):
             text = source.read_text(encoding="utf-8")
@@ -347,8 +388,18 @@ def base_image() -> Built:
         raise BuildError("debootstrap is not on PATH: run `tools/system-packages.sh` (Debian package debootstrap)")
     with _scratch() as scratch:
         rootfs = scratch / "rootfs"
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
-              str(rootfs), mirror], what=f"debootstrap {DEBIAN_SUITE} from {mirror}", timeout=1200)  # fmt: skip
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                DEBIAN_SUITE,
+                str(rootfs),
+                mirror,
+            ],
+            what=f"debootstrap {DEBIAN_SUITE} from {mirror}",
+            timeout=1200,
+        )
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for path in (rootfs / leftover).glob("*"):
                 if path.is_file():
@@ -360,9 +411,16 @@ def base_image() -> Built:
             description = (
                 f"Debian {DEBIAN_SUITE} minbase with {' '.join(BASE_PACKAGES)} (analysis-operator dev cluster)"
             )
-            config = ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                      "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash",
-                      "--label", f"org.opencontainers.image.description={description}"]  # fmt: skip
+            config = [
+                "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--env",
+                "LANG=C.UTF-8",
+                "--cmd",
+                "/bin/bash",
+                "--label",
+                f"org.opencontainers.image.description={description}",
+            ]
             _run(["buildah", "config", *config, container], what="buildah config")
             _run(["buildah", "commit", "--quiet", "--rm", container, name], what="buildah commit of the base")
     _save_with("buildah", name, archive)
@@ -380,13 +438,19 @@ def pause_image() -> Built:
     archive.parent.mkdir(parents=True, exist_ok=True)
     with _scratch() as scratch:
         (scratch / "pause.c").write_text(PAUSE_SOURCE, encoding="utf-8")
-        _run(["gcc", "-static", "-Os", "-s", "-o", str(scratch / "pause"), str(scratch / "pause.c")],
-             what="compiling pause.c")  # fmt: skip
+        _run(
+            ["gcc", "-static", "-Os", "-s", "-o", str(scratch / "pause"), str(scratch / "pause.c")],
+            what="compiling pause.c",
+        )
         with _from_scratch() as container:
-            _run(["buildah", "copy", "--quiet", "--chmod", "0755", container, str(scratch / "pause"), "/pause"],
-                 what="buildah copy")  # fmt: skip
-            _run(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container],
-                 what="buildah config")  # fmt: skip
+            _run(
+                ["buildah", "copy", "--quiet", "--chmod", "0755", container, str(scratch / "pause"), "/pause"],
+                what="buildah copy",
+            )
+            _run(
+                ["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container],
+                what="buildah config",
+            )
             _run(["buildah", "commit", "--quiet", "--rm", container, PAUSE_IMAGE], what="buildah commit of pause")
     _save_with("buildah", PAUSE_IMAGE, archive)
     _keep_only(archive, "pause")

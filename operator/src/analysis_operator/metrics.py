@@ -47,8 +47,14 @@ prometheus_client.ProcessCollector(registry=REGISTRY)
 # A step is a few Redis and API round trips; a slow API server or a big export stretches it to seconds.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 STATES = ("pending", "running", "retrying", "succeeded", "failed", "dead_lettered")
-_STATE_FIELDS = {"pending": "pending", "running": "running", "retrying": "retrying", "succeeded": "succeeded",
-                 "failed": "failed", "dead_lettered": "deadLettered"}  # fmt: skip
+_STATE_FIELDS = {
+    "pending": "pending",
+    "running": "running",
+    "retrying": "retrying",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "dead_lettered": "deadLettered",
+}
 
 RECONCILE_DURATION = Histogram(
     "analysis_operator_reconcile_duration_seconds",

@@ -351,8 +351,12 @@ class Reconciler:
             counts = snapshot.stages[stage.name]
             mine = [w for w in children.workloads if w.stage == stage.name]
             current = sum(w.size for w in mine if not w.complete)
-            size = self._stabilized(stage.name, builders.sized(the_plan, stage, counts, current=current,
-                                                               stopping=stopping), current, stopping)  # fmt: skip
+            size = self._stabilized(
+                stage.name,
+                builders.sized(the_plan, stage, counts, current=current, stopping=stopping),
+                current,
+                stopping,
+            )
             desired = _owned(builders.workload(batch, the_plan, stage, self.cfg.worker, size=size, run=run), body)
             digest = _spec_hash(desired)
             desired["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = digest

@@ -178,8 +178,13 @@ def _counts(obs: Observation) -> dict[str, Any]:
         "progress": f"{done}/{total}",
         "percent": 100 if total and done == total else (done * 100 // total if total else 0),
         "retries": sum(s.counters.get(wire.COUNT_RETRIES, 0) for s in snap.stages.values()),
-        "items": {"total": total, "done": done, "succeeded": last.get(wire.COUNT_SUCCEEDED, 0), "failed": failed,
-                  "deadLettered": dead},
+        "items": {
+            "total": total,
+            "done": done,
+            "succeeded": last.get(wire.COUNT_SUCCEEDED, 0),
+            "failed": failed,
+            "deadLettered": dead,
+        },
         "stages": [
             _stage_status(s, snap.stages[s.name], obs.workers.get(s.name, 0), obs.held_items.get(s.name))
             for s in the_plan.stages
@@ -192,7 +197,7 @@ def _counts(obs: Observation) -> dict[str, Any]:
             "tokensSummary": tokens_summary(tokens),
             "costSummary": cost_summary(cost_nusd),
         },
-    }  # fmt: skip
+    }
     if judges:
         out["judge"] = {
             "approved": approved,
@@ -375,8 +380,14 @@ def _headline(conditions: Sequence[_Cond], phase: v1alpha1.Phase) -> str:
 # ---------------------------------------------------------------- events
 
 _WARNINGS = {str(C.STALLED), str(C.FAILED), str(C.BUDGET_EXCEEDED)}
-_ANNOUNCED = {str(C.COMPLETE), str(C.FAILED), str(C.SUSPENDED), str(C.BUDGET_EXCEEDED),
-              str(C.WAITING_FOR_APPROVAL), str(C.STALLED)}  # fmt: skip
+_ANNOUNCED = {
+    str(C.COMPLETE),
+    str(C.FAILED),
+    str(C.SUSPENDED),
+    str(C.BUDGET_EXCEEDED),
+    str(C.WAITING_FOR_APPROVAL),
+    str(C.STALLED),
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,8 +38,13 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
     try:
         seeded = await consumer.layout(client, cfg.batch_uid)
         if seeded is not None and seeded > keys.LAYOUT_VERSION:
-            log.error("Redis holds batch %s in layout version %s, newer than this worker's (%s): run the worker "
-                      "image of the operator's release", cfg.batch_uid, seeded, keys.LAYOUT_VERSION)  # fmt: skip
+            log.error(
+                "Redis holds batch %s in layout version %s, newer than this worker's (%s): run the worker "
+                "image of the operator's release",
+                cfg.batch_uid,
+                seeded,
+                keys.LAYOUT_VERSION,
+            )
             return 2
         prices = pricing.PriceTable.load(cfg.prices_path)
         worker = loop.Worker(cfg, the_plan, provider, client, blocking, prices)

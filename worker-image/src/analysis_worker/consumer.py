@@ -112,11 +112,14 @@ class StageQueue:
         """Take over up to ``count`` deliveries whose lease expired; dead-letter those past the bound."""
         reply = await LUA.script(self.client, "reclaim")(
             keys=[
-                self.stream, self.keys.outcomes, self.keys.dead(self.stage), self.keys.counts(self.stage),
+                self.stream,
+                self.keys.outcomes,
+                self.keys.dead(self.stage),
+                self.keys.counts(self.stage),
                 self.keys.finals,
             ],
             args=[keys_.GROUP, self.consumer, lease_ms, count, max_deliveries, self.keys.uid, self.stage],
-        )  # fmt: skip
+        )
         return [Delivery(str(entry_id), queue.Message.from_fields(fields), int(n)) for entry_id, fields, n in reply]
 
     async def renew(self, entry_ids: Iterable[str]) -> list[str]:
@@ -156,17 +159,27 @@ class StageQueue:
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
         done = await LUA.script(self.client, "complete")(
             keys=[
-                self.stream, self.keys.outcomes, self.keys.results, self.keys.counts(self.stage), self.keys.usage,
+                self.stream,
+                self.keys.outcomes,
+                self.keys.results,
+                self.keys.counts(self.stage),
+                self.keys.usage,
                 self.keys.finals,
                 *(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in routes),
             ],
             args=[
-                keys_.GROUP, delivery.entry_id, idem, json.dumps(outcome, separators=(",", ":")),
-                "0" if result is None else "1", result or "", json.dumps(increments),
-                json.dumps([route.script_arg() for route in routes]), json.dumps(more_results or {}),
+                keys_.GROUP,
+                delivery.entry_id,
+                idem,
+                json.dumps(outcome, separators=(",", ":")),
+                "0" if result is None else "1",
+                result or "",
+                json.dumps(increments),
+                json.dumps([route.script_arg() for route in routes]),
+                json.dumps(more_results or {}),
                 "1" if final else "0",
             ],
-        )  # fmt: skip
+        )
         return bool(done)
 
     async def retry(
@@ -183,15 +196,22 @@ class StageQueue:
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
         scheduled = await LUA.script(self.client, "retry")(
             keys=[
-                self.stream, self.keys.outcomes, self.keys.delayed(self.stage), self.keys.counts(self.stage),
+                self.stream,
+                self.keys.outcomes,
+                self.keys.delayed(self.stage),
+                self.keys.counts(self.stage),
                 self.keys.usage,
             ],
             args=[
-                keys_.GROUP, delivery.entry_id, idem,
+                keys_.GROUP,
+                delivery.entry_id,
+                idem,
                 "" if outcome is None else json.dumps(outcome, separators=(",", ":")),
-                max(0, delay_ms), json.dumps(next_message.fields()), json.dumps(increments),
+                max(0, delay_ms),
+                json.dumps(next_message.fields()),
+                json.dumps(increments),
             ],
-        )  # fmt: skip
+        )
         return bool(scheduled)
 
     async def promote(self, limit: int = 100) -> tuple[int, int]:

@@ -344,9 +344,13 @@ class Worker:
         previous = await self.queue.result(message.input) if message.input else ""
         prompt = templates.render(
             stage.prompt,
-            item=message.item, input=previous or "", vars=self.plan.vars, feedback=message.feedback,
-            round=message.round, attempt=message.attempt,
-        )  # fmt: skip
+            item=message.item,
+            input=previous or "",
+            vars=self.plan.vars,
+            feedback=message.feedback,
+            round=message.round,
+            attempt=message.attempt,
+        )
         request = base.Request(
             prompt=prompt,
             max_tokens=provider_plan.max_tokens,
@@ -416,10 +420,14 @@ class Worker:
         message = delivery.message
         idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
         outcome: dict[str, Any] = {
-            wire.OUTCOME_STATUS: routed.status, wire.OUTCOME_POD: self.cfg.pod_name, wire.OUTCOME_MODEL: model,
-            wire.OUTCOME_INPUT_TOKENS: tokens[0], wire.OUTCOME_OUTPUT_TOKENS: tokens[1],
-            wire.OUTCOME_INPUT: message.input, **timing,
-        }  # fmt: skip
+            wire.OUTCOME_STATUS: routed.status,
+            wire.OUTCOME_POD: self.cfg.pod_name,
+            wire.OUTCOME_MODEL: model,
+            wire.OUTCOME_INPUT_TOKENS: tokens[0],
+            wire.OUTCOME_OUTPUT_TOKENS: tokens[1],
+            wire.OUTCOME_INPUT: message.input,
+            **timing,
+        }
         # Sent nowhere: the item's journey ends here (the last stage, a fan-out without children, a judge's Fail).
         final = not routed.routes
         if routed.status == wire.STATUS_FAILED:  # a judge out of rejections (onExhausted: Fail)
@@ -431,9 +439,14 @@ class Worker:
             )  # what it ends with is the reviewed answer, not the verdict
         usage = self._usage(model, tokens)
         first = await self.queue.complete(
-            delivery, outcome, result=text, increments={**routed.increments, **usage}, routes=routed.routes,
-            more_results=routed.results, final=final,
-        )  # fmt: skip
+            delivery,
+            outcome,
+            result=text,
+            increments={**routed.increments, **usage},
+            routes=routed.routes,
+            more_results=routed.results,
+            final=final,
+        )
         if first:
             if routed.status == wire.STATUS_FAILED:
                 self.stats.failed += 1
@@ -499,10 +512,12 @@ class Worker:
             return
         # Failed for good: the end of its journey. Input and feedback let producer.retry_failed run it again.
         outcome = {
-            wire.OUTCOME_STATUS: wire.STATUS_FAILED, wire.OUTCOME_ERROR_CLASS: str(error.error_class),
-            wire.OUTCOME_ERROR: error.message[:500], wire.OUTCOME_INPUT: message.input,
+            wire.OUTCOME_STATUS: wire.STATUS_FAILED,
+            wire.OUTCOME_ERROR_CLASS: str(error.error_class),
+            wire.OUTCOME_ERROR: error.message[:500],
+            wire.OUTCOME_INPUT: message.input,
             **({wire.OUTCOME_FEEDBACK: message.feedback} if message.feedback else {}),
-        }  # fmt: skip
+        }
         increments = {wire.COUNT_FAILED: 1, **spent}
         first = await self.queue.complete(delivery, outcome, result=None, increments=increments, final=True)
         if first:

@@ -130,8 +130,9 @@ def onward(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message) -
     return [consumer.Route(stage.next, message, gather=the_plan.stage(stage.next).collect)]
 
 
-def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, verdict: Verdict,
-            reviewed_input: str) -> Routed:  # fmt: skip
+def _judged(
+    the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, verdict: Verdict, reviewed_input: str
+) -> Routed:
     reviewed = message.input  # the reviewed attempt's result: what goes on when approved
     passed_on = onward(the_plan, stage, queue.Message(message.item, message.round, input=reviewed))
     if verdict.approved:
@@ -141,12 +142,22 @@ def _judged(the_plan: plan.Plan, stage: plan.StagePlan, message: queue.Message, 
     if message.round < stage.max_rejections:
         assert stage.reviews is not None
         back = queue.Message(message.item, message.round + 1, input=reviewed_input, feedback=verdict.feedback)
-        return Routed(wire.STATUS_REJECTED, [consumer.Route(stage.reviews, back)], {}, counts,
-                      f"rejected in round {message.round}; back to {stage.reviews}")  # fmt: skip
+        return Routed(
+            wire.STATUS_REJECTED,
+            [consumer.Route(stage.reviews, back)],
+            {},
+            counts,
+            f"rejected in round {message.round}; back to {stage.reviews}",
+        )
     counts[wire.COUNT_EXHAUSTED] = 1
     if stage.on_exhausted is v1alpha1.OnExhausted.ACCEPT_LAST:
-        return Routed(wire.STATUS_SUCCEEDED, passed_on, {}, {**counts, wire.COUNT_SUCCEEDED: 1},
-                      f"rejected {message.round + 1} times; the last answer goes on (AcceptLast)")  # fmt: skip
+        return Routed(
+            wire.STATUS_SUCCEEDED,
+            passed_on,
+            {},
+            {**counts, wire.COUNT_SUCCEEDED: 1},
+            f"rejected {message.round + 1} times; the last answer goes on (AcceptLast)",
+        )
     note = f"rejected {message.round + 1} times (onExhausted: Fail)"
     return Routed(wire.STATUS_FAILED, [], {}, {**counts, wire.COUNT_FAILED: 1}, note)
 

@@ -202,8 +202,11 @@ def _warn_gitops(batch: dict[str, Any]) -> None:
     owner = control.gitops_owner(batch)
     if owner:
         name = (batch.get("metadata") or {}).get("name", "?")
-        print(f'warning: analysisbatch "{name}" is managed by {owner}, which may revert this change to its spec; '
-              "make it in Git to keep it", file=sys.stderr)  # fmt: skip
+        print(
+            f'warning: analysisbatch "{name}" is managed by {owner}, which may revert this change to its spec; '
+            "make it in Git to keep it",
+            file=sys.stderr,
+        )
 
 
 def _write_spec(
@@ -228,8 +231,10 @@ def _write_spec(
             return batch, written
         if not is_conflict(error):
             raise kubectl_error(error)
-    raise PluginError(f'analysisbatch "{name}" kept changing while it was written ({CONFLICT_ATTEMPTS} conflicts); '
-                      "try again", EXIT_KUBECTL)  # fmt: skip
+    raise PluginError(
+        f'analysisbatch "{name}" kept changing while it was written ({CONFLICT_ATTEMPTS} conflicts); try again',
+        EXIT_KUBECTL,
+    )
 
 
 def _items_text(items: list[str] | None) -> str:
@@ -247,8 +252,11 @@ def approve_verb(args: argparse.Namespace, out: TextIO) -> int:
         listed, complete = control.held_at(batch, args.stage)
         unvouched = [] if complete else [item for item in items if item not in listed]
         if unvouched:
-            print(f"warning: the status lists only the first waiting items of stage {args.stage}; not among them: "
-                  f"{', '.join(unvouched)}", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: the status lists only the first waiting items of stage {args.stage}; not among them: "
+                f"{', '.join(unvouched)}",
+                file=sys.stderr,
+            )
     now_open = control.approved(written or batch, args.stage)
     if written is None:
         out.write(f"{_ident(batch)}: stage {args.stage} already approved for {_items_text(now_open)}\n")
@@ -281,8 +289,10 @@ def retry_failed_verb(args: argparse.Namespace, out: TextIO) -> int:
     if written is None:
         raise kubectl_error(error)
     failed = render.failed_items(render.status_of(batch))
-    out.write(f"{_ident(batch)}: retry of failed and dead-lettered items requested ({failed} in the last status; "
-              f"token {token})\n")  # fmt: skip
+    out.write(
+        f"{_ident(batch)}: retry of failed and dead-lettered items requested ({failed} in the last status; "
+        f"token {token})\n"
+    )
     return 0
 
 
@@ -295,8 +305,9 @@ def logs_verb(args: argparse.Namespace, out: TextIO) -> int:
     name, namespace = _name_and_namespace(batch, args.batch)
     types = render.stage_types(batch)
     if args.stage is not None and args.stage not in types:
-        raise PluginError(f'analysisbatch "{name}" has no stage "{args.stage}" (stages: {", ".join(types)})',
-                          EXIT_USAGE)  # fmt: skip
+        raise PluginError(
+            f'analysisbatch "{name}" has no stage "{args.stage}" (stages: {", ".join(types)})', EXIT_USAGE
+        )
     if args.stage is not None and types[args.stage] == wellknown.StageType.APPROVAL:
         raise PluginError(f'stage "{args.stage}" is an approval stage: it runs no worker pods', EXIT_USAGE)
     order = render.stage_names(batch)
@@ -307,8 +318,7 @@ def logs_verb(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.follow:
         state = logs.Follow(kubectl, namespace, args.tail, out, sys.stderr)
-        logs.follow(state, list_streams, lambda: progress.outcome(kubectl.batch(name)) is not None,
-                    LOGS_INTERVAL_S)  # fmt: skip
+        logs.follow(state, list_streams, lambda: progress.outcome(kubectl.batch(name)) is not None, LOGS_INTERVAL_S)
         return 0
     found = list_streams()
     if not found:
@@ -360,16 +370,32 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the plugin's version")
     common = _common()
 
-    status = _verb(sub, "status", common, "follow a batch's progress until it finishes",
-                   "Show a batch's progress per stage (bars, rates, retries, judge verdicts, tokens, cost, and the "
-                   "conditions that need attention), refreshed until it completes or fails. Exit 0 when it "
-                   "completes, 5 when it fails.")  # fmt: skip
+    status = _verb(
+        sub,
+        "status",
+        common,
+        "follow a batch's progress until it finishes",
+        "Show a batch's progress per stage (bars, rates, retries, judge verdicts, tokens, cost, and the "
+        "conditions that need attention), refreshed until it completes or fails. Exit 0 when it "
+        "completes, 5 when it fails.",
+    )
     status.add_argument("--once", action="store_true", help="print one snapshot and exit (for scripts)")
-    status.add_argument("--interval", type=_positive, default=STATUS_INTERVAL_S, metavar="SECONDS",
-                        help=f"seconds between refreshes (default: {STATUS_INTERVAL_S:g})")  # fmt: skip
+    status.add_argument(
+        "--interval",
+        type=_positive,
+        default=STATUS_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"seconds between refreshes (default: {STATUS_INTERVAL_S:g})",
+    )
 
-    get = _verb(sub, "get", common, "show one batch as a table", "Show one AnalysisBatch: phase, current stage, "
-                "stages done, progress, failures, retries, judge verdicts, tokens, cost, run time and age.")  # fmt: skip
+    get = _verb(
+        sub,
+        "get",
+        common,
+        "show one batch as a table",
+        "Show one AnalysisBatch: phase, current stage, "
+        "stages done, progress, failures, retries, judge verdicts, tokens, cost, run time and age.",
+    )
     get.add_argument("-o", "--output", choices=GET_FORMATS, default="table", help="output format (default: table)")
 
     listed = _verb(sub, "list", common, "list batches as a table", "List AnalysisBatches with the columns of get.")
@@ -377,22 +403,40 @@ def _parser() -> argparse.ArgumentParser:
     listed.add_argument("-l", "--selector", help="only batches with these labels, e.g. team=research")
     listed.add_argument("-o", "--output", choices=GET_FORMATS, default="table", help="output format (default: table)")
 
-    found = _verb(sub, "results", common, "print what a batch's items ended with",
-                  "Print the latest result of every item of an AnalysisBatch, from its result ConfigMaps.")  # fmt: skip
+    found = _verb(
+        sub,
+        "results",
+        common,
+        "print what a batch's items ended with",
+        "Print the latest result of every item of an AnalysisBatch, from its result ConfigMaps.",
+    )
     found.add_argument("-o", "--output", choices=FORMATS, default="jsonl", help="output format (default: jsonl)")
 
-    approve = _verb(sub, "approve", common, "release items held at an approval stage",
-                    "Add the stage (and items) to spec.approvals, merged with what is there: a stage approved for all "
-                    "items stays so, listed items join those already approved. Refuses a stage that is not of type "
-                    "approval. The write is tied to the version it read, so concurrent writers never lose each "
-                    f"other's changes. {GITOPS_NOTE}")  # fmt: skip
+    approve = _verb(
+        sub,
+        "approve",
+        common,
+        "release items held at an approval stage",
+        "Add the stage (and items) to spec.approvals, merged with what is there: a stage approved for all "
+        "items stays so, listed items join those already approved. Refuses a stage that is not of type "
+        "approval. The write is tied to the version it read, so concurrent writers never lose each "
+        f"other's changes. {GITOPS_NOTE}",
+    )
     approve.add_argument("--stage", required=True, help="the approval stage to open")
-    approve.add_argument("--items", metavar="A,B,...",
-                         help="comma-separated item ids to release (default: every item waiting at the stage)")  # fmt: skip
+    approve.add_argument(
+        "--items",
+        metavar="A,B,...",
+        help="comma-separated item ids to release (default: every item waiting at the stage)",
+    )
 
-    _verb(sub, "retry-failed", common, "re-run the failed and dead-lettered items",
-          f"Set the {wellknown.ANNOTATION_RETRY_FAILED} annotation to a fresh value; the operator re-runs the "
-          "batch's failed and dead-lettered items once for it.")  # fmt: skip
+    _verb(
+        sub,
+        "retry-failed",
+        common,
+        "re-run the failed and dead-lettered items",
+        f"Set the {wellknown.ANNOTATION_RETRY_FAILED} annotation to a fresh value; the operator re-runs the "
+        "batch's failed and dead-lettered items once for it.",
+    )
     _verb(
         sub,
         "suspend",
@@ -408,12 +452,18 @@ def _parser() -> argparse.ArgumentParser:
         f"Set spec.suspend to false. {GITOPS_NOTE}",
     )
 
-    log = _verb(sub, "logs", common, "print the worker pods' logs of a batch",
-                "Print the logs of the batch's worker pods (selected by the batch's uid), each line prefixed with "
-                "its stage and pod. Logs live as long as their pods.")  # fmt: skip
+    log = _verb(
+        sub,
+        "logs",
+        common,
+        "print the worker pods' logs of a batch",
+        "Print the logs of the batch's worker pods (selected by the batch's uid), each line prefixed with "
+        "its stage and pod. Logs live as long as their pods.",
+    )
     log.add_argument("--stage", help="only the workers of this stage")
-    log.add_argument("-f", "--follow", action="store_true",
-                     help="keep printing, picking up new pods, until the batch has finished")  # fmt: skip
+    log.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing, picking up new pods, until the batch has finished"
+    )
     log.add_argument("--tail", type=_count, metavar="N", help="only the last N lines of each container (default: all)")
     return parser
 

@@ -166,8 +166,10 @@ def retry_patch(token: str) -> dict[str, Any]:
 def gitops_owner(batch: Mapping[str, Any]) -> str | None:
     """The GitOps tool that manages this batch (so a spec change made here would be reverted), if one shows."""
     metadata = batch.get("metadata") or {}
-    marks: Iterable[tuple[str, Any]] = [*(metadata.get("annotations") or {}).items(),
-                                        *(metadata.get("labels") or {}).items()]  # fmt: skip
+    marks: Iterable[tuple[str, Any]] = [
+        *(metadata.get("annotations") or {}).items(),
+        *(metadata.get("labels") or {}).items(),
+    ]
     for key, _value in marks:
         if key in GITOPS_MARKERS:
             return GITOPS_MARKERS[key]

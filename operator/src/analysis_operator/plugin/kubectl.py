@@ -139,9 +139,17 @@ class Kubectl:
     def patch(self, name: str, namespace: str, patch: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """A JSON merge patch of the batch, recorded under our field manager: the object, or None and the error."""
         done = self.run(
-            "patch", RESOURCE, name, "--type=merge", f"--field-manager={FIELD_MANAGER}", "-o", "json",
-            "-p", json.dumps(patch), namespace=namespace,
-        )  # fmt: skip
+            "patch",
+            RESOURCE,
+            name,
+            "--type=merge",
+            f"--field-manager={FIELD_MANAGER}",
+            "-o",
+            "json",
+            "-p",
+            json.dumps(patch),
+            namespace=namespace,
+        )
         if done.returncode != 0:
             return None, done.stderr.strip() or f"kubectl exited with code {done.returncode}"
         return parse_object(done.stdout, f"patch {name}"), ""
@@ -150,9 +158,13 @@ class Kubectl:
         """kubectl running in the background (for ``logs -f``), its stdout a pipe of text lines."""
         try:
             return subprocess.Popen(
-                self.argv(*args, namespace=namespace), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                bufsize=1, errors="replace",
-            )  # fmt: skip
+                self.argv(*args, namespace=namespace),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                errors="replace",
+            )
         except OSError as exc:
             raise PluginError(f"cannot run {self.path}: {exc}", EXIT_KUBECTL) from exc
 

@@ -192,9 +192,14 @@ def _batch_line(status: Mapping[str, Any], rates: Rates, now: datetime, unicode:
     counts = f"{done}/{total} ({render.percent(done, total)}%)"
     succeeded, failed = int(items.get("succeeded") or 0), render.failed_items(status)
     return render.GAP.join(
-        ["items", render.bar(done, total, BATCH_BAR, unicode=unicode), counts,
-         f"{succeeded} succeeded, {failed} failed", rate_part]
-    )  # fmt: skip
+        [
+            "items",
+            render.bar(done, total, BATCH_BAR, unicode=unicode),
+            counts,
+            f"{succeeded} succeeded, {failed} failed",
+            rate_part,
+        ]
+    )
 
 
 def _stage_rows(batch: Mapping[str, Any], rates: Rates, unicode: bool) -> list[list[str]]:
@@ -206,13 +211,20 @@ def _stage_rows(batch: Mapping[str, Any], rates: Rates, unicode: bool) -> list[l
         stage = by_name.get(name, {})
         done, total = stage_counts(stage)
         failed = int(stage.get("failed") or 0) + int(stage.get("deadLettered") or 0)
-        rows.append([
-            name, types.get(name, wellknown.StageType.GENERATE),
-            f"{render.bar(done, total, STAGE_BAR, unicode=unicode)} {render.percent(done, total):>3}%",
-            f"{done}/{total}", str(stage.get("pending") or 0), str(stage.get("running") or 0),
-            str(stage.get("retrying") or 0), str(failed), str(stage.get("workers") or 0),
-            rate_text(rates.per_minute(name)) if stage else render.NONE,
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                types.get(name, wellknown.StageType.GENERATE),
+                f"{render.bar(done, total, STAGE_BAR, unicode=unicode)} {render.percent(done, total):>3}%",
+                f"{done}/{total}",
+                str(stage.get("pending") or 0),
+                str(stage.get("running") or 0),
+                str(stage.get("retrying") or 0),
+                str(failed),
+                str(stage.get("workers") or 0),
+                rate_text(rates.per_minute(name)) if stage else render.NONE,
+            ]
+        )
     return rows
 
 
@@ -269,8 +281,10 @@ def _notes(batch: Mapping[str, Any]) -> list[str]:
     generation = metadata.get("generation")
     observed = status.get("observedGeneration")
     if generation is not None and observed is not None and observed != generation:
-        lines.append(f"note: this status is for generation {observed}; the spec is at {generation} "
-                     "(the operator has not caught up yet)")  # fmt: skip
+        lines.append(
+            f"note: this status is for generation {observed}; the spec is at {generation} "
+            "(the operator has not caught up yet)"
+        )
     token = (metadata.get("annotations") or {}).get(wellknown.ANNOTATION_RETRY_FAILED)
     if token and status.get("retriedFailed") != token:
         lines.append(f"note: retry-failed {token} requested; the operator has not acted on it yet")

@@ -14,8 +14,20 @@ from analysis_core.api import wellknown
 
 GAP = "   "  # between columns, as kubectl get
 NONE = "-"
-COLUMNS = ("NAME", "PHASE", "STAGE", "STAGES", "PROGRESS", "FAILED", "RETRIES", "JUDGE", "TOKENS", "COST",
-           "DURATION", "AGE")  # fmt: skip
+COLUMNS = (
+    "NAME",
+    "PHASE",
+    "STAGE",
+    "STAGES",
+    "PROGRESS",
+    "FAILED",
+    "RETRIES",
+    "JUDGE",
+    "TOKENS",
+    "COST",
+    "DURATION",
+    "AGE",
+)
 WIDE_COLUMNS = ("WORKERS", "MESSAGE")
 
 
@@ -191,8 +203,10 @@ def table_row(batch: Mapping[str, Any], now: datetime, *, wide: bool = False, na
 
 def table(batches: Iterable[Mapping[str, Any]], now: datetime, *, wide: bool = False, namespace: bool = False) -> str:
     """The ``get``/``list`` table, sorted by namespace and name; "" for no batches."""
-    ordered = sorted(batches, key=lambda b: ((b.get("metadata") or {}).get("namespace", ""),
-                                             (b.get("metadata") or {}).get("name", "")))  # fmt: skip
+    ordered = sorted(
+        batches,
+        key=lambda b: ((b.get("metadata") or {}).get("namespace", ""), (b.get("metadata") or {}).get("name", "")),
+    )
     if not ordered:
         return ""
     header = (["NAMESPACE"] if namespace else []) + list(COLUMNS) + (list(WIDE_COLUMNS) if wide else [])

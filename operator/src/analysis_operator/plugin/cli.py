@@ -21,8 +21,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import yaml
-
 import analysis_core
 from analysis_core import api
 from analysis_core.api import wellknown
@@ -167,6 +165,8 @@ def _print_objects(objects: list[dict[str, Any]], output: str, out: TextIO, *, s
         if output == "json":
             out.write(json.dumps(value, ensure_ascii=False, indent=4) + "\n")
         else:
+            import yaml  # only here: loading it costs every other call of the plugin about 10 ms
+
             out.write(yaml.safe_dump(value, allow_unicode=True, default_flow_style=False, sort_keys=True))
         return
     out.write(render.table(objects, datetime.now(UTC), wide=output == "wide", namespace=namespace))

@@ -259,6 +259,33 @@ def test_a_missing_secret_is_named_and_recovers(batches: Any) -> None:
 
 
 @pytest.mark.timeout(180)
+def test_a_cost_budget_over_an_unpriced_model_waits_with_its_condition_until_the_spec_is_fixed(batches: Any) -> None:
+    from analysis_devcluster import standin
+
+    with standin.StandIn(api_key="sk-test-key", host=batches.dev.host) as server:
+        manifest = on_stand_in(server, "anthropic")  # the model claude-test has no price
+        manifest["spec"]["budget"] = {"maxCostUSD": 1}
+        batches.kubectl("create", "secret", "generic", "llm-keys", "--from-literal=anthropic=sk-test-key")
+        batches.apply(manifest)
+        name = manifest["metadata"]["name"]
+        batches.wait(name, "Stalled", timeout_s=30)
+        stalled = batches.conditions(name)["Stalled"]
+        assert stalled["reason"] == "UnpricedModel"
+        assert stalled["message"].startswith("spec.providers.summarizer.model: claude-test: no price")
+        assert batches.children(batches.get(name)["metadata"]["uid"])["pods"] == []  # nothing ran at $0
+        batches.kubectl(
+            "patch",
+            "analysisbatch",
+            name,
+            "--type=json",
+            "-p",
+            '[{"op": "replace", "path": "/spec/budget", "value": {"maxTokens": 100000}}]',
+        )
+        batches.wait(name, "Complete", timeout_s=120)
+        assert batches.conditions(name)["Stalled"]["status"] == "False"
+
+
+@pytest.mark.timeout(180)
 def test_a_refused_key_fails_the_batch_quickly_with_a_clear_reason(batches: Any) -> None:
     from analysis_devcluster import standin
 

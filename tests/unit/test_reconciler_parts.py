@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from analysis_core import plan
+from analysis_core import plan, pricing
 from analysis_core.api import v1alpha1, wellknown
 from analysis_operator import reconciler
 
@@ -118,3 +118,30 @@ def test_bad_item_lists_name_the_configmap() -> None:
         reconciler.parse_items(text, ref, problems)
         assert [p.reason for p in problems] == [reason]
         assert "spec.itemsFrom.configMapKeyRef (ConfigMap tickers, key list)" in problems[0].message
+
+
+def _budgeted(budget: dict[str, Any], **models: str) -> plan.Plan:
+    key = {"name": "k", "key": "k"}
+    providers = {
+        name: {"type": "offline"}
+        if model == "offline"
+        else {"type": "anthropic", "model": model, "apiKeySecretRef": key}
+        for name, model in models.items()
+    }
+    stages = [{"name": f"s-{name}", "provider": name, "prompt": "{{ item }}"} for name in models]
+    spec = {"items": ["A"], "providers": providers, "stages": stages, "budget": budget}
+    return plan.compile_plan("uid", v1alpha1.AnalysisBatchSpec.model_validate(spec))
+
+
+def test_a_cost_budget_over_a_model_without_a_price_is_a_problem_naming_the_field_never_a_silent_zero() -> None:
+    prices = pricing.PriceTable.default()
+    unpriced = _budgeted({"maxCostUSD": 5}, known="claude-sonnet-4-5", house="acme-llm-7", local="offline")
+    (problem,) = reconciler.unpriced_budget(unpriced, prices)
+    assert (problem.reason, problem.stalled) == (wellknown.Reason.UNPRICED_MODEL, True)
+    assert problem.message.startswith("spec.providers.house.model: acme-llm-7: no price in the operator's price table")
+    assert "spec.budget.maxCostUSD" in problem.message
+    assert "spec.providers.known" not in problem.message
+    # A token budget, or no budget, needs no price; an operator's table that prices the model clears it.
+    assert reconciler.unpriced_budget(_budgeted({"maxTokens": 10_000}, house="acme-llm-7"), prices) == []
+    table = pricing.PriceTable.from_text("models:\n  acme-llm: {input: 1, output: 2}\n", "test")
+    assert reconciler.unpriced_budget(unpriced, table) == []

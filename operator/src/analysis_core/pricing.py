@@ -85,6 +85,11 @@ class PriceTable:
             raise ValueError(f"{path}: cannot read the price table: {e}") from e
         return cls({**_packaged(), **_parse(text, str(path))})
 
+    @classmethod
+    def from_text(cls, text: str | None, source: str) -> PriceTable:
+        """The packaged table with the entries of ``text`` (a price file's contents, from ``source``) over it."""
+        return cls.default() if text is None else cls({**_packaged(), **_parse(text, source)})
+
     @property
     def models(self) -> tuple[str, ...]:
         """The model names in the table, sorted."""

@@ -43,7 +43,7 @@ import kopf
 import pydantic
 import yaml
 
-from analysis_core import plan, queue
+from analysis_core import plan, pricing, queue
 from analysis_core.api import v1alpha1, wellknown
 from analysis_operator import builders, completion, export, kube, producer, results, status
 from analysis_operator.config import OperatorConfig
@@ -109,6 +109,8 @@ class Reconciler:
         self.kube = kube_
         self.redis = redis
         self._compiled: _Compiled | None = None
+        # The table workers will price calls with: the packaged one and the operator's override, published in the plan.
+        self._prices = pricing.PriceTable.from_text(cfg.worker.prices, "the operator's price table")
         self._published: str | None = None  # plan text last applied
         self._account_applied = False
         self._written: dict[str, Any] | None = None  # the status last written
@@ -170,6 +172,9 @@ class Reconciler:
         except plan.PlanError as exc:
             detail = "; ".join(f"{field}: {message}" for field, message in exc.problems)
             problems.append(status.Problem(R.INVALID_PLAN, detail))
+            return None
+        problems.extend(unpriced_budget(the_plan, self._prices))
+        if problems:
             return None
         self._compiled = _Compiled(generation, the_plan, spec, items)
         return self._compiled
@@ -507,6 +512,27 @@ def _owned(obj: dict[str, Any], owner: kopf.Body) -> dict[str, Any]:
 def _spec_hash(obj: Mapping[str, Any]) -> str:
     payload = {"spec": obj.get("spec"), "labels": obj["metadata"].get("labels")}
     return builders._digest(payload)
+
+
+def unpriced_budget(the_plan: plan.Plan, prices: pricing.PriceTable) -> list[status.Problem]:
+    """A cost budget needs a price for every model the batch calls: an unpriced call would count as $0 against it."""
+    if the_plan.budget is None or the_plan.budget.max_cost_nusd is None:
+        return []
+    called = sorted({stage.provider for stage in the_plan.stages if stage.provider is not None})
+    missing = [
+        f"spec.providers.{name}.model: {the_plan.providers[name].model}"
+        for name in called
+        if not prices.known(the_plan.providers[name].model)
+    ]
+    if not missing:
+        return []
+    return [
+        status.Problem(
+            R.UNPRICED_MODEL,
+            f"{'; '.join(missing)}: no price in the operator's price table, so spec.budget.maxCostUSD cannot count "
+            "its calls; add the model to the price table (the chart's prices value) or drop maxCostUSD",
+        )
+    ]
 
 
 def parse_items(text: str, ref: v1alpha1.ConfigMapKeyRef, problems: list[status.Problem]) -> list[str]:

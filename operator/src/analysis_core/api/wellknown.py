@@ -113,6 +113,7 @@ class Reason(enum.StrEnum):
     WORKLOAD_APPLY_FAILED = "WorkloadApplyFailed"
     REDIS_UNAVAILABLE = "RedisUnavailable"
     REDIS_LAYOUT_UNSUPPORTED = "RedisLayoutUnsupported"
+    UNPRICED_MODEL = "UnpricedModel"
     # Events besides condition flips (a flip to false posts "<Type>Cleared").
     RETRY_FAILED = "RetryFailed"
     CLEANUP_RETRYING = "CleanupRetrying"

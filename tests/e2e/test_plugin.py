@@ -372,8 +372,13 @@ def test_logs_gathers_the_batchs_worker_logs_by_uid_and_stage(batches: Any) -> N
         return sorted(b["item"] for s, _pod, b in lines if s == stage and b.get("msg") == "succeeded")
 
     # Following picked up the polish pods, started after it began, and ended by itself once the batch was done.
+    # (It may also have seen a pod that is gone by now: a Job whose parallelism shrinks loses a pod. Never the
+    # earlier batch's pod, though.)
     live = parsed(followed_out)
-    assert {pod for _stage, pod, _body in live} == set(pods)
+    seen = {pod for _stage, pod, _body in live}
+    assert set(pods) <= seen, (pods, seen)
+    assert "noted-draft-old" not in seen
+    assert all(pod.startswith(f"noted-{stage}-") for stage, pod, _body in live), seen
     assert (succeeded_items(live, "draft"), succeeded_items(live, "polish")) == (["A", "B", "C"], ["A", "B", "C"])
 
     everything = parsed(ok(plugin(batches, "logs", "noted")))

@@ -118,8 +118,17 @@ $(ARQ_VENV)/bin/arq:
 .PHONY: .venv-arq
 .venv-arq: $(ARQ_VENV)/bin/arq
 
+# BullMQ, the other baseline of bench/queue_bench.py (Node 20): the versions bench/bullmq/package-lock.json pins.
+# npm ci reinstalls only when the lockfile changes; the cache in $HOME makes that offline after the first time.
+BULLMQ_DIR := bench/bullmq
+$(BULLMQ_DIR)/node_modules/.package-lock.json: $(BULLMQ_DIR)/package-lock.json $(BULLMQ_DIR)/package.json
+	cd $(BULLMQ_DIR) && npm ci --cache "$(HOME)/.npm" --prefer-offline --ignore-scripts --no-audit --no-fund
+
+.PHONY: bench-bullmq
+bench-bullmq: $(BULLMQ_DIR)/node_modules/.package-lock.json ## install BullMQ for bench/queue_bench.py (npm ci in bench/bullmq)
+
 .PHONY: bench
-bench: install controlplane .venv-arq ## benchmarks: dev cluster warm start; stage queue vs arq, pickup, limiter (~5 min); writes bench/results/
+bench: install controlplane .venv-arq bench-bullmq ## benchmarks: dev cluster warm start; stage queue vs arq and BullMQ, pickup, limiter (~6 min); writes bench/results/
 	$(PY) bench/devcluster_start.py
 	$(PY) bench/queue_bench.py
 

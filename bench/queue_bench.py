@@ -1,4 +1,4 @@
-"""Benchmark: the stage queue against arq, pickup latency, and the rate limiter's utilization.
+"""Benchmark: the stage queue against arq and BullMQ, pickup latency, and the rate limiter's utilization.
 
 One run, one private ``redis-server`` (AOF on, as in production) shared by
 everything measured, real worker processes, the zero-latency offline provider:
@@ -14,10 +14,16 @@ everything measured, real worker processes, the zero-latency offline provider:
    backlog-first with backlog-first. arq runs with its defaults (the
    headline) and again with ``poll_delay`` 10 ms (``arq_poll_10ms``): by
    default an arq worker reads at most 100 jobs per 0.5 s poll, which caps it
-   near 200 jobs/s per process whatever the job costs;
+   near 200 jobs/s per process whatever the job costs. BullMQ (Node, pinned by
+   ``bench/bullmq/package-lock.json``, driven by ``bench/bullmq/baseline.mjs``)
+   runs the same shape: jobs added first with ``addBulk``, then as many worker
+   processes with the same ``concurrency``, a no-op processor,
+   ``removeOnComplete``;
 2. pickup latency: single items enqueued (raw XADD) with random 20-100 ms
    gaps to idle workers; pickup = the outcome's ``claimed_ms`` minus the
-   enqueue time taken just before the XADD;
+   enqueue time taken just before the XADD. BullMQ's the same way: one
+   ``Queue.add`` per gap to idle workers, pickup = the processor's start
+   minus the time read just before the add;
 3. the limiter: a backlog against 4 workers, a 50 ms provider and a limit of
    R requests per window W; utilization and windows over the limit from the
    outcomes' ``called_ms``.
@@ -66,11 +72,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "queue.json"
 WORKER = Path(sys.executable).parent / "analysis-worker"
 ARQ_VENV = ROOT / ".venv-arq"
+BULLMQ_DIR = ROOT / "bench" / "bullmq"  # `make bench-bullmq` installs its node_modules (npm ci)
+BULLMQ_SCRIPT = BULLMQ_DIR / "baseline.mjs"
 STAGE = "work"
 POLL_S = 0.01  # how often completion is polled
 RUN_TIMEOUT_S = 180.0
-# Throughput configurations, run interleaved: ours backlog first, ours with idle workers, arq, arq polling faster.
-SYSTEMS = ("ours", "ours_idle_workers", "arq", "arq_poll_10ms")
+# Throughput configurations, run interleaved: ours backlog first, ours with idle workers, arq, arq polling faster,
+# BullMQ.
+SYSTEMS = ("ours", "ours_idle_workers", "arq", "arq_poll_10ms", "bullmq")
 
 
 # ---------------------------------------------------------------- processes
@@ -180,6 +189,8 @@ class Bench:
         self.redis_url = ""
         self._client: queue.Redis | None = None
         self._pods = 0
+        self.node = shutil.which("node") or "node"
+        self.bullmq_keys: dict[str, str] = {}  # BullMQ's key names, from `baseline.mjs info`
 
     @property
     def client(self) -> queue.Redis:
@@ -396,6 +407,125 @@ class Bench:
         await self.client.flushall()
         return timed
 
+    # ---- BullMQ
+
+    def bullmq_environ(self, *, log_starts: bool = False) -> dict[str, str]:
+        environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin"),
+            "BENCH_BULLMQ_CONCURRENCY": str(self.settings.concurrency),
+        }
+        if log_starts:
+            environ["BENCH_BULLMQ_LOG_STARTS"] = "1"
+        return environ
+
+    async def bullmq_node(self, *args: str, stdin: bytes | None = None) -> Any:
+        """Run ``baseline.mjs`` with ``args`` to its end; its output is one JSON value."""
+        process = await asyncio.create_subprocess_exec(
+            self.node,
+            str(BULLMQ_SCRIPT),
+            *args,
+            cwd=BULLMQ_DIR,
+            env=self.bullmq_environ(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(stdin), timeout=RUN_TIMEOUT_S)
+        if process.returncode != 0:
+            raise RuntimeError(f"baseline.mjs {args} failed: {err.decode(errors='replace')[-2000:]}")
+        return json.loads(out)
+
+    def start_bullmq_workers(self, count: int, *, log_starts: bool = False) -> list[Any]:
+        processes = []
+        for _ in range(count):
+            argv = [self.node, str(BULLMQ_SCRIPT), "worker", self.redis_url]
+            environ = self.bullmq_environ(log_starts=log_starts)
+            processes.append(self.procs.spawn(argv, environ, f"bullmq-{self._pods}.log", cwd=BULLMQ_DIR))
+            self._pods += 1
+        return processes
+
+    async def bullmq_pending(self) -> int:
+        """Jobs waiting or active. One MULTI, so a job moving from wait to active is counted exactly once."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(self.bullmq_keys["wait"])
+            pipe.llen(self.bullmq_keys["active"])
+            waiting, active = await pipe.execute()
+        return int(waiting) + int(active)
+
+    async def bullmq_check_end(self, n: int, processes: list[Any], what: str) -> None:
+        """Every one of ``n`` jobs added, finished and removed, none failed: nothing but the queue's own keys left."""
+        created = int(await self.client.get(self.bullmq_keys["id"]) or 0)
+        prefix = self.bullmq_keys["prefix"]
+        jobs_left = 0
+        async for key in self.client.scan_iter(match=f"{prefix}*", count=1000):
+            jobs_left += key[len(prefix) :][:1].isdigit()  # bull:bench:<id>, bull:bench:<id>:lock
+        # removeOnFail leaves no trace of a failure in Redis; the workers log each one.
+        failures = [
+            line
+            for process in processes
+            for line in self.procs.log_of[process.pid].read_text(errors="replace").splitlines()
+            if line.startswith(("failed ", "error "))
+        ]
+        if created != n or jobs_left or failures or await self.bullmq_pending():
+            raise RuntimeError(
+                f"bullmq, {what}: {created} jobs added (expected {n}), {jobs_left} job keys left,"
+                f" failures {failures[:5]} (logs in {self.tmp})"
+            )
+
+    async def bullmq(self, workers: int, n: int) -> Timed:
+        """BullMQ's throughput: ``n`` jobs added, then ``workers`` processes started; timed until none waits or runs."""
+        await self.client.flushall()
+        queued = int(await self.bullmq_node("enqueue", self.redis_url, str(n)))
+        if queued != n:
+            raise RuntimeError(f"bullmq: {queued} jobs waiting, expected {n}")
+
+        async def done() -> int:
+            # A job leaves the active list in the script that finishes it (and, with removeOnComplete, deletes it).
+            return n - await self.bullmq_pending()
+
+        processes: list[Any] = []
+        try:
+            started = time.perf_counter()
+            processes = self.start_bullmq_workers(workers)
+            timed = await self.timed_until_done(started, done, n, processes)
+        finally:
+            self.procs.stop(processes)
+        await self.bullmq_check_end(n, processes, f"{workers} workers")
+        await self.client.flushall()
+        return timed
+
+    async def bullmq_pickup(self, workers: int, samples: int, rng: random.Random) -> dict[str, Any]:
+        """BullMQ's pickup, as ``pickup``: one job per random 20-100 ms gap to idle workers; the gaps come from ``rng``."""
+        await self.client.flushall()
+        processes = self.start_bullmq_workers(workers, log_starts=True)
+        try:
+
+            async def all_idle() -> bool:
+                # An idle BullMQ worker blocks in BZPOPMIN on the queue's marker; each has one blocking connection.
+                return sum(c["cmd"] == "bzpopmin" for c in await self.client.client_list()) >= workers
+
+            await self.wait_until(all_idle, "every BullMQ worker blocked waiting for jobs", processes, timeout_s=60)
+            gaps_ms = [round(rng.uniform(0.02, 0.1) * 1000, 1) for _ in range(samples)]
+            sent = await self.bullmq_node("pickup", self.redis_url, stdin=json.dumps(gaps_ms).encode())
+
+            async def all_done() -> bool:
+                return await self.bullmq_pending() == 0
+
+            await self.wait_until(all_done, "every BullMQ pickup sample done", processes, timeout_s=60)
+        finally:
+            self.procs.stop(processes)
+        await self.bullmq_check_end(samples, processes, f"pickup, {workers} workers")
+        started: dict[str, int] = {}
+        for process in processes:
+            for line in self.procs.log_of[process.pid].read_text(errors="replace").splitlines():
+                if line.startswith("start "):
+                    _, job_id, ms = line.split()
+                    started[job_id] = int(ms)
+        if set(started) != set(sent):
+            raise RuntimeError(f"bullmq pickup: {len(started)} starts logged for {len(sent)} jobs (logs in {self.tmp})")
+        await self.client.flushall()
+        return latency_stats(workers, [float(started[job_id] - ms) for job_id, ms in sent.items()])
+
     # ---- pickup latency
 
     async def pickup(self, workers: int, samples: int, rng: random.Random) -> dict[str, Any]:
@@ -426,16 +556,7 @@ class Bench:
             outcome = json.loads(outcomes[k.idem(STAGE, item, 0, 1)])
             latencies.append(float(outcome["claimed_ms"] - enqueued_ms))
         await self.client.flushall()
-        return {
-            "workers": workers,
-            "samples": samples,
-            "gap_ms": [20, 100],
-            "p50": percentile(latencies, 50),
-            "p90": percentile(latencies, 90),
-            "p99": percentile(latencies, 99),
-            "max": max(latencies),
-            "mean": round(statistics.fmean(latencies), 2),
-        }
+        return latency_stats(workers, latencies)
 
     # ---- limiter
 
@@ -521,15 +642,30 @@ def limiter_stats(calls: list[int], stop_ms: int, requests: int, window_ms: int)
     }
 
 
+def latency_stats(workers: int, latencies: list[float]) -> dict[str, Any]:
+    """Percentiles of pickup latencies (ms) measured with ``workers`` idle workers."""
+    return {
+        "workers": workers,
+        "samples": len(latencies),
+        "gap_ms": [20, 100],
+        "p50": percentile(latencies, 50),
+        "p90": percentile(latencies, 90),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies),
+        "mean": round(statistics.fmean(latencies), 2),
+    }
+
+
 # ---------------------------------------------------------------- main
 
 
 async def measure(settings: Settings, tmp: Path) -> dict[str, Any]:
     bench = Bench(settings, tmp)
-    rng = random.Random(settings.seed)
     try:
         redis_version = await bench.start_redis()
         arq_version = await bench.arq_python("-c", "import arq.version; print(arq.version.VERSION)")
+        bullmq_info = await bench.bullmq_node("info")
+        bench.bullmq_keys = bullmq_info["keys"]
         runs: dict[str, dict[str, list[Timed]]] = {system: {f"{w}w": [] for w in settings.items} for system in SYSTEMS}
         # Interleaved, so drift (other load, AOF growth) hits every system alike.
         for run in range(settings.runs):
@@ -539,6 +675,8 @@ async def measure(settings: Settings, tmp: Path) -> dict[str, Any]:
                         timed = await bench.arq(workers, n)
                     elif system == "arq_poll_10ms":
                         timed = await bench.arq(workers, n, poll_delay_s=0.01)
+                    elif system == "bullmq":
+                        timed = await bench.bullmq(workers, n)
                     else:
                         timed = await bench.ours(workers, n, backlog_first=system == "ours")
                     runs[system][f"{workers}w"].append(timed)
@@ -548,17 +686,28 @@ async def measure(settings: Settings, tmp: Path) -> dict[str, Any]:
                         flush=True,
                     )
         # One idle worker is the headline; four (half the samples) show that more consumers do not slow pickup.
-        pickup = {
-            "1w": await bench.pickup(1, settings.pickup_samples, rng),
-            "4w": await bench.pickup(4, max(10, settings.pickup_samples // 2), rng),
-        }
+        # Each system draws its gaps from its own generator with the same seed: both see the same gaps.
+        samples = {1: settings.pickup_samples, 4: max(10, settings.pickup_samples // 2)}
+        rng = random.Random(settings.seed)
+        pickup = {f"{w}w": await bench.pickup(w, n, rng) for w, n in samples.items()}
         print(f"  pickup: {json.dumps(pickup)}", flush=True)
+        rng = random.Random(settings.seed)
+        pickup_bullmq = {f"{w}w": await bench.bullmq_pickup(w, n, rng) for w, n in samples.items()}
+        print(f"  pickup bullmq: {json.dumps(pickup_bullmq)}", flush=True)
         limiter = await bench.limiter()
         print(f"  limiter: {json.dumps(limiter)}", flush=True)
     finally:
         await bench.close()
         bench.procs.kill_all()
-    return {"redis": redis_version, "arq": arq_version, "runs": runs, "pickup": pickup, "limiter": limiter}
+    return {
+        "redis": redis_version,
+        "arq": arq_version,
+        "bullmq": bullmq_info,
+        "runs": runs,
+        "pickup": pickup,
+        "pickup_bullmq": pickup_bullmq,
+        "limiter": limiter,
+    }
 
 
 def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
@@ -573,13 +722,15 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
     }
     ratio = {w: round(median["ours"][w] / median["arq"][w], 3) for w in median["arq"]}
     ratio_tuned = {w: round(median["ours"][w] / median["arq_poll_10ms"][w], 3) for w in median["arq"]}
-    pickup, limiter = measured["pickup"], measured["limiter"]
+    ratio_bullmq = {w: round(median["ours"][w] / median["bullmq"][w], 3) for w in median["arq"]}
+    pickup, pickup_bullmq, limiter = measured["pickup"], measured["pickup_bullmq"], measured["limiter"]
+    bullmq = measured["bullmq"]
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=ROOT
     ).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=False, cwd=ROOT)
     return {
-        "benchmark": "stage queue: throughput vs arq, pickup latency, limiter utilization",
+        "benchmark": "stage queue: throughput vs arq and BullMQ, pickup latency, limiter utilization",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": commit + ("-dirty" if dirty.stdout.strip() else ""),
         "cpu_count": os.cpu_count(),
@@ -590,6 +741,9 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
             "python": platform.python_version(),
             "redis_server": measured["redis"],
             "arq": measured["arq"],
+            "bullmq": bullmq["bullmq"],
+            "ioredis": bullmq["ioredis"],
+            "node": bullmq["node"],
         },
         "settings": {
             "concurrency_per_process": settings.concurrency,
@@ -599,9 +753,16 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
             "redis": "one private redis-server, --appendonly yes --save ''",
             "arq": "0.28 defaults (poll_delay 0.5 s, keep_result 3600 s), max_jobs = concurrency",
             "arq_poll_10ms": "the same with poll_delay 0.01 s",
+            "bullmq": (
+                f"BullMQ {bullmq['bullmq']} (ioredis {bullmq['ioredis']}, Node {bullmq['node']}) defaults,"
+                " Worker concurrency = concurrency, no-op processor, jobs added with addBulk,"
+                " removeOnComplete and removeOnFail"
+            ),
         },
         "targets": {
             "throughput_ratio_vs_arq_4w": ">= 1.0 (goal 1.5)",
+            "throughput_ratio_vs_bullmq_1w": ">= 1.0",
+            "throughput_ratio_vs_bullmq_4w": ">= 1.0",
             "pickup_ms_p99": "< 50",
             "limiter_utilization": ">= 0.95",
             "limiter_windows_over_limit": "0",
@@ -609,24 +770,31 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
         "met": {
             "throughput_vs_arq": ratio["4w"] >= 1.0,
             "throughput_goal_1_5x": ratio["4w"] >= 1.5,
+            "throughput_vs_bullmq_1w": ratio_bullmq["1w"] >= 1.0,
+            "throughput_vs_bullmq_4w": ratio_bullmq["4w"] >= 1.0,
             "pickup_p99": pickup["1w"]["p99"] < 50,
             "limiter_utilization": limiter["utilization"] >= 0.95,
             "limiter_windows_over_limit": limiter["windows_over_limit"] == 0,
         },
         "items_per_s": median,
         "items_per_s_note": (
-            "median of the runs; 'ours' and 'arq': items seeded/enqueued first, timed from starting the worker"
-            " processes to the last completion; 'arq_poll_10ms': arq with poll_delay 0.01 s, otherwise the same;"
-            " 'ours_idle_workers': workers up and idle, timed from seeding"
+            "median of the runs; 'ours', 'arq' and 'bullmq': items seeded/enqueued first, timed from starting the"
+            " worker processes to the last completion; 'arq_poll_10ms': arq with poll_delay 0.01 s, otherwise the"
+            " same; 'ours_idle_workers': workers up and idle, timed from seeding"
         ),
         "items_per_s_after_first_completion": median_after_first,
         "throughput_ratio_vs_arq_4w": ratio["4w"],
         "throughput_ratio_vs_arq_1w": ratio["1w"],
         "throughput_ratio_vs_arq_poll_10ms_4w": ratio_tuned["4w"],
         "throughput_ratio_vs_arq_poll_10ms_1w": ratio_tuned["1w"],
+        "throughput_ratio_vs_bullmq_4w": ratio_bullmq["4w"],
+        "throughput_ratio_vs_bullmq_1w": ratio_bullmq["1w"],
         "pickup_ms_p50": pickup["1w"]["p50"],
         "pickup_ms_p99": pickup["1w"]["p99"],
         "pickup": pickup,
+        "pickup_bullmq_ms_p50": pickup_bullmq["1w"]["p50"],
+        "pickup_bullmq_ms_p99": pickup_bullmq["1w"]["p99"],
+        "pickup_bullmq": pickup_bullmq,
         "limiter_utilization": limiter["utilization"],
         "limiter_windows_over_limit": limiter["windows_over_limit"],
         "limiter": limiter,
@@ -639,6 +807,7 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     rate, limiter = result["items_per_s"], result["limiter"]
+    bullmq = f"BullMQ {result['machine']['bullmq']}"
     ws = list(rate["arq"])
     label_width = 42
     title = f"items/s, median of {result['settings']['runs_per_configuration']} runs"
@@ -647,16 +816,22 @@ def table(result: dict[str, Any]) -> str:
         ("ours", "ours, backlog first"),
         ("arq", "arq 0.28 (defaults), backlog first"),
         ("arq_poll_10ms", "arq 0.28 poll_delay 10 ms, backlog first"),
+        ("bullmq", f"{bullmq}, backlog first"),
         ("ours_idle_workers", "ours, idle workers"),
     ):
         rows.append(f"{label:<{label_width}}" + "".join(f"{rate[system][w]:>10.0f}" for w in ws))
-    for suffix, label in (("", "ratio ours / arq"), ("poll_10ms_", "ratio ours / arq poll_delay 10 ms")):
-        ratios = "".join(f"{result[f'throughput_ratio_vs_arq_{suffix}{w}']:>9.2f}x" for w in ws)
+    for key, label in (
+        ("arq_", "ratio ours / arq"),
+        ("arq_poll_10ms_", "ratio ours / arq poll_delay 10 ms"),
+        ("bullmq_", f"ratio ours / {bullmq}"),
+    ):
+        ratios = "".join(f"{result[f'throughput_ratio_vs_{key}{w}']:>9.2f}x" for w in ws)
         rows.append(f"{label:<{label_width}}" + ratios)
     rows += ["", f"{'pickup latency, ms':<{label_width}}" + "".join(f"{q:>8}" for q in ("p50", "p90", "p99", "max"))]
-    for w, p in result["pickup"].items():
-        label = f"{w[:-1]} idle worker{'s' if w != '1w' else ''}, {p['samples']} items"
-        rows.append(f"{label:<{label_width}}" + "".join(f"{p[q]:>8.1f}" for q in ("p50", "p90", "p99", "max")))
+    for system, pickup in (("ours", result["pickup"]), (bullmq, result["pickup_bullmq"])):
+        for w, p in pickup.items():
+            label = f"{system}, {w[:-1]} idle worker{'s' if w != '1w' else ''}, {p['samples']} items"
+            rows.append(f"{label:<{label_width}}" + "".join(f"{p[q]:>8.1f}" for q in ("p50", "p90", "p99", "max")))
     limits = (
         f"limiter, {limiter['requests_per_window']} requests / {limiter['window_s']:g} s, {limiter['workers']} workers,"
         f" {limiter['provider_latency_ms']} ms provider: utilization {result['limiter_utilization']:.1%}"
@@ -671,7 +846,9 @@ def table(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=10, help="our stage concurrency = arq's max_jobs")
+    parser.add_argument(
+        "--concurrency", type=int, default=10, help="our stage concurrency = arq's max_jobs = BullMQ's concurrency"
+    )
     parser.add_argument("--items-1w", type=int, default=4000)
     parser.add_argument("--items-4w", type=int, default=8000)
     parser.add_argument("--pickup-samples", type=int, default=300)
@@ -684,6 +861,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (ARQ_VENV / "bin" / "arq").exists():
         raise SystemExit(f"{ARQ_VENV} is missing: run `make .venv-arq`")
+    if not (BULLMQ_DIR / "node_modules" / "bullmq").exists() or not shutil.which("node"):
+        raise SystemExit(f"BullMQ is missing: install Node 20 and run `make bench-bullmq` ({BULLMQ_DIR})")
     settings = Settings(
         concurrency=args.concurrency,
         items={1: args.items_1w, 4: args.items_4w},

@@ -259,6 +259,9 @@ class Operator:
                 [str(OPERATOR), f"--namespace={namespace}"],
                 env={
                     "PATH": f"{OPERATOR.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}",
+                    # Passed through, as the worker harness does: a checkout run against another's virtualenv
+                    # tests its own operator code.
+                    **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ},
                     "HOME": os.environ.get("HOME", "/tmp"),
                     "KUBECONFIG": str(dev.kubeconfig),
                     "ANALYSIS_OPERATOR_REDIS_URL": dev.redis_url,

@@ -7,7 +7,7 @@
 -- the pause as it is, but if the pause has run out and nobody probes, it
 -- counts as a probe would without doubling, so calls never go out freely
 -- while the account still refuses. Every refusal records the provider's
--- latest words (and the model, when the refusal concerns only that model).
+-- latest words, and the model when that refusal concerns only the model.
 --
 -- KEYS[1] pause-until (ms)  KEYS[2] quota pause (hash)
 -- ARGV[1] the provider's message  ARGV[2] the model refused ('' for the whole account)
@@ -38,7 +38,11 @@ else
   end
 end
 redis.call('HSET', KEYS[2], QUOTA_MESSAGE, ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], QUOTA_MODEL, ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[2], QUOTA_MODEL, ARGV[2])
+else
+  redis.call('HDEL', KEYS[2], QUOTA_MODEL)
+end
 if hold and now + backoff > pause then
   redis.call('SET', KEYS[1], now + backoff, 'PX', backoff + 1000)
 end

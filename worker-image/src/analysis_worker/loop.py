@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import logging
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -105,6 +106,10 @@ class Worker:
         self.lease_s = the_plan.lease_s
         self.max_deliveries = the_plan.max_deliveries
         self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
+        # Pauses come from a real provider's answers; a stage that has neither one nor limits skips the round trip.
+        self.consults_limiter = self.limiter.enabled or (
+            self.provider_plan is not None and self.provider_plan.type is not v1alpha1.ProviderType.OFFLINE
+        )
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.metrics = metrics.StageMetrics(
             cfg.stage,
@@ -404,6 +409,8 @@ class Worker:
 
     async def _acquire(self, message: queue.Message, tokens: int) -> ratelimit.Reservation:
         """Wait for the stage's limiter, at most until the item's deadline for waits on the provider's limits."""
+        if not self.consults_limiter:
+            return ratelimit.Reservation(uuid.uuid4().hex, 0, 0.0)
         asked = time.monotonic()
         deadline_s = errors.limited_wait_deadline_s(self.stage.retry)
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)

@@ -27,6 +27,7 @@ A missing binary fails the tests; ``make kstatus`` builds it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -47,6 +48,7 @@ from analysis_core import env, plan, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_devcluster import binaries, cluster
 from analysis_operator import builders, completion, producer, status
+from analysis_worker import ratelimit
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +174,12 @@ BROKEN = status.Observation(
         status.Problem("ConfigMapNotFound", "spec.itemsFrom.configMapKeyRef: ConfigMap research/tickers not found")
     ],
 )
+QUOTA = status.Problem(
+    "ProviderQuotaExhausted",
+    "spec.providers.local (anthropic, model m) refuses calls for quota or billing since 2026-11-22T11:58:00Z: "
+    "Your credit balance is too low to access the Anthropic API. Stage draft is paused and probes the provider "
+    "every 40s (doubling while it refuses); it resumes by itself once a probe passes",
+)
 FAILED_ITEM = snapshot(("draft",), draft=counts(succeeded=2, failed=1))
 OVER_BUDGET = snapshot(flags=OVER, draft=counts(ready=1))
 HELD_WHILE_BUSY = snapshot(draft=counts(ready=1, running=1), gate=counts(ready=1))
@@ -204,6 +212,7 @@ COMPUTED: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "budget exceeded": (first(observe(OVER_BUDGET)), FAILED),
     "budget exceeded while suspended": (first(observe(OVER_BUDGET, suspended=True)), FAILED),
     "broken reference": (first(BROKEN), FAILED),
+    "provider refuses for quota": (first(observe(RUNNING, problems=[QUOTA])), FAILED),
 }
 
 
@@ -259,6 +268,9 @@ class Operator:
                 [str(OPERATOR), f"--namespace={namespace}"],
                 env={
                     "PATH": f"{OPERATOR.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}",
+                    # Passed through, as the worker harness does: a checkout run against another's virtualenv
+                    # tests its own operator code.
+                    **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ},
                     "HOME": os.environ.get("HOME", "/tmp"),
                     "KUBECONFIG": str(dev.kubeconfig),
                     "ANALYSIS_OPERATOR_REDIS_URL": dev.redis_url,
@@ -454,3 +466,43 @@ def test_what_the_operator_writes_reads_as_decided(batches: Batches) -> None:
     held = {c["type"]: c for c in read["waiting for approval"][1]["status"]["conditions"]}
     assert re.fullmatch(r"2 items wait at gate \(\S+, \S+\): approve them in spec\.approvals", held["Ready"]["message"])
     assert held["Complete"]["status"] == "False"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_provider_refusing_for_quota_reads_failed_until_a_probe_passes(
+    batches: Batches, redis: queue.Redis
+) -> None:
+    batches.create("quota", {"items": ["NVDA", "AMD"], "providers": OFFLINE, "stages": [DRAFT]})
+    uid = batches.settle("quota", "Running")["metadata"]["uid"]
+    # What a worker of the stage does when the provider refuses its call for quota (no worker runs here: the
+    # items wait in the stream, so the stage has work that the pause holds).
+    limiter = ratelimit.Limiter(
+        redis, uid, "draft", requests_per_window=None, tokens_per_window=None, window_s=60, probe_s=0.2, probe_lease_s=5
+    )
+    words = "Your credit balance is too low to access the Anthropic API."
+    await limiter.refused(await limiter.acquire(1), words, None)
+
+    stalled = batches.settle("quota", "Running", condition="Stalled")
+    conditions = {c["type"]: c for c in stalled["status"]["conditions"]}
+    assert conditions["Stalled"]["reason"] == "ProviderQuotaExhausted"
+    assert conditions["Stalled"]["message"].startswith("spec.providers.local (offline, model offline) refuses calls ")
+    assert words in conditions["Stalled"]["message"]
+    assert (conditions["Reconciling"]["status"], conditions["Ready"]["status"]) == ("False", "False")
+    assert reading(stalled) == FAILED
+
+    # A probe passes: the pause ends, and so does the condition.
+    probe = await asyncio.wait_for(limiter.acquire(1), timeout=10)
+    assert probe.probe
+    assert await limiter.probed(probe, answered=True)
+    deadline = time.monotonic() + 30
+    while True:
+        obj = batches.get("quota")
+        conditions = {c["type"]: c for c in obj["status"]["conditions"]}
+        if conditions["Stalled"]["status"] == "False":
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the condition stayed: {conditions['Stalled']}\n{batches.op.tail()}")
+        await asyncio.sleep(0.2)
+    assert (obj["status"]["phase"], conditions["Reconciling"]["status"]) == ("Running", "True")
+    assert reading(obj) == IN_PROGRESS

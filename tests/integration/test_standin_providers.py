@@ -187,6 +187,37 @@ async def test_fault_is_classified_after_exactly_one_request(
     assert (await provider.complete(_request())).text.startswith("stand-in answer: ")
 
 
+# The refusals for quota and billing: (status, the SDK's exception class, the provider's words) per API.
+REFUSALS: dict[str, dict[str, tuple[int, type[Exception], str]]] = {
+    "anthropic": {
+        "low_credit": (400, anthropic.BadRequestError, standin.ANTHROPIC_LOW_CREDIT),
+        "insufficient_quota": (400, anthropic.BadRequestError, standin.ANTHROPIC_LOW_CREDIT),
+        "model_forbidden": (403, anthropic.PermissionDeniedError, standin.ANTHROPIC_FORBIDDEN),
+    },
+    "openai": {
+        "low_credit": (429, openai.RateLimitError, standin.OPENAI_INSUFFICIENT_QUOTA),
+        "insufficient_quota": (429, openai.RateLimitError, standin.OPENAI_INSUFFICIENT_QUOTA),
+        "model_forbidden": (403, openai.PermissionDeniedError, f"does not have access to model `{MODELS['openai']}`"),
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["insufficient_quota", "low_credit", "model_forbidden"])
+async def test_refusals_for_quota_are_their_own_class_in_the_providers_words(
+    provider: base.Provider, server: standin.StandIn, api: str, kind: str
+) -> None:
+    server.set_plan([{"kind": kind, "retry_after_s": 1}])
+    error = await _failure(provider)
+    status, sdk_class, words = REFUSALS[api][kind]
+    assert (error.error_class, error.status, type(error.__cause__)) == (EC.QUOTA_EXHAUSTED, status, sdk_class)
+    assert words in error.message
+    # The account as a whole, or only the model that was asked for; either way no wait of its own.
+    assert error.model == (MODELS[api] if kind == "model_forbidden" else None)
+    assert error.retry_after_s is None
+    [seen] = server.requests()
+    assert (seen["kind"], seen["retry_count"]) == (kind, 0)
+
+
 async def test_rate_limit_without_retry_after_waits_for_the_quota_reset(
     provider: base.Provider, server: standin.StandIn
 ) -> None:

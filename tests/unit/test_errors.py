@@ -69,3 +69,25 @@ def test_backoff_is_capped_and_jittered_within_bounds() -> None:
 
 def test_error_text_names_class_and_status() -> None:
     assert str(errors.ProviderError(E.AUTH, "invalid key", status=401)) == "Auth (HTTP 401): invalid key"
+
+
+def test_quota_refusals_wait_for_the_next_probe_and_keep_the_attempt() -> None:
+    decision = decide(E.QUOTA_EXHAUSTED, attempt=3, retry_after_s=40)
+    assert decision == errors.Decision(errors.Action.RETRY, 40, False, "QuotaExhausted")
+    assert decide(E.QUOTA_EXHAUSTED, attempt=1).uses_attempt is False
+
+
+@pytest.mark.parametrize("cls", [E.RATE_LIMITED, E.QUOTA_EXHAUSTED])
+def test_waits_on_the_providers_limits_end_at_a_default_deadline(cls: errors.ErrorClass) -> None:
+    deadline = errors.LIMITED_WAIT_DEADLINE_S
+    assert decide(cls, elapsed_s=deadline - 60, retry_after_s=30).action is errors.Action.RETRY
+    late = decide(cls, elapsed_s=deadline - 60, retry_after_s=90)
+    assert late.action is errors.Action.FAIL
+    assert late.reason.startswith("waited too long on the provider's limits: 3540s since the first attempt")
+    # retry.deadlineSeconds, when the stage sets it, is the bound instead, longer or shorter.
+    longer = errors.RetryPolicy(max_attempts=3, backoff=BACKOFF, deadline_seconds=2 * deadline)
+    assert decide(cls, elapsed_s=deadline, retry_after_s=90, policy=longer).action is errors.Action.RETRY
+    assert errors.limited_wait_deadline_s(longer) == 2 * deadline
+    assert errors.limited_wait_deadline_s(POLICY) == deadline
+    # Other classes keep having no deadline unless the stage sets one.
+    assert decide(E.TIMEOUT, elapsed_s=10 * deadline).action is errors.Action.RETRY

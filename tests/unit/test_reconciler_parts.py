@@ -1,12 +1,13 @@
-"""The reconciler's pure parts: reading children off index bodies, and naming what pods complain about."""
+"""The reconciler's pure parts: reading children off index bodies, and naming what pods and providers complain about."""
 
+import dataclasses
 from typing import Any
 
 import pytest
 
-from analysis_core import plan, pricing
+from analysis_core import plan, pricing, queue
 from analysis_core.api import v1alpha1, wellknown
-from analysis_operator import reconciler
+from analysis_operator import producer, reconciler
 
 pytestmark = pytest.mark.unit
 
@@ -145,3 +146,27 @@ def test_a_cost_budget_over_a_model_without_a_price_is_a_problem_naming_the_fiel
     assert reconciler.unpriced_budget(_budgeted({"maxTokens": 10_000}, house="acme-llm-7"), prices) == []
     table = pricing.PriceTable.from_text("models:\n  acme-llm: {input: 1, output: 2}\n", "test")
     assert reconciler.unpriced_budget(unpriced, table) == []
+
+
+def _snapshot(quota: dict[str, queue.QuotaPause], *, running: int = 1) -> producer.Snapshot:
+    counts = queue.StageCounts(ready=0, running=running, retrying=0, counters={})
+    return producer.Snapshot({"analyze": counts}, frozenset(), True, quota=quota)
+
+
+def test_a_stage_paused_for_quota_stalls_the_batch_naming_the_provider_and_its_words() -> None:
+    words = "Your credit balance is too low to access the Anthropic API."
+    pause = queue.QuotaPause(message=words, model=None, since_ms=1_700_000_000_000, backoff_ms=40_000, probes=3)
+    (problem,) = reconciler.quota_problems(PLAN, _snapshot({"analyze": pause}))
+    assert (problem.reason, problem.stalled) == (wellknown.Reason.PROVIDER_QUOTA_EXHAUSTED, True)
+    assert problem.message.startswith(
+        "spec.providers.claude (anthropic, model m) refuses calls for quota or billing since 2023-11-14T22:13:20Z: "
+    )
+    assert words in problem.message
+    assert "Stage analyze is paused and probes the provider every 40s" in problem.message
+    # A refusal of one model says so.
+    scoped = dataclasses.replace(pause, model="m")
+    (problem,) = reconciler.quota_problems(PLAN, _snapshot({"analyze": scoped}))
+    assert "refuses access to model m since" in problem.message
+    # Gone with the pause, and once nothing in the stage waits any more.
+    assert reconciler.quota_problems(PLAN, _snapshot({})) == []
+    assert reconciler.quota_problems(PLAN, _snapshot({"analyze": pause}, running=0)) == []

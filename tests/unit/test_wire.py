@@ -90,6 +90,13 @@ STORED = {
     "BEAT_IN_FLIGHT": "in_flight",
     "BEAT_AT": "at",
     "BEAT_POD": "pod",
+    "QUOTA_MESSAGE": "refusal",
+    "QUOTA_MODEL": "model",
+    "QUOTA_SINCE": "since",
+    "QUOTA_BACKOFF": "probe_wait_ms",
+    "QUOTA_PROBES": "probes",
+    "QUOTA_PROBE": "probe",
+    "QUOTA_PROBE_UNTIL": "probe_until",
 }
 
 

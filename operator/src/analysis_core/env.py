@@ -18,11 +18,15 @@ HEALTH_TTL_SECONDS = "ANALYSIS_HEALTH_TTL_SECONDS"  # a heartbeat older than thi
 PRICES_PATH = "ANALYSIS_PRICES_PATH"  # a price table overriding the packaged one
 LOG_FORMAT = "ANALYSIS_LOG_FORMAT"  # "json" (default) or "text"
 METRICS_PORT = "ANALYSIS_METRICS_PORT"  # Prometheus /metrics; "0" turns it off
+# Seconds from a provider's refusal for quota or billing to the first probe; each refused probe doubles it (up to
+# ratelimit.PROBE_MAX_S). Tests shorten it; the operator leaves it unset.
+QUOTA_PROBE_SECONDS = "ANALYSIS_QUOTA_PROBE_SECONDS"
 
 # What a worker uses when its variable is unset (the operator sets GRACE_SECONDS from its own settings, which
 # default to this too); the lease and the delivery bound come from the plan only.
 DEFAULT_GRACE_SECONDS = 25
 DEFAULT_HEALTH_TTL_SECONDS = 15
+DEFAULT_QUOTA_PROBE_SECONDS = 5
 
 # A Job-mode worker stopped before its stage is done (SIGTERM from a scale-down
 # or a suspend) exits with this code, 128 + SIGTERM; the Job's podFailurePolicy

@@ -20,6 +20,9 @@ from collections.abc import Callable
 
 class ErrorClass(enum.StrEnum):
     RATE_LIMITED = "RateLimited"  # 429: wait as told; does not use up an attempt
+    # The account cannot pay or may not use the model (OpenAI insufficient_quota, Anthropic's low credit, a 403 for
+    # the model): the stage pauses until a probe passes; does not use up an attempt.
+    QUOTA_EXHAUSTED = "QuotaExhausted"
     OVERLOADED = "Overloaded"  # 529 / 503: the provider is busy; back off
     TIMEOUT = "Timeout"  # the stage's deadline or the HTTP timeout passed
     NETWORK = "Network"  # connection refused or reset, DNS, TLS
@@ -36,10 +39,12 @@ class Action(enum.StrEnum):
 
 
 # Retryable classes back off exponentially; RATE_LIMITED waits as the provider
-# says and keeps its attempt; AUTH and INVALID_REQUEST fail at once.
+# says and QUOTA_EXHAUSTED until the stage's next probe, both keeping their
+# attempt; AUTH and INVALID_REQUEST fail at once.
 RETRYABLE = frozenset(
     {
         ErrorClass.RATE_LIMITED,
+        ErrorClass.QUOTA_EXHAUSTED,
         ErrorClass.OVERLOADED,
         ErrorClass.TIMEOUT,
         ErrorClass.NETWORK,
@@ -47,7 +52,12 @@ RETRYABLE = frozenset(
         ErrorClass.UNKNOWN,
     }
 )
-KEEPS_ATTEMPT = frozenset({ErrorClass.RATE_LIMITED})
+# Waits on the provider's limits: they use no attempt, so a deadline bounds them instead.
+KEEPS_ATTEMPT = frozenset({ErrorClass.RATE_LIMITED, ErrorClass.QUOTA_EXHAUSTED})
+# How long an item may wait on the provider's limits (the classes above), counted from its first attempt in the
+# stage and round, when the stage sets no ``retry.deadlineSeconds`` (which bounds these waits too when set).
+# Without it an account that cannot pay would hold its items for ever.
+LIMITED_WAIT_DEADLINE_S = 3600.0
 
 
 class ProviderError(Exception):
@@ -61,6 +71,7 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         status: int | None = None,
         request_id: str | None = None,
+        model: str | None = None,
     ) -> None:
         super().__init__(message)
         self.error_class = error_class
@@ -68,6 +79,8 @@ class ProviderError(Exception):
         self.retry_after_s = retry_after_s
         self.status = status
         self.request_id = request_id
+        # QUOTA_EXHAUSTED for this model only (a 403 refusing it); None: the refusal concerns the whole account.
+        self.model = model
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status is not None else ""
@@ -114,6 +127,11 @@ def backoff_s(policy: RetryPolicy, attempt: int, rand: Callable[[], float] = ran
     return max(0.0, min(backoff.max_seconds, base + spread))
 
 
+def limited_wait_deadline_s(policy: RetryPolicy) -> float:
+    """How long after its first attempt an item may still wait on the provider's limits (``KEEPS_ATTEMPT``)."""
+    return policy.deadline_seconds if policy.deadline_seconds is not None else LIMITED_WAIT_DEADLINE_S
+
+
 def decide(
     error: ProviderError,
     policy: RetryPolicy,
@@ -128,14 +146,19 @@ def decide(
         return Decision(Action.FAIL, reason=f"{cls} is not retried")
     if cls in KEEPS_ATTEMPT:
         delay = error.retry_after_s if error.retry_after_s is not None else backoff_s(policy, attempt, rand)
-        uses_attempt = False
-    else:
-        if attempt >= policy.max_attempts:
-            return Decision(Action.FAIL, reason=f"{cls} after {attempt} of {policy.max_attempts} attempts")
-        delay = backoff_s(policy, attempt, rand)
-        if error.retry_after_s is not None:
-            delay = max(delay, error.retry_after_s)
-        uses_attempt = True
+        deadline = limited_wait_deadline_s(policy)
+        if elapsed_s + delay > deadline:
+            return Decision(
+                Action.FAIL,
+                reason=f"waited too long on the provider's limits: {elapsed_s:.0f}s since the first attempt, "
+                f"and waiting {delay:g}s more would pass the {deadline:g}s deadline",
+            )
+        return Decision(Action.RETRY, delay_s=delay, uses_attempt=False, reason=str(cls))
+    if attempt >= policy.max_attempts:
+        return Decision(Action.FAIL, reason=f"{cls} after {attempt} of {policy.max_attempts} attempts")
+    delay = backoff_s(policy, attempt, rand)
+    if error.retry_after_s is not None:
+        delay = max(delay, error.retry_after_s)
     if policy.deadline_seconds is not None and elapsed_s + delay > policy.deadline_seconds:
         return Decision(Action.FAIL, reason=f"{cls}: retrying would pass the {policy.deadline_seconds:g}s deadline")
-    return Decision(Action.RETRY, delay_s=delay, uses_attempt=uses_attempt, reason=str(cls))
+    return Decision(Action.RETRY, delay_s=delay, uses_attempt=True, reason=str(cls))

@@ -28,7 +28,8 @@ LIMITER_TOKENS = "tok"  # sorted set: token reservations by time
 LIMITER_AMOUNTS = "amt"  # hash: reservation -> tokens
 LIMITER_SUM = "sum"  # string: tokens reserved in the window
 LIMITER_PAUSE = "pause"  # string: until when (ms) the stage is paused
-LIMITER_PARTS = (LIMITER_REQUESTS, LIMITER_TOKENS, LIMITER_AMOUNTS, LIMITER_SUM, LIMITER_PAUSE)
+LIMITER_QUOTA = "quota"  # hash (wire.QUOTA_*): the provider refused for quota; one probe at a time until it passes
+LIMITER_PARTS = (LIMITER_REQUESTS, LIMITER_TOKENS, LIMITER_AMOUNTS, LIMITER_SUM, LIMITER_PAUSE, LIMITER_QUOTA)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What both sides of a batch's Redis work queue share: connections, the message, a stage's counts.
+"""What both sides of a batch's Redis work queue share: connections, the message, a stage's counts and quota pause.
 
 The queue has two sides, each in the package of the process that runs it:
 
@@ -154,3 +154,35 @@ class StageCounts:
     @property
     def drained(self) -> bool:
         return self.ready == 0 and self.running == 0 and self.retrying == 0 and self.gathered == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class QuotaPause:
+    """A stage paused because its provider refused a call for quota or billing (``keys.LIMITER_QUOTA``).
+
+    Workers write it (``analysis_worker.ratelimit``) and the operator reads it
+    into a condition (``analysis_operator.producer.snapshot``). While it
+    exists, one call at a time probes the provider, ``backoff_ms`` after the
+    last refusal; the first probe that is not refused for quota removes it.
+    """
+
+    message: str  # the provider's words
+    model: str | None  # the refusal concerns this model only; None: the whole account
+    since_ms: int  # Redis time of the first refusal
+    backoff_ms: int  # from a refused probe to the next
+    probes: int  # probes let through so far
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str] | Sequence[str]) -> QuotaPause | None:
+        """The pause in a hash's fields (a dict, or HGETALL's flat list inside a script's reply); None if empty."""
+        if not isinstance(fields, dict):
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        if not fields:
+            return None
+        return cls(
+            message=str(fields.get(wire.QUOTA_MESSAGE, "")),
+            model=fields.get(wire.QUOTA_MODEL) or None,
+            since_ms=int(fields.get(wire.QUOTA_SINCE, 0) or 0),
+            backoff_ms=int(fields.get(wire.QUOTA_BACKOFF, 0) or 0),
+            probes=int(fields.get(wire.QUOTA_PROBES, 0) or 0),
+        )

@@ -28,7 +28,10 @@ instead. What the names are:
 - ``RELEASE_*``: where ``release.lua`` sends released items;
 - ``COLLECTED_*``: the fields of each element of a collect stage's combined
   input (a JSON list, what its prompt sees as ``input``);
-- ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``).
+- ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``);
+- ``QUOTA_*``: the fields of a stage's quota pause (``keys.LIMITER_QUOTA``),
+  which the worker whose call the provider refused for quota or billing
+  writes, its probes update, and the operator reads into a condition.
 """
 
 from __future__ import annotations
@@ -109,6 +112,15 @@ COLLECTED_OUTPUT = "output"
 BEAT_IN_FLIGHT = "in_flight"  # items the worker holds
 BEAT_AT = "at"  # when it was written (epoch seconds)
 BEAT_POD = "pod"
+
+# ---- a stage's quota pause: the provider refused a call for quota or billing (errors.ErrorClass.QUOTA_EXHAUSTED)
+QUOTA_MESSAGE = "refusal"  # the provider's words, from the latest refusal
+QUOTA_MODEL = "model"  # set when the refusal concerns this model only (a 403 for it); absent: the whole account
+QUOTA_SINCE = "since"  # ms (Redis time): the first refusal
+QUOTA_BACKOFF = "probe_wait_ms"  # from a refused probe to the next; doubles up to a cap
+QUOTA_PROBES = "probes"  # probes let through so far
+QUOTA_PROBE = "probe"  # the reservation id of the call probing now; absent: none
+QUOTA_PROBE_UNTIL = "probe_until"  # ms: a probe that never reports back stops holding the others then
 
 
 def approved_in_round(round_: int) -> str:

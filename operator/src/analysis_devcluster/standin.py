@@ -14,7 +14,16 @@ A fault plan is an ordered list of steps; each request consumes the first
 step that matches it (``match``: a substring of its prompt; ``api``:
 "anthropic" or "openai"; ``times``: how many requests it serves), and with
 no step left it answers with a deterministic success. Every request is
-recorded, without its key.
+recorded, without its key, with the kind of answer it got (``kind``), so a
+test counts what reached the provider and how it was answered.
+
+Refusals for quota and billing answer with the providers' real bodies, each
+in the words of the API called: ``insufficient_quota`` and ``low_credit``
+are one fault, an account that cannot pay, named as each provider names it
+(OpenAI's 429 ``insufficient_quota``; Anthropic's 400
+``invalid_request_error`` about the credit balance); ``model_forbidden`` is a
+403 for the requested model (OpenAI's ``model_not_found``, Anthropic's
+``permission_error``).
 
 It deliberately does not stream, batch, count real tokens, check models or
 parameters beyond what it records, or persist anything.
@@ -50,7 +59,18 @@ _ERRORS = {
     "unauthorized": (401, "authentication_error", "invalid_request_error", "invalid_api_key"),
     "bad_request": (400, "invalid_request_error", "invalid_request_error", None),
 }
-KINDS = frozenset({*_ERRORS, "ok", "timeout", "malformed", "truncated", "huge"})
+# The providers' own words for an account that cannot pay, and for a model the key may not use.
+OPENAI_INSUFFICIENT_QUOTA = (
+    "You exceeded your current quota, please check your plan and billing details. For more information on this "
+    "error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+ANTHROPIC_LOW_CREDIT = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
+    "purchase credits."
+)
+ANTHROPIC_FORBIDDEN = "Your API key does not have permission to use the specified resource."
+_REFUSALS = frozenset({"insufficient_quota", "low_credit", "model_forbidden"})
+KINDS = frozenset({*_ERRORS, *_REFUSALS, "ok", "timeout", "malformed", "truncated", "huge"})
 _LIMIT = 1000  # the advertised request quota; "remaining" counts down from it
 
 
@@ -111,6 +131,11 @@ class _State:
         with self.lock:
             return [dict(entry) for entry in self.seen]
 
+    def answered(self, call: dict[str, Any], kind: str) -> None:
+        """Record how ``call`` (an entry of ``seen``) was answered: a step's kind, ``ok``, or a refusal."""
+        with self.lock:
+            call["kind"] = kind
+
     def take(self, api: str, prompt: str) -> dict[str, Any] | None:
         with self.lock:
             for index, step in enumerate(self.plan):
@@ -170,6 +195,33 @@ def _error_response(api: str, kind: str, message: str, headers: dict[str, str]) 
     else:
         status = 503 if kind == "overloaded" else status  # OpenAI has no 529
         body = {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _refusal_response(api: str, kind: str, model: str, headers: dict[str, str]) -> web.Response:
+    """A refusal for quota or billing (``_REFUSALS``), with the body the real API sends."""
+    if api == "openai":
+        if kind == "model_forbidden":
+            error = {
+                "message": f"Project `proj_standin` does not have access to model `{model}`",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
+            return web.json_response({"error": error}, status=403, headers=headers)
+        error = {
+            "message": OPENAI_INSUFFICIENT_QUOTA,
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+        return web.json_response({"error": error}, status=429, headers=headers)
+    status, error_type, message = (
+        (403, "permission_error", ANTHROPIC_FORBIDDEN)
+        if kind == "model_forbidden"
+        else (400, "invalid_request_error", ANTHROPIC_LOW_CREDIT)
+    )
+    body = {"type": "error", "error": {"type": error_type, "message": message}, "request_id": headers["request-id"]}
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -240,6 +292,7 @@ def _describe_call(api: str, body: dict[str, Any], request: web.Request, expecte
         "key_present": bool(key),
         "retry_count": int(retry_count) if retry_count.isdigit() else None,
         "time": time.time(),
+        "kind": None,  # how it was answered: a step's kind, or "ok" (set once the answer is chosen)
     }
 
 
@@ -269,17 +322,22 @@ async def _handle(state: _State, api: str, request: web.Request) -> web.Response
         state.seen.append(call)
         remaining = max(0, _LIMIT - len(state.seen))
     if not call["key_matched"]:
+        state.answered(call, "unauthorized")
         message = "invalid x-api-key" if call["key_present"] else "missing API key"
         return _error_response(api, "unauthorized", message, headers)
 
     refused = _refused_parameter(api, body)
     if refused is not None:
+        state.answered(call, "bad_request")
         return web.json_response(refused, status=400, headers=headers)
     step = state.take(api, call["prompt"]) or {"kind": "ok"}
     kind = step["kind"]
+    state.answered(call, kind)
     headers.update(_step_headers(api, step))
     if kind in _ERRORS:
         return _error_response(api, kind, f"stand-in {kind}", headers)
+    if kind in _REFUSALS:
+        return _refusal_response(api, kind, call["model"], headers)
     if kind == "timeout":
         await asyncio.sleep(step.get("delay_s", 5.0))
     text = step.get("text", "stand-in answer: " + call["prompt"][:200])

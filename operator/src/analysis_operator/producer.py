@@ -64,6 +64,8 @@ class Snapshot:
     usage: dict[str, int] = dataclasses.field(default_factory=dict)  # wire.USAGE_* -> tokens, nano-dollars
     flags: dict[str, str] = dataclasses.field(default_factory=dict)  # wire.FLAG_* -> value
     layout: int | None = None  # the layout version the batch was seeded with (keys.LAYOUT_VERSION then)
+    # Stages whose provider refused for quota or billing, with no probe passed since (workers keep these).
+    quota: dict[str, queue.QuotaPause] = dataclasses.field(default_factory=dict)
 
     @property
     def suspended(self) -> bool:
@@ -87,22 +89,33 @@ class Snapshot:
 
 
 async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snapshot:
-    """One atomic read of the whole batch (``lua/snapshot.lua``): what sealing and completion decide from.
+    """One atomic read of the whole batch (``lua/snapshot.lua``): what sealing, completion and status decide from.
 
     Raises :class:`NewerLayout` for a batch seeded in a layout newer than this operator knows: nothing may be
     decided, let alone written, from data it may misread.
     """
     k = keys_.BatchKeys(uid)
     stage_keys = [
-        key for stage in stages for key in (k.stream(stage), k.delayed(stage), k.counts(stage), k.gathered(stage))
+        key
+        for stage in stages
+        for key in (
+            k.stream(stage),
+            k.delayed(stage),
+            k.counts(stage),
+            k.gathered(stage),
+            k.limiter(stage, keys_.LIMITER_QUOTA),
+        )
     ]
     per_stage, sealed, seeded, usage, flags = await LUA.script(client, "snapshot")(
         keys=[*stage_keys, k.sealed, k.seeded, k.usage, k.flags], args=[keys_.GROUP]
     )
     if seeded is not None and int(seeded) > keys_.LAYOUT_VERSION:
         raise NewerLayout(int(seeded))
-    counts = {}
-    for stage, (length, pending, delayed, flat, gathered) in zip(stages, per_stage, strict=True):
+    counts, paused = {}, {}
+    for stage, (length, pending, delayed, flat, gathered, quota) in zip(stages, per_stage, strict=True):
+        pause = queue.QuotaPause.from_fields(quota)
+        if pause is not None:
+            paused[stage] = pause
         running = int(pending)
         counts[stage] = queue.StageCounts(
             ready=max(0, int(length) - running),
@@ -118,6 +131,7 @@ async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snap
         {str(f): int(v) for f, v in zip(usage[::2], usage[1::2], strict=True)},
         {str(f): str(v) for f, v in zip(flags[::2], flags[1::2], strict=True)},
         None if seeded is None else int(seeded),
+        paused,
     )
 
 

@@ -221,6 +221,7 @@ class Reconciler:
         problems.extend(f for f in (_job_failure(w) for w in children.workloads) if f)
         try:
             snapshot, state = await self._advance(batch, body, compiled)
+            problems.extend(quota_problems(the_plan, snapshot))
         except queue.UNAVAILABLE as exc:
             problems.append(status.Problem(R.REDIS_UNAVAILABLE, f"Redis cannot be reached: {exc}", stalled=False))
             return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
@@ -533,6 +534,32 @@ def unpriced_budget(the_plan: plan.Plan, prices: pricing.PriceTable) -> list[sta
             "its calls; add the model to the price table (the chart's prices value) or drop maxCostUSD",
         )
     ]
+
+
+def quota_problems(the_plan: plan.Plan, snapshot: producer.Snapshot) -> list[status.Problem]:
+    """Stages with work whose provider refused for quota or billing: they wait, and only someone can fix the account.
+
+    The stage's workers pause it and probe the provider with backoff; the
+    problem goes away with the pause, when a probe passes (or when nothing
+    in the stage waits any more).
+    """
+    problems = []
+    for stage in the_plan.stages:
+        pause = snapshot.quota.get(stage.name)
+        if pause is None or stage.provider is None or snapshot.stages[stage.name].drained:
+            continue
+        provider = the_plan.providers[stage.provider]
+        since = datetime.fromtimestamp(pause.since_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        what = f"access to model {pause.model}" if pause.model else "calls for quota or billing"
+        problems.append(
+            status.Problem(
+                R.PROVIDER_QUOTA_EXHAUSTED,
+                f"spec.providers.{stage.provider} ({provider.type}, model {provider.model}) refuses {what} since "
+                f"{since}: {pause.message}. Stage {stage.name} is paused and probes the provider every "
+                f"{pause.backoff_ms / 1000:g}s (doubling while it refuses); it resumes by itself once a probe passes",
+            )
+        )
+    return problems
 
 
 def parse_items(text: str, ref: v1alpha1.ConfigMapKeyRef, problems: list[status.Problem]) -> list[str]:

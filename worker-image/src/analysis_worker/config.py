@@ -49,6 +49,7 @@ class WorkerConfig:
     health_ttl_s: float
     log_format: str
     prices_path: Path | None
+    quota_probe_s: float  # from a refusal for quota to the first probe (doubling after each refused one)
 
     @property
     def redis_secret(self) -> str | None:
@@ -121,6 +122,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
     concurrency = _number(environ, env.CONCURRENCY, int, problems, minimum=1)
     grace = _number(environ, env.GRACE_SECONDS, float, problems, minimum=0)
     health_ttl = _number(environ, env.HEALTH_TTL_SECONDS, float, problems, minimum=1)
+    quota_probe = _number(environ, env.QUOTA_PROBE_SECONDS, float, problems, minimum=0.01)
     log_format = environ.get(env.LOG_FORMAT, "json")
     if log_format not in ("json", "text"):
         problems.append(f"{env.LOG_FORMAT}={log_format!r} must be json or text")
@@ -146,5 +148,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
         health_ttl_s=float(env.DEFAULT_HEALTH_TTL_SECONDS if health_ttl is None else health_ttl),
         log_format=log_format,
         prices_path=Path(prices) if prices else None,
+        quota_probe_s=float(env.DEFAULT_QUOTA_PROBE_SECONDS if quota_probe is None else quota_probe),
     )
     return config, loaded

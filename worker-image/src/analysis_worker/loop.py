@@ -6,10 +6,14 @@ One ``Worker`` serves one stage of one batch. Three tasks run side by side:
   pod name already held, then expired leases of dead workers, then new work,
   blocking briefly) and starts one task per message, at most ``concurrency``
   at a time;
-- each item task renders the prompt, waits for the stage's shared rate
-  limiter, calls the provider under the stage's deadline, and finishes the
-  attempt in one atomic step (``consumer.StageQueue.complete``) or schedules a retry
-  as the error taxonomy decides (``analysis_core.errors.decide``);
+- each item task renders the prompt, waits for the stage's shared limiter
+  (its ``rateLimit``, and the pauses a 429 or a refusal for quota puts on the
+  whole stage), calls the provider under the stage's deadline, and finishes
+  the attempt in one atomic step (``consumer.StageQueue.complete``) or
+  schedules a retry as the error taxonomy decides
+  (``analysis_core.errors.decide``); while the provider refuses for quota,
+  only the limiter's probe calls, and the item it refused waits for the next
+  probe without using an attempt;
 - the keeper renews the leases of items in flight, moves due retries back
   into the stream, and writes the health key.
 
@@ -33,6 +37,7 @@ import dataclasses
 import functools
 import logging
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -94,11 +99,17 @@ class Worker:
             requests_per_window=limits.requests_per_minute if limits else None,
             tokens_per_window=limits.tokens_per_minute if limits else None,
             window_s=limits.window_s if limits else plan.RATE_LIMIT_WINDOW_S,
+            probe_s=cfg.quota_probe_s,
+            probe_lease_s=self.stage.timeout_seconds,
         )
         self.concurrency = cfg.concurrency or self.stage.concurrency
         self.lease_s = the_plan.lease_s
         self.max_deliveries = the_plan.max_deliveries
         self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
+        # Pauses come from a real provider's answers; a stage that has neither one nor limits skips the round trip.
+        self.consults_limiter = self.limiter.enabled or (
+            self.provider_plan is not None and self.provider_plan.type is not v1alpha1.ProviderType.OFFLINE
+        )
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.metrics = metrics.StageMetrics(
             cfg.stage,
@@ -366,10 +377,7 @@ class Worker:
             if stage.fan_out is None
             else base.FanOutHint(stage.fan_out.path, stage.fan_out.key, stage.fan_out.sort_by),
         )
-        asked = time.monotonic()
-        reservation = await self.limiter.acquire(ratelimit.estimate_tokens(prompt, provider_plan.max_tokens))
-        if self.limiter.enabled:
-            self.metrics.limiter_wait(time.monotonic() - asked)
+        reservation = await self._acquire(message, ratelimit.estimate_tokens(prompt, provider_plan.max_tokens))
         called_ms = _now_ms()
         try:
             with self.metrics.provider_call():
@@ -377,16 +385,17 @@ class Worker:
                     completion = await self.provider.complete(request)
         except TimeoutError as exc:
             await self.limiter.settle(reservation, reservation.tokens)
+            await self.limiter.probed(reservation, answered=False)
             raise errors.ProviderError(
                 errors.ErrorClass.TIMEOUT, f"no answer within the stage's {stage.timeout_seconds:g}s"
             ) from exc
         except errors.ProviderError as exc:
             await self.limiter.settle(reservation, 0)
-            if exc.error_class is errors.ErrorClass.RATE_LIMITED and exc.retry_after_s and self.limiter.enabled:
-                await self.limiter.pause(exc.retry_after_s)
-                self.metrics.pause(metrics.Pause.RETRY_AFTER)
+            await self._refused(message, reservation, exc)
             raise
         await self.limiter.settle(reservation, completion.input_tokens + completion.output_tokens)
+        if await self.limiter.probed(reservation, answered=True):
+            log.info("quota probe passed: the stage resumes", extra={"fields": {"item": message.item}})
         self.metrics.usage(
             completion.input_tokens,
             completion.output_tokens,
@@ -397,6 +406,56 @@ class Worker:
             await self.limiter.pause(state.reset_after_s)
             self.metrics.pause(metrics.Pause.QUOTA_EXHAUSTED)
         return completion, called_ms
+
+    async def _acquire(self, message: queue.Message, tokens: int) -> ratelimit.Reservation:
+        """Wait for the stage's limiter, at most until the item's deadline for waits on the provider's limits."""
+        if not self.consults_limiter:
+            return ratelimit.Reservation(uuid.uuid4().hex, 0, 0.0)
+        asked = time.monotonic()
+        deadline_s = errors.limited_wait_deadline_s(self.stage.retry)
+        elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
+        try:
+            reservation = await self.limiter.acquire(tokens, give_up_after_s=max(0.0, deadline_s - elapsed_s))
+        except ratelimit.WaitTooLong as exc:
+            # Failed by the taxonomy's deadline (errors.decide), with the refusal that holds the stage, if any.
+            if exc.quota is not None:
+                raise errors.ProviderError(
+                    errors.ErrorClass.QUOTA_EXHAUSTED,
+                    exc.quota.message,
+                    retry_after_s=exc.wait_s,
+                    model=exc.quota.model,
+                ) from exc
+            raise errors.ProviderError(
+                errors.ErrorClass.RATE_LIMITED, f"the stage's limiter held the call: {exc}", retry_after_s=exc.wait_s
+            ) from exc
+        self.metrics.limiter_wait(time.monotonic() - asked)
+        return reservation
+
+    async def _refused(
+        self, message: queue.Message, reservation: ratelimit.Reservation, exc: errors.ProviderError
+    ) -> None:
+        """A failed call's effect on the whole stage: a quota refusal or a 429's retry-after pauses it."""
+        if exc.error_class is errors.ErrorClass.QUOTA_EXHAUSTED:
+            refusal = await self.limiter.refused(reservation, exc.message, exc.model)
+            # The item waits for the next probe, not for a backoff of its own.
+            exc.retry_after_s = refusal.wait_s
+            self.metrics.pause(metrics.Pause.QUOTA_REFUSED)
+            fields = {
+                "item": message.item,
+                "wait_s": round(refusal.wait_s, 3),
+                "model": exc.model,
+                "error": exc.message,
+            }
+            if refusal.began:
+                log.warning("provider refuses for quota: the stage pauses and probes", extra={"fields": fields})
+            elif refusal.probe_refused:
+                log.info("quota probe refused", extra={"fields": fields})
+            return
+        # The provider answered (or not): either way this probe's turn is over.
+        await self.limiter.probed(reservation, answered=exc.status is not None)
+        if exc.error_class is errors.ErrorClass.RATE_LIMITED and exc.retry_after_s:
+            await self.limiter.pause(exc.retry_after_s)
+            self.metrics.pause(metrics.Pause.RETRY_AFTER)
 
     def _usage(self, model: str, tokens: tuple[int, int]) -> dict[str, int]:
         """The counters a call adds: its tokens, and its cost in nano-dollars."""
@@ -511,10 +570,12 @@ class Worker:
                 self.metrics.item(metrics.Outcome.DUPLICATE)
             return
         # Failed for good: the end of its journey. Input and feedback let producer.retry_failed run it again.
+        # A wait on the provider's limits fails only by its deadline, which the message says before the refusal.
+        why = f"{decision.reason}: {error.message}" if error.error_class in errors.KEEPS_ATTEMPT else error.message
         outcome = {
             wire.OUTCOME_STATUS: wire.STATUS_FAILED,
             wire.OUTCOME_ERROR_CLASS: str(error.error_class),
-            wire.OUTCOME_ERROR: error.message[:500],
+            wire.OUTCOME_ERROR: why[:500],
             wire.OUTCOME_INPUT: message.input,
             **({wire.OUTCOME_FEEDBACK: message.feedback} if message.feedback else {}),
         }

@@ -71,6 +71,7 @@ class Pause(enum.StrEnum):
 
     RETRY_AFTER = "retry_after"  # a 429 said how long to wait
     QUOTA_EXHAUSTED = "quota_exhausted"  # a success's rate-limit headers said the quota is spent
+    QUOTA_REFUSED = "quota_refused"  # the provider refused a call for quota or billing: paused until a probe passes
 
 
 class Redelivery(enum.StrEnum):
@@ -119,7 +120,7 @@ PROVIDER_LATENCY = Histogram(
 )
 PROVIDER_RATE_LIMITED = Counter(
     "analysis_worker_provider_rate_limited",
-    "Provider calls refused for a rate limit (HTTP 429).",
+    "Provider calls refused for a rate limit (HTTP 429, not a refusal for quota).",
     ["stage", "provider", "model"],
     registry=REGISTRY,
 )
@@ -137,14 +138,14 @@ ITEMS_IN_FLIGHT = Gauge(
 )
 LIMITER_WAIT = Histogram(
     "analysis_worker_rate_limiter_wait_seconds",
-    "Time a call waited for the stage's shared rate limiter (stages with a rateLimit only).",
+    "Time a call waited for the stage's shared limiter: its rateLimit and the stage's pauses.",
     ["stage"],
     buckets=WAIT_BUCKETS,
     registry=REGISTRY,
 )
 LIMITER_PAUSES = Counter(
     "analysis_worker_rate_limiter_pauses",
-    "Times this worker paused its whole stage because the provider said its quota was spent.",
+    "Times this worker paused its whole stage because the provider said its quota was spent or refused a call.",
     ["stage", "cause"],
     registry=REGISTRY,
 )
@@ -230,7 +231,7 @@ class StageMetrics:
             yield
         except errors.ProviderError as exc:
             outcome = str(exc.error_class)
-            if exc.status == 429:
+            if exc.error_class is errors.ErrorClass.RATE_LIMITED:  # a 429, unless it refused for quota
                 self._rate_limited.inc()
             raise
         except TimeoutError:

@@ -28,6 +28,7 @@ import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
 
+from analysis_core import errors
 from analysis_core.api import wellknown
 
 # Defined without pydantic (the kubectl plugin compares against them), and part of this API all the same.
@@ -399,7 +400,7 @@ class Backoff(_Model):
 
 
 class Retry(_Model):
-    """How failed calls of a stage are retried. Rate-limited calls do not use up attempts."""
+    """How failed calls of a stage are retried. Calls refused for a rate limit or for quota do not use up attempts."""
 
     max_attempts: int = Field(
         default=3, ge=1, le=20, description="Attempts per item and round, including the first one."
@@ -412,7 +413,8 @@ class Retry(_Model):
         ge=1,
         le=604_800,
         description="Give up on an item once this long has passed since its first "
-        "attempt in the stage, whatever attempts remain.",
+        "attempt in the stage, whatever attempts remain. Unset, only waits on the provider's "
+        f"rate limits and quota are bounded, by {errors.LIMITED_WAIT_DEADLINE_S:g} seconds.",
     )
 
 

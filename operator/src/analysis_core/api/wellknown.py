@@ -114,6 +114,7 @@ class Reason(enum.StrEnum):
     REDIS_UNAVAILABLE = "RedisUnavailable"
     REDIS_LAYOUT_UNSUPPORTED = "RedisLayoutUnsupported"
     UNPRICED_MODEL = "UnpricedModel"
+    PROVIDER_QUOTA_EXHAUSTED = "ProviderQuotaExhausted"
     # Events besides condition flips (a flip to false posts "<Type>Cleared").
     RETRY_FAILED = "RetryFailed"
     CLEANUP_RETRYING = "CleanupRetrying"

@@ -1,11 +1,14 @@
-"""Header arithmetic shared by the Anthropic and OpenAI providers.
+"""Header arithmetic and error classification shared by the Anthropic and OpenAI providers.
 
 ``anthropic_provider`` and ``openai_provider`` call these on the headers of a
 response (success or error) to learn how long to wait (``Retry-After``,
 ``retry-after-ms``, the providers' rate-limit reset headers), how much quota
-is left, and which ``ErrorClass`` an HTTP status belongs to.
+is left, and which ``ErrorClass`` an HTTP status belongs to; and on an error
+body's fields, to tell a refusal for quota or billing (``QuotaExhausted``)
+from the rate limit, bad request or permission error its status alone would
+say.
 
-Everything here is pure: headers in, numbers out; the clock is a parameter.
+Everything here is pure: headers and fields in, numbers and classes out; the clock is a parameter.
 It deliberately imports no SDK (so unit tests need none) and never raises on
 a malformed header: a header it cannot read counts as absent, because a bad
 hint must not turn a classified failure into an unclassified one.
@@ -13,6 +16,7 @@ hint must not turn a classified failure into an unclassified one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import email.utils
 import math
@@ -41,6 +45,75 @@ _STATUS_CLASSES = {
     413: errors.ErrorClass.INVALID_REQUEST,
     422: errors.ErrorClass.INVALID_REQUEST,
 }
+
+
+# OpenAI's codes (and types) for an account that cannot pay: ``insufficient_quota`` (a 429, "You exceeded your
+# current quota, please check your plan and billing details"), and the other billing codes.
+OPENAI_QUOTA_CODES = frozenset(
+    {"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached", "billing_not_active"}
+)
+# Anthropic answers a low credit balance ("Your credit balance is too low to access the Anthropic API. Please go
+# to Plans & Billing to upgrade or purchase credits.") and a spend limit the organisation set ("You have reached
+# your specified API usage limits. You will regain access on ...") as a 400 invalid_request_error: only the
+# wording tells them from a bad request, so the match is loose, in case the wording moves.
+ANTHROPIC_LOW_CREDIT = re.compile(
+    r"credit balance|purchase credits|plans\s*&\s*billing|usage limits|spend limit", re.IGNORECASE
+)
+# Anthropic's structured billing refusals: the error type, and the codes of spend limits (429s, which waiting
+# out a retry-after does not lift).
+ANTHROPIC_BILLING_TYPE = "billing_error"
+ANTHROPIC_SPEND_LIMIT_CODES = frozenset({"contract_spend_limit_reached", "enforced_spend_limit_reached"})
+# Anthropic's 403: "Your API key does not have permission to use the specified resource". A Messages call names
+# one resource, its model, so the refusal is taken to concern the model (another model may still be allowed).
+ANTHROPIC_PERMISSION_TYPE = "permission_error"
+_MENTIONS_MODEL = re.compile(r"\bmodels?\b", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuotaRefusal:
+    """An error response that refuses for quota or billing (``ErrorClass.QUOTA_EXHAUSTED``)."""
+
+    model: str | None = None  # the refusal concerns this model only (a 403 for it); None: the whole account
+
+
+def _about_model(message: str, model: str) -> bool:
+    return bool(_MENTIONS_MODEL.search(message)) or (bool(model) and model in message)
+
+
+def anthropic_quota(
+    status: int, error_type: str | None, error_code: str | None, message: str, model: str
+) -> QuotaRefusal | None:
+    """Whether an Anthropic error response refuses for quota or billing, and for what.
+
+    The account: a 400 ``invalid_request_error`` about the credit balance or
+    a spend limit, a 402 or ``billing_error``, a 429 with a spend limit's
+    code. The model only: a 403 ``permission_error``, or another 403 whose
+    message is about a model (any other 403 stays ``Auth``).
+    """
+    if status == 400 and error_type in (None, "invalid_request_error") and ANTHROPIC_LOW_CREDIT.search(message):
+        return QuotaRefusal()
+    if status == 402 or error_type == ANTHROPIC_BILLING_TYPE or error_code in ANTHROPIC_SPEND_LIMIT_CODES:
+        return QuotaRefusal()
+    if status == 403 and (error_type == ANTHROPIC_PERMISSION_TYPE or _about_model(message, model)):
+        return QuotaRefusal(model=model)
+    return None
+
+
+def openai_quota(
+    status: int, error_type: str | None, error_code: str | None, message: str, model: str
+) -> QuotaRefusal | None:
+    """Whether an OpenAI error response refuses for quota or billing, and for what.
+
+    The account: ``insufficient_quota`` (as the code or the type; older
+    answers left the code null) and the billing codes, whatever the status. The
+    model only: a 403 about a model ("Project ... does not have access to model
+    ...", code ``model_not_found``); another 403 stays ``Auth``.
+    """
+    if error_code in OPENAI_QUOTA_CODES or error_type in OPENAI_QUOTA_CODES:
+        return QuotaRefusal()
+    if status == 403 and (error_code == "model_not_found" or _about_model(message, model)):
+        return QuotaRefusal(model=model)
+    return None
 
 
 def _now(now: datetime.datetime | None) -> datetime.datetime:
@@ -190,12 +263,19 @@ def status_error(
     message: str,
     request_id: str | None,
     rate_limit: base.RateLimitState | None,
+    quota: QuotaRefusal | None = None,
 ) -> errors.ProviderError:
-    """A ``ProviderError`` for an HTTP error response.
+    """A ``ProviderError`` for an HTTP error response; ``quota`` (from the body) overrides the status's class.
 
     A 429 without ``Retry-After`` falls back on the reset of the exhausted
-    quota: waiting that long is what the provider's own headers promise will work.
+    quota: waiting that long is what the provider's own headers promise will
+    work. A quota refusal carries no delay: the stage's probes decide when to
+    call again, since no header says when an account will pay.
     """
+    if quota is not None:
+        return errors.ProviderError(
+            errors.ErrorClass.QUOTA_EXHAUSTED, message, status=status, request_id=request_id, model=quota.model
+        )
     error_class = error_class_for_status(status)
     retry_after_s = parse_retry_after(headers)
     if retry_after_s is None and error_class is errors.ErrorClass.RATE_LIMITED and rate_limit is not None:

@@ -7,10 +7,14 @@ prompt as the single user message; the answer's text, token usage, request id
 and rate-limit headers come back as a ``base.Completion``.
 
 Every failure leaves as ``analysis_core.errors.ProviderError`` with the SDK's
-exception chained. It deliberately does not retry (``max_retries=0``: the
-queue's policy is the only one), stream, use tools, look at the prompt, or send
-``request.temperature`` (the current API version refuses sampling parameters).
-The API key goes to the SDK and nowhere else: never into a message or a log.
+exception chained; a refusal for credit or billing, which the API sends as a
+400 ``invalid_request_error`` told apart only by its message, is
+``QuotaExhausted`` (``_http.anthropic_quota``), as are billing errors and a
+403 for the model. It deliberately does not retry (``max_retries=0``: the
+queue's policy is the only one), stream, use tools, look at the prompt, or
+send ``request.temperature`` (the current API version refuses sampling
+parameters). The API key goes to the SDK and nowhere else: never into a
+message or a log.
 
 ``request.timeout_seconds`` is the SDK's httpx2 timeout, which bounds each phase
 (connect, each read) rather than the whole call; the worker's deadline
@@ -132,5 +136,6 @@ class AnthropicProvider:
                 message=_http.redact(f"{type(exc).__name__} ({exc.type}): {detail}", self._api_key),
                 request_id=exc.request_id,
                 rate_limit=_http.anthropic_rate_limit(headers),
+                quota=_http.anthropic_quota(exc.status_code, exc.type, exc.error_code, detail, self._model),
             )
         return _http.transport_error(exc, anthropic, api_key=self._api_key, request_id_header="request-id")

@@ -9,10 +9,11 @@ answer's text, token usage, request id and rate-limit headers come back as a
 ``base.Completion``.
 
 Every failure leaves as ``analysis_core.errors.ProviderError`` with the SDK's
-exception chained. It deliberately does not retry (``max_retries=0``: the
-queue's policy is the only one), stream, use tools, or ask for more than one
-choice. The API key goes to the SDK and nowhere else: never into a message or
-a log.
+exception chained; ``insufficient_quota`` (a 429 that no wait lifts) and a
+403 for the model are ``QuotaExhausted`` (``_http.openai_quota``). It
+deliberately does not retry (``max_retries=0``: the queue's policy is the only
+one), stream, use tools, or ask for more than one choice. The API key goes to
+the SDK and nowhere else: never into a message or a log.
 
 The output cap goes as ``max_completion_tokens``: ``max_tokens`` is
 deprecated, and the reasoning models (the o-series, gpt-5) refuse it with a
@@ -146,11 +147,15 @@ class OpenAIProvider:
         """Classify an SDK exception; the caller chains it."""
         if isinstance(exc, openai.APIStatusError):
             headers = exc.response.headers
+            # The body's own message; exc.message has the SDK's "Error code: 429 - " in front of it.
+            body_message = exc.body.get("message") if isinstance(exc.body, dict) else None
+            detail = body_message if isinstance(body_message, str) else exc.message
             return _http.status_error(
                 exc.status_code,
                 headers,
                 message=_http.redact(f"{type(exc).__name__} ({exc.type}, {exc.code}): {exc.message}", self._api_key),
                 request_id=exc.request_id,
                 rate_limit=_http.openai_rate_limit(headers),
+                quota=_http.openai_quota(exc.status_code, exc.type, exc.code, detail, self._model),
             )
         return _http.transport_error(exc, openai, api_key=self._api_key, request_id_header="x-request-id")

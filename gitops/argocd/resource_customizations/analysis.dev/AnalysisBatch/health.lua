@@ -7,7 +7,8 @@
 --
 --   Healthy      the batch is Complete
 --   Degraded     it Failed, or it is Stalled (a broken reference, a plan that
---                does not compile, its budget used up): reason and message say why
+--                does not compile, its budget used up, its provider refusing for
+--                quota until a probe passes): reason and message say why
 --   Suspended    it waits for a person to edit its spec, with nothing else to
 --                do: spec.suspend is true and it has not finished, or items are
 --                held at an approval stage and every other stage is idle

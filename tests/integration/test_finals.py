@@ -12,7 +12,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -137,18 +137,6 @@ async def test_finals_are_exactly_the_predicted_ends(
     assert await producer.retry_failed(redis, batch.uid, [s.name for s in batch.plan.stages]) == sum(
         1 for status in ends.values() if status == "failed"
     )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[standin.StandIn]:
-    with standin.StandIn(api_key=API_KEY) as running:
-        yield running
-
-
-@pytest.fixture
-def stand_in(server: standin.StandIn) -> standin.StandIn:
-    server.reset()
-    return server
 
 
 def fan_out_spec(base_url: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,12 +29,6 @@ REJECT = json.dumps({"approved": False, "feedback": "name a risk"})
 APPROVE = json.dumps({"approved": True, "feedback": ""})
 
 Samples = list[tuple[str, dict[str, str], float]]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[standin.StandIn]:
-    with standin.StandIn(api_key=API_KEY) as running:
-        yield running
 
 
 def promtool_check(exposition: str) -> None:

@@ -14,7 +14,6 @@ the provider's limits past its deadline fails, saying so.
 
 import json
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-API_KEY = "sk-test-quota-5e7a1c"
+API_KEY = "sk-test-quota-5e7a1c"  # what the stand-in (tests/integration/conftest.py) wants
 PROBE_S = 0.2  # the first wait before a probe; it doubles with each refused probe
 WORKERS, CALLS_PER_WORKER = 2, 2
 # (API, the stand-in's step, the provider's words that must reach Redis)
@@ -34,37 +33,6 @@ REFUSALS = [
     pytest.param("openai", "insufficient_quota", standin.OPENAI_INSUFFICIENT_QUOTA, id="openai-insufficient-quota"),
     pytest.param("anthropic", "low_credit", standin.ANTHROPIC_LOW_CREDIT, id="anthropic-low-credit"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[standin.StandIn]:
-    with standin.StandIn(api_key=API_KEY) as running:
-        yield running
-
-
-@pytest.fixture
-def stand_in(server: standin.StandIn) -> standin.StandIn:
-    server.reset()
-    return server
-
-
-def spec(api: str, base_url: str, items: list[str], **stage: Any) -> dict[str, Any]:
-    return {
-        "items": items,
-        "providers": {
-            "llm": {
-                "type": api,
-                "model": "stand-in-model",
-                "baseURL": base_url,
-                "apiKeySecretRef": {"name": "llm-keys", "key": api},
-            },
-        },
-        "stages": [{"name": "analyze", "provider": "llm", "prompt": "Analyze {{ item }}", **stage}],
-    }
-
-
-def base_url(server: standin.StandIn, api: str) -> str:
-    return server.anthropic_base_url if api == "anthropic" else server.openai_base_url
 
 
 async def outcomes(redis: queue.Redis, uid: str) -> dict[str, dict[str, Any]]:
@@ -84,7 +52,7 @@ async def test_a_refusal_for_quota_pauses_the_stage_and_only_probes_reach_the_pr
 ) -> None:
     stand_in.set_plan([{"kind": kind, "times": 10_000}])  # the account cannot pay until the test says so
     items = [f"Q{i}" for i in range(6)]
-    batch = workers.batch(spec(api, base_url(stand_in, api), items, concurrency=WORKERS * CALLS_PER_WORKER))
+    batch = workers.batch(stand_in.batch_spec(api, items, concurrency=WORKERS * CALLS_PER_WORKER))
     await batch.seed()
     for _ in range(WORKERS):
         workers.start(
@@ -144,7 +112,7 @@ async def test_an_item_that_waits_too_long_on_the_providers_limits_fails_saying_
     stand_in.set_plan([{"kind": "insufficient_quota", "times": 10_000}])
     items = ["LATE1", "LATE2"]
     # retry.deadlineSeconds bounds the wait (without it, errors.LIMITED_WAIT_DEADLINE_S would).
-    batch = workers.batch(spec("openai", stand_in.openai_base_url, items, concurrency=2, retry={"deadlineSeconds": 2}))
+    batch = workers.batch(stand_in.batch_spec("openai", items, concurrency=2, retry={"deadlineSeconds": 2}))
     await batch.seed()
     workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY, **{env.QUOTA_PROBE_SECONDS: str(PROBE_S)})
 
@@ -172,7 +140,7 @@ async def test_a_retry_after_holds_every_worker_of_a_stage_without_a_rate_limit(
     hold_s = 1.5
     stand_in.set_plan([{"kind": "rate_limit", "retry_after_s": hold_s}])  # the first call is told to wait
     items = [f"R{i}" for i in range(8)]
-    batch = workers.batch(spec("openai", stand_in.openai_base_url, items, concurrency=WORKERS))
+    batch = workers.batch(stand_in.batch_spec("openai", items, concurrency=WORKERS))
     assert batch.plan.stages[0].rate_limit is None
     await batch.seed()
     for _ in range(WORKERS):

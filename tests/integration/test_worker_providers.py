@@ -8,7 +8,6 @@ configured rate in every window.
 """
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +19,7 @@ from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-API_KEY = "sk-test-4f1c9e2d7b"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[standin.StandIn]:
-    with standin.StandIn(api_key=API_KEY) as running:
-        yield running
-
-
-@pytest.fixture
-def stand_in(server: standin.StandIn) -> standin.StandIn:
-    server.reset()
-    return server
-
-
-def spec(api: str, base_url: str, items: list[str], **stage: Any) -> dict[str, Any]:
-    return {
-        "items": items,
-        "providers": {
-            "llm": {
-                "type": api,
-                "model": "stand-in-model",
-                "baseURL": base_url,
-                "apiKeySecretRef": {"name": "llm-keys", "key": api},
-            },
-        },
-        "stages": [{"name": "analyze", "provider": "llm", "prompt": "Analyze {{ item }}", **stage}],
-    }
+API_KEY = "sk-test-4f1c9e2d7b"  # what the stand-in (tests/integration/conftest.py) wants
 
 
 async def outcomes(redis: queue.Redis, uid: str) -> dict[str, dict[str, Any]]:
@@ -71,12 +43,10 @@ async def test_each_error_class_takes_its_path(
             {"match": "DOOMED", "kind": "server_error", "times": 10},
         ]
     )
-    base_url = stand_in.anthropic_base_url if api == "anthropic" else stand_in.openai_base_url
     items = ["OK", "AUTHX", "LIMIT", "FLAKY", "BUSY", "GARBLED", "SLOW", "DOOMED"]
     batch = workers.batch(
-        spec(
+        stand_in.batch_spec(
             api,
-            base_url,
             items,
             concurrency=8,
             timeoutSeconds=1,
@@ -136,7 +106,7 @@ async def test_four_processes_never_exceed_the_shared_rate_limit(
     limit, window_s, n_items = 6, 1.0, 36
     items = [f"R{i:02d}" for i in range(n_items)]
     batch = workers.batch(
-        spec("openai", stand_in.openai_base_url, items, concurrency=4, rateLimit={"requestsPerMinute": limit}),
+        stand_in.batch_spec("openai", items, concurrency=4, rateLimit={"requestsPerMinute": limit}),
         stages={"analyze": {"rate_limit": plan.RateLimitPlan(requests_per_minute=limit, window_s=window_s)}},
     )
     await batch.seed()
@@ -172,9 +142,8 @@ async def test_an_answer_that_fails_its_format_is_still_paid_for(
     prices = tmp_path / "prices.yaml"
     prices.write_text("models:\n  stand-in-model: {input: 3, output: 15}\n")
     batch = workers.batch(
-        spec(
+        stand_in.batch_spec(
             "openai",
-            stand_in.openai_base_url,
             ["ACME"],
             output="json",
             retry={"maxAttempts": 3, "backoff": {"initialSeconds": 0.1, "jitter": 0}},

@@ -426,6 +426,25 @@ class StandIn:
     def openai_base_url(self) -> str:
         return f"{self.url}/v1"
 
+    def base_url(self, api: str) -> str:
+        """Where an ``api`` (anthropic or openai) SDK client of this stand-in points."""
+        return self.anthropic_base_url if api == "anthropic" else self.openai_base_url
+
+    def batch_spec(self, api: str, items: list[str], **stage: Any) -> dict[str, Any]:
+        """An AnalysisBatch spec whose one stage, ``analyze``, calls this stand-in as ``api``.
+
+        The key is read from the Secret ``llm-keys`` (key: ``api``); ``stage`` adds stage fields in the CRD's
+        spelling (``concurrency``, ``retry``, ``rateLimit``...).
+        """
+        provider = {
+            "type": api,
+            "model": "stand-in-model",
+            "baseURL": self.base_url(api),
+            "apiKeySecretRef": {"name": "llm-keys", "key": api},
+        }
+        stages = [{"name": "analyze", "provider": "llm", "prompt": "Analyze {{ item }}", **stage}]
+        return {"items": items, "providers": {"llm": provider}, "stages": stages}
+
     def set_plan(self, steps: list[dict[str, Any]]) -> None:
         self._state.set_plan(steps)
 

@@ -64,7 +64,7 @@ import redis.exceptions
 
 from analysis_core import env, keys, plan, queue
 from analysis_core.api import v1alpha1
-from analysis_devcluster import binaries
+from analysis_devcluster import cluster
 from analysis_operator import producer
 from analysis_worker import consumer, ratelimit
 
@@ -203,23 +203,7 @@ class Bench:
         data = self.tmp / "redis"
         data.mkdir()
         port = free_port()
-        argv = [
-            str(binaries.redis_server()),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "yes",
-        ]
+        argv = cluster.redis_argv(port, data)
         server = self.procs.spawn(argv, {"PATH": os.environ.get("PATH", "/usr/bin")}, "redis.log")
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         self._client = queue.connect(self.redis_url)

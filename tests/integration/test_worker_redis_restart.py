@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,37 +9,17 @@ from typing import Any
 import pytest
 
 from analysis_core import keys, queue
-from analysis_devcluster import processes
+from analysis_devcluster import cluster, processes
 from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def redis_argv(port: int, data: Path) -> list[str]:
-    server = shutil.which("redis-server")
-    assert server is not None, "redis-server is not installed"
-    return [
-        server,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(data),
-        "--appendonly",
-        "yes",
-        "--save",
-        "",
-        "--daemonize",
-        "no",
-    ]
 
 
 @pytest.mark.timeout(120)
 async def test_workers_ride_out_a_redis_restart(tmp_path: Path, make_workers: Any) -> None:
     port, data = processes.free_port(), tmp_path / "redis"
     data.mkdir()
-    server = processes.spawn("redis-server", redis_argv(port, data), tmp_path / "redis.log")
+    server = processes.spawn("redis-server", cluster.redis_argv(port, data), tmp_path / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
     harness = make_workers(url)
     client = queue.connect(url)
@@ -66,7 +45,7 @@ async def test_workers_ride_out_a_redis_restart(tmp_path: Path, make_workers: An
         await harness.eventually(lambda: _at_least(succeeded, 40), 30, "some progress")
         server.stop(grace=10)  # SIGTERM: Redis writes its AOF and exits
         await asyncio.sleep(1.0)
-        server = processes.spawn("redis-server", redis_argv(port, data), tmp_path / "redis.log")
+        server = processes.spawn("redis-server", cluster.redis_argv(port, data), tmp_path / "redis.log")
 
         async def all_done() -> bool:
             try:

@@ -188,6 +188,32 @@ def _redis_pong(url: str) -> bool:
         client.close()
 
 
+def redis_argv(port: int, data: Path, *, hosts: tuple[str, ...] = ("127.0.0.1",), persist: bool = True) -> list[str]:
+    """How every test Redis runs: in the foreground, on ``port``, listening on ``hosts``, its files in ``data``.
+
+    ``persist``: an append-only file, as in production (no RDB snapshots). Protected mode, which refuses every
+    client but loopback when there is no password, stays on unless a host other than loopback is listened on
+    (pods reach a node's Redis over the bridge, which only this host and its pods are on).
+    """
+    return [
+        str(binaries.redis_server()),
+        "--bind",
+        *dict.fromkeys(hosts),
+        "--port",
+        str(port),
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes" if persist else "no",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes" if set(hosts) <= {"127.0.0.1"} else "no",
+    ]
+
+
 @contextlib.contextmanager
 def private_redis(
     directory: Path, *, password: str | None = None, timeout: float = 10.0, host: str = "127.0.0.1"
@@ -200,23 +226,7 @@ def private_redis(
     for pods to reach it); the URL names ``host``.
     """
     port = processes.free_port()
-    argv = [
-        str(binaries.redis_server()),
-        "--bind",
-        *dict.fromkeys(("127.0.0.1", host)),
-        "--port",
-        str(port),
-        "--dir",
-        str(directory),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--protected-mode",
-        "no" if host != "127.0.0.1" else "yes",
-    ]
+    argv = redis_argv(port, directory, hosts=("127.0.0.1", host), persist=False)
     if password is not None:
         argv += ["--requirepass", password]
     server = processes.spawn("redis-server", argv, directory / "redis.log")
@@ -604,25 +614,7 @@ class DevCluster:
         ports = self._ports()
         data = self.state_dir / "redis"
         data.mkdir(mode=0o700, exist_ok=True)
-        return [
-            str(binaries.redis_server()),
-            "--bind",
-            *dict.fromkeys(("127.0.0.1", self.host)),
-            "--port",
-            str(ports.redis),
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            # Protected mode refuses every client but loopback when there is no password; with a real
-            # node, pods connect from the bridge (which only this host and its pods are on).
-            "--protected-mode",
-            "no" if self.node else "yes",
-        ]
+        return redis_argv(ports.redis, data, hosts=("127.0.0.1", self.host))
 
     # ------------------------------------------------------------ client files
 

@@ -33,6 +33,7 @@ and the work between them is small and bounded by the plan's size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -109,8 +110,7 @@ class Reconciler:
         self.kube = kube_
         self.redis = redis
         self._compiled: _Compiled | None = None
-        # The table workers will price calls with: the packaged one and the operator's override, published in the plan.
-        self._prices = pricing.PriceTable.from_text(cfg.worker.prices, "the operator's price table")
+        self._prices = _price_table(cfg.worker.prices)
         self._published: str | None = None  # plan text last applied
         self._account_applied = False
         self._written: dict[str, Any] | None = None  # the status last written
@@ -513,6 +513,12 @@ def _owned(obj: dict[str, Any], owner: kopf.Body) -> dict[str, Any]:
 def _spec_hash(obj: Mapping[str, Any]) -> str:
     payload = {"spec": obj.get("spec"), "labels": obj["metadata"].get("labels")}
     return builders._digest(payload)
+
+
+@functools.cache
+def _price_table(override: str | None) -> pricing.PriceTable:
+    """The table workers price calls with (the packaged one, the operator's override over it), parsed once."""
+    return pricing.PriceTable.from_text(override, "the operator's price table")
 
 
 def unpriced_budget(the_plan: plan.Plan, prices: pricing.PriceTable) -> list[status.Problem]:

@@ -244,7 +244,8 @@ def field_names(model: Any) -> set[str]:
 def test_a_knob_keeps_its_spec_name_in_the_plan() -> None:
     resolved_into_prompt = {"prompt_from"}
     assert field_names(v1alpha1.Stage) - field_names(plan.StagePlan) == resolved_into_prompt
-    assert field_names(v1alpha1.Provider) <= field_names(plan.ProviderPlan)
+    resolved_into_account = {"provider_ref"}  # the AnalysisProvider it names, as the plan's account
+    assert field_names(v1alpha1.Provider) - field_names(plan.ProviderPlan) == resolved_into_account
     assert field_names(v1alpha1.RateLimit) <= field_names(plan.RateLimitPlan)
     assert field_names(v1alpha1.Retry) <= field_names(errors.RetryPolicy)
     assert field_names(v1alpha1.Backoff) <= field_names(errors.Backoff)

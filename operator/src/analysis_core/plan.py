@@ -49,8 +49,9 @@ from analysis_core.api import v1alpha1
 # The plan's schema version. A worker reads every plan from version 1 up to its own (``Plan.loads`` upgrades an
 # older one) and refuses a newer one rather than guess at it; a change that an older worker would misread bumps it
 # (docs/design.md#upgrades). Version 2 named every field as the spec does (version 1: ``timeout_s``, ``retry``'s
-# ``initial_s``, ``rate_limit.requests``, ...) and resolved ``fanOut.order``.
-PLAN_VERSION = 2
+# ``initial_s``, ``rate_limit.requests``, ...) and resolved ``fanOut.order``. Version 3 added a provider's
+# ``account`` (a version-2 plan has none, and reads as it is).
+PLAN_VERSION = 3
 # Settings the spec has no field for, each stated here only; ``compile_plan`` puts them in every plan.
 # The window that rateLimit's "per minute" counts over.
 RATE_LIMIT_WINDOW_S = 60.0
@@ -86,8 +87,24 @@ class _Frozen(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
 
+class AccountPlan(_Frozen):
+    """``spec.providers.<name>.providerRef``, resolved from the AnalysisProvider it names.
+
+    The worker spends its batch's allowance of the account (granted by the
+    operator, docs/design.md#provider-accounts) instead of calling freely, and
+    reaches the provider through the account's egress settings.
+    """
+
+    name: str
+    proxy_url: str | None = None
+    ca_bundle: bool = False  # the account trusts extra CAs: the operator mounts them for the worker
+
+
 class ProviderPlan(_Frozen):
-    """``spec.providers.<name>``, resolved: ``model`` is set for every type, ``offline`` for type offline."""
+    """``spec.providers.<name>``, resolved: ``model`` is set for every type, ``offline`` for type offline.
+
+    A provider on an account takes its type and base URL from the account.
+    """
 
     type: v1alpha1.ProviderType
     model: str
@@ -96,6 +113,7 @@ class ProviderPlan(_Frozen):
     temperature: float | None = None
     api_key_secret_ref: v1alpha1.SecretKeyRef | None = None
     offline: v1alpha1.OfflineOptions | None = None
+    account: AccountPlan | None = None
 
 
 class RateLimitPlan(_Frozen):
@@ -296,8 +314,33 @@ def _fan_out_problems(field: str, stage: v1alpha1.Stage) -> Iterator[tuple[str, 
             yield f"{field}.fanOut.{wire}", f"{name!r} is not a property of the list's elements in jsonSchema"
 
 
-def _problems(spec: v1alpha1.AnalysisBatchSpec, prompts: Mapping[str, str]) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
+def _provider_problems(
+    spec: v1alpha1.AnalysisBatchSpec, accounts: Mapping[str, v1alpha1.AnalysisProviderSpec]
+) -> Iterator[tuple[str, str]]:
+    for name, provider in spec.providers.items():
+        field = f"spec.providers.{name}"
+        if provider.provider_ref is None:
+            continue
+        account = accounts.get(provider.provider_ref.name)
+        if account is None:
+            yield f"{field}.providerRef", f"AnalysisProvider {provider.provider_ref.name} was not found"
+            continue
+        if account.type is v1alpha1.ProviderType.ANTHROPIC and provider.temperature is not None:
+            yield (
+                f"{field}.temperature",
+                f"AnalysisProvider {provider.provider_ref.name} is anthropic, whose Messages API (in the current "
+                "SDK) accepts no temperature; remove it",
+            )
+        if account.type is not v1alpha1.ProviderType.OFFLINE and provider.model is None:
+            yield f"{field}.model", "model is required for anthropic and openai providers"
+        if account.type is v1alpha1.ProviderType.OFFLINE and provider.api_key_secret_ref is not None:
+            yield f"{field}.apiKeySecretRef", "apiKeySecretRef is not used by the offline provider"
+
+
+def _problems(
+    spec: v1alpha1.AnalysisBatchSpec, prompts: Mapping[str, str], accounts: Mapping[str, v1alpha1.AnalysisProviderSpec]
+) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = list(_provider_problems(spec, accounts))
     vars_ = spec.vars or {}
     for index, stage in enumerate(spec.stages):
         field = f"spec.stages[{index}]"
@@ -324,27 +367,20 @@ def compile_plan(
     *,
     generation: int = 1,
     prompts: Mapping[str, str] | None = None,
+    accounts: Mapping[str, v1alpha1.AnalysisProviderSpec] | None = None,
 ) -> Plan:
-    """The plan of ``spec``; ``prompts`` holds the text of each stage's ``promptFrom``, read by the caller.
+    """The plan of ``spec``.
 
+    Read by the caller: ``prompts``, the text of each stage's ``promptFrom``;
+    ``accounts``, the spec of each AnalysisProvider a ``providerRef`` names.
     Raises ``PlanError`` listing every problem, each with its field.
     """
     prompts = prompts or {}
-    problems = _problems(spec, prompts)
+    accounts = accounts or {}
+    problems = _problems(spec, prompts, accounts)
     if problems:
         raise PlanError(problems)
-    providers = {
-        name: ProviderPlan(
-            type=p.type,
-            model=p.model or v1alpha1.OFFLINE_MODEL,
-            base_url=p.base_url,
-            max_tokens=p.max_tokens,
-            temperature=p.temperature,
-            api_key_secret_ref=p.api_key_secret_ref,
-            offline=p.offline or (v1alpha1.OfflineOptions() if p.type is v1alpha1.ProviderType.OFFLINE else None),
-        )
-        for name, p in spec.providers.items()
-    }
+    providers = {name: _provider(p, accounts) for name, p in spec.providers.items()}
     stages = []
     for index, s in enumerate(spec.stages):
         backoff = s.retry.backoff
@@ -403,6 +439,30 @@ def compile_plan(
         budget=budget,
         max_deliveries=MAX_DELIVERIES,
         lease_s=LEASE_S,
+    )
+
+
+def _provider(p: v1alpha1.Provider, accounts: Mapping[str, v1alpha1.AnalysisProviderSpec]) -> ProviderPlan:
+    account = None
+    type_, base_url = p.type, p.base_url
+    if p.provider_ref is not None:
+        spec = accounts[p.provider_ref.name]
+        type_, base_url = spec.type, spec.base_url
+        egress = spec.egress or v1alpha1.Egress()
+        account = AccountPlan(
+            name=p.provider_ref.name, proxy_url=egress.proxy_url, ca_bundle=egress.ca_bundle is not None
+        )
+    if type_ is None:  # the schema requires type or providerRef
+        raise PlanError([("spec.providers", "a provider needs a type or a providerRef")])
+    return ProviderPlan(
+        type=type_,
+        model=p.model or v1alpha1.OFFLINE_MODEL,
+        base_url=base_url,
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        api_key_secret_ref=p.api_key_secret_ref,
+        offline=p.offline or (v1alpha1.OfflineOptions() if type_ is v1alpha1.ProviderType.OFFLINE else None),
+        account=account,
     )
 
 

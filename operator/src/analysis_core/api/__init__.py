@@ -1,7 +1,7 @@
-"""The public API of analysis-operator: the AnalysisBatch resource.
+"""The public API of analysis-operator: the AnalysisBatch and AnalysisProvider resources.
 
 ``v1alpha1`` holds the pydantic models of the served version; ``crd`` turns
-them into the CustomResourceDefinition committed under ``crds/``. The names
+them into the CustomResourceDefinitions committed under ``crds/``. The names
 below identify the resource on the wire and are the only place they are
 spelled.
 """
@@ -13,3 +13,9 @@ PLURAL = "analysisbatches"
 SINGULAR = "analysisbatch"
 SHORT_NAMES = ("ab",)
 CATEGORIES = ("analysis",)
+
+# A shared provider account: cluster-scoped, owned by the platform admin.
+PROVIDER_KIND = "AnalysisProvider"
+PROVIDER_PLURAL = "analysisproviders"
+PROVIDER_SINGULAR = "analysisprovider"
+PROVIDER_SHORT_NAMES = ("ap",)

@@ -1,8 +1,8 @@
-"""Generates the AnalysisBatch CustomResourceDefinition from the pydantic models.
+"""Generates the CustomResourceDefinitions (AnalysisBatch, AnalysisProvider) from the pydantic models.
 
 ``make crds`` runs ``python -m analysis_core.api.crd --write`` and ``make check-crds``
 runs it with ``--check``; a unit test compares the committed YAML with
-``render()``, so the CRD cannot drift from ``v1alpha1``.
+``render()``, so the CRDs cannot drift from ``v1alpha1``.
 
 The API server wants a structural schema (Kubernetes' "structural schema"
 rules): every node typed, no ``$ref``, no ``anyOf`` with null, no
@@ -29,6 +29,8 @@ from analysis_core.api import v1alpha1
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 FILE_NAME = f"{CRD_NAME}.yaml"
+PROVIDER_CRD_NAME = f"{api.PROVIDER_PLURAL}.{api.GROUP}"
+PROVIDER_FILE_NAME = f"{PROVIDER_CRD_NAME}.yaml"
 HEADER = "# Generated from analysis_core/api/v1alpha1.py by `make crds`. Do not edit.\n"
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -56,6 +58,38 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.message",
         "priority": 1,
         "description": "The most useful thing to know right now.",
+    },
+]
+
+PROVIDER_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Type", "type": "string", "jsonPath": ".spec.type", "description": "The provider's API."},
+    {
+        "name": "Requests",
+        "type": "string",
+        "jsonPath": ".status.requestsSummary",
+        "description": "Calls granted in the last window, against the limit.",
+    },
+    {"name": "In-Flight", "type": "integer", "jsonPath": ".status.inFlight", "description": "Calls in flight now."},
+    {"name": "Batches", "type": "integer", "jsonPath": ".status.batches", "description": "Batches using it."},
+    {
+        "name": "Waiting",
+        "type": "integer",
+        "jsonPath": ".status.waitingBatches",
+        "description": "Batches with calls waiting for the account.",
+    },
+    {
+        "name": "Paused-Until",
+        "type": "date",
+        "jsonPath": ".status.pausedUntil",
+        "description": "Paused by the provider's retry-after until then.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Quota",
+        "type": "string",
+        "jsonPath": ".status.quotaExhausted",
+        "priority": 1,
+        "description": "The provider's refusal for quota or billing, while it lasts.",
     },
 ]
 
@@ -194,20 +228,30 @@ def _with_model_defaults(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The schema of the whole object, as served by the API server."""
-    spec = _with_model_defaults(structural(v1alpha1.AnalysisBatchSpec))
-    status = _with_model_defaults(structural(v1alpha1.AnalysisBatchStatus))
-    spec["description"] = "The pipeline and its items."
+def openapi_schema(
+    spec_model: type[pydantic.BaseModel] = v1alpha1.AnalysisBatchSpec,
+    status_model: type[pydantic.BaseModel] = v1alpha1.AnalysisBatchStatus,
+    *,
+    kind: str = api.KIND,
+    what: str = "A multi-stage LLM analysis pipeline over a list of items, run by analysis-operator.",
+    spec_description: str = "The pipeline and its items.",
+) -> dict[str, Any]:
+    """The schema of a whole object, as served by the API server."""
+    spec = _with_model_defaults(structural(spec_model))
+    status = _with_model_defaults(structural(status_model))
+    spec["description"] = spec_description
     status["description"] = "Observed state, written by the operator."
     return _ordered(
         {
             "type": "object",
-            "description": "A multi-stage LLM analysis pipeline over a list of items, run by analysis-operator.",
+            "description": what,
             "required": ["spec"],
             "properties": {
-                "apiVersion": {"type": "string", "description": "APIVersion of the object: analysis.dev/v1alpha1."},
-                "kind": {"type": "string", "description": "Kind of the object: AnalysisBatch."},
+                "apiVersion": {
+                    "type": "string",
+                    "description": f"APIVersion of the object: {api.GROUP}/{api.VERSION}.",
+                },
+                "kind": {"type": "string", "description": f"Kind of the object: {kind}."},
                 # The API server owns metadata's schema; a CRD may only say it is an object.
                 "metadata": {"type": "object"},
                 "spec": spec,
@@ -217,41 +261,76 @@ def openapi_schema() -> dict[str, Any]:
     )
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition object."""
+def _definition(
+    name: str, scope: str, names: dict[str, Any], columns: list[dict[str, Any]], schema: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "analysis-operator"}},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "analysis-operator"}},
         "spec": {
             "group": api.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": list(api.SHORT_NAMES),
-                "categories": list(api.CATEGORIES),
-            },
+            "scope": scope,
+            "names": names,
             "versions": [
                 {
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
 
 
+def crd() -> dict[str, Any]:
+    """The AnalysisBatch CustomResourceDefinition."""
+    names = {
+        "kind": api.KIND,
+        "listKind": f"{api.KIND}List",
+        "plural": api.PLURAL,
+        "singular": api.SINGULAR,
+        "shortNames": list(api.SHORT_NAMES),
+        "categories": list(api.CATEGORIES),
+    }
+    return _definition(CRD_NAME, "Namespaced", names, PRINTER_COLUMNS, openapi_schema())
+
+
+def provider_crd() -> dict[str, Any]:
+    """The AnalysisProvider CustomResourceDefinition (cluster-scoped: a platform admin's account)."""
+    names = {
+        "kind": api.PROVIDER_KIND,
+        "listKind": f"{api.PROVIDER_KIND}List",
+        "plural": api.PROVIDER_PLURAL,
+        "singular": api.PROVIDER_SINGULAR,
+        "shortNames": list(api.PROVIDER_SHORT_NAMES),
+        "categories": list(api.CATEGORIES),
+    }
+    schema = openapi_schema(
+        v1alpha1.AnalysisProviderSpec,
+        v1alpha1.AnalysisProviderStatus,
+        kind=api.PROVIDER_KIND,
+        what="A provider account shared by several namespaces' batches: one limit, fair shares, one pause.",
+        spec_description="The account.",
+    )
+    return _definition(PROVIDER_CRD_NAME, "Cluster", names, PROVIDER_PRINTER_COLUMNS, schema)
+
+
+def _yaml(obj: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, width=100)
+
+
+def rendered() -> dict[str, str]:
+    """Every committed CRD file, by file name, byte for byte."""
+    return {FILE_NAME: _yaml(crd()), PROVIDER_FILE_NAME: _yaml(provider_crd())}
+
+
 def render() -> str:
-    """The committed YAML, byte for byte."""
-    body = yaml.safe_dump(crd(), sort_keys=False, allow_unicode=True, width=100)
-    return HEADER + body
+    """The committed AnalysisBatch YAML, byte for byte."""
+    return rendered()[FILE_NAME]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,21 +340,26 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="write the generated CRD")
     mode.add_argument("--check", action="store_true", help="exit 1 if the committed CRD differs from the models")
     args = parser.parse_args(argv)
-    target = args.dir / FILE_NAME
-    text = render()
+    files = rendered()
     if args.write:
         args.dir.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        sys.stdout.write(f"wrote {target}\n")
+        for name, text in files.items():
+            (args.dir / name).write_text(text, encoding="utf-8")
+            sys.stdout.write(f"wrote {args.dir / name}\n")
         return 0
     if args.check:
-        current = target.read_text(encoding="utf-8") if target.exists() else ""
-        if current != text:
-            sys.stderr.write(f"{target} is out of date with the API models: run `make crds`\n")
+        stale = [
+            name
+            for name, text in files.items()
+            if not (args.dir / name).exists() or (args.dir / name).read_text(encoding="utf-8") != text
+        ]
+        for name in stale:
+            sys.stderr.write(f"{args.dir / name} is out of date with the API models: run `make crds`\n")
+        if stale:
             return 1
-        sys.stdout.write(f"{target} is up to date\n")
+        sys.stdout.write(f"{', '.join(files)} are up to date\n")
         return 0
-    sys.stdout.write(text)
+    sys.stdout.write("---\n".join(files.values()))
     return 0
 
 

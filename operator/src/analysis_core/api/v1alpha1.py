@@ -188,44 +188,63 @@ class OfflineOptions(_Model):
     )
 
 
+class ProviderRef(_Model):
+    """A provider account (an AnalysisProvider) that a platform admin set up for several namespaces."""
+
+    name: ObjectName = Field(description="Name of the AnalysisProvider (cluster-scoped).")
+
+
 class Provider(_Model):
-    """An LLM endpoint that stages refer to by name."""
+    """An LLM endpoint that stages refer to by name: inline (``type``), or on a shared account (``providerRef``)."""
 
     model_config = pydantic.ConfigDict(
         json_schema_extra=k8s(
             validations=[
                 cel(
-                    "self.type == 'offline' || has(self.model)",
+                    "has(self.type) != has(self.providerRef)",
+                    "set exactly one of type (an inline provider) and providerRef (a shared AnalysisProvider, "
+                    "which sets the type)",
+                    field_path=".type",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "!has(self.providerRef) || !has(self.baseURL)",
+                    "baseURL comes from the AnalysisProvider named by providerRef",
+                    field_path=".baseURL",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "(has(self.type) && self.type == 'offline') || has(self.model)",
                     "model is required for anthropic and openai providers",
                     field_path=".model",
                     reason="FieldValueRequired",
                 ),
                 cel(
-                    "self.type == 'offline' || has(self.apiKeySecretRef)",
+                    "(has(self.type) && self.type == 'offline') || has(self.apiKeySecretRef)",
                     "apiKeySecretRef is required for anthropic and openai providers",
                     field_path=".apiKeySecretRef",
                     reason="FieldValueRequired",
                 ),
                 cel(
-                    "self.type != 'offline' || !has(self.apiKeySecretRef)",
+                    "!has(self.type) || self.type != 'offline' || !has(self.apiKeySecretRef)",
                     "apiKeySecretRef is not used by the offline provider",
                     field_path=".apiKeySecretRef",
                     reason="FieldValueForbidden",
                 ),
                 cel(
-                    "self.type != 'offline' || !has(self.baseURL)",
+                    "!has(self.type) || self.type != 'offline' || !has(self.baseURL)",
                     "baseURL is not used by the offline provider",
                     field_path=".baseURL",
                     reason="FieldValueForbidden",
                 ),
                 cel(
-                    "self.type == 'offline' || !has(self.offline)",
+                    "(has(self.type) && self.type == 'offline') || !has(self.offline)",
                     "offline options apply only to type offline",
                     field_path=".offline",
                     reason="FieldValueForbidden",
                 ),
                 cel(
-                    "self.type != 'anthropic' || !has(self.temperature)",
+                    "!has(self.type) || self.type != 'anthropic' || !has(self.temperature)",
                     "temperature is not accepted by the Anthropic Messages API of the current SDK; remove it",
                     field_path=".temperature",
                     reason="FieldValueForbidden",
@@ -234,9 +253,16 @@ class Provider(_Model):
         )
     )
 
-    type: ProviderType = Field(
+    type: ProviderType | None = Field(
+        default=None,
         description="Which API to call: anthropic (Messages API), openai (Chat Completions "
-        "API), or offline (deterministic answers for demos and tests; no key, no network)."
+        "API), or offline (deterministic answers for demos and tests; no key, no network). "
+        "Set this or providerRef.",
+    )
+    provider_ref: ProviderRef | None = Field(
+        default=None,
+        description="Use a shared provider account (an AnalysisProvider): its type, baseURL, limits and "
+        "fair share apply; the batch still names its model and its own apiKeySecretRef. Set this or type.",
     )
     model: str | None = Field(
         default=None,
@@ -921,3 +947,232 @@ class AnalysisBatch(_StatusModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: AnalysisBatchSpec = Field(description="The pipeline and its items.")
     status: AnalysisBatchStatus | None = Field(default=None, description="Observed state.")
+
+
+# ---------------------------------------------------------------- AnalysisProvider: a shared provider account
+
+NAMESPACE_OR_ANY = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"
+ANY_NAMESPACE = "*"
+MAX_ACCOUNT_NAMESPACES = 256
+DEFAULT_ACCOUNT_WINDOW_SECONDS = 60
+
+
+class AccountLimits(_Model):
+    """What the provider allows the whole account, shared by every namespace, batch and stage that uses it."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "has(self.requestsPerMinute) || has(self.inputTokensPerMinute) || "
+                    "has(self.outputTokensPerMinute) || has(self.maxInFlight)",
+                    "set at least one of requestsPerMinute, inputTokensPerMinute, outputTokensPerMinute and "
+                    "maxInFlight",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "!has(self.requestsPerMinute) || self.requestsPerMinute * self.windowSeconds >= 60",
+                    "requestsPerMinute allows less than one request per windowSeconds: lengthen the window",
+                    field_path=".windowSeconds",
+                    reason="FieldValueInvalid",
+                ),
+            ]
+        )
+    )
+
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Provider calls per minute, across every user of the account."
+    )
+    input_tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Input (prompt) tokens per minute. Each call reserves its prompt's estimate and is settled "
+        "to the real usage once it returns.",
+    )
+    output_tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Output tokens per minute. Each call reserves its provider's maxTokens and is settled to "
+        "the real usage once it returns.",
+    )
+    max_in_flight: int | None = Field(
+        default=None, ge=1, le=100_000, description="Calls in flight at once, across every user of the account."
+    )
+    window_seconds: int = Field(
+        default=DEFAULT_ACCOUNT_WINDOW_SECONDS,
+        ge=1,
+        le=3600,
+        description="The window the per-minute limits are counted over, scaled to its length (a window of 10 "
+        "seconds allows a sixth of each per-minute limit in every 10 seconds). Default a minute, as providers "
+        "count; shorter windows spread a burst more evenly.",
+    )
+
+
+class NamespaceShare(_Model):
+    """A namespace allowed to use the account, its fair-share weight and optional caps."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=NAMESPACE_OR_ANY,
+        description="The namespace, or '*' for every namespace not listed by name.",
+    )
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Its share while several namespaces wait on the account: capacity is split in proportion "
+        "to the weights of the namespaces waiting (and equally between the batches of one namespace).",
+    )
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="A cap on this namespace's calls per minute, even when the rest of the account is idle.",
+    )
+    max_in_flight: int | None = Field(
+        default=None, ge=1, le=100_000, description="A cap on this namespace's calls in flight."
+    )
+
+
+class OperatorConfigMapKeyRef(_Model):
+    """A key of a ConfigMap in the operator's own namespace (the platform admin's, not a team's)."""
+
+    name: ObjectName = Field(description="Name of the ConfigMap, in the operator's namespace.")
+    key: DataKey = Field(description="Key within the ConfigMap's data.")
+
+
+class Egress(_Model):
+    """How the workers reach the provider through a gateway."""
+
+    proxy_url: str | None = Field(
+        default=None,
+        alias="proxyURL",
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="An HTTP(S) proxy for the provider's API (the workers' HTTPS_PROXY).",
+    )
+    ca_bundle: OperatorConfigMapKeyRef | None = Field(
+        default=None,
+        description="PEM certificates to trust besides the system's, e.g. a gateway's own CA. The operator "
+        "copies the key into each batch that uses the account.",
+    )
+
+
+class AnalysisProviderSpec(_Model):
+    """A provider account shared by several namespaces: its endpoint, its limits, who may use it and how much."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=k8s(
+            validations=[
+                cel(
+                    "!has(self.limits.requestsPerMinute) || self.namespaces.all(n, !has(n.requestsPerMinute) || "
+                    "n.requestsPerMinute <= self.limits.requestsPerMinute)",
+                    "a namespace's requestsPerMinute cannot exceed the account's limits.requestsPerMinute",
+                    field_path=".namespaces",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    "!has(self.limits.maxInFlight) || self.namespaces.all(n, !has(n.maxInFlight) || "
+                    "n.maxInFlight <= self.limits.maxInFlight)",
+                    "a namespace's maxInFlight cannot exceed the account's limits.maxInFlight",
+                    field_path=".namespaces",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    "self.type != 'offline' || !has(self.baseURL)",
+                    "baseURL is not used by the offline provider",
+                    field_path=".baseURL",
+                    reason="FieldValueForbidden",
+                ),
+            ]
+        )
+    )
+
+    type: ProviderType = Field(
+        description="Which API the account serves: anthropic, openai, or offline (no network; for demos and tests)."
+    )
+    base_url: str | None = Field(
+        default=None,
+        alias="baseURL",
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="The API's base URL, for gateways and proxies; the SDK's default when absent.",
+    )
+    limits: AccountLimits = Field(description="The account's limits, shared by everyone who uses it.")
+    namespaces: list[NamespaceShare] = Field(
+        min_length=1,
+        max_length=MAX_ACCOUNT_NAMESPACES,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="The namespaces whose batches may use the account, with their weights and caps. "
+        "A batch in any other namespace waits with the condition ProviderNotAllowed.",
+    )
+    egress: Egress | None = Field(default=None, description="How workers reach the provider through a gateway.")
+
+    def share(self, namespace: str) -> NamespaceShare | None:
+        """The entry that admits ``namespace``: its own, else '*', else None (not allowed)."""
+        fallback = None
+        for entry in self.namespaces:
+            if entry.name == namespace:
+                return entry
+            if entry.name == ANY_NAMESPACE:
+                fallback = entry
+        return fallback
+
+
+class NamespaceUse(_StatusModel):
+    """One namespace's use of the account, over the last window."""
+
+    name: str = Field(description="The namespace.")
+    batches: int = Field(default=0, ge=0, description="Its batches that use the account now.")
+    waiting: int = Field(default=0, ge=0, description="Its calls waiting for the account right now.")
+    granted: int = Field(default=0, ge=0, description="Calls granted to it in the last window.")
+    in_flight: int = Field(default=0, ge=0, description="Its calls in flight.")
+
+
+class AnalysisProviderStatus(_StatusModel):
+    """Live use of the account, written by the operator every few seconds while batches use it."""
+
+    observed_generation: int | None = Field(default=None, description="The generation this status describes.")
+    window_seconds: int | None = Field(default=None, description="The window the figures below count over.")
+    requests: int = Field(default=0, ge=0, description="Calls granted in the last window.")
+    input_tokens: int = Field(default=0, ge=0, description="Input tokens reserved or used in the last window.")
+    output_tokens: int = Field(default=0, ge=0, description="Output tokens reserved or used in the last window.")
+    in_flight: int = Field(default=0, ge=0, description="Calls in flight now.")
+    requests_summary: str = Field(default="", description="Calls in the last window against the limit, e.g. '45/60'.")
+    batches: int = Field(default=0, ge=0, description="Batches that use the account now.")
+    waiting_batches: int = Field(default=0, ge=0, description="Batches with calls waiting for the account.")
+    waiting_namespaces: list[str] | None = Field(
+        default=None, description="Namespaces with calls waiting for the account."
+    )
+    namespaces: list[NamespaceUse] | None = Field(
+        default=None,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Each namespace's use, for those that used the account recently.",
+    )
+    paused_until: datetime | None = Field(
+        default=None, description="The account is paused until then (a provider's retry-after)."
+    )
+    quota_exhausted: str | None = Field(
+        default=None,
+        description="The provider refuses the account for quota or billing, in its own words; one probe call "
+        "at a time goes out, with growing waits, until one passes.",
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["type"]),
+        description="Conditions in the Kubernetes convention: Ready (the account is valid and serving), "
+        "Paused, QuotaExhausted.",
+    )
+
+
+class AnalysisProvider(_StatusModel):
+    """The whole resource, as read from the API server."""
+
+    api_version: str = Field(description="analysis.dev/v1alpha1")
+    kind: str = Field(description="AnalysisProvider")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: AnalysisProviderSpec = Field(description="The account.")
+    status: AnalysisProviderStatus | None = Field(default=None, description="Observed state.")

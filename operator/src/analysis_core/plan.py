@@ -326,11 +326,11 @@ def _provider_problems(
             yield f"{field}.providerRef", f"AnalysisProvider {provider.provider_ref.name} was not found"
             continue
         if account.type is v1alpha1.ProviderType.ANTHROPIC and provider.temperature is not None:
-            yield (
-                f"{field}.temperature",
+            why = (
                 f"AnalysisProvider {provider.provider_ref.name} is anthropic, whose Messages API (in the current "
-                "SDK) accepts no temperature; remove it",
+                "SDK) accepts no temperature; remove it"
             )
+            yield f"{field}.temperature", why
         if account.type is not v1alpha1.ProviderType.OFFLINE and provider.model is None:
             yield f"{field}.model", "model is required for anthropic and openai providers"
         if account.type is v1alpha1.ProviderType.OFFLINE and provider.api_key_secret_ref is not None:

@@ -156,10 +156,16 @@ class Workers:
         self.started: list[WorkerProcess] = []
         self._names = itertools.count()
 
-    def batch(self, spec: dict[str, Any], **plan_overrides: Any) -> Batch:
+    def batch(
+        self,
+        spec: dict[str, Any],
+        *,
+        accounts: dict[str, v1alpha1.AnalysisProviderSpec] | None = None,
+        **plan_overrides: Any,
+    ) -> Batch:
         parsed = v1alpha1.AnalysisBatchSpec.model_validate(spec)
         uid = str(uuid.uuid4())
-        compiled = plan.compile_plan(uid, parsed)
+        compiled = plan.compile_plan(uid, parsed, accounts=accounts)
         stage_overrides = plan_overrides.pop("stages", {})
         if stage_overrides:
             stages = [s.model_copy(update=stage_overrides.get(s.name, {})) for s in compiled.stages]

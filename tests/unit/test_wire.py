@@ -97,6 +97,21 @@ STORED = {
     "QUOTA_PROBES": "probes",
     "QUOTA_PROBE": "probe",
     "QUOTA_PROBE_UNTIL": "probe_until",
+    "ALLOW_REQUESTS": "grant_requests",
+    "ALLOW_INPUT": "grant_input",
+    "ALLOW_OUTPUT": "grant_output",
+    "ALLOW_EPOCH": "grant_epoch",
+    "ALLOW_NEXT": "grant_next",
+    "ALLOW_PAUSED_UNTIL": "grant_paused_until",
+    "ALLOW_HELD": "grant_held",
+    "ALLOW_PROBE": "grant_probe",
+    "REPORT_SETTLED_INPUT": "settled_input_",
+    "REPORT_SETTLED_OUTPUT": "settled_output_",
+    "REPORT_PAUSE_UNTIL": "report_pause_until",
+    "REPORT_REFUSED": "report_refused",
+    "REPORT_REFUSED_MODEL": "report_refused_model",
+    "REPORT_REFUSED_AT": "report_refused_at",
+    "REPORT_PASSED_AT": "report_passed_at",
 }
 
 
@@ -277,6 +292,7 @@ ELSEWHERE = {
     ("analysis_core/queue.py", "retry"): "redis-py's connection option",
     ("analysis_operator/builders.py", "run"): "a key of the digest that names a Job (changing it renames Jobs)",
     ("analysis_operator/handlers.py", "status"): "a Kubernetes object's status",
+    ("analysis_operator/accounts.py", "status"): "an AnalysisProvider's status, and its conditions'",
     ("analysis_operator/teardown.py", "status"): "a Kubernetes object's status",
     ("analysis_operator/reconciler.py", "status"): "a Kubernetes object's status, and a result row's",
     **{

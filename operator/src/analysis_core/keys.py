@@ -31,6 +31,45 @@ LIMITER_PAUSE = "pause"  # string: until when (ms) the stage is paused
 LIMITER_QUOTA = "quota"  # hash (wire.QUOTA_*): the provider refused for quota; one probe at a time until it passes
 LIMITER_PARTS = (LIMITER_REQUESTS, LIMITER_TOKENS, LIMITER_AMOUNTS, LIMITER_SUM, LIMITER_PAUSE, LIMITER_QUOTA)
 
+# A batch's use of a provider account (``BatchKeys.allowance``), in the order the scripts take them. Only the
+# operator writes the grant; workers spend it, say what they wait for, and report (docs/design.md#provider-accounts).
+ALLOWANCE_GRANT = "grant"  # hash (wire.ALLOW_*): what the batch may spend until the operator's next grant
+ALLOWANCE_WAITING = "waiting"  # sorted set: calls waiting for the account, by when their ask expires (ms)
+ALLOWANCE_WANTS = "wants"  # hash: waiting call -> the input tokens it would reserve (its output: maxTokens)
+ALLOWANCE_FLIGHT = "flight"  # sorted set: calls in flight on the account, by when they are given up (ms)
+ALLOWANCE_REPORT = "report"  # hash (wire.REPORT_*): settlements, pauses and refusals for the operator
+ALLOWANCE_PARTS = (ALLOWANCE_GRANT, ALLOWANCE_WAITING, ALLOWANCE_WANTS, ALLOWANCE_FLIGHT, ALLOWANCE_REPORT)
+
+# A provider account's own state (``AccountKeys``): written by the operator only.
+ACCOUNT_LOG = "log"  # sorted set: grant epochs by time (ms)
+ACCOUNT_AMOUNTS = "amounts"  # hash: "<epoch>:<requests|input|output>" -> amount granted (less refunds)
+ACCOUNT_SUMS = "sums"  # hash: requests, input, output granted within the window
+ACCOUNT_PARTS = (ACCOUNT_LOG, ACCOUNT_AMOUNTS, ACCOUNT_SUMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountKeys:
+    """Key names of one provider account (an AnalysisProvider), under a hash tag of its own.
+
+    No script touches these and a batch's keys together: the operator moves
+    capacity from the account into batches' allowances in separate steps.
+    """
+
+    name: str
+
+    @property
+    def tag(self) -> str:
+        return "{account:" + self.name + "}"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of the account (the tag's braces escaped)."""
+        return "\\{account:" + self.name + "\\}:*"
+
+    def part(self, part: str) -> str:
+        """One of ``ACCOUNT_PARTS``."""
+        return f"{self.tag}:{part}"
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchKeys:
@@ -75,6 +114,10 @@ class BatchKeys:
     def limiter(self, stage: str, part: str) -> str:
         """The stage's rate limiter: ``part`` is one of ``LIMITER_PARTS``."""
         return f"{self.tag}:rl:{stage}:{part}"
+
+    def allowance(self, provider: str, part: str) -> str:
+        """The batch's use of the account behind ``spec.providers.<provider>``: ``part`` is one of ``ALLOWANCE_PARTS``."""
+        return f"{self.tag}:account:{provider}:{part}"
 
     # ---- per batch
 

@@ -31,7 +31,11 @@ instead. What the names are:
 - ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``);
 - ``QUOTA_*``: the fields of a stage's quota pause (``keys.LIMITER_QUOTA``),
   which the worker whose call the provider refused for quota or billing
-  writes, its probes update, and the operator reads into a condition.
+  writes, its probes update, and the operator reads into a condition;
+- ``ALLOW_*``: a batch's allowance of a provider account
+  (``keys.ALLOWANCE_GRANT``), which only the operator writes and the workers
+  spend; ``WANT_*`` and ``REPORT_*``: what the workers tell the operator
+  about that account (docs/design.md#provider-accounts).
 """
 
 from __future__ import annotations
@@ -121,6 +125,26 @@ QUOTA_BACKOFF = "probe_wait_ms"  # from a refused probe to the next; doubles up 
 QUOTA_PROBES = "probes"  # probes let through so far
 QUOTA_PROBE = "probe"  # the reservation id of the call probing now; absent: none
 QUOTA_PROBE_UNTIL = "probe_until"  # ms: a probe that never reports back stops holding the others then
+
+
+# ---- a batch's allowance of a provider account (keys.ALLOWANCE_GRANT): written by the operator, spent by workers
+ALLOW_REQUESTS = "grant_requests"  # calls left; a call takes one
+ALLOW_INPUT = "grant_input"  # input tokens left (absent: the account does not limit them)
+ALLOW_OUTPUT = "grant_output"  # output tokens left (absent: not limited)
+ALLOW_EPOCH = "grant_epoch"  # the grant's id in the account's log (ms, Redis time): what settlements name
+ALLOW_NEXT = "grant_next"  # ms: when the operator grants again; a worker without an allowance asks then
+ALLOW_PAUSED_UNTIL = "grant_paused_until"  # ms: the account is paused (a provider's retry-after) until then
+ALLOW_HELD = "grant_held"  # why the batch gets nothing now: the provider's refusal for quota, in its words
+ALLOW_PROBE = "grant_probe"  # "1": this allowance is the one probe of an account the provider refuses for quota
+
+# ---- what a worker tells the operator about the account (keys.ALLOWANCE_REPORT); the operator reads and clears it
+REPORT_SETTLED_INPUT = "settled_input_"  # + a grant's epoch -> input tokens used minus reserved, summed
+REPORT_SETTLED_OUTPUT = "settled_output_"  # + a grant's epoch -> output tokens used minus reserved, summed
+REPORT_PAUSE_UNTIL = "report_pause_until"  # ms (Redis time): the provider said wait (a 429's retry-after)
+REPORT_REFUSED = "report_refused"  # the provider's words refusing a call for quota or billing
+REPORT_REFUSED_MODEL = "report_refused_model"  # the model, when the refusal concerns that model only ("" otherwise)
+REPORT_REFUSED_AT = "report_refused_at"  # ms: when
+REPORT_PASSED_AT = "report_passed_at"  # ms: a probe call the provider answered (the account can pay again)
 
 
 def approved_in_round(round_: int) -> str:

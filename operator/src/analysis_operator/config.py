@@ -12,7 +12,7 @@ import pathlib
 from collections.abc import Mapping
 
 import analysis_core
-from analysis_core import pricing
+from analysis_core import env, pricing
 from analysis_operator import builders
 
 PREFIX = "ANALYSIS_OPERATOR_"
@@ -39,6 +39,8 @@ class OperatorConfig:
     results_interval_s: float = 5.0  # results export, while items finish
     scale_down_delay_s: float = 5.0  # a stage shrinks only after wanting fewer pods this long
     metrics_port: int = 8080  # the operator's Prometheus /metrics; 0 turns it off
+    # A provider account refused for quota: the first wait before a probe call (doubling with each refused one).
+    account_probe_s: float = float(env.DEFAULT_QUOTA_PROBE_SECONDS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -89,6 +91,7 @@ class OperatorConfig:
             results_interval_s=number("RESULTS_INTERVAL", _default(cls, "results_interval_s")),
             scale_down_delay_s=number("SCALE_DOWN_DELAY", _default(cls, "scale_down_delay_s")),
             metrics_port=port("METRICS_PORT", _default(cls, "metrics_port")),
+            account_probe_s=number("QUOTA_PROBE_SECONDS", _default(cls, "account_probe_s")),
         )
 
 

@@ -17,6 +17,11 @@ Handlers stay thin; the reconciler (``reconciler.py``) decides everything.
   give the reconciler its children without an API call per step.
 - ``tear_down``: the finalizer's work (``teardown.py``), with a bounded retry.
 - ``liveness``: seconds since the operator last processed an event.
+- Provider accounts (``accounts.py``): an index of the AnalysisProviders
+  (batches resolve their ``providerRef`` against it); ``allocate``, a daemon
+  per AnalysisProvider that grants its capacity to the batches using it and
+  writes its status; ``release_account``, the finalizer's work, which holds
+  an account's deletion while batches use it.
 - Metrics (``metrics.py``): the endpoint starts with the operator; each
   step is timed and its errors counted; the status it computed feeds the
   batch's series, which go when its daemon ends; ``track_phase`` follows
@@ -34,14 +39,17 @@ from typing import Any
 import kopf
 
 from analysis_core import queue
-from analysis_core.api import GROUP, PLURAL, VERSION, v1alpha1, wellknown
-from analysis_operator import config, kube, logfilters, metrics, reconciler, teardown
+from analysis_core.api import GROUP, PLURAL, PROVIDER_PLURAL, VERSION, v1alpha1, wellknown
+from analysis_operator import accounts, config, kube, logfilters, metrics, reconciler, status, teardown
 from analysis_operator.config import OperatorConfig
 
 FINALIZER = "analysis.dev/cleanup"
 ANNOTATION_PREFIX = "analysis.dev"
 TERMINAL = ("Complete", "Failed")
 BATCH = (GROUP, VERSION, PLURAL)
+PROVIDER = (GROUP, VERSION, PROVIDER_PLURAL)
+ACCOUNT_STATUS_INTERVAL_S = 2.0  # an AnalysisProvider's status is written at most this often
+ACCOUNT_IN_USE_RECHECK_S = 10  # a held deletion looks again this often
 OWNED = {wellknown.LABEL_BATCH_UID: kopf.PRESENT}
 
 # A step that fails on these is simply run again; anything else is a bug and is logged with its traceback.
@@ -74,6 +82,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.cfg = cfg
     memo.kube = kube.Kube(settings.networking.request_timeout or 30, trust_env=settings.networking.trust_env)
     memo.redis = queue.connect(cfg.redis_url, cfg.redis_password)
+    memo.accounts = accounts.Registry()
     memo.metrics = await metrics.serve(cfg.metrics_port) if cfg.metrics_port else None
 
 
@@ -111,6 +120,11 @@ async def deployments_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.W
 @kopf.index("", "v1", "pods", labels=OWNED)
 async def pods_index(body: kopf.Body, **_: Any) -> dict[str, reconciler.Pod]:
     return {body["metadata"]["labels"][wellknown.LABEL_BATCH_UID]: reconciler.pod_summary(body)}
+
+
+@kopf.index(*PROVIDER)
+async def providers_index(name: str, body: kopf.Body, **_: Any) -> dict[str, reconciler.Account]:
+    return {name: reconciler.account_summary(body)}
 
 
 def children_of(
@@ -154,9 +168,10 @@ async def reconcile(
     **kwargs: Any,
 ) -> None:
     jobs, deployments, pods = kwargs["jobs_index"], kwargs["deployments_index"], kwargs["pods_index"]
+    providers: kopf.Index[str, reconciler.Account] = kwargs["providers_index"]
     cfg: OperatorConfig = memo.cfg
     if "reconciler" not in memo:
-        memo.reconciler = reconciler.Reconciler(cfg, memo.kube, memo.redis)
+        memo.reconciler = reconciler.Reconciler(cfg, memo.kube, memo.redis, memo.accounts)
     rec: reconciler.Reconciler = memo.reconciler
     kick = _kick_event(memo)
     meta = body["metadata"]
@@ -164,7 +179,8 @@ async def reconcile(
         while not stopped:
             kick.clear()
             started = time.monotonic()
-            await _step(rec, body, children_of(meta["uid"], jobs, deployments, pods), memo.kube, logger)
+            known = {name: next(iter(found)) for name, found in providers.items() if found}
+            await _step(rec, body, children_of(meta["uid"], jobs, deployments, pods), known, memo.kube, logger)
             _touch()
             wait = max(0.05, cfg.reconcile_interval_s - (time.monotonic() - started))
             kicked = asyncio.ensure_future(kick.wait())
@@ -175,17 +191,24 @@ async def reconcile(
                 kicked.cancel()
                 halted.cancel()
     finally:
-        # Finished (or deleted): its series go with its reconciler rather than linger at their last values.
+        # Finished (or deleted): its series go with its reconciler rather than linger at their last values,
+        # and it stops counting as a user of its provider accounts.
         metrics.BATCHES.forget(meta["namespace"], meta["name"])
+        memo.accounts.release(meta["uid"])
 
 
 async def _step(
-    rec: reconciler.Reconciler, body: kopf.Body, children: reconciler.Children, client: kube.Kube, logger: kopf.Logger
+    rec: reconciler.Reconciler,
+    body: kopf.Body,
+    children: reconciler.Children,
+    known: Mapping[str, reconciler.Account],
+    client: kube.Kube,
+    logger: kopf.Logger,
 ) -> None:
     """One timed reconcile step; a retryable failure is counted and logged, any other counted and raised."""
     started = time.monotonic()
     try:
-        current = await rec.step(body, children)
+        current = await rec.step(body, children, known)
         meta = body["metadata"]
         metrics.BATCHES.observe(meta["namespace"], meta["name"], current)
         await _expire(client, body, current, logger)
@@ -238,4 +261,56 @@ def track_phase(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(*BATCH, id="tear-down")
 async def tear_down(body: kopf.Body, memo: kopf.Memo, retry: int, logger: kopf.Logger, **_: Any) -> None:
     _touch()
+    memo.accounts.release(body["metadata"]["uid"])
     await teardown.tear_down(memo.kube, memo.redis, body, retry=retry, logger=logger)
+
+
+# ---------------------------------------------------------------- provider accounts
+
+
+@kopf.daemon(*PROVIDER, id="allocate", cancellation_timeout=5)
+async def allocate(stopped: kopf.DaemonStopped, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Grant the account's capacity to the batches that use it, about ten times a second; write its status."""
+    cfg: OperatorConfig = memo.cfg
+    registry: accounts.Registry = memo.accounts
+    generation = int(body["metadata"].get("generation") or 1)
+    spec = v1alpha1.AnalysisProviderSpec.model_validate(body["spec"])
+    allocator = accounts.Allocator(name, spec, memo.redis, registry, probe_s=cfg.account_probe_s)
+    written: dict[str, Any] = dict(body.get("status") or {})
+    written_at = 0.0
+    while not stopped:
+        started = time.monotonic()
+        current = int(body["metadata"].get("generation") or 1)
+        if current != generation:  # the daemon's body follows the object: an edited account applies at once
+            generation, allocator.spec = current, v1alpha1.AnalysisProviderSpec.model_validate(body["spec"])
+        busy = False
+        try:
+            busy = await allocator.tick()
+        except queue.UNAVAILABLE as exc:
+            accounts.log.warning(f"account {name}: redis unavailable; granting again in a second: {exc}")
+            await asyncio.sleep(1.0)
+        view = registry.views.get(name)
+        if view is not None and time.monotonic() - written_at >= ACCOUNT_STATUS_INTERVAL_S:
+            new = accounts.provider_status(view, allocator.spec, generation, written, int(time.time() * 1000))
+            if status.essence(new) != status.essence(written):
+                try:
+                    await memo.kube.patch_provider_status(name, new)
+                    written = new
+                except kube.ERRORS as exc:
+                    accounts.log.warning(f"account {name}: cannot write status: {kube.describe(exc)}")
+            written_at = time.monotonic()
+        interval = accounts.TICK_S if busy else accounts.IDLE_TICK_S
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+@kopf.on.delete(*PROVIDER, id="release-account")
+async def release_account(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An account in use is deleted only once no batch uses it; the Event names the batches that hold it."""
+    users = memo.accounts.users(name)
+    if users:
+        shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+        kopf.warn(
+            body, reason=v1alpha1.Reason.ACCOUNT_IN_USE, message=f"deletion waits for the batches using it: {shown}"
+        )
+        raise kopf.TemporaryError(f"in use by {shown}", delay=ACCOUNT_IN_USE_RECHECK_S)
+    memo.accounts.views.pop(name, None)

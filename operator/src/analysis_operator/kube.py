@@ -45,13 +45,13 @@ import httpx2
 import lightkube
 import yaml
 from lightkube.core import resource
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, ServiceAccount
 from lightkube.types import CascadeType, PatchType
 
-from analysis_core.api import GROUP, KIND, PLURAL, VERSION
+from analysis_core.api import GROUP, KIND, PLURAL, PROVIDER_KIND, PROVIDER_PLURAL, VERSION
 
 FIELD_MANAGER = "analysis-operator"
 
@@ -67,6 +67,7 @@ PODS = Pod
 JOBS = Job
 DEPLOYMENTS = Deployment
 BATCHES = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)  # ``BATCHES.Status``: the status subresource
+PROVIDERS = create_global_resource(GROUP, VERSION, PROVIDER_KIND, PROVIDER_PLURAL)  # cluster-scoped accounts
 # The children ``builders`` make, by (apiVersion, kind).
 KINDS: dict[tuple[str, str], type[resource.NamespacedResource]] = {
     ("v1", "ConfigMap"): CONFIGMAPS,
@@ -189,6 +190,10 @@ class Kube:
     async def merge_patch(self, kind: type[R], namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         """A JSON merge patch; ``kind`` may be a subresource (``BATCHES.Status``)."""
         await self.client.patch(kind, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE)
+
+    async def patch_provider_status(self, name: str, status: Mapping[str, Any]) -> None:
+        """A JSON merge patch of an AnalysisProvider's status (cluster-scoped)."""
+        await self.client.patch(PROVIDERS.Status, name, {"status": dict(status)}, patch_type=PatchType.MERGE)
 
     async def delete(self, kind: type[R], namespace: str, name: str) -> bool:
         """Delete, its dependents in the background; False if it was already gone."""

@@ -46,7 +46,7 @@ import yaml
 
 from analysis_core import plan, pricing, queue
 from analysis_core.api import v1alpha1, wellknown
-from analysis_operator import builders, completion, export, kube, producer, results, status
+from analysis_operator import accounts, builders, completion, export, kube, producer, results, status
 from analysis_operator.config import OperatorConfig
 
 R = v1alpha1.Reason
@@ -94,21 +94,34 @@ class Children:
     pods: Sequence[Pod] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class Account:
+    """An AnalysisProvider, as the index saw it."""
+
+    name: str
+    generation: int
+    spec: Mapping[str, Any]
+
+
 @dataclasses.dataclass
 class _Compiled:
     generation: int
     plan: plan.Plan
     spec: v1alpha1.AnalysisBatchSpec
     items: list[str]
+    accounts: tuple[tuple[str, int], ...] = ()  # the AnalysisProviders it was compiled against, by generation
 
 
 class Reconciler:
     """The state one batch's reconciler keeps between steps; all of it can be rebuilt from scratch."""
 
-    def __init__(self, cfg: OperatorConfig, kube_: kube.Kube, redis: queue.Redis) -> None:
+    def __init__(
+        self, cfg: OperatorConfig, kube_: kube.Kube, redis: queue.Redis, registry: accounts.Registry | None = None
+    ) -> None:
         self.cfg = cfg
         self.kube = kube_
         self.redis = redis
+        self.registry = registry if registry is not None else accounts.Registry()
         self._compiled: _Compiled | None = None
         self._prices = _price_table(cfg.worker.prices)
         self._published: str | None = None  # plan text last applied
@@ -123,14 +136,16 @@ class Reconciler:
 
     # ---------------------------------------------------------------- step
 
-    async def step(self, body: kopf.Body, children: Children) -> dict[str, Any]:
-        """One pass; returns the status as computed (written or not)."""
+    async def step(
+        self, body: kopf.Body, children: Children, known: Mapping[str, Account] | None = None
+    ) -> dict[str, Any]:
+        """One pass; returns the status as computed (written or not). ``known``: the AnalysisProviders by name."""
         meta = body["metadata"]
         batch = builders.Batch(meta["name"], meta["namespace"], meta["uid"])
         generation = int(meta.get("generation") or 1)
         previous = self._written if self._written is not None else dict(body.get("status") or {})
         problems: list[status.Problem] = []
-        compiled = await self._compile(batch, body.get("spec") or {}, generation, problems)
+        compiled = await self._compile(batch, body.get("spec") or {}, generation, known or {}, problems)
         obs = status.Observation(generation=generation, now=datetime.now(UTC), problems=problems)
         if compiled is not None:
             obs = await self._drive(batch, body, compiled, children, obs)
@@ -141,9 +156,18 @@ class Reconciler:
     # ---------------------------------------------------------------- 1. compile
 
     async def _compile(
-        self, batch: builders.Batch, raw_spec: Mapping[str, Any], generation: int, problems: list[status.Problem]
+        self,
+        batch: builders.Batch,
+        raw_spec: Mapping[str, Any],
+        generation: int,
+        known: Mapping[str, Account],
+        problems: list[status.Problem],
     ) -> _Compiled | None:
-        if self._compiled is not None and self._compiled.generation == generation:
+        if (
+            self._compiled is not None
+            and self._compiled.generation == generation
+            and all(known.get(name, _GONE).generation == seen for name, seen in self._compiled.accounts)
+        ):
             return self._compiled
         try:
             spec = v1alpha1.AnalysisBatchSpec.model_validate(raw_spec)
@@ -152,6 +176,7 @@ class Reconciler:
             field = "spec." + ".".join(str(part) for part in first["loc"])
             problems.append(status.Problem(R.INVALID_SPEC, f"{field}: {first['msg']}"))
             return None
+        used = account_problems(spec, batch.namespace, known, problems)
         prompts: dict[str, str] = {}
         for index, stage in enumerate(spec.stages):
             if stage.prompt_from is not None:
@@ -168,7 +193,7 @@ class Reconciler:
         if problems:
             return None
         try:
-            the_plan = plan.compile_plan(batch.uid, spec, generation=generation, prompts=prompts)
+            the_plan = plan.compile_plan(batch.uid, spec, generation=generation, prompts=prompts, accounts=used)
         except plan.PlanError as exc:
             detail = "; ".join(f"{field}: {message}" for field, message in exc.problems)
             problems.append(status.Problem(R.INVALID_PLAN, detail))
@@ -176,7 +201,9 @@ class Reconciler:
         problems.extend(unpriced_budget(the_plan, self._prices))
         if problems:
             return None
-        self._compiled = _Compiled(generation, the_plan, spec, items)
+        seen = tuple(sorted((name, known[name].generation) for name in used))
+        self._compiled = _Compiled(generation, the_plan, spec, items, seen)
+        self.registry.use(batch.uid, account_members(batch, the_plan))
         return self._compiled
 
     async def _configmap_key(
@@ -222,6 +249,7 @@ class Reconciler:
         try:
             snapshot, state = await self._advance(batch, body, compiled)
             problems.extend(quota_problems(the_plan, snapshot))
+            problems.extend(account_quota_problems(the_plan, snapshot, self.registry))
         except queue.UNAVAILABLE as exc:
             problems.append(status.Problem(R.REDIS_UNAVAILABLE, f"Redis cannot be reached: {exc}", stalled=False))
             return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
@@ -568,6 +596,92 @@ def quota_problems(the_plan: plan.Plan, snapshot: producer.Snapshot) -> list[sta
     return problems
 
 
+_GONE = Account("", -1, {})
+
+
+def account_problems(
+    spec: v1alpha1.AnalysisBatchSpec, namespace: str, known: Mapping[str, Account], problems: list[status.Problem]
+) -> dict[str, v1alpha1.AnalysisProviderSpec]:
+    """The AnalysisProviders the batch's ``providerRef``s name, by name; a missing or forbidden one is a problem.
+
+    The batch waits with the condition until the account exists and admits
+    its namespace; the next step after that compiles it.
+    """
+    used: dict[str, v1alpha1.AnalysisProviderSpec] = {}
+    for name, provider in spec.providers.items():
+        if provider.provider_ref is None:
+            continue
+        ref, field = provider.provider_ref.name, f"spec.providers.{name}.providerRef"
+        found = known.get(ref)
+        if found is None:
+            problems.append(status.Problem(R.PROVIDER_NOT_FOUND, f"{field}: AnalysisProvider {ref} not found"))
+            continue
+        try:
+            account = v1alpha1.AnalysisProviderSpec.model_validate(found.spec)
+        except pydantic.ValidationError as exc:
+            why = exc.errors()[0]["msg"]
+            problems.append(status.Problem(R.PROVIDER_NOT_FOUND, f"{field}: AnalysisProvider {ref} is invalid: {why}"))
+            continue
+        if account.share(namespace) is None:
+            admitted = ", ".join(n.name for n in account.namespaces)
+            problems.append(
+                status.Problem(
+                    R.PROVIDER_NOT_ALLOWED,
+                    f"{field}: AnalysisProvider {ref} does not admit namespace {namespace} (its spec.namespaces: "
+                    f"{admitted}); ask the platform admin to add it",
+                )
+            )
+            continue
+        used[ref] = account
+    return used
+
+
+def account_members(batch: builders.Batch, the_plan: plan.Plan) -> dict[str, list[accounts.Member]]:
+    """The batch's providers on shared accounts, by account, as the allocators grant to them."""
+    out: dict[str, list[accounts.Member]] = {}
+    for name, provider in the_plan.providers.items():
+        if provider.account is None:
+            continue
+        timeouts = [s.timeout_seconds for s in the_plan.stages if s.provider == name]
+        member = accounts.Member(
+            batch.uid,
+            batch.namespace,
+            batch.name,
+            name,
+            provider.model,
+            max(timeouts, default=plan.LEASE_S),
+            provider.max_tokens,
+        )
+        out.setdefault(provider.account.name, []).append(member)
+    return out
+
+
+def account_quota_problems(
+    the_plan: plan.Plan, snapshot: producer.Snapshot, registry: accounts.Registry
+) -> list[status.Problem]:
+    """Stages with work on an account the provider refuses for quota or billing: every batch on it waits."""
+    problems = []
+    for stage in the_plan.stages:
+        provider = the_plan.providers.get(stage.provider or "")
+        if provider is None or provider.account is None or snapshot.stages[stage.name].drained:
+            continue
+        quota = registry.quota(provider.account.name, provider.model)
+        if quota is None:
+            continue
+        since = datetime.fromtimestamp(quota.since_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        problems.append(
+            status.Problem(
+                R.PROVIDER_QUOTA_EXHAUSTED,
+                f"spec.providers.{stage.provider} uses AnalysisProvider {provider.account.name} ({provider.type}, "
+                f"model {provider.model}), which the provider refuses for quota or billing since {since}: "
+                f"{quota.message}. Every batch on the account waits; the operator lets one probe call through every "
+                f"{quota.backoff_s:g}s (doubling while refused) and resumes them all once one passes",
+            )
+        )
+        break
+    return problems
+
+
 def parse_items(text: str, ref: v1alpha1.ConfigMapKeyRef, problems: list[status.Problem]) -> list[str]:
     """A YAML or JSON list of ids, or one id per line."""
     field = f"spec.itemsFrom.configMapKeyRef (ConfigMap {ref.name}, key {ref.key})"
@@ -653,6 +767,12 @@ def pod_problems(the_plan: plan.Plan, children: Children) -> list[status.Problem
 
 
 # ---------------------------------------------------------------- index summaries
+
+
+def account_summary(body: kopf.Body) -> Account:
+    """What a batch needs of an AnalysisProvider: its spec, and its generation to notice a change."""
+    meta = body["metadata"]
+    return Account(meta["name"], int(meta.get("generation") or 1), dict(body.get("spec") or {}))
 
 
 def workload_summary(body: kopf.Body) -> Workload:

@@ -43,8 +43,8 @@ from typing import Any
 
 from analysis_core import env, errors, plan, pricing, queue, wire
 from analysis_core.api import v1alpha1
+from analysis_worker import account, consumer, health, metrics, ratelimit, routing, templates
 from analysis_worker import config as config_
-from analysis_worker import consumer, health, metrics, ratelimit, routing, templates
 from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
@@ -106,6 +106,12 @@ class Worker:
         self.lease_s = the_plan.lease_s
         self.max_deliveries = the_plan.max_deliveries
         self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
+        # A provider on a shared account: calls spend the batch's allowance of it, which the operator grants.
+        self.allowance = (
+            account.Allowance(client, cfg.batch_uid, self.stage.provider, call_timeout_s=self.stage.timeout_seconds)
+            if self.provider_plan is not None and self.provider_plan.account is not None and self.stage.provider
+            else None
+        )
         # Pauses come from a real provider's answers; a stage that has neither one nor limits skips the round trip.
         self.consults_limiter = self.limiter.enabled or (
             self.provider_plan is not None and self.provider_plan.type is not v1alpha1.ProviderType.OFFLINE
@@ -378,6 +384,8 @@ class Worker:
             else base.FanOutHint(stage.fan_out.path, stage.fan_out.key, stage.fan_out.sort_by),
         )
         reservation = await self._acquire(message, ratelimit.estimate_tokens(prompt, provider_plan.max_tokens))
+        # The account after the stage: its grant is spent just before the call, which the account's window counts.
+        grant = await self._spend(message, ratelimit.estimate_input_tokens(prompt), provider_plan.max_tokens)
         called_ms = _now_ms()
         try:
             with self.metrics.provider_call():
@@ -386,16 +394,27 @@ class Worker:
         except TimeoutError as exc:
             await self.limiter.settle(reservation, reservation.tokens)
             await self.limiter.probed(reservation, answered=False)
+            if grant is not None and self.allowance is not None:
+                await self.allowance.settle(grant, grant.input, grant.output)
             raise errors.ProviderError(
                 errors.ErrorClass.TIMEOUT, f"no answer within the stage's {stage.timeout_seconds:g}s"
             ) from exc
         except errors.ProviderError as exc:
             await self.limiter.settle(reservation, 0)
-            await self._refused(message, reservation, exc)
+            if grant is not None and self.allowance is not None:
+                await self.allowance.settle(grant, 0, 0)
+                await self._refused_on_account(message, grant, exc)
+            else:
+                await self._refused(message, reservation, exc)
             raise
         await self.limiter.settle(reservation, completion.input_tokens + completion.output_tokens)
         if await self.limiter.probed(reservation, answered=True):
             log.info("quota probe passed: the stage resumes", extra={"fields": {"item": message.item}})
+        if grant is not None and self.allowance is not None:
+            await self.allowance.settle(grant, completion.input_tokens, completion.output_tokens)
+            if grant.probe:
+                await self.allowance.passed()
+                log.info("quota probe passed: the account resumes", extra={"fields": {"item": message.item}})
         self.metrics.usage(
             completion.input_tokens,
             completion.output_tokens,
@@ -404,8 +423,52 @@ class Worker:
         state = completion.rate_limit
         if state and state.reset_after_s and (state.requests_remaining == 0 or state.tokens_remaining == 0):
             await self.limiter.pause(state.reset_after_s)
+            if self.allowance is not None:
+                await self.allowance.pause(state.reset_after_s)
             self.metrics.pause(metrics.Pause.QUOTA_EXHAUSTED)
         return completion, called_ms
+
+    async def _spend(self, message: queue.Message, input_tokens: int, output_tokens: int) -> account.Grant | None:
+        """Wait for the batch's allowance of its provider account, at most until the item's deadline for waits."""
+        if self.allowance is None:
+            return None
+        asked = time.monotonic()
+        deadline_s = errors.limited_wait_deadline_s(self.stage.retry)
+        elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
+        try:
+            grant = await self.allowance.acquire(
+                input_tokens, output_tokens, give_up_after_s=max(0.0, deadline_s - elapsed_s)
+            )
+        except account.AccountWaitTooLong as exc:
+            if exc.held:
+                raise errors.ProviderError(
+                    errors.ErrorClass.QUOTA_EXHAUSTED, exc.held, retry_after_s=exc.wait_s
+                ) from exc
+            raise errors.ProviderError(
+                errors.ErrorClass.RATE_LIMITED, f"the provider account held the call: {exc}", retry_after_s=exc.wait_s
+            ) from exc
+        self.metrics.limiter_wait(time.monotonic() - asked)
+        return grant
+
+    async def _refused_on_account(
+        self, message: queue.Message, grant: account.Grant, exc: errors.ProviderError
+    ) -> None:
+        """A failed call's effect on the whole account: the operator pauses it for every batch that uses it."""
+        assert self.allowance is not None
+        if exc.error_class is errors.ErrorClass.QUOTA_EXHAUSTED:
+            await self.allowance.refused(exc.message, exc.model)
+            # The item waits on the account's allowance, which the operator holds back until a probe passes.
+            exc.retry_after_s = self.cfg.quota_probe_s
+            self.metrics.pause(metrics.Pause.QUOTA_REFUSED)
+            fields = {"item": message.item, "model": exc.model, "error": exc.message, "probe": grant.probe}
+            log.warning("provider refuses the account for quota: the operator pauses it", extra={"fields": fields})
+            return
+        if grant.probe and exc.status is not None:
+            await self.allowance.passed()  # answered otherwise: the account can pay again
+        if exc.error_class is errors.ErrorClass.RATE_LIMITED and exc.retry_after_s:
+            await self.allowance.pause(exc.retry_after_s)
+            await self.limiter.pause(exc.retry_after_s)
+            self.metrics.pause(metrics.Pause.RETRY_AFTER)
 
     async def _acquire(self, message: queue.Message, tokens: int) -> ratelimit.Reservation:
         """Wait for the stage's limiter, at most until the item's deadline for waits on the provider's limits."""

@@ -63,9 +63,14 @@ PROBE_LEASE_MARGIN_S = 5.0
 LUA = scripts.Library("analysis_worker")
 
 
+def estimate_input_tokens(prompt: str) -> int:
+    """A prompt's input tokens, about four characters each."""
+    return math.ceil(len(prompt) / 4)
+
+
 def estimate_tokens(prompt: str, max_tokens: int) -> int:
-    """What a call may use at most: its output cap plus about four characters per prompt token."""
-    return max_tokens + math.ceil(len(prompt) / 4)
+    """What a call may use at most: its output cap plus its prompt's estimate."""
+    return max_tokens + estimate_input_tokens(prompt)
 
 
 @dataclasses.dataclass(frozen=True)

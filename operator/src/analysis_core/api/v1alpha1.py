@@ -36,6 +36,7 @@ StageType = wellknown.StageType
 Phase = wellknown.Phase
 ConditionStatus = wellknown.ConditionStatus
 ConditionType = wellknown.ConditionType
+AccountConditionType = wellknown.AccountConditionType
 Reason = wellknown.Reason
 
 # Bounds shared by several fields. They keep objects well under Kopf's

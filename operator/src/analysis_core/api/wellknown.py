@@ -72,6 +72,14 @@ class ConditionType(enum.StrEnum):
     WAITING_FOR_APPROVAL = "WaitingForApproval"
 
 
+class AccountConditionType(enum.StrEnum):
+    """The conditions an AnalysisProvider reports: Ready, and whether the provider holds the account back."""
+
+    READY = "Ready"
+    PAUSED = "Paused"  # the provider asked the account to wait (a 429's retry-after)
+    QUOTA_EXHAUSTED = "QuotaExhausted"  # the provider refuses the account, or a model on it, for quota or billing
+
+
 class Reason(enum.StrEnum):
     """Every reason the operator writes on a condition or an Event, defined once (docs/design.md#conditions).
 
@@ -115,10 +123,18 @@ class Reason(enum.StrEnum):
     REDIS_LAYOUT_UNSUPPORTED = "RedisLayoutUnsupported"
     UNPRICED_MODEL = "UnpricedModel"
     PROVIDER_QUOTA_EXHAUSTED = "ProviderQuotaExhausted"
+    PROVIDER_NOT_FOUND = "ProviderNotFound"  # spec.providers.<name>.providerRef names no AnalysisProvider
+    PROVIDER_NOT_ALLOWED = "ProviderNotAllowed"  # the AnalysisProvider does not admit the batch's namespace
+    # An AnalysisProvider's conditions.
+    ACCOUNT_SERVING = "Serving"
+    ACCOUNT_PAUSED = "RetryAfter"  # the provider asked the account to wait
+    NOT_PAUSED = "NotPaused"
+    QUOTA_AVAILABLE = "QuotaAvailable"
     # Events besides condition flips (a flip to false posts "<Type>Cleared").
     RETRY_FAILED = "RetryFailed"
     CLEANUP_RETRYING = "CleanupRetrying"
     CLEANUP_INCOMPLETE = "CleanupIncomplete"
+    ACCOUNT_IN_USE = "AccountInUse"  # an AnalysisProvider's deletion waits for the batches that use it
 
     @staticmethod
     def cleared(condition: ConditionType) -> str:

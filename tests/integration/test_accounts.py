@@ -1,0 +1,221 @@
+"""Provider accounts through the whole loop: the operator's allocator, worker processes, the real SDKs, the stand-in.
+
+An AnalysisProvider's limit is one limit for every batch on it, in any
+namespace: the allocator (``analysis_operator.accounts``, run here in the
+test's process, as the operator's daemon runs it) grants allowances by fair
+share into each batch's Redis keys, and the batches' real worker processes
+spend them, calling the stand-in through the real SDKs. Counted at the
+stand-in: no window of the account's length holds more calls than its limit,
+and the calls split between namespaces by their weights whatever each wants,
+however many batches a namespace splits its work into, and from the first
+call of a small batch that arrives behind a large one.
+"""
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from analysis_core import env, keys, queue
+from analysis_core.api import v1alpha1
+from analysis_devcluster import standin
+from analysis_operator import accounts, builders, reconciler
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+API_KEY = "sk-test-accounts-3b9d40"  # what the stand-in (tests/integration/conftest.py) wants
+ACCOUNT = "shared"
+WINDOW_S = 1
+PER_WINDOW = 20  # calls per window: 1200 per minute over a 1-second window
+TOLERANCE = 0.10
+
+
+def account_spec(stand_in: standin.StandIn, weights: dict[str, int], **limits: Any) -> v1alpha1.AnalysisProviderSpec:
+    return v1alpha1.AnalysisProviderSpec.model_validate(
+        {
+            "type": "openai",
+            "baseURL": stand_in.base_url("openai"),
+            "limits": {"requestsPerMinute": PER_WINDOW * 60 // WINDOW_S, "windowSeconds": WINDOW_S, **limits},
+            "namespaces": [{"name": ns, "weight": w} for ns, w in weights.items()],
+        }
+    )
+
+
+def batch_spec(stand_in: standin.StandIn, items: list[str], concurrency: int) -> dict[str, Any]:
+    spec = stand_in.batch_spec("openai", items, concurrency=concurrency)
+    provider = spec["providers"]["llm"]
+    del provider["type"], provider["baseURL"]
+    provider["providerRef"] = {"name": ACCOUNT}
+    return spec
+
+
+class Allocating:
+    """The operator's allocator for one account, granting in the background while batches register."""
+
+    def __init__(self, redis: queue.Redis, spec: v1alpha1.AnalysisProviderSpec) -> None:
+        self.registry = accounts.Registry()
+        self.allocator = accounts.Allocator(ACCOUNT, spec, redis, self.registry, probe_s=0.2)
+        self._stop = asyncio.Event()
+
+    def use(self, namespace: str, name: str, batch: Any) -> None:
+        members = reconciler.account_members(builders.Batch(name, namespace, batch.uid), batch.plan)
+        self.registry.use(batch.uid, members)
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            busy = await self.allocator.tick()
+            await asyncio.sleep(accounts.TICK_S if busy else accounts.IDLE_TICK_S)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator["Allocating"]:
+        task = asyncio.create_task(self.run())
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            await task
+
+
+def calls_by_prefix(stand_in: standin.StandIn, prefixes: Sequence[str]) -> collections.Counter[str]:
+    counts: collections.Counter[str] = collections.Counter()
+    for call in stand_in.requests():
+        for prefix in prefixes:
+            if call["prompt"].startswith(f"Analyze {prefix}-"):
+                counts[prefix] += 1
+    return counts
+
+
+def most_in_any_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+async def saturate(
+    stand_in: standin.StandIn,
+    workers: Any,
+    allocating: Allocating,
+    groups: dict[str, list[tuple[str, int]]],
+    measured_calls: int,
+) -> collections.Counter[str]:
+    """Batches (prefix, concurrency) per namespace, all wanting more than they get; calls per namespace once
+    ``measured_calls`` more were made after every batch had its first."""
+    prefix_ns = {}
+    for namespace, batches in groups.items():
+        for prefix, concurrency in batches:
+            items = [f"{prefix}-{i}" for i in range(2000)]
+            batch = workers.batch(
+                batch_spec(stand_in, items, concurrency), accounts={ACCOUNT: allocating.allocator.spec}
+            )
+            await batch.seed()
+            allocating.use(namespace, prefix, batch)
+            workers.start(batch, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: str(concurrency)})
+            prefix_ns[prefix] = namespace
+    prefixes = list(prefix_ns)
+
+    async def all_started() -> bool:
+        return all(calls_by_prefix(stand_in, prefixes)[p] >= 3 for p in prefixes)
+
+    await workers.eventually(all_started, 60, "every batch calling")
+    before = calls_by_prefix(stand_in, prefixes)
+
+    async def measured() -> bool:
+        return sum(calls_by_prefix(stand_in, prefixes).values()) - sum(before.values()) >= measured_calls
+
+    await workers.eventually(measured, 120, f"{measured_calls} more calls")
+    after = calls_by_prefix(stand_in, prefixes)
+    per_ns: collections.Counter[str] = collections.Counter()
+    for prefix in prefixes:
+        per_ns[prefix_ns[prefix]] += after[prefix] - before[prefix]
+    times = [c["time"] for c in stand_in.requests()]
+    assert most_in_any_window(times, WINDOW_S) <= PER_WINDOW, "a window held more calls than the account's limit"
+    return per_ns
+
+
+def assert_shares(per_ns: collections.Counter[str], expected: dict[str, float]) -> None:
+    total = sum(per_ns.values())
+    for ns, share in expected.items():
+        got = per_ns[ns] / total
+        assert abs(got - share) <= TOLERANCE * share, (
+            f"{ns} got {got:.3f} of the calls, its share is {share:.3f}: {dict(per_ns)}"
+        )
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        pytest.param(
+            {"team-a": 1, "team-b": 1, "team-c": 1}, {"team-a": 1 / 3, "team-b": 1 / 3, "team-c": 1 / 3}, id="equal"
+        ),
+        pytest.param(
+            {"team-a": 2, "team-b": 1, "team-c": 1}, {"team-a": 0.5, "team-b": 0.25, "team-c": 0.25}, id="2-1-1"
+        ),
+    ],
+)
+async def test_namespaces_wanting_unequally_split_the_account_by_weight(
+    weights: dict[str, int], expected: dict[str, float], stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    allocating = Allocating(redis, account_spec(stand_in, weights))
+    async with allocating.running():
+        # Calls wanted: 8, 2 and 1 times the account's per-tick share; each is more than it gets.
+        groups = {"team-a": [("a", 16)], "team-b": [("b", 4)], "team-c": [("c", 2)]}
+        per_ns = await saturate(stand_in, workers, allocating, groups, measured_calls=8 * PER_WINDOW)
+    assert_shares(per_ns, expected)
+
+
+@pytest.mark.timeout(240)
+async def test_ten_batches_of_one_namespace_get_what_one_batch_of_another_gets(
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    allocating = Allocating(redis, account_spec(stand_in, {"many": 1, "one": 1}))
+    async with allocating.running():
+        groups = {"many": [(f"m{i}", 2) for i in range(10)], "one": [("o", 4)]}
+        per_ns = await saturate(stand_in, workers, allocating, groups, measured_calls=8 * PER_WINDOW)
+    assert_shares(per_ns, {"many": 0.5, "one": 0.5})
+
+
+@pytest.mark.timeout(240)
+async def test_a_small_batch_behind_a_huge_one_gets_its_share_from_its_first_call(
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    allocating = Allocating(redis, account_spec(stand_in, {"big": 1, "small": 1}))
+    async with allocating.running():
+        big = workers.batch(
+            batch_spec(stand_in, [f"big-{i}" for i in range(2000)], 16), accounts={ACCOUNT: allocating.allocator.spec}
+        )
+        await big.seed()
+        allocating.use("big", "big", big)
+        workers.start(big, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: "16"})
+
+        async def backlog() -> bool:
+            return calls_by_prefix(stand_in, ["big"])["big"] >= 2 * PER_WINDOW
+
+        await workers.eventually(backlog, 60, "the big batch busy")
+        small = workers.batch(
+            batch_spec(stand_in, [f"small-{i}" for i in range(20)], 2), accounts={ACCOUNT: allocating.allocator.spec}
+        )
+        await small.seed()
+        allocating.use("small", "small", small)
+        workers.start(small, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: "2"})
+
+        async def small_done() -> bool:
+            return calls_by_prefix(stand_in, ["small"])["small"] >= 20
+
+        await workers.eventually(small_done, 60, "the small batch done")
+    calls = [c for c in stand_in.requests() if c["prompt"].startswith(("Analyze big-", "Analyze small-"))]
+    first = next(i for i, c in enumerate(calls) if c["prompt"].startswith("Analyze small-"))
+    last = max(i for i, c in enumerate(calls) if c["prompt"].startswith("Analyze small-"))
+    during = calls[first : last + 1]
+    small_share = sum(1 for c in during if c["prompt"].startswith("Analyze small-")) / len(during)
+    assert small_share >= 0.5 * (1 - TOLERANCE), f"the small batch got {small_share:.2f} of the calls while it ran"
+    # And the big one kept its backlog throughout: it wanted more the whole time.
+    pending = await redis.xlen(keys.BatchKeys(big.uid).stream("analyze"))
+    assert pending > 0

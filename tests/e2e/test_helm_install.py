@@ -250,8 +250,14 @@ def test_a_namespaced_install_runs_batches_of_its_namespaces_only(setting: Setti
     roles = json.loads(
         setting.kubectl("get", "roles", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json").stdout
     )["items"]
-    assert [role["metadata"]["namespace"] for role in roles] == ["team-a"]
+    # The watched namespace's Role, and one in the release's own for the AnalysisProviders' Events and CA bundles.
+    assert sorted((role["metadata"]["namespace"], role["metadata"]["name"]) for role in roles) == [
+        (SYSTEM, f"{RELEASE}-accounts"),
+        ("team-a", RELEASE),
+    ]
+    # Cluster-wide, only the AnalysisProviders' rules (they are cluster-scoped).
     assert setting.kubectl("get", "clusterrole", RELEASE, check=False).returncode != 0
+    assert setting.get("", "clusterrole", f"{RELEASE}-accounts")["rules"]
     # The unwatched one first: by the time the watched one is done, the operator had every chance to touch it.
     setting.kubectl("apply", "-n", "team-b", "-f", str(EXAMPLE))
     setting.kubectl("apply", "-n", "team-a", "-f", str(EXAMPLE))

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from lightkube.core.resource import api_info
 from lightkube.resources.core_v1 import Event
 
 from analysis_core import plan, queue
-from analysis_core.api import PLURAL, v1alpha1, wellknown
+from analysis_core.api import PLURAL, PROVIDER_PLURAL, v1alpha1, wellknown
 from analysis_devcluster import binaries, cluster
 from analysis_operator import builders, export, kube, results, teardown
 from analysis_operator.config import OperatorConfig
@@ -328,19 +328,34 @@ def test_rbac_is_least_privilege(helm_env: dict[str, str], values: str) -> None:
     # The operator writes the per-batch Redis Secret and never reads a Secret through the API.
     assert verbs(rules, "", "secrets") == {"create", "patch"}
     assert not any(verb in verbs(rules, "", "secrets") for verb in ("get", "list", "watch"))
+    # AnalysisProviders are cluster-scoped: every mode watches them across the cluster and writes their status.
+    assert verbs(rules, "analysis.dev", PROVIDER_PLURAL) == {"list", "watch", "patch"}
+    assert verbs(rules, "analysis.dev", f"{PROVIDER_PLURAL}/status") == {"patch"}
     watch = ci_values(values).get("watch", {})
     cluster_wide = watch.get("allNamespaces", True)
     cluster_kinds = {doc["kind"] for doc in docs if doc["kind"] in ("ClusterRole", "ClusterRoleBinding")}
-    roles = {doc["metadata"]["namespace"] for doc in of_kind(docs, "Role")}
+    roles = {doc["metadata"]["namespace"]: doc for doc in of_kind(docs, "Role")}
     bindings = of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding")
     if cluster_wide:
         assert cluster_kinds == {"ClusterRole", "ClusterRoleBinding"}
         assert not roles
         assert verbs(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
     else:
-        assert not cluster_kinds
-        assert roles == set(watch["namespaces"])
-        assert {b["metadata"]["namespace"] for b in bindings} == roles
+        assert cluster_kinds == {"ClusterRole", "ClusterRoleBinding"}
+        # The ClusterRole holds the accounts' rules and nothing namespaced.
+        (cluster_role,) = of_kind(docs, "ClusterRole")
+        assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+            PROVIDER_PLURAL,
+            f"{PROVIDER_PLURAL}/status",
+        }
+        assert set(roles) == {*watch["namespaces"], RELEASE_NAMESPACE}
+        assert {b["metadata"]["namespace"] for b in of_kind(docs, "RoleBinding")} == set(roles)
+        # In its own namespace: the accounts' Events and CA bundles, nothing else.
+        own = roles[RELEASE_NAMESPACE]["rules"]
+        assert {(r, v) for rule in own for r in rule["resources"] for v in rule["verbs"]} == {
+            ("events", "create"),
+            ("configmaps", "get"),
+        }
         assert not verbs(rules, "apiextensions.k8s.io", "customresourcedefinitions")
     account = one(docs, "ServiceAccount")["metadata"]
     for binding in bindings:
@@ -360,6 +375,8 @@ def test_rbac_covers_every_kind_the_operator_calls(helm_env: dict[str, str]) -> 
         assert verbs(rules, info.resource.group, info.plural), f"no rule for {info.resource.api_version} {info.plural}"
     assert verbs(rules, "analysis.dev", PLURAL) >= {"list", "watch", "patch"}
     assert verbs(rules, "analysis.dev", f"{PLURAL}/status") == {"patch"}
+    assert verbs(rules, "analysis.dev", PROVIDER_PLURAL) >= {"list", "watch", "patch"}
+    assert verbs(rules, "analysis.dev", f"{PROVIDER_PLURAL}/status") == {"patch"}
 
 
 # ------------------------------------------------------------------ the operator's Deployment
@@ -474,13 +491,15 @@ def test_the_password_comes_from_the_secret_and_nowhere_else(helm_env: dict[str,
 # ------------------------------------------------------------------ CRD, bundled Redis, optional objects
 
 
-def test_the_crd_is_the_generated_one_with_a_keep_policy(helm_env: dict[str, str]) -> None:
-    docs = render(helm_env)
-    crd = one(docs, "CustomResourceDefinition")
-    generated = yaml.safe_load((ROOT / "crds" / "analysisbatches.analysis.dev.yaml").read_text(encoding="utf-8"))
-    assert crd["spec"] == generated["spec"]
-    assert crd["metadata"]["name"] == generated["metadata"]["name"]
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+def test_the_crds_are_the_generated_ones_with_a_keep_policy(helm_env: dict[str, str]) -> None:
+    rendered = {doc["metadata"]["name"]: doc for doc in of_kind(render(helm_env), "CustomResourceDefinition")}
+    generated = [yaml.safe_load(path.read_text(encoding="utf-8")) for path in sorted((ROOT / "crds").glob("*.yaml"))]
+    assert sorted(rendered) == sorted(doc["metadata"]["name"] for doc in generated)
+    assert f"{PROVIDER_PLURAL}.analysis.dev" in rendered
+    for doc in generated:
+        crd = rendered[doc["metadata"]["name"]]
+        assert crd["spec"] == doc["spec"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert not of_kind(render(helm_env, "--set", "crds.install=false"), "CustomResourceDefinition")
 
 
@@ -577,17 +596,60 @@ def installed(
         devcluster.kubectl("delete", "namespace", watched, "--wait=false", check=False)
 
 
-def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
-    devcluster: cluster.DevCluster, installed: Release
-) -> None:
-    """Asked of the real authorizer, as the operator's ServiceAccount."""
-    account = f"system:serviceaccount:{installed.namespace}:ao-analysis-operator"
+@pytest.fixture
+def installed_cluster_wide(
+    devcluster: cluster.DevCluster, crds_installed: Path, helm_env: dict[str, str], namespace: str
+) -> Iterator[str]:
+    """The chart installed watching every namespace, as release "aoc" (so its ClusterRole has a name of its own).
+
+    Returns the release's namespace. Redis is external (and absent): only the RBAC is looked at.
+    """
+    env = {**helm_env, "KUBECONFIG": str(devcluster.kubeconfig)}
+    args = ["--set", "crds.install=false", "--set", "redis.bundled.enabled=false"]
+    args += ["--set", "redis.external.url=redis://redis.elsewhere:6379/0"]
+    run_helm(env, "install", "aoc", str(CHART), "-n", namespace, *args)
+    try:
+        yield namespace
+    finally:
+        run_helm(env, "uninstall", "aoc", "-n", namespace, check=False)
+
+
+def authorizer(devcluster: cluster.DevCluster, account: str) -> Callable[..., bool]:
+    """``can(verb, resource, namespace or None for the cluster scope, *flags)``, asked of the real authorizer."""
 
     def can(verb: str, resource: str, where: str | None, *extra: str) -> bool:
         scope = ["-n", where] if where else ["--all-namespaces"]
         result = devcluster.kubectl("auth", "can-i", verb, resource, "--as", account, *scope, *extra, check=False)
         return result.stdout.strip() == "yes"
 
+    return can
+
+
+ACCOUNTS = f"{PROVIDER_PLURAL}.analysis.dev"
+
+
+def assert_the_accounts_rights(can: Callable[..., bool], own_namespace: str) -> None:
+    """What the operator needs of AnalysisProviders, and nothing more of them, in any mode."""
+    for verb in ("list", "watch", "patch"):
+        assert can(verb, ACCOUNTS, None), f"cannot {verb} {ACCOUNTS}"
+    assert can("patch", ACCOUNTS, None, "--subresource=status")
+    # Accounts are the platform admin's: the operator neither makes nor removes nor rewrites them.
+    for verb in ("create", "delete", "update"):
+        assert not can(verb, ACCOUNTS, None), f"can {verb} {ACCOUNTS}"
+    assert not can("update", ACCOUNTS, None, "--subresource=status")
+    # Their Events (Kopf posts a cluster-scoped object's Events in its own namespace) and CA bundles.
+    assert can("create", "events", own_namespace)
+    assert can("get", "configmaps", own_namespace)
+    for verb in ("get", "list"):
+        assert not can(verb, "secrets", own_namespace)
+
+
+def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
+    devcluster: cluster.DevCluster, installed: Release
+) -> None:
+    """Asked of the real authorizer, as the operator's ServiceAccount."""
+    can = authorizer(devcluster, f"system:serviceaccount:{installed.namespace}:ao-analysis-operator")
+    elsewhere = "default"  # neither watched nor the operator's own
     needed = [
         ("create", "secrets"),
         ("patch", "secrets"),
@@ -601,12 +663,28 @@ def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
     ]
     for verb, resource in needed:
         assert can(verb, resource, installed.watched), f"cannot {verb} {resource} in {installed.watched}"
-        assert not can(verb, resource, installed.namespace), f"can {verb} {resource} outside the watched namespace"
+        assert not can(verb, resource, elsewhere), f"can {verb} {resource} outside the watched namespace"
     assert can("patch", PLURAL, installed.watched, "--subresource=status")
     for verb in ("get", "list", "watch"):
         assert not can(verb, "secrets", installed.watched)
     assert not can("list", PLURAL, None)
     assert not can("list", "customresourcedefinitions.apiextensions.k8s.io", None)
+    assert_the_accounts_rights(can, installed.namespace)
+    # In its own namespace, only what the accounts need: not the batches' rights.
+    for verb, resource in [("list", "configmaps"), ("create", "configmaps"), ("create", "secrets"), ("watch", PLURAL)]:
+        assert not can(verb, resource, installed.namespace), f"can {verb} {resource} in its own namespace"
+    assert not can("create", "events", elsewhere)
+
+
+def test_the_cluster_wide_rbac_grants_the_batches_and_the_accounts_rights(
+    devcluster: cluster.DevCluster, installed_cluster_wide: str
+) -> None:
+    can = authorizer(devcluster, f"system:serviceaccount:{installed_cluster_wide}:aoc-analysis-operator")
+    for verb, resource in [("watch", PLURAL), ("create", "events"), ("patch", "jobs.batch"), ("get", "configmaps")]:
+        assert can(verb, resource, None), f"cannot {verb} {resource} across the cluster"
+    assert can("list", "customresourcedefinitions.apiextensions.k8s.io", None)
+    assert not can("get", "secrets", None)
+    assert_the_accounts_rights(can, installed_cluster_wide)
 
 
 def kubeconfig_as(devcluster: cluster.DevCluster, namespace: str, account: str, path: Path) -> Path:

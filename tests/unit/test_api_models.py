@@ -6,6 +6,7 @@ import pydantic
 import pytest
 import yaml
 
+from analysis_core import api
 from analysis_core.api import v1alpha1
 
 pytestmark = pytest.mark.unit
@@ -15,15 +16,26 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_parses(path: Path) -> None:
-    batch = v1alpha1.AnalysisBatch.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    assert batch.kind == "AnalysisBatch"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if doc["kind"] == api.PROVIDER_KIND:
+        account = v1alpha1.AnalysisProvider.model_validate(doc)
+        assert account.spec.namespaces
+        return
+    batch = v1alpha1.AnalysisBatch.model_validate(doc)
+    assert batch.kind == api.KIND
     assert batch.spec.stages
-    # The examples must run without keys.
-    assert {p.type for p in batch.spec.providers.values()} == {v1alpha1.ProviderType.OFFLINE}
+    # The inline providers run without keys; one on a shared account (providerRef) needs the account's API.
+    inline = {p.type for p in batch.spec.providers.values() if p.provider_ref is None}
+    assert inline <= {v1alpha1.ProviderType.OFFLINE}
 
 
 def test_there_are_examples_to_test() -> None:
-    assert {p.stem for p in EXAMPLES} >= {"ticker-summary", "stock-research"}
+    assert {p.stem for p in EXAMPLES} >= {
+        "ticker-summary",
+        "stock-research",
+        "provider-account",
+        "team-batch-on-account",
+    }
 
 
 def test_stock_research_exercises_every_construct() -> None:

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 import yaml
 
-from analysis_core import errors, plan
+from analysis_core import api, errors, plan
 from analysis_core.api import v1alpha1
 
 pytestmark = pytest.mark.unit
@@ -33,12 +33,77 @@ def problems(the_spec: v1alpha1.AnalysisBatchSpec, **kwargs: Any) -> list[tuple[
     return caught.value.problems
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+EXAMPLES = {
+    path: yaml.safe_load(path.read_text(encoding="utf-8")) for path in sorted((ROOT / "examples").glob("*.yaml"))
+}
+# The example accounts, by name, as the operator reads them for a batch's providerRef.
+EXAMPLE_ACCOUNTS = {
+    doc["metadata"]["name"]: v1alpha1.AnalysisProviderSpec.model_validate(doc["spec"])
+    for doc in EXAMPLES.values()
+    if doc["kind"] == api.PROVIDER_KIND
+}
+
+
+@pytest.mark.parametrize(
+    "path", [path for path, doc in EXAMPLES.items() if doc["kind"] == api.KIND], ids=lambda p: p.stem
+)
 def test_every_example_compiles(path: Path) -> None:
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    compiled = plan.compile_plan("uid", v1alpha1.AnalysisBatchSpec.model_validate(doc["spec"]))
+    the_spec = v1alpha1.AnalysisBatchSpec.model_validate(EXAMPLES[path]["spec"])
+    compiled = plan.compile_plan("uid", the_spec, accounts=EXAMPLE_ACCOUNTS)
     assert compiled.stages
     assert all(s.prompt for s in compiled.stages if s.type is not v1alpha1.StageType.APPROVAL)
+
+
+def test_the_team_example_runs_on_the_example_account() -> None:
+    doc = EXAMPLES[ROOT / "examples" / "team-batch-on-account.yaml"]
+    the_spec = v1alpha1.AnalysisBatchSpec.model_validate(doc["spec"])
+    claude = plan.compile_plan("uid", the_spec, accounts=EXAMPLE_ACCOUNTS).providers["claude"]
+    (name,) = EXAMPLE_ACCOUNTS
+    assert claude.account == plan.AccountPlan(name=name)
+    assert (claude.type, claude.base_url) == (v1alpha1.ProviderType.ANTHROPIC, None)
+    assert claude.api_key_secret_ref == v1alpha1.SecretKeyRef(name="llm-keys", key="anthropic")
+    # Where the account is missing, the batch cannot compile (the operator reports InvalidPlan, and waits).
+    assert problems(the_spec) == [("spec.providers.claude.providerRef", f"AnalysisProvider {name} was not found")]
+
+
+def on_account(account_type: str, **provider: Any) -> tuple[v1alpha1.AnalysisBatchSpec, dict[str, Any]]:
+    """A one-stage spec whose provider uses account "acct" of ``account_type``; and the accounts to compile it with."""
+    the_spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["NVDA"],
+            "providers": {"main": {"providerRef": {"name": "acct"}, **provider}},
+            "stages": [{"name": "a", "provider": "main", "prompt": "{{ item }}"}],
+        }
+    )
+    account = v1alpha1.AnalysisProviderSpec.model_validate(
+        {"type": account_type, "limits": {"maxInFlight": 4}, "namespaces": [{"name": "*"}]}
+    )
+    return the_spec, {"accounts": {"acct": account}}
+
+
+def test_a_real_account_needs_the_model_and_key_the_schema_could_not_require() -> None:
+    the_spec, kwargs = on_account("openai")
+    assert problems(the_spec, **kwargs) == [
+        ("spec.providers.main.model", "model is required for anthropic and openai providers"),
+        ("spec.providers.main.apiKeySecretRef", "apiKeySecretRef is required for anthropic and openai providers"),
+    ]
+    key = {"name": "llm-keys", "key": "openai"}
+    the_spec, kwargs = on_account("openai", model="gpt-4.1", apiKeySecretRef=key)
+    assert plan.compile_plan("uid", the_spec, **kwargs).providers["main"].type is v1alpha1.ProviderType.OPENAI
+
+
+def test_an_offline_account_needs_no_model_and_takes_no_key() -> None:
+    the_spec, kwargs = on_account("offline")
+    main = plan.compile_plan("uid", the_spec, **kwargs).providers["main"]
+    assert (main.type, main.model, main.offline) == (
+        v1alpha1.ProviderType.OFFLINE,
+        v1alpha1.OFFLINE_MODEL,
+        v1alpha1.OfflineOptions(),
+    )
+    the_spec, kwargs = on_account("offline", apiKeySecretRef={"name": "llm-keys", "key": "x"})
+    assert problems(the_spec, **kwargs) == [
+        ("spec.providers.main.apiKeySecretRef", "apiKeySecretRef is not used by the offline provider")
+    ]
 
 
 def test_unknown_template_variables_are_named_with_their_field() -> None:

@@ -31,14 +31,17 @@ server-side apply, which needs create (the first time) and patch.
   resources: ["analysisbatches/finalizers"]
   verbs: ["update"]
 # Kopf: post Events on batches (Kopf's and the operator's own: RetryFailed,
-# stage transitions, cleanup warnings).
+# stage transitions, cleanup warnings). Cluster-wide, this also covers the
+# Events of AnalysisProviders, in the operator's namespace (ownNamespaceRules).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 # The operator: read the user's ConfigMaps named by spec.itemsFrom and
-# promptFrom (get); apply the plan ConfigMap (create, patch); write the results
-# ConfigMaps (list by label, create, update); remove the batch's on deletion
-# (list by the batch-uid label, delete each, as `kubectl delete -l` does).
+# promptFrom (get); apply the plan ConfigMap and the copy of an account's CA
+# bundle (create, patch); write the results ConfigMaps (list by label, create,
+# update); remove the batch's on deletion (list by the batch-uid label, delete
+# each, as `kubectl delete -l` does). Cluster-wide, get also covers an
+# account's CA bundle in the operator's namespace (ownNamespaceRules).
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "create", "update", "patch", "delete"]
@@ -80,4 +83,54 @@ lists them only to match namespace patterns, and --all-namespaces has none.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
+analysis-operator.accountRules: AnalysisProviders, the provider accounts that
+batches of several namespaces share. They are cluster-scoped, so even an
+operator that watches a list of namespaces holds these in a ClusterRole (a
+Role cannot grant a cluster-scoped resource), and Kopf watches them across the
+cluster whatever namespaces it was given.
+*/}}
+{{- define "analysis-operator.accountRules" -}}
+# Kopf: watch AnalysisProviders (list, watch); add and remove its finalizer and
+# progress annotations (patch).
+- apiGroups: ["analysis.dev"]
+  resources: ["analysisproviders"]
+  verbs: ["list", "watch", "patch"]
+# The operator: write an account's status (calls granted and in flight, who
+# waits, pauses, quota) through the subresource.
+- apiGroups: ["analysis.dev"]
+  resources: ["analysisproviders/status"]
+  verbs: ["patch"]
+{{- end }}
+
+{{/*
+analysis-operator.ownNamespaceRules: what the operator does in its own (the
+release's) namespace. A cluster-wide operator has these from the ClusterRole;
+one that watches a list of namespaces gets a Role here, whether or not the
+list names this namespace.
+
+Events: an AnalysisProvider has no namespace, so Kopf posts its Events (and
+the operator's own on it) in the namespace of its connection, which in a pod
+is its ServiceAccount's, this one (kopf/_cogs/clients/events.py: the object's
+namespace, else the login's default namespace, and "default" only when the
+login has none, as a kubeconfig without a namespace outside a cluster).
+
+ConfigMaps, get only: an account's egress.caBundle names a ConfigMap in this
+namespace, which the platform admin controls and teams do not; the operator
+reads its key and copies it into the namespace of each batch on the account
+(create and patch there come from the namespaced rules).
+*/}}
+{{- define "analysis-operator.ownNamespaceRules" -}}
+# Kopf and the operator: post Events on AnalysisProviders (cluster-scoped, so
+# they land in the operator's namespace).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+# The operator: read an account's egress.caBundle ConfigMap, to copy it into
+# the namespaces of the batches on the account.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 {{- end }}

@@ -331,8 +331,11 @@ def _provider_problems(
                 "SDK) accepts no temperature; remove it"
             )
             yield f"{field}.temperature", why
+        # The schema cannot require these on an account (only the account knows its type), so they are checked here.
         if account.type is not v1alpha1.ProviderType.OFFLINE and provider.model is None:
             yield f"{field}.model", "model is required for anthropic and openai providers"
+        if account.type is not v1alpha1.ProviderType.OFFLINE and provider.api_key_secret_ref is None:
+            yield f"{field}.apiKeySecretRef", "apiKeySecretRef is required for anthropic and openai providers"
         if account.type is v1alpha1.ProviderType.OFFLINE and provider.api_key_secret_ref is not None:
             yield f"{field}.apiKeySecretRef", "apiKeySecretRef is not used by the offline provider"
 

@@ -77,9 +77,12 @@ PROVIDER_PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.waitingBatches",
         "description": "Batches with calls waiting for the account.",
     },
+    # A string, not a date: kubectl prints a date column as the time since, and "<invalid>" for a time to come,
+    # which a pause always is while it lasts.
     {
         "name": "Paused-Until",
-        "type": "date",
+        "type": "string",
+        "format": "date-time",
         "jsonPath": ".status.pausedUntil",
         "description": "Paused by the provider's retry-after until then.",
     },

@@ -214,14 +214,16 @@ class Provider(_Model):
                     field_path=".baseURL",
                     reason="FieldValueForbidden",
                 ),
+                # On an account, only the AnalysisProvider knows whether it is offline (needing neither): the plan
+                # compiler checks model and apiKeySecretRef there, so these two rules apply to inline providers.
                 cel(
-                    "(has(self.type) && self.type == 'offline') || has(self.model)",
+                    "has(self.providerRef) || (has(self.type) && self.type == 'offline') || has(self.model)",
                     "model is required for anthropic and openai providers",
                     field_path=".model",
                     reason="FieldValueRequired",
                 ),
                 cel(
-                    "(has(self.type) && self.type == 'offline') || has(self.apiKeySecretRef)",
+                    "has(self.providerRef) || (has(self.type) && self.type == 'offline') || has(self.apiKeySecretRef)",
                     "apiKeySecretRef is required for anthropic and openai providers",
                     field_path=".apiKeySecretRef",
                     reason="FieldValueRequired",
@@ -1062,6 +1064,21 @@ class Egress(_Model):
     )
 
 
+# Conditions on one entry ``n`` of spec.namespaces, read by a rule and its message.
+_RPM_ABOVE_ACCOUNT = "has(n.requestsPerMinute) && n.requestsPerMinute > self.limits.requestsPerMinute"
+_IN_FLIGHT_ABOVE_ACCOUNT = "has(n.maxInFlight) && n.maxInFlight > self.limits.maxInFlight"
+_RPM_BELOW_ONE_PER_WINDOW = "has(n.requestsPerMinute) && n.requestsPerMinute * self.limits.windowSeconds < 60"
+
+
+def _the_namespace(condition: str) -> str:
+    """A CEL expression for "namespace <the first entry n of spec.namespaces for which condition holds>".
+
+    Mapped to names before filtering: the API server's cost estimate knows a name's maximum length after
+    ``map``, not after ``filter``, and refuses the message as too costly otherwise (names are never empty).
+    """
+    return f"'namespace ' + self.namespaces.map(n, {condition} ? n.name : '').filter(x, x != '')[0]"
+
+
 class AnalysisProviderSpec(_Model):
     """A provider account shared by several namespaces: its endpoint, its limits, who may use it and how much."""
 
@@ -1069,16 +1086,28 @@ class AnalysisProviderSpec(_Model):
         json_schema_extra=k8s(
             validations=[
                 cel(
-                    "!has(self.limits.requestsPerMinute) || self.namespaces.all(n, !has(n.requestsPerMinute) || "
-                    "n.requestsPerMinute <= self.limits.requestsPerMinute)",
+                    f"!has(self.limits.requestsPerMinute) || !self.namespaces.exists(n, {_RPM_ABOVE_ACCOUNT})",
                     "a namespace's requestsPerMinute cannot exceed the account's limits.requestsPerMinute",
+                    message_expression=_the_namespace(_RPM_ABOVE_ACCOUNT)
+                    + ' + ": requestsPerMinute cannot exceed the account\'s limits.requestsPerMinute"',
                     field_path=".namespaces",
                     reason="FieldValueInvalid",
                 ),
                 cel(
-                    "!has(self.limits.maxInFlight) || self.namespaces.all(n, !has(n.maxInFlight) || "
-                    "n.maxInFlight <= self.limits.maxInFlight)",
+                    f"!has(self.limits.maxInFlight) || !self.namespaces.exists(n, {_IN_FLIGHT_ABOVE_ACCOUNT})",
                     "a namespace's maxInFlight cannot exceed the account's limits.maxInFlight",
+                    message_expression=_the_namespace(_IN_FLIGHT_ABOVE_ACCOUNT)
+                    + ' + ": maxInFlight cannot exceed the account\'s limits.maxInFlight"',
+                    field_path=".namespaces",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    # As limits.requestsPerMinute itself: a cap below one request per window would never grant one.
+                    f"!self.namespaces.exists(n, {_RPM_BELOW_ONE_PER_WINDOW})",
+                    "a namespace's requestsPerMinute allows less than one request per limits.windowSeconds",
+                    message_expression=_the_namespace(_RPM_BELOW_ONE_PER_WINDOW)
+                    + " + ': requestsPerMinute allows less than one request per limits.windowSeconds: raise it or "
+                    "lengthen the window'",
                     field_path=".namespaces",
                     reason="FieldValueInvalid",
                 ),

@@ -14,15 +14,18 @@ call of a small batch that arrives behind a large one.
 import asyncio
 import collections
 import contextlib
+import logging
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 
-from analysis_core import env, keys, queue
+from analysis_core import env, keys, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_devcluster import standin
-from analysis_operator import accounts, builders, reconciler
+from analysis_operator import accounts, builders, producer, reconciler
+from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,8 +68,13 @@ class Allocating:
         self.registry.use(batch.uid, members)
 
     async def run(self) -> None:
+        """As the AnalysisProvider's daemon runs it: a Redis hiccup skips a grant, it does not end the loop."""
         while not self._stop.is_set():
-            busy = await self.allocator.tick()
+            busy = True
+            try:
+                busy = await self.allocator.tick()
+            except queue.UNAVAILABLE as exc:
+                logging.getLogger(__name__).warning(f"a grant failed: {exc}")
             await asyncio.sleep(accounts.TICK_S if busy else accounts.IDLE_TICK_S)
 
     @contextlib.asynccontextmanager
@@ -219,3 +227,93 @@ async def test_a_small_batch_behind_a_huge_one_gets_its_share_from_its_first_cal
     # And the big one kept its backlog throughout: it wanted more the whole time.
     pending = await redis.xlen(keys.BatchKeys(big.uid).stream("analyze"))
     assert pending > 0
+
+
+PROBE_S = 0.2  # the allocator's first wait before a probe; it doubles with each refused probe
+
+
+def most_probes(span_s: float) -> int:
+    """How many probes the schedule allows in ``span_s``: k probes need PROBE_S * (2^k - 1) seconds of waits."""
+    return math.floor(math.log2(span_s / PROBE_S + 1))
+
+
+async def start_team(
+    stand_in: standin.StandIn, workers: Any, allocating: Allocating, namespace: str, prefix: str, n: int
+) -> Any:
+    batch = workers.batch(
+        batch_spec(stand_in, [f"{prefix}-{i}" for i in range(n)], 2), accounts={ACCOUNT: allocating.allocator.spec}
+    )
+    await batch.seed()
+    allocating.use(namespace, prefix, batch)
+    workers.start(batch, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: "2", env.QUOTA_PROBE_SECONDS: "0.2"})
+    return batch
+
+
+async def done(redis: queue.Redis, batch: Any, n: int) -> bool:
+    counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+    return counts.counters.get(wire.COUNT_SUCCEEDED, 0) == n and counts.drained
+
+
+@pytest.mark.timeout(120)
+async def test_a_refusal_for_quota_holds_every_namespace_on_the_account_and_only_probes_go_out(
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    in_flight = 2
+    stand_in.set_plan([{"kind": "insufficient_quota", "times": 10_000}])  # the account cannot pay until told
+    allocating = Allocating(redis, account_spec(stand_in, {"team-a": 1, "team-b": 1}, maxInFlight=in_flight))
+    async with allocating.running():
+        teams = {ns: await start_team(stand_in, workers, allocating, ns, ns, 4) for ns in ("team-a", "team-b")}
+
+        async def probed(times: int) -> accounts.Quota | None:
+            quota = allocating.registry.quota(ACCOUNT, "stand-in-model")
+            return quota if quota is not None and quota.backoff_s >= PROBE_S * 2**times else None
+
+        quota = await workers.eventually(lambda: probed(3), 60, "three probes refused")
+        seen = stand_in.requests()
+        assert standin.OPENAI_INSUFFICIENT_QUOTA in quota.message
+        # Both namespaces' batches see the account's refusal as their condition, naming the account.
+        for batch in teams.values():
+            snapshot = await producer.snapshot(redis, batch.uid, ["analyze"])
+            [problem] = reconciler.account_quota_problems(batch.plan, snapshot, allocating.registry)
+            assert problem.reason == v1alpha1.Reason.PROVIDER_QUOTA_EXHAUSTED
+            assert f"AnalysisProvider {ACCOUNT}" in problem.message
+            assert standin.OPENAI_INSUFFICIENT_QUOTA in problem.message
+        # What reached the provider: calls granted before the refusal was reported (at most the calls in flight
+        # of two grants), then the probes, which fit the doubling schedule.
+        assert {call["kind"] for call in seen} == {"insufficient_quota"}
+        span_s = seen[-1]["time"] - seen[0]["time"]
+        assert len(seen) <= 2 * in_flight + most_probes(span_s) + 1
+        for batch in teams.values():
+            counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+            assert counts.counters.get(wire.COUNT_RETRIES, 0) == 0  # no attempt used
+            assert counts.counters.get(wire.COUNT_FAILED, 0) == 0
+
+        # The account can pay again: the next probe passes and both teams finish, every item at its first attempt.
+        stand_in.set_plan([])
+        for batch in teams.values():
+            await workers.eventually(lambda b=batch: done(redis, b, 4), 60, "every item done after the refusals")
+        assert allocating.registry.quota(ACCOUNT, "stand-in-model") is None
+    for batch in teams.values():
+        outcomes = await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)
+        assert {key.rsplit("/", 1)[1] for key in outcomes} == {"1"}
+
+
+@pytest.mark.timeout(120)
+async def test_a_retry_after_pauses_the_account_for_every_batch_on_it(
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    hold_s, in_flight = 2.0, 2
+    stand_in.set_plan([{"kind": "rate_limit", "retry_after_s": hold_s}])  # the first call is told to wait
+    allocating = Allocating(redis, account_spec(stand_in, {"team-a": 1, "team-b": 1}, maxInFlight=in_flight))
+    async with allocating.running():
+        teams = [await start_team(stand_in, workers, allocating, ns, ns, 6) for ns in ("team-a", "team-b")]
+        for batch in teams:
+            await workers.eventually(lambda b=batch: done(redis, b, 6), 60, "every item done")
+    seen = stand_in.requests()
+    [told] = [call for call in seen if call["kind"] == "rate_limit"]
+    # Once the allocator has seen the report (a grant or two later), no batch on the account calls until the end
+    # of the pause: only calls granted before it may still arrive.
+    during = [c for c in seen if told["time"] < c["time"] < told["time"] + hold_s - 0.1]
+    assert len(during) <= 2 * in_flight
+    assert {c["prompt"].split("-")[0] for c in seen if c["time"] > told["time"] + hold_s} == {"Analyze team"}
+    assert len(seen) == 12 + 1

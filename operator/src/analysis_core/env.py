@@ -21,6 +21,10 @@ METRICS_PORT = "ANALYSIS_METRICS_PORT"  # Prometheus /metrics; "0" turns it off
 # Seconds from a provider's refusal for quota or billing to the first probe; each refused probe doubles it (up to
 # ratelimit.PROBE_MAX_S). Tests shorten it; the operator leaves it unset.
 QUOTA_PROBE_SECONDS = "ANALYSIS_QUOTA_PROBE_SECONDS"
+# Where a provider account's CA certificates are, as <provider>.pem (the operator mounts them there; tests point
+# it elsewhere).
+CA_BUNDLE_DIR = "ANALYSIS_CA_BUNDLE_DIR"
+DEFAULT_CA_BUNDLE_DIR = "/etc/analysis/ca"
 
 # What a worker uses when its variable is unset (the operator sets GRACE_SECONDS from its own settings, which
 # default to this too); the lease and the delivery bound come from the plan only.

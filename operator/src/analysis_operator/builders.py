@@ -200,7 +200,7 @@ def worker_pod_template(
             {"name": "tmp", "mountPath": "/tmp"},  # the root filesystem is read-only
         ],
     }
-    return {
+    template = {
         "metadata": {
             "labels": labels(batch, stage.name),
             "annotations": {ANNOTATION_PLAN_HASH: plan_hash(the_plan)},
@@ -229,6 +229,37 @@ def worker_pod_template(
                 {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
             ],
         },
+    }
+    _mount_ca_bundle(template, batch, the_plan, stage)
+    return template
+
+
+def _mount_ca_bundle(template: dict[str, Any], batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan) -> None:
+    """A provider account's CA certificates, from the batch's copy (``ca_bundle_configmap``), where workers look."""
+    provider = the_plan.providers.get(stage.provider or "")
+    if provider is None or provider.account is None or not provider.account.ca_bundle or stage.provider is None:
+        return
+    name = f"{stage.provider}.pem"
+    spec = template["spec"]
+    spec["volumes"].append(
+        {"name": "ca-bundle", "configMap": {"name": child_name(batch, "ca"), "items": [{"key": name, "path": name}]}}
+    )
+    spec["containers"][0]["volumeMounts"].append(
+        {"name": "ca-bundle", "mountPath": env.DEFAULT_CA_BUNDLE_DIR, "readOnly": True}
+    )
+
+
+def ca_bundle_configmap(batch: Batch, bundles: dict[str, str]) -> dict[str, Any]:
+    """The CA certificates of the batch's provider accounts (``egress.caBundle``), as ``<provider>.pem``.
+
+    The account's ConfigMap is in the operator's namespace, which pods of the
+    batch's namespace cannot mount; the operator copies it here, owned by the batch.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": child_name(batch, "ca"), "namespace": batch.namespace, "labels": labels(batch)},
+        "data": {f"{provider}.pem": pem for provider, pem in sorted(bundles.items())},
     }
 
 

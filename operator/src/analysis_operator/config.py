@@ -39,6 +39,8 @@ class OperatorConfig:
     results_interval_s: float = 5.0  # results export, while items finish
     scale_down_delay_s: float = 5.0  # a stage shrinks only after wanting fewer pods this long
     metrics_port: int = 8080  # the operator's Prometheus /metrics; 0 turns it off
+    # The operator's own namespace (the chart sets it from the downward API): where accounts' CA bundles are.
+    namespace: str | None = None
     # A provider account refused for quota: the first wait before a probe call (doubling with each refused one).
     account_probe_s: float = float(env.DEFAULT_QUOTA_PROBE_SECONDS)
 
@@ -92,6 +94,7 @@ class OperatorConfig:
             scale_down_delay_s=number("SCALE_DOWN_DELAY", _default(cls, "scale_down_delay_s")),
             metrics_port=port("METRICS_PORT", _default(cls, "metrics_port")),
             account_probe_s=number("QUOTA_PROBE_SECONDS", _default(cls, "account_probe_s")),
+            namespace=environ.get(PREFIX + "NAMESPACE") or None,
         )
 
 

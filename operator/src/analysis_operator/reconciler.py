@@ -110,6 +110,7 @@ class _Compiled:
     spec: v1alpha1.AnalysisBatchSpec
     items: list[str]
     accounts: tuple[tuple[str, int], ...] = ()  # the AnalysisProviders it was compiled against, by generation
+    account_specs: Mapping[str, v1alpha1.AnalysisProviderSpec] = dataclasses.field(default_factory=dict)
 
 
 class Reconciler:
@@ -125,6 +126,7 @@ class Reconciler:
         self._compiled: _Compiled | None = None
         self._prices = _price_table(cfg.worker.prices)
         self._published: str | None = None  # plan text last applied
+        self._ca_published: dict[str, str] | None = None  # the accounts' CA bundles last applied
         self._account_applied = False
         self._written: dict[str, Any] | None = None  # the status last written
         self._written_at = 0.0
@@ -202,7 +204,7 @@ class Reconciler:
         if problems:
             return None
         seen = tuple(sorted((name, known[name].generation) for name in used))
-        self._compiled = _Compiled(generation, the_plan, spec, items, seen)
+        self._compiled = _Compiled(generation, the_plan, spec, items, seen, used)
         self.registry.use(batch.uid, account_members(batch, the_plan))
         return self._compiled
 
@@ -243,6 +245,7 @@ class Reconciler:
         the_plan, spec = compiled.plan, compiled.spec
         problems = list(obs.problems)
         await self._publish(batch, body, the_plan, problems)
+        await self._publish_ca_bundles(batch, body, compiled, problems)
         workers = _live_workers(children)
         problems.extend(pod_problems(the_plan, children))
         problems.extend(f for f in (_job_failure(w) for w in children.workloads) if f)
@@ -308,6 +311,46 @@ class Reconciler:
         except kube.ApiError as exc:
             what = "the plan, the ServiceAccount or the Redis Secret"
             problems.append(status.Problem(R.PUBLISH_FAILED, f"cannot write {what}: {kube.describe(exc)}"))
+
+    async def _publish_ca_bundles(
+        self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled, problems: list[status.Problem]
+    ) -> None:
+        """The provider accounts' ``egress.caBundle``, copied from the operator's namespace into the batch's."""
+        bundles: dict[str, str] = {}
+        for name, provider in compiled.plan.providers.items():
+            if provider.account is None or not provider.account.ca_bundle:
+                continue
+            account = provider.account.name
+            egress = compiled.account_specs[account].egress
+            ref = egress.ca_bundle if egress is not None else None
+            if ref is None:
+                continue
+            field = f"AnalysisProvider {account} spec.egress.caBundle (for spec.providers.{name}.providerRef)"
+            if self.cfg.namespace is None:
+                problems.append(
+                    status.Problem(
+                        R.CONFIGMAP_NOT_FOUND,
+                        f"{field}: the operator does not know its namespace (ANALYSIS_OPERATOR_NAMESPACE is unset)",
+                    )
+                )
+                return
+            found = await self.kube.get(kube.CONFIGMAPS, self.cfg.namespace, ref.name)
+            data = (found.data or {}) if found is not None else {}
+            if ref.key not in data:
+                what = "not found" if found is None else f"has no key {ref.key!r}"
+                code = R.CONFIGMAP_NOT_FOUND if found is None else R.CONFIGMAP_KEY_NOT_FOUND
+                problems.append(status.Problem(code, f"{field}: ConfigMap {self.cfg.namespace}/{ref.name} {what}"))
+                return
+            bundles[name] = str(data[ref.key])
+        if bundles and bundles != self._ca_published:
+            try:
+                await self.kube.apply(_owned(builders.ca_bundle_configmap(batch, bundles), body))
+            except kube.ApiError as exc:
+                problems.append(
+                    status.Problem(R.PUBLISH_FAILED, f"cannot write the CA bundle ConfigMap: {kube.describe(exc)}")
+                )
+                return
+            self._ca_published = bundles
 
     async def _advance(
         self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled

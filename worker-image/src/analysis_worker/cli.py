@@ -22,6 +22,7 @@ import analysis_core
 from analysis_core import env, keys, plan, pricing, queue
 from analysis_worker import config as config_
 from analysis_worker import consumer, health, logs, loop, providers
+from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
 
@@ -32,7 +33,11 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
     if provider_plan is None:
         log.error("stage %s calls no provider; nothing for a worker to do", stage.name)
         return 2
-    provider = providers.build(provider_plan, cfg.api_key.get_secret_value() if cfg.api_key else None)
+    egress = None
+    if provider_plan.account is not None and (provider_plan.account.proxy_url or provider_plan.account.ca_bundle):
+        ca_file = str(cfg.ca_bundle_dir / f"{stage.provider}.pem") if provider_plan.account.ca_bundle else None
+        egress = base.Egress(provider_plan.account.proxy_url, ca_file)
+    provider = providers.build(provider_plan, cfg.api_key.get_secret_value() if cfg.api_key else None, egress=egress)
     client = queue.connect(cfg.redis_url, cfg.redis_secret)
     blocking = queue.connect_blocking(cfg.redis_url, cfg.redis_secret)
     try:

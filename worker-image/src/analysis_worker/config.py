@@ -50,6 +50,7 @@ class WorkerConfig:
     log_format: str
     prices_path: Path | None
     quota_probe_s: float  # from a refusal for quota to the first probe (doubling after each refused one)
+    ca_bundle_dir: Path = Path(env.DEFAULT_CA_BUNDLE_DIR)  # a provider account's CA certificates, <provider>.pem
 
     @property
     def redis_secret(self) -> str | None:
@@ -149,5 +150,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
         log_format=log_format,
         prices_path=Path(prices) if prices else None,
         quota_probe_s=float(env.DEFAULT_QUOTA_PROBE_SECONDS if quota_probe is None else quota_probe),
+        ca_bundle_dir=Path(environ.get(env.CA_BUNDLE_DIR) or env.DEFAULT_CA_BUNDLE_DIR),
     )
     return config, loaded

@@ -14,8 +14,17 @@ from analysis_core.api import v1alpha1
 from analysis_worker.providers import base
 
 
-def build(settings: plan.ProviderPlan, api_key: str | None, *, strict_validation: bool = False) -> base.Provider:
-    """The provider for a stage's settings. SDK modules are imported only when used."""
+def build(
+    settings: plan.ProviderPlan,
+    api_key: str | None,
+    *,
+    strict_validation: bool = False,
+    egress: base.Egress | None = None,
+) -> base.Provider:
+    """The provider for a stage's settings. SDK modules are imported only when used.
+
+    ``egress``: a provider account's proxy and extra CA certificates, for a gateway.
+    """
     if settings.type is v1alpha1.ProviderType.OFFLINE:
         from analysis_worker.providers import offline
 
@@ -28,10 +37,18 @@ def build(settings: plan.ProviderPlan, api_key: str | None, *, strict_validation
         from analysis_worker.providers import anthropic_provider
 
         return anthropic_provider.AnthropicProvider(
-            model=settings.model, api_key=api_key, base_url=settings.base_url, strict_validation=strict_validation
+            model=settings.model,
+            api_key=api_key,
+            base_url=settings.base_url,
+            strict_validation=strict_validation,
+            egress=egress,
         )
     from analysis_worker.providers import openai_provider
 
     return openai_provider.OpenAIProvider(
-        model=settings.model, api_key=api_key, base_url=settings.base_url, strict_validation=strict_validation
+        model=settings.model,
+        api_key=api_key,
+        base_url=settings.base_url,
+        strict_validation=strict_validation,
+        egress=egress,
     )

@@ -35,7 +35,13 @@ class AnthropicProvider:
     """One Anthropic endpoint (model, key, optional base URL) with its own async client."""
 
     def __init__(
-        self, *, model: str, api_key: str, base_url: str | None = None, strict_validation: bool = False
+        self,
+        *,
+        model: str,
+        api_key: str,
+        base_url: str | None = None,
+        strict_validation: bool = False,
+        egress: base.Egress | None = None,
     ) -> None:
         if not api_key:
             # An empty key would let the SDK go looking for credentials in the
@@ -48,6 +54,7 @@ class AnthropicProvider:
             base_url=base_url,
             max_retries=0,
             _strict_response_validation=strict_validation,
+            http_client=None if egress is None else anthropic.DefaultAsyncHttpxClient(**egress.client_options()),
         )
 
     @property

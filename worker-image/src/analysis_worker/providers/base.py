@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ssl
 from typing import Any, Protocol
 
 
@@ -65,6 +66,26 @@ class Completion:
     model: str
     request_id: str | None = None
     rate_limit: RateLimitState | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Egress:
+    """How a provider account's gateway is reached: a proxy, and CA certificates to trust besides the usual ones."""
+
+    proxy_url: str | None = None
+    ca_file: str | None = None  # PEM certificates (the account's caBundle, mounted by the operator)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of the SDKs' ``DefaultAsyncHttpxClient`` (their own defaults, plus these)."""
+        options: dict[str, Any] = {}
+        if self.proxy_url:
+            options["proxy"] = self.proxy_url
+        if self.ca_file:
+            # The system's certificates, which the SDKs trust by default, and the account's on top.
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=self.ca_file)
+            options["verify"] = context
+        return options
 
 
 class Provider(Protocol):

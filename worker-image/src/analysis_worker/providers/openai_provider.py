@@ -48,7 +48,13 @@ class OpenAIProvider:
     """One OpenAI-compatible endpoint (model, key, optional base URL) with its own async client."""
 
     def __init__(
-        self, *, model: str, api_key: str, base_url: str | None = None, strict_validation: bool = False
+        self,
+        *,
+        model: str,
+        api_key: str,
+        base_url: str | None = None,
+        strict_validation: bool = False,
+        egress: base.Egress | None = None,
     ) -> None:
         if not api_key:
             # An empty key would let the SDK fall back on OPENAI_API_KEY; a
@@ -61,6 +67,7 @@ class OpenAIProvider:
             base_url=base_url,
             max_retries=0,
             _strict_response_validation=strict_validation,
+            http_client=None if egress is None else openai.DefaultAsyncHttpxClient(**egress.client_options()),
         )
 
     @property

@@ -76,6 +76,8 @@ class Operator:
             "ANALYSIS_OPERATOR_WORKER_MEMORY_LIMIT": WORKER_MEMORY_LIMIT,
             "ANALYSIS_OPERATOR_RESULTS_INTERVAL": "1",
             "ANALYSIS_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            # A provider account refused for quota is probed after 1 s, then 2, 4...: tests need not wait 5.
+            "ANALYSIS_OPERATOR_QUOTA_PROBE_SECONDS": "1",
         }
 
     def start(self) -> None:

@@ -317,3 +317,68 @@ async def test_a_retry_after_pauses_the_account_for_every_batch_on_it(
     assert len(during) <= 2 * in_flight
     assert {c["prompt"].split("-")[0] for c in seen if c["time"] > told["time"] + hold_s} == {"Analyze team"}
     assert len(seen) == 12 + 1
+
+
+def per_window(times: list[float], window_s: float) -> int:
+    return most_in_any_window(times, window_s)
+
+
+@pytest.mark.timeout(180)
+async def test_a_namespace_cap_holds_even_when_the_rest_of_the_account_idles(
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    cap_per_window = 5  # 300 a minute over the 1-second window, a quarter of the account
+    spec = v1alpha1.AnalysisProviderSpec.model_validate(
+        {
+            "type": "openai",
+            "baseURL": stand_in.base_url("openai"),
+            "limits": {"requestsPerMinute": PER_WINDOW * 60, "windowSeconds": WINDOW_S},
+            "namespaces": [{"name": "capped", "requestsPerMinute": cap_per_window * 60}, {"name": "*"}],
+        }
+    )
+    allocating = Allocating(redis, spec)
+    async with allocating.running():
+        batch = workers.batch(batch_spec(stand_in, [f"cap-{i}" for i in range(30)], 8), accounts={ACCOUNT: spec})
+        await batch.seed()
+        allocating.use("capped", "capped", batch)
+        workers.start(batch, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: "8"})
+        await workers.eventually(lambda: done(redis, batch, 30), 60, "the capped batch done")
+    times = [c["time"] for c in stand_in.requests()]
+    assert per_window(times, WINDOW_S) <= cap_per_window
+    # Spread over the windows the cap allows, not faster: 30 calls at 5 per window take at least 5 windows.
+    assert max(times) - min(times) >= (30 / cap_per_window - 1) * WINDOW_S
+
+
+@pytest.mark.timeout(180)
+async def test_output_tokens_are_reserved_then_settled_to_what_calls_used(
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    """Each call reserves maxTokens of output; the stand-in answers with a few: settling frees the rest.
+
+    So more calls go per window than the reservations alone would allow, and
+    the output tokens really used per window stay within the limit.
+    """
+    max_tokens, limit = 100, 400  # reservations alone: 4 calls per window
+    stand_in.set_plan([{"kind": "ok", "output_tokens": 10, "times": 10_000}])
+    spec = v1alpha1.AnalysisProviderSpec.model_validate(
+        {
+            "type": "openai",
+            "baseURL": stand_in.base_url("openai"),
+            "limits": {"outputTokensPerMinute": limit * 60, "windowSeconds": WINDOW_S},
+            "namespaces": [{"name": "*"}],
+        }
+    )
+    allocating = Allocating(redis, spec)
+    async with allocating.running():
+        batch_manifest = batch_spec(stand_in, [f"tok-{i}" for i in range(40)], 4)
+        batch_manifest["providers"]["llm"]["maxTokens"] = max_tokens
+        batch = workers.batch(batch_manifest, accounts={ACCOUNT: spec})
+        await batch.seed()
+        allocating.use("tokens", "tokens", batch)
+        workers.start(batch, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: "4"})
+        await workers.eventually(lambda: done(redis, batch, 40), 90, "the batch done")
+    calls = stand_in.requests()
+    assert {c["max_tokens"] for c in calls} == {max_tokens}
+    busiest = per_window([c["time"] for c in calls], WINDOW_S)
+    assert busiest > limit // max_tokens  # settled reservations made room for more calls than reserved alone
+    assert busiest * 10 <= limit  # and what they used stayed within the limit

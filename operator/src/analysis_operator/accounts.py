@@ -213,6 +213,8 @@ class Allocator:
         self._granted: dict[str, int] = {}  # member key -> calls in its current allowance
         self._cost: dict[str, tuple[int, int]] = {}  # member key -> tokens per call (input as last seen, output)
         self._spent = collections.deque[tuple[float, str, int]]()  # (when, namespace, calls) within the window
+        # Each grant's calls by namespace, less what was refunded: what namespace caps count, over the lookback.
+        self._given = collections.deque[tuple[float, collections.Counter[str]]]()
         self._spent_total: dict[str, int] = {}
         self.paused_until_ms = 0
         self.quota: dict[str, Quota] = {}
@@ -313,6 +315,8 @@ class Allocator:
                 self._spent_total[s.member.namespace] = self._spent_total.get(s.member.namespace, 0) + spent
             if s.left > 0:
                 self.shares.refund(self._claim(s, 0), min(s.left, given))
+                if self._given:
+                    self._given[-1][1][s.member.namespace] -= min(s.left, given)
             pause = int(s.report.get(wire.REPORT_PAUSE_UNTIL, "0"))
             if pause > self.paused_until_ms:
                 self.paused_until_ms = pause
@@ -323,6 +327,8 @@ class Allocator:
                 self._passed(s, int(s.report[wire.REPORT_PASSED_AT]))
         while self._spent and self._spent[0][0] < now - self.window_s:
             self._spent.popleft()
+        while self._given and self._given[0][0] < now - self.lookback_ms / 1000:
+            self._given.popleft()
         for quota in self.quota.values():
             if quota.probe is not None and now_ms > quota.probe_deadline_ms:
                 quota.probe = None  # never reported back: the next may go after the current wait
@@ -397,11 +403,16 @@ class Allocator:
                 # What it waits for now, and as many again as it spent since the last grant (calls keep coming).
                 spent = max(0, self._granted.get(s.member.key, 0) - max(0, s.left))
                 claims.append(self._claim(s, s.waiting + spent))
-        granted = self.shares.split(claims, capacity, self._namespace_room(seen, now))
+        granted = self.shares.split(claims, capacity, self._namespace_room(seen))
         for key, n in granted.items():
             grants[key] = grants.get(key, 0) + n
         if rate:
             self._bucket -= sum(grants.values())
+        given: collections.Counter[str] = collections.Counter()
+        namespace_of = {s.member.key: s.member.namespace for s in seen}
+        for key, n in grants.items():
+            given[namespace_of[key]] += n
+        self._given.append((now, given))
         return grants, probe
 
     def _probe(self, seen: Sequence[_Seen], capacity: fairshare.Capacity, now_ms: int) -> str | None:
@@ -426,7 +437,7 @@ class Allocator:
             return chosen.member.key
         return None
 
-    def _namespace_room(self, seen: Sequence[_Seen], now: float) -> dict[str, int]:
+    def _namespace_room(self, seen: Sequence[_Seen]) -> dict[str, int]:
         """How many more calls each capped namespace may have now (its caps; -1: none)."""
         out: dict[str, int] = {}
         for ns in {s.member.namespace for s in seen}:
@@ -435,8 +446,8 @@ class Allocator:
                 continue
             room = -1
             if share.requests_per_minute is not None:
-                spent = sum(n for t, name, n in self._spent if name == ns and t >= now - self.window_s)
-                room = max(0, (self._scaled(share.requests_per_minute) or 0) - spent)
+                given = sum(counts[ns] for _, counts in self._given)
+                room = max(0, (self._scaled(share.requests_per_minute) or 0) - given)
             if share.max_in_flight is not None:
                 flying = sum(s.in_flight for s in seen if s.member.namespace == ns)
                 left = max(0, share.max_in_flight - flying)

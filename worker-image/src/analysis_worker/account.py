@@ -38,7 +38,7 @@ LUA = scripts.Library("analysis_worker")
 # How long a waiting call's ask stands without being renewed: a worker that died stops asking after this.
 ASK_TTL_MS = 2000
 # How long to wait before asking again when no grant says when the next one comes (no operator, or none yet).
-DEFAULT_ASK_MS = 100
+DEFAULT_ASK_MS = 25
 # Longest single sleep between asks.
 MAX_SLEEP_S = 0.5
 # A call in flight that never settles (its worker died) stops counting this long after its own deadline.

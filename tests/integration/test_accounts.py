@@ -207,12 +207,13 @@ async def test_a_small_batch_behind_a_huge_one_gets_its_share_from_its_first_cal
             return calls_by_prefix(stand_in, ["big"])["big"] >= 2 * PER_WINDOW
 
         await workers.eventually(backlog, 60, "the big batch busy")
+        # Wanting more than its share (8 calls at once against one call per grant), so what it gets is its share.
         small = workers.batch(
-            batch_spec(stand_in, [f"small-{i}" for i in range(20)], 2), accounts={ACCOUNT: allocating.allocator.spec}
+            batch_spec(stand_in, [f"small-{i}" for i in range(20)], 8), accounts={ACCOUNT: allocating.allocator.spec}
         )
         await small.seed()
         allocating.use("small", "small", small)
-        workers.start(small, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: "2"})
+        workers.start(small, "analyze", **{env.API_KEY: API_KEY, env.CONCURRENCY: "8"})
 
         async def small_done() -> bool:
             return calls_by_prefix(stand_in, ["small"])["small"] >= 20

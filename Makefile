@@ -136,6 +136,10 @@ bench: install controlplane .venv-arq bench-bullmq ## benchmarks: dev cluster wa
 bench-node: install controlplane ## benchmark the real node: cold, warm and cached image builds, node start, pod start (~10 min); writes bench/results/node.json
 	$(PY) bench/node_bench.py
 
+.PHONY: bench-accounts
+bench-accounts: install ## benchmark a shared provider account: fair shares over time, utilization of its limit, a small batch behind a big one (~4 min); writes bench/results/accounts.json
+	$(PY) bench/accounts_bench.py
+
 .PHONY: bench-build
 bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/
 	bench/controlplane_build.sh

@@ -117,6 +117,19 @@ async def test_success_maps_text_usage_model_request_id_and_rate_limits(
     assert KEY not in json.dumps(server.requests())
 
 
+async def test_a_caller_sending_more_than_a_thousand_calls_raises_the_advertised_quota(api: str) -> None:
+    # At 0 remaining a worker pauses its stage (and a shared account) for the advertised reset: a benchmark that
+    # sends thousands of calls between resets advertises a larger quota.
+    with standin.StandIn(api_key=KEY, advertised_requests=5000) as server:
+        client = _provider(api, _base_url(server, api))
+        try:
+            done = await client.complete(_request())
+        finally:
+            await client.aclose()
+    assert done.rate_limit is not None
+    assert done.rate_limit.requests_remaining == 4999
+
+
 async def test_custom_ok_step_returns_its_text_and_usage(provider: base.Provider, server: standin.StandIn) -> None:
     server.set_plan([{"kind": "ok", "text": '{"items": [1, 2]}', "input_tokens": 11, "output_tokens": 7}])
     done = await provider.complete(_request())

@@ -11,12 +11,9 @@ however many batches a namespace splits its work into, and from the first
 call of a small batch that arrives behind a large one.
 """
 
-import asyncio
 import collections
-import contextlib
-import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -24,7 +21,7 @@ import pytest
 from analysis_core import env, keys, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_devcluster import standin
-from analysis_operator import accounts, builders, producer, reconciler
+from analysis_operator import accounts, producer, reconciler
 from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,38 +52,6 @@ def batch_spec(stand_in: standin.StandIn, items: list[str], concurrency: int) ->
     return spec
 
 
-class Allocating:
-    """The operator's allocator for one account, granting in the background while batches register."""
-
-    def __init__(self, redis: queue.Redis, spec: v1alpha1.AnalysisProviderSpec) -> None:
-        self.registry = accounts.Registry()
-        self.allocator = accounts.Allocator(ACCOUNT, spec, redis, self.registry, probe_s=0.2)
-        self._stop = asyncio.Event()
-
-    def use(self, namespace: str, name: str, batch: Any) -> None:
-        members = reconciler.account_members(builders.Batch(name, namespace, batch.uid), batch.plan)
-        self.registry.use(batch.uid, members)
-
-    async def run(self) -> None:
-        """As the AnalysisProvider's daemon runs it: a Redis hiccup skips a grant, it does not end the loop."""
-        while not self._stop.is_set():
-            busy = True
-            try:
-                busy = await self.allocator.tick()
-            except queue.UNAVAILABLE as exc:
-                logging.getLogger(__name__).warning(f"a grant failed: {exc}")
-            await asyncio.sleep(accounts.TICK_S if busy else accounts.IDLE_TICK_S)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator["Allocating"]:
-        task = asyncio.create_task(self.run())
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            await task
-
-
 def calls_by_prefix(stand_in: standin.StandIn, prefixes: Sequence[str]) -> collections.Counter[str]:
     counts: collections.Counter[str] = collections.Counter()
     for call in stand_in.requests():
@@ -109,7 +74,7 @@ def most_in_any_window(times: list[float], window_s: float) -> int:
 async def saturate(
     stand_in: standin.StandIn,
     workers: Any,
-    allocating: Allocating,
+    allocating: Any,
     groups: dict[str, list[tuple[str, int]]],
     measured_calls: int,
 ) -> collections.Counter[str]:
@@ -169,9 +134,13 @@ def assert_shares(per_ns: collections.Counter[str], expected: dict[str, float]) 
     ],
 )
 async def test_namespaces_wanting_unequally_split_the_account_by_weight(
-    weights: dict[str, int], expected: dict[str, float], stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+    weights: dict[str, int],
+    expected: dict[str, float],
+    stand_in: standin.StandIn,
+    workers: Any,
+    allocate: Callable[..., Any],
 ) -> None:
-    allocating = Allocating(redis, account_spec(stand_in, weights))
+    allocating = allocate(ACCOUNT, account_spec(stand_in, weights))
     async with allocating.running():
         # Calls wanted: 8, 2 and 1 times the account's per-tick share; each is more than it gets.
         groups = {"team-a": [("a", 16)], "team-b": [("b", 4)], "team-c": [("c", 2)]}
@@ -181,9 +150,9 @@ async def test_namespaces_wanting_unequally_split_the_account_by_weight(
 
 @pytest.mark.timeout(240)
 async def test_ten_batches_of_one_namespace_get_what_one_batch_of_another_gets(
-    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+    stand_in: standin.StandIn, workers: Any, allocate: Callable[..., Any]
 ) -> None:
-    allocating = Allocating(redis, account_spec(stand_in, {"many": 1, "one": 1}))
+    allocating = allocate(ACCOUNT, account_spec(stand_in, {"many": 1, "one": 1}))
     async with allocating.running():
         groups = {"many": [(f"m{i}", 2) for i in range(10)], "one": [("o", 4)]}
         per_ns = await saturate(stand_in, workers, allocating, groups, measured_calls=8 * PER_WINDOW)
@@ -192,9 +161,9 @@ async def test_ten_batches_of_one_namespace_get_what_one_batch_of_another_gets(
 
 @pytest.mark.timeout(240)
 async def test_a_small_batch_behind_a_huge_one_gets_its_share_from_its_first_call(
-    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis, allocate: Callable[..., Any]
 ) -> None:
-    allocating = Allocating(redis, account_spec(stand_in, {"big": 1, "small": 1}))
+    allocating = allocate(ACCOUNT, account_spec(stand_in, {"big": 1, "small": 1}))
     async with allocating.running():
         big = workers.batch(
             batch_spec(stand_in, [f"big-{i}" for i in range(2000)], 16), accounts={ACCOUNT: allocating.allocator.spec}
@@ -239,7 +208,7 @@ def most_probes(span_s: float) -> int:
 
 
 async def start_team(
-    stand_in: standin.StandIn, workers: Any, allocating: Allocating, namespace: str, prefix: str, n: int
+    stand_in: standin.StandIn, workers: Any, allocating: Any, namespace: str, prefix: str, n: int
 ) -> Any:
     batch = workers.batch(
         batch_spec(stand_in, [f"{prefix}-{i}" for i in range(n)], 2), accounts={ACCOUNT: allocating.allocator.spec}
@@ -257,11 +226,11 @@ async def done(redis: queue.Redis, batch: Any, n: int) -> bool:
 
 @pytest.mark.timeout(120)
 async def test_a_refusal_for_quota_holds_every_namespace_on_the_account_and_only_probes_go_out(
-    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis, allocate: Callable[..., Any]
 ) -> None:
     in_flight = 2
     stand_in.set_plan([{"kind": "insufficient_quota", "times": 10_000}])  # the account cannot pay until told
-    allocating = Allocating(redis, account_spec(stand_in, {"team-a": 1, "team-b": 1}, maxInFlight=in_flight))
+    allocating = allocate(ACCOUNT, account_spec(stand_in, {"team-a": 1, "team-b": 1}, maxInFlight=in_flight))
     async with allocating.running():
         teams = {ns: await start_team(stand_in, workers, allocating, ns, ns, 4) for ns in ("team-a", "team-b")}
 
@@ -301,11 +270,11 @@ async def test_a_refusal_for_quota_holds_every_namespace_on_the_account_and_only
 
 @pytest.mark.timeout(120)
 async def test_a_retry_after_pauses_the_account_for_every_batch_on_it(
-    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis, allocate: Callable[..., Any]
 ) -> None:
     hold_s, in_flight = 2.0, 2
     stand_in.set_plan([{"kind": "rate_limit", "retry_after_s": hold_s}])  # the first call is told to wait
-    allocating = Allocating(redis, account_spec(stand_in, {"team-a": 1, "team-b": 1}, maxInFlight=in_flight))
+    allocating = allocate(ACCOUNT, account_spec(stand_in, {"team-a": 1, "team-b": 1}, maxInFlight=in_flight))
     async with allocating.running():
         teams = [await start_team(stand_in, workers, allocating, ns, ns, 6) for ns in ("team-a", "team-b")]
         for batch in teams:

@@ -423,11 +423,15 @@ def test_the_operator_deployment(helm_env: dict[str, str], values: str) -> None:
 
 
 def operator_environment(docs: list[Obj], tmp_path: Path) -> dict[str, str]:
-    """The environment the kubelet would give the operator: secretKeyRefs resolved, the prices file where mounted."""
-    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    """The environment the kubelet would give the operator: secretKeyRefs and the pod's namespace resolved, the
+    prices file where mounted."""
+    deployment = one(docs, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
     environ = {}
     for name, variable in env_of(container).items():
-        if "valueFrom" in variable:
+        if variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            environ[name] = deployment["metadata"]["namespace"]
+        elif "valueFrom" in variable:
             environ[name] = "password-from-the-secret"
         else:
             environ[name] = variable["value"]
@@ -460,6 +464,8 @@ def test_the_operator_reads_the_configuration_the_chart_gives_it(
         assert cfg.worker.redis_url == redis["external"].get("workerUrl") or redis["external"]["url"]
     assert cfg.redis_password == "password-from-the-secret"
     assert cfg.worker.redis_auth
+    # Where the accounts' CA bundles are read from: the operator's own namespace, the release's.
+    assert cfg.namespace == RELEASE_NAMESPACE
     if overrides.get("prices"):
         table = yaml.safe_load(cfg.worker.prices or "")
         assert table == {"models": overrides["prices"]}

@@ -185,3 +185,87 @@ def test_stages_are_sized_by_backlog_and_in_flight(
     compiled = the_plan()
     counts = queue.StageCounts(ready, running, retrying, {})
     assert builders.sized(compiled, compiled.stage("analyze"), counts, current=current, stopping=stopping) == expected
+
+
+def account_plan(egress: dict[str, Any] | None) -> plan.Plan:
+    """Two stages: ``draft`` on a provider of the account ``gateway`` (with ``egress``), ``polish`` inline."""
+    gateway = v1alpha1.AnalysisProviderSpec.model_validate(
+        {
+            "type": "openai",
+            "baseURL": "https://llm-gateway.example/v1",
+            "limits": {"requestsPerMinute": 60},
+            "namespaces": [{"name": BATCH.namespace}],
+            **({"egress": egress} if egress is not None else {}),
+        }
+    )
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["NVDA"],
+            "providers": {
+                "gw": {"providerRef": {"name": "gateway"}, "model": "m", "apiKeySecretRef": {"name": "k", "key": "a"}},
+                "claude": {"type": "anthropic", "model": "m", "apiKeySecretRef": {"name": "k", "key": "b"}},
+            },
+            "stages": [
+                {"name": "draft", "provider": "gw", "prompt": "{{ item }}"},
+                {"name": "polish", "provider": "claude", "prompt": "{{ item }}"},
+            ],
+        }
+    )
+    return plan.compile_plan(BATCH.uid, spec, accounts={"gateway": gateway})
+
+
+def ca_volumes(pod: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes from the batch's CA ConfigMap, and the container's mounts of them."""
+    ca = builders.child_name(BATCH, "ca")
+    volumes = [v for v in pod["spec"]["volumes"] if v.get("configMap", {}).get("name") == ca]
+    names = {v["name"] for v in volumes}
+    mounts = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] in names]
+    return volumes, mounts
+
+
+def test_workers_of_a_provider_whose_account_has_a_ca_bundle_mount_it_where_workers_look() -> None:
+    the_plan = account_plan({"caBundle": {"name": "gateway-ca", "key": "ca.crt"}})
+    assert the_plan.providers["gw"].account == plan.AccountPlan(name="gateway", ca_bundle=True)
+    pod = builders.worker_pod_template(BATCH, the_plan, the_plan.stage("draft"), SETTINGS, mode="deployment")
+    [volume], [mount] = ca_volumes(pod)
+    # Only the stage's own provider's key, under the name the worker reads (<provider>.pem in its CA directory).
+    assert volume["configMap"] == {"name": "semis-q3-ca", "items": [{"key": "gw.pem", "path": "gw.pem"}]}
+    assert mount == {"name": volume["name"], "mountPath": env.DEFAULT_CA_BUNDLE_DIR, "readOnly": True}
+    # The copy the operator writes holds that key.
+    configmap = builders.ca_bundle_configmap(BATCH, {"gw": "-----BEGIN CERTIFICATE-----\n..."})
+    assert set(configmap["data"]) == {item["key"] for item in volume["configMap"]["items"]}
+    # A stage on an inline provider of the same batch mounts nothing of it.
+    other = builders.worker_pod_template(BATCH, the_plan, the_plan.stage("polish"), SETTINGS, mode="deployment")
+    assert ca_volumes(other) == ([], [])
+    assert len(other["spec"]["volumes"]) == len(pod["spec"]["volumes"]) - 1
+
+
+@pytest.mark.parametrize(
+    "egress",
+    [
+        pytest.param(None, id="no-egress"),
+        pytest.param({"proxyURL": "http://proxy.platform:3128"}, id="proxy-only"),
+    ],
+)
+def test_workers_of_an_account_without_a_ca_bundle_mount_none(egress: dict[str, Any] | None) -> None:
+    the_plan = account_plan(egress)
+    assert the_plan.providers["gw"].account is not None
+    assert not the_plan.providers["gw"].account.ca_bundle
+    for stage in ("draft", "polish"):
+        pod = builders.worker_pod_template(BATCH, the_plan, the_plan.stage(stage), SETTINGS, mode="job")
+        assert ca_volumes(pod) == ([], [])
+        assert {v["name"] for v in pod["spec"]["volumes"]} == {"plan", "tmp"}
+        mounted = [m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]]
+        assert env.DEFAULT_CA_BUNDLE_DIR not in mounted
+
+
+def test_the_ca_bundle_copy_is_the_batchs_configmap_of_one_key_per_provider() -> None:
+    pem_a, pem_b = "-----BEGIN CERTIFICATE-----\nAAA\n", "-----BEGIN CERTIFICATE-----\nBBB\n"
+    configmap = builders.ca_bundle_configmap(BATCH, {"writer": pem_b, "reviewer": pem_a})
+    assert configmap == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "semis-q3-ca", "namespace": "research", "labels": builders.labels(BATCH)},
+        "data": {"reviewer.pem": pem_a, "writer.pem": pem_b},
+    }
+    assert list(configmap["data"]) == ["reviewer.pem", "writer.pem"]  # sorted: the same bundles, the same object

@@ -48,3 +48,9 @@ def test_a_price_table_is_read_and_checked_at_start(tmp_path: Path) -> None:
 def test_a_bad_port_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"ANALYSIS_OPERATOR_{name}='{value}' is not a port number"):
         OperatorConfig.from_env({**BASE, f"ANALYSIS_OPERATOR_{name}": value})
+
+
+def test_the_operators_own_namespace_is_where_account_ca_bundles_are_read() -> None:
+    assert OperatorConfig.from_env(BASE).namespace is None  # unset: a batch on a bundle says so in a condition
+    cfg = OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_NAMESPACE": "analysis-system"})
+    assert cfg.namespace == "analysis-system"

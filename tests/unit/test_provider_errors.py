@@ -8,7 +8,8 @@ Anthropic's 400 about the credit balance, the 403s for a model.
 No request is sent.
 """
 
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anthropic
@@ -252,3 +253,44 @@ def test_the_low_credit_wording_is_matched_loosely(message: str) -> None:
     assert _http.anthropic_quota(400, "invalid_request_error", None, message, MODEL) == _http.QuotaRefusal()
     # The same words as another kind of error are that error.
     assert _http.anthropic_quota(400, "not_found_error", None, message, MODEL) is None
+
+
+CERT_FAILURE = (
+    "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate (_ssl.c:1006)"
+)
+
+
+def connection_failure(cause: Exception, make: Callable[[httpx2.Request, Exception], Exception]) -> Exception:
+    """The SDK's connection error for ``cause``, chained as the SDKs chain it (``raise ... from``), through
+    httpx2's ConnectError when the cause is the operating system's."""
+    request = httpx2.Request("POST", "https://llm-gateway.example/v1/messages")
+    err = cause
+    if isinstance(cause, OSError):
+        err = httpx2.ConnectError(str(cause), request=request)
+        err.__cause__ = cause
+    exc = make(request, err)
+    exc.__cause__ = err
+    return exc
+
+
+async def test_a_connection_failure_says_what_failed_in_both_sdks(
+    gpt: openai_provider.OpenAIProvider, claude: anthropic_provider.AnthropicProvider
+) -> None:
+    # An untrusted certificate (a gateway's CA missing from the account's caBundle): OpenAI's SDK says only
+    # "Connection error.", so the worker adds the reason; Anthropic's says it already, and it is not repeated.
+    untrusted = ssl.SSLCertVerificationError(1, CERT_FAILURE)
+    from_openai = gpt._error(
+        connection_failure(untrusted, lambda request, _: openai.APIConnectionError(request=request))
+    )
+    from_anthropic = claude._error(connection_failure(untrusted, claude._client._make_connection_error))
+    for classified in (from_openai, from_anthropic):
+        assert classified.error_class is E.NETWORK
+        assert classified.message.count(CERT_FAILURE) == 1
+    assert from_openai.message == f"APIConnectionError: Connection error. (SSLCertVerificationError: {CERT_FAILURE})"
+
+
+async def test_a_connection_failure_quotes_no_other_error(gpt: openai_provider.OpenAIProvider) -> None:
+    # h11 quotes a header value it rejects: only the operating system's reasons are added to the message.
+    rejected = httpx2.LocalProtocolError("Illegal header value b'Bearer not-the-key-but-secret'")
+    classified = gpt._error(connection_failure(rejected, lambda request, _: openai.APIConnectionError(request=request)))
+    assert (classified.error_class, classified.message) == (E.NETWORK, "APIConnectionError: Connection error.")

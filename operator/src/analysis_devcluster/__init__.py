@@ -20,5 +20,6 @@ Modules: ``binaries`` (finding the tools), ``pki`` (certificates and keys),
 ``processes`` (spawning and stopping components), ``cluster`` (the cluster
 itself), ``cli`` (the command), ``node`` (the node and its machine-wide
 life cycle), ``podnet`` (its pod network on this host), ``images`` (building
-the images it runs), ``standin`` (the LLM API stand-in) and ``demo``.
+the images it runs), ``standin`` (the LLM API stand-in), ``forwardproxy``
+(an HTTP forward proxy, a provider account's egress in tests) and ``demo``.
 """

@@ -13,6 +13,9 @@ signing key pair, and writes them as PEM files.
 
 Every key is ECDSA P-256: generating RSA keys costs tens to hundreds of
 milliseconds each, P-256 costs well under one, and Kubernetes accepts both.
+:func:`write_serving` makes a separate CA and one serving certificate, for a
+test's TLS server (the provider stand-in behind a private CA).
+
 It deliberately does not manage rotation, revocation or a separate front-proxy
 or etcd CA: etcd is plain HTTP on loopback, and the certificates live only as
 long as the state directory.
@@ -232,6 +235,35 @@ def kubelet_serving(ca: Issued, node_name: str, node_ips: tuple[str, ...] = ("12
 def write_pair(issued: Issued, cert_path: Path, key_path: Path) -> tuple[Path, Path]:
     """Write a certificate (0644) and its key (0600)."""
     return _write(cert_path, cert_pem(issued.cert), 0o644), _write(key_path, private_key_pem(issued.key), 0o600)
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """A private CA's certificate, and a serving certificate and key it signed (for a test's TLS server)."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def write_serving(
+    directory: Path,
+    common_name: str,
+    *,
+    ip_addresses: tuple[str, ...] = ("127.0.0.1",),
+    dns_names: tuple[str, ...] = ("localhost",),
+) -> Serving:
+    """A fresh CA and a server certificate for ``ip_addresses`` and ``dns_names`` signed by it, written into
+    ``directory`` (created 0700) as ``ca.crt``, ``server.crt`` and ``server.key``.
+
+    For servers that stand in for a provider behind a gateway with its own CA (the stand-in's ``tls``): a client
+    trusts them only if it is given ``ca.crt``, since no system store holds a CA made a moment ago.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca = make_ca(f"{common_name}-ca")
+    server = issue(ca, common_name, dns_names=dns_names, ip_addresses=ip_addresses, server=True)
+    cert, key = write_pair(server, directory / "server.crt", directory / "server.key")
+    return Serving(ca_cert=_write(directory / "ca.crt", cert_pem(ca.cert), 0o644), cert=cert, key=key)
 
 
 def write_all(

@@ -8,14 +8,17 @@ errors. Tests use :class:`StandIn` in-process (a server thread with its own
 event loop); a demo runs ``python -m analysis_devcluster.standin --port N``
 and drives it over HTTP (``PUT /_standin/plan``, ``GET /_standin/requests``,
 ``POST /_standin/reset``). Workers in other processes just point their
-provider's base URL at it.
+provider's base URL at it. With ``tls=(certfile, keyfile)`` it serves HTTPS
+instead (``pki.write_serving`` makes a private CA and a certificate for it),
+as a provider's gateway with its own CA does.
 
 A fault plan is an ordered list of steps; each request consumes the first
 step that matches it (``match``: a substring of its prompt; ``api``:
 "anthropic" or "openai"; ``times``: how many requests it serves), and with
 no step left it answers with a deterministic success. Every request is
-recorded, without its key, with the kind of answer it got (``kind``), so a
-test counts what reached the provider and how it was answered.
+recorded, without its key, with the kind of answer it got (``kind``) and the
+address it came from (``peer``), so a test counts what reached the provider,
+how it was answered, and over which connection (through a proxy, say).
 
 Refusals for quota and billing answer with the providers' real bodies, each
 in the words of the API called: ``insufficient_quota`` and ``low_credit``
@@ -37,8 +40,10 @@ import datetime
 import hmac
 import json
 import math
+import os
 import re
 import signal
+import ssl
 import threading
 import time
 import uuid
@@ -292,9 +297,16 @@ def _describe_call(api: str, body: dict[str, Any], request: web.Request, expecte
         "key_matched": bool(key) and (expected_key is None or hmac.compare_digest(key, expected_key)),
         "key_present": bool(key),
         "retry_count": int(retry_count) if retry_count.isdigit() else None,
+        "peer": _peer(request),
         "time": time.time(),
         "kind": None,  # how it was answered: a step's kind, or "ok" (set once the answer is chosen)
     }
+
+
+def _peer(request: web.Request) -> str | None:
+    """``host:port`` of the connection a request came over (a proxy's, when it came through one)."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if peer else None
 
 
 def _step_headers(api: str, step: dict[str, Any]) -> dict[str, str]:
@@ -391,29 +403,44 @@ def make_app(state: _State) -> web.Application:
     return app
 
 
-async def _start(state: _State, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def _start(state: _State, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     # handler_cancellation: a "timeout" step's sleep ends when the client gives
     # up, so stopping never waits for answers nobody reads.
     runner = web.AppRunner(make_app(state), handler_cancellation=True, shutdown_timeout=2.0, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     return runner, int(runner.addresses[0][1])
+
+
+def server_context(certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A TLS server context presenting ``certfile`` (PEM, its chain) with ``keyfile``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 class StandIn:
     """The stand-in server on ``host`` (a free port by default), in a thread with its own event loop.
 
+    ``tls``: a certificate and its key (PEM files); it then serves HTTPS, and its URLs say so.
     ``advertised_requests``: the request quota its successes advertise; "remaining" counts down from it with every
     request recorded since the last reset, and at 0 the workers pause for the advertised reset (60 s). A caller that
     sends more than the default 1000 between resets (a benchmark) raises it.
     """
 
     def __init__(
-        self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0, advertised_requests: int = _LIMIT
+        self,
+        *,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+        advertised_requests: int = _LIMIT,
     ) -> None:
         self._state = _State(api_key, advertised_requests)
         self._host, self._port = host, port
+        self._tls = None if tls is None else server_context(*tls)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -424,7 +451,7 @@ class StandIn:
     def url(self) -> str:
         if self._thread is None:
             raise RuntimeError("the stand-in is not running")
-        return f"http://{self._host}:{self._port}"
+        return f"{'http' if self._tls is None else 'https'}://{self._host}:{self._port}"
 
     @property
     def anthropic_base_url(self) -> str:
@@ -492,7 +519,7 @@ class StandIn:
     async def _serve(self) -> None:
         try:
             self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
-            runner, self._port = await _start(self._state, self._host, self._port)
+            runner, self._port = await _start(self._state, self._host, self._port, self._tls)
         except (OSError, RuntimeError) as exc:  # handed to start(), which raises it in the caller's thread
             self._failure = exc
             self._ready.set()

@@ -300,8 +300,25 @@ def transport_error(
     if isinstance(exc, sdk.APITimeoutError):
         return errors.ProviderError(errors.ErrorClass.TIMEOUT, message)
     if isinstance(exc, sdk.APIConnectionError):
-        return errors.ProviderError(errors.ErrorClass.NETWORK, message)
+        return errors.ProviderError(errors.ErrorClass.NETWORK, _with_cause(exc, message, api_key))
     return errors.ProviderError(errors.ErrorClass.UNKNOWN, message)
+
+
+def _with_cause(exc: BaseException, message: str, api_key: str) -> str:
+    """``message`` and the operating system's reason for a connection failure, when the message does not say it.
+
+    The OpenAI SDK's connection error is only "Connection error.", whether DNS, a refused connection or an
+    untrusted certificate (a gateway's CA missing from the account's ``egress.caBundle``) was the cause. Only an
+    ``OSError`` of the chain is quoted (``ssl.SSLError`` is one): other errors' text can quote the request.
+    """
+    seen: set[int] = set()
+    error = exc.__cause__ or exc.__context__
+    while error is not None and id(error) not in seen and not isinstance(error, OSError):
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    if not isinstance(error, OSError) or not str(error) or str(error) in message:
+        return message
+    return redact(f"{message} ({describe(error, api_key)})", api_key)
 
 
 def describe(exc: BaseException, api_key: str) -> str:

@@ -142,8 +142,10 @@ async def test_namespaces_wanting_unequally_split_the_account_by_weight(
 ) -> None:
     allocating = allocate(ACCOUNT, account_spec(stand_in, weights))
     async with allocating.running():
-        # Calls wanted: 8, 2 and 1 times the account's per-tick share; each is more than it gets.
-        groups = {"team-a": [("a", 16)], "team-b": [("b", 4)], "team-c": [("c", 2)]}
+        # Calls wanted at once: 8, 2 and 1 times what a namespace's third of the account keeps busy (a third of
+        # 20 calls a second, each taking a worker up to half a second from grant to its next ask on a loaded
+        # machine: about 4), so each wants at least its share and a first-come limiter would favour team-a.
+        groups = {"team-a": [("a", 32)], "team-b": [("b", 8)], "team-c": [("c", 4)]}
         per_ns = await saturate(stand_in, workers, allocating, groups, measured_calls=8 * PER_WINDOW)
     assert_shares(per_ns, expected)
 
@@ -154,7 +156,8 @@ async def test_ten_batches_of_one_namespace_get_what_one_batch_of_another_gets(
 ) -> None:
     allocating = allocate(ACCOUNT, account_spec(stand_in, {"many": 1, "one": 1}))
     async with allocating.running():
-        groups = {"many": [(f"m{i}", 2) for i in range(10)], "one": [("o", 4)]}
+        # Each namespace wants more than its half: 10 calls a second, up to half a second each.
+        groups = {"many": [(f"m{i}", 4) for i in range(10)], "one": [("o", 16)]}
         per_ns = await saturate(stand_in, workers, allocating, groups, measured_calls=8 * PER_WINDOW)
     assert_shares(per_ns, {"many": 0.5, "one": 0.5})
 

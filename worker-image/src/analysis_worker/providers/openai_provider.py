@@ -69,6 +69,9 @@ class OpenAIProvider:
             _strict_response_validation=strict_validation,
             http_client=None if egress is None else openai.DefaultAsyncHttpxClient(**egress.client_options()),
         )
+        # The SDK loads its resources on first use: load them now, so the first call goes out as soon after its
+        # grant as the others (a provider account's window allows for a short delay only).
+        _ = self._client.chat.completions
 
     @property
     def model(self) -> str:

@@ -298,7 +298,7 @@ def per_window(times: list[float], window_s: float) -> int:
 
 @pytest.mark.timeout(180)
 async def test_a_namespace_cap_holds_even_when_the_rest_of_the_account_idles(
-    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis, allocate: Callable[..., Any]
 ) -> None:
     cap_per_window = 5  # 300 a minute over the 1-second window, a quarter of the account
     spec = v1alpha1.AnalysisProviderSpec.model_validate(
@@ -309,7 +309,7 @@ async def test_a_namespace_cap_holds_even_when_the_rest_of_the_account_idles(
             "namespaces": [{"name": "capped", "requestsPerMinute": cap_per_window * 60}, {"name": "*"}],
         }
     )
-    allocating = Allocating(redis, spec)
+    allocating = allocate(ACCOUNT, spec)
     async with allocating.running():
         batch = workers.batch(batch_spec(stand_in, [f"cap-{i}" for i in range(30)], 8), accounts={ACCOUNT: spec})
         await batch.seed()
@@ -324,7 +324,7 @@ async def test_a_namespace_cap_holds_even_when_the_rest_of_the_account_idles(
 
 @pytest.mark.timeout(180)
 async def test_output_tokens_are_reserved_then_settled_to_what_calls_used(
-    stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+    stand_in: standin.StandIn, workers: Any, redis: queue.Redis, allocate: Callable[..., Any]
 ) -> None:
     """Each call reserves maxTokens of output; the stand-in answers with a few: settling frees the rest.
 
@@ -341,7 +341,7 @@ async def test_output_tokens_are_reserved_then_settled_to_what_calls_used(
             "namespaces": [{"name": "*"}],
         }
     )
-    allocating = Allocating(redis, spec)
+    allocating = allocate(ACCOUNT, spec)
     async with allocating.running():
         batch_manifest = batch_spec(stand_in, [f"tok-{i}" for i in range(40)], 4)
         batch_manifest["providers"]["llm"]["maxTokens"] = max_tokens

@@ -90,7 +90,9 @@ class Worker:
         self.provider = provider
         self.client = client
         self.prices = prices
-        self.queue = consumer.StageQueue(client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name)
+        self.queue = consumer.StageQueue(
+            client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name, budget=the_plan.budget
+        )
         limits = self.stage.rate_limit
         self.limiter = ratelimit.Limiter(
             client,
@@ -121,6 +123,7 @@ class Worker:
         self.stats = Stats()
         self._over_budget: str | None = None  # why, once the batch's budget is used up
         self._suspended = False
+        self._next_reclaim = 0.0  # monotonic: when the claimer next takes over expired leases
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._finished = asyncio.Event()
@@ -186,7 +189,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         # Whatever this consumer still holds (cancelled items, or entries a cancelled
-        # blocking read had already claimed) goes back to the stream for another worker.
+        # blocking read or completion had already claimed) goes back to the stream for another worker.
+        await self.queue.sent()
         held = await self.queue.pending_ids()
         if held:
             handed = await self.queue.hand_back(held)
@@ -212,7 +216,6 @@ class Worker:
                 await asyncio.sleep(1.0)
 
     async def _claim_until_stopped(self) -> None:
-        next_reclaim = 0.0
         lease_ms = int(self.lease_s * 1000)
         while not self._stopping.is_set():
             # Checked before every claim: at most the items already in flight run past a budget or a suspend.
@@ -226,10 +229,10 @@ class Worker:
                 await self._slot_free.wait()
                 continue
             deliveries: list[consumer.Delivery] = []
-            if time.monotonic() >= next_reclaim:
+            if time.monotonic() >= self._next_reclaim:
                 deliveries = await self.queue.reclaim(free, lease_ms, self.max_deliveries)
                 self.metrics.redelivered(metrics.Redelivery.EXPIRED_LEASE, len(deliveries))
-                next_reclaim = time.monotonic() + min(self.lease_s / 4, 5.0)
+                self._next_reclaim = time.monotonic() + min(self.lease_s / 4, 5.0)
             if not deliveries:
                 deliveries = await self.queue.claim(free, CLAIM_BLOCK_MS)
             if deliveries:
@@ -253,10 +256,18 @@ class Worker:
             self.inflight[delivery.entry_id] = task
             task.add_done_callback(functools.partial(self._done, delivery.entry_id))
 
+    def _claim_next(self) -> int:
+        """How many messages a success claims in its completion's step: one, to take its slot, unless the claimer
+        has to look first (stopping, the batch suspended or over budget, expired leases to take over)."""
+        if self._stopping.is_set() or self._suspended or self._over_budget or time.monotonic() >= self._next_reclaim:
+            return 0
+        return 1
+
     def _done(self, entry_id: str, _task: asyncio.Task[None]) -> None:
         self.inflight.pop(entry_id, None)
         self._lost.discard(entry_id)
-        self._slot_free.set()
+        if len(self.inflight) < self.concurrency:  # not when the item's completion claimed its successor
+            self._slot_free.set()
 
     # ---------------------------------------------------------------- keeping
 
@@ -497,16 +508,13 @@ class Worker:
                 message.input
             )  # what it ends with is the reviewed answer, not the verdict
         usage = self._usage(model, tokens)
-        first = await self.queue.complete(
-            delivery,
-            outcome,
-            result=text,
-            increments={**routed.increments, **usage},
-            routes=routed.routes,
-            more_results=routed.results,
-            final=final,
+        increments = {**routed.increments, **usage}
+        completion = consumer.Completion(
+            delivery, outcome, text, increments, routed.routes, routed.results, final, claim=self._claim_next()
         )
-        if first:
+        finished = await self.queue.finish(completion)
+        self._start(finished.claimed)
+        if finished.first:
             if routed.status == wire.STATUS_FAILED:
                 self.stats.failed += 1
             else:

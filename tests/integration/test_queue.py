@@ -126,6 +126,22 @@ async def test_completions_finished_together_are_one_script_call_each_attempt_on
     assert await clients[0].lrange(k.finals, 0, -1) == [k.idem("a", "TSM", 0, 1)]
 
 
+async def test_a_step_finishes_at_most_so_many_attempts_and_the_rest_go_in_the_next(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    n = consumer.COMPLETIONS_PER_STEP + 1
+    uid = await seeded(clients, [f"I{i:03d}" for i in range(n)])
+    q = stage_queue(clients, uid, "a", "pod")
+    deliveries = await q.claim(n, 100)
+    assert len(deliveries) == n
+    before = await script_calls(clients[0])
+    ok = {"status": "succeeded"}
+    finished = await asyncio.gather(*(q.finish(consumer.Completion(d, ok, "x", {"succeeded": 1})) for d in deliveries))
+    assert await script_calls(clients[0]) == before + 2
+    assert all(f.first for f in finished)
+    assert (await q.counts()).counters == {"succeeded": n}
+
+
 async def test_a_completion_claims_the_next_messages_unless_the_batch_is_suspended_or_over_budget(
     clients: tuple[queue.Redis, queue.Redis],
 ) -> None:

@@ -35,6 +35,8 @@ from analysis_core import keys as keys_
 from analysis_core import plan, queue, scripts, wire
 
 LUA = scripts.Library("analysis_worker")
+# Most attempts one complete.lua call finishes: a script holds Redis for its whole run, so it stays short.
+COMPLETIONS_PER_STEP = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,11 +222,12 @@ class StageQueue:
         return await done
 
     def _send_waiting(self) -> None:
-        batch, self._waiting = self._waiting, []
-        # A task of its own: an item cancelled while it waits (shutdown) does not cancel the others' write.
-        task = asyncio.create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), COMPLETIONS_PER_STEP):
+            # A task of its own: an item cancelled while it waits (shutdown) does not cancel the others' write.
+            task = asyncio.create_task(self._send(waiting[start : start + COMPLETIONS_PER_STEP]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[Completion, asyncio.Future[Finished]]]) -> None:
         try:

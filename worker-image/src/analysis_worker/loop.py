@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import logging
 import time
-import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -53,6 +52,8 @@ CLAIM_BLOCK_MS = 500
 KEEPER_TICK_S = 0.25
 CLAIM_BLOCKED_RECHECK_S = 0.5  # how soon a suspended or over-budget worker looks again
 NANO = Decimal(10) ** 9
+# What a call holds when its stage skips the limiter: nothing reserved, so nothing to settle or report.
+UNCONSULTED = ratelimit.Reservation("", 0, 0.0)
 
 
 @dataclasses.dataclass
@@ -421,7 +422,7 @@ class Worker:
     async def _acquire(self, message: queue.Message, tokens: int) -> ratelimit.Reservation:
         """Wait for the stage's limiter, at most until the item's deadline for waits on the provider's limits."""
         if not self.consults_limiter:
-            return ratelimit.Reservation(uuid.uuid4().hex, 0, 0.0)
+            return UNCONSULTED
         asked = time.monotonic()
         deadline_s = errors.limited_wait_deadline_s(self.stage.retry)
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)

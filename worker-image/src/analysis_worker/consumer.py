@@ -10,7 +10,9 @@ atomic and replay-safe. Completing an attempt records its outcome under
 the idempotency key with HSETNX, stores the result, counts, routes follow-ups
 and acknowledges in one step (``complete.lua``); the first completion wins
 and a duplicate (a redelivered item whose first worker was slow, not dead)
-only acknowledges its own delivery. Retries wait in a sorted set scored by
+only acknowledges its own delivery. The same step can claim the consumer's
+next messages, and completions handed over in the same turn of the event
+loop share it, so a busy worker needs one round trip per batch of items. Retries wait in a sorted set scored by
 due time and are moved back into the stream when due (``retry.lua``,
 ``promote.lua``). Leases, redelivery and dead letters are described in
 ``analysis_core.queue``, with what the two sides share; the operator's side

@@ -219,7 +219,8 @@ class Worker:
     async def _claim_until_stopped(self) -> None:
         lease_ms = int(self.lease_s * 1000)
         while not self._stopping.is_set():
-            # Checked before every claim: at most the items already in flight run past a budget or a suspend.
+            # Checked before every claim (complete.lua checks before a completion's): at most the items already in
+            # flight run past a budget or a suspend.
             if await self._claims_blocked():
                 # No new claims; items in flight finish, the rest wait for the operator.
                 await asyncio.sleep(CLAIM_BLOCKED_RECHECK_S)
@@ -258,8 +259,12 @@ class Worker:
             task.add_done_callback(functools.partial(self._done, delivery.entry_id))
 
     def _claim_next(self) -> int:
-        """How many messages a success claims in its completion's step: one, to take its slot, unless the claimer
-        has to look first (stopping, the batch suspended or over budget, expired leases to take over)."""
+        """How many new messages a success claims in the step that completes it (``consumer.StageQueue.finish``).
+
+        One, to take its own slot, unless the claimer has to look first: the
+        worker is stopping, the batch is suspended or over budget, or expired
+        leases are due to be taken over.
+        """
         if self._stopping.is_set() or self._suspended or self._over_budget or time.monotonic() >= self._next_reclaim:
             return 0
         return 1

@@ -244,6 +244,7 @@ class StageQueue:
                 done.cancel()
             raise
         for (_, done), each in zip(batch, finished, strict=True):
+            # An item cancelled meanwhile (shutdown) leaves what was claimed for it pending: the drain hands it back.
             if not done.done():
                 done.set_result(each)
 

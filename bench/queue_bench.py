@@ -71,6 +71,7 @@ from analysis_worker import consumer, ratelimit
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "queue.json"
 WORKER = Path(sys.executable).parent / "analysis-worker"
+SOURCES = ("operator/src", "worker-image/src")  # the packages the workers import, from this checkout
 ARQ_VENV = ROOT / ".venv-arq"
 BULLMQ_DIR = ROOT / "bench" / "bullmq"  # `make bench-bullmq` installs its node_modules (npm ci)
 BULLMQ_SCRIPT = BULLMQ_DIR / "baseline.mjs"
@@ -286,6 +287,8 @@ class Bench:
             self._pods += 1
             environ = {
                 "PATH": os.environ.get("PATH", "/usr/bin"),
+                # This checkout's packages, ahead of whatever the venv's editable install points at.
+                "PYTHONPATH": os.pathsep.join(str(ROOT / src) for src in SOURCES),
                 env.REDIS_URL: self.redis_url,
                 env.BATCH_UID: uid,
                 env.STAGE: STAGE,

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from analysis_core import keys, queue
+from analysis_core import keys, plan, queue
 from analysis_operator import producer
 from analysis_worker import consumer
 
@@ -83,6 +83,101 @@ async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis,
     assert routed.message.input == idem
     assert (await nxt.counts()).running == 1
     assert await q.claim(10, 50) == []
+
+
+async def script_calls(client: queue.Redis) -> int:
+    """Scripts Redis has run so far (EVALSHA, and EVAL for a script it did not have yet)."""
+    stats = await client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+async def test_completions_finished_together_are_one_script_call_each_attempt_on_its_own(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    uid = await seeded(clients, ["NVDA", "AMD", "TSM"])
+    q = stage_queue(clients, uid, "a", "pod")
+    nvda, amd, tsm = await q.claim(3, 100)
+    assert [d.message.item for d in (nvda, amd, tsm)] == ["NVDA", "AMD", "TSM"]
+    k = q.keys
+    to_b = [consumer.Route("b", queue.Message("NVDA", input=k.idem("a", "NVDA", 0, 1)))]
+    to_c = [
+        consumer.Route("c", queue.Message("AMD/x", input="AMD-x"), gather=True),  # c collects
+        consumer.Route("b", queue.Message("AMD/y", input="y-input")),
+    ]
+    ok = {"status": "succeeded"}
+    before = await script_calls(clients[0])
+    finished = await asyncio.gather(
+        q.finish(consumer.Completion(nvda, ok, "n", {"succeeded": 1}, to_b)),
+        q.finish(consumer.Completion(amd, ok, "a", {"succeeded": 1, "children": 2}, to_c, {"AMD-x": "x"})),
+        q.finish(consumer.Completion(tsm, {"status": "failed"}, None, {"failed": 1}, final=True)),
+        q.finish(consumer.Completion(nvda, ok, "again", {"succeeded": 1}, to_b)),  # a duplicate, in the same step
+    )
+    assert await script_calls(clients[0]) == before + 1
+    assert [f.first for f in finished] == [True, True, True, False]
+    counts = await q.counts()
+    assert counts.drained
+    assert counts.counters == {"succeeded": 2, "children": 2, "failed": 1}
+    # Each attempt's routes went where they lead, in order.
+    b = stage_queue(clients, uid, "b", "pod-b")
+    assert [d.message.item for d in await b.claim(10, 100)] == ["NVDA", "AMD/y"]
+    assert await clients[0].hgetall(k.gathered("c")) == {"AMD/x": "AMD-x"}
+    assert await q.result(k.idem("a", "NVDA", 0, 1)) == "n"
+    assert await q.result("AMD-x") == "x"
+    assert await clients[0].lrange(k.finals, 0, -1) == [k.idem("a", "TSM", 0, 1)]
+
+
+async def test_a_step_finishes_at_most_so_many_attempts_and_the_rest_go_in_the_next(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    n = consumer.COMPLETIONS_PER_STEP + 1
+    uid = await seeded(clients, [f"I{i:03d}" for i in range(n)])
+    q = stage_queue(clients, uid, "a", "pod")
+    deliveries = await q.claim(n, 100)
+    assert len(deliveries) == n
+    before = await script_calls(clients[0])
+    ok = {"status": "succeeded"}
+    finished = await asyncio.gather(*(q.finish(consumer.Completion(d, ok, "x", {"succeeded": 1})) for d in deliveries))
+    assert await script_calls(clients[0]) == before + 2
+    assert all(f.first for f in finished)
+    assert (await q.counts()).counters == {"succeeded": n}
+
+
+async def test_a_completion_claims_the_next_messages_unless_the_batch_is_suspended_or_over_budget(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    client = clients[0]
+    uid = await seeded(clients, [f"I{i}" for i in range(8)])
+    budget = plan.BudgetPlan(max_tokens=100)
+    q = consumer.StageQueue(client, clients[1], uid, "a", "pod", budget=budget)
+    (delivery,) = await q.claim(1, 100)
+
+    async def finish(delivery: consumer.Delivery, tokens: int, claim: int) -> list[consumer.Delivery]:
+        increments = {"succeeded": 1, "input_tokens": tokens}
+        done = await q.finish(consumer.Completion(delivery, {"status": "succeeded"}, "x", increments, claim=claim))
+        assert done.first
+        return done.claimed
+
+    (second,) = await finish(delivery, 10, claim=1)
+    assert second.message.item == "I1"
+    assert await q.pending_ids() == [second.entry_id]  # leased to this consumer, as a claim leases it
+    third, fourth = await finish(second, 10, claim=2)
+    assert [third.message.item, fourth.message.item] == ["I2", "I3"]
+    await producer.suspend(client, uid, "spec.suspend")
+    assert await finish(third, 10, claim=1) == []
+    await producer.resume(client, uid)
+    # The budget is checked after the step's own usage counts: 30 + 69 is under 100, 99 + 1 reaches it.
+    (fifth,) = await finish(fourth, 69, claim=1)
+    usage = await consumer.usage(client, uid)
+    assert budget.exceeded(usage) is None
+    assert await finish(fifth, 1, claim=1) == []
+    usage = await consumer.usage(client, uid)
+    assert budget.exceeded(usage) == "100 tokens used, budget.maxTokens is 100"
+    # A flag another worker raised stops it too, whatever the usage says.
+    unlimited = stage_queue(clients, uid, "a", "other")
+    (sixth,) = await unlimited.claim(1, 100)
+    assert await consumer.raise_budget_exceeded(client, uid, "elsewhere")
+    assert (await unlimited.finish(consumer.Completion(sixth, {}, "x", {}, claim=1))).claimed == []
+    assert (await q.counts()).ready == 2
 
 
 async def test_expired_lease_is_redelivered_and_the_first_completion_wins(

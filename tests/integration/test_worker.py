@@ -153,6 +153,47 @@ async def test_job_mode_exits_once_the_stage_is_sealed_and_drained(workers: Any,
     assert any(line["msg"] == "stage sealed and drained" for line in worker.lines())
 
 
+@pytest.mark.timeout(120)
+async def test_a_busy_worker_stops_claiming_when_suspended_and_goes_on_when_resumed(
+    workers: Any, redis: queue.Redis
+) -> None:
+    items = [f"S{i:02d}" for i in range(60)]
+    spec = two_stage_spec(items, latency_ms=30, concurrency=3)
+    spec["stages"] = spec["stages"][:1]  # one stage: its successes claim their successors as they complete
+    batch = workers.batch(spec)
+    await batch.seed()
+    worker = workers.start(batch, "draft")
+
+    async def counts() -> queue.StageCounts:
+        return await consumer.stage_counts(redis, batch.uid, "draft")
+
+    async def under_way() -> bool:
+        return (await counts()).counters.get("succeeded", 0) >= 6
+
+    await workers.eventually(under_way, 30, "six items done")
+    await producer.suspend(redis, batch.uid, "spec.suspend")
+    at_suspend = (await counts()).counters["succeeded"]
+
+    async def idle() -> bool:
+        return (await counts()).running == 0
+
+    await workers.eventually(idle, 15, "the items in flight done")
+    await asyncio.sleep(1.0)  # time enough for many claims, were any made
+    stopped = await counts()
+    # Only what was in flight when the flag went up finished: at most the concurrency.
+    assert at_suspend <= stopped.counters["succeeded"] <= at_suspend + 3
+    assert stopped.ready == len(items) - stopped.counters["succeeded"]
+    assert stopped.running == 0
+    await producer.resume(redis, batch.uid)
+
+    async def all_done() -> bool:
+        return (await counts()).counters.get("succeeded", 0) == len(items)
+
+    await workers.eventually(all_done, 30, "every item done after the resume")
+    assert worker.process.poll() is None
+    assert any(line["msg"] == "suspended: no new claims" for line in worker.lines())
+
+
 async def test_health_check_follows_the_heartbeat(workers: Any, redis: queue.Redis) -> None:
     batch = workers.batch(two_stage_spec(["A"], latency_ms=0))
     worker = workers.start(batch, "draft", pod="probe-me")

@@ -10,7 +10,9 @@ atomic and replay-safe. Completing an attempt records its outcome under
 the idempotency key with HSETNX, stores the result, counts, routes follow-ups
 and acknowledges in one step (``complete.lua``); the first completion wins
 and a duplicate (a redelivered item whose first worker was slow, not dead)
-only acknowledges its own delivery. Retries wait in a sorted set scored by
+only acknowledges its own delivery. The same step can claim the consumer's
+next messages, and completions handed over in the same turn of the event
+loop share it, so a busy worker needs one round trip per batch of items. Retries wait in a sorted set scored by
 due time and are moved back into the stream when due (``retry.lua``,
 ``promote.lua``). Leases, redelivery and dead letters are described in
 ``analysis_core.queue``, with what the two sides share; the operator's side
@@ -22,6 +24,7 @@ Decides nothing about routing: the caller passes the follow-up messages
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -31,9 +34,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from analysis_core import keys as keys_
-from analysis_core import queue, scripts, wire
+from analysis_core import plan, queue, scripts, wire
 
 LUA = scripts.Library("analysis_worker")
+# Most attempts one complete.lua call finishes: a script holds Redis for its whole run, so it stays short.
+COMPLETIONS_PER_STEP = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +80,64 @@ def _decode_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     return entries
 
 
-class StageQueue:
-    """The queue of one stage of one batch, as one consumer (a worker pod) sees it."""
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """An attempt's end, as ``complete.lua`` records it, and how many new messages to claim in the same step.
 
-    def __init__(self, client: queue.Redis, blocking: queue.Redis, uid: str, stage: str, consumer: str) -> None:
+    ``final``: the item's journey ends with this attempt (no route onward, or
+    failed for good); its key is appended to the batch's finals.
+    """
+
+    delivery: Delivery
+    outcome: dict[str, Any]
+    result: str | None
+    increments: dict[str, int]
+    routes: Sequence[Route] = ()
+    more_results: dict[str, str] = dataclasses.field(default_factory=dict)
+    final: bool = False
+    claim: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """What finishing an attempt did: ``first`` False for a duplicate; the messages it claimed for this consumer."""
+
+    first: bool
+    claimed: list[Delivery]
+
+
+class StageQueue:
+    """The queue of one stage of one batch, as one consumer (a worker pod) sees it.
+
+    ``budget``: the batch's budget, which a claim made with a completion
+    checks (``finish``), as ``loop.Worker`` checks it before every other claim.
+    """
+
+    def __init__(
+        self,
+        client: queue.Redis,
+        blocking: queue.Redis,
+        uid: str,
+        stage: str,
+        consumer: str,
+        *,
+        budget: plan.BudgetPlan | None = None,
+    ) -> None:
         self.client = client
         self.blocking = blocking
         self.keys = keys_.BatchKeys(uid)
         self.stage = stage
         self.consumer = consumer
+        limits = (budget.max_tokens, budget.max_cost_nusd) if budget else (None, None)
+        self._budget_args = ["" if limit is None else limit for limit in limits]
         self.stream = self.keys.stream(stage)
+        # Registered once: each call of a script is then its EVALSHA, with no SHA1 of its text per call.
+        self._complete = LUA.script(client, "complete")
+        self._retry = LUA.script(client, "retry")
+        self._reclaim = LUA.script(client, "reclaim")
+        self._renew = LUA.script(client, "renew")
+        self._waiting: list[tuple[Completion, asyncio.Future[Finished]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def ensure_group(self) -> None:
         """Create the stage's consumer group (from the start of the stream) if it does not exist."""
@@ -110,7 +163,7 @@ class StageQueue:
 
     async def reclaim(self, count: int, lease_ms: int, max_deliveries: int) -> list[Delivery]:
         """Take over up to ``count`` deliveries whose lease expired; dead-letter those past the bound."""
-        reply = await LUA.script(self.client, "reclaim")(
+        reply = await self._reclaim(
             keys=[
                 self.stream,
                 self.keys.outcomes,
@@ -127,7 +180,7 @@ class StageQueue:
         ids = list(entry_ids)
         if not ids:
             return []
-        lost = await LUA.script(self.client, "renew")(keys=[self.stream], args=[keys_.GROUP, self.consumer, *ids])
+        lost = await self._renew(keys=[self.stream], args=[keys_.GROUP, self.consumer, *ids])
         return [str(i) for i in lost]
 
     async def hand_back(self, entry_ids: Iterable[str]) -> int:
@@ -155,32 +208,88 @@ class StageQueue:
         ``final``: the item's journey ends with this attempt (no route onward,
         or failed for good); its key is appended to the batch's finals.
         """
-        message = delivery.message
-        idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
-        done = await LUA.script(self.client, "complete")(
-            keys=[
-                self.stream,
-                self.keys.outcomes,
-                self.keys.results,
-                self.keys.counts(self.stage),
-                self.keys.usage,
-                self.keys.finals,
-                *(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in routes),
-            ],
-            args=[
-                keys_.GROUP,
-                delivery.entry_id,
-                idem,
-                json.dumps(outcome, separators=(",", ":")),
-                "0" if result is None else "1",
-                result or "",
-                json.dumps(increments),
-                json.dumps([route.script_arg() for route in routes]),
-                json.dumps(more_results or {}),
-                "1" if final else "0",
-            ],
-        )
-        return bool(done)
+        completion = Completion(delivery, outcome, result, increments, tuple(routes), more_results or {}, final)
+        return (await self.finish(completion)).first
+
+    async def finish(self, completion: Completion) -> Finished:
+        """Finish an attempt for good and claim ``completion.claim`` new messages, in one step (``complete.lua``).
+
+        Completions that arrive in the same turn of the event loop (the items
+        of one claim, done together) go to Redis as one script call.
+        """
+        done: asyncio.Future[Finished] = asyncio.get_running_loop().create_future()
+        self._waiting.append((completion, done))
+        if len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._send_waiting)
+        return await done
+
+    def _send_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), COMPLETIONS_PER_STEP):
+            # A task of its own: an item cancelled while it waits (shutdown) does not cancel the others' write.
+            task = asyncio.create_task(self._send(waiting[start : start + COMPLETIONS_PER_STEP]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Completion, asyncio.Future[Finished]]]) -> None:
+        try:
+            finished = await self._finish_all([completion for completion, _ in batch])
+        except Exception as exc:  # noqa: BLE001 (each waiting item gets the error, as its own call would have)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        except BaseException:
+            for _, done in batch:
+                done.cancel()
+            raise
+        for (_, done), each in zip(batch, finished, strict=True):
+            # An item cancelled meanwhile (shutdown) leaves what was claimed for it pending: the drain hands it back.
+            if not done.done():
+                done.set_result(each)
+
+    async def sent(self) -> None:
+        """Wait until every completion handed to ``finish`` has been written (or has failed)."""
+        while self._waiting or self._sending:
+            if self._sending:
+                await asyncio.wait(set(self._sending))  # unlike gather, never cancels them
+            else:
+                await asyncio.sleep(0)  # the waiting ones are sent on the loop's next turn
+
+    async def _finish_all(self, completions: Sequence[Completion]) -> list[Finished]:
+        keys = [
+            self.stream,
+            self.keys.outcomes,
+            self.keys.results,
+            self.keys.counts(self.stage),
+            self.keys.usage,
+            self.keys.finals,
+            self.keys.flags,
+        ]
+        args: list[Any] = [keys_.GROUP, self.consumer, sum(c.claim for c in completions), *self._budget_args]
+        for c in completions:
+            message = c.delivery.message
+            first_route_key = len(keys) + 1  # Lua counts from 1
+            keys.extend(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in c.routes)
+            args += [
+                c.delivery.entry_id,
+                self.keys.idem(self.stage, message.item, message.round, message.attempt),
+                json.dumps(c.outcome, separators=(",", ":")),
+                "0" if c.result is None else "1",
+                c.result or "",
+                json.dumps(c.increments),
+                json.dumps([route.script_arg() for route in c.routes]) if c.routes else "[]",
+                first_route_key,
+                json.dumps(c.more_results) if c.more_results else "{}",
+                "1" if c.final else "0",
+            ]
+        done, entries = await self._complete(keys=keys, args=args)
+        claimed = [Delivery(str(entry_id), queue.Message.from_fields(fields)) for entry_id, fields in entries]
+        finished = []
+        for c, first in zip(completions, done, strict=True):
+            finished.append(Finished(bool(first), claimed[: c.claim]))
+            claimed = claimed[c.claim :]
+        return finished
 
     async def retry(
         self,
@@ -194,7 +303,7 @@ class StageQueue:
         """Schedule ``next_message`` after ``delay_ms``; ``outcome`` None keeps the attempt (rate limits)."""
         message = delivery.message
         idem = self.keys.idem(self.stage, message.item, message.round, message.attempt)
-        scheduled = await LUA.script(self.client, "retry")(
+        scheduled = await self._retry(
             keys=[
                 self.stream,
                 self.keys.outcomes,

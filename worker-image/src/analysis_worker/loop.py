@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import logging
 import time
-import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -53,6 +52,8 @@ CLAIM_BLOCK_MS = 500
 KEEPER_TICK_S = 0.25
 CLAIM_BLOCKED_RECHECK_S = 0.5  # how soon a suspended or over-budget worker looks again
 NANO = Decimal(10) ** 9
+# What a call holds when its stage skips the limiter: nothing reserved, so nothing to settle or report.
+UNCONSULTED = ratelimit.Reservation("", 0, 0.0)
 
 
 @dataclasses.dataclass
@@ -90,7 +91,9 @@ class Worker:
         self.provider = provider
         self.client = client
         self.prices = prices
-        self.queue = consumer.StageQueue(client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name)
+        self.queue = consumer.StageQueue(
+            client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name, budget=the_plan.budget
+        )
         limits = self.stage.rate_limit
         self.limiter = ratelimit.Limiter(
             client,
@@ -127,6 +130,7 @@ class Worker:
         self.stats = Stats()
         self._over_budget: str | None = None  # why, once the batch's budget is used up
         self._suspended = False
+        self._next_reclaim = 0.0  # monotonic: when the claimer next takes over expired leases
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._finished = asyncio.Event()
@@ -192,7 +196,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         # Whatever this consumer still holds (cancelled items, or entries a cancelled
-        # blocking read had already claimed) goes back to the stream for another worker.
+        # blocking read or completion had already claimed) goes back to the stream for another worker.
+        await self.queue.sent()
         held = await self.queue.pending_ids()
         if held:
             handed = await self.queue.hand_back(held)
@@ -218,10 +223,10 @@ class Worker:
                 await asyncio.sleep(1.0)
 
     async def _claim_until_stopped(self) -> None:
-        next_reclaim = 0.0
         lease_ms = int(self.lease_s * 1000)
         while not self._stopping.is_set():
-            # Checked before every claim: at most the items already in flight run past a budget or a suspend.
+            # Checked before every claim (complete.lua checks before a completion's): at most the items already in
+            # flight run past a budget or a suspend.
             if await self._claims_blocked():
                 # No new claims; items in flight finish, the rest wait for the operator.
                 await asyncio.sleep(CLAIM_BLOCKED_RECHECK_S)
@@ -232,10 +237,10 @@ class Worker:
                 await self._slot_free.wait()
                 continue
             deliveries: list[consumer.Delivery] = []
-            if time.monotonic() >= next_reclaim:
+            if time.monotonic() >= self._next_reclaim:
                 deliveries = await self.queue.reclaim(free, lease_ms, self.max_deliveries)
                 self.metrics.redelivered(metrics.Redelivery.EXPIRED_LEASE, len(deliveries))
-                next_reclaim = time.monotonic() + min(self.lease_s / 4, 5.0)
+                self._next_reclaim = time.monotonic() + min(self.lease_s / 4, 5.0)
             if not deliveries:
                 deliveries = await self.queue.claim(free, CLAIM_BLOCK_MS)
             if deliveries:
@@ -259,10 +264,22 @@ class Worker:
             self.inflight[delivery.entry_id] = task
             task.add_done_callback(functools.partial(self._done, delivery.entry_id))
 
+    def _claim_next(self) -> int:
+        """How many new messages a success claims in the step that completes it (``consumer.StageQueue.finish``).
+
+        One, to take its own slot, unless the claimer has to look first: the
+        worker is stopping, the batch is suspended or over budget, or expired
+        leases are due to be taken over.
+        """
+        if self._stopping.is_set() or self._suspended or self._over_budget or time.monotonic() >= self._next_reclaim:
+            return 0
+        return 1
+
     def _done(self, entry_id: str, _task: asyncio.Task[None]) -> None:
         self.inflight.pop(entry_id, None)
         self._lost.discard(entry_id)
-        self._slot_free.set()
+        if len(self.inflight) < self.concurrency:  # not when the item's completion claimed its successor
+            self._slot_free.set()
 
     # ---------------------------------------------------------------- keeping
 
@@ -473,7 +490,7 @@ class Worker:
     async def _acquire(self, message: queue.Message, tokens: int) -> ratelimit.Reservation:
         """Wait for the stage's limiter, at most until the item's deadline for waits on the provider's limits."""
         if not self.consults_limiter:
-            return ratelimit.Reservation(uuid.uuid4().hex, 0, 0.0)
+            return UNCONSULTED
         asked = time.monotonic()
         deadline_s = errors.limited_wait_deadline_s(self.stage.retry)
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
@@ -560,16 +577,13 @@ class Worker:
                 message.input
             )  # what it ends with is the reviewed answer, not the verdict
         usage = self._usage(model, tokens)
-        first = await self.queue.complete(
-            delivery,
-            outcome,
-            result=text,
-            increments={**routed.increments, **usage},
-            routes=routed.routes,
-            more_results=routed.results,
-            final=final,
+        increments = {**routed.increments, **usage}
+        completion = consumer.Completion(
+            delivery, outcome, text, increments, routed.routes, routed.results, final, claim=self._claim_next()
         )
-        if first:
+        finished = await self.queue.finish(completion)
+        self._start(finished.claimed)
+        if finished.first:
             if routed.status == wire.STATUS_FAILED:
                 self.stats.failed += 1
             else:

@@ -18,7 +18,8 @@ daemon in ``handlers``) grants about ten times a second:
    allowances and settle real token use into the window's log, drop what
    left the window, read what the window holds;
 3. in memory: what the account can grant now (its limits scaled to the
-   window, less what the window holds; calls paced evenly over the window;
+   window, less what the window holds; calls paced evenly over the span the
+   window is checked over (below);
    calls in flight under ``maxInFlight``; nothing while paused), and who gets
    it (``fairshare``, with the namespaces' weights and caps);
 4. on the account's keys (``lua/account_grant.lua``): record the grant;
@@ -68,7 +69,9 @@ IDLE_TICK_S = 0.5  # how often an account no batch uses looks again
 # An allowance outlives the next grant by this much, then expires on its own (a stopped operator's last grant).
 ALLOWANCE_LIFETIME_S = 0.3
 GUARD_FRACTION, GUARD_MIN_S = 0.02, 0.25  # as analysis_worker.ratelimit: calls arrive after their grant
-BURST_S = 1.0  # calls are paced evenly over the window, with at most this long's worth at once
+# Calls are paced evenly over the span the log is checked over, with at most this long's worth at once: paced over
+# the window alone, the log would fill before the span ends and every span would begin with a burst.
+BURST_S = 0.25
 PROBE_MAX_S = 300.0  # the longest wait between two probes of an account refused for quota
 PROBE_MARGIN_S = 5.0  # a probe that never reports back is given up this long past its call's deadline
 WHOLE_ACCOUNT = ""  # the model of a refusal that concerns the whole account
@@ -373,7 +376,7 @@ class Allocator:
     ) -> tuple[dict[str, int], str | None]:
         """Calls granted to each member now, and the member granted the probe of a refused account, if any."""
         limits = self.spec.limits
-        rate = (self._scaled(limits.requests_per_minute) or 0) / self.window_s
+        rate = (self._scaled(limits.requests_per_minute) or 0) / (self.lookback_ms / 1000)
         if rate:
             self._bucket = min(max(1.0, rate * BURST_S), self._bucket + rate * (now - self._last_tick))
         self._last_tick = now

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import analysis_core
+from analysis_core.api import v1alpha1
 from analysis_operator.config import ConfigError, OperatorConfig
 
 pytestmark = pytest.mark.unit
@@ -48,3 +49,11 @@ def test_a_price_table_is_read_and_checked_at_start(tmp_path: Path) -> None:
 def test_a_bad_port_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"ANALYSIS_OPERATOR_{name}='{value}' is not a port number"):
         OperatorConfig.from_env({**BASE, f"ANALYSIS_OPERATOR_{name}": value})
+
+
+def test_calls_per_pod_defaults_to_the_api_constant_and_is_bounded() -> None:
+    assert OperatorConfig.from_env(BASE).worker.calls_per_pod == v1alpha1.DEFAULT_CALLS_PER_POD
+    assert OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_CALLS_PER_POD": "4"}).worker.calls_per_pod == 4
+    for bad in ("0", "x", str(v1alpha1.MAX_CALLS_PER_POD + 1)):
+        with pytest.raises(ConfigError, match=f"ANALYSIS_OPERATOR_CALLS_PER_POD='{bad}' must be a whole number"):
+            OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_CALLS_PER_POD": bad})

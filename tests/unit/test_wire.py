@@ -97,6 +97,9 @@ STORED = {
     "QUOTA_PROBES": "probes",
     "QUOTA_PROBE": "probe",
     "QUOTA_PROBE_UNTIL": "probe_until",
+    "CLAIM_FULL": "full",
+    "CLAIM_EMPTY": "empty",
+    "CLAIM_RETIRED": "retired",
 }
 
 

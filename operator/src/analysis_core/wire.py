@@ -29,6 +29,7 @@ instead. What the names are:
 - ``COLLECTED_*``: the fields of each element of a collect stage's combined
   input (a JSON list, what its prompt sees as ``input``);
 - ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``);
+- ``CLAIM_*``: why ``claim.lua`` claimed nothing;
 - ``QUOTA_*``: the fields of a stage's quota pause (``keys.LIMITER_QUOTA``),
   which the worker whose call the provider refused for quota or billing
   writes, its probes update, and the operator reads into a condition.
@@ -121,6 +122,12 @@ QUOTA_BACKOFF = "probe_wait_ms"  # from a refused probe to the next; doubles up 
 QUOTA_PROBES = "probes"  # probes let through so far
 QUOTA_PROBE = "probe"  # the reservation id of the call probing now; absent: none
 QUOTA_PROBE_UNTIL = "probe_until"  # ms: a probe that never reports back stops holding the others then
+
+
+# ---- what claim.lua answers when it claims nothing
+CLAIM_FULL = "full"  # the stage's workers hold its concurrency's worth of items together
+CLAIM_EMPTY = "empty"  # nothing new in the stream; with the id to wait for newer entries after
+CLAIM_RETIRED = "retired"  # the operator retired this worker to scale the stage in: it claims nothing more
 
 
 def approved_in_round(round_: int) -> str:

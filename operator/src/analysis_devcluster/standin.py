@@ -74,7 +74,7 @@ ANTHROPIC_LOW_CREDIT = (
 ANTHROPIC_FORBIDDEN = "Your API key does not have permission to use the specified resource."
 _REFUSALS = frozenset({"insufficient_quota", "low_credit", "model_forbidden"})
 KINDS = frozenset({*_ERRORS, *_REFUSALS, "ok", "timeout", "malformed", "truncated", "huge"})
-_LIMIT = 1000  # the advertised request quota; "remaining" counts down from it
+REQUEST_QUOTA = 1000  # the request quota advertised by default; "remaining" counts down from it
 
 
 def validate_step(step: Any) -> dict[str, Any]:
@@ -115,8 +115,9 @@ def _duration(seconds: float) -> str:
 class _State:
     """The plan, the record and the expected key, shared by the server thread and callers; one lock guards all."""
 
-    def __init__(self, api_key: str | None) -> None:
+    def __init__(self, api_key: str | None, quota: int = REQUEST_QUOTA) -> None:
         self.api_key = api_key
+        self.quota = quota  # requests advertised in the rate-limit headers; at 0 remaining a client should wait
         self.lock = threading.Lock()
         self.plan: list[dict[str, Any]] = []
         self.seen: list[dict[str, Any]] = []
@@ -245,17 +246,17 @@ def _refusal_response(api: str, kind: str, model: str, headers: dict[str, str]) 
     return web.json_response(body, status=status, headers=headers)
 
 
-def _rate_headers(api: str, remaining: int, reset_s: float) -> dict[str, str]:
+def _rate_headers(api: str, remaining: int, reset_s: float, limit: int = REQUEST_QUOTA) -> dict[str, str]:
     if api == "anthropic":
         moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=reset_s)
         stamp = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return {
-            "anthropic-ratelimit-requests-limit": str(_LIMIT),
+            "anthropic-ratelimit-requests-limit": str(limit),
             "anthropic-ratelimit-requests-remaining": str(remaining),
             "anthropic-ratelimit-requests-reset": stamp,
         }
     return {
-        "x-ratelimit-limit-requests": str(_LIMIT),
+        "x-ratelimit-limit-requests": str(limit),
         "x-ratelimit-remaining-requests": str(remaining),
         "x-ratelimit-reset-requests": _duration(reset_s),
     }
@@ -348,7 +349,7 @@ async def _answer(state: _State, api: str, request: web.Request) -> web.Response
     call = _describe_call(api, body, request, state.api_key)
     with state.lock:
         state.seen.append(call)
-        remaining = max(0, _LIMIT - len(state.seen))
+        remaining = max(0, state.quota - len(state.seen))
     if not call["key_matched"]:
         state.answered(call, "unauthorized")
         message = "invalid x-api-key" if call["key_present"] else "missing API key"
@@ -376,7 +377,7 @@ async def _answer(state: _State, api: str, request: web.Request) -> web.Response
         text = "x" * int(step.get("size_mb", 256) * 1_000_000)
     tokens_in = step.get("input_tokens", math.ceil(len(call["prompt"]) / 4))
     tokens_out = step.get("output_tokens", math.ceil(len(text) / 4))
-    headers.update(_rate_headers(api, remaining, 60.0))
+    headers.update(_rate_headers(api, remaining, 60.0, state.quota))
     payload = json.dumps(_success_body(api, call["model"], text, tokens_in, tokens_out))
     if kind == "malformed":
         payload = "<html>stand-in: this is not JSON</html>"
@@ -437,8 +438,12 @@ async def _start(state: _State, host: str, port: int) -> tuple[web.AppRunner, in
 class StandIn:
     """The stand-in server on ``host`` (a free port by default), in a thread with its own event loop."""
 
-    def __init__(self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._state = _State(api_key)
+    def __init__(
+        self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0, quota: int = REQUEST_QUOTA
+    ) -> None:
+        """``quota``: the requests it advertises in its rate-limit headers, counting down with each request seen
+        since reset; a real provider's worker pauses the stage at 0 remaining, so a long benchmark raises it."""
+        self._state = _State(api_key, quota)
         self._host, self._port = host, port
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

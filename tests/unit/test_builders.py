@@ -235,6 +235,8 @@ def test_a_job_shrinks_by_unfilled_slots_and_idle_pods_never_below_the_busy_ones
     assert builders.scale_in("Job", 6, 5, PODS, held) == builders.ScaleIn(5)
     # Wanting none leaves the pods that hold items.
     assert builders.scale_in("Job", 4, 0, PODS, held) == builders.ScaleIn(2, ("p-d", "p-b"))
+    # A pod retired before (it claims nothing any more) goes before any other.
+    assert builders.scale_in("Job", 4, 3, PODS, held, frozenset({"p-b"})) == builders.ScaleIn(3, ("p-b",))
     everyone_busy = {name: 1 for name, _started in PODS}
     assert builders.scale_in("Job", 4, 1, PODS, everyone_busy) == builders.ScaleIn(4)
     assert builders.scale_in("Job", 4, 7, PODS, everyone_busy) == builders.ScaleIn(7)  # growing is never held back

@@ -358,7 +358,12 @@ class ScaleIn:
 
 
 def scale_in(
-    kind: str, current: int, wanted: int, pods: Sequence[tuple[str, bool]], held: Mapping[str, int]
+    kind: str,
+    current: int,
+    wanted: int,
+    pods: Sequence[tuple[str, bool]],
+    held: Mapping[str, int],
+    retired: frozenset[str] = frozenset(),
 ) -> ScaleIn:
     """Shrink from ``current`` toward ``wanted`` without stopping a pod that holds an item.
 
@@ -369,8 +374,9 @@ def scale_in(
     controller deletes active pods of its own choosing and ignores deletion
     costs, so a Job's parallelism drops only by the slots no pod fills yet
     and by the idle pods named here, which the reconciler retires (they can
-    no longer claim) and deletes before lowering it. Pods not started yet go
-    first.
+    no longer claim) and deletes before lowering it. Pods retired before
+    (``retired``, which claim nothing any more) go first, then pods not
+    started yet.
     """
     if wanted >= current:
         return ScaleIn(wanted)
@@ -378,6 +384,6 @@ def scale_in(
     if kind == "Deployment":
         return ScaleIn(max(wanted, busy, 0))
     unfilled = min(current - wanted, max(0, current - len(pods)))
-    idle = sorted((started, name) for name, started in pods if held.get(name, 0) == 0)
-    retire = tuple(name for _started, name in idle[: current - wanted - unfilled])
+    idle = sorted((name not in retired, started, name) for name, started in pods if held.get(name, 0) == 0)
+    retire = tuple(name for _fresh, _started, name in idle[: current - wanted - unfilled])
     return ScaleIn(current - unfilled - len(retire), retire)

@@ -454,9 +454,9 @@ class Reconciler:
             if shrunk.size < observed.size:
                 await self._protect_busy(batch, pods, held)
             return shrunk.size
-        # Retired pods go first: they will never claim again.
-        order = sorted(pods, key=lambda p: p.name not in retired)
-        shrunk = builders.scale_in(observed.kind, observed.size, size, [(p.name, p.started) for p in order], held)
+        shrunk = builders.scale_in(
+            observed.kind, observed.size, size, [(p.name, p.started) for p in pods], held, retired
+        )
         confirmed = set(await producer.retire(self.redis, batch.uid, stage, shrunk.retire))
         for pod in pods:
             if pod.name in confirmed or pod.name in retired:

@@ -136,6 +136,10 @@ bench: install controlplane .venv-arq bench-bullmq ## benchmarks: dev cluster wa
 bench-node: install controlplane ## benchmark the real node: cold, warm and cached image builds, node start, pod start (~10 min); writes bench/results/node.json
 	$(PY) bench/node_bench.py
 
+.PHONY: bench-pods
+bench-pods: install controlplane ## benchmark pods that carry many calls on the real node: makespan against the ideal, memory and CPU per call (~5 min); writes bench/results/pods.json
+	$(PY) bench/pods_bench.py
+
 .PHONY: bench-build
 bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/
 	bench/controlplane_build.sh

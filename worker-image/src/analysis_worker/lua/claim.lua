@@ -4,7 +4,8 @@
 -- however many calls each may run. A consumer the operator retired to scale
 -- the stage in claims nothing: checked in the same step, so the operator's
 -- retire.lua, which retires only a consumer that holds nothing, and this
--- claim never cross.
+-- claim never cross. The group's size of PEL comes from XINFO GROUPS, which
+-- does not walk the group's consumers (a stage collects one per pod it ever ran).
 --
 -- KEYS[1] stage stream  KEYS[2] the stage's retired consumers (a set)
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] most entries wanted  ARGV[4] the stage's concurrency
@@ -14,7 +15,14 @@ local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 if redis.call('SISMEMBER', KEYS[2], consumer) == 1 then
   return {CLAIM_RETIRED}
 end
-local held = redis.call('XPENDING', stream, group)[1]
+local held, last = 0, '0-0'
+for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  if fields['name'] == group then
+    held, last = tonumber(fields['pending']), fields['last-delivered-id']
+  end
+end
 local free = tonumber(ARGV[4]) - held
 if free <= 0 then
   return {CLAIM_FULL}
@@ -23,11 +31,5 @@ local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', math.m
   'STREAMS', stream, '>')
 if reply and reply[1] and #reply[1][2] > 0 then
   return {reply[1][2]}
-end
-local last = '0-0'
-for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  local fields = {}
-  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
-  if fields['name'] == group then last = fields['last-delivered-id'] end
 end
 return {CLAIM_EMPTY, last}

@@ -140,6 +140,10 @@ bench-node: install controlplane ## benchmark the real node: cold, warm and cach
 bench-accounts: install ## benchmark a shared provider account: fair shares over time, utilization of its limit, a small batch behind a big one (~4 min); writes bench/results/accounts.json
 	$(PY) bench/accounts_bench.py
 
+.PHONY: bench-pods
+bench-pods: install controlplane ## benchmark pods that carry many calls on the real node: makespan against the ideal, memory and CPU per call (~5 min); writes bench/results/pods.json
+	$(PY) bench/pods_bench.py
+
 .PHONY: bench-build
 bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/
 	bench/controlplane_build.sh

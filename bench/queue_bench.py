@@ -6,7 +6,9 @@ everything measured, real worker processes, the zero-latency offline provider:
 1. throughput through one stage with 1 and 4 ``analysis-worker`` processes,
    and with as many arq 0.28 worker processes running a no-op job
    (``bench/arq_baseline.py``, from arq's own venv ``.venv-arq``), the same
-   concurrency per process (our stage ``concurrency`` = arq's ``max_jobs``).
+   concurrency per process (each worker's ``ANALYSIS_CONCURRENCY`` = arq's
+   ``max_jobs``; the stage's ``concurrency``, the cap of all its workers
+   together, is that times the most processes, so it never binds).
    Ours runs two ways: "idle workers" (workers up and idle, then the items are
    seeded; timed from seeding) and "backlog first" (items seeded, then the
    workers started; timed from their start), which is how arq runs (its jobs
@@ -266,7 +268,9 @@ class Bench:
                         "name": STAGE,
                         "provider": "local",
                         "prompt": "Analyse {{ item }}",
-                        "concurrency": self.settings.concurrency,
+                        # The stage's cap holds for all its workers together; each process runs concurrency
+                        # calls (ANALYSIS_CONCURRENCY below), as arq's max_jobs and BullMQ's concurrency do.
+                        "concurrency": self.settings.concurrency * max(self.settings.items),
                     }
                 ],
             }
@@ -297,6 +301,7 @@ class Bench:
                 env.MODE: "deployment",
                 env.LOG_FORMAT: "json",
                 env.GRACE_SECONDS: "5",
+                env.CONCURRENCY: str(self.settings.concurrency),
             }
             processes.append(self.procs.spawn([str(WORKER)], environ, f"{pod}.log"))
             pods.append(pod)

@@ -66,7 +66,10 @@ class Operator:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def env(self) -> dict[str, str]:
+        # PYTHONPATH passes through: a checkout run against another's virtualenv runs its own operator code.
+        passed = {name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}
         return {
+            **passed,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}",
             "HOME": os.environ.get("HOME", "/tmp"),
             "KUBECONFIG": str(self.dev.kubeconfig),

@@ -372,8 +372,8 @@ def test_logs_gathers_the_batchs_worker_logs_by_uid_and_stage(batches: Any) -> N
         return sorted(b["item"] for s, _pod, b in lines if s == stage and b.get("msg") == "succeeded")
 
     # Following picked up the polish pods, started after it began, and ended by itself once the batch was done.
-    # (It may also have seen a pod that is gone by now: a Job whose parallelism shrinks loses a pod. Never the
-    # earlier batch's pod, though.)
+    # (It may also have seen a pod that is gone by now: an idle pod the operator retired to scale a Job in. Never the
+    # earlier batch's pod, though; and never a pod that held an item, whose lines would be missing below.)
     live = parsed(followed_out)
     seen = {pod for _stage, pod, _body in live}
     assert set(pods) <= seen, (pods, seen)

@@ -262,7 +262,7 @@ async def test_dead_letters_end_once_and_are_rerun_with_their_input(redis: queue
     blocking = queue.connect_blocking(redis_url)
     try:
         q = consumer.StageQueue(redis, blocking, uid, "b", "pod")
-        (delivery,) = await q.claim(1, 100)
+        (delivery,) = (await q.claim(1, 100)).deliveries
         for _ in range(2):  # delivered three times without completing: dead-lettered
             await asyncio.sleep(0.06)
             await q.reclaim(10, lease_ms=50, max_deliveries=2)
@@ -277,7 +277,7 @@ async def test_dead_letters_end_once_and_are_rerun_with_their_input(redis: queue
 
         assert await producer.retry_failed(redis, uid, ["a", "b"]) == 1
         assert await producer.retry_failed(redis, uid, ["a", "b"]) == 0
-        (again,) = await q.claim(1, 100)
+        (again,) = (await q.claim(1, 100)).deliveries
         assert again.message == queue.Message(
             "NVDA", round=1, attempt=2, input=message.input, feedback="cite sources", first_attempt=2
         )
@@ -313,7 +313,7 @@ async def test_items_before_an_already_collected_fan_in_are_left_failed(redis: q
     blocking = queue.connect_blocking(redis_url)
     try:
         q = consumer.StageQueue(redis, blocking, uid, "analyze", "pod")
-        for delivery in await q.claim(2, 100):
+        for delivery in (await q.claim(2, 100)).deliveries:
             if delivery.message.item == "NVDA":
                 routes = [consumer.Route("rank", queue.Message("NVDA", input="x"), gather=True)]
                 await q.complete(delivery, {"status": "succeeded"}, result="x", increments={}, routes=routes)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from analysis_core import keys, plan, queue
+from analysis_core import keys, plan, queue, wire
 from analysis_operator import producer
 from analysis_worker import consumer
 
@@ -60,7 +60,7 @@ async def test_a_batch_keeps_its_layout_version_and_one_newer_than_the_operator_
 async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     q = stage_queue(clients, uid, "a", "pod-1")
-    (delivery,) = await q.claim(10, 100)
+    (delivery,) = (await q.claim(10, 100)).deliveries
     assert delivery.message == queue.Message("NVDA")
     assert (await q.counts()).running == 1
     idem = q.keys.idem("a", "NVDA", 0, 1)
@@ -79,10 +79,10 @@ async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis,
     assert counts.counters == {"succeeded": 1}
     assert await q.result(idem) == "analysis"
     nxt = stage_queue(clients, uid, "b", "pod-2")
-    (routed,) = await nxt.claim(10, 100)
+    (routed,) = (await nxt.claim(10, 100)).deliveries
     assert routed.message.input == idem
     assert (await nxt.counts()).running == 1
-    assert await q.claim(10, 50) == []
+    assert (await q.claim(10, 50)).deliveries == []
 
 
 async def script_calls(client: queue.Redis) -> int:
@@ -96,7 +96,7 @@ async def test_completions_finished_together_are_one_script_call_each_attempt_on
 ) -> None:
     uid = await seeded(clients, ["NVDA", "AMD", "TSM"])
     q = stage_queue(clients, uid, "a", "pod")
-    nvda, amd, tsm = await q.claim(3, 100)
+    nvda, amd, tsm = (await q.claim(3, 100)).deliveries
     assert [d.message.item for d in (nvda, amd, tsm)] == ["NVDA", "AMD", "TSM"]
     k = q.keys
     to_b = [consumer.Route("b", queue.Message("NVDA", input=k.idem("a", "NVDA", 0, 1)))]
@@ -119,7 +119,7 @@ async def test_completions_finished_together_are_one_script_call_each_attempt_on
     assert counts.counters == {"succeeded": 2, "children": 2, "failed": 1}
     # Each attempt's routes went where they lead, in order.
     b = stage_queue(clients, uid, "b", "pod-b")
-    assert [d.message.item for d in await b.claim(10, 100)] == ["NVDA", "AMD/y"]
+    assert [d.message.item for d in (await b.claim(10, 100)).deliveries] == ["NVDA", "AMD/y"]
     assert await clients[0].hgetall(k.gathered("c")) == {"AMD/x": "AMD-x"}
     assert await q.result(k.idem("a", "NVDA", 0, 1)) == "n"
     assert await q.result("AMD-x") == "x"
@@ -132,7 +132,7 @@ async def test_a_step_finishes_at_most_so_many_attempts_and_the_rest_go_in_the_n
     n = consumer.COMPLETIONS_PER_STEP + 1
     uid = await seeded(clients, [f"I{i:03d}" for i in range(n)])
     q = stage_queue(clients, uid, "a", "pod")
-    deliveries = await q.claim(n, 100)
+    deliveries = (await q.claim(n, n)).deliveries
     assert len(deliveries) == n
     before = await script_calls(clients[0])
     ok = {"status": "succeeded"}
@@ -149,7 +149,7 @@ async def test_a_completion_claims_the_next_messages_unless_the_batch_is_suspend
     uid = await seeded(clients, [f"I{i}" for i in range(8)])
     budget = plan.BudgetPlan(max_tokens=100)
     q = consumer.StageQueue(client, clients[1], uid, "a", "pod", budget=budget)
-    (delivery,) = await q.claim(1, 100)
+    (delivery,) = (await q.claim(1, 100)).deliveries
 
     async def finish(delivery: consumer.Delivery, tokens: int, claim: int) -> list[consumer.Delivery]:
         increments = {"succeeded": 1, "input_tokens": tokens}
@@ -174,7 +174,7 @@ async def test_a_completion_claims_the_next_messages_unless_the_batch_is_suspend
     assert budget.exceeded(usage) == "100 tokens used, budget.maxTokens is 100"
     # A flag another worker raised stops it too, whatever the usage says.
     unlimited = stage_queue(clients, uid, "a", "other")
-    (sixth,) = await unlimited.claim(1, 100)
+    (sixth,) = (await unlimited.claim(1, 100)).deliveries
     assert await consumer.raise_budget_exceeded(client, uid, "elsewhere")
     assert (await unlimited.finish(consumer.Completion(sixth, {}, "x", {}, claim=1))).claimed == []
     assert (await q.counts()).ready == 2
@@ -186,7 +186,7 @@ async def test_expired_lease_is_redelivered_and_the_first_completion_wins(
     uid = await seeded(clients, ["NVDA"])
     slow = stage_queue(clients, uid, "a", "slow")
     other = stage_queue(clients, uid, "a", "other")
-    (first,) = await slow.claim(1, 100)
+    (first,) = (await slow.claim(1, 100)).deliveries
     assert await other.reclaim(10, lease_ms=200, max_deliveries=5) == []  # still leased
     await asyncio.sleep(0.3)
     (second,) = await other.reclaim(10, lease_ms=200, max_deliveries=5)
@@ -206,7 +206,7 @@ async def test_renewed_lease_is_not_taken_over(clients: tuple[queue.Redis, queue
     uid = await seeded(clients, ["NVDA"])
     holder = stage_queue(clients, uid, "a", "holder")
     other = stage_queue(clients, uid, "a", "other")
-    (delivery,) = await holder.claim(1, 100)
+    (delivery,) = (await holder.claim(1, 100)).deliveries
     for _ in range(3):
         await asyncio.sleep(0.12)
         assert await holder.renew([delivery.entry_id]) == []
@@ -216,7 +216,7 @@ async def test_renewed_lease_is_not_taken_over(clients: tuple[queue.Redis, queue
 async def test_dead_letter_after_the_delivery_bound(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     q = stage_queue(clients, uid, "a", "pod")
-    (delivery,) = await q.claim(1, 100)
+    (delivery,) = (await q.claim(1, 100)).deliveries
     await asyncio.sleep(0.06)
     (again,) = await q.reclaim(10, lease_ms=50, max_deliveries=2)
     assert again.deliveries == 2
@@ -235,7 +235,7 @@ async def test_dead_letter_after_the_delivery_bound(clients: tuple[queue.Redis, 
 async def test_retry_waits_in_the_delayed_set_and_counts_attempts(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     q = stage_queue(clients, uid, "a", "pod")
-    (delivery,) = await q.claim(1, 100)
+    (delivery,) = (await q.claim(1, 100)).deliveries
     retry = queue.Message("NVDA", attempt=2, since_ms=123)
     assert await q.retry(delivery, retry, delay_ms=150, outcome={"status": "retry"}, increments={"retries": 1})
     # The same attempt cannot be retried twice (a slow duplicate failing too).
@@ -247,7 +247,7 @@ async def test_retry_waits_in_the_delayed_set_and_counts_attempts(clients: tuple
     assert 0 < wait_ms <= 150
     await asyncio.sleep(wait_ms / 1000 + 0.02)
     assert (await q.promote())[0] == 1
-    (redelivered,) = await q.claim(1, 100)
+    (redelivered,) = (await q.claim(1, 100)).deliveries
     assert redelivered.message == retry
     assert (await q.counts()).counters == {"retries": 1}
 
@@ -255,10 +255,10 @@ async def test_retry_waits_in_the_delayed_set_and_counts_attempts(clients: tuple
 async def test_a_rate_limited_retry_keeps_its_attempt(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     q = stage_queue(clients, uid, "a", "pod")
-    (delivery,) = await q.claim(1, 100)
+    (delivery,) = (await q.claim(1, 100)).deliveries
     assert await q.retry(delivery, delivery.message, delay_ms=0, outcome=None, increments={"rate_limited": 1})
     await q.promote()
-    (again,) = await q.claim(1, 100)
+    (again,) = (await q.claim(1, 100)).deliveries
     assert again.message.attempt == 1
     assert await q.complete(again, {"status": "succeeded"}, result="ok", increments={"succeeded": 1})
 
@@ -267,32 +267,86 @@ async def test_hand_back_makes_work_available_at_once(clients: tuple[queue.Redis
     uid = await seeded(clients, ["NVDA", "AMD"])
     leaving = stage_queue(clients, uid, "a", "leaving")
     staying = stage_queue(clients, uid, "a", "staying")
-    claimed = await leaving.claim(2, 100)
+    claimed = (await leaving.claim(2, 100)).deliveries
     assert len(claimed) == 2
     assert set(await leaving.pending_ids()) == {d.entry_id for d in claimed}
     assert await leaving.hand_back(await leaving.pending_ids()) == 2
-    taken = await staying.claim(5, 100)
+    taken = (await staying.claim(5, 100)).deliveries
     assert sorted(d.message.item for d in taken) == ["AMD", "NVDA"]
     assert await leaving.pending_ids() == []
 
 
-async def test_a_blocked_claim_wakes_when_work_arrives(clients: tuple[queue.Redis, queue.Redis]) -> None:
+async def test_a_wait_on_an_empty_stage_wakes_when_work_arrives(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = uuid.uuid4().hex
     await producer.seed(clients[0], uid, ["a"], [])
     q = stage_queue(clients, uid, "a", "pod")
-    waiting = asyncio.create_task(q.claim(1, 5000))
+    empty = await q.claim(1, 100)
+    assert (empty.deliveries, empty.empty_because) == ([], wire.CLAIM_EMPTY)
+    waiting = asyncio.create_task(q.wait_for_new(empty.last_id, 5000))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     fields = queue.Message("NVDA").fields()
     await clients[0].xadd(keys.BatchKeys(uid).stream("a"), dict(zip(fields[::2], fields[1::2], strict=True)))
-    (delivery,) = await asyncio.wait_for(waiting, timeout=2)  # well before the 5 s block ends
+    await asyncio.wait_for(waiting, timeout=2)  # well before the 5 s block ends
+    (delivery,) = (await q.claim(1, 100)).deliveries  # the wait claimed nothing: the claim does
     assert delivery.message.item == "NVDA"
+
+
+async def test_workers_together_claim_no_more_than_the_stages_concurrency(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    uid = await seeded(clients, ["A", "B", "C", "D", "E"])
+    one, two = stage_queue(clients, uid, "a", "pod-1"), stage_queue(clients, uid, "a", "pod-2")
+    assert len((await one.claim(3, 4)).deliveries) == 3
+    (last,) = (await two.claim(3, 4)).deliveries  # the fourth: the stage holds its concurrency's worth
+    full = await two.claim(3, 4)
+    assert (full.deliveries, full.empty_because) == ([], wire.CLAIM_FULL)
+    assert await two.complete(last, {"status": "succeeded"}, result="ok", increments={"succeeded": 1})
+    assert len((await two.claim(3, 4)).deliveries) == 1  # a slot freed: E
+
+
+async def test_a_completions_claim_keeps_the_stages_concurrency_and_a_retired_worker_takes_no_successor(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    client, uid = clients[0], await seeded(clients, ["A", "B", "C", "D", "E"])
+    one = consumer.StageQueue(client, clients[1], uid, "a", "pod-1", concurrency=3)
+    two = consumer.StageQueue(client, clients[1], uid, "a", "pod-2", concurrency=3)
+    a, _ = (await one.claim(2, 3)).deliveries
+    (c,) = (await two.claim(2, 3)).deliveries  # the stage holds three: its concurrency
+    ok = {"status": "succeeded"}
+    # Finishing one of three frees one slot: asking for two claims only one.
+    done = await one.finish(consumer.Completion(a, ok, "x", {"succeeded": 1}, claim=2))
+    assert [d.message.item for d in done.claimed] == ["D"]
+    # complete.lua checks retirement as claim.lua does: a retired worker takes no successor, even with room.
+    # (retire.lua retires only workers that hold nothing; this one is marked directly, holding C.)
+    await client.sadd(keys.BatchKeys(uid).retiring("a"), "pod-2")
+    roomy = consumer.StageQueue(client, clients[1], uid, "a", "pod-2", concurrency=10)
+    finished = await roomy.finish(consumer.Completion(c, ok, "x", {"succeeded": 1}, claim=1))
+    assert (finished.first, finished.claimed) == (True, [])
+    assert [d.message.item for d in (await one.claim(5, 10)).deliveries] == ["E"]
+
+
+async def test_a_retired_worker_claims_and_reclaims_nothing_and_only_an_idle_one_is_retired(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    client, uid = clients[0], await seeded(clients, ["A", "B"])
+    busy, idle = stage_queue(clients, uid, "a", "pod-busy"), stage_queue(clients, uid, "a", "pod-idle")
+    (held,) = (await busy.claim(1, 10)).deliveries
+    assert await producer.retire(client, uid, "a", ["pod-busy", "pod-idle"]) == ["pod-idle"]
+    retired = await idle.claim(1, 10)
+    assert (retired.deliveries, retired.empty_because) == ([], wire.CLAIM_RETIRED)
+    await asyncio.sleep(0.1)
+    assert await idle.reclaim(10, lease_ms=50, max_deliveries=5) == []  # busy's lease expired; not for idle
+    (again,) = await busy.reclaim(10, lease_ms=50, max_deliveries=5)
+    assert again.message.item == held.message.item
+    snap = await producer.snapshot(client, uid, ["a"])
+    assert (snap.held["a"], snap.retired["a"]) == ({"pod-busy": 1}, frozenset({"pod-idle"}))
 
 
 async def test_a_restarted_worker_resumes_what_it_held(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     before = stage_queue(clients, uid, "a", "pod-0")
-    (held,) = await before.claim(1, 100)
+    (held,) = (await before.claim(1, 100)).deliveries
     after = stage_queue(clients, uid, "a", "pod-0")  # same pod name, new process
     (resumed,) = await after.claim_own_pending(10)
     assert resumed.entry_id == held.entry_id
@@ -311,7 +365,7 @@ async def test_a_redelivered_fan_out_completion_creates_no_second_set_of_childre
 ) -> None:
     uid = await seeded(clients, ["semis"])
     q = stage_queue(clients, uid, "a", "pod")
-    (delivery,) = await q.claim(1, 100)
+    (delivery,) = (await q.claim(1, 100)).deliveries
     idem = q.keys.idem("a", "semis", 0, 1)
     children = [consumer.Route("b", queue.Message(f"semis/{t}", input=f"{idem}#{t}")) for t in ("NVDA", "AMD")]
     inputs = {f"{idem}#{t}": t for t in ("NVDA", "AMD")}
@@ -351,17 +405,17 @@ async def test_flags_the_operator_sets_are_what_workers_and_snapshots_read(
     assert (snap.suspended, snap.budget_exceeded, snap.run) == (False, None, 2)
 
 
-async def test_the_operator_reads_what_each_worker_holds_from_its_heartbeat(
+async def test_the_operator_reads_what_each_worker_holds_from_the_leases_and_the_heartbeat_expires(
     clients: tuple[queue.Redis, queue.Redis],
 ) -> None:
-    client, uid = clients[0], uuid.uuid4().hex
+    client, uid = clients[0], await seeded(clients, ["A", "B", "C"])
+    assert len((await stage_queue(clients, uid, "a", "pod-1").claim(2, 10)).deliveries) == 2
     await consumer.beat(client, uid, "a", "pod-1", in_flight=2, ttl_s=5, about={"claimed": 7})
     await consumer.beat(client, uid, "a", "pod-2", in_flight=0, ttl_s=5, about={})
     assert await consumer.beating(client, uid, "a", "pod-1")
     assert not await consumer.beating(client, uid, "a", "pod-3")
-    held = await producer.items_in_flight(client, uid, "a", ["pod-1", "pod-2", "pod-3"])
-    assert held == {"pod-1": 2, "pod-2": 0, "pod-3": 0}
-    assert await producer.items_in_flight(client, uid, "a", []) == {}
+    snap = await producer.snapshot(client, uid, ["a", "b"])
+    assert (snap.held, snap.retired) == ({"a": {"pod-1": 2}, "b": {}}, {"a": frozenset(), "b": frozenset()})
     await consumer.beat(client, uid, "a", "pod-1", in_flight=1, ttl_s=0.05, about={})
     await asyncio.sleep(0.2)
     assert not await consumer.beating(client, uid, "a", "pod-1")  # a worker that stops beating goes stale

@@ -66,6 +66,7 @@ def test_defaults_match_what_the_schema_documents() -> None:
     assert stage.retry.max_attempts == 3
     assert (stage.retry.backoff.initial_seconds, stage.retry.backoff.factor) == (2, 2)
     assert stage.max_rejections is None  # judge-only; the plan compiler applies 3
+    assert stage.calls_per_pod is None  # the operator's setting (builders.calls_per_pod)
 
 
 def test_unknown_fields_and_mutation_are_refused() -> None:

@@ -160,31 +160,92 @@ def test_a_job_is_renamed_when_its_template_or_run_changes_but_not_by_an_approva
     assert re.fullmatch(r"semis-q3-analyze-[0-9a-f]{6}", job["metadata"]["name"])
 
 
-def test_a_job_ignores_workers_stopped_by_a_scale_down() -> None:
+def test_a_job_ignores_workers_stopped_by_a_scale_down_and_never_replaces_them_while_they_stop() -> None:
     job = builders.worker_job(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, parallelism=1)
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [env.EXIT_STOPPED_EARLY]}} in rules
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    assert {"name": env.CONCURRENCY, "value": "1"} in container["env"]
+    assert job["spec"]["podReplacementPolicy"] == "Failed"
+
+
+def stage_with(**fields: Any) -> plan.StagePlan:
+    stage = {"name": "analyze", "provider": "claude", "prompt": "{{ item }}", **fields}
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {"items": ["NVDA"], "providers": {"claude": {"type": "offline"}}, "stages": [stage]}
+    )
+    return plan.compile_plan(BATCH.uid, spec).stage("analyze")
+
+
+def env_of(stage: plan.StagePlan, settings: builders.WorkerSettings = SETTINGS) -> dict[str, Any]:
+    pod = builders.worker_pod_template(BATCH, the_plan(), stage, settings, mode="job")
+    return {v["name"]: v.get("value") for v in pod["spec"]["containers"][0]["env"]}
+
+
+def test_a_pod_runs_the_operators_calls_per_pod_unless_its_stage_sets_its_own() -> None:
+    assert SETTINGS.calls_per_pod == v1alpha1.DEFAULT_CALLS_PER_POD == 16
+    assert env_of(stage_with())[env.CONCURRENCY] == "16"
+    assert env_of(stage_with(), dataclasses.replace(SETTINGS, calls_per_pod=5))[env.CONCURRENCY] == "5"
+    assert env_of(stage_with(callsPerPod=2), dataclasses.replace(SETTINGS, calls_per_pod=5))[env.CONCURRENCY] == "2"
 
 
 @pytest.mark.parametrize(
-    ("ready", "running", "retrying", "stopping", "current", "expected"),
+    ("timeout_s", "worker_grace_s"),
     [
-        (0, 0, 0, False, 0, 0),  # nothing to do: no pods
-        (3, 0, 0, False, 0, 3),
-        (50, 2, 0, False, 4, 4),  # capped by concurrency
-        (0, 0, 7, False, 2, 1),  # retries waiting: one pod promotes them when due
-        (9, 2, 0, True, 4, 2),  # suspended: only pods with work in flight stay
-        (9, 0, 0, True, 4, 0),
+        (300, 305),  # the default timeout: a call started just before SIGTERM reaches its deadline and is recorded
+        (5, SETTINGS.grace_s),  # never less than the operator's grace
+        (86400, env.MAX_GRACE_SECONDS),  # capped: a pod does not linger for a day
     ],
 )
-def test_stages_are_sized_by_backlog_and_in_flight(
-    ready: int, running: int, retrying: int, stopping: bool, current: int, expected: int
+def test_a_stopping_pod_waits_for_its_calls_up_to_their_deadline_within_the_cap(
+    timeout_s: int, worker_grace_s: int
 ) -> None:
-    compiled = the_plan()
+    stage = stage_with(timeoutSeconds=timeout_s)
+    pod = builders.worker_pod_template(BATCH, the_plan(), stage, SETTINGS, mode="job")
+    assert env_of(stage)[env.GRACE_SECONDS] == str(worker_grace_s)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == worker_grace_s + env.GRACE_MARGIN_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "calls_per_pod", "ready", "running", "retrying", "stopping", "expected"),
+    [
+        (4, 16, 0, 0, 0, False, 0),  # nothing to do: no pods
+        (4, 16, 3, 0, 0, False, 1),
+        (4, 1, 3, 0, 0, False, 3),  # one call per pod: a pod per call
+        (100, 16, 2000, 0, 0, False, 7),  # ceil(100 / 16)
+        (100, 16, 0, 33, 0, False, 3),  # ceil(33 / 16)
+        (4, 1, 50, 2, 0, False, 4),  # capped by concurrency
+        (4, 16, 0, 0, 7, False, 1),  # retries waiting: one pod promotes them when due
+        (4, 16, 9, 2, 0, True, 0),  # stopping wants none; the reconciler keeps pods that hold items
+    ],
+)
+def test_stages_are_sized_by_backlog_and_in_flight_over_calls_per_pod(
+    concurrency: int, calls_per_pod: int, ready: int, running: int, retrying: int, stopping: bool, expected: int
+) -> None:
+    stage = stage_with(concurrency=concurrency, callsPerPod=calls_per_pod)
     counts = queue.StageCounts(ready, running, retrying, {})
-    assert builders.sized(compiled, compiled.stage("analyze"), counts, current=current, stopping=stopping) == expected
+    assert builders.sized(stage, counts, SETTINGS, stopping=stopping) == expected
+
+
+PODS = [("p-a", True), ("p-b", True), ("p-c", True), ("p-d", False)]  # (name, started); p-d is still pending
+
+
+def test_a_job_shrinks_by_unfilled_slots_and_idle_pods_never_below_the_busy_ones() -> None:
+    held = {"p-a": 3, "p-c": 1}
+    # Two slots no pod fills yet go first, then idle pods, those not started yet first.
+    assert builders.scale_in("Job", 6, 3, PODS, held) == builders.ScaleIn(3, ("p-d",))
+    assert builders.scale_in("Job", 6, 5, PODS, held) == builders.ScaleIn(5)
+    # Wanting none leaves the pods that hold items.
+    assert builders.scale_in("Job", 4, 0, PODS, held) == builders.ScaleIn(2, ("p-d", "p-b"))
+    # A pod retired before (it claims nothing any more) goes before any other.
+    assert builders.scale_in("Job", 4, 3, PODS, held, frozenset({"p-b"})) == builders.ScaleIn(3, ("p-b",))
+    everyone_busy = {name: 1 for name, _started in PODS}
+    assert builders.scale_in("Job", 4, 1, PODS, everyone_busy) == builders.ScaleIn(4)
+    assert builders.scale_in("Job", 4, 7, PODS, everyone_busy) == builders.ScaleIn(7)  # growing is never held back
+
+
+def test_a_deployment_keeps_a_replica_per_busy_pod_and_lets_deletion_costs_pick_the_idle_ones() -> None:
+    held = {"p-a": 3, "p-c": 1}
+    assert builders.scale_in("Deployment", 4, 0, PODS, held) == builders.ScaleIn(2)
+    assert builders.scale_in("Deployment", 4, 3, PODS, held) == builders.ScaleIn(3)
 
 
 def account_plan(egress: dict[str, Any] | None) -> plan.Plan:

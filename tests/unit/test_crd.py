@@ -103,6 +103,10 @@ def test_defaults_bounds_and_enums_reach_the_schema(schema: dict[str, Any]) -> N
     assert props["type"]["default"] == "generate"
     assert props["executor"]["enum"] == ["Job", "Deployment"]
     assert props["concurrency"] == {**props["concurrency"], "default": 4, "minimum": 1, "maximum": 1000}
+    # No schema default: unset means the operator's setting, which the description quotes.
+    assert props["callsPerPod"] == {**props["callsPerPod"], "minimum": 1, "maximum": v1alpha1.MAX_CALLS_PER_POD}
+    assert "default" not in props["callsPerPod"]
+    assert f"default {v1alpha1.DEFAULT_CALLS_PER_POD}" in props["callsPerPod"]["description"]
     assert props["retry"]["default"] == {}
     assert props["retry"]["properties"]["backoff"]["default"] == {}
     assert props["retry"]["properties"]["backoff"]["properties"]["initialSeconds"]["exclusiveMinimum"] is True

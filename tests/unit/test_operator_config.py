@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import analysis_core
+from analysis_core.api import v1alpha1
 from analysis_operator.config import ConfigError, OperatorConfig
 
 pytestmark = pytest.mark.unit
@@ -54,3 +55,11 @@ def test_the_operators_own_namespace_is_where_account_ca_bundles_are_read() -> N
     assert OperatorConfig.from_env(BASE).namespace is None  # unset: a batch on a bundle says so in a condition
     cfg = OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_NAMESPACE": "analysis-system"})
     assert cfg.namespace == "analysis-system"
+
+
+def test_calls_per_pod_defaults_to_the_api_constant_and_is_bounded() -> None:
+    assert OperatorConfig.from_env(BASE).worker.calls_per_pod == v1alpha1.DEFAULT_CALLS_PER_POD
+    assert OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_CALLS_PER_POD": "4"}).worker.calls_per_pod == 4
+    for bad in ("0", "x", str(v1alpha1.MAX_CALLS_PER_POD + 1)):
+        with pytest.raises(ConfigError, match=f"ANALYSIS_OPERATOR_CALLS_PER_POD='{bad}' must be a whole number"):
+            OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_CALLS_PER_POD": bad})

@@ -221,6 +221,21 @@ def test_a_worker_reads_its_own_plan_and_refuses_a_newer_one_by_its_version() ->
         plan.Plan.loads(json.dumps(newer))
 
 
+def test_a_version_2_plan_reads_as_version_3_and_a_version_2_worker_refuses_version_3() -> None:
+    # Version 3 made concurrency the cap of the whole stage; version-2 workers ran one call per pod, so it was then.
+    compiled = plan.compile_plan(
+        "uid", spec({"name": "a", "provider": "main", "prompt": "{{ item }}", "callsPerPod": 3})
+    )
+    assert compiled.version == plan.PLAN_VERSION == 3
+    assert compiled.stage("a").calls_per_pod == 3
+    v2 = json.loads(compiled.dumps())
+    v2["version"] = 2
+    del v2["stages"][0]["calls_per_pod"]
+    assert plan.Plan.loads(json.dumps(v2)) == compiled.model_copy(
+        update={"stages": [compiled.stage("a").model_copy(update={"calls_per_pod": None})]}
+    )
+
+
 def test_a_version_1_plan_reads_as_the_plan_this_compiler_makes_of_the_same_spec() -> None:
     # What an operator of the previous release published: a new worker may start before the new operator rewrites it.
     v1 = json.loads((Path(__file__).parent / "plan-v1.json").read_text(encoding="utf-8"))

@@ -69,6 +69,15 @@ def test_deleting_pods_and_healthy_pods_report_nothing() -> None:
     assert creating.live
 
 
+def test_a_pod_summary_names_its_owner_and_whether_it_started() -> None:
+    owned = reconciler.pod_summary(
+        pod("ContainerCreating", "", ownerReferences=[{"kind": "Job", "name": "b-s-1a2b3c"}])
+    )
+    assert (owned.owner, owned.started, owned.live) == ("b-s-1a2b3c", False, True)
+    running = reconciler.pod_summary({**pod("", ""), "status": {"phase": "Running"}})
+    assert (running.owner, running.started) == ("", True)
+
+
 def test_workload_summaries() -> None:
     job = {
         "kind": "Job",

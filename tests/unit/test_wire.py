@@ -112,6 +112,9 @@ STORED = {
     "REPORT_REFUSED_MODEL": "report_refused_model",
     "REPORT_REFUSED_AT": "report_refused_at",
     "REPORT_PASSED_AT": "report_passed_at",
+    "CLAIM_FULL": "full",
+    "CLAIM_EMPTY": "empty",
+    "CLAIM_RETIRED": "retired",
 }
 
 

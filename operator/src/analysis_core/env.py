@@ -12,7 +12,9 @@ PLAN_PATH = "ANALYSIS_PLAN_PATH"  # the published plan (a mounted ConfigMap key)
 POD_NAME = "ANALYSIS_POD_NAME"  # from the downward API; the Redis consumer name
 API_KEY = "ANALYSIS_API_KEY"  # from the provider's Secret; never logged
 MODE = "ANALYSIS_MODE"  # "job" (exit when sealed and drained) or "deployment" (idle)
-CONCURRENCY = "ANALYSIS_CONCURRENCY"  # calls in flight in this process
+# Calls in flight in this process (the operator sets the stage's calls per pod); the stage's concurrency, from the
+# plan, caps what all its workers hold together.
+CONCURRENCY = "ANALYSIS_CONCURRENCY"
 GRACE_SECONDS = "ANALYSIS_GRACE_SECONDS"  # SIGTERM: finish or hand back within this
 HEALTH_TTL_SECONDS = "ANALYSIS_HEALTH_TTL_SECONDS"  # a heartbeat older than this fails the liveness check
 PRICES_PATH = "ANALYSIS_PRICES_PATH"  # a price table overriding the packaged one
@@ -31,6 +33,12 @@ DEFAULT_CA_BUNDLE_DIR = "/etc/analysis/ca"
 DEFAULT_GRACE_SECONDS = 25
 DEFAULT_HEALTH_TTL_SECONDS = 15
 DEFAULT_QUOTA_PROBE_SECONDS = 5
+# The longest a stopping worker waits for its calls: the operator sets GRACE_SECONDS to the stage's timeoutSeconds
+# plus GRACE_MARGIN_SECONDS (to record the call's end), at least its own grace setting and at most this, and the
+# pod's terminationGracePeriodSeconds GRACE_MARGIN_SECONDS longer (to hand back what is left). A pod must not linger
+# in Terminating for the hours a long timeoutSeconds allows; calls cut by the cap are handed back and run again.
+MAX_GRACE_SECONDS = 600
+GRACE_MARGIN_SECONDS = 5
 
 # A Job-mode worker stopped before its stage is done (SIGTERM from a scale-down
 # or a suspend) exits with this code, 128 + SIGTERM; the Job's podFailurePolicy

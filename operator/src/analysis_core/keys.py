@@ -107,6 +107,10 @@ class BatchKeys:
         """Marker that a collect stage's items were combined (makes collecting idempotent)."""
         return f"{self.tag}:collected:{stage}"
 
+    def retiring(self, stage: str) -> str:
+        """Set of the stage's worker pods the operator retired to scale in: they claim nothing more, and go."""
+        return f"{self.tag}:retiring:{stage}"
+
     def health(self, stage: str, consumer: str) -> str:
         """A worker's heartbeat, with a TTL."""
         return f"{self.tag}:health:{stage}:{consumer}"

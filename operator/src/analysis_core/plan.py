@@ -49,8 +49,10 @@ from analysis_core.api import v1alpha1
 # The plan's schema version. A worker reads every plan from version 1 up to its own (``Plan.loads`` upgrades an
 # older one) and refuses a newer one rather than guess at it; a change that an older worker would misread bumps it
 # (docs/design.md#upgrades). Version 2 named every field as the spec does (version 1: ``timeout_s``, ``retry``'s
-# ``initial_s``, ``rate_limit.requests``, ...) and resolved ``fanOut.order``. Version 3 added a provider's
-# ``account`` (a version-2 plan has none, and reads as it is).
+# ``initial_s``, ``rate_limit.requests``, ...) and resolved ``fanOut.order``. Version 3 added ``calls_per_pod`` and
+# made ``concurrency`` the cap of the whole stage, which its workers keep together: a version-2 worker would read
+# it as its own, and run as many calls as its pod's ``ANALYSIS_CONCURRENCY`` (several per pod now) allows; and it
+# added a provider's ``account`` (a version-2 plan has none of either, and reads as it is).
 PLAN_VERSION = 3
 # Settings the spec has no field for, each stated here only; ``compile_plan`` puts them in every plan.
 # The window that rateLimit's "per minute" counts over.
@@ -160,7 +162,8 @@ class StagePlan(_Frozen):
     reviews: str | None = None
     max_rejections: int
     on_exhausted: v1alpha1.OnExhausted
-    concurrency: int
+    concurrency: int  # calls in flight for the whole stage: its workers hold at most this many items together
+    calls_per_pod: int | None = None  # None: the operator's setting (the builders resolve it)
     rate_limit: RateLimitPlan | None = None
     timeout_seconds: float
     retry: errors.RetryPolicy
@@ -207,6 +210,10 @@ class Plan(_Frozen):
             )
         if version == 1:
             raw = _from_version_1(raw)
+        if raw.get("version") == 2:
+            # Nothing to rename: version 2's fields are version 3's. Its workers ran one call per pod, so the
+            # stage's concurrency was the cap of the whole stage then too.
+            raw = {**raw, "version": PLAN_VERSION}
         return cls.model_validate(raw)
 
     @classmethod
@@ -223,7 +230,7 @@ def _from_version_1(raw: dict[str, Any]) -> dict[str, Any]:
     What version 1 meant is fixed, so that is Descending here, whatever the
     API's default becomes. Anything malformed is passed on for validation to refuse.
     """
-    upgraded = {**raw, "version": PLAN_VERSION}
+    upgraded = {**raw, "version": 2}
     if isinstance(providers := raw.get("providers"), dict):
         upgraded["providers"] = {
             name: _renamed(provider, {"api_key_secret": "api_key_secret_ref"}) for name, provider in providers.items()
@@ -404,6 +411,7 @@ def compile_plan(
                 max_rejections=v1alpha1.DEFAULT_MAX_REJECTIONS if s.max_rejections is None else s.max_rejections,
                 on_exhausted=s.on_exhausted or v1alpha1.DEFAULT_ON_EXHAUSTED,
                 concurrency=s.concurrency,
+                calls_per_pod=s.calls_per_pod,
                 rate_limit=None
                 if s.rate_limit is None
                 else RateLimitPlan(

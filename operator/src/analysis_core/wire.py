@@ -29,12 +29,13 @@ instead. What the names are:
 - ``COLLECTED_*``: the fields of each element of a collect stage's combined
   input (a JSON list, what its prompt sees as ``input``);
 - ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``);
+- ``CLAIM_*``: why ``claim.lua`` claimed nothing;
 - ``QUOTA_*``: the fields of a stage's quota pause (``keys.LIMITER_QUOTA``),
   which the worker whose call the provider refused for quota or billing
   writes, its probes update, and the operator reads into a condition;
 - ``ALLOW_*``: a batch's allowance of a provider account
   (``keys.ALLOWANCE_GRANT``), which only the operator writes and the workers
-  spend; ``WANT_*`` and ``REPORT_*``: what the workers tell the operator
+  spend; ``REPORT_*``: what the workers tell the operator
   about that account (docs/design.md#provider-accounts).
 """
 
@@ -145,6 +146,11 @@ REPORT_REFUSED = "report_refused"  # the provider's words refusing a call for qu
 REPORT_REFUSED_MODEL = "report_refused_model"  # the model, when the refusal concerns that model only ("" otherwise)
 REPORT_REFUSED_AT = "report_refused_at"  # ms: when
 REPORT_PASSED_AT = "report_passed_at"  # ms: a probe call the provider answered (the account can pay again)
+
+# ---- what claim.lua answers when it claims nothing
+CLAIM_FULL = "full"  # the stage's workers hold its concurrency's worth of items together
+CLAIM_EMPTY = "empty"  # nothing new in the stream; with the id to wait for newer entries after
+CLAIM_RETIRED = "retired"  # the operator retired this worker to scale the stage in: it claims nothing more
 
 
 def approved_in_round(round_: int) -> str:

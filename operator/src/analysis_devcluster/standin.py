@@ -7,7 +7,7 @@ to accept its answers and to raise their proper exception classes for its
 errors. Tests use :class:`StandIn` in-process (a server thread with its own
 event loop); a demo runs ``python -m analysis_devcluster.standin --port N``
 and drives it over HTTP (``PUT /_standin/plan``, ``GET /_standin/requests``,
-``POST /_standin/reset``). Workers in other processes just point their
+``GET /_standin/concurrency``, ``POST /_standin/reset``). Workers in other processes just point their
 provider's base URL at it. With ``tls=(certfile, keyfile)`` it serves HTTPS
 instead (``pki.write_serving`` makes a private CA and a certificate for it),
 as a provider's gateway with its own CA does.
@@ -15,10 +15,13 @@ as a provider's gateway with its own CA does.
 A fault plan is an ordered list of steps; each request consumes the first
 step that matches it (``match``: a substring of its prompt; ``api``:
 "anthropic" or "openai"; ``times``: how many requests it serves), and with
-no step left it answers with a deterministic success. Every request is
-recorded, without its key, with the kind of answer it got (``kind``) and the
-address it came from (``peer``), so a test counts what reached the provider,
-how it was answered, and over which connection (through a proxy, say).
+no step left it answers with a deterministic success; a step's ``delay_s``
+holds its answer back (a provider's latency). Every request is recorded,
+without its key, with the kind of answer it got (``kind``) and the address it
+came from (``peer``), so a test counts what reached the provider, how it was
+answered, and over which connection (through a proxy, say); and the requests
+in flight are counted, with the most at once (``concurrency``), so a test sees
+how many calls a stage had out at its peak.
 
 Refusals for quota and billing answer with the providers' real bodies, each
 in the words of the API called: ``insufficient_quota`` and ``low_credit``
@@ -123,6 +126,8 @@ class _State:
         self.lock = threading.Lock()
         self.plan: list[dict[str, Any]] = []
         self.seen: list[dict[str, Any]] = []
+        self.in_flight = 0  # provider requests received and not yet answered
+        self.peak = 0  # the most in flight at once since the last reset
 
     def set_plan(self, steps: list[dict[str, Any]]) -> None:
         plan = [validate_step(step) for step in steps]  # all or nothing: validate before replacing
@@ -132,6 +137,21 @@ class _State:
     def reset(self) -> None:
         with self.lock:
             self.plan, self.seen = [], []
+            self.peak = self.in_flight
+
+    def arrived(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+
+    def left(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def concurrency(self) -> dict[str, int]:
+        """Requests in flight now, and the most at once since the last reset."""
+        with self.lock:
+            return {"in_flight": self.in_flight, "peak": self.peak}
 
     def requests(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -323,6 +343,14 @@ def _step_headers(api: str, step: dict[str, Any]) -> dict[str, str]:
 
 
 async def _handle(state: _State, api: str, request: web.Request) -> web.Response:
+    state.arrived()
+    try:
+        return await _answer(state, api, request)
+    finally:
+        state.left()
+
+
+async def _answer(state: _State, api: str, request: web.Request) -> web.Response:
     headers = {"request-id" if api == "anthropic" else "x-request-id": f"req_standin_{uuid.uuid4().hex[:16]}"}
     try:
         body = await request.json()
@@ -347,12 +375,14 @@ async def _handle(state: _State, api: str, request: web.Request) -> web.Response
     kind = step["kind"]
     state.answered(call, kind)
     headers.update(_step_headers(api, step))
+    # Any step may take its time (a provider's latency); a timeout takes 5 s unless it says otherwise.
+    delay_s = step.get("delay_s", 5.0 if kind == "timeout" else 0.0)
+    if delay_s:
+        await asyncio.sleep(delay_s)
     if kind in _ERRORS:
         return _error_response(api, kind, f"stand-in {kind}", headers)
     if kind in _REFUSALS:
         return _refusal_response(api, kind, call["model"], headers)
-    if kind == "timeout":
-        await asyncio.sleep(step.get("delay_s", 5.0))
     text = step.get("text", "stand-in answer: " + call["prompt"][:200])
     if kind == "huge":
         # A well-formed answer of size_mb megabytes: more than a small worker's memory limit can hold.
@@ -390,6 +420,9 @@ def make_app(state: _State) -> web.Application:
     async def get_requests(request: web.Request) -> web.Response:
         return web.json_response(state.requests())
 
+    async def get_concurrency(request: web.Request) -> web.Response:
+        return web.json_response(state.concurrency())
+
     async def post_reset(request: web.Request) -> web.Response:
         state.reset()
         return web.json_response({"reset": True})
@@ -399,6 +432,7 @@ def make_app(state: _State) -> web.Application:
     app.router.add_post("/v1/chat/completions", openai_chat)
     app.router.add_put("/_standin/plan", put_plan)
     app.router.add_get("/_standin/requests", get_requests)
+    app.router.add_get("/_standin/concurrency", get_concurrency)
     app.router.add_post("/_standin/reset", post_reset)
     return app
 
@@ -487,7 +521,12 @@ class StandIn:
         return self._state.requests()
 
     def reset(self) -> None:
+        """Forget the plan and the record; the peak starts again from the requests in flight now."""
         self._state.reset()
+
+    def concurrency(self) -> dict[str, int]:
+        """``in_flight``: provider requests received and not yet answered; ``peak``: the most at once since reset."""
+        return self._state.concurrency()
 
     def start(self) -> Self:
         if self._thread is not None:

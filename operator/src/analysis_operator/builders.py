@@ -19,7 +19,9 @@ import base64
 import dataclasses
 import hashlib
 import json
+import math
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from analysis_core import env, plan, queue
@@ -57,7 +59,8 @@ class WorkerSettings:
     cpu_request: str = "100m"
     memory_request: str = "128Mi"
     memory_limit: str = "512Mi"
-    grace_s: int = env.DEFAULT_GRACE_SECONDS
+    grace_s: int = env.DEFAULT_GRACE_SECONDS  # the least a stopping worker waits for its calls (``grace_s``)
+    calls_per_pod: int = v1alpha1.DEFAULT_CALLS_PER_POD  # a stage's callsPerPod when it sets none
     image_pull_policy: str = "IfNotPresent"
     metrics_port: int = 9090  # the worker's Prometheus endpoint; 0 turns it off
     redis_auth: bool = False  # Redis wants a password: workers read it from the batch's Redis Secret
@@ -148,9 +151,9 @@ def _environment(
         {"name": env.PLAN_PATH, "value": f"{PLAN_DIR}/{PLAN_KEY}"},
         {"name": env.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": env.MODE, "value": mode},
-        # One call at a time per pod: the stage's concurrency is its most pods (see the CRD).
-        {"name": env.CONCURRENCY, "value": "1"},
-        {"name": env.GRACE_SECONDS, "value": str(settings.grace_s)},
+        # The pod's calls at once; the stage's concurrency, in the plan, caps what all its pods hold together.
+        {"name": env.CONCURRENCY, "value": str(calls_per_pod(stage, settings))},
+        {"name": env.GRACE_SECONDS, "value": str(grace_s(stage, settings))},
         {"name": env.LOG_FORMAT, "value": "json"},
         {"name": env.METRICS_PORT, "value": str(settings.metrics_port)},
     ]
@@ -209,8 +212,8 @@ def worker_pod_template(
             "serviceAccountName": child_name(batch, "worker"),
             "automountServiceAccountToken": False,
             "restartPolicy": "Never" if mode == "job" else "Always",
-            # The worker drains within its grace period; Kubernetes waits a little longer before SIGKILL.
-            "terminationGracePeriodSeconds": settings.grace_s + 5,
+            # The worker drains within its grace period; Kubernetes waits a little longer (the hand-back) before SIGKILL.
+            "terminationGracePeriodSeconds": grace_s(stage, settings) + env.GRACE_MARGIN_SECONDS,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": WORKER_UID,
@@ -292,6 +295,9 @@ def worker_job(
             "parallelism": parallelism,
             # Crashed pods are replaced; their items come back when their leases expire.
             "backoffLimit": 20,
+            # A pod the operator deleted to scale in is not replaced while it terminates, so lowering parallelism
+            # right after never leaves the Job controller an active pod to delete (reconciler._scale_in).
+            "podReplacementPolicy": "Failed",
             "podFailurePolicy": {
                 "rules": [
                     # Stopped by a scale-down, a suspend or an eviction: not the worker's failure.
@@ -342,19 +348,73 @@ def workload(
     return worker_job(batch, the_plan, stage, settings, parallelism=size, run=run)
 
 
-def sized(
-    the_plan: plan.Plan, stage: plan.StagePlan, counts: queue.StageCounts, *, current: int, stopping: bool
-) -> int:
-    """How many worker pods ``stage`` wants now: min(concurrency, backlog + in flight).
+def calls_per_pod(stage: plan.StagePlan, settings: WorkerSettings) -> int:
+    """Calls one worker pod of ``stage`` runs at once: its ``callsPerPod``, else the operator's setting."""
+    return stage.calls_per_pod or settings.calls_per_pod
 
-    ``counts`` is the stage's ``queue.StageCounts``. Items waiting for a retry
-    keep one pod, which promotes them when they are due. ``stopping`` (suspend,
-    a failed batch): only pods with an item in flight stay, shrinking as
-    they finish. Approval stages have no workers.
+
+def grace_s(stage: plan.StagePlan, settings: WorkerSettings) -> int:
+    """How long a stopping worker of ``stage`` waits for its calls: long enough for one to reach its deadline.
+
+    The stage's ``timeoutSeconds`` plus a margin to record the call's end, at
+    least the operator's grace and at most ``env.MAX_GRACE_SECONDS``: a stage
+    whose calls may take longer has what is left at the cap handed back.
     """
-    if stage.provider is None:
+    covering = math.ceil(stage.timeout_seconds) + env.GRACE_MARGIN_SECONDS
+    return max(settings.grace_s, min(covering, env.MAX_GRACE_SECONDS))
+
+
+def sized(stage: plan.StagePlan, counts: queue.StageCounts, settings: WorkerSettings, *, stopping: bool) -> int:
+    """How many worker pods ``stage`` wants now: ceil(calls wanted / calls per pod).
+
+    The calls wanted are min(concurrency, backlog + in flight), from the
+    stage's ``queue.StageCounts``; items waiting for a retry want one call,
+    so a pod stays to promote them when they are due. ``stopping`` (suspend,
+    a failed or finished batch) wants none: the reconciler keeps the pods
+    that still hold items until they are done (it only ever removes idle
+    pods). Approval stages have no workers.
+    """
+    if stage.provider is None or stopping:
         return 0
-    if stopping:
-        return min(current, counts.running)
-    work = counts.ready + counts.running + min(counts.retrying, 1)
-    return min(stage.concurrency, work)
+    calls = min(stage.concurrency, counts.ready + counts.running + min(counts.retrying, 1))
+    return math.ceil(calls / calls_per_pod(stage, settings))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleIn:
+    """How a stage's workload shrinks: its new size, and the idle pods to retire and delete first (Jobs)."""
+
+    size: int
+    retire: tuple[str, ...] = ()
+
+
+def scale_in(
+    kind: str,
+    current: int,
+    wanted: int,
+    pods: Sequence[tuple[str, bool]],
+    held: Mapping[str, int],
+    retired: frozenset[str] = frozenset(),
+) -> ScaleIn:
+    """Shrink from ``current`` toward ``wanted`` without stopping a pod that holds an item.
+
+    ``pods``: the workload's live pods as (name, started), ``held``: the
+    items each pod holds (absent: none). A Deployment's ReplicaSet picks
+    the pods to delete by their deletion cost (the reconciler marks busy
+    pods), so its replicas never go below the pods that hold items. A Job's
+    controller deletes active pods of its own choosing and ignores deletion
+    costs, so a Job's parallelism drops only by the slots no pod fills yet
+    and by the idle pods named here, which the reconciler retires (they can
+    no longer claim) and deletes before lowering it. Pods retired before
+    (``retired``, which claim nothing any more) go first, then pods not
+    started yet.
+    """
+    if wanted >= current:
+        return ScaleIn(wanted)
+    busy = sum(1 for name, _started in pods if held.get(name, 0) > 0)
+    if kind == "Deployment":
+        return ScaleIn(max(wanted, busy, 0))
+    unfilled = min(current - wanted, max(0, current - len(pods)))
+    idle = sorted((name not in retired, started, name) for name, started in pods if held.get(name, 0) == 0)
+    retire = tuple(name for _fresh, _started, name in idle[: current - wanted - unfilled])
+    return ScaleIn(current - unfilled - len(retire), retire)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import analysis_core
 from analysis_core import env, pricing
+from analysis_core.api import v1alpha1
 from analysis_operator import builders
 
 PREFIX = "ANALYSIS_OPERATOR_"
@@ -64,6 +65,12 @@ class OperatorConfig:
                 raise ConfigError(f"{PREFIX}{name}={text!r} must be positive")
             return value
 
+        def whole(name: str, default: str, most: int) -> int:
+            text = get(name, default)
+            if not text.isdigit() or not 1 <= int(text) <= most:
+                raise ConfigError(f"{PREFIX}{name}={text!r} must be a whole number from 1 to {most}")
+            return int(text)
+
         def port(name: str, default: str) -> int:
             text = get(name, default)
             if not text.isdigit() or int(text) > 65535:
@@ -81,6 +88,9 @@ class OperatorConfig:
             memory_limit=get("WORKER_MEMORY_LIMIT", _default(builders.WorkerSettings, "memory_limit")),
             image_pull_policy=get("WORKER_IMAGE_PULL_POLICY", _default(builders.WorkerSettings, "image_pull_policy")),
             metrics_port=port("WORKER_METRICS_PORT", _default(builders.WorkerSettings, "metrics_port")),
+            calls_per_pod=whole(
+                "CALLS_PER_POD", _default(builders.WorkerSettings, "calls_per_pod"), v1alpha1.MAX_CALLS_PER_POD
+            ),
             redis_auth=password is not None,
             prices=_prices(environ.get(PREFIX + "PRICES_PATH") or None),
         )

@@ -66,6 +66,10 @@ class Snapshot:
     layout: int | None = None  # the layout version the batch was seeded with (keys.LAYOUT_VERSION then)
     # Stages whose provider refused for quota or billing, with no probe passed since (workers keep these).
     quota: dict[str, queue.QuotaPause] = dataclasses.field(default_factory=dict)
+    # stage -> worker pod (its consumer name) -> items it holds; a pod that holds none is absent.
+    held: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # stage -> the worker pods the operator retired to scale in (``retire``): they claim nothing more.
+    retired: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def suspended(self) -> bool:
@@ -104,6 +108,7 @@ async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snap
             k.counts(stage),
             k.gathered(stage),
             k.limiter(stage, keys_.LIMITER_QUOTA),
+            k.retiring(stage),
         )
     ]
     per_stage, sealed, seeded, usage, flags = await LUA.script(client, "snapshot")(
@@ -111,8 +116,10 @@ async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snap
     )
     if seeded is not None and int(seeded) > keys_.LAYOUT_VERSION:
         raise NewerLayout(int(seeded))
-    counts, paused = {}, {}
-    for stage, (length, pending, delayed, flat, gathered, quota) in zip(stages, per_stage, strict=True):
+    counts, paused, held, retired = {}, {}, {}, {}
+    for stage, (length, pending, delayed, flat, gathered, quota, holders, gone) in zip(stages, per_stage, strict=True):
+        held[stage] = {str(consumer): int(n) for consumer, n in holders if int(n) > 0}
+        retired[stage] = frozenset(str(pod) for pod in gone)
         pause = queue.QuotaPause.from_fields(quota)
         if pause is not None:
             paused[stage] = pause
@@ -132,6 +139,8 @@ async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snap
         {str(f): str(v) for f, v in zip(flags[::2], flags[1::2], strict=True)},
         None if seeded is None else int(seeded),
         paused,
+        held,
+        retired,
     )
 
 
@@ -235,14 +244,19 @@ async def mark_retried(client: queue.Redis, uid: str, token: str) -> None:
         await pipe.execute()
 
 
-async def items_in_flight(client: queue.Redis, uid: str, stage: str, pods: Sequence[str]) -> dict[str, int]:
-    """How many items each worker pod of ``stage`` holds, as its heartbeat says (0 without one); one round trip."""
+async def retire(client: queue.Redis, uid: str, stage: str, pods: Sequence[str]) -> list[str]:
+    """Retire those of ``pods`` (worker pods of ``stage``) that hold no item, so that they never claim again.
+
+    Atomic with the workers' claims (``lua/retire.lua`` against the worker's
+    ``claim.lua``): a pod is retired only while it holds nothing, and a
+    retired pod claims nothing, so deleting it kills no call. Returns the
+    retired pods, those retired before included; the caller deletes them all.
+    """
+    if not pods:
+        return []
     k = keys_.BatchKeys(uid)
-    beats = await client.mget([k.health(stage, pod) for pod in pods]) if pods else []
-    return {
-        pod: 0 if beat is None else int(json.loads(beat).get(wire.BEAT_IN_FLIGHT, 0))
-        for pod, beat in zip(pods, beats, strict=True)
-    }
+    retired = await LUA.script(client, "retire")(keys=[k.stream(stage), k.retiring(stage)], args=[keys_.GROUP, *pods])
+    return [str(pod) for pod in retired]
 
 
 async def remove(client: queue.Redis, uid: str, *, page: int = 1000) -> int:

@@ -14,8 +14,10 @@ step did:
 3. read one atomic Redis snapshot and act on it: release approved items,
    collect fan-in stages, seal stages nothing can feed any more
    (``completion`` proves each of these safe to do late);
-4. size each stage's Job or Deployment to min(concurrency, backlog + in
-   flight) and apply it when it differs from what the Kopf indexes show;
+4. size each stage's Job or Deployment to ceil(min(concurrency, backlog +
+   in flight) / calls per pod) pods and apply it when it differs from what
+   the Kopf indexes show; shrinking never stops a pod that holds an item
+   (``_scale_in``);
 5. export finished items to results ConfigMaps;
 6. compute the status and write it when it changed, at most once per
    ``status_interval_s``, posting an Event for each condition that flips.
@@ -82,6 +84,11 @@ class Pod:
     waiting_reason: str = ""
     waiting_message: str = ""
     deletion_cost: str | None = None
+    owner: str = ""  # the Job (or ReplicaSet) whose pod it is
+
+    @property
+    def started(self) -> bool:
+        return self.phase == "Running"
 
     @property
     def live(self) -> bool:
@@ -428,23 +435,21 @@ class Reconciler:
             counts = snapshot.stages[stage.name]
             mine = [w for w in children.workloads if w.stage == stage.name]
             current = sum(w.size for w in mine if not w.complete)
-            size = self._stabilized(
-                stage.name,
-                builders.sized(the_plan, stage, counts, current=current, stopping=stopping),
-                current,
-                stopping,
-            )
-            desired = _owned(builders.workload(batch, the_plan, stage, self.cfg.worker, size=size, run=run), body)
-            digest = _spec_hash(desired)
-            desired["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = digest
-            name = desired["metadata"]["name"]
+            wanted = builders.sized(stage, counts, self.cfg.worker, stopping=stopping)
+            size = self._stabilized(stage.name, wanted, current, stopping)
+            name = builders.workload(batch, the_plan, stage, self.cfg.worker, size=size, run=run)["metadata"]["name"]
             observed = next((w for w in mine if w.name == name), None)
             try:
-                await self._retire(batch, [w for w in mine if w.name != name and w.kind == desired["kind"]])
+                await self._retire_workloads(
+                    batch, [w for w in mine if w.name != name and w.kind == observed_kind(stage)]
+                )
+                if observed is not None and not observed.complete and not _finishing(stage, counts, snapshot):
+                    size = await self._scale_in(batch, stage.name, observed, size, snapshot, children)
+                desired = _owned(builders.workload(batch, the_plan, stage, self.cfg.worker, size=size, run=run), body)
+                digest = _spec_hash(desired)
+                desired["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = digest
                 if not self._wanted(stage, counts, snapshot, observed, size, digest):
                     continue
-                if observed is not None and desired["kind"] == "Deployment" and size < observed.size:
-                    await self._protect_busy(batch, stage.name, children)
                 await self.kube.apply(desired)
                 self._applied[name] = digest
             except kube.ApiError as exc:
@@ -481,24 +486,58 @@ class Reconciler:
             return size > 0  # made when the stage first has work; until then there is nothing to run
         if observed.complete:
             return False  # its pods finished the stage; a re-run gets a new Job (``run``)
-        if stage.executor is v1alpha1.Executor.JOB and stage.name in snapshot.sealed and counts.drained:
+        if _finishing(stage, counts, snapshot):
             return False  # its pods are exiting 0 on their own, which completes the Job
         return observed.spec_hash != digest and self._applied.get(observed.name) != digest
 
-    async def _retire(self, batch: builders.Batch, stale: Sequence[Workload]) -> None:
+    async def _retire_workloads(self, batch: builders.Batch, stale: Sequence[Workload]) -> None:
         """Jobs of an older template or run: their pods hand back what they hold and go."""
         for workload in stale:
             resource = kube.JOBS if workload.kind == "Job" else kube.DEPLOYMENTS
             await self.kube.delete(resource, batch.namespace, workload.name)
 
-    async def _protect_busy(self, batch: builders.Batch, stage: str, children: Children) -> None:
-        """Before a Deployment shrinks: busy workers get a high pod-deletion-cost, so idle ones go first."""
-        pods = [p for p in children.pods if p.stage == stage and p.live]
-        if not pods:
-            return
-        held = await producer.items_in_flight(self.redis, batch.uid, stage, [p.name for p in pods])
+    async def _scale_in(
+        self,
+        batch: builders.Batch,
+        stage: str,
+        observed: Workload,
+        size: int,
+        snapshot: producer.Snapshot,
+        children: Children,
+    ) -> int:
+        """The size to apply, never stopping a pod that holds an item (``builders.scale_in``).
+
+        A Job's idle pods are retired first (``producer.retire``: atomically,
+        only while they hold nothing, and they never claim again), deleted,
+        and only then is parallelism lowered by as many, so the Job controller
+        has no active pod of its own choosing to delete. A pod retired before
+        that is still there (a failed delete) is deleted again; the Job
+        controller replaces it if the Job still wants it. A Deployment's busy
+        pods get a high deletion cost before it shrinks, and its replicas never
+        go below them.
+        """
+        held = snapshot.held.get(stage, {})
+        retired = snapshot.retired.get(stage, frozenset())
+        owned = observed.name if observed.kind == "Job" else ""
+        pods = [p for p in children.pods if p.stage == stage and p.live and (not owned or p.owner == owned)]
+        if observed.kind == "Deployment":
+            shrunk = builders.scale_in(observed.kind, observed.size, size, [(p.name, p.started) for p in pods], held)
+            if shrunk.size < observed.size:
+                await self._protect_busy(batch, pods, held)
+            return shrunk.size
+        shrunk = builders.scale_in(
+            observed.kind, observed.size, size, [(p.name, p.started) for p in pods], held, retired
+        )
+        confirmed = set(await producer.retire(self.redis, batch.uid, stage, shrunk.retire))
         for pod in pods:
-            cost = BUSY_POD_COST if held[pod.name] > 0 else "0"
+            if pod.name in confirmed or pod.name in retired:
+                await self.kube.delete(kube.PODS, batch.namespace, pod.name)
+        return shrunk.size + len(set(shrunk.retire) - confirmed)
+
+    async def _protect_busy(self, batch: builders.Batch, pods: Sequence[Pod], held: Mapping[str, int]) -> None:
+        """Before a Deployment shrinks: busy workers get a high pod-deletion-cost, so idle ones go first."""
+        for pod in pods:
+            cost = BUSY_POD_COST if held.get(pod.name, 0) > 0 else "0"
             if pod.deletion_cost != cost:
                 patch = {"metadata": {"annotations": {builders.ANNOTATION_DELETION_COST: cost}}}
                 await self.kube.merge_patch(kube.PODS, batch.namespace, pod.name, patch)
@@ -569,6 +608,16 @@ class Reconciler:
 
 
 # ---------------------------------------------------------------- observation helpers
+
+
+def _finishing(stage: plan.StagePlan, counts: queue.StageCounts, snapshot: producer.Snapshot) -> bool:
+    """A Job-mode stage sealed and drained: its pods exit 0 on their own, which completes the Job; leave it be."""
+    return stage.executor is v1alpha1.Executor.JOB and stage.name in snapshot.sealed and counts.drained
+
+
+def observed_kind(stage: plan.StagePlan) -> str:
+    """The kind of the workload ``stage`` runs as."""
+    return "Deployment" if stage.executor is v1alpha1.Executor.DEPLOYMENT else "Job"
 
 
 def _owned(obj: dict[str, Any], owner: kopf.Body) -> dict[str, Any]:
@@ -850,4 +899,5 @@ def pod_summary(body: kopf.Body) -> Pod:
         waiting_reason=str(waiting.get("reason") or ""),
         waiting_message=str(waiting.get("message") or ""),
         deletion_cost=(meta.get("annotations") or {}).get(builders.ANNOTATION_DELETION_COST),
+        owner=next((str(ref.get("name", "")) for ref in meta.get("ownerReferences") or []), ""),
     )

@@ -70,6 +70,20 @@ class Route:
         return {wire.ROUTE_FIELDS: self.message.fields()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """What ``StageQueue.claim`` got: deliveries, or why none (``wire.CLAIM_*``) and the id to wait after."""
+
+    deliveries: list[Delivery]
+    empty_because: str = ""
+    last_id: str = ""
+
+
+def _flat(fields: Sequence[str]) -> dict[str, str]:
+    """A script's ``{field, value, ...}`` as a dict."""
+    return {str(name): str(value) for name, value in zip(fields[::2], fields[1::2], strict=True)}
+
+
 def _decode_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     """Entries of an XREADGROUP reply: ``[[stream, [(id, {field: value}), ...]], ...]``."""
     entries: list[tuple[str, dict[str, str]]] = []
@@ -110,7 +124,9 @@ class StageQueue:
     """The queue of one stage of one batch, as one consumer (a worker pod) sees it.
 
     ``budget``: the batch's budget, which a claim made with a completion
-    checks (``finish``), as ``loop.Worker`` checks it before every other claim.
+    checks (``finish``), as ``loop.Worker`` checks it before every other claim;
+    ``concurrency``: the stage's cap on what its workers hold together, which
+    such a claim keeps as ``claim`` does.
     """
 
     def __init__(
@@ -122,8 +138,10 @@ class StageQueue:
         consumer: str,
         *,
         budget: plan.BudgetPlan | None = None,
+        concurrency: int = 0,
     ) -> None:
         self.client = client
+        self.concurrency = concurrency  # the stage's cap, which a claim made with a completion keeps (0: none)
         self.blocking = blocking
         self.keys = keys_.BatchKeys(uid)
         self.stage = stage
@@ -149,12 +167,29 @@ class StageQueue:
 
     # ---------------------------------------------------------------- claiming
 
-    async def claim(self, count: int, block_ms: int) -> list[Delivery]:
-        """Up to ``count`` new messages, waiting at most ``block_ms`` for the first."""
-        reply = await self.blocking.xreadgroup(
-            keys_.GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+    async def claim(self, count: int, concurrency: int) -> Claim:
+        """Up to ``count`` new messages, so long as the stage's workers hold fewer than ``concurrency`` together.
+
+        Never blocks: when it claims nothing, the answer says why, and
+        ``wait_for_new`` waits for the stream to grow past what it saw.
+        """
+        reply = await LUA.script(self.client, "claim")(
+            keys=[self.stream, self.keys.retiring(self.stage)],
+            args=[keys_.GROUP, self.consumer, count, concurrency],
         )
-        return [Delivery(entry_id, queue.Message.from_fields(fields)) for entry_id, fields in _decode_entries(reply)]
+        first = reply[0]
+        if isinstance(first, list):
+            entries = [(str(entry_id), _flat(fields)) for entry_id, fields in first if fields]
+            return Claim([Delivery(entry_id, queue.Message.from_fields(f)) for entry_id, f in entries])
+        return Claim([], str(first), str(reply[1]) if len(reply) > 1 else "")
+
+    async def wait_for_new(self, after: str, block_ms: int) -> None:
+        """Return once the stream has an entry newer than ``after`` (or after ``block_ms``); claims nothing.
+
+        A blocking ``XREAD``, not ``XREADGROUP``: the claim itself must go
+        through ``claim.lua``, which keeps the stage within its concurrency.
+        """
+        await self.blocking.xread({self.stream: after}, count=1, block=block_ms)
 
     async def claim_own_pending(self, count: int) -> list[Delivery]:
         """Messages this consumer name already holds: a restarted worker resumes them at once."""
@@ -170,6 +205,7 @@ class StageQueue:
                 self.keys.dead(self.stage),
                 self.keys.counts(self.stage),
                 self.keys.finals,
+                self.keys.retiring(self.stage),
             ],
             args=[keys_.GROUP, self.consumer, lease_ms, count, max_deliveries, self.keys.uid, self.stage],
         )
@@ -265,8 +301,15 @@ class StageQueue:
             self.keys.usage,
             self.keys.finals,
             self.keys.flags,
+            self.keys.retiring(self.stage),
         ]
-        args: list[Any] = [keys_.GROUP, self.consumer, sum(c.claim for c in completions), *self._budget_args]
+        args: list[Any] = [
+            keys_.GROUP,
+            self.consumer,
+            sum(c.claim for c in completions),
+            *self._budget_args,
+            self.concurrency,
+        ]
         for c in completions:
             message = c.delivery.message
             first_route_key = len(keys) + 1  # Lua counts from 1

@@ -4,8 +4,10 @@ One ``Worker`` serves one stage of one batch. Three tasks run side by side:
 
 - the claimer takes messages from the stage's stream (first the ones this
   pod name already held, then expired leases of dead workers, then new work,
-  blocking briefly) and starts one task per message, at most ``concurrency``
-  at a time;
+  waiting briefly for it) and starts one task per message, at most
+  ``concurrency`` (the pod's calls) at a time, while the stage's workers
+  together hold fewer than the stage's ``concurrency`` (``claim.lua`` checks
+  both in one step, and refuses a worker the operator retired to scale in);
 - each item task renders the prompt, waits for the stage's shared limiter
   (its ``rateLimit``, and the pauses a 429 or a refusal for quota puts on the
   whole stage), calls the provider under the stage's deadline, and finishes
@@ -50,7 +52,8 @@ log = logging.getLogger("analysis_worker")
 
 CLAIM_BLOCK_MS = 500
 KEEPER_TICK_S = 0.25
-CLAIM_BLOCKED_RECHECK_S = 0.5  # how soon a suspended or over-budget worker looks again
+CLAIM_BLOCKED_RECHECK_S = 0.5  # how soon a suspended, over-budget or retired worker looks again
+STAGE_FULL_RECHECK_S = 0.05  # how soon a worker looks again for a slot another worker's call freed
 NANO = Decimal(10) ** 9
 # What a call holds when its stage skips the limiter: nothing reserved, so nothing to settle or report.
 UNCONSULTED = ratelimit.Reservation("", 0, 0.0)
@@ -92,7 +95,13 @@ class Worker:
         self.client = client
         self.prices = prices
         self.queue = consumer.StageQueue(
-            client, blocking, cfg.batch_uid, cfg.stage, cfg.pod_name, budget=the_plan.budget
+            client,
+            blocking,
+            cfg.batch_uid,
+            cfg.stage,
+            cfg.pod_name,
+            budget=the_plan.budget,
+            concurrency=self.stage.concurrency,
         )
         limits = self.stage.rate_limit
         self.limiter = ratelimit.Limiter(
@@ -105,7 +114,8 @@ class Worker:
             probe_s=cfg.quota_probe_s,
             probe_lease_s=self.stage.timeout_seconds,
         )
-        self.concurrency = cfg.concurrency or self.stage.concurrency
+        # Calls in this process (the operator sets the stage's calls per pod); never more than the whole stage's.
+        self.concurrency = min(cfg.concurrency or self.stage.concurrency, self.stage.concurrency)
         self.lease_s = the_plan.lease_s
         self.max_deliveries = the_plan.max_deliveries
         self.provider_plan = the_plan.providers[self.stage.provider] if self.stage.provider else None
@@ -131,6 +141,7 @@ class Worker:
         self._over_budget: str | None = None  # why, once the batch's budget is used up
         self._suspended = False
         self._next_reclaim = 0.0  # monotonic: when the claimer next takes over expired leases
+        self._retired = False  # the operator retired this worker to scale in (consumer.StageQueue.claim)
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._finished = asyncio.Event()
@@ -241,14 +252,32 @@ class Worker:
                 deliveries = await self.queue.reclaim(free, lease_ms, self.max_deliveries)
                 self.metrics.redelivered(metrics.Redelivery.EXPIRED_LEASE, len(deliveries))
                 self._next_reclaim = time.monotonic() + min(self.lease_s / 4, 5.0)
-            if not deliveries:
-                deliveries = await self.queue.claim(free, CLAIM_BLOCK_MS)
             if deliveries:
                 self._start(deliveries)
+                continue
+            self._slot_free.clear()
+            claim = await self.queue.claim(free, self.stage.concurrency)
+            if claim.deliveries:
+                self._start(claim.deliveries)
+            elif claim.empty_because == wire.CLAIM_FULL:
+                # The stage holds its concurrency's worth: a call of ours ending frees a slot at once, another
+                # worker's is seen at the next look.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STAGE_FULL_RECHECK_S):
+                        await self._slot_free.wait()
             elif self.cfg.mode is config_.Mode.JOB and not self.inflight and await self._stage_done():
                 log.info("stage sealed and drained")
                 self._finished.set()
                 return
+            elif claim.empty_because == wire.CLAIM_RETIRED:
+                if not self._retired:
+                    self._retired = True
+                    log.info(
+                        "retired by the operator: no new claims", extra={"fields": {"in_flight": len(self.inflight)}}
+                    )
+                await asyncio.sleep(CLAIM_BLOCKED_RECHECK_S)
+            else:
+                await self.queue.wait_for_new(claim.last_id, CLAIM_BLOCK_MS)
 
     async def _stage_done(self) -> bool:
         if not await self.queue.sealed():
@@ -268,10 +297,17 @@ class Worker:
         """How many new messages a success claims in the step that completes it (``consumer.StageQueue.finish``).
 
         One, to take its own slot, unless the claimer has to look first: the
-        worker is stopping, the batch is suspended or over budget, or expired
-        leases are due to be taken over.
+        worker is stopping or retired, the batch is suspended or over budget,
+        or expired leases are due to be taken over. (complete.lua checks the
+        retirement, the suspend, the budget and the stage's concurrency again.)
         """
-        if self._stopping.is_set() or self._suspended or self._over_budget or time.monotonic() >= self._next_reclaim:
+        if (
+            self._stopping.is_set()
+            or self._retired
+            or self._suspended
+            or self._over_budget
+            or time.monotonic() >= self._next_reclaim
+        ):
             return 0
         return 1
 

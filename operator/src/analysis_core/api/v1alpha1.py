@@ -28,7 +28,7 @@ import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
 
-from analysis_core import errors
+from analysis_core import env, errors
 from analysis_core.api import wellknown
 
 # Defined without pydantic (the kubectl plugin compares against them), and part of this API all the same.
@@ -330,6 +330,11 @@ class SortOrder(enum.StrEnum):
 DEFAULT_MAX_REJECTIONS = 3
 DEFAULT_ON_EXHAUSTED = OnExhausted.FAIL
 DEFAULT_SORT_ORDER = SortOrder.DESCENDING
+# Calls one worker pod runs at once when the stage's callsPerPod is unset: the operator's setting
+# (ANALYSIS_OPERATOR_CALLS_PER_POD, the chart's worker.callsPerPod), whose default this is. The field's
+# description quotes it; the schema states none, since the operator's setting decides.
+DEFAULT_CALLS_PER_POD = 16
+MAX_CALLS_PER_POD = 256
 
 
 class FanOut(_Model):
@@ -528,6 +533,12 @@ class Stage(_Model):
                     field_path=".rateLimit",
                     reason="FieldValueForbidden",
                 ),
+                cel(
+                    "self.type != 'approval' || !has(self.callsPerPod)",
+                    "an approval stage has no worker pods: remove callsPerPod",
+                    field_path=".callsPerPod",
+                    reason="FieldValueForbidden",
+                ),
             ]
         )
     )
@@ -602,10 +613,28 @@ class Stage(_Model):
         f"on. Default {DEFAULT_ON_EXHAUSTED}.",
     )
     concurrency: int = Field(
-        default=4, ge=1, le=1000, description="Most calls of this stage in flight at once; also the most worker pods."
+        default=4,
+        ge=1,
+        le=1000,
+        description="Most calls of this stage in flight at once, across all its worker pods. The stage runs "
+        "ceil(calls wanted / callsPerPod) pods, and its workers never hold more than this many items together.",
+    )
+    calls_per_pod: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CALLS_PER_POD,
+        description="Calls one worker pod of this stage runs at once. Unset: the operator's setting "
+        f"(ANALYSIS_OPERATOR_CALLS_PER_POD, default {DEFAULT_CALLS_PER_POD}).",
     )
     rate_limit: RateLimit | None = Field(default=None, description="Requests and tokens per minute for the stage.")
-    timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Deadline of one provider call, in seconds.")
+    timeout_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="Deadline of one provider call, in seconds. A worker pod that is stopped (scale-in, suspend, "
+        "rollout) lets its calls finish for this long plus a few seconds, at most "
+        f"{env.MAX_GRACE_SECONDS} seconds; what is left then is handed back and runs again.",
+    )
     retry: Retry = Field(default_factory=Retry, description="Retries of failed calls.", json_schema_extra=DEFAULTED)
     executor: Executor = Field(
         default=Executor.JOB,

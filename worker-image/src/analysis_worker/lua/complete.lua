@@ -5,18 +5,21 @@
 -- item's journey ends here, append the key to the batch's finals. A second
 -- completion of the same key only acknowledges its own delivery. Then, unless
 -- the batch is suspended or its budget is used up (the check a claim always
--- passes first), the consumer claims up to the given number of new messages,
--- as XREADGROUP would without blocking: a busy worker finishes a batch of
--- items and takes the next in one round trip.
+-- passes first) or the operator retired the consumer to scale the stage in,
+-- the consumer claims up to the given number of new messages, within the
+-- stage's concurrency as claim.lua counts it, as XREADGROUP would without
+-- blocking: a busy worker finishes a batch of items and takes the next in
+-- one round trip.
 --
 -- KEYS[1] stage stream   KEYS[2] outcomes   KEYS[3] results   KEYS[4] counts
 -- KEYS[5] the batch's usage (tokens and cost also count there, for budgets)
--- KEYS[6] the batch's finals list   KEYS[7] the batch's flags
--- KEYS[8..] the routes' keys: the stream that receives a route, or for a
+-- KEYS[6] the batch's finals list   KEYS[7] the batch's flags   KEYS[8] the stage's retired consumers
+-- KEYS[9..] the routes' keys: the stream that receives a route, or for a
 --           collect stage the hash that gathers its items until they are collected
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] most new messages to claim (0: none)
 -- ARGV[4] the budget's tokens, ARGV[5] its cost in nano-dollars ('' for no limit)
--- ARGV[6..] the attempts, ATTEMPT_ARGS arguments each:
+-- ARGV[6] the stage's concurrency: what its workers may hold together (0: no cap)
+-- ARGV[7..] the attempts, ATTEMPT_ARGS arguments each:
 --   +0 entry id  +1 idempotency key  +2 outcome JSON
 --   +3 "1" if +4 is a result to store  +4 result
 --   +5 JSON object of counter increments
@@ -66,11 +69,12 @@ local function finish(a)
 end
 
 local done = {}
-for a = 6, #ARGV, ATTEMPT_ARGS do
+for a = 7, #ARGV, ATTEMPT_ARGS do
   done[#done + 1] = finish(a)
 end
 
 local function may_claim()
+  if redis.call('SISMEMBER', KEYS[8], consumer) == 1 then return false end
   if redis.call('HEXISTS', KEYS[7], FLAG_SUSPENDED) == 1 then return false end
   if redis.call('HEXISTS', KEYS[7], FLAG_BUDGET_EXCEEDED) == 1 then return false end
   if ARGV[4] == '' and ARGV[5] == '' then return true end
@@ -82,9 +86,24 @@ local function may_claim()
   return true
 end
 
+-- How many the stage's workers may still take together: its concurrency less what they hold (claim.lua's count).
+local function room()
+  local cap = tonumber(ARGV[6])
+  if cap <= 0 then return tonumber(ARGV[3]) end
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local fields = {}
+    for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+    if fields['name'] == group then return math.min(tonumber(ARGV[3]), cap - tonumber(fields['pending'])) end
+  end
+  return tonumber(ARGV[3])
+end
+
 local claimed = {}
 if tonumber(ARGV[3]) > 0 and may_claim() then
-  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS', stream, '>')
-  if reply then claimed = reply[1][2] end
+  local count = room()
+  if count > 0 then
+    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+    if reply then claimed = reply[1][2] end
+  end
 end
 return {done, claimed}

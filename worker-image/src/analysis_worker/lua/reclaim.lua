@@ -7,11 +7,14 @@
 -- finals (its journey ends here) and acknowledged.
 --
 -- KEYS[1] stage stream  KEYS[2] outcomes  KEYS[3] dead-letter hash  KEYS[4] counts
--- KEYS[5] the batch's finals list
+-- KEYS[5] the batch's finals list  KEYS[6] the stage's retired consumers (a set)
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] lease ms  ARGV[4] most entries
 -- ARGV[5] most deliveries  ARGV[6] batch uid  ARGV[7] stage
--- Returns the reclaimed entries as {id, fields, deliveries}.
+-- Returns the reclaimed entries as {id, fields, deliveries}; none for a consumer the operator retired (claim.lua).
 local stream, group = KEYS[1], ARGV[1]
+if redis.call('SISMEMBER', KEYS[6], ARGV[2]) == 1 then
+  return {}
+end
 local claimed = redis.call('XAUTOCLAIM', stream, group, ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
 local out = {}
 for _, entry in ipairs(claimed[2]) do

@@ -47,6 +47,7 @@ EXAMPLE = ROOT / "examples" / "ticker-summary.yaml"
 README = ROOT / "README.md"
 RELEASE, SYSTEM = "analysis-operator", "analysis-system"
 CRD = "analysisbatches.analysis.dev"
+CRDS = (CRD, "analysisproviders.analysis.dev")  # every CRD the session applied and the chart installs
 PASSWORD = "helm-e2e-redis-pw-7d41c0"
 # Without any cluster-scoped right (a namespaced install), Kopf's observers are refused listing and watching
 # namespaces and CRDs at the cluster scope; it retries, then falls back to the exact namespaces it was given.
@@ -140,16 +141,16 @@ def setting(
     # The installed operator serves every namespace (or its own): the session's must not compete with it.
     # The next test that needs the session's operator starts it again (the `batches` fixture).
     operator.stop()
-    # The session applied the CRD with kubectl; the release takes it over, as Helm adopts what names it.
+    # The session applied the CRDs with kubectl; the release takes them over, as Helm adopts what names it.
     dev.kubectl(
         "annotate",
         "--overwrite",
         "crd",
-        CRD,
+        *CRDS,
         f"meta.helm.sh/release-name={RELEASE}",
         f"meta.helm.sh/release-namespace={SYSTEM}",
     )
-    dev.kubectl("label", "--overwrite", "crd", CRD, "app.kubernetes.io/managed-by=Helm")
+    dev.kubectl("label", "--overwrite", "crd", *CRDS, "app.kubernetes.io/managed-by=Helm")
     with cluster.private_redis(root, password=PASSWORD, host=dev.host) as redis_url:
         # kubectl finds the kubectl-analysis plugin on PATH, as it would for a user who installed it.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}"
@@ -402,8 +403,8 @@ def test_the_readme_dev_cluster_steps_then_its_chart_run_as_written(setting: Set
     assert (on_host[0], chart[-1]) == ("make dev-cluster", "make dev-cluster-down"), (on_host, chart)
     assert on_host[1] == "set -a; . .devcluster/env; set +a", on_host
     # What the session's fixture gave the CRD for Helm, taken away again: as the reader's is, kubectl's only.
-    setting.kubectl("label", "crd", CRD, "app.kubernetes.io/managed-by-")
-    setting.kubectl("annotate", "crd", CRD, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-")
+    setting.kubectl("label", "crd", *CRDS, "app.kubernetes.io/managed-by-")
+    setting.kubectl("annotate", "crd", *CRDS, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-")
     env = {**setting.helm_env, **setting.dev.env()}
     log = tmp_path / "host-operator.log"
     log.touch()

@@ -45,7 +45,6 @@ import logging
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,7 @@ from analysis_core.api import v1alpha1
 from analysis_devcluster import cluster, processes, standin
 from analysis_operator import accounts, builders, producer, reconciler
 from analysis_worker import consumer
+from queue_bench import Processes  # bench/, on sys.path as this script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "accounts.json"
@@ -75,60 +75,6 @@ TOLERANCE = 0.10  # a share's goal: within 10 % of its target (relative)
 # Far above any run's calls: the stand-in's successes advertise this quota counting down, and a worker told
 # "0 remaining" pauses the whole account for the advertised reset.
 ADVERTISED_REQUESTS = 10**9
-
-
-# ---------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every worker process this benchmark starts, each in its own process group, logging to a file."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.running: list[subprocess.Popen[bytes]] = []
-        self.log_of: dict[int, Path] = {}
-
-    def spawn(self, argv: list[str], environ: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
-        log = self.logs / log_name
-        with log.open("ab") as out:
-            process = subprocess.Popen(argv, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.running.append(process)
-        self.log_of[process.pid] = log
-        return process
-
-    def check_alive(self, procs: list[subprocess.Popen[bytes]]) -> None:
-        for process in procs:
-            if process.poll() is not None:
-                tail = self.log_of[process.pid].read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{tail}")
-
-    @staticmethod
-    def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-
-    def stop(self, procs: list[subprocess.Popen[bytes]], grace_s: float = 8.0) -> None:
-        """SIGTERM the groups, SIGKILL whatever is left after ``grace_s``; reap them all."""
-        for process in procs:
-            self._signal(process, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for process in procs:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._signal(process, signal.SIGKILL)
-                process.wait()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            if process in self.running:
-                self.running.remove(process)
-
-    def kill_all(self) -> None:
-        for process in list(self.running):
-            self._signal(process, signal.SIGKILL)
-            process.wait()
-        self.running.clear()
 
 
 # ---------------------------------------------------------------- the allocator, as the operator's daemon runs it

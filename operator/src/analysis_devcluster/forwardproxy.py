@@ -22,7 +22,9 @@ import asyncio
 import dataclasses
 import threading
 import urllib.parse
-from typing import Self
+from collections.abc import Awaitable, Callable
+
+from analysis_devcluster import threaded
 
 VIA = "1.1 analysis-devcluster-forward-proxy"
 # Headers about the hop to the proxy, never forwarded (RFC 9110 7.6.1); Connection is set anew.
@@ -69,24 +71,21 @@ def _address(writer: asyncio.StreamWriter) -> str:
     return f"{host}:{port}"
 
 
-class ForwardProxy:
+class ForwardProxy(threaded.ThreadedServer):
     """The proxy on ``host`` (a free port by default), in a thread with its own event loop."""
 
+    what = "proxy"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._host, self._port = host, port
+        super().__init__(host, port)
         self._lock = threading.Lock()
         self._seen: list[Forwarded] = []
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         """The proxy's URL, for a client's proxy setting (``http://host:port``)."""
-        if self._thread is None:
+        if not self.running:
             raise RuntimeError("the proxy is not running")
         return f"http://{self._host}:{self._port}"
 
@@ -99,51 +98,17 @@ class ForwardProxy:
         with self._lock:
             self._seen = []
 
-    def start(self) -> Self:
-        if self._thread is not None:
-            raise RuntimeError("the proxy is already running")
-        self._ready.clear()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), name="forward-proxy", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout=10)
-        if self._failure is not None or not self._ready.is_set():
-            self._thread.join(timeout=5)
-            self._thread = None
-            raise RuntimeError("the proxy did not start") from self._failure
-        return self
+    async def _open(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        server = await asyncio.start_server(self._accept, self._host, self._port, limit=_HEAD_LIMIT)
 
-    def stop(self) -> None:
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None or loop is None or stopping is None:
-            return
-        loop.call_soon_threadsafe(stopping.set)
-        thread.join(timeout=10)
-        self._thread = self._loop = self._stopping = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def _serve(self) -> None:
-        try:
-            self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
-            server = await asyncio.start_server(self._accept, self._host, self._port, limit=_HEAD_LIMIT)
-            self._port = int(server.sockets[0].getsockname()[1])
-        except OSError as exc:  # handed to start(), which raises it in the caller's thread
-            self._failure = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
+        async def close() -> None:
             server.close()
             for task in list(self._handlers):  # open tunnels and kept-alive clients end with the proxy
                 task.cancel()
             await asyncio.gather(*self._handlers, return_exceptions=True)
             await server.wait_closed()
+
+        return int(server.sockets[0].getsockname()[1]), close
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -50,9 +50,12 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Self
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
+
+from analysis_devcluster import threaded
 
 APIS = ("anthropic", "openai")
 _NUMBERS = frozenset(
@@ -454,7 +457,7 @@ def server_context(certfile: str | os.PathLike[str], keyfile: str | os.PathLike[
     return context
 
 
-class StandIn:
+class StandIn(threaded.ThreadedServer):
     """The stand-in server on ``host`` (a free port by default), in a thread with its own event loop.
 
     ``tls``: a certificate and its key (PEM files); it then serves HTTPS, and its URLs say so.
@@ -462,6 +465,8 @@ class StandIn:
     request recorded since the last reset, and at 0 the workers pause for the advertised reset (60 s). A caller that
     sends more than the default 1000 between resets (a benchmark) raises it.
     """
+
+    what = "stand-in"
 
     def __init__(
         self,
@@ -472,18 +477,13 @@ class StandIn:
         tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
         advertised_requests: int = _LIMIT,
     ) -> None:
+        super().__init__(host, port)
         self._state = _State(api_key, advertised_requests)
-        self._host, self._port = host, port
         self._tls = None if tls is None else server_context(*tls)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
 
     @property
     def url(self) -> str:
-        if self._thread is None:
+        if not self.running:
             raise RuntimeError("the stand-in is not running")
         return f"{'http' if self._tls is None else 'https'}://{self._host}:{self._port}"
 
@@ -528,46 +528,9 @@ class StandIn:
         """``in_flight``: provider requests received and not yet answered; ``peak``: the most at once since reset."""
         return self._state.concurrency()
 
-    def start(self) -> Self:
-        if self._thread is not None:
-            raise RuntimeError("the stand-in is already running")
-        self._ready.clear()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), name="standin", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout=10)
-        if self._failure is not None or not self._ready.is_set():
-            self._thread.join(timeout=5)
-            self._thread = None
-            raise RuntimeError("the stand-in did not start") from self._failure
-        return self
-
-    def stop(self) -> None:
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None or loop is None or stopping is None:
-            return
-        loop.call_soon_threadsafe(stopping.set)
-        thread.join(timeout=10)
-        self._thread = self._loop = self._stopping = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def _serve(self) -> None:
-        try:
-            self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
-            runner, self._port = await _start(self._state, self._host, self._port, self._tls)
-        except (OSError, RuntimeError) as exc:  # handed to start(), which raises it in the caller's thread
-            self._failure = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            await runner.cleanup()
+    async def _open(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        runner, port = await _start(self._state, self._host, self._port, self._tls)
+        return port, runner.cleanup
 
 
 async def _serve_forever(port: int, api_key: str | None) -> None:

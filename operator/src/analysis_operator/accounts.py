@@ -312,7 +312,7 @@ class Allocator:
         """Spent calls for the namespaces' figures; pauses, refusals and probes from the reports."""
         for s in seen:
             given = self._granted.get(s.member.key, 0)
-            spent = max(0, given - max(0, s.left))
+            spent = self._spent_since_last_grant(s)
             if spent:
                 self._spent.append((now, s.member.namespace, spent))
                 self._spent_total[s.member.namespace] = self._spent_total.get(s.member.namespace, 0) + spent
@@ -359,6 +359,10 @@ class Allocator:
                 del self.quota[model]
                 log.info(f"account {self.name}: a probe passed; the account resumes")
 
+    def _spent_since_last_grant(self, s: _Seen) -> int:
+        """Calls of the member's last allowance that its workers spent (the rest came back with ``take``)."""
+        return max(0, self._granted.get(s.member.key, 0) - max(0, s.left))
+
     def _held(self, member: Member) -> Quota | None:
         return self.quota.get(WHOLE_ACCOUNT) or self.quota.get(member.model)
 
@@ -404,8 +408,7 @@ class Allocator:
         for s in seen:
             if self._held(s.member) is None and self.spec.share(s.member.namespace) is not None:
                 # What it waits for now, and as many again as it spent since the last grant (calls keep coming).
-                spent = max(0, self._granted.get(s.member.key, 0) - max(0, s.left))
-                claims.append(self._claim(s, s.waiting + spent))
+                claims.append(self._claim(s, s.waiting + self._spent_since_last_grant(s)))
         granted = self.shares.split(claims, capacity, self._namespace_room(seen))
         for key, n in granted.items():
             grants[key] = grants.get(key, 0) + n

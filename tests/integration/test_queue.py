@@ -110,7 +110,7 @@ async def test_completions_finished_together_are_one_script_call_each_attempt_on
         q.finish(consumer.Completion(nvda, ok, "n", {"succeeded": 1}, to_b)),
         q.finish(consumer.Completion(amd, ok, "a", {"succeeded": 1, "children": 2}, to_c, {"AMD-x": "x"})),
         q.finish(consumer.Completion(tsm, {"status": "failed"}, None, {"failed": 1}, final=True)),
-        q.finish(consumer.Completion(nvda, ok, "again", {"succeeded": 1}, to_b)),  # a duplicate, in the same step
+        q.finish(consumer.Completion(nvda, ok, "again", {"succeeded": 1}, to_b)),  # a duplicate, in the same turn
     )
     assert await script_calls(clients[0]) == before + 1
     assert [f.first for f in finished] == [True, True, True, False]
@@ -126,10 +126,29 @@ async def test_completions_finished_together_are_one_script_call_each_attempt_on
     assert await clients[0].lrange(k.finals, 0, -1) == [k.idem("a", "TSM", 0, 1)]
 
 
+async def test_many_completions_finished_together_go_in_two_halves_each_claiming_its_successors(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    n = consumer.SPLIT_AT
+    uid = await seeded(clients, [f"I{i:03d}" for i in range(2 * n)])
+    q = stage_queue(clients, uid, "a", "pod")
+    deliveries = (await q.claim(n, 2 * n)).deliveries
+    before = await script_calls(clients[0])
+    ok = {"status": "succeeded"}
+    finished = await asyncio.gather(
+        *(q.finish(consumer.Completion(d, ok, "x", {"succeeded": 1}, claim=1)) for d in deliveries)
+    )
+    assert await script_calls(clients[0]) == before + 2
+    # Each completion took its own successor, in the order of the stream.
+    assert [f.claimed[0].message.item for f in finished] == [f"I{i:03d}" for i in range(n, 2 * n)]
+    assert (await q.counts()).counters == {"succeeded": n}
+    assert (await q.counts()).running == n
+
+
 async def test_a_step_finishes_at_most_so_many_attempts_and_the_rest_go_in_the_next(
     clients: tuple[queue.Redis, queue.Redis],
 ) -> None:
-    n = consumer.COMPLETIONS_PER_STEP + 1
+    n = 2 * consumer.COMPLETIONS_PER_STEP + 1
     uid = await seeded(clients, [f"I{i:03d}" for i in range(n)])
     q = stage_queue(clients, uid, "a", "pod")
     deliveries = (await q.claim(n, n)).deliveries
@@ -137,7 +156,7 @@ async def test_a_step_finishes_at_most_so_many_attempts_and_the_rest_go_in_the_n
     before = await script_calls(clients[0])
     ok = {"status": "succeeded"}
     finished = await asyncio.gather(*(q.finish(consumer.Completion(d, ok, "x", {"succeeded": 1})) for d in deliveries))
-    assert await script_calls(clients[0]) == before + 2
+    assert await script_calls(clients[0]) == before + 3
     assert all(f.first for f in finished)
     assert (await q.counts()).counters == {"succeeded": n}
 

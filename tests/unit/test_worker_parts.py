@@ -1,7 +1,10 @@
 """Pure parts of the worker and the shared core: keys, templates, configuration, plan."""
 
+import re
 from pathlib import Path
 
+import jinja2
+import jinja2.sandbox
 import pytest
 import yaml
 
@@ -61,6 +64,47 @@ def test_templates_refuse_unknown_variables_and_python_internals() -> None:
         templates.render("{% if %}", item="x")
     with pytest.raises(templates.TemplateError):
         templates.render("{{ item.__class__.__mro__[1].__subclasses__() }}", item="x")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "Analyse {{ item }}",
+        "{{ item }}",
+        "",
+        "no variables at all\r\nacross lines\n",
+        "a {{- item -}} b\n",
+        "{# a comment #}{{ vars.topic }}: {{ item }} ({{ round }}/{{ attempt }}) {{ input }} {{ feedback }}",
+        "{% raw %}{{ item }}{% endraw %} {{ item }}",
+        "{{ vars.missing }}",  # not there: Jinja's error
+        "{{ vars.items }}",  # the dict's method to Jinja, not the key
+        "{{ item | upper }} {{ vars['topic'] }} {% if round %}r{% endif %}",  # not plain: Jinja renders it
+    ],
+)
+def test_plain_templates_render_as_jinja_does(source: str) -> None:
+    """Templates that only put variables into text skip Jinja's context; the text is Jinja's to the character."""
+    variables = {
+        "item": "NVDA",
+        "input": "draft",
+        "vars": {"topic": "chips", "items": "a key named items"},
+        "feedback": "cite",
+        "round": 2,
+        "attempt": 3,
+    }
+    environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    try:
+        expected: str | None = environment.from_string(source).render(**variables)
+    except jinja2.UndefinedError:
+        expected = None
+    if expected is None:
+        with pytest.raises(templates.TemplateError, match="unknown variable"):
+            templates.render(source, **variables)  # type: ignore[arg-type]
+    else:
+        # The same text, but for the address of a bound method ({{ vars.items }}).
+        address = re.compile(r" at 0x[0-9a-f]+")
+        assert address.sub("", templates.render(source, **variables)) == address.sub("", expected)  # type: ignore[arg-type]
 
 
 @pytest.fixture

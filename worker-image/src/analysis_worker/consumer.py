@@ -12,7 +12,9 @@ and acknowledges in one step (``complete.lua``); the first completion wins
 and a duplicate (a redelivered item whose first worker was slow, not dead)
 only acknowledges its own delivery. The same step can claim the consumer's
 next messages, and completions handed over in the same turn of the event
-loop share it, so a busy worker needs one round trip per batch of items. Retries wait in a sorted set scored by
+loop share it (many of them in two halves, so the worker starts on the
+first half's new messages while Redis runs the second), so a busy worker
+needs a round trip or two per batch of items. Retries wait in a sorted set scored by
 due time and are moved back into the stream when due (``retry.lua``,
 ``promote.lua``). Leases, redelivery and dead letters are described in
 ``analysis_core.queue``, with what the two sides share; the operator's side
@@ -39,6 +41,10 @@ from analysis_core import plan, queue, scripts, wire
 LUA = scripts.Library("analysis_worker")
 # Most attempts one complete.lua call finishes: a script holds Redis for its whole run, so it stays short.
 COMPLETIONS_PER_STEP = 100
+# Completions handed over in one turn of the event loop from which they go to Redis in two steps (``finish``).
+SPLIT_AT = 8
+# Compact JSON, with the encoder built once (json.dumps with any option builds one per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +257,9 @@ class StageQueue:
         """Finish an attempt for good and claim ``completion.claim`` new messages, in one step (``complete.lua``).
 
         Completions that arrive in the same turn of the event loop (the items
-        of one claim, done together) go to Redis as one script call.
+        of one claim, done together) go to Redis as one script call, or as
+        two, half each, when there are ``SPLIT_AT`` or more (at most
+        ``COMPLETIONS_PER_STEP`` in a call).
         """
         done: asyncio.Future[Finished] = asyncio.get_running_loop().create_future()
         self._waiting.append((completion, done))
@@ -261,9 +269,15 @@ class StageQueue:
 
     def _send_waiting(self) -> None:
         waiting, self._waiting = self._waiting, []
-        for start in range(0, len(waiting), COMPLETIONS_PER_STEP):
+        # Many at once go in two steps, not one: the reply to the first brings the messages it claimed, which the
+        # worker starts on while Redis runs the second (in one step, each would wait for the other). Fewer go in
+        # one, so the halves of a busy worker stay as they are instead of splitting into ever smaller steps.
+        step = COMPLETIONS_PER_STEP
+        if len(waiting) >= SPLIT_AT:
+            step = min(COMPLETIONS_PER_STEP, (len(waiting) + 1) // 2)
+        for start in range(0, len(waiting), step):
             # A task of its own: an item cancelled while it waits (shutdown) does not cancel the others' write.
-            task = asyncio.create_task(self._send(waiting[start : start + COMPLETIONS_PER_STEP]))
+            task = asyncio.create_task(self._send(waiting[start : start + step]))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
@@ -310,22 +324,26 @@ class StageQueue:
             *self._budget_args,
             self.concurrency,
         ]
+        attempts: list[list[Any]] = []
+        texts: list[str] = []  # each attempt's outcome and result, beside the JSON (complete.lua's ARGV[8..])
         for c in completions:
             message = c.delivery.message
             first_route_key = len(keys) + 1  # Lua counts from 1
             keys.extend(self.keys.gathered(r.stage) if r.gather else self.keys.stream(r.stage) for r in c.routes)
-            args += [
-                c.delivery.entry_id,
-                self.keys.idem(self.stage, message.item, message.round, message.attempt),
-                json.dumps(c.outcome, separators=(",", ":")),
-                "0" if c.result is None else "1",
-                c.result or "",
-                json.dumps(c.increments),
-                json.dumps([route.script_arg() for route in c.routes]) if c.routes else "[]",
-                first_route_key,
-                json.dumps(c.more_results) if c.more_results else "{}",
-                "1" if c.final else "0",
-            ]
+            attempts.append(
+                [
+                    c.delivery.entry_id,
+                    self.keys.idem(self.stage, message.item, message.round, message.attempt),
+                    c.result is not None,
+                    c.increments,
+                    [route.script_arg() for route in c.routes],
+                    first_route_key,
+                    c.more_results,
+                    c.final,
+                ]
+            )
+            texts += [_COMPACT(c.outcome), c.result or ""]
+        args += [_COMPACT(attempts), *texts]
         done, entries = await self._complete(keys=keys, args=args)
         claimed = [Delivery(str(entry_id), queue.Message.from_fields(fields)) for entry_id, fields in entries]
         finished = []
@@ -358,7 +376,7 @@ class StageQueue:
                 keys_.GROUP,
                 delivery.entry_id,
                 idem,
-                "" if outcome is None else json.dumps(outcome, separators=(",", ":")),
+                "" if outcome is None else _COMPACT(outcome),
                 max(0, delay_ms),
                 json.dumps(next_message.fields()),
                 json.dumps(increments),

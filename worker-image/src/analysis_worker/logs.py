@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 _RESERVED = ("batch", "stage", "item")
+# Built once: json.dumps with any option builds an encoder per call.
+_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,17 +25,25 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.batch = batch
         self.stage = stage
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:  # a busy worker writes many lines a second: format the date once per second
+            self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = dict(getattr(record, "fields", {}))
         line: dict[str, Any] = {"batch": self.batch, "stage": self.stage, "item": fields.pop("item", None)}
-        line["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        line["ts"] = self._timestamp(record.created, record.msecs)
         line["level"] = record.levelname.lower()
         line["msg"] = record.getMessage()
         line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _ENCODE(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -57,6 +67,10 @@ def setup(batch: str, stage: str, fmt: str = "json", level: int = logging.INFO) 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # A line says nothing of its thread, process or source line, so don't look them up: the logging HOWTO's
+    # "Optimization" settings: a few microseconds a line, which a busy worker writes per item.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # the HOWTO's way to skip findCaller
     # The SDKs' HTTP clients log every request at INFO; keep them to warnings.
     for noisy in ("httpx", "httpx2", "anthropic", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -29,8 +29,6 @@ import json
 import re
 from typing import Any
 
-import jsonschema
-
 from analysis_core import keys, plan, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_worker import consumer
@@ -64,6 +62,8 @@ def parse_output(stage: plan.StagePlan, text: str) -> Any:
         return text
     value = _json(text)
     if stage.json_schema:
+        import jsonschema  # here: only stages with a schema pay for importing it, at their first item
+
         try:
             jsonschema.validate(value, stage.json_schema)
         except jsonschema.ValidationError as exc:

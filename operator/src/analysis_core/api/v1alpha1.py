@@ -102,6 +102,9 @@ class _Model(pydantic.BaseModel):
         extra="forbid",
         frozen=True,
         use_enum_values=False,
+        # Validators are built on first use, not at import: a worker, which reads its plan and no resource,
+        # starts without building the schema of every resource model.
+        defer_build=True,
     )
 
 
@@ -113,6 +116,7 @@ class _StatusModel(pydantic.BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         extra="ignore",
+        defer_build=True,
     )
 
 

@@ -19,40 +19,44 @@
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] most new messages to claim (0: none)
 -- ARGV[4] the budget's tokens, ARGV[5] its cost in nano-dollars ('' for no limit)
 -- ARGV[6] the stage's concurrency: what its workers may hold together (0: no cap)
--- ARGV[7..] the attempts, ATTEMPT_ARGS arguments each:
---   +0 entry id  +1 idempotency key  +2 outcome JSON
---   +3 "1" if +4 is a result to store  +4 result
---   +5 JSON object of counter increments
---   +6 JSON array of routes, each {ROUTE_FIELDS: flat array of stream fields}
---      or, for a collect stage, {ROUTE_GATHER: item, ROUTE_INPUT: its input reference}
---   +7 where the attempt's route keys start in KEYS
---   +8 JSON object of more results to store (a fanned-out child's input)
---   +9 "1" if the item's journey ends with this attempt (final)
+-- ARGV[7] a JSON array of the attempts, each an array:
+--   [1] entry id  [2] idempotency key
+--   [3] true if the attempt's result is to be stored
+--   [4] object of counter increments
+--   [5] array of routes, each {ROUTE_FIELDS: flat array of stream fields}
+--       or, for a collect stage, {ROUTE_GATHER: item, ROUTE_INPUT: its input reference}
+--   [6] where the attempt's route keys start in KEYS
+--   [7] object of more results to store (a fanned-out child's input)
+--   [8] true if the item's journey ends with this attempt (final)
+-- ARGV[8..] two per attempt, in the same order: its outcome JSON and its result ('' where [3] is false), kept out
+--           of the JSON above so that neither is escaped again nor decoded on its way into its hash
 -- Returns {one per attempt: 1 when this call completed it, 0 for a duplicate;
 --          the claimed entries as {id, {field, value, ...}}}.
-local ATTEMPT_ARGS = 10
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local usage = {[USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true}
 
-local function finish(a)
-  local id, idem = ARGV[a], ARGV[a + 1]
-  if redis.call('HSETNX', KEYS[2], idem, ARGV[a + 2]) == 0 then
-    redis.call('XACK', stream, group, id)
-    redis.call('XDEL', stream, id)
+-- What the step adds up before writing it: counters once per field, and one XACK and one XDEL for every
+-- delivery (XDEL looks for the stream's new first entry once per call, not once per id).
+local counted, usage_counted, finished_ids = {}, {}, {}
+
+local function finish(attempt, outcome, result)
+  local id, idem = attempt[1], attempt[2]
+  finished_ids[#finished_ids + 1] = id
+  if redis.call('HSETNX', KEYS[2], idem, outcome) == 0 then
     return 0
   end
-  if ARGV[a + 3] == '1' then
-    redis.call('HSET', KEYS[3], idem, ARGV[a + 4])
+  if attempt[3] then
+    redis.call('HSET', KEYS[3], idem, result)
   end
-  for key, value in pairs(cjson.decode(ARGV[a + 8])) do
+  for key, value in pairs(attempt[7]) do
     redis.call('HSET', KEYS[3], key, value)
   end
-  for field, n in pairs(cjson.decode(ARGV[a + 5])) do
-    redis.call('HINCRBY', KEYS[4], field, n)
-    if usage[field] then redis.call('HINCRBY', KEYS[5], field, n) end
+  for field, n in pairs(attempt[4]) do
+    counted[field] = (counted[field] or 0) + n
+    if usage[field] then usage_counted[field] = (usage_counted[field] or 0) + n end
   end
-  local first_key = tonumber(ARGV[a + 7])
-  for i, route in ipairs(cjson.decode(ARGV[a + 6])) do
+  local first_key = attempt[6]
+  for i, route in ipairs(attempt[5]) do
     local key = KEYS[first_key + i - 1]
     if route[ROUTE_GATHER] then
       redis.call('HSET', key, route[ROUTE_GATHER], route[ROUTE_INPUT])
@@ -60,17 +64,21 @@ local function finish(a)
       redis.call('XADD', key, '*', unpack(route[ROUTE_FIELDS]))
     end
   end
-  if ARGV[a + 9] == '1' then
+  if attempt[8] then
     redis.call('RPUSH', KEYS[6], idem)
   end
-  redis.call('XACK', stream, group, id)
-  redis.call('XDEL', stream, id)
   return 1
 end
 
 local done = {}
-for a = 7, #ARGV, ATTEMPT_ARGS do
-  done[#done + 1] = finish(a)
+for i, attempt in ipairs(cjson.decode(ARGV[7])) do
+  done[i] = finish(attempt, ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+end
+for field, n in pairs(counted) do redis.call('HINCRBY', KEYS[4], field, n) end
+for field, n in pairs(usage_counted) do redis.call('HINCRBY', KEYS[5], field, n) end
+if #finished_ids > 0 then
+  redis.call('XACK', stream, group, unpack(finished_ids))
+  redis.call('XDEL', stream, unpack(finished_ids))
 end
 
 local function may_claim()

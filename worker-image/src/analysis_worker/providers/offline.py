@@ -246,16 +246,31 @@ def _paragraph(rng: random.Random, request: base.Request) -> str:
         first = f"The {stage} stage finds {item} {rng.choice(_ASSESSMENTS)}."
     else:
         first = f"In the {stage} stage, {item} is {rng.choice(_ASSESSMENTS)}."
-    others = [
-        (
-            f"{rng.choice(_DRIVERS).capitalize()} {rng.choice(_SUPPORTS)} the outlook, "
-            f"while {rng.choice(_RISKS)} {rng.choice(_RISK_EFFECTS)}."
-        ),
-        f"Watch {rng.choice(_METRICS)} over the next {rng.choice(_HORIZONS)}.",
-        f"On balance the case is {rng.choice(_STANCES)}, with {rng.choice(_CONFIDENCE)} confidence.",
-        f"Evidence from {rng.choice(_SOURCES)} {rng.choice(_SOURCE_VERBS)} this view.",
-    ]
-    return " ".join([first, *rng.sample(others, rng.randint(1, 3))])
+    # Which of the other sentences, then only those are drawn: a busy offline worker writes thousands a second.
+    chosen = rng.sample(_SENTENCES, rng.randint(1, 3))
+    return " ".join([first, *(sentence(rng) for sentence in chosen)])
+
+
+def _outlook(rng: random.Random) -> str:
+    return (
+        f"{rng.choice(_DRIVERS).capitalize()} {rng.choice(_SUPPORTS)} the outlook, "
+        f"while {rng.choice(_RISKS)} {rng.choice(_RISK_EFFECTS)}."
+    )
+
+
+def _watch(rng: random.Random) -> str:
+    return f"Watch {rng.choice(_METRICS)} over the next {rng.choice(_HORIZONS)}."
+
+
+def _balance(rng: random.Random) -> str:
+    return f"On balance the case is {rng.choice(_STANCES)}, with {rng.choice(_CONFIDENCE)} confidence."
+
+
+def _evidence(rng: random.Random) -> str:
+    return f"Evidence from {rng.choice(_SOURCES)} {rng.choice(_SOURCE_VERBS)} this view."
+
+
+_SENTENCES = (_outlook, _watch, _balance, _evidence)
 
 
 def _risk(rng: random.Random) -> str:

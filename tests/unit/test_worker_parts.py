@@ -79,6 +79,11 @@ def test_templates_refuse_unknown_variables_and_python_internals() -> None:
         "{{ vars.missing }}",  # not there: Jinja's error
         "{{ vars.items }}",  # the dict's method to Jinja, not the key
         "{{ item | upper }} {{ vars['topic'] }} {% if round %}r{% endif %}",  # not plain: Jinja renders it
+        "{{item}}{{ vars.topic}}\t{{\n  input\n}}}} stray braces } { {",
+        "windows\r\nand old macs\rlines {{ item }}\r\n",
+        "{{ item -}}  trimmed {{+ item }}",
+        "{{ unknown }} {{ item }}",
+        "{{ item }",
     ],
 )
 def test_plain_templates_render_as_jinja_does(source: str) -> None:
@@ -98,6 +103,10 @@ def test_plain_templates_render_as_jinja_does(source: str) -> None:
         expected: str | None = environment.from_string(source).render(**variables)
     except jinja2.UndefinedError:
         expected = None
+    except jinja2.TemplateSyntaxError:
+        with pytest.raises(templates.TemplateError, match="syntax error"):
+            templates.render(source, **variables)  # type: ignore[arg-type]
+        return
     if expected is None:
         with pytest.raises(templates.TemplateError, match="unknown variable"):
             templates.render(source, **variables)  # type: ignore[arg-type]
@@ -105,6 +114,13 @@ def test_plain_templates_render_as_jinja_does(source: str) -> None:
         # The same text, but for the address of a bound method ({{ vars.items }}).
         address = re.compile(r" at 0x[0-9a-f]+")
         assert address.sub("", templates.render(source, **variables)) == address.sub("", expected)  # type: ignore[arg-type]
+
+
+def test_only_templates_that_put_variables_into_text_skip_jinja() -> None:
+    plain = ["Analyse {{ item }}", "{{item}}{{ vars.topic}}\r\n{{\n input }} }}", "no tags", ""]
+    assert all(templates._plain(source) is not None for source in plain)
+    jinja_only = ["{{ item | upper }}", "{{ vars.items }}", "{# note #}x", "{{ item -}}", "{% if item %}x{% endif %}"]
+    assert all(templates._plain(source) is None for source in jinja_only)
 
 
 @pytest.fixture

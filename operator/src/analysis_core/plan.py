@@ -32,15 +32,12 @@ the CRD schema and its CEL rules already make at ``kubectl apply``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.meta
-import jinja2.nodes
-import jinja2.sandbox
 import pydantic
 
 from analysis_core import errors, wire
@@ -70,7 +67,6 @@ DEFAULT_JUDGE_PROMPT = (
     '{"approved": true or false, "feedback": "what to fix, if anything", "score": 0.0 to 1.0}.'
     "\n\nAnswer about {{ item }}:\n{{ input }}"
 )
-_TEMPLATES = jinja2.sandbox.ImmutableSandboxedEnvironment()
 
 
 class PlanVersionError(ValueError):
@@ -266,9 +262,21 @@ def _renamed(fields: Any, names: Mapping[str, str]) -> Any:
     return {names.get(name, name): value for name, value in fields.items()}
 
 
+@functools.cache
+def _templates() -> Any:
+    # Jinja is imported by what checks templates (the operator compiling a plan), not by every reader of a plan:
+    # a worker renders its plain prompts without it (analysis_worker.templates).
+    import jinja2.sandbox
+
+    return jinja2.sandbox.ImmutableSandboxedEnvironment()
+
+
 def _template_problems(field: str, source: str, vars_: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    import jinja2.meta
+    import jinja2.nodes
+
     try:
-        tree = _TEMPLATES.parse(source)
+        tree = _templates().parse(source)
     except jinja2.TemplateSyntaxError as exc:
         yield field, f"template syntax error on line {exc.lineno}: {exc.message}"
         return

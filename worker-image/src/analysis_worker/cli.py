@@ -10,7 +10,6 @@ configuration. An unexpected error exits 1. ``--check`` exits 0 when this pod's 
 for an exec liveness probe.
 """
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -63,17 +62,25 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
         await client.aclose()
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse(argv: list[str]) -> bool:
+    """The command line (``--check``, ``--version``, ``--help``); True for ``--check``."""
+    import argparse  # here: a worker pod runs without arguments, and starts without importing it
+
     parser = argparse.ArgumentParser(prog="analysis-worker", description="Process AnalysisBatch items of one stage.")
     parser.add_argument("--version", action="version", version=f"analysis-worker {analysis_core.__version__}")
     parser.add_argument("--check", action="store_true", help="exit 0 if this worker's heartbeat is fresh, else 1")
-    args = parser.parse_args(argv)
+    return bool(parser.parse_args(argv).check)
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    check = _parse(arguments) if arguments else False
     try:
         cfg, the_plan = config_.from_env()
     except config_.ConfigError as exc:
         print(f"analysis-worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.check:
+    if check:
         raise SystemExit(health.check(cfg))
     logs.setup(cfg.batch_uid, cfg.stage, cfg.log_format)
     try:

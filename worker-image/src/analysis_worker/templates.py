@@ -7,65 +7,56 @@ message (the plan compiler also rejects them before anything runs). The
 sandbox keeps a template from reaching Python internals. Compiled templates
 are cached: one stage renders the same template for every item. Most prompts
 only put variables into text (``{{ item }}``, ``{{ vars.topic }}``): those
-are rendered by joining their parts, as Jinja would, without building a
-Jinja context per item; anything else (filters, tests, loops, a missing
-variable) is left to Jinja.
+are rendered by joining their parts, as Jinja would, without Jinja (neither
+imported at start nor a Jinja context per item); anything else (filters,
+tests, loops, comments, whitespace control, a missing variable) is Jinja's.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-import jinja2.nodes
-import jinja2.sandbox
-
-_ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
-)
+if TYPE_CHECKING:
+    import jinja2
 
 
 class TemplateError(ValueError):
     """A template that cannot be compiled or rendered; the message says where."""
 
 
-# A part of a plain template: its text, or how to look its value up in the variables (None: Jinja must render).
+# A part of a plain template: its text, or how to look its value up in the variables.
 _Part = str | Callable[[Mapping[str, Any]], Any]
-_SCALARS = ("item", "input", "feedback", "round", "attempt")
+# Where a Jinja tag may start (its default delimiters: {{ }}, {% %}, {# #}).
+_TAG = re.compile(r"\{[{%#]")
+# The only tags a plain template has: {{ name }} of a scalar variable, or {{ vars.key }}.
+_PLAIN_OUTPUT = re.compile(
+    r"\{\{[ \t\r\n]*(?:(item|input|feedback|round|attempt)|vars\.([A-Za-z_][A-Za-z0-9_]*))[ \t\r\n]*\}\}"
+)
+# Jinja writes every line break of a template's text as "\n".
+_LINE_BREAK = re.compile(r"\r\n|\r")
 
 
 @functools.lru_cache(maxsize=64)
-def _compile(source: str) -> tuple[jinja2.Template, tuple[_Part, ...] | None]:
-    """The compiled template, and its parts when it only puts variables into text."""
-    try:
-        return _ENV.from_string(source), _plain_parts(_ENV.parse(source))
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
-
-
-def _plain_parts(tree: jinja2.nodes.Template) -> tuple[_Part, ...] | None:
-    """Text and ``{{ name }}`` / ``{{ vars.key }}`` outputs only; None for anything else."""
+def _plain(source: str) -> tuple[_Part, ...] | None:
+    """The parts of a template that only puts variables into text, as Jinja reads it; None for any other."""
     parts: list[_Part] = []
-    for statement in tree.body:
-        if not isinstance(statement, jinja2.nodes.Output):
+    position = 0
+    while (tag := _TAG.search(source, position)) is not None:
+        output = _PLAIN_OUTPUT.match(source, tag.start())
+        # vars.items and the like are the dict's methods to Jinja, not keys: Jinja renders those.
+        if output is None or (output[2] is not None and hasattr(dict, output[2])):
             return None
-        for node in statement.nodes:
-            if isinstance(node, jinja2.nodes.TemplateData):
-                parts.append(node.data)
-            elif isinstance(node, jinja2.nodes.Name) and node.name in _SCALARS:
-                parts.append(functools.partial(_scalar, node.name))
-            elif (
-                isinstance(node, jinja2.nodes.Getattr)
-                and isinstance(node.node, jinja2.nodes.Name)
-                and node.node.name == "vars"
-                and not hasattr(dict, node.attr)  # vars.items is the dict's method to Jinja, not a key
-            ):
-                parts.append(functools.partial(_var, node.attr))
-            else:
-                return None
-    return tuple(parts)
+        parts.append(_LINE_BREAK.sub("\n", source[position : tag.start()]))
+        if output[1] is not None:
+            parts.append(functools.partial(_scalar, output[1]))
+        else:
+            parts.append(functools.partial(_var, output[2]))
+        position = output.end()
+    parts.append(_LINE_BREAK.sub("\n", source[position:]))
+    return tuple(part for part in parts if part != "")
 
 
 def _scalar(name: str, values: Mapping[str, Any]) -> Any:
@@ -74,6 +65,26 @@ def _scalar(name: str, values: Mapping[str, Any]) -> Any:
 
 def _var(key: str, values: Mapping[str, Any]) -> Any:
     return values["vars"][key]  # a KeyError sends the template to Jinja, which names the missing key
+
+
+@functools.lru_cache(maxsize=64)
+def _jinja(source: str) -> jinja2.Template:
+    # Imported here: a worker whose prompts are all plain never imports Jinja.
+    import jinja2.sandbox
+
+    try:
+        return _environment().from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+
+
+@functools.cache
+def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
+    import jinja2.sandbox
+
+    return jinja2.sandbox.ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
 
 
 def render(
@@ -86,7 +97,6 @@ def render(
     round: int = 0,  # noqa: A002
     attempt: int = 1,
 ) -> str:
-    template, parts = _compile(source)
     values = {
         "item": item,
         "input": input,
@@ -95,11 +105,15 @@ def render(
         "round": round,
         "attempt": attempt,
     }
+    parts = _plain(source)
     if parts is not None:
         try:
             return "".join(part if isinstance(part, str) else str(part(values)) for part in parts)
         except KeyError:
             pass  # a variable the item lacks: Jinja says which
+    template = _jinja(source)
+    import jinja2  # imported by _jinja already; here for its exceptions
+
     try:
         return template.render({**values, "vars": dict(vars or {})})
     except jinja2.UndefinedError as exc:

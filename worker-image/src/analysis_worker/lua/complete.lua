@@ -35,8 +35,8 @@
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local usage = {[USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true}
 
--- What the step adds up before writing it: counters once per field, and one XACK and one XDEL for every
--- delivery (XDEL looks for the stream's new first entry once per call, not once per id).
+-- What the step adds up before writing it: each counter once, and one XACK and one XDEL that name every
+-- delivery it finished (a command per step, not per item).
 local counted, usage_counted, finished_ids = {}, {}, {}
 
 local function finish(attempt, outcome, result)

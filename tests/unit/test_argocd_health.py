@@ -1,5 +1,6 @@
-"""The Argo CD health check (``gitops/argocd/.../health.lua``), run by a real Lua interpreter on real statuses.
+"""The Argo CD health checks (``gitops/argocd/.../<Kind>/health.lua``), run by a real Lua interpreter on real statuses.
 
+One check per kind, AnalysisBatch and AnalysisProvider. Each kind's
 ``health_test.yaml`` follows Argo CD's own layout: one case per fixture in
 ``testdata/``, with the health status and message expected. Each fixture
 becomes a Lua table, ``health.lua`` runs under ``lua5.4`` and its answer is
@@ -8,10 +9,11 @@ float: so every case also runs with the fixture's numbers as Lua floats, and the
 script is checked for constructs that 5.1 or gopher-lua would not run.
 
 The fixtures are what the operator really writes: most statuses are
-``status.compute`` of an observation built here (a test fails, printing the
-fresh YAML, when status.py changes what it writes), and every fixture validates
-against the CRD's schema and the API models. Every phase and every condition the
-API defines must show up in some fixture.
+``status.compute`` (a batch's) or ``accounts.provider_status`` (an account's)
+of an observation built here (a test fails, printing the fresh YAML, when the
+operator changes what it writes), and every fixture validates against its
+CRD's schema and the API models. Every phase and every condition the API
+defines must show up in some fixture.
 """
 
 from __future__ import annotations
@@ -26,19 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pydantic
 import pytest
 import yaml
 
 from analysis_core import plan, queue, wire
 from analysis_core.api import v1alpha1
-from analysis_operator import completion, producer, status
+from analysis_operator import accounts, completion, producer, status
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECK_DIR = ROOT / "gitops/argocd/resource_customizations/analysis.dev/AnalysisBatch"
-HEALTH_LUA = CHECK_DIR / "health.lua"
+CHECKS = ROOT / "gitops/argocd/resource_customizations/analysis.dev"
+CHECK_DIR = CHECKS / "AnalysisBatch"
 CRD = ROOT / "crds/analysisbatches.analysis.dev.yaml"
+PROVIDER_DIR = CHECKS / "AnalysisProvider"
+KINDS = ("AnalysisBatch", "AnalysisProvider")
 LUA = "lua5.4"  # tools/system-packages.sh installs it; a missing interpreter fails these tests
 ARGOCD_HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
@@ -78,13 +83,14 @@ def lua_literal(value: Any, floats: bool) -> str:
 
 
 def assess(resource: dict[str, Any], floats: bool = False) -> tuple[str, str]:
-    """(health status, message) that health.lua returns for ``resource``, with ``obj`` set as Argo CD sets it."""
+    """(health status, message) that its kind's health.lua returns for ``resource``, with ``obj`` set as Argo CD
+    sets it."""
     lua = shutil.which(LUA)
     assert lua is not None, f"{LUA} is not installed (tools/system-packages.sh installs it)"
     harness = "\n".join(
         [
             f"obj = {lua_literal(resource, floats)}",
-            f"local hs = dofile({lua_string(str(HEALTH_LUA))})",
+            f"local hs = dofile({lua_string(str(CHECKS / resource['kind'] / 'health.lua'))})",
             "local keys = {}",
             "for k in pairs(hs) do keys[#keys + 1] = k end",
             "table.sort(keys)",
@@ -226,6 +232,64 @@ SCENARIOS: dict[str, Scenario] = {
 # Written by hand: no status at all (the operator has not seen the batch yet).
 BY_HAND = {"progressing_noStatus.yaml"}
 
+# ---------------------------------------------------------------- an account's statuses, from accounts.provider_status
+
+PROVIDER_SPEC: dict[str, Any] = {
+    "type": "anthropic",
+    "limits": {"requestsPerMinute": 400, "outputTokensPerMinute": 80000, "maxInFlight": 32},
+    "namespaces": [{"name": "research", "weight": 2}, {"name": "support", "requestsPerMinute": 60}],
+}
+NOW_MS = int(NOW.timestamp() * 1000)
+
+
+def account_view(paused_until_ms: int = 0, quota: dict[str, accounts.Quota] | None = None) -> accounts.AccountView:
+    namespaces = [
+        accounts.NamespaceUse("research", batches=2, waiting=1, granted=96, in_flight=9),
+        accounts.NamespaceUse("support", batches=1, waiting=0, granted=24, in_flight=3),
+    ]
+    return accounts.AccountView(
+        window_s=60,
+        requests=120,
+        input_tokens=98_000,
+        output_tokens=21_000,
+        in_flight=12,
+        batches=3,
+        waiting_batches=1,
+        namespaces=namespaces,
+        paused_until_ms=paused_until_ms,
+        quota=quota or {},
+        granted_total={"research": 960, "support": 240},
+    )
+
+
+def provider_status(view: accounts.AccountView, generation: int = 1) -> Callable[[], dict[str, Any]]:
+    spec = v1alpha1.AnalysisProviderSpec.model_validate(PROVIDER_SPEC)
+    return lambda: accounts.provider_status(view, spec, generation, {}, NOW_MS)
+
+
+REFUSED = accounts.Quota(
+    message="Your credit balance is too low to access the Anthropic API.",
+    since_ms=NOW_MS - 90_000,
+    backoff_s=20.0,
+    next_probe_ms=NOW_MS + 5_000,
+)
+PROVIDER_SCENARIOS: dict[str, Scenario] = {
+    "healthy_serving.yaml": Scenario(PROVIDER_SPEC, 1, provider_status(account_view())),
+    "progressing_paused.yaml": Scenario(PROVIDER_SPEC, 1, provider_status(account_view(NOW_MS + 30_000))),
+    "degraded_quotaExhausted.yaml": Scenario(
+        PROVIDER_SPEC, 1, provider_status(account_view(quota={accounts.WHOLE_ACCOUNT: REFUSED}))
+    ),
+    "degraded_modelRefused.yaml": Scenario(
+        PROVIDER_SPEC, 1, provider_status(account_view(quota={"claude-opus-4-1": REFUSED}))
+    ),
+    # maxInFlight was raised; the allocator has not picked up generation 2 yet.
+    "progressing_olderGeneration.yaml": Scenario(
+        {**PROVIDER_SPEC, "limits": {**PROVIDER_SPEC["limits"], "maxInFlight": 64}},
+        2,
+        provider_status(account_view()),
+    ),
+}
+
 
 def stored(value: Any) -> Any:
     """``value`` as the API server keeps it: the operator merge-patches its status, and a null there removes the
@@ -237,8 +301,21 @@ def stored(value: Any) -> Any:
     return value
 
 
-def manifest(scenario: Scenario) -> dict[str, Any]:
+def manifest(scenario: Scenario, kind: str = "AnalysisBatch") -> dict[str, Any]:
     """The whole resource a fixture holds, as ``kubectl get -o yaml`` would show it."""
+    if kind == "AnalysisProvider":  # cluster-scoped
+        return {
+            "apiVersion": "analysis.dev/v1alpha1",
+            "kind": kind,
+            "metadata": {
+                "name": "shared-anthropic",
+                "uid": "9d0c2f5e-1b7a-4c3e-8f61-2a4b6c8d0e13",
+                "generation": scenario.generation,
+                "creationTimestamp": "2026-11-20T09:00:00Z",
+            },
+            "spec": scenario.spec,
+            "status": stored(scenario.status()),
+        }
     return {
         "apiVersion": "analysis.dev/v1alpha1",
         "kind": "AnalysisBatch",
@@ -263,23 +340,27 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def cases() -> list[dict[str, Any]]:
-    tests = load(CHECK_DIR / "health_test.yaml")["tests"]
+def cases(kind: str = "AnalysisBatch") -> list[dict[str, Any]]:
+    tests = load(CHECKS / kind / "health_test.yaml")["tests"]
     assert isinstance(tests, list)
     return tests
 
 
-def fixtures() -> Iterator[Path]:
-    return iter(sorted((CHECK_DIR / "testdata").glob("*.yaml")))
+def fixtures(kind: str = "AnalysisBatch") -> Iterator[Path]:
+    return iter(sorted((CHECKS / kind / "testdata").glob("*.yaml")))
 
 
 def case_id(case: dict[str, Any]) -> str:
     return Path(case["inputPath"]).stem
 
 
-@pytest.mark.parametrize("case", cases(), ids=case_id)
-def test_health_of_each_fixture(case: dict[str, Any]) -> None:
-    resource = load(CHECK_DIR / case["inputPath"])
+KIND_CASES = [(kind, case) for kind in KINDS for case in cases(kind)]
+
+
+@pytest.mark.parametrize(("kind", "case"), KIND_CASES, ids=[f"{k}-{case_id(c)}" for k, c in KIND_CASES])
+def test_health_of_each_fixture(kind: str, case: dict[str, Any]) -> None:
+    resource = load(CHECKS / kind / case["inputPath"])
+    assert resource["kind"] == kind
     expected = (case["healthStatus"]["status"], case["healthStatus"]["message"])
     assert expected[0] in ARGOCD_HEALTH
     assert assess(resource) == expected
@@ -287,23 +368,27 @@ def test_health_of_each_fixture(case: dict[str, Any]) -> None:
     assert assess(resource, floats=True) == expected
 
 
-def test_cases_and_fixtures_match_one_to_one() -> None:
-    named = [case["inputPath"] for case in cases()]
+@pytest.mark.parametrize("kind", KINDS)
+def test_cases_and_fixtures_match_one_to_one(kind: str) -> None:
+    named = [case["inputPath"] for case in cases(kind)]
     assert len(named) == len(set(named))
-    assert sorted(named) == [f"testdata/{p.name}" for p in fixtures()]
+    assert sorted(named) == [f"testdata/{p.name}" for p in fixtures(kind)]
     # The file names say the health they expect, as Argo CD's own fixtures do.
-    for case in cases():
+    for case in cases(kind):
         assert Path(case["inputPath"]).name.startswith(case["healthStatus"]["status"].lower() + "_"), case
 
 
-def test_every_fixture_is_a_status_the_operator_writes() -> None:
-    for path in fixtures():
-        assert path.name in SCENARIOS or path.name in BY_HAND, f"{path.name}: no scenario computes it"
-    for name, scenario in SCENARIOS.items():
-        expected = manifest(scenario)
-        actual = load(CHECK_DIR / "testdata" / name)
+@pytest.mark.parametrize(
+    ("kind", "scenarios"), [("AnalysisBatch", SCENARIOS), ("AnalysisProvider", PROVIDER_SCENARIOS)]
+)
+def test_every_fixture_is_a_status_the_operator_writes(kind: str, scenarios: dict[str, Scenario]) -> None:
+    for path in fixtures(kind):
+        assert path.name in scenarios or path.name in BY_HAND, f"{path.name}: no scenario computes it"
+    for name, scenario in scenarios.items():
+        expected = manifest(scenario, kind)
+        actual = load(CHECKS / kind / "testdata" / name)
         assert actual == expected, (
-            f"testdata/{name} is not what the operator writes now; if status.py changed on purpose, "
+            f"{kind}/testdata/{name} is not what the operator writes now; if it changed on purpose, "
             f"replace it with:\n{yaml.safe_dump(expected, sort_keys=False, allow_unicode=True)}"
         )
 
@@ -320,19 +405,28 @@ def strict(schema: Any) -> Any:
     return out
 
 
-@pytest.mark.parametrize("path", list(fixtures()), ids=lambda p: p.stem)
-def test_fixture_validates_against_the_crd_and_the_api_models(path: Path) -> None:
-    crd = load(CRD)
+FIXTURES = [(kind, path) for kind in KINDS for path in fixtures(kind)]
+CRDS = {"AnalysisBatch": CRD, "AnalysisProvider": ROOT / "crds/analysisproviders.analysis.dev.yaml"}
+MODELS: dict[str, tuple[type[pydantic.BaseModel], type[pydantic.BaseModel]]] = {
+    "AnalysisBatch": (v1alpha1.AnalysisBatchSpec, v1alpha1.AnalysisBatchStatus),
+    "AnalysisProvider": (v1alpha1.AnalysisProviderSpec, v1alpha1.AnalysisProviderStatus),
+}
+
+
+@pytest.mark.parametrize(("kind", "path"), FIXTURES, ids=[f"{k}-{p.stem}" for k, p in FIXTURES])
+def test_fixture_validates_against_the_crd_and_the_api_models(kind: str, path: Path) -> None:
+    crd = load(CRDS[kind])
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
     schema = strict(version["schema"]["openAPIV3Schema"])
     resource = load(path)
-    assert (resource["apiVersion"], resource["kind"]) == ("analysis.dev/v1alpha1", "AnalysisBatch")
+    assert (resource["apiVersion"], resource["kind"]) == ("analysis.dev/v1alpha1", kind)
     # OpenAPI v3.0 schemas keep draft 4's boolean exclusiveMinimum. This also catches an unquoted timestamp,
     # which YAML would load as a datetime instead of the string the API server returns.
     jsonschema.Draft4Validator(schema).validate(resource)
-    v1alpha1.AnalysisBatchSpec.model_validate(resource["spec"])
+    spec_model, status_model = MODELS[kind]
+    spec_model.model_validate(resource["spec"])
     if "status" in resource:
-        v1alpha1.AnalysisBatchStatus.model_validate(resource["status"])
+        status_model.model_validate(resource["status"])
 
 
 def test_every_phase_and_condition_has_a_fixture() -> None:
@@ -348,6 +442,22 @@ def test_every_phase_and_condition_has_a_fixture() -> None:
     assert phases == {str(p) for p in v1alpha1.Phase}
     assert true_conditions == {str(c) for c in v1alpha1.ConditionType}
     assert {case["healthStatus"]["status"] for case in cases()} == {"Healthy", "Progressing", "Degraded", "Suspended"}
+
+
+def test_every_account_condition_has_a_fixture_where_it_holds() -> None:
+    """Derived from the API's enum, so a new account condition needs a fixture (and a decision in health.lua)."""
+    true_conditions = set()
+    for path in fixtures("AnalysisProvider"):
+        resource = load(path)
+        st = resource.get("status") or {}
+        if st.get("observedGeneration") == resource["metadata"]["generation"]:
+            true_conditions |= {c["type"] for c in st["conditions"] if c["status"] == "True"}
+    assert true_conditions == {str(c) for c in v1alpha1.AccountConditionType}
+    assert {case["healthStatus"]["status"] for case in cases("AnalysisProvider")} == {
+        "Healthy",
+        "Progressing",
+        "Degraded",
+    }
 
 
 # ---------------------------------------------------------------- what gopher-lua would not run
@@ -372,8 +482,9 @@ def code_only(source: str) -> str:
     return re.sub(r"--[^\n]*", " ", source)
 
 
-def test_health_lua_sticks_to_what_gopher_lua_runs() -> None:
-    code = code_only(HEALTH_LUA.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("kind", KINDS)
+def test_health_lua_sticks_to_what_gopher_lua_runs(kind: str) -> None:
+    code = code_only((CHECKS / kind / "health.lua").read_text(encoding="utf-8"))
     found = {what: re.findall(pattern, code) for what, pattern in NOT_IN_GOPHER_LUA.items()}
     assert {what: hits for what, hits in found.items() if hits} == {}
 

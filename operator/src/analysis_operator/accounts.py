@@ -534,7 +534,8 @@ def provider_status(
         models = sorted(m for m in view.quota if m != WHOLE_ACCOUNT)
         what = "the account" if WHOLE_ACCOUNT in view.quota else f"model {', '.join(models)}"
         refused = (
-            f"the provider refuses {what} for quota or billing since {_iso(quota.since_ms)}: {quota.message}. "
+            f"the provider refuses {what} for quota or billing since {_iso(quota.since_ms)}: "
+            f"{quota.message.rstrip('. ')}. "
             f"One probe call at a time, every {quota.backoff_s:g}s (doubling while refused); "
             "every batch on it resumes once one passes"
         )

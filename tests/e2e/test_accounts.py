@@ -131,6 +131,9 @@ def test_an_account_admits_namespaces_serves_two_teams_and_is_held_while_in_use(
         assert status["requestsSummary"].endswith("/100")
         ready = {c["type"]: c for c in status["conditions"]}["Ready"]
         assert ready["status"] == "True"
+        # This install holds the account, and renews its claim.
+        assert status["servedBy"]
+        assert status["renewTime"]
         printed = dev.kubectl("get", "analysisproviders", name).stdout
         assert "REQUESTS" in printed
         assert "openai" in printed

@@ -281,7 +281,7 @@ def test_get_prints_the_provider_columns(devcluster: DevCluster, account: dict[s
     assert header.split() == ["NAME", "TYPE", "REQUESTS", "IN-FLIGHT", "BATCHES", "WAITING", "PAUSED-UNTIL", "AGE"]
     assert row.split()[:7] == [name, "anthropic", "45/400", "7", "3", "1", paused_until]
     wide = devcluster.kubectl("get", "ap", name, "-o", "wide", check=False)
-    assert wide.stdout.splitlines()[0].split()[-1] == "QUOTA"
+    assert wide.stdout.splitlines()[0].split()[-2:] == ["QUOTA", "SERVED-BY"]
     assert "Your credit balance is too low" in wide.stdout
 
 

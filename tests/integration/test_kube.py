@@ -4,22 +4,25 @@ Every verb the reconciler, the teardown and the TTL expiry use, on the
 children ``builders`` make: server-side apply owned by ``analysis-operator``
 and forced over another manager's fields, the status subresource of a batch,
 result chunks created and replaced under ``resourceVersion`` preconditions,
-deletes that tolerate what is already gone, and the errors callers branch on.
+deletes that tolerate what is already gone, an AnalysisProvider's claim by one
+install at a time, and the errors callers branch on.
 The credentials come from ``KUBECONFIG``, as when the operator runs outside a
 cluster.
 """
 
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from analysis_core import plan
+from analysis_core import api, plan
 from analysis_core.api import v1alpha1, wellknown
 from analysis_devcluster.cluster import DevCluster
-from analysis_operator import builders, export, kube, results
+from analysis_operator import accounts, builders, export, kube, results
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crds_installed")]
 
@@ -175,3 +178,52 @@ def test_several_kubeconfig_files_merge_as_kubectl_merges_them(
     single = kube.config().get()
     assert single is not None
     assert single.cluster.server == devcluster.server_url
+
+
+def iso(seconds_ago: float = 0.0) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds_ago))
+
+
+async def test_one_install_at_a_time_holds_an_account(client: kube.Kube, devcluster: DevCluster) -> None:
+    """Two installs claim the account they both read: one wins, the other gets a conflict and sees the claim; only
+    the holder's status writes land; once its claim lapses, the other takes the account over."""
+    name = f"test-claim-{uuid.uuid4().hex[:8]}"
+    manifest = {
+        "apiVersion": "analysis.dev/v1alpha1",
+        "kind": "AnalysisProvider",
+        "metadata": {"name": name},
+        "spec": {"type": "openai", "limits": {"requestsPerMinute": 60}, "namespaces": [{"name": "*"}]},
+    }
+    created = json.loads(devcluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(manifest)).stdout)
+
+    def read() -> dict[str, Any]:
+        got = devcluster.kubectl("get", api.PROVIDER_PLURAL, name, "-o", "json").stdout
+        return dict(json.loads(got))
+
+    try:
+        seen = created["metadata"]["resourceVersion"]
+        assert await client.claim_provider(name, "team-a-install", iso(), seen)
+        assert not await client.claim_provider(name, "team-b-install", iso(), seen)  # read before a's claim
+        now = read()
+        assert now["status"]["servedBy"] == "team-a-install"
+        now_ms = int(time.time() * 1000)
+        assert accounts.held_elsewhere(now["status"], "team-b-install", now_ms) == "team-a-install"
+        assert accounts.held_elsewhere(now["status"], "team-a-install", now_ms) is None
+
+        # The holder's writes land (nulls left out); another install's are refused whole.
+        status = {"servedBy": "team-a-install", "renewTime": iso(), "batches": 2, "pausedUntil": None}
+        assert await client.patch_provider_status(name, status, holder="team-a-install")
+        assert not await client.patch_provider_status(name, {**status, "batches": 7}, holder="team-b-install")
+        assert read()["status"]["batches"] == 2
+        assert "pausedUntil" not in read()["status"]
+
+        # a stops renewing: past the lease, b may claim, and then a's writes are refused.
+        stale = {**status, "renewTime": iso(accounts.CLAIM_LEASE_S + 5)}
+        assert await client.patch_provider_status(name, stale, holder="team-a-install")
+        lapsed = read()
+        assert accounts.held_elsewhere(lapsed["status"], "team-b-install", int(time.time() * 1000)) is None
+        assert await client.claim_provider(name, "team-b-install", iso(), lapsed["metadata"]["resourceVersion"])
+        assert not await client.patch_provider_status(name, status, holder="team-a-install")
+        assert read()["status"]["servedBy"] == "team-b-install"
+    finally:
+        devcluster.kubectl("delete", api.PROVIDER_PLURAL, name, "--ignore-not-found")

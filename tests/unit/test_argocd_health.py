@@ -264,7 +264,7 @@ def account_view(paused_until_ms: int = 0, quota: dict[str, accounts.Quota] | No
 
 def provider_status(view: accounts.AccountView, generation: int = 1) -> Callable[[], dict[str, Any]]:
     spec = v1alpha1.AnalysisProviderSpec.model_validate(PROVIDER_SPEC)
-    return lambda: accounts.provider_status(view, spec, generation, {}, NOW_MS)
+    return lambda: accounts.provider_status(view, spec, generation, {}, NOW_MS, served_by="analysis-system")
 
 
 REFUSED = accounts.Quota(

@@ -165,6 +165,7 @@ def test_the_provider_crd_is_cluster_scoped_with_its_own_names_and_columns() -> 
         ("Paused-Until", 0),
         ("Age", 0),
         ("Quota", 1),
+        ("Served-By", 1),
     ]
     # kubectl prints a date column as the time since it, "<invalid>" for one to come: a pause's end is to come.
     assert columns["Paused-Until"]["type"] == "string"

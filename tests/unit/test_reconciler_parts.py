@@ -7,7 +7,7 @@ import pytest
 
 from analysis_core import plan, pricing, queue
 from analysis_core.api import v1alpha1, wellknown
-from analysis_operator import producer, reconciler
+from analysis_operator import accounts, producer, reconciler
 
 pytestmark = pytest.mark.unit
 
@@ -179,3 +179,55 @@ def test_a_stage_paused_for_quota_stalls_the_batch_naming_the_provider_and_its_w
     # Gone with the pause, and once nothing in the stage waits any more.
     assert reconciler.quota_problems(PLAN, _snapshot({})) == []
     assert reconciler.quota_problems(PLAN, _snapshot({"analyze": pause}, running=0)) == []
+
+
+def test_an_account_another_install_holds_stalls_the_batch_naming_the_field_and_the_install() -> None:
+    account = v1alpha1.AnalysisProviderSpec.model_validate(
+        {"type": "openai", "limits": {"requestsPerMinute": 60}, "namespaces": [{"name": "*"}]}
+    )
+    on_account = plan.compile_plan(
+        "uid",
+        v1alpha1.AnalysisBatchSpec.model_validate(
+            {
+                "items": ["A"],
+                "providers": {
+                    "shared": {
+                        "providerRef": {"name": "team-gpt"},
+                        "model": "m",
+                        "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+                    }
+                },
+                "stages": [{"name": "analyze", "provider": "shared", "prompt": "{{ item }}"}],
+            }
+        ),
+        accounts={"team-gpt": account},
+    )
+    registry = accounts.Registry()
+    assert reconciler.account_held_elsewhere_problems(on_account, registry) == []
+    registry.elsewhere["team-gpt"] = "analysis-team-b"
+    (problem,) = reconciler.account_held_elsewhere_problems(on_account, registry)
+    assert (problem.reason, problem.stalled) == (wellknown.Reason.PROVIDER_SERVED_ELSEWHERE, True)
+    assert problem.message.startswith(
+        "spec.providers.shared.providerRef: AnalysisProvider team-gpt is held by the operator install in "
+        "analysis-team-b"
+    )
+    # Inline providers are this install's own.
+    assert reconciler.account_held_elsewhere_problems(PLAN, registry) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "held_by"),
+    [
+        ({}, None),  # never claimed
+        ({"servedBy": "analysis-a", "renewTime": "2026-11-22T12:00:00Z"}, "analysis-a"),
+        ({"servedBy": "analysis-a", "renewTime": "2026-11-22T11:59:46Z"}, "analysis-a"),  # 14 s: within the lease
+        ({"servedBy": "analysis-a", "renewTime": "2026-11-22T11:59:40Z"}, None),  # 20 s: lapsed
+        ({"servedBy": "analysis-a"}, None),  # never renewed
+        ({"servedBy": "analysis-b", "renewTime": "2026-11-22T12:00:00Z"}, None),  # this install's own
+    ],
+)
+def test_an_account_is_held_elsewhere_while_another_install_renews_its_claim(
+    status: dict[str, str], held_by: str | None
+) -> None:
+    now_ms = 1_795_348_800_000  # 2026-11-22T12:00:00Z
+    assert accounts.held_elsewhere(status, "analysis-b", now_ms) == held_by

@@ -40,9 +40,13 @@ with each refused probe, one call of one waiting batch is let through.
 
 ``Registry`` is what the batches' reconcilers tell the allocators (which
 batches use which account) and what the allocators tell the reconcilers and
-the account's status (pauses, use). It is in memory: every running batch
-registers again at its first step after an operator restart, and the
-account's window is in Redis.
+the account's status (pauses, use, another install holding the account). It
+is in memory: every running batch registers again at its first step after an
+operator restart, and the account's window is in Redis.
+
+One install holds an account at a time (``held_elsewhere``, the claim in its
+status): the window is in that install's Redis, so two installs granting it
+would each grant the whole limit.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from analysis_core import keys as keys_
@@ -75,6 +80,11 @@ BURST_S = 0.25
 PROBE_MAX_S = 300.0  # the longest wait between two probes of an account refused for quota
 PROBE_MARGIN_S = 5.0  # a probe that never reports back is given up this long past its call's deadline
 WHOLE_ACCOUNT = ""  # the model of a refusal that concerns the whole account
+# One install's operator holds an account at a time: its limit is kept in that install's Redis. The holder claims
+# the account in its status and renews the claim this often; another install takes it over only once the claim is
+# older than the lease (a holder gone for good), and its batches wait until then.
+CLAIM_RENEW_S = 5.0
+CLAIM_LEASE_S = 15.0
 # A report's settlement fields (+ the grant's epoch), and the part of the account's log each settles.
 SETTLED = ((wire.REPORT_SETTLED_INPUT, wire.ALLOW_INPUT), (wire.REPORT_SETTLED_OUTPUT, wire.ALLOW_OUTPUT))
 
@@ -146,6 +156,7 @@ class Registry:
         self._members: dict[str, dict[str, Member]] = {}  # account -> member key -> member
         self._uses: dict[str, set[str]] = {}  # batch uid -> accounts
         self.views: dict[str, AccountView] = {}
+        self.elsewhere: dict[str, str] = {}  # account -> the other install that holds it
 
     def use(self, uid: str, members: Mapping[str, Sequence[Member]]) -> None:
         """The batch ``uid`` now uses these accounts (by name) with these members; nothing else."""
@@ -521,10 +532,31 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+def held_elsewhere(status: Mapping[str, Any], me: str, now_ms: int) -> str | None:
+    """The other install whose claim on the account is fresh, from the account's status; None: ``me`` may hold it."""
+    served_by = status.get("servedBy")
+    if not served_by or served_by == me:
+        return None
+    try:
+        renewed = datetime.fromisoformat(str(status.get("renewTime"))).timestamp() * 1000
+    except ValueError:
+        return None  # never renewed (or unreadable): no claim
+    return str(served_by) if now_ms - renewed <= CLAIM_LEASE_S * 1000 else None
+
+
 def provider_status(
-    view: AccountView, spec: v1alpha1.AnalysisProviderSpec, generation: int, previous: Mapping[str, Any], now_ms: int
+    view: AccountView,
+    spec: v1alpha1.AnalysisProviderSpec,
+    generation: int,
+    previous: Mapping[str, Any],
+    now_ms: int,
+    *,
+    served_by: str,
 ) -> dict[str, Any]:
-    """The AnalysisProvider's status from what its allocator last saw; conditions keep their transition times."""
+    """The AnalysisProvider's status from what its allocator last saw; conditions keep their transition times.
+
+    ``served_by``: this install, which holds the account; the status renews its claim (``renewTime``).
+    """
     R, C, S = v1alpha1.Reason, v1alpha1.AccountConditionType, v1alpha1.ConditionStatus
     limit = spec.limits.requests_per_minute
     scaled = None if limit is None else max(1, math.floor(limit * spec.limits.window_seconds / 60))
@@ -574,6 +606,8 @@ def provider_status(
         or None,
         "pausedUntil": _iso(view.paused_until_ms) if view.paused_until_ms else None,
         "quotaExhausted": refused or None,
+        "servedBy": served_by,
+        "renewTime": _iso(now_ms),
         "conditions": [
             {
                 "type": str(kind),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import socket
 from collections.abc import Mapping
 
 import analysis_core
@@ -44,6 +45,12 @@ class OperatorConfig:
     namespace: str | None = None
     # A provider account refused for quota: the first wait before a probe call (doubling with each refused one).
     account_probe_s: float = float(env.DEFAULT_QUOTA_PROBE_SECONDS)
+
+    @property
+    def install(self) -> str:
+        """This install, as an account's claim names it (``status.servedBy``): the operator's namespace, or, for an
+        operator run outside the cluster, its host."""
+        return self.namespace or socket.gethostname()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:

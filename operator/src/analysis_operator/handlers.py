@@ -270,16 +270,29 @@ async def tear_down(body: kopf.Body, memo: kopf.Memo, retry: int, logger: kopf.L
 
 @kopf.daemon(*PROVIDER, id="allocate", cancellation_timeout=5)
 async def allocate(stopped: kopf.DaemonStopped, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Grant the account's capacity to the batches that use it, about ten times a second; write its status."""
+    """Grant the account's capacity to the batches that use it, about ten times a second; write its status.
+
+    Only while this install holds the account (its claim in the status,
+    renewed with every status write): another install holding it leaves this
+    one's batches waiting (``ProviderServedElsewhere``) until its claim lapses.
+    """
     cfg: OperatorConfig = memo.cfg
     registry: accounts.Registry = memo.accounts
+    me = cfg.install
     generation = int(body["metadata"].get("generation") or 1)
     spec = v1alpha1.AnalysisProviderSpec.model_validate(body["spec"])
     allocator = accounts.Allocator(name, spec, memo.redis, registry, probe_s=cfg.account_probe_s)
     written: dict[str, Any] = dict(body.get("status") or {})
-    written_at = 0.0
+    written_at = renewed_at = 0.0
+    holding = False
     while not stopped:
         started = time.monotonic()
+        if not holding:
+            holding = await _claim(name, body, memo.kube, registry, me)
+            if not holding:
+                await asyncio.sleep(ACCOUNT_STATUS_INTERVAL_S)
+                continue
+            renewed_at = time.monotonic()
         current = int(body["metadata"].get("generation") or 1)
         if current != generation:  # the daemon's body follows the object: an edited account applies at once
             generation, allocator.spec = current, v1alpha1.AnalysisProviderSpec.model_validate(body["spec"])
@@ -291,16 +304,50 @@ async def allocate(stopped: kopf.DaemonStopped, name: str, body: kopf.Body, memo
             await asyncio.sleep(1.0)
         view = registry.views.get(name)
         if view is not None and time.monotonic() - written_at >= ACCOUNT_STATUS_INTERVAL_S:
-            new = accounts.provider_status(view, allocator.spec, generation, written, int(time.time() * 1000))
-            if status.essence(new) != status.essence(written):
+            now_ms = int(time.time() * 1000)
+            new = accounts.provider_status(view, allocator.spec, generation, written, now_ms, served_by=me)
+            renew = time.monotonic() - renewed_at >= accounts.CLAIM_RENEW_S
+            if renew or _essence(new) != _essence(written):
                 try:
-                    await memo.kube.patch_provider_status(name, new)
-                    written = new
+                    holding = await memo.kube.patch_provider_status(name, new, holder=me)
+                    if holding:
+                        written, renewed_at = new, time.monotonic()
+                    else:
+                        accounts.log.warning(f"account {name}: another install took it over; this one stops granting")
                 except kube.ERRORS as exc:
                     accounts.log.warning(f"account {name}: cannot write status: {kube.describe(exc)}")
             written_at = time.monotonic()
         interval = accounts.TICK_S if busy else accounts.IDLE_TICK_S
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _essence(provider_status: Mapping[str, Any]) -> dict[str, Any]:
+    """What an account's status says, without what changes by itself (transition times, the claim's renewal)."""
+    return {k: v for k, v in status.essence(provider_status).items() if k != "renewTime"}
+
+
+async def _claim(name: str, body: kopf.Body, client: kube.Kube, registry: accounts.Registry, me: str) -> bool:
+    """Take the account for this install unless another holds it; True once this install holds it."""
+    other = accounts.held_elsewhere(body.get("status") or {}, me, int(time.time() * 1000))
+    if other is not None:
+        if registry.elsewhere.get(name) != other:
+            accounts.log.warning(
+                f"account {name} is held by the install in {other}: this one grants nothing to its batches "
+                "until that claim lapses"
+            )
+        registry.elsewhere[name] = other
+        registry.views.pop(name, None)
+        return False
+    try:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        claimed = await client.claim_provider(name, me, now, str(body["metadata"].get("resourceVersion") or ""))
+    except kube.ERRORS as exc:
+        accounts.log.warning(f"account {name}: cannot claim it: {kube.describe(exc)}")
+        return False
+    if claimed:
+        registry.elsewhere.pop(name, None)
+        accounts.log.info(f"account {name}: this install ({me}) holds it")
+    return claimed
 
 
 @kopf.on.delete(*PROVIDER, id="release-account")
@@ -314,3 +361,4 @@ async def release_account(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any)
         )
         raise kopf.TemporaryError(f"in use by {shown}", delay=ACCOUNT_IN_USE_RECHECK_S)
     memo.accounts.views.pop(name, None)
+    memo.accounts.elsewhere.pop(name, None)

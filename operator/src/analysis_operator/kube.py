@@ -56,6 +56,7 @@ from analysis_core.api import GROUP, KIND, PLURAL, PROVIDER_KIND, PROVIDER_PLURA
 FIELD_MANAGER = "analysis-operator"
 
 ApiError = lightkube.ApiError
+UNPROCESSABLE = 422  # the API server refused the request as invalid, or a JSON patch's test failed
 # What a failed call raises: the API server's refusal (ApiError; an error answer that is not a JSON Status, from
 # a proxy say, stays a plain HTTPStatusError), or no answer at all (connect, TLS, timeout: TransportError).
 ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPStatusError, httpx2.TransportError)
@@ -191,9 +192,42 @@ class Kube:
         """A JSON merge patch; ``kind`` may be a subresource (``BATCHES.Status``)."""
         await self.client.patch(kind, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE)
 
-    async def patch_provider_status(self, name: str, status: Mapping[str, Any]) -> None:
-        """A JSON merge patch of an AnalysisProvider's status (cluster-scoped)."""
-        await self.client.patch(PROVIDERS.Status, name, {"status": dict(status)}, patch_type=PatchType.MERGE)
+    async def claim_provider(self, name: str, served_by: str, renew_time: str, resource_version: str) -> bool:
+        """Take an AnalysisProvider for this install (``status.servedBy``), if it is still at ``resource_version``.
+
+        The resourceVersion is the precondition: of two installs claiming the
+        account they both read, one gets a conflict. False then (look again).
+        """
+        patch = {
+            "metadata": {"resourceVersion": resource_version},
+            "status": {"servedBy": served_by, "renewTime": renew_time},
+        }
+        try:
+            await self.client.patch(PROVIDERS.Status, name, patch, patch_type=PatchType.MERGE)
+        except ApiError as exc:
+            if is_conflict(exc):
+                return False
+            raise
+        return True
+
+    async def patch_provider_status(self, name: str, status: Mapping[str, Any], *, holder: str) -> bool:
+        """Replace an AnalysisProvider's status if ``holder`` still holds the account; False if another took it.
+
+        A JSON patch whose first operation tests ``status.servedBy``: the API
+        server applies all of it or nothing. Null fields are left out.
+        """
+        value = {key: item for key, item in status.items() if item is not None}
+        operations = [
+            {"op": "test", "path": "/status/servedBy", "value": holder},
+            {"op": "replace", "path": "/status", "value": value},
+        ]
+        try:
+            await self.client.patch(PROVIDERS.Status, name, operations, patch_type=PatchType.JSON)
+        except ApiError as exc:
+            if exc.status.code == UNPROCESSABLE:  # the test failed: servedBy is another install, or gone
+                return False
+            raise
+        return True
 
     async def delete(self, kind: type[R], namespace: str, name: str) -> bool:
         """Delete, its dependents in the background; False if it was already gone."""

@@ -260,6 +260,7 @@ class Reconciler:
             snapshot, state = await self._advance(batch, body, compiled)
             problems.extend(quota_problems(the_plan, snapshot))
             problems.extend(account_quota_problems(the_plan, snapshot, self.registry))
+            problems.extend(account_held_elsewhere_problems(the_plan, self.registry))
         except queue.UNAVAILABLE as exc:
             problems.append(status.Problem(R.REDIS_UNAVAILABLE, f"Redis cannot be reached: {exc}", stalled=False))
             return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
@@ -771,6 +772,27 @@ def account_quota_problems(
             )
         )
         break
+    return problems
+
+
+def account_held_elsewhere_problems(the_plan: plan.Plan, registry: accounts.Registry) -> list[status.Problem]:
+    """Providers on an account another install holds: this install grants nothing on it, so their calls wait."""
+    problems = []
+    for name, provider in the_plan.providers.items():
+        if provider.account is None:
+            continue
+        other = registry.elsewhere.get(provider.account.name)
+        if other is None:
+            continue
+        problems.append(
+            status.Problem(
+                R.PROVIDER_SERVED_ELSEWHERE,
+                f"spec.providers.{name}.providerRef: AnalysisProvider {provider.account.name} is held by the "
+                f"operator install in {other}, which keeps its limit in its own Redis; an account serves one install "
+                "at a time, so this batch's calls wait until that install lets go of it (or run the batch in a "
+                "namespace that install watches)",
+            )
+        )
     return problems
 
 

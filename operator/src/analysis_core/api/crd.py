@@ -94,6 +94,13 @@ PROVIDER_PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
         "description": "The provider's refusal for quota or billing, while it lasts.",
     },
+    {
+        "name": "Served-By",
+        "type": "string",
+        "jsonPath": ".status.servedBy",
+        "priority": 1,
+        "description": "The install whose operator grants the account's capacity.",
+    },
 ]
 
 # Keys of pydantic's output that have no place in a CRD schema.

@@ -1223,6 +1223,16 @@ class AnalysisProviderStatus(_StatusModel):
         description="The provider refuses the account for quota or billing, in its own words; one probe call "
         "at a time goes out, with growing waits, until one passes.",
     )
+    served_by: str | None = Field(
+        default=None,
+        description="The install whose operator grants the account's capacity (its namespace): the limit is kept "
+        "in that install's Redis, so one install holds an account at a time and renews the claim every few seconds.",
+    )
+    renew_time: datetime | None = Field(
+        default=None,
+        description="When servedBy last renewed its claim; another install takes the account over only once the "
+        "claim is this old by the claim's lease.",
+    )
     conditions: list[Condition] | None = Field(
         default=None,
         json_schema_extra=k8s(list_type="map", list_map_keys=["type"]),

@@ -125,6 +125,7 @@ class Reason(enum.StrEnum):
     PROVIDER_QUOTA_EXHAUSTED = "ProviderQuotaExhausted"
     PROVIDER_NOT_FOUND = "ProviderNotFound"  # spec.providers.<name>.providerRef names no AnalysisProvider
     PROVIDER_NOT_ALLOWED = "ProviderNotAllowed"  # the AnalysisProvider does not admit the batch's namespace
+    PROVIDER_SERVED_ELSEWHERE = "ProviderServedElsewhere"  # another install's operator holds the account
     # An AnalysisProvider's conditions.
     ACCOUNT_SERVING = "Serving"
     ACCOUNT_PAUSED = "RetryAfter"  # the provider asked the account to wait

@@ -12,7 +12,8 @@ operator's allocator grants the account's allowances, as its daemon does.
 
 A worker on an account with the CA bundle completes every item; on the same
 account without it, with the same file on disk, every call fails on the
-certificate, classified ``Network``, saying so. A worker on an account with
+certificate, classified ``Network``, saying so; a running worker whose
+mounted bundle changes trusts the new one from its next call. A worker on an account with
 the proxy reaches the stand-in only through it, over plain HTTP
 (absolute-form requests) or HTTPS (CONNECT tunnels): every connection the
 stand-in saw is one the proxy opened. Without ``proxyURL`` the proxy sees
@@ -201,6 +202,57 @@ async def test_without_the_accounts_ca_bundle_every_call_fails_on_the_certificat
         assert outcome[wire.OUTCOME_ERROR_CLASS] == str(errors.ErrorClass.NETWORK)
         assert "CERTIFICATE_VERIFY_FAILED" in outcome[wire.OUTCOME_ERROR]
     assert tls_stand_in.requests() == []  # no request got past the handshake
+
+
+@pytest.mark.timeout(120)
+async def test_a_running_worker_trusts_a_rotated_ca_bundle_once_it_is_mounted(
+    tls_stand_in: standin.StandIn,
+    gateway_pki: pki.Serving,
+    workers: Any,
+    allocate: Callable[..., Any],
+    redis: queue.Redis,
+    tmp_path: Path,
+) -> None:
+    """The account's bundle names another CA at first (the gateway's certificate was rotated, the bundle not yet):
+    calls fail on the certificate and are retried. Once the right CA is in the mounted file, as the kubelet writes
+    it after the operator updates the copy, the same worker process trusts it and every item succeeds."""
+    api = "openai"
+    spec = account(api, tls_stand_in.base_url(api), ca_bundle=True)
+    batch_spec = tls_stand_in.batch_spec(
+        api, ITEMS, concurrency=2, retry={"maxAttempts": 20, "backoff": {"initialSeconds": 1, "factor": 1}}
+    )
+    provider = batch_spec["providers"]["llm"]
+    del provider["type"], provider["baseURL"]
+    provider["providerRef"] = {"name": ACCOUNT}
+    batch = workers.batch(batch_spec, accounts={ACCOUNT: spec})
+    stale = pki.write_serving(tmp_path / "old-pki", "gateway-before-rotation")
+    ca_dir = mount_ca_bundle(batch, stale.ca_cert.read_text(encoding="utf-8"), tmp_path / "ca")
+    allocating = allocate(ACCOUNT, spec)
+    async with allocating.running():
+        await batch.seed()
+        allocating.use(NAMESPACE, "egress", batch)
+        worker = workers.start(batch, "analyze", **{env.API_KEY: API_KEY, env.CA_BUNDLE_DIR: str(ca_dir)})
+
+        async def refused_on_the_certificate() -> bool:
+            counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+            return counts.counters.get(wire.COUNT_RETRIES, 0) >= len(ITEMS)
+
+        await workers.eventually(refused_on_the_certificate, 30, "every item retried after a certificate error")
+        assert tls_stand_in.requests() == []
+        # The kubelet swaps a ConfigMap volume's files whole; so does this.
+        mounted = ca_dir / f"{batch.plan.stage('analyze').provider}.pem"
+        staged = mounted.with_suffix(".new")
+        staged.write_bytes(gateway_pki.ca_cert.read_bytes())
+        os.replace(staged, mounted)
+
+        async def done() -> bool:
+            counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+            return counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(ITEMS) and counts.drained
+
+        await workers.eventually(done, 60, "every item succeeded after the bundle changed")
+    assert sorted(call["prompt"] for call in tls_stand_in.requests()) == [f"Analyze {item}" for item in ITEMS]
+    assert len(workers.started) == 1  # the one worker process, never restarted
+    assert any(line.get("msg") == "CA bundle changed: calls from now on trust it" for line in worker.lines())
 
 
 def through(proxy: forwardproxy.ForwardProxy, stand_in: standin.StandIn) -> set[str]:

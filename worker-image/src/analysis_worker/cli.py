@@ -11,9 +11,12 @@ for an exec liveness probe.
 """
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import redis.exceptions
 
@@ -24,6 +27,7 @@ from analysis_worker import consumer, health, logs, loop, providers
 from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
+CA_RELOAD_CHECK_S = 5.0  # how often the account's mounted CA bundle is looked at for a change
 
 
 async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
@@ -36,9 +40,11 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
     if provider_plan.account is not None and (provider_plan.account.proxy_url or provider_plan.account.ca_bundle):
         ca_file = str(cfg.ca_bundle_dir / f"{stage.provider}.pem") if provider_plan.account.ca_bundle else None
         egress = base.Egress(provider_plan.account.proxy_url, ca_file)
-    provider = providers.build(provider_plan, cfg.api_key.get_secret_value() if cfg.api_key else None, egress=egress)
+    api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
+    provider = providers.build(provider_plan, api_key, egress=egress)
     client = queue.connect(cfg.redis_url, cfg.redis_secret)
     blocking = queue.connect_blocking(cfg.redis_url, cfg.redis_secret)
+    worker: loop.Worker | None = None
     try:
         seeded = await consumer.layout(client, cfg.batch_uid)
         if seeded is not None and seeded > keys.LAYOUT_VERSION:
@@ -55,11 +61,53 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
         running = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(sig, worker.stop)
-        return await worker.run()
+        reloading = None
+        if egress is not None and egress.ca_file:
+            rebuild = functools.partial(providers.build, provider_plan, api_key, egress=egress)
+            reloading = asyncio.create_task(_reload_on_change(Path(egress.ca_file), worker, rebuild))
+        try:
+            return await worker.run()
+        finally:
+            if reloading is not None:
+                reloading.cancel()
+                await asyncio.wait({reloading})  # it closes the clients it replaced
     finally:
-        await provider.aclose()
+        await (provider if worker is None else worker.provider).aclose()
         await blocking.aclose()
         await client.aclose()
+
+
+async def _reload_on_change(ca_file: Path, worker: loop.Worker, rebuild: Callable[[], base.Provider]) -> None:
+    """A new client for the provider whenever the account's CA bundle changes on disk (the kubelet updates a
+    mounted ConfigMap in place): calls after it trust the new certificates, calls in flight finish on the old
+    client, and the old clients are closed when the worker ends (a bundle changes seldom)."""
+    seen = _read(ca_file)
+    replaced: list[base.Provider] = []
+    try:
+        while True:
+            await asyncio.sleep(CA_RELOAD_CHECK_S)
+            now = _read(ca_file)
+            if now == seen or now is None:
+                continue
+            try:
+                fresh = rebuild()
+            except (OSError, ValueError) as exc:  # a broken bundle: keep the client that works, until the next change
+                log.warning("the CA bundle changed but cannot be loaded: %s; keeping the old one", exc)
+                seen = now
+                continue
+            seen = now
+            replaced.append(worker.use_provider(fresh))
+            log.info("CA bundle changed: calls from now on trust it", extra={"fields": {"file": str(ca_file)}})
+    finally:
+        for provider in replaced:
+            await provider.aclose()
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _parse(argv: list[str]) -> bool:

@@ -148,6 +148,11 @@ class Worker:
 
     # ---------------------------------------------------------------- lifecycle
 
+    def use_provider(self, provider: base.Provider) -> base.Provider:
+        """Make calls from now on with ``provider``; returns the one it replaces, which calls in flight still use."""
+        old, self.provider = self.provider, provider
+        return old
+
     def stop(self) -> None:
         """Stop claiming; ``run`` then drains within the grace period and returns."""
         if not self._stopping.is_set():

@@ -120,9 +120,15 @@ def mount_ca_bundle(batch: Any, ca_pem: str, directory: Path) -> Path:
     return directory
 
 
-def batch_on(workers: Any, stand_in: standin.StandIn, api: str, spec: v1alpha1.AnalysisProviderSpec) -> Any:
-    """A batch of ITEMS whose one stage calls through the account ``spec`` (one attempt per item)."""
-    batch_spec = stand_in.batch_spec(api, ITEMS, concurrency=2, retry={"maxAttempts": 1})
+def batch_on(
+    workers: Any,
+    stand_in: standin.StandIn,
+    api: str,
+    spec: v1alpha1.AnalysisProviderSpec,
+    retry: dict[str, Any] | None = None,
+) -> Any:
+    """A batch of ITEMS whose one stage calls through the account ``spec`` (by default one attempt per item)."""
+    batch_spec = stand_in.batch_spec(api, ITEMS, concurrency=2, retry=retry or {"maxAttempts": 1})
     provider = batch_spec["providers"]["llm"]
     del provider["type"], provider["baseURL"]
     provider["providerRef"] = {"name": ACCOUNT}
@@ -218,13 +224,8 @@ async def test_a_running_worker_trusts_a_rotated_ca_bundle_once_it_is_mounted(
     it after the operator updates the copy, the same worker process trusts it and every item succeeds."""
     api = "openai"
     spec = account(api, tls_stand_in.base_url(api), ca_bundle=True)
-    batch_spec = tls_stand_in.batch_spec(
-        api, ITEMS, concurrency=2, retry={"maxAttempts": 20, "backoff": {"initialSeconds": 1, "factor": 1}}
-    )
-    provider = batch_spec["providers"]["llm"]
-    del provider["type"], provider["baseURL"]
-    provider["providerRef"] = {"name": ACCOUNT}
-    batch = workers.batch(batch_spec, accounts={ACCOUNT: spec})
+    retry = {"maxAttempts": 20, "backoff": {"initialSeconds": 1, "factor": 1}}
+    batch = batch_on(workers, tls_stand_in, api, spec, retry)
     stale = pki.write_serving(tmp_path / "old-pki", "gateway-before-rotation")
     ca_dir = mount_ca_bundle(batch, stale.ca_cert.read_text(encoding="utf-8"), tmp_path / "ca")
     allocating = allocate(ACCOUNT, spec)

@@ -17,6 +17,10 @@
 -- Flux (kstatus) reads Ready only, so it reports an account refused for quota
 -- as Current; the batches on it say ProviderQuotaExhausted either way.
 --
+-- whole(), condition() and explain() are the AnalysisBatch check's: Argo CD
+-- runs each check alone, from its own argocd-cm key, so they cannot share a
+-- module.
+--
 -- Argo CD runs this with gopher-lua (Lua 5.1), where every number is a float
 -- and string.format hands its arguments to Go's fmt: so no string.format, and
 -- numbers are printed through whole(). Tested under lua5.4 with integers and

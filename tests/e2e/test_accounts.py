@@ -186,8 +186,13 @@ def test_a_refusal_for_quota_holds_both_teams_with_a_condition_naming_the_accoun
             assert f"AnalysisProvider {name}" in message
             assert standin.OPENAI_INSUFFICIENT_QUOTA in message
         refused = server.requests()
-        status = json.loads(dev.kubectl("get", "analysisprovider", name, "-o", "json").stdout).get("status") or {}
-        assert standin.OPENAI_INSUFFICIENT_QUOTA in (status.get("quotaExhausted") or "")
+
+        def account_says_refused() -> bool:
+            # The account's status is written every couple of seconds, the batches' conditions on their own steps.
+            got = json.loads(dev.kubectl("get", "analysisprovider", name, "-o", "json").stdout).get("status") or {}
+            return standin.OPENAI_INSUFFICIENT_QUOTA in (got.get("quotaExhausted") or "")
+
+        batches.eventually(account_says_refused, 30, "the account's status shows the refusal")
         # The provider accepts calls again: a probe passes and both teams finish, each item answered once.
         server.set_plan([])
         batches.wait("team-a", "Complete", timeout_s=180)

@@ -290,7 +290,9 @@ async def allocate(stopped: kopf.DaemonStopped, name: str, body: kopf.Body, memo
         if not holding:
             holding = await _claim(name, body, memo.kube, registry, me)
             if not holding:
-                await asyncio.sleep(ACCOUNT_STATUS_INTERVAL_S)
+                # Held elsewhere: look again in a while. A conflict (the object moved since it was read, e.g. its
+                # finalizer was just added): again as soon as the body has caught up.
+                await asyncio.sleep(ACCOUNT_STATUS_INTERVAL_S if name in registry.elsewhere else accounts.IDLE_TICK_S)
                 continue
             renewed_at = time.monotonic()
         current = int(body["metadata"].get("generation") or 1)
@@ -343,6 +345,7 @@ async def _claim(name: str, body: kopf.Body, client: kube.Kube, registry: accoun
         claimed = await client.claim_provider(name, me, now, str(body["metadata"].get("resourceVersion") or ""))
     except kube.ERRORS as exc:
         accounts.log.warning(f"account {name}: cannot claim it: {kube.describe(exc)}")
+        await asyncio.sleep(ACCOUNT_STATUS_INTERVAL_S)  # not a conflict: no sooner than a status write would be
         return False
     if claimed:
         registry.elsewhere.pop(name, None)

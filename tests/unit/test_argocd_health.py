@@ -301,30 +301,32 @@ def stored(value: Any) -> Any:
     return value
 
 
+# Each kind's fixture object: a batch in a namespace, a cluster-scoped account.
+METADATA: dict[str, dict[str, Any]] = {
+    "AnalysisBatch": {
+        "name": "semis-q3",
+        "namespace": "research",
+        "uid": UID,
+        "creationTimestamp": "2026-11-22T11:58:00Z",
+    },
+    "AnalysisProvider": {
+        "name": "shared-anthropic",
+        "uid": "9d0c2f5e-1b7a-4c3e-8f61-2a4b6c8d0e13",
+        "creationTimestamp": "2026-11-20T09:00:00Z",
+    },
+}
+
+
 def manifest(scenario: Scenario, kind: str = "AnalysisBatch") -> dict[str, Any]:
     """The whole resource a fixture holds, as ``kubectl get -o yaml`` would show it."""
-    if kind == "AnalysisProvider":  # cluster-scoped
-        return {
-            "apiVersion": "analysis.dev/v1alpha1",
-            "kind": kind,
-            "metadata": {
-                "name": "shared-anthropic",
-                "uid": "9d0c2f5e-1b7a-4c3e-8f61-2a4b6c8d0e13",
-                "generation": scenario.generation,
-                "creationTimestamp": "2026-11-20T09:00:00Z",
-            },
-            "spec": scenario.spec,
-            "status": stored(scenario.status()),
-        }
+    fixed = METADATA[kind]
     return {
         "apiVersion": "analysis.dev/v1alpha1",
-        "kind": "AnalysisBatch",
+        "kind": kind,
         "metadata": {
-            "name": "semis-q3",
-            "namespace": "research",
-            "uid": UID,
+            **{k: fixed[k] for k in ("name", "namespace", "uid") if k in fixed},
             "generation": scenario.generation,
-            "creationTimestamp": "2026-11-22T11:58:00Z",
+            "creationTimestamp": fixed["creationTimestamp"],
         },
         "spec": scenario.spec,
         "status": stored(scenario.status()),

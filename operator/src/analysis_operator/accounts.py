@@ -528,7 +528,8 @@ class Allocator:
 # ---------------------------------------------------------------- the AnalysisProvider's status
 
 
-def _iso(ms: int) -> str:
+def iso_time(ms: int) -> str:
+    """An API timestamp (RFC 3339, whole seconds, UTC) of ``ms`` since the epoch, as the account's status writes."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
@@ -566,7 +567,7 @@ def provider_status(
         models = sorted(m for m in view.quota if m != WHOLE_ACCOUNT)
         what = "the account" if WHOLE_ACCOUNT in view.quota else f"model {', '.join(models)}"
         refused = (
-            f"the provider refuses {what} for quota or billing since {_iso(quota.since_ms)}: "
+            f"the provider refuses {what} for quota or billing since {iso_time(quota.since_ms)}: "
             f"{quota.message.rstrip('. ')}. "
             f"One probe call at a time, every {quota.backoff_s:g}s (doubling while refused); "
             "every batch on it resumes once one passes"
@@ -577,7 +578,7 @@ def provider_status(
             C.PAUSED,
             S.TRUE if view.paused_until_ms else S.FALSE,
             R.ACCOUNT_PAUSED if view.paused_until_ms else R.NOT_PAUSED,
-            f"the provider asked to wait until {_iso(view.paused_until_ms)}" if view.paused_until_ms else "",
+            f"the provider asked to wait until {iso_time(view.paused_until_ms)}" if view.paused_until_ms else "",
         ),
         (
             C.QUOTA_EXHAUSTED,
@@ -587,7 +588,7 @@ def provider_status(
         ),
     ]
     old = {c.get("type"): c for c in previous.get("conditions") or []}
-    now = _iso(now_ms)
+    now = iso_time(now_ms)
     return {
         "observedGeneration": generation,
         "windowSeconds": view.window_s,
@@ -604,10 +605,10 @@ def provider_status(
             for n in view.namespaces
         ]
         or None,
-        "pausedUntil": _iso(view.paused_until_ms) if view.paused_until_ms else None,
+        "pausedUntil": iso_time(view.paused_until_ms) if view.paused_until_ms else None,
         "quotaExhausted": refused or None,
         "servedBy": served_by,
-        "renewTime": _iso(now_ms),
+        "renewTime": iso_time(now_ms),
         "conditions": [
             {
                 "type": str(kind),

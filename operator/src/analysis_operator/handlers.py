@@ -330,7 +330,8 @@ def _essence(provider_status: Mapping[str, Any]) -> dict[str, Any]:
 
 async def _claim(name: str, body: kopf.Body, client: kube.Kube, registry: accounts.Registry, me: str) -> bool:
     """Take the account for this install unless another holds it; True once this install holds it."""
-    other = accounts.held_elsewhere(body.get("status") or {}, me, int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    other = accounts.held_elsewhere(body.get("status") or {}, me, now_ms)
     if other is not None:
         if registry.elsewhere.get(name) != other:
             accounts.log.warning(
@@ -341,8 +342,8 @@ async def _claim(name: str, body: kopf.Body, client: kube.Kube, registry: accoun
         registry.views.pop(name, None)
         return False
     try:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        claimed = await client.claim_provider(name, me, now, str(body["metadata"].get("resourceVersion") or ""))
+        renewed = accounts.iso_time(now_ms)
+        claimed = await client.claim_provider(name, me, renewed, str(body["metadata"].get("resourceVersion") or ""))
     except kube.ERRORS as exc:
         accounts.log.warning(f"account {name}: cannot claim it: {kube.describe(exc)}")
         await asyncio.sleep(ACCOUNT_STATUS_INTERVAL_S)  # not a conflict: no sooner than a status write would be

@@ -448,3 +448,16 @@ def test_the_offline_provider_drives_stock_research_end_to_end() -> None:
         assert stages["report"].json_schema is not None
         assert schema_errors(report, stages["report"].json_schema) == []
         assert report["ticker"] == stock.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        (0, "analyze", "semiconductors/MU", 2, "text"),
+        (7, "", 'quote " and \\ back', 0, 1),
+        (-3, None, "ünïcode ✓ \n\t", 10**20, "verdict"),
+    ],
+)
+def test_answer_keys_encode_as_json_does(parts: tuple[object, ...]) -> None:
+    # The answers are a function of these keys' bytes: a faster encoding must not change a single answer.
+    assert offline._key(*parts) == json.dumps(list(parts))

@@ -1,5 +1,9 @@
 """Pure parts of the worker and the shared core: keys, templates, configuration, plan."""
 
+import asyncio
+import io
+import json
+import logging
 import re
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import yaml
 
 from analysis_core import env, keys, plan
 from analysis_core.api import v1alpha1
-from analysis_worker import config, templates
+from analysis_worker import config, logs, templates
 
 pytestmark = pytest.mark.unit
 
@@ -231,3 +235,52 @@ def test_the_renderer_passes_exactly_the_variables_the_compiler_allows() -> None
 
     rendered = set(inspect.signature(templates.render).parameters) - {"source"}
     assert rendered == plan.TEMPLATE_VARIABLES
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def turn_logger(stream: CountingStream) -> logging.Logger:
+    handler = logs.TurnHandler(stream)
+    handler.setFormatter(logs.JsonFormatter("b", "s"))
+    logger = logging.getLogger(f"turn-test-{id(stream)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    return logger
+
+
+async def test_lines_of_one_loop_turn_are_written_together_when_it_ends() -> None:
+    stream = CountingStream()
+    logger = turn_logger(stream)
+    for n in range(5):
+        logger.warning("line", extra={"fields": {"n": n}})
+    assert stream.getvalue() == ""  # still this turn
+    await asyncio.sleep(0)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["n"] for line in lines] == [0, 1, 2, 3, 4]
+    assert stream.writes == 1
+    logger.warning("next turn")
+    await asyncio.sleep(0)
+    assert stream.getvalue().splitlines()[-1].endswith('"msg": "next turn"}')
+
+
+def test_lines_outside_an_event_loop_are_written_at_once() -> None:
+    stream = CountingStream()
+    logger = turn_logger(stream)
+    logger.warning("at start-up")
+    assert json.loads(stream.getvalue())["msg"] == "at start-up"
+
+
+async def test_a_line_from_another_thread_is_written_at_once_with_what_waits() -> None:
+    stream = CountingStream()
+    logger = turn_logger(stream)
+    logger.warning("in the loop")
+    await asyncio.to_thread(logger.warning, "from a thread")
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == ["in the loop", "from a thread"]

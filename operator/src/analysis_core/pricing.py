@@ -36,6 +36,7 @@ PACKAGED = "prices.yaml"
 # Not ".", so gpt-4 would never price gpt-4.1 by accident.
 _SEPARATORS = "-@:_"
 _CENT = Decimal("0.01")
+RESOLVED_MAX = 1024  # model names whose price lookup a table remembers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,7 @@ class PriceTable:
         self._prices: Mapping[str, Price] = types.MappingProxyType({k.lower(): v for k, v in prices.items()})
         # Longest first, so gpt-4.1-mini wins over gpt-4.1 for gpt-4.1-mini-2025-04-14.
         self._by_length = sorted(self._prices, key=len, reverse=True)
+        self._resolved: dict[str, Price | None] = {}  # model name as called -> its price: a worker prices every call
 
     @classmethod
     def default(cls) -> PriceTable:
@@ -96,6 +98,16 @@ class PriceTable:
         return tuple(sorted(self._prices))
 
     def price(self, model: str) -> Price | None:
+        try:
+            return self._resolved[model]
+        except KeyError:
+            pass
+        if len(self._resolved) >= RESOLVED_MAX:  # names come from plans and providers' answers: few, but unchecked
+            self._resolved.clear()
+        price = self._resolved[model] = self._lookup(model)
+        return price
+
+    def _lookup(self, model: str) -> Price | None:
         name = model.strip().lower()
         exact = self._prices.get(name)
         if exact is not None:

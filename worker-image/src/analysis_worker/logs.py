@@ -5,10 +5,15 @@ structured fields as ``extra={"fields": {...}}`` (``item`` among them), so
 the line stays greppable and a log pipeline gets typed fields. ``text`` is a
 plain variant for a terminal. The formatter never sees secrets because no
 call site passes one: the API key lives only in the provider's client.
+
+Lines logged in a turn of the event loop are written together at its end,
+one write instead of one per line (a busy worker logs a line per item);
+outside the loop (start-up, exit, other threads) a line is written at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -61,8 +66,45 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]  # (generic in typeshed only)
+    """A stream handler that writes the lines of one event-loop turn in one write, when the turn ends."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 (logging's own rule: a line that cannot be formatted is reported, not raised)
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # not in the loop's thread, or no loop: now (with whatever a stopped loop left)
+            self.flush()
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            running.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._scheduled = False
+            if self._pending:
+                text = "\n".join(self._pending) + "\n"
+                self._pending.clear()
+                self.stream.write(text)
+            super().flush()
+        finally:
+            self.release()
+
+
 def setup(batch: str, stage: str, fmt: str = "json", level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = TurnHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(batch, stage) if fmt == "json" else TextFormatter(batch, stage))
     root = logging.getLogger()
     root.handlers[:] = [handler]

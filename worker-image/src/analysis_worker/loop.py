@@ -44,7 +44,7 @@ from typing import Any
 
 from analysis_core import env, errors, plan, pricing, queue, wire
 from analysis_core.api import v1alpha1
-from analysis_worker import account, consumer, health, metrics, ratelimit, routing, templates
+from analysis_worker import account, consumer, deadlines, health, metrics, ratelimit, routing, templates
 from analysis_worker import config as config_
 from analysis_worker.providers import base
 
@@ -130,6 +130,7 @@ class Worker:
             self.provider_plan is not None and self.provider_plan.type is not v1alpha1.ProviderType.OFFLINE
         )
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.deadlines = deadlines.Deadlines(self.stage.timeout_seconds)
         self.metrics = metrics.StageMetrics(
             cfg.stage,
             str(self.provider_plan.type) if self.provider_plan else "none",
@@ -446,9 +447,8 @@ class Worker:
         grant = await self._spend(message, ratelimit.estimate_input_tokens(prompt), provider_plan.max_tokens)
         called_ms = _now_ms()
         try:
-            with self.metrics.provider_call():
-                async with asyncio.timeout(stage.timeout_seconds):
-                    completion = await self.provider.complete(request)
+            with self.metrics.provider_call(), self.deadlines.within():
+                completion = await self.provider.complete(request)
         except TimeoutError as exc:
             await self.limiter.settle(reservation, reservation.tokens)
             await self.limiter.probed(reservation, answered=False)

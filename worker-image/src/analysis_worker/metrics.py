@@ -1,11 +1,16 @@
 """The worker's Prometheus metrics: what its items, provider calls and rate limiter did.
 
-Every metric lives in this module's own ``REGISTRY`` (not prometheus_client's
-global one), so the exposition holds exactly what is documented in
-``docs/metrics.md`` and a test can read the definitions. The loop
-(``loop.Worker``) owns one :class:`StageMetrics`, bound to its stage, provider
-type and model once at start, and calls it where things happen; the label
-lookups the hot path would repeat are done there, once.
+The loop (``loop.Worker``) owns one :class:`StageMetrics`, bound to its
+stage, provider type and model once at start, and calls it where things
+happen. It counts in plain numbers (a call adds to a float, an observation
+to a bucket count): a worker finishes thousands of items a second, and
+prometheus_client's metric objects take a lock and look up a child per
+increment. ``REGISTRY`` (this module's own, not prometheus_client's global
+one, so the exposition holds exactly what is documented in
+``docs/metrics.md``) reads them when scraped, through a collector; the
+definitions are the ``Family`` constants below, which a test reads.
+prometheus_client is imported only when the registry is first used (a worker
+that serves no metrics never imports it).
 
 Labels stay bounded: the stage (one per process), the provider type
 (anthropic, openai, offline), the model the spec configures, an outcome or an
@@ -23,29 +28,28 @@ and runs without an endpoint.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import dataclasses
 import enum
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from decimal import Decimal
-from wsgiref.simple_server import WSGIServer
-
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from analysis_core import env, errors, wire
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
 log = logging.getLogger("analysis_worker")
-
-# Created series (a _created sample per counter and histogram) would double the
-# series count for a timestamp nobody graphs.
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # (unannotated upstream)
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-prometheus_client.ProcessCollector(registry=REGISTRY)
 
 # LLM calls take from a fraction of a second to many minutes.
 PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900)
@@ -81,174 +85,314 @@ class Redelivery(enum.StrEnum):
     OWN_PENDING = "own_pending"  # this pod name held it before a restart
 
 
-ITEMS = Counter(
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One metric: its name (without ``_total``), type, help and label names; a histogram's buckets."""
+
+    name: str
+    type: str  # counter, gauge or histogram
+    documentation: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+ITEMS = Family(
     "analysis_worker_items",
+    "counter",
     "Item attempts this worker finished, by stage and outcome.",
-    ["stage", "outcome"],
-    registry=REGISTRY,
+    ("stage", "outcome"),
 )
-ERRORS = Counter(
+ERRORS = Family(
     "analysis_worker_errors",
+    "counter",
     "Item attempts that failed, by stage and error class (the error taxonomy's RateLimited, Timeout, ...).",
-    ["stage", "error_class"],
-    registry=REGISTRY,
+    ("stage", "error_class"),
 )
-JUDGE_VERDICTS = Counter(
+JUDGE_VERDICTS = Family(
     "analysis_worker_judge_verdicts",
+    "counter",
     "Verdicts of a judge stage: approved or rejected.",
-    ["stage", "verdict"],
-    registry=REGISTRY,
+    ("stage", "verdict"),
 )
-TOKENS = Counter(
+TOKENS = Family(
     "analysis_worker_tokens",
+    "counter",
     "Tokens the provider reported for answered calls, by direction (input is the prompt, output the answer).",
-    ["stage", "provider", "model", "direction"],
-    registry=REGISTRY,
+    ("stage", "provider", "model", "direction"),
 )
-COST = Counter(
+COST = Family(
     "analysis_worker_cost_dollars",
+    "counter",
     "Cost of answered calls in US dollars, from the price table (0 for a model it does not list).",
-    ["stage", "provider", "model"],
-    registry=REGISTRY,
+    ("stage", "provider", "model"),
 )
-PROVIDER_LATENCY = Histogram(
+PROVIDER_LATENCY = Family(
     "analysis_worker_provider_request_duration_seconds",
+    "histogram",
     "Duration of provider calls; outcome is success or the error class of the failure.",
-    ["stage", "provider", "model", "outcome"],
-    buckets=PROVIDER_BUCKETS,
-    registry=REGISTRY,
+    ("stage", "provider", "model", "outcome"),
+    PROVIDER_BUCKETS,
 )
-PROVIDER_RATE_LIMITED = Counter(
+PROVIDER_RATE_LIMITED = Family(
     "analysis_worker_provider_rate_limited",
+    "counter",
     "Provider calls refused for a rate limit (HTTP 429, not a refusal for quota).",
-    ["stage", "provider", "model"],
-    registry=REGISTRY,
+    ("stage", "provider", "model"),
 )
-PROVIDER_IN_FLIGHT = Gauge(
+PROVIDER_IN_FLIGHT = Family(
     "analysis_worker_provider_calls_in_flight",
+    "gauge",
     "Provider calls running now.",
-    ["stage", "provider", "model"],
-    registry=REGISTRY,
+    ("stage", "provider", "model"),
 )
-ITEMS_IN_FLIGHT = Gauge(
+ITEMS_IN_FLIGHT = Family(
     "analysis_worker_items_in_flight",
+    "gauge",
     "Items claimed and not yet finished (waiting for the limiter, calling, or completing).",
-    ["stage"],
-    registry=REGISTRY,
+    ("stage",),
 )
-LIMITER_WAIT = Histogram(
+LIMITER_WAIT = Family(
     "analysis_worker_rate_limiter_wait_seconds",
+    "histogram",
     "Time a call waited for the stage's shared limiter: its rateLimit and the stage's pauses.",
-    ["stage"],
-    buckets=WAIT_BUCKETS,
-    registry=REGISTRY,
+    ("stage",),
+    WAIT_BUCKETS,
 )
-LIMITER_PAUSES = Counter(
+LIMITER_PAUSES = Family(
     "analysis_worker_rate_limiter_pauses",
+    "counter",
     "Times this worker paused its whole stage because the provider said its quota was spent or refused a call.",
-    ["stage", "cause"],
-    registry=REGISTRY,
+    ("stage", "cause"),
 )
-REDELIVERIES = Counter(
+REDELIVERIES = Family(
     "analysis_worker_redeliveries",
+    "counter",
     "Items this worker claimed again after an earlier delivery did not finish them.",
-    ["stage", "source"],
-    registry=REGISTRY,
+    ("stage", "source"),
 )
-LEASES_LOST = Counter(
+LEASES_LOST = Family(
     "analysis_worker_leases_lost",
+    "counter",
     "Leases this worker found taken over by another worker while it still held the item.",
-    ["stage"],
-    registry=REGISTRY,
+    ("stage",),
 )
+FAMILIES = (
+    ITEMS,
+    ERRORS,
+    JUDGE_VERDICTS,
+    TOKENS,
+    COST,
+    PROVIDER_LATENCY,
+    PROVIDER_RATE_LIMITED,
+    PROVIDER_IN_FLIGHT,
+    ITEMS_IN_FLIGHT,
+    LIMITER_WAIT,
+    LIMITER_PAUSES,
+    REDELIVERIES,
+    LEASES_LOST,
+)
+
+
+class _Histogram:
+    """Observations counted per bucket (not cumulative: the collector adds them up when scraped)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # a bucket holds values <= its bound
+        self.sum += value
+
+
+Series = tuple[Family, tuple[str, ...]]
+_LIVE: list[StageMetrics] = []  # every StageMetrics made in this process, which the collector reads
 
 
 class StageMetrics:
     """The metrics of one worker: its stage, provider type and model are fixed at construction."""
 
     def __init__(self, stage: str, provider: str, model: str) -> None:
-        self._items = {outcome: ITEMS.labels(stage, outcome) for outcome in Outcome}
-        # Every class present from the start, at zero: rate() then sees the first error as an increase.
-        self._errors = {cls: ERRORS.labels(stage, cls) for cls in errors.ErrorClass}
-        self._verdicts = {verdict: JUDGE_VERDICTS.labels(stage, verdict) for verdict in ("approved", "rejected")}
-        self._tokens_in = TOKENS.labels(stage, provider, model, "input")
-        self._tokens_out = TOKENS.labels(stage, provider, model, "output")
-        self._cost = COST.labels(stage, provider, model)
         self._provider = (stage, provider, model)
-        self._latency: dict[str, Histogram] = {}  # outcome -> histogram child, made on first use
-        self._rate_limited = PROVIDER_RATE_LIMITED.labels(stage, provider, model)
-        self._calls = PROVIDER_IN_FLIGHT.labels(stage, provider, model)
-        self._in_flight = ITEMS_IN_FLIGHT.labels(stage)
-        self._wait = LIMITER_WAIT.labels(stage)
-        self._pauses = {cause: LIMITER_PAUSES.labels(stage, cause) for cause in Pause}
-        self._redelivered = {source: REDELIVERIES.labels(stage, source) for source in Redelivery}
-        self._leases_lost = LEASES_LOST.labels(stage)
+        # Every series a worker can have is here from the start, at zero: rate() sees the first increase
+        # (latency by outcome is the exception: one per way a call ended, made on first use).
+        self._items = {outcome: 0.0 for outcome in Outcome}
+        self._errors = {cls: 0.0 for cls in errors.ErrorClass}
+        self._verdicts = [0.0, 0.0]  # approved, rejected
+        self._tokens = [0.0, 0.0]  # input, output
+        self._cost = 0.0
+        self._rate_limited = 0.0
+        self._calls = 0.0
+        self._in_flight: Callable[[], float] = lambda: 0.0
+        self._latency: dict[str, _Histogram] = {}
+        self._wait = _Histogram(WAIT_BUCKETS)
+        self._pauses = {cause: 0.0 for cause in Pause}
+        self._redelivered = {source: 0.0 for source in Redelivery}
+        self._leases_lost = 0.0
+        _LIVE.append(self)
 
     def item(self, outcome: Outcome) -> None:
-        self._items[outcome].inc()
+        self._items[outcome] += 1
 
     def error(self, error_class: errors.ErrorClass) -> None:
-        self._errors[error_class].inc()
+        self._errors[error_class] += 1
 
     def verdict(self, approved: bool) -> None:
-        self._verdicts["approved" if approved else "rejected"].inc()
+        self._verdicts[0 if approved else 1] += 1
 
     def usage(self, input_tokens: int, output_tokens: int, cost_usd: Decimal) -> None:
-        self._tokens_in.inc(input_tokens)
-        self._tokens_out.inc(output_tokens)
-        self._cost.inc(float(cost_usd))
+        self._tokens[0] += input_tokens
+        self._tokens[1] += output_tokens
+        self._cost += float(cost_usd)
 
     def track_in_flight(self, count: Callable[[], float]) -> None:
         """Read the items in flight at scrape time, so claiming and finishing pay nothing for it."""
-        self._in_flight.set_function(count)
+        self._in_flight = count
 
     def limiter_wait(self, seconds: float) -> None:
         self._wait.observe(seconds)
 
     def pause(self, cause: Pause) -> None:
-        self._pauses[cause].inc()
+        self._pauses[cause] += 1
 
     def redelivered(self, source: Redelivery, count: int = 1) -> None:
-        if count:
-            self._redelivered[source].inc(count)
+        self._redelivered[source] += count
 
     def leases_lost(self, count: int) -> None:
-        if count:
-            self._leases_lost.inc(count)
+        self._leases_lost += count
 
-    @contextmanager
-    def provider_call(self) -> Iterator[None]:
-        """Time one provider call and count it in flight; the outcome label says how it ended.
+    def provider_call(self) -> ProviderCall:
+        """Time one provider call and count it in flight (a ``with`` block); the outcome label says how it ended.
 
         ``success``, the error class of a ``ProviderError`` (a ``TimeoutError``
         from the stage's deadline is ``Timeout``), or ``cancelled`` when the
         worker stopped it while shutting down.
         """
-        self._calls.inc()
-        started = time.monotonic()
-        outcome = "success"
-        try:
-            yield
-        except errors.ProviderError as exc:
+        return ProviderCall(self)
+
+    def _call_ended(self, started: float, exc: BaseException | None) -> None:
+        self._calls -= 1
+        if exc is None:
+            outcome = "success"
+        elif isinstance(exc, errors.ProviderError):
             outcome = str(exc.error_class)
             if exc.error_class is errors.ErrorClass.RATE_LIMITED:  # a 429, unless it refused for quota
-                self._rate_limited.inc()
-            raise
-        except TimeoutError:
+                self._rate_limited += 1
+        elif isinstance(exc, TimeoutError):
             outcome = str(errors.ErrorClass.TIMEOUT)
-            raise
-        except asyncio.CancelledError:
+        elif isinstance(exc, asyncio.CancelledError):
             outcome = "cancelled"
-            raise
-        except Exception:
+        else:
             outcome = str(errors.ErrorClass.UNKNOWN)
-            raise
-        finally:
-            self._calls.dec()
-            child = self._latency.get(outcome)
-            if child is None:
-                child = self._latency[outcome] = PROVIDER_LATENCY.labels(*self._provider, outcome)
-            child.observe(time.monotonic() - started)
+        histogram = self._latency.get(outcome)
+        if histogram is None:
+            histogram = self._latency[outcome] = _Histogram(PROVIDER_BUCKETS)
+        histogram.observe(time.monotonic() - started)
+
+    def series(self) -> Iterator[tuple[Series, float | _Histogram]]:
+        """Every series of this worker and its value now: what a scrape exposes."""
+        stage, provider, model = self._provider
+        for outcome, count in self._items.items():
+            yield (ITEMS, (stage, outcome)), count
+        for cls, count in self._errors.items():
+            yield (ERRORS, (stage, cls)), count
+        for verdict, count in zip(("approved", "rejected"), self._verdicts, strict=True):
+            yield (JUDGE_VERDICTS, (stage, verdict)), count
+        yield (TOKENS, (stage, provider, model, "input")), self._tokens[0]
+        yield (TOKENS, (stage, provider, model, "output")), self._tokens[1]
+        yield (COST, (stage, provider, model)), self._cost
+        for ended, histogram in list(self._latency.items()):  # a copy: the loop may add one meanwhile
+            yield (PROVIDER_LATENCY, (stage, provider, model, ended)), histogram
+        yield (PROVIDER_RATE_LIMITED, (stage, provider, model)), self._rate_limited
+        yield (PROVIDER_IN_FLIGHT, (stage, provider, model)), self._calls
+        yield (ITEMS_IN_FLIGHT, (stage,)), float(self._in_flight())
+        yield (LIMITER_WAIT, (stage,)), self._wait
+        for cause, count in self._pauses.items():
+            yield (LIMITER_PAUSES, (stage, cause)), count
+        for source, count in self._redelivered.items():
+            yield (REDELIVERIES, (stage, source)), count
+        yield (LEASES_LOST, (stage,)), self._leases_lost
+
+
+class ProviderCall:
+    """One provider call being timed; see ``StageMetrics.provider_call``. A class, not a generator: it runs per call."""
+
+    __slots__ = ("_metrics", "_started")
+
+    def __init__(self, stage_metrics: StageMetrics) -> None:
+        self._metrics = stage_metrics
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._metrics._calls += 1
+        self._started = time.monotonic()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._metrics._call_ended(self._started, exc)
+
+
+# ---------------------------------------------------------------- the registry
+
+
+class _Collector:
+    """What the workers of this process counted, as metric families (series of equal labels added up)."""
+
+    def describe(self) -> list[Metric]:
+        return [_empty(family) for family in FAMILIES]
+
+    def collect(self) -> list[Metric]:
+        from prometheus_client.utils import floatToGoString
+
+        counted: dict[Series, float] = {}
+        observed: dict[Series, tuple[list[int], float]] = {}
+        for stage_metrics in _LIVE:
+            for key, value in stage_metrics.series():
+                if isinstance(value, _Histogram):
+                    counts, total = observed.get(key, ([0] * len(value.counts), 0.0))
+                    observed[key] = ([a + b for a, b in zip(counts, value.counts, strict=True)], total + value.sum)
+                else:
+                    counted[key] = counted.get(key, 0.0) + value
+        families = {family: _empty(family) for family in FAMILIES}
+        for (family, labels), value in counted.items():
+            families[family].add_metric(labels, value)  # type: ignore[attr-defined]  # (each family type has it)
+        for (family, labels), (counts, total) in observed.items():
+            running, buckets = 0, []
+            for bound, count in zip((*family.buckets, float("inf")), counts, strict=True):
+                running += count
+                buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            families[family].add_metric(labels, buckets, total)  # type: ignore[attr-defined]
+        return list(families.values())
+
+
+def _empty(family: Family) -> Metric:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    kind = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}
+    made: Metric = kind[family.type](family.name, family.documentation, labels=family.labels)
+    return made
+
+
+@functools.cache
+def registry() -> CollectorRegistry:
+    """The worker's registry (imports prometheus_client the first time): its collector and the process's figures."""
+    import prometheus_client
+
+    made = prometheus_client.CollectorRegistry(auto_describe=True)
+    prometheus_client.ProcessCollector(registry=made)
+    made.register(_Collector())
+    return made
+
+
+def __getattr__(name: str) -> Any:
+    """``REGISTRY``, made on first use."""
+    if name == "REGISTRY":
+        return registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- the endpoint
@@ -286,7 +430,9 @@ class Server:
 def serve(port: int, addr: str = "0.0.0.0") -> Server | None:
     """Serve ``/metrics`` on ``port`` (> 0) from a daemon thread; None, after one warning, if it is taken."""
     try:
-        server, thread = prometheus_client.start_http_server(port, addr=addr, registry=REGISTRY)
+        import prometheus_client
+
+        server, thread = prometheus_client.start_http_server(port, addr=addr, registry=registry())
     except OSError as exc:
         log.warning(
             f"metrics port {port} is not available ({exc.strerror or exc}): running without a metrics endpoint",

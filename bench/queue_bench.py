@@ -79,10 +79,12 @@ BULLMQ_DIR = ROOT / "bench" / "bullmq"  # `make bench-bullmq` installs its node_
 BULLMQ_SCRIPT = BULLMQ_DIR / "baseline.mjs"
 STAGE = "work"
 POLL_S = 0.01  # how often completion is polled
+LONG_FACTOR = 5  # a long run's items, in items of a run
 RUN_TIMEOUT_S = 180.0
 # Throughput configurations, run interleaved: ours backlog first, ours with idle workers, arq, arq polling faster,
 # BullMQ.
 SYSTEMS = ("ours", "ours_idle_workers", "arq", "arq_poll_10ms", "bullmq")
+LONG = ("ours", "bullmq")  # the systems of the long runs
 
 
 # ---------------------------------------------------------------- processes
@@ -160,6 +162,7 @@ def percentile(values: list[float], p: int) -> float:
 class Settings:
     concurrency: int
     items: dict[int, int]  # workers -> items per throughput run
+    long_items: dict[int, int]  # workers -> items per long run (ours and BullMQ only)
     runs: int
     pickup_samples: int
     limiter_requests: int
@@ -677,6 +680,22 @@ async def measure(settings: Settings, tmp: Path) -> dict[str, Any]:
                         f" ({n} in {timed.seconds:.2f} s, first done at {timed.first_done_s:.2f} s)",
                         flush=True,
                     )
+        # Long runs, ours and BullMQ only: start-up weighs little, and Node's JIT has warmed up (BullMQ gets faster
+        # the longer it runs; arq's rate is its poll's, whatever the length).
+        long_runs: dict[str, dict[str, list[Timed]]] = {s: {f"{w}w": [] for w in settings.long_items} for s in LONG}
+        for run in range(settings.runs):
+            for workers, n in settings.long_items.items():
+                for system in LONG:
+                    if system == "bullmq":
+                        timed = await bench.bullmq(workers, n)
+                    else:
+                        timed = await bench.ours(workers, n, backlog_first=True)
+                    long_runs[system][f"{workers}w"].append(timed)
+                    print(
+                        f"  long run {run + 1}/{settings.runs} {system:<7} {workers}w: {timed.items_per_s:7.0f} items/s"
+                        f" ({n} in {timed.seconds:.2f} s, first done at {timed.first_done_s:.2f} s)",
+                        flush=True,
+                    )
         # One idle worker is the headline; four (half the samples) show that more consumers do not slow pickup.
         # Each system draws its gaps from its own generator with the same seed: both see the same gaps.
         samples = {1: settings.pickup_samples, 4: max(10, settings.pickup_samples // 2)}
@@ -696,6 +715,7 @@ async def measure(settings: Settings, tmp: Path) -> dict[str, Any]:
         "arq": arq_version,
         "bullmq": bullmq_info,
         "runs": runs,
+        "long_runs": long_runs,
         "pickup": pickup,
         "pickup_bullmq": pickup_bullmq,
         "limiter": limiter,
@@ -715,6 +735,16 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
     ratio = {w: round(median["ours"][w] / median["arq"][w], 3) for w in median["arq"]}
     ratio_tuned = {w: round(median["ours"][w] / median["arq_poll_10ms"][w], 3) for w in median["arq"]}
     ratio_bullmq = {w: round(median["ours"][w] / median["bullmq"][w], 3) for w in median["arq"]}
+    long_runs: dict[str, dict[str, list[Timed]]] = measured["long_runs"]
+    long_median = {
+        system: {w: round(statistics.median(t.items_per_s for t in timed), 1) for w, timed in by_workers.items()}
+        for system, by_workers in long_runs.items()
+    }
+    long_after_first = {
+        system: {w: round(statistics.median(t.after_first_per_s for t in timed), 1) for w, timed in by_workers.items()}
+        for system, by_workers in long_runs.items()
+    }
+    long_ratio = {w: round(long_median["ours"][w] / long_median["bullmq"][w], 3) for w in long_median["ours"]}
     pickup, pickup_bullmq, limiter = measured["pickup"], measured["pickup_bullmq"], measured["limiter"]
     bullmq = measured["bullmq"]
     commit = subprocess.run(
@@ -740,6 +770,7 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
         "settings": {
             "concurrency_per_process": settings.concurrency,
             "items_per_run": {f"{w}w": n for w, n in settings.items.items()},
+            "items_per_long_run": {f"{w}w": n for w, n in settings.long_items.items()},
             "runs_per_configuration": settings.runs,
             "provider": "offline, latencyMilliseconds 0",
             "redis": "one private redis-server, --appendonly yes --save ''",
@@ -755,6 +786,7 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
             "throughput_ratio_vs_arq_4w": ">= 1.0 (goal 1.5)",
             "throughput_ratio_vs_bullmq_1w": ">= 1.0",
             "throughput_ratio_vs_bullmq_4w": ">= 1.0",
+            "throughput_ratio_vs_bullmq_long_runs": ">= 1.0 at 1 and 4 workers",
             "pickup_ms_p99": "< 50",
             "limiter_utilization": ">= 0.95",
             "limiter_windows_over_limit": "0",
@@ -764,6 +796,8 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
             "throughput_goal_1_5x": ratio["4w"] >= 1.5,
             "throughput_vs_bullmq_1w": ratio_bullmq["1w"] >= 1.0,
             "throughput_vs_bullmq_4w": ratio_bullmq["4w"] >= 1.0,
+            "throughput_vs_bullmq_long_1w": long_ratio["1w"] >= 1.0,
+            "throughput_vs_bullmq_long_4w": long_ratio["4w"] >= 1.0,
             "pickup_p99": pickup["1w"]["p99"] < 50,
             "limiter_utilization": limiter["utilization"] >= 0.95,
             "limiter_windows_over_limit": limiter["windows_over_limit"] == 0,
@@ -781,6 +815,19 @@ def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
         "throughput_ratio_vs_arq_poll_10ms_1w": ratio_tuned["1w"],
         "throughput_ratio_vs_bullmq_4w": ratio_bullmq["4w"],
         "throughput_ratio_vs_bullmq_1w": ratio_bullmq["1w"],
+        "long_runs": {
+            "note": (
+                "ours and BullMQ only, the items of a run times LONG_FACTOR, backlog first, median of the runs:"
+                " start-up weighs less and Node's JIT has warmed up"
+            ),
+            "items_per_s": long_median,
+            "items_per_s_after_first_completion": long_after_first,
+            "throughput_ratio_vs_bullmq": long_ratio,
+            "runs": {
+                system: {w: [dataclasses.asdict(t) for t in timed] for w, timed in by_workers.items()}
+                for system, by_workers in long_runs.items()
+            },
+        },
         "pickup_ms_p50": pickup["1w"]["p50"],
         "pickup_ms_p99": pickup["1w"]["p99"],
         "pickup": pickup,
@@ -819,6 +866,14 @@ def table(result: dict[str, Any]) -> str:
     ):
         ratios = "".join(f"{result[f'throughput_ratio_vs_{key}{w}']:>9.2f}x" for w in ws)
         rows.append(f"{label:<{label_width}}" + ratios)
+    long = result["long_runs"]
+    items = result["settings"]["items_per_long_run"]
+    rows += ["", f"{'long runs, items/s':<{label_width}}" + "".join(f"{w:>10}" for w in ws)]
+    rows.append(f"{'items':<{label_width}}" + "".join(f"{items[w]:>10}" for w in ws))
+    for system, label in (("ours", "ours, backlog first"), ("bullmq", f"{bullmq}, backlog first")):
+        rows.append(f"{label:<{label_width}}" + "".join(f"{long['items_per_s'][system][w]:>10.0f}" for w in ws))
+    ratios = "".join(f"{long['throughput_ratio_vs_bullmq'][w]:>9.2f}x" for w in ws)
+    rows.append(f"{f'ratio ours / {bullmq}':<{label_width}}" + ratios)
     rows += ["", f"{'pickup latency, ms':<{label_width}}" + "".join(f"{q:>8}" for q in ("p50", "p90", "p99", "max"))]
     for system, pickup in (("ours", result["pickup"]), (bullmq, result["pickup_bullmq"])):
         for w, p in pickup.items():
@@ -858,6 +913,7 @@ def main() -> None:
     settings = Settings(
         concurrency=args.concurrency,
         items={1: args.items_1w, 4: args.items_4w},
+        long_items={1: args.items_1w * LONG_FACTOR, 4: args.items_4w * LONG_FACTOR},
         runs=args.runs,
         pickup_samples=args.pickup_samples,
         limiter_requests=args.limiter_requests,
@@ -867,7 +923,13 @@ def main() -> None:
     )
     if args.quick:
         settings = dataclasses.replace(
-            settings, items={1: 500, 4: 1000}, runs=1, pickup_samples=50, limiter_window_s=3.0, limiter_windows=3.5
+            settings,
+            items={1: 500, 4: 1000},
+            long_items={1: 1000, 4: 2000},
+            runs=1,
+            pickup_samples=50,
+            limiter_window_s=3.0,
+            limiter_windows=3.5,
         )
     tmp = Path(tempfile.mkdtemp(prefix="bench-queue-"))
     try:

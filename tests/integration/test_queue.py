@@ -221,6 +221,15 @@ async def test_expired_lease_is_redelivered_and_the_first_completion_wins(
     assert (await other.counts()).counters == {"succeeded": 1, "redelivered": 1}
 
 
+async def test_renewing_a_finished_delivery_reports_no_lease_lost(clients: tuple[queue.Redis, queue.Redis]) -> None:
+    # A completion whose reply has not reached the worker yet: the renewal that crosses it must not cry "lost".
+    uid = await seeded(clients, ["NVDA"])
+    holder = stage_queue(clients, uid, "a", "holder")
+    (delivery,) = (await holder.claim(1, 100)).deliveries
+    assert await holder.complete(delivery, {"status": "succeeded"}, result="x", increments={"succeeded": 1})
+    assert await holder.renew([delivery.entry_id]) == []
+
+
 async def test_renewed_lease_is_not_taken_over(clients: tuple[queue.Redis, queue.Redis]) -> None:
     uid = await seeded(clients, ["NVDA"])
     holder = stage_queue(clients, uid, "a", "holder")

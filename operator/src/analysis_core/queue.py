@@ -123,7 +123,8 @@ class Message:
         return max(1, self.attempt - self.first_attempt + 1)
 
     @classmethod
-    def from_fields(cls, fields: dict[str, str] | Sequence[str]) -> Message:
+    def from_fields(cls, fields: dict[str, str] | Sequence[str], claimed_ms: int = 0) -> Message:
+        """The message of stream fields; ``claimed_ms``: when it was claimed, its ``since_ms`` if it has none yet."""
         if not isinstance(fields, dict):
             fields = dict(zip(fields[::2], fields[1::2], strict=True))
         return cls(
@@ -131,7 +132,7 @@ class Message:
             round=int(fields.get(wire.MSG_ROUND, 0)),
             attempt=int(fields.get(wire.MSG_ATTEMPT, 1)),
             input=fields.get(wire.MSG_INPUT, ""),
-            since_ms=int(fields.get(wire.MSG_SINCE, 0) or 0),
+            since_ms=int(fields.get(wire.MSG_SINCE, 0) or 0) or claimed_ms,
             feedback=fields.get(wire.MSG_FEEDBACK, ""),
             first_attempt=int(fields.get(wire.MSG_FIRST, 1) or 1),
         )

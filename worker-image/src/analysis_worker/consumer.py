@@ -47,6 +47,11 @@ SPLIT_AT = 8
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def now_ms() -> int:
+    """Wall-clock milliseconds, as messages and outcomes record times."""
+    return int(time.time() * 1000)
+
+
 @dataclasses.dataclass(frozen=True)
 class Delivery:
     """A claimed message: the stream entry that holds the lease, and how often it was delivered."""
@@ -186,7 +191,8 @@ class StageQueue:
         first = reply[0]
         if isinstance(first, list):
             entries = [(str(entry_id), _flat(fields)) for entry_id, fields in first if fields]
-            return Claim([Delivery(entry_id, queue.Message.from_fields(f)) for entry_id, f in entries])
+            now = now_ms()
+            return Claim([Delivery(entry_id, queue.Message.from_fields(f, now)) for entry_id, f in entries])
         return Claim([], str(first), str(reply[1]) if len(reply) > 1 else "")
 
     async def wait_for_new(self, after: str, block_ms: int) -> None:
@@ -200,7 +206,10 @@ class StageQueue:
     async def claim_own_pending(self, count: int) -> list[Delivery]:
         """Messages this consumer name already holds: a restarted worker resumes them at once."""
         reply = await self.client.xreadgroup(keys_.GROUP, self.consumer, {self.stream: "0"}, count=count)
-        return [Delivery(entry_id, queue.Message.from_fields(fields), 2) for entry_id, fields in _decode_entries(reply)]
+        now = now_ms()
+        return [
+            Delivery(entry_id, queue.Message.from_fields(fields, now), 2) for entry_id, fields in _decode_entries(reply)
+        ]
 
     async def reclaim(self, count: int, lease_ms: int, max_deliveries: int) -> list[Delivery]:
         """Take over up to ``count`` deliveries whose lease expired; dead-letter those past the bound."""
@@ -215,10 +224,13 @@ class StageQueue:
             ],
             args=[keys_.GROUP, self.consumer, lease_ms, count, max_deliveries, self.keys.uid, self.stage],
         )
-        return [Delivery(str(entry_id), queue.Message.from_fields(fields), int(n)) for entry_id, fields, n in reply]
+        now = now_ms()
+        return [
+            Delivery(str(entry_id), queue.Message.from_fields(fields, now), int(n)) for entry_id, fields, n in reply
+        ]
 
     async def renew(self, entry_ids: Iterable[str]) -> list[str]:
-        """Renew the leases of ``entry_ids``; returns the ones this consumer no longer holds."""
+        """Renew the leases of ``entry_ids``; returns those another consumer took over (finished ones are not)."""
         ids = list(entry_ids)
         if not ids:
             return []
@@ -345,7 +357,8 @@ class StageQueue:
             texts += [_COMPACT(c.outcome), c.result or ""]
         args += [_COMPACT(attempts), *texts]
         done, entries = await self._complete(keys=keys, args=args)
-        claimed = [Delivery(str(entry_id), queue.Message.from_fields(fields)) for entry_id, fields in entries]
+        now = now_ms()
+        claimed = [Delivery(str(entry_id), queue.Message.from_fields(fields, now)) for entry_id, fields in entries]
         finished = []
         for c, first in zip(completions, done, strict=True):
             finished.append(Finished(bool(first), claimed[: c.claim]))

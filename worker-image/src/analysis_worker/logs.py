@@ -21,6 +21,11 @@ import time
 from typing import Any
 
 _RESERVED = ("batch", "stage", "item")
+_NO_FIELDS: dict[str, Any] = {}
+_LEVELS = {
+    level: logging.getLevelName(level).lower()
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
 # Built once: json.dumps with any option builds an encoder per call.
 _ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
@@ -40,12 +45,18 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = dict(getattr(record, "fields", {}))
-        line: dict[str, Any] = {"batch": self.batch, "stage": self.stage, "item": fields.pop("item", None)}
-        line["ts"] = self._timestamp(record.created, record.msecs)
-        line["level"] = record.levelname.lower()
-        line["msg"] = record.getMessage()
-        line.update(fields)
+        fields: dict[str, Any] = getattr(record, "fields", _NO_FIELDS)
+        line: dict[str, Any] = {
+            "batch": self.batch,
+            "stage": self.stage,
+            "item": fields.get("item"),
+            "ts": self._timestamp(record.created, record.msecs),
+            "level": _LEVELS.get(record.levelno) or record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
+        for name, value in fields.items():
+            if name != "item":
+                line[name] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _ENCODE(line)

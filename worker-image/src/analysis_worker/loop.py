@@ -68,8 +68,7 @@ class Stats:
     duplicates: int = 0
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+_now_ms = consumer.now_ms
 
 
 def _output_kind(stage: plan.StagePlan) -> base.OutputKind:
@@ -379,8 +378,8 @@ class Worker:
     async def _process_one(self, delivery: consumer.Delivery) -> None:
         claimed_ms = _now_ms()
         message = delivery.message
-        if not message.since_ms:
-            message = dataclasses.replace(message, since_ms=_now_ms())
+        if not message.since_ms:  # the consumer sets it when it claims; a delivery made otherwise starts the clock here
+            message = dataclasses.replace(message, since_ms=claimed_ms)
             delivery = dataclasses.replace(delivery, message=message)
         fields = {"item": message.item, "round": message.round, "attempt": message.attempt}
         try:

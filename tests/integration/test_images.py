@@ -212,7 +212,7 @@ def test_build_context_keeps_out_everything_but_the_sources() -> None:
         "README.md",
         "hatch_build.py",
         "operator/src/analysis_core/__init__.py",
-        "operator/src/analysis_operator/lua/seed.lua",
+        "operator/src/analysis_core/lua/seed.lua",
         "operator/src/analysis_operator/kube.py",
         "worker-image/src/analysis_worker/cli.py",
     ):

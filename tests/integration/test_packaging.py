@@ -97,9 +97,13 @@ def test_an_images_wheel_holds_its_side_and_only_the_commands_it_can_run(
             shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / source, target)
-    packages, scripts, _ = contents(build(tree, tmp_path / "wheel"))
+    packages, scripts, names = contents(build(tree, tmp_path / "wheel"))
     assert packages == side
     assert {name for name, package in COMMANDS.items() if package in side} == set(scripts)
+    # Both sides carry the whole Lua library: the operator loads it, workers call it by its name's digest.
+    lua = sorted(p.name for p in (ROOT / "operator/src/analysis_core/lua").glob("*.lua"))
+    assert lua
+    assert sorted(n.rsplit("/", 1)[-1] for n in names if n.startswith("analysis_core/lua/")) == lua
 
 
 def test_the_dev_cluster_wheel_copies_its_package_and_its_editable_install_points_at_the_source(

@@ -5,8 +5,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.exceptions
 
-from analysis_core import keys, plan, queue, wire
+from analysis_core import keys, plan, queue, scripts, wire
 from analysis_operator import producer
 from analysis_worker import consumer
 
@@ -61,7 +62,8 @@ async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis,
     uid = await seeded(clients, ["NVDA"])
     q = stage_queue(clients, uid, "a", "pod-1")
     (delivery,) = (await q.claim(10, 100)).deliveries
-    assert delivery.message == queue.Message("NVDA")
+    assert delivery.message == queue.Message("NVDA", since_ms=delivery.message.since_ms)
+    assert delivery.message.since_ms > 0  # the claim starts the clock of its first attempt
     assert (await q.counts()).running == 1
     idem = q.keys.idem("a", "NVDA", 0, 1)
     route = consumer.Route("b", queue.Message("NVDA", input=idem))
@@ -86,9 +88,9 @@ async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis,
 
 
 async def script_calls(client: queue.Redis) -> int:
-    """Scripts Redis has run so far (EVALSHA, and EVAL for a script it did not have yet)."""
+    """Scripts Redis has run so far (FCALL of the project's functions)."""
     stats = await client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("fcall", "fcall_ro"))
 
 
 async def test_completions_finished_together_are_one_script_call_each_attempt_on_its_own(
@@ -456,3 +458,29 @@ async def test_removing_a_batch_leaves_other_batches_alone(clients: tuple[queue.
     assert await producer.remove(client, gone, page=2) == 4  # both streams, the seeded marker, the flags
     assert await client.keys(keys.BatchKeys(gone).pattern) == []
     assert (await consumer.stage_counts(client, kept, "a")).ready == 1
+
+
+async def test_the_functions_are_loaded_by_the_operator_side_and_awaited_by_the_worker_side(
+    clients: tuple[queue.Redis, queue.Redis],
+) -> None:
+    uid = await seeded(clients, ["NVDA"])
+    q = stage_queue(clients, uid, "a", "pod")
+    client = clients[0]
+    try:
+        await client.function_flush()  # as a Redis without persistence after a restart
+        # A worker cannot load them: it waits, as for a Redis that is down.
+        with pytest.raises(scripts.NotLoaded) as caught:
+            await q.claim(1, 100)
+        assert isinstance(caught.value, queue.UNAVAILABLE)
+        # The operator's next call loads them and goes on.
+        assert (await producer.snapshot(client, uid, ["a", "b"])).layout == keys.LAYOUT_VERSION
+        library = scripts.library()
+        (listed,) = await client.function_list(library=library.name)  # RESP2: [name, value, name, value, ...]
+        assert dict(zip(listed[::2], listed[1::2], strict=True))["library_name"] == library.name
+        (delivery,) = (await q.claim(1, 100)).deliveries
+        assert delivery.message.item == "NVDA"
+        # An error inside a function names the script's file and line, not the library's.
+        with pytest.raises(redis.exceptions.ResponseError, match=r"promote\.lua:\d+"):
+            await scripts.function(client, "promote")(keys=[q.keys.delayed("a"), q.stream], args=["not a number"])
+    finally:
+        await scripts.load(client)

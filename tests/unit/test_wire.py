@@ -29,7 +29,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = "lua5.4"  # tools/system-packages.sh installs it; a missing interpreter fails these tests
-SCRIPT_PACKAGES = ("analysis_operator", "analysis_worker")
+SCRIPT_PACKAGES = ("analysis_core",)  # the one folder of scripts, which both images carry
 
 # What a running batch holds; a changed value strands it across an upgrade. Add new names here, never edit one.
 STORED = {
@@ -203,7 +203,7 @@ def lua_drift(source: str) -> list[str]:
 
 def test_lua_scripts_spell_wire_names_only_as_constants() -> None:
     found = lua_scripts()
-    assert {"analysis_operator/seed", "analysis_worker/complete", "analysis_worker/limiter_acquire"} <= set(found)
+    assert {"analysis_core/seed", "analysis_core/complete", "analysis_core/limiter_acquire"} <= set(found)
     drift = {}
     for where, (package, name) in found.items():
         text = (resources.files(package) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
@@ -242,24 +242,43 @@ def test_every_wire_constant_a_script_uses_exists() -> None:
     assert unknown == {}
 
 
-def test_scripts_as_sent_declare_their_constants_on_the_first_line_and_compile() -> None:
+def test_scripts_as_run_declare_their_constants_on_the_first_line_and_compile() -> None:
     lua = shutil.which(LUA)
     assert lua is not None, f"{LUA} is not installed (tools/system-packages.sh installs it)"
+    library = scripts.library()
+    lines = library.code.splitlines()
+    assert lines[0] == f"#!lua name={library.name}"
+    assert set(library.starts) == {name for _, name in lua_scripts().values()}
     for where, (package, name) in lua_scripts().items():
         text = (resources.files(package) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-        sent = scripts.Library(package).source(name)
+        sent = scripts.source(name)
         assert sent.splitlines()[1:] == text.splitlines()[1:], f"{where}: line numbers must stay those of the file"
-        assert sent == scripts.Library(package).source(name)  # one text, one SHA1
         prelude = scripts.prelude(text)
         assert sent == prelude + text
         for constant in re.findall(r"\b[A-Z][A-Z0-9_]*\b", split_lua(text)[0]):
             if constant in wire.constants():
                 assert re.search(rf"\b{constant}\b", prelude), f"{where}: {constant} is not declared"
-        # Compile only: the text is valid Lua (Redis runs 5.1; nothing here differs for the parser).
-        check = subprocess.run(
-            [lua, "-e", "assert(load(io.read('a')))"], input=sent, capture_output=True, text=True, check=False
-        )
-        assert check.returncode == 0, f"{where}: {check.stderr}"
+        # In the library, the function's lines are the file's: line k of the file is line start + k - 1.
+        start = library.starts[name]
+        file_lines = text.rstrip("\n").splitlines()
+        assert lines[start - 1] == f"local function fn_{name}(KEYS, ARGV) {prelude}{file_lines[0]}", where
+        assert lines[start : start + len(file_lines) - 1] == file_lines[1:], where
+        assert library.where(start + len(file_lines) - 1) == f"{name}.lua:{len(file_lines)}"
+        assert library.function(name) == f"{library.name}_{name}"
+    # Compile only: the text is valid Lua (Redis runs 5.1; nothing here differs for the parser).
+    library_code = "\n".join(lines[1:])  # without the shebang, which only Redis reads
+    check = subprocess.run(
+        [lua, "-e", "assert(load(io.read('a')))"], input=library_code, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_the_library_name_follows_its_code() -> None:
+    library = scripts.library()
+    assert re.fullmatch(r"analysis_[0-9a-f]{12}", library.name)
+    assert library == scripts.library()  # one text per release, so every process calls the same names
+    with pytest.raises(KeyError, match=r"no script lua/nonexistent\.lua"):
+        scripts.function(None, "nonexistent")  # type: ignore[arg-type]
 
 
 def test_the_prelude_declares_only_what_a_script_mentions() -> None:
@@ -342,7 +361,7 @@ def named_literals(tree: ast.AST, *, everywhere: bool = False) -> list[tuple[int
     """String literals where a name goes, as (line, source, a dict key?): dict keys and values, ``.get``/``.pop``
     keys, subscripts, comparisons, hash fields; with ``everywhere``, every string literal but docstrings.
 
-    Literals inside ``Literal[...]`` are types, which mypy checks; a script's name (``LUA.script(client,
+    Literals inside ``Literal[...]`` are types, which mypy checks; a script's name (``scripts.function(client,
     "retry")``) names a file; log fields are the logs' own vocabulary.
     """
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
@@ -377,7 +396,7 @@ def named_literals(tree: ast.AST, *, everywhere: bool = False) -> list[tuple[int
             or isinstance(parent, ast.Compare)
         )
         literal_type = isinstance(parent, ast.Subscript) and ast.unparse(parent.value) == "Literal"
-        if named and not literal_type and call_attr != "script":
+        if named and not literal_type and call_attr != "function":
             found.append((getattr(node, "lineno", 0), ast.unparse(node), is_key))
     return found
 
@@ -447,7 +466,7 @@ def test_the_python_drift_check_sees_what_it_looks_for() -> None:
         'n = counters.get("dead_lettered", 0) + counters["rerun"]\n'
         'if flags.get(wire.FLAG_RUN) in ("failed", other): client.hset(key, "retry_token", t)\n'
         'increments = {f"approved_round_{n}": 1}\n'
-        'await LUA.script(client, "retry")(keys=[k], args=["done"])\n'
+        'await scripts.function(client, "retry")(keys=[k], args=["done"])\n'
         'fields = {"item": item}\n'
         'log.info("failed", extra={"fields": {**fields, "error": why}})\n'
     )

@@ -67,7 +67,6 @@ from analysis_core.api import v1alpha1
 from analysis_operator import fairshare
 
 log = logging.getLogger("analysis_operator.accounts")
-LUA = scripts.Library("analysis_operator")
 
 TICK_S = 0.1  # how often an account grants
 IDLE_TICK_S = 0.5  # how often an account no batch uses looks again
@@ -218,10 +217,10 @@ class Allocator:
         self.shares = fairshare.Shares()
         k = keys_.AccountKeys(name)
         self._account_keys = [k.part(part) for part in keys_.ACCOUNT_PARTS]
-        self._take = LUA.script(redis, "account_take")
-        self._give = LUA.script(redis, "account_give")
-        self._window = LUA.script(redis, "account_window")
-        self._grant = LUA.script(redis, "account_grant")
+        self._take = scripts.function(redis, "account_take", loads=True)
+        self._give = scripts.function(redis, "account_give", loads=True)
+        self._window = scripts.function(redis, "account_window", loads=True)
+        self._grant = scripts.function(redis, "account_grant", loads=True)
         self._bucket = 0.0
         self._last_tick = time.monotonic()
         self._granted: dict[str, int] = {}  # member key -> calls in its current allowance

@@ -38,7 +38,7 @@ from typing import Any
 
 import kopf
 
-from analysis_core import queue
+from analysis_core import queue, scripts
 from analysis_core.api import GROUP, PLURAL, PROVIDER_PLURAL, VERSION, v1alpha1, wellknown
 from analysis_operator import accounts, config, kube, logfilters, metrics, reconciler, status, teardown
 from analysis_operator.config import OperatorConfig
@@ -75,13 +75,17 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     logfilters.install()
     configure(settings)
     cfg = OperatorConfig.from_env()
     memo.cfg = cfg
     memo.kube = kube.Kube(settings.networking.request_timeout or 30, trust_env=settings.networking.trust_env)
     memo.redis = queue.connect(cfg.redis_url, cfg.redis_password)
+    try:
+        await scripts.load(memo.redis)  # the queue's functions, before any batch needs them
+    except queue.UNAVAILABLE as exc:  # loaded by the first call that finds them missing (scripts.Function)
+        logger.warning(f"redis unavailable at start-up; its functions are loaded at the first call: {exc}")
     memo.accounts = accounts.Registry()
     memo.metrics = await metrics.serve(cfg.metrics_port) if cfg.metrics_port else None
 

@@ -40,8 +40,6 @@ from typing import Any, Literal, get_args
 from analysis_core import keys as keys_
 from analysis_core import queue, scripts, wire
 
-LUA = scripts.Library("analysis_operator")
-
 
 class NewerLayout(Exception):
     """The batch's Redis data is in a newer layout than this operator's (``keys.LAYOUT_VERSION``)."""
@@ -111,7 +109,7 @@ async def snapshot(client: queue.Redis, uid: str, stages: Sequence[str]) -> Snap
             k.retiring(stage),
         )
     ]
-    per_stage, sealed, seeded, usage, flags = await LUA.script(client, "snapshot")(
+    per_stage, sealed, seeded, usage, flags = await scripts.function(client, "snapshot", loads=True)(
         keys=[*stage_keys, k.sealed, k.seeded, k.usage, k.flags], args=[keys_.GROUP]
     )
     if seeded is not None and int(seeded) > keys_.LAYOUT_VERSION:
@@ -156,7 +154,7 @@ async def collect(client: queue.Redis, uid: str, stage: str) -> int:
     """Fan-in: combine every item gathered for ``stage`` into one message; once. Returns how many."""
     k = keys_.BatchKeys(uid)
     items = [str(item) for item in await client.hkeys(k.gathered(stage))]
-    collected = await LUA.script(client, "collect")(
+    collected = await scripts.function(client, "collect", loads=True)(
         keys=[k.gathered(stage), k.results, k.stream(stage), k.collected(stage)],
         args=[k.collected_input(stage), collected_id(items)],
     )
@@ -185,7 +183,7 @@ async def release(
         target, mode = (
             (k.gathered(next_stage), wire.RELEASE_GATHER) if gather else (k.stream(next_stage), wire.RELEASE_STREAM)
         )
-    released = await LUA.script(client, "release")(
+    released = await scripts.function(client, "release", loads=True)(
         keys=[k.stream(gate), k.outcomes, k.counts(gate), target, k.finals],
         args=[uid, gate, "*" if items is None else json.dumps(sorted(items)), limit, mode],
     )
@@ -204,7 +202,7 @@ async def seed(client: queue.Redis, uid: str, stages: Sequence[str], items: Sequ
     """Enqueue the initial items into the first stage, once; create every stage's group."""
     k = keys_.BatchKeys(uid)
     messages = [queue.Message(item).fields() for item in items]
-    script = LUA.script(client, "seed")
+    script = scripts.function(client, "seed", loads=True)
     enqueued = await script(
         keys=[k.seeded, k.stream(stages[0]), *(k.stream(stage) for stage in stages)],
         args=[keys_.GROUP, json.dumps(messages), keys_.LAYOUT_VERSION],
@@ -255,7 +253,9 @@ async def retire(client: queue.Redis, uid: str, stage: str, pods: Sequence[str])
     if not pods:
         return []
     k = keys_.BatchKeys(uid)
-    retired = await LUA.script(client, "retire")(keys=[k.stream(stage), k.retiring(stage)], args=[keys_.GROUP, *pods])
+    retired = await scripts.function(client, "retire", loads=True)(
+        keys=[k.stream(stage), k.retiring(stage)], args=[keys_.GROUP, *pods]
+    )
     return [str(pod) for pod in retired]
 
 
@@ -354,7 +354,9 @@ async def finals(client: queue.Redis, uid: str, start: int, count: int) -> list[
     if count <= 0 or start < 0:
         return []
     k = keys_.BatchKeys(uid)
-    reply = await LUA.script(client, "finals")(keys=[k.finals, k.outcomes, k.results], args=[start, start + count - 1])
+    reply = await scripts.function(client, "finals", loads=True)(
+        keys=[k.finals, k.outcomes, k.results], args=[start, start + count - 1]
+    )
     return [_final_record(str(idem), outcome, output) for idem, outcome, output in reply]
 
 
@@ -387,7 +389,7 @@ async def retry_failed(client: queue.Redis, uid: str, stages: Sequence[str], *, 
     """
     k = keys_.BatchKeys(uid)
     stage_keys = [key for stage in stages for key in (k.stream(stage), k.counts(stage), k.collected(stage))]
-    script = LUA.script(client, "rerun")
+    script = scripts.function(client, "rerun", loads=True)
     requeued, start = 0, 0
     while True:
         moved, _skipped, seen = await script(

@@ -34,7 +34,6 @@ import redis.asyncio as aioredis
 from analysis_core import keys as keys_
 from analysis_core import scripts, wire
 
-LUA = scripts.Library("analysis_worker")
 # How long a waiting call's ask stands without being renewed: a worker that died stops asking after this.
 ASK_TTL_MS = 2000
 # How long to wait before asking again when no grant says when the next one comes (no operator, or none yet).
@@ -72,9 +71,9 @@ class Allowance:
         k = keys_.BatchKeys(uid)
         self._keys = [k.allowance(provider, part) for part in keys_.ALLOWANCE_PARTS]
         self._flight_ms = math.ceil((call_timeout_s + FLIGHT_MARGIN_S) * 1000)
-        self._spend = LUA.script(client, "account_spend")
-        self._settle = LUA.script(client, "account_settle")
-        self._report = LUA.script(client, "account_report")
+        self._spend = scripts.function(client, "account_spend")
+        self._settle = scripts.function(client, "account_settle")
+        self._report = scripts.function(client, "account_report")
 
     async def acquire(self, input_tokens: int, output_tokens: int, *, give_up_after_s: float | None = None) -> Grant:
         """Wait until the batch's allowance covers the call; raise ``AccountWaitTooLong`` past ``give_up_after_s``."""

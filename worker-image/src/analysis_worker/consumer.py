@@ -38,7 +38,6 @@ import redis.asyncio as aioredis
 from analysis_core import keys as keys_
 from analysis_core import plan, queue, scripts, wire
 
-LUA = scripts.Library("analysis_worker")
 # Most attempts one complete.lua call finishes: a script holds Redis for its whole run, so it stays short.
 COMPLETIONS_PER_STEP = 100
 # Completions handed over in one turn of the event loop from which they go to Redis in two steps (``finish``).
@@ -161,10 +160,10 @@ class StageQueue:
         self._budget_args = ["" if limit is None else limit for limit in limits]
         self.stream = self.keys.stream(stage)
         # Registered once: each call of a script is then its EVALSHA, with no SHA1 of its text per call.
-        self._complete = LUA.script(client, "complete")
-        self._retry = LUA.script(client, "retry")
-        self._reclaim = LUA.script(client, "reclaim")
-        self._renew = LUA.script(client, "renew")
+        self._complete = scripts.function(client, "complete")
+        self._retry = scripts.function(client, "retry")
+        self._reclaim = scripts.function(client, "reclaim")
+        self._renew = scripts.function(client, "renew")
         self._waiting: list[tuple[Completion, asyncio.Future[Finished]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -184,7 +183,7 @@ class StageQueue:
         Never blocks: when it claims nothing, the answer says why, and
         ``wait_for_new`` waits for the stream to grow past what it saw.
         """
-        reply = await LUA.script(self.client, "claim")(
+        reply = await scripts.function(self.client, "claim")(
             keys=[self.stream, self.keys.retiring(self.stage)],
             args=[keys_.GROUP, self.consumer, count, concurrency],
         )
@@ -242,7 +241,7 @@ class StageQueue:
         ids = list(entry_ids)
         if not ids:
             return 0
-        return int(await LUA.script(self.client, "handback")(keys=[self.stream], args=[keys_.GROUP, *ids]))
+        return int(await scripts.function(self.client, "handback")(keys=[self.stream], args=[keys_.GROUP, *ids]))
 
     # ---------------------------------------------------------------- finishing
 
@@ -399,7 +398,7 @@ class StageQueue:
 
     async def promote(self, limit: int = 100) -> tuple[int, int]:
         """Move due retries into the stream; returns (moved, ms until the next is due or -1)."""
-        moved, wait = await LUA.script(self.client, "promote")(
+        moved, wait = await scripts.function(self.client, "promote")(
             keys=[self.keys.delayed(self.stage), self.stream], args=[limit]
         )
         return int(moved), int(wait)

@@ -60,7 +60,6 @@ MAX_SLEEP_S = 1.0
 PROBE_MAX_S = 300.0
 # A probe that never reports back (its worker died) holds the others this long past the call's own deadline.
 PROBE_LEASE_MARGIN_S = 5.0
-LUA = scripts.Library("analysis_worker")
 
 
 def estimate_input_tokens(prompt: str) -> int:
@@ -126,11 +125,11 @@ class Limiter:
         self._pause_key = k.limiter(stage, keys_.LIMITER_PAUSE)
         self._quota_key = k.limiter(stage, keys_.LIMITER_QUOTA)
         self._client = client
-        self._acquire = LUA.script(client, "limiter_acquire")
-        self._settle = LUA.script(client, "limiter_settle")
-        self._pause = LUA.script(client, "limiter_pause")
-        self._quota = LUA.script(client, "limiter_quota")
-        self._probed = LUA.script(client, "limiter_probed")
+        self._acquire = scripts.function(client, "limiter_acquire")
+        self._settle = scripts.function(client, "limiter_settle")
+        self._pause = scripts.function(client, "limiter_pause")
+        self._quota = scripts.function(client, "limiter_quota")
+        self._probed = scripts.function(client, "limiter_probed")
 
     @property
     def enabled(self) -> bool:

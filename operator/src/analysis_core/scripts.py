@@ -41,6 +41,9 @@ import redis.exceptions
 from analysis_core import wire
 
 _IDENTIFIER = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
+# A command a script runs: its name (and a container command's subcommand), always spelled as literals.
+_CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'(?:\s*,\s*'([A-Za-z]+)')?")
+_CONTAINERS = frozenset({"xinfo", "xgroup", "client", "object", "config", "function", "script", "acl", "memory"})
 _LINE = re.compile(r"user_function:(\d+)")
 NOT_FOUND = "Function not found"  # what Redis answers an FCALL of a function it does not have
 
@@ -70,6 +73,24 @@ def source(name: str) -> str:
     """The text of ``lua/<name>.lua`` as its function runs it: the file, its ``wire`` constants declared first."""
     text = (resources.files("analysis_core") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
     return prelude(text) + text
+
+
+def commands(*scripts: str) -> frozenset[str]:
+    """The commands ``scripts`` run, as a Redis ACL names them (``hset``, ``xinfo|groups``).
+
+    A function runs with its caller's permissions, so a caller confined by an
+    ACL needs exactly these (``analysis_core.tenancy``).
+    """
+    found = set()
+    for script in scripts:
+        for command, sub in _CALL.findall(source(script)):
+            name = command.lower()
+            if name in _CONTAINERS:
+                if not sub:
+                    raise ValueError(f"lua/{script}.lua runs {command} with a subcommand that is not a literal")
+                name = f"{name}|{sub.lower()}"
+            found.add(name)
+    return frozenset(found)
 
 
 @dataclasses.dataclass(frozen=True)

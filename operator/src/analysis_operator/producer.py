@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal, get_args
 
 from analysis_core import keys as keys_
-from analysis_core import queue, scripts, wire
+from analysis_core import queue, scripts, tenancy, wire
 
 
 class NewerLayout(Exception):
@@ -257,6 +257,21 @@ async def retire(client: queue.Redis, uid: str, stage: str, pods: Sequence[str])
         keys=[k.stream(stage), k.retiring(stage)], args=[keys_.GROUP, *pods]
     )
     return [str(pod) for pod in retired]
+
+
+async def ensure_user(client: queue.Redis, uid: str, admin_password: str) -> None:
+    """Create or restore the batch's Redis user (``analysis_core.tenancy``): its password, its keys, its commands.
+
+    Idempotent, and cheap enough to repeat: Redis keeps ACL users neither in its
+    AOF nor on its replicas, so the operator asserts them again after a restart.
+    """
+    rules = tenancy.rules(uid, tenancy.password(admin_password, uid))
+    await client.execute_command("ACL", "SETUSER", tenancy.username(uid), *rules)  # type: ignore[no-untyped-call]
+
+
+async def remove_user(client: queue.Redis, uid: str) -> None:
+    """Delete the batch's Redis user; its open connections are closed by Redis."""
+    await client.acl_deluser(tenancy.username(uid))
 
 
 async def remove(client: queue.Redis, uid: str, *, page: int = 1000) -> int:

@@ -20,6 +20,7 @@ on the CRD ``kubectl apply`` made. The operator's own log, read with
 ``kubectl logs`` as a user would, shows no request its RBAC refused.
 """
 
+import base64
 import dataclasses
 import json
 import os
@@ -35,7 +36,7 @@ import redis
 import yaml
 
 import analysis_core
-from analysis_core import keys
+from analysis_core import keys, tenancy
 from analysis_core.api import wellknown
 from analysis_devcluster import binaries, cluster, images, node, processes
 
@@ -131,6 +132,15 @@ class Setting:
         finally:
             client.close()
 
+    def redis_user(self, uid: str) -> dict[str, Any] | None:
+        """The batch's Redis ACL user, as the admin sees it (None: there is none)."""
+        client = redis.Redis.from_url(self.redis_url, password=PASSWORD, decode_responses=True, socket_timeout=5)
+        try:
+            found = client.acl_getuser(tenancy.username(uid))
+            return None if found is None else dict(found)
+        finally:
+            client.close()
+
 
 @pytest.fixture(scope="module")
 def setting(
@@ -214,12 +224,21 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     assert sorted(row["item"] for row in rows) == ["AMD", "NVDA", "TSM"]
     assert {row["status"] for row in rows} == {"succeeded"}
     uid = batch["metadata"]["uid"]
-    # The workers reached the password-protected Redis through the operator's per-batch copy of the password.
+    # The workers reached the password-protected Redis as the batch's own user, from the batch's Secret, which
+    # holds that user's password and not the admin's; the user may touch the batch's keys only.
     assert setting.redis_keys(uid)
     copies = json.loads(
         setting.kubectl("get", "secrets", "-n", "team-r", "-l", f"analysis.dev/batch-uid={uid}", "-o", "json").stdout
     )["items"]
     assert [c["metadata"]["ownerReferences"][0]["uid"] for c in copies] == [uid]
+    credential = {key: base64.b64decode(value).decode() for key, value in copies[0]["data"].items()}
+    assert credential == {
+        tenancy.SECRET_USERNAME: tenancy.username(uid),
+        tenancy.SECRET_PASSWORD: tenancy.password(PASSWORD, uid),
+    }
+    user = setting.redis_user(uid)
+    assert user is not None
+    assert user["keys"] == [f"~{keys.BatchKeys(uid).tag}:*"] or user["keys"] == f"~{keys.BatchKeys(uid).tag}:*"
     # Nothing the operator asked for was refused, and the password appears in none of what a user reads.
     log = setting.operator_log()
     assert "ticker-summary" in log
@@ -230,6 +249,7 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     # Deleting the batch: the installed operator tears it down (workers, children, Redis keys) and lets go.
     setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "team-r", "--timeout=120s", timeout=150)
     assert setting.redis_keys(uid) == []
+    assert setting.redis_user(uid) is None
 
     setting.uninstall()
     assert setting.kubectl("get", "deployment", RELEASE, "-n", SYSTEM, check=False).returncode != 0

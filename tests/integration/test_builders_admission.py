@@ -45,7 +45,7 @@ def test_children_are_accepted_and_worker_pods_are_admitted_as_restricted(
     )
     compiled = plan.compile_plan(batch.uid, spec)
     children = [builders.plan_configmap(batch, compiled, SETTINGS), builders.service_account(batch)]
-    children.append(builders.redis_secret(batch, "a-password"))
+    children.append(builders.redis_secret(batch, "analysis-batch-x", "a-password"))
     children += [builders.workload(batch, compiled, stage, SETTINGS, size=2) for stage in compiled.stages]
     for child in children:
         result = apply(devcluster, namespace, child)

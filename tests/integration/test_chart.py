@@ -733,7 +733,7 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
     try:
         children = [
             builders.service_account(batch),
-            builders.redis_secret(batch, "pw"),
+            builders.redis_secret(batch, "analysis-batch-x", "pw"),
             builders.plan_configmap(batch, compiled, settings),
         ]
         children += [builders.workload(batch, compiled, stage, settings, size=1) for stage in compiled.stages]

@@ -11,6 +11,7 @@ import asyncio
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,8 +162,8 @@ async def test_a_batch_user_runs_no_lua_of_its_own_and_no_administration(
         assert isinstance(refused.value, NoPermissionError), refused.value
 
 
-async def test_the_worker_finishes_its_batch_with_its_own_user(
-    tenants: dict[str, Any], workers: Any, redis: queue.Redis, redis_url: str
+async def test_the_worker_finishes_its_batch_on_its_own_user_and_waits_for_a_user_redis_lost(
+    workers: Any, redis: queue.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     spec = {
         "items": [f"T{i}" for i in range(12)],
@@ -174,19 +175,31 @@ async def test_the_worker_finishes_its_batch_with_its_own_user(
     }
     batch = workers.batch(spec)
     await batch.seed()
-    await producer.ensure_user(redis, batch.uid, ADMIN_PASSWORD)
+    # The Secret as the operator mounts it: the user and the password as files; the URL names no user.
+    mounted = tmp_path / "redis-auth"
+    mounted.mkdir()
+    (mounted / tenancy.SECRET_USERNAME).write_text(tenancy.username(batch.uid))
+    (mounted / tenancy.SECRET_PASSWORD).write_text(tenancy.password(ADMIN_PASSWORD, batch.uid))
     try:
-        url, password = as_user(redis_url, batch.uid)
-        for stage in ("draft", "polish"):
-            workers.start(batch, stage, **{env.REDIS_URL: url, env.REDIS_PASSWORD: password})
+        # Started before Redis knows the user (a restart forgot it): the workers wait instead of failing.
+        started = [workers.start(batch, stage, **{env.REDIS_AUTH_DIR: str(mounted)}) for stage in ("draft", "polish")]
+
+        async def refused_once() -> bool:
+            return all(any("refused the worker's login" in line["msg"] for line in w.lines()) for w in started)
+
+        await workers.eventually(refused_once, 20, "both workers refused their first login")
+        await producer.ensure_user(redis, batch.uid, ADMIN_PASSWORD)
 
         async def finished() -> bool:
             counts = await consumer.stage_counts(redis, batch.uid, "polish")
             return counts.counters.get("succeeded", 0) == len(batch.items) and counts.drained
 
         await workers.eventually(finished, 60, "finished by workers on the batch's own user")
-        for worker in workers.started:
-            assert not [line for line in worker.lines() if line["level"] in ("warning", "error")], worker.pod
+        secret = tenancy.password(ADMIN_PASSWORD, batch.uid)
+        for worker in started:
+            assert worker.process.poll() is None  # still serving: the refusal was waited out
+            assert secret not in worker.log.read_text(errors="replace")
+            assert not [line for line in worker.lines() if line["level"] == "error"], worker.pod
     finally:
         await producer.remove_user(redis, batch.uid)
 

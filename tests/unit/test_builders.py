@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from analysis_core import env, plan, queue
+from analysis_core import env, plan, queue, tenancy
 from analysis_core.api import v1alpha1, wellknown
 from analysis_operator import builders
 
@@ -88,20 +88,30 @@ def test_the_plan_configmap_holds_the_plan_the_pods_mount() -> None:
     assert volumes["plan"]["configMap"]["name"] == configmap["metadata"]["name"]
 
 
-def test_a_redis_password_reaches_workers_only_through_the_batchs_secret() -> None:
+def test_the_batchs_redis_user_reaches_workers_only_as_files_of_its_secret() -> None:
     plain = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, mode="job")
-    assert env.REDIS_PASSWORD not in {v["name"] for v in plain["spec"]["containers"][0]["env"]}
+    assert env.REDIS_AUTH_DIR not in {v["name"] for v in plain["spec"]["containers"][0]["env"]}
+    assert "redis-auth" not in {v["name"] for v in plain["spec"]["volumes"]}
     settings = dataclasses.replace(SETTINGS, redis_auth=True)
     pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), settings, mode="job")
-    variables = {v["name"]: v for v in pod["spec"]["containers"][0]["env"]}
-    secret = builders.redis_secret(BATCH, "s3cret/+pw")
-    assert variables[env.REDIS_PASSWORD] == {
-        "name": env.REDIS_PASSWORD,
-        "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": builders.REDIS_PASSWORD_KEY}},
-    }
+    container = pod["spec"]["containers"][0]
+    variables = {v["name"]: v for v in container["env"]}
+    secret = builders.redis_secret(BATCH, tenancy.username(BATCH.uid), "s3cret/+pw")
+    # No variable holds the Redis Secret's keys or refers to them: the Secret is a volume, its keys files.
+    refs = [
+        v["valueFrom"]["secretKeyRef"]["name"] for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})
+    ]
+    assert secret["metadata"]["name"] not in refs
+    assert variables[env.REDIS_AUTH_DIR]["value"] == builders.REDIS_AUTH_DIR
+    assert env.REDIS_PASSWORD not in variables
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["redis-auth"] == {"name": "redis-auth", "secret": {"secretName": secret["metadata"]["name"]}}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["redis-auth"] == {"name": "redis-auth", "mountPath": builders.REDIS_AUTH_DIR, "readOnly": True}
     assert secret["metadata"]["namespace"] == BATCH.namespace
     assert secret["metadata"]["labels"][wellknown.LABEL_BATCH_UID] == BATCH.uid
-    assert base64.b64decode(secret["data"][builders.REDIS_PASSWORD_KEY]).decode() == "s3cret/+pw"
+    decoded = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert decoded == {tenancy.SECRET_USERNAME: tenancy.username(BATCH.uid), tenancy.SECRET_PASSWORD: "s3cret/+pw"}
     assert "s3cret" not in json.dumps(pod)
 
 

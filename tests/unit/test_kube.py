@@ -64,7 +64,7 @@ def test_every_child_the_builders_make_has_a_kind_in_the_client() -> None:
     batch = builders.Batch("b", "ns", "00000000-0000-4000-8000-000000000000")
     for child in (
         builders.service_account(batch),
-        builders.redis_secret(batch, "pw"),
+        builders.redis_secret(batch, "analysis-batch-x", "pw"),
         export.results_configmap(batch, 0, []),
     ):
         assert kube.kind_of(child).__name__ == child["kind"]

@@ -12,7 +12,7 @@ import jinja2.sandbox
 import pytest
 import yaml
 
-from analysis_core import env, keys, plan
+from analysis_core import env, keys, plan, tenancy
 from analysis_core.api import v1alpha1
 from analysis_worker import config, logs, templates
 
@@ -167,6 +167,25 @@ def test_the_redis_password_comes_from_its_own_variable_and_is_never_shown(plan_
     )
     assert cfg.redis_secret == "hunter2-redis"
     assert "hunter2" not in repr(cfg)
+
+
+def test_the_batchs_redis_user_comes_from_the_files_of_its_mounted_secret(plan_file: Path, tmp_path: Path) -> None:
+    mounted = tmp_path / "redis"
+    mounted.mkdir()
+    (mounted / tenancy.SECRET_USERNAME).write_text("analysis-batch-uid-7")
+    (mounted / tenancy.SECRET_PASSWORD).write_text("derived-secret\n")
+    base = {
+        env.REDIS_URL: "redis://redis:6379/0",
+        env.BATCH_UID: "uid-7",
+        env.STAGE: "summarize",
+        env.PLAN_PATH: str(plan_file),
+    }
+    cfg, _ = config.from_env({**base, env.REDIS_AUTH_DIR: str(mounted)})
+    assert (cfg.redis_username, cfg.redis_secret) == ("analysis-batch-uid-7", "derived-secret")
+    assert "derived-secret" not in repr(cfg)
+    (mounted / tenancy.SECRET_PASSWORD).unlink()
+    with pytest.raises(config.ConfigError, match=f"{env.REDIS_AUTH_DIR}=.*: cannot read password"):
+        config.from_env({**base, env.REDIS_AUTH_DIR: str(mounted)})
 
 
 def test_configuration_errors_name_every_variable(plan_file: Path) -> None:

@@ -5,7 +5,10 @@ start (``analysis_worker.config``). Spelled here once, so the two cannot drift.
 """
 
 REDIS_URL = "ANALYSIS_REDIS_URL"
-REDIS_PASSWORD = "ANALYSIS_REDIS_PASSWORD"  # from a Secret the operator keeps in the batch's namespace; never logged
+REDIS_PASSWORD = "ANALYSIS_REDIS_PASSWORD"  # for a worker run by hand; the operator mounts files (REDIS_AUTH_DIR)
+# A directory holding the batch's Redis user and password as files ``username`` and ``password`` (the operator
+# mounts the batch's Redis Secret there, analysis_core.tenancy); never logged.
+REDIS_AUTH_DIR = "ANALYSIS_REDIS_AUTH_DIR"
 BATCH_UID = "ANALYSIS_BATCH_UID"
 STAGE = "ANALYSIS_STAGE"
 PLAN_PATH = "ANALYSIS_PLAN_PATH"  # the published plan (a mounted ConfigMap key)

@@ -63,25 +63,27 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-def connect(url: str, password: str | None = None) -> Redis:
+def connect(url: str, password: str | None = None, username: str | None = None) -> Redis:
     """A client for ordinary commands: short timeouts, string replies.
 
     RESP2 is pinned: the reply shapes this module parses are RESP2's, whatever
     a future client chooses by default. ``password`` (kept out of the URL, so
-    a logged URL never carries it) overrides one in the URL.
+    a logged URL never carries it) overrides one in the URL, and ``username``
+    (a batch's own user, ``tenancy``) one there.
     """
     options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, "protocol": 2}
-    if password:
-        options["password"] = password
-    return aioredis.Redis.from_url(url, decode_responses=True, **options)
+    return aioredis.Redis.from_url(url, decode_responses=True, **options | _credential(password, username))
 
 
-def connect_blocking(url: str, password: str | None = None) -> Redis:
+def connect_blocking(url: str, password: str | None = None, username: str | None = None) -> Redis:
     """A client for blocking reads only: no socket timeout (the block bounds the wait), no retries."""
     options: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 5, "retry": None, "protocol": 2}
-    if password:
-        options["password"] = password
-    return aioredis.Redis.from_url(url, decode_responses=True, **options)
+    return aioredis.Redis.from_url(url, decode_responses=True, **options | _credential(password, username))
+
+
+def _credential(password: str | None, username: str | None) -> dict[str, Any]:
+    given = {"password": password, "username": username}
+    return {name: value for name, value in given.items() if value}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from analysis_core import env, plan, queue
+from analysis_core import env, plan, queue, tenancy
 from analysis_core.api import v1alpha1, wellknown
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -35,8 +35,8 @@ ANNOTATION_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 PLAN_KEY = "plan.json"
 PRICES_KEY = "prices.yaml"
-REDIS_PASSWORD_KEY = "password"
 PLAN_DIR = "/etc/analysis"
+REDIS_AUTH_DIR = "/var/run/secrets/analysis/redis"  # the batch's Redis Secret, its keys as files
 WORKER_UID = 65532  # the conventional "nonroot" user of distroless and Chainguard images
 MAX_NAME = 63  # a Job's name becomes a pod label value
 
@@ -63,7 +63,7 @@ class WorkerSettings:
     calls_per_pod: int = v1alpha1.DEFAULT_CALLS_PER_POD  # a stage's callsPerPod when it sets none
     image_pull_policy: str = "IfNotPresent"
     metrics_port: int = 9090  # the worker's Prometheus endpoint; 0 turns it off
-    redis_auth: bool = False  # Redis wants a password: workers read it from the batch's Redis Secret
+    redis_auth: bool = False  # Redis wants a password: workers connect as the batch's user, from its Redis Secret
     prices: str | None = None  # a price table over the packaged one, published with the plan
 
 
@@ -116,18 +116,21 @@ def plan_configmap(batch: Batch, the_plan: plan.Plan, settings: WorkerSettings) 
     }
 
 
-def redis_secret(batch: Batch, password: str) -> dict[str, Any]:
-    """The Redis password for the batch's workers, in the batch's namespace (pods read Secrets of their own only).
+def redis_secret(batch: Batch, username: str, password: str) -> dict[str, Any]:
+    """The batch's own Redis user and password (``analysis_core.tenancy``), in the batch's namespace.
 
-    Owned by the batch, so the garbage collector removes it with the batch:
-    the operator needs to create and patch Secrets, never to read one.
+    Mounted into its workers as files (never environment variables). Owned by
+    the batch, so the garbage collector removes it with the batch: the
+    operator needs to create and patch Secrets, never to read one (it derives
+    the password again whenever it needs it).
     """
+    data = {tenancy.SECRET_USERNAME: username, tenancy.SECRET_PASSWORD: password}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {"name": child_name(batch, "redis"), "namespace": batch.namespace, "labels": labels(batch)},
-        "data": {REDIS_PASSWORD_KEY: base64.b64encode(password.encode()).decode()},
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
     }
 
 
@@ -158,8 +161,7 @@ def _environment(
         {"name": env.METRICS_PORT, "value": str(settings.metrics_port)},
     ]
     if settings.redis_auth:
-        secret = {"name": child_name(batch, "redis"), "key": REDIS_PASSWORD_KEY}
-        variables.append({"name": env.REDIS_PASSWORD, "valueFrom": {"secretKeyRef": secret}})
+        variables.append({"name": env.REDIS_AUTH_DIR, "value": REDIS_AUTH_DIR})  # the files, not the secret
     if settings.prices is not None:
         variables.append({"name": env.PRICES_PATH, "value": f"{PLAN_DIR}/{PRICES_KEY}"})
     provider = the_plan.providers.get(stage.provider or "")
@@ -234,7 +236,16 @@ def worker_pod_template(
         },
     }
     _mount_ca_bundle(template, batch, the_plan, stage)
+    if settings.redis_auth:
+        _mount_redis_auth(template, batch)
     return template
+
+
+def _mount_redis_auth(template: dict[str, Any], batch: Batch) -> None:
+    """The batch's Redis user and password (``redis_secret``), as files where the worker reads them."""
+    spec = template["spec"]
+    spec["volumes"].append({"name": "redis-auth", "secret": {"secretName": child_name(batch, "redis")}})
+    spec["containers"][0]["volumeMounts"].append({"name": "redis-auth", "mountPath": REDIS_AUTH_DIR, "readOnly": True})
 
 
 def _mount_ca_bundle(template: dict[str, Any], batch: Batch, the_plan: plan.Plan, stage: plan.StagePlan) -> None:

@@ -266,7 +266,8 @@ def track_phase(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 async def tear_down(body: kopf.Body, memo: kopf.Memo, retry: int, logger: kopf.Logger, **_: Any) -> None:
     _touch()
     memo.accounts.release(body["metadata"]["uid"])
-    await teardown.tear_down(memo.kube, memo.redis, body, retry=retry, logger=logger)
+    batch_user = memo.cfg.redis_password is not None
+    await teardown.tear_down(memo.kube, memo.redis, body, retry=retry, logger=logger, batch_user=batch_user)
 
 
 # ---------------------------------------------------------------- provider accounts

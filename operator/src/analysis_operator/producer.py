@@ -269,6 +269,11 @@ async def ensure_user(client: queue.Redis, uid: str, admin_password: str) -> Non
     await client.execute_command("ACL", "SETUSER", tenancy.username(uid), *rules)  # type: ignore[no-untyped-call]
 
 
+async def has_user(client: queue.Redis, uid: str) -> bool:
+    """Whether Redis has the batch's user (it forgets users when it restarts without an ACL file)."""
+    return await client.acl_getuser(tenancy.username(uid)) is not None
+
+
 async def remove_user(client: queue.Redis, uid: str) -> None:
     """Delete the batch's Redis user; its open connections are closed by Redis."""
     await client.acl_deluser(tenancy.username(uid))

@@ -46,7 +46,7 @@ import kopf
 import pydantic
 import yaml
 
-from analysis_core import plan, pricing, queue
+from analysis_core import plan, pricing, queue, tenancy
 from analysis_core.api import v1alpha1, wellknown
 from analysis_operator import accounts, builders, completion, export, kube, producer, results, status
 from analysis_operator.config import OperatorConfig
@@ -56,6 +56,7 @@ R = v1alpha1.Reason
 ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the spec last applied
 EXPORT_PAGE = 500  # finals read per round trip while exporting
 BUSY_POD_COST = "1000"  # pod-deletion-cost of a worker with an item in flight (idle ones: 0)
+SECRET_REAPPLY_S = 30.0  # how often the workers' ServiceAccount and Redis Secret are applied again
 
 log = logging.getLogger("analysis_operator")
 
@@ -135,6 +136,8 @@ class Reconciler:
         self._published: str | None = None  # plan text last applied
         self._ca_published: dict[str, str] | None = None  # the accounts' CA bundles last applied
         self._account_applied = False
+        self._secret_due = 0.0  # monotonic: when the ServiceAccount and the Redis Secret are applied again
+        self._user_asserted = False  # the batch's Redis user was set by this reconciler (then: only checked)
         self._written: dict[str, Any] | None = None  # the status last written
         self._written_at = 0.0
         self._applied: dict[str, str] = {}  # workload name -> spec hash last applied
@@ -257,6 +260,7 @@ class Reconciler:
         problems.extend(pod_problems(the_plan, children))
         problems.extend(f for f in (_job_failure(w) for w in children.workloads) if f)
         try:
+            await self._assert_user(batch, body)
             snapshot, state = await self._advance(batch, body, compiled)
             problems.extend(quota_problems(the_plan, snapshot))
             problems.extend(account_quota_problems(the_plan, snapshot, self.registry))
@@ -307,11 +311,15 @@ class Reconciler:
     ) -> None:
         """The plan ConfigMap, the workers' ServiceAccount and Redis Secret, applied when they change."""
         try:
-            if not self._account_applied:
+            now = time.monotonic()
+            if not self._account_applied or now >= self._secret_due:
+                # Applied again now and then: a deleted Secret comes back (the same password, derived again).
                 await self.kube.apply(_owned(builders.service_account(batch), body))
                 if self.cfg.redis_password is not None:
-                    await self.kube.apply(_owned(builders.redis_secret(batch, self.cfg.redis_password), body))
+                    credential = tenancy.username(batch.uid), tenancy.password(self.cfg.redis_password, batch.uid)
+                    await self.kube.apply(_owned(builders.redis_secret(batch, *credential), body))
                 self._account_applied = True
+                self._secret_due = now + SECRET_REAPPLY_S
             text = the_plan.dumps()
             if text != self._published:
                 await self.kube.apply(_owned(builders.plan_configmap(batch, the_plan, self.cfg.worker), body))
@@ -319,6 +327,23 @@ class Reconciler:
         except kube.ApiError as exc:
             what = "the plan, the ServiceAccount or the Redis Secret"
             problems.append(status.Problem(R.PUBLISH_FAILED, f"cannot write {what}: {kube.describe(exc)}"))
+
+    async def _assert_user(self, batch: builders.Batch, body: kopf.Body) -> None:
+        """The batch's Redis user: set once by this reconciler, then set again whenever Redis lost it.
+
+        Redis keeps ACL users neither in its AOF nor on its replicas: after a
+        restart it has none, and the batch's workers cannot log in until this
+        runs again (they wait, as for a Redis that is down).
+        """
+        admin = self.cfg.redis_password
+        if admin is None:
+            return
+        if self._user_asserted and await producer.has_user(self.redis, batch.uid):
+            return
+        await producer.ensure_user(self.redis, batch.uid, admin)
+        if self._user_asserted:
+            kopf.info(body, reason=R.REDIS_USER_RESTORED, message="Redis had lost the batch's user; set it again")
+        self._user_asserted = True
 
     async def _publish_ca_bundles(
         self, batch: builders.Batch, body: kopf.Body, compiled: _Compiled, problems: list[status.Problem]

@@ -26,7 +26,16 @@ from analysis_operator import kube, producer
 GIVE_UP_AFTER = 60  # retries, about two seconds apart while pods drain, longer while Redis is away
 
 
-async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, retry: int, logger: kopf.Logger) -> None:
+async def tear_down(
+    client: kube.Kube,
+    redis: queue.Redis,
+    body: kopf.Body,
+    *,
+    retry: int,
+    logger: kopf.Logger,
+    batch_user: bool = False,
+) -> None:
+    """Stop the batch's workers, delete its children, then its Redis keys and (``batch_user``) its Redis user."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     labels = {wellknown.LABEL_BATCH_UID: uid}
@@ -39,6 +48,8 @@ async def tear_down(client: kube.Kube, redis: queue.Redis, body: kopf.Body, *, r
         raise kopf.TemporaryError(f"waiting for {len(pods)} worker pods to stop", delay=2)
     try:
         removed = await sweep(redis, uid)
+        if batch_user:
+            await producer.remove_user(redis, uid)  # also closes its connections
     except queue.UNAVAILABLE as exc:
         if retry < GIVE_UP_AFTER:
             why = f"Redis unavailable, the batch's keys remain; retry {retry + 1} of {GIVE_UP_AFTER}: {exc}"

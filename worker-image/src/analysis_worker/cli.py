@@ -15,6 +15,7 @@ import functools
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
 CA_RELOAD_CHECK_S = 5.0  # how often the account's mounted CA bundle is looked at for a change
+AUTH_WAIT_S = 60.0  # how long a refused login is waited out at start (the operator restores a lost user)
 
 
 async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
@@ -42,11 +44,11 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
         egress = base.Egress(provider_plan.account.proxy_url, ca_file)
     api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
     provider = providers.build(provider_plan, api_key, egress=egress)
-    client = queue.connect(cfg.redis_url, cfg.redis_secret)
-    blocking = queue.connect_blocking(cfg.redis_url, cfg.redis_secret)
+    client = queue.connect(cfg.redis_url, cfg.redis_secret, cfg.redis_username)
+    blocking = queue.connect_blocking(cfg.redis_url, cfg.redis_secret, cfg.redis_username)
     worker: loop.Worker | None = None
     try:
-        seeded = await consumer.layout(client, cfg.batch_uid)
+        seeded = await _first_contact(client, cfg)
         if seeded is not None and seeded > keys.LAYOUT_VERSION:
             log.error(
                 "Redis holds batch %s in layout version %s, newer than this worker's (%s): run the worker "
@@ -75,6 +77,26 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
         await (provider if worker is None else worker.provider).aclose()
         await blocking.aclose()
         await client.aclose()
+
+
+async def _first_contact(client: queue.Redis, cfg: config_.WorkerConfig) -> int | None:
+    """The batch's layout version, waiting up to ``AUTH_WAIT_S`` for Redis to know the worker's user.
+
+    A Redis that restarted without an ACL file has forgotten the batch's user
+    until the operator sets it again (within a reconcile or two); only a login
+    refused that long is a configuration problem.
+    """
+    deadline = time.monotonic() + AUTH_WAIT_S
+    while True:
+        try:
+            return await consumer.layout(client, cfg.batch_uid)
+        except redis.exceptions.AuthenticationError as exc:
+            if cfg.redis_secret is None or time.monotonic() >= deadline:  # no credential at all: nothing to wait for
+                raise
+            log.warning(
+                "Redis refused the worker's login; trying again in a second", extra={"fields": {"error": str(exc)}}
+            )
+            await asyncio.sleep(1.0)
 
 
 async def _reload_on_change(ca_file: Path, worker: loop.Worker, rebuild: Callable[[], base.Provider]) -> None:
@@ -135,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(_serve(cfg, the_plan))
     except redis.exceptions.AuthenticationError as exc:
         # A configuration problem, not a crash: say which variable, without a traceback.
-        log.error("Redis refused the worker: %s (the password comes from %s)", exc, env.REDIS_PASSWORD)
+        source = env.REDIS_AUTH_DIR if cfg.redis_username else env.REDIS_PASSWORD
+        log.error("Redis refused the worker: %s (the credential comes from %s)", exc, source)
         code = 2
     except Exception:
         log.exception("worker crashed")

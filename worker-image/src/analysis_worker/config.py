@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pydantic
 
-from analysis_core import env, plan
+from analysis_core import env, plan, tenancy
 from analysis_core.api import v1alpha1
 
 
@@ -51,6 +51,7 @@ class WorkerConfig:
     prices_path: Path | None
     quota_probe_s: float  # from a refusal for quota to the first probe (doubling after each refused one)
     ca_bundle_dir: Path = Path(env.DEFAULT_CA_BUNDLE_DIR)  # a provider account's CA certificates, <provider>.pem
+    redis_username: str | None = None  # the batch's own Redis user (analysis_core.tenancy); None: the default user
 
     @property
     def redis_secret(self) -> str | None:
@@ -131,6 +132,10 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
 
     api_key = environ.get(env.API_KEY) or None
     redis_password = environ.get(env.REDIS_PASSWORD) or None
+    redis_username = None
+    auth_dir = environ.get(env.REDIS_AUTH_DIR) or None
+    if auth_dir:
+        redis_username, redis_password = _redis_credential(Path(auth_dir), problems)
     loaded = _load_plan(plan_path, uid, stage, api_key, problems) if plan_path else None
     if problems:
         raise ConfigError("invalid worker configuration: " + "; ".join(problems))
@@ -151,5 +156,18 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
         prices_path=Path(prices) if prices else None,
         quota_probe_s=float(env.DEFAULT_QUOTA_PROBE_SECONDS if quota_probe is None else quota_probe),
         ca_bundle_dir=Path(environ.get(env.CA_BUNDLE_DIR) or env.DEFAULT_CA_BUNDLE_DIR),
+        redis_username=redis_username,
     )
     return config, loaded
+
+
+def _redis_credential(folder: Path, problems: list[str]) -> tuple[str | None, str | None]:
+    """The batch's Redis user and password from the files of its mounted Secret; a problem when they are missing."""
+    found = []
+    for name in (tenancy.SECRET_USERNAME, tenancy.SECRET_PASSWORD):
+        try:
+            found.append((folder / name).read_text(encoding="utf-8").strip() or None)
+        except OSError as exc:
+            problems.append(f"{env.REDIS_AUTH_DIR}={folder}: cannot read {name}: {exc.strerror or exc}")
+            found.append(None)
+    return found[0], found[1]

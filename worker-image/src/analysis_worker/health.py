@@ -25,7 +25,7 @@ async def beat(client: queue.Redis, cfg: config_.WorkerConfig, in_flight: int, a
 
 
 async def _check(cfg: config_.WorkerConfig) -> bool:
-    client = queue.connect(cfg.redis_url, cfg.redis_secret)
+    client = queue.connect(cfg.redis_url, cfg.redis_secret, cfg.redis_username)
     try:
         return await consumer.beating(client, cfg.batch_uid, cfg.stage, cfg.pod_name)
     finally:

@@ -136,6 +136,7 @@ class Reason(enum.StrEnum):
     CLEANUP_RETRYING = "CleanupRetrying"
     CLEANUP_INCOMPLETE = "CleanupIncomplete"
     ACCOUNT_IN_USE = "AccountInUse"  # an AnalysisProvider's deletion waits for the batches that use it
+    REDIS_USER_RESTORED = "RedisUserRestored"  # Redis had lost the batch's user (a restart): the operator set it again
 
     @staticmethod
     def cleared(condition: ConditionType) -> str:

@@ -64,13 +64,20 @@ def test_worker_pods_are_locked_down() -> None:
     assert spec["terminationGracePeriodSeconds"] > SETTINGS.grace_s
 
 
-def test_the_api_key_comes_only_from_its_secret() -> None:
+def test_the_api_key_comes_only_from_its_secret_as_a_file() -> None:
     pod = builders.worker_pod_template(BATCH, the_plan(), the_plan().stage("analyze"), SETTINGS, mode="job")
-    variables = {v["name"]: v for v in pod["spec"]["containers"][0]["env"]}
-    assert variables[env.API_KEY] == {
-        "name": env.API_KEY,
-        "valueFrom": {"secretKeyRef": {"name": "llm-keys", "key": "anthropic"}},
+    container = pod["spec"]["containers"][0]
+    variables = {v["name"]: v for v in container["env"]}
+    assert env.API_KEY not in variables
+    assert not [v for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})]  # no secret in any variable
+    assert variables[env.API_KEY_FILE]["value"] == f"{builders.API_KEY_DIR}/{builders.API_KEY_FILE}"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["api-key"]["secret"] == {
+        "secretName": "llm-keys",
+        "items": [{"key": "anthropic", "path": builders.API_KEY_FILE}],
     }
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["api-key"] == {"name": "api-key", "mountPath": builders.API_KEY_DIR, "readOnly": True}
     assert variables[env.POD_NAME]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert {variables[n]["value"] for n in (env.BATCH_UID, env.STAGE, env.MODE)} == {BATCH.uid, "analyze", "job"}
     # The plan the pods mount names the Secret key; no key material exists for it to carry.
@@ -325,7 +332,7 @@ def test_workers_of_an_account_without_a_ca_bundle_mount_none(egress: dict[str, 
     for stage in ("draft", "polish"):
         pod = builders.worker_pod_template(BATCH, the_plan, the_plan.stage(stage), SETTINGS, mode="job")
         assert ca_volumes(pod) == ([], [])
-        assert {v["name"] for v in pod["spec"]["volumes"]} == {"plan", "tmp"}
+        assert {v["name"] for v in pod["spec"]["volumes"]} == {"plan", "tmp", "api-key"}  # the key, no bundle
         mounted = [m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]]
         assert env.DEFAULT_CA_BUNDLE_DIR not in mounted
 

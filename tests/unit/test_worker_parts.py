@@ -224,10 +224,18 @@ def test_a_real_provider_without_a_key_is_a_configuration_error(tmp_path: Path) 
     path = tmp_path / "plan.json"
     path.write_text(plan.compile_plan("u", spec).dumps(), encoding="utf-8")
     base = {env.REDIS_URL: "redis://r:6379", env.BATCH_UID: "u", env.STAGE: "s", env.PLAN_PATH: str(path)}
-    with pytest.raises(config.ConfigError, match="ANALYSIS_API_KEY is not set, and provider claude"):
+    with pytest.raises(config.ConfigError, match="neither ANALYSIS_API_KEY_FILE nor ANALYSIS_API_KEY gives a key"):
         config.from_env(base)
     cfg, _ = config.from_env({**base, env.API_KEY: "sk-secret"})
     assert "sk-secret" not in repr(cfg)
+    # As the operator runs it: the key is a file of the mounted Secret.
+    key_file = tmp_path / "api-key"
+    key_file.write_text("sk-from-file\n")
+    cfg, _ = config.from_env({**base, env.API_KEY_FILE: str(key_file)})
+    assert cfg.api_key is not None
+    assert cfg.api_key.get_secret_value() == "sk-from-file"
+    with pytest.raises(config.ConfigError, match=r"ANALYSIS_API_KEY_FILE=.*: cannot read the API key"):
+        config.from_env({**base, env.API_KEY_FILE: str(tmp_path / "missing")})
 
 
 def test_the_stock_research_plan_links_stages_in_order() -> None:

@@ -13,7 +13,8 @@ BATCH_UID = "ANALYSIS_BATCH_UID"
 STAGE = "ANALYSIS_STAGE"
 PLAN_PATH = "ANALYSIS_PLAN_PATH"  # the published plan (a mounted ConfigMap key)
 POD_NAME = "ANALYSIS_POD_NAME"  # from the downward API; the Redis consumer name
-API_KEY = "ANALYSIS_API_KEY"  # from the provider's Secret; never logged
+API_KEY = "ANALYSIS_API_KEY"  # for a worker run by hand; the operator mounts the key as a file (API_KEY_FILE)
+API_KEY_FILE = "ANALYSIS_API_KEY_FILE"  # the provider's API key, a file of the batch's key Secret; never logged
 MODE = "ANALYSIS_MODE"  # "job" (exit when sealed and drained) or "deployment" (idle)
 # Calls in flight in this process (the operator sets the stage's calls per pod); the stage's concurrency, from the
 # plan, caps what all its workers hold together.

@@ -37,6 +37,8 @@ PLAN_KEY = "plan.json"
 PRICES_KEY = "prices.yaml"
 PLAN_DIR = "/etc/analysis"
 REDIS_AUTH_DIR = "/var/run/secrets/analysis/redis"  # the batch's Redis Secret, its keys as files
+API_KEY_DIR = "/var/run/secrets/analysis/provider"  # the provider's API key, from the team's Secret
+API_KEY_FILE = "api-key"
 WORKER_UID = 65532  # the conventional "nonroot" user of distroless and Chainguard images
 MAX_NAME = 63  # a Job's name becomes a pod label value
 
@@ -166,8 +168,7 @@ def _environment(
         variables.append({"name": env.PRICES_PATH, "value": f"{PLAN_DIR}/{PRICES_KEY}"})
     provider = the_plan.providers.get(stage.provider or "")
     if provider is not None and provider.api_key_secret_ref is not None:
-        ref = provider.api_key_secret_ref
-        variables.append({"name": env.API_KEY, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        variables.append({"name": env.API_KEY_FILE, "value": f"{API_KEY_DIR}/{API_KEY_FILE}"})  # a path, not the key
     return variables
 
 
@@ -238,7 +239,20 @@ def worker_pod_template(
     _mount_ca_bundle(template, batch, the_plan, stage)
     if settings.redis_auth:
         _mount_redis_auth(template, batch)
+    _mount_api_key(template, the_plan, stage)
     return template
+
+
+def _mount_api_key(template: dict[str, Any], the_plan: plan.Plan, stage: plan.StagePlan) -> None:
+    """The provider's API key, the one key of the team's Secret (``apiKeySecretRef``) as a file, never a variable."""
+    provider = the_plan.providers.get(stage.provider or "")
+    if provider is None or provider.api_key_secret_ref is None:
+        return
+    ref = provider.api_key_secret_ref
+    spec = template["spec"]
+    items = [{"key": ref.key, "path": API_KEY_FILE}]
+    spec["volumes"].append({"name": "api-key", "secret": {"secretName": ref.name, "items": items}})
+    spec["containers"][0]["volumeMounts"].append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
 
 
 def _mount_redis_auth(template: dict[str, Any], batch: Batch) -> None:

@@ -97,7 +97,10 @@ def _load_plan(path: str, uid: str, stage: str, api_key: str | None, problems: l
         return loaded
     provider = loaded.providers.get(stage_plan.provider or "")
     if provider is not None and provider.type is not v1alpha1.ProviderType.OFFLINE and not api_key:
-        problems.append(f"{env.API_KEY} is not set, and provider {stage_plan.provider} ({provider.type}) needs a key")
+        problems.append(
+            f"neither {env.API_KEY_FILE} nor {env.API_KEY} gives a key, and provider {stage_plan.provider}"
+            f" ({provider.type}) needs one"
+        )
     return loaded
 
 
@@ -131,6 +134,12 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
     prices = environ.get(env.PRICES_PATH) or None
 
     api_key = environ.get(env.API_KEY) or None
+    key_file = environ.get(env.API_KEY_FILE) or None
+    if key_file:
+        try:
+            api_key = Path(key_file).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            problems.append(f"{env.API_KEY_FILE}={key_file}: cannot read the API key: {exc.strerror or exc}")
     redis_password = environ.get(env.REDIS_PASSWORD) or None
     redis_username = None
     auth_dir = environ.get(env.REDIS_AUTH_DIR) or None

@@ -311,11 +311,11 @@ def test_the_bundled_redis_runs_from_its_image_on_a_local_volume(setting: Settin
     # Inside the container: the chart's uid, and a Redis that wants the password it was given.
     whoami = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "id", "-u").stdout.strip()
     assert whoami == "999"
-    pong = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "redis-cli", "ping").stdout.strip()
+    with_file = 'REDISCLI_AUTH="$(cat /etc/redis/auth/password)" redis-cli ping'  # as the probes do
+    pong = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "sh", "-c", with_file).stdout.strip()
     assert pong == "PONG"
-    refused = setting.kubectl(
-        "exec", "-n", SYSTEM, f"{statefulset}-0", "--", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False
-    )
+    # The password is in no variable of the container: a plain redis-cli is refused.
+    refused = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "redis-cli", "ping", check=False)
     assert "NOAUTH" in refused.stdout + refused.stderr
 
     setting.namespace("bundled")

@@ -426,7 +426,18 @@ def operator_environment(docs: list[Obj], tmp_path: Path) -> dict[str, str]:
     """The environment the kubelet would give the operator: secretKeyRefs and the pod's namespace resolved, the
     prices file where mounted."""
     deployment = one(docs, "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # Files of mounted Secrets, where the kubelet would put them: each key holds the test's stand-in value.
+    secrets = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+    mounted = {}
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] in secrets:
+            folder = tmp_path / "secrets" / mount["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for item in secrets[mount["name"]].get("items", []):
+                (folder / item["path"]).write_text("password-from-the-secret\n", encoding="utf-8")
+            mounted[mount["mountPath"]] = folder
     environ = {}
     for name, variable in env_of(container).items():
         if variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
@@ -435,6 +446,9 @@ def operator_environment(docs: list[Obj], tmp_path: Path) -> dict[str, str]:
             environ[name] = "password-from-the-secret"
         else:
             environ[name] = variable["value"]
+            for path, folder in mounted.items():
+                if environ[name].startswith(path + "/"):
+                    environ[name] = str(folder / environ[name][len(path) + 1 :])
     if "ANALYSIS_OPERATOR_PRICES_PATH" in environ:
         prices = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-prices"))
         path = tmp_path / "prices.yaml"
@@ -477,21 +491,33 @@ def test_external_redis_without_a_secret_gives_no_password(helm_env: dict[str, s
     docs = render(helm_env, "--set", "redis.bundled.enabled=false", "--set", "redis.external.url=redis://r:6379/0")
     environ = operator_environment(docs, tmp_path)
     assert "ANALYSIS_OPERATOR_REDIS_PASSWORD" not in environ
+    assert "ANALYSIS_OPERATOR_REDIS_PASSWORD_FILE" not in environ
     assert not of_kind(docs, "StatefulSet")
     assert not of_kind(docs, "Secret")
     assert OperatorConfig.from_env(environ).redis_password is None
 
 
-def test_the_password_comes_from_the_secret_and_nowhere_else(helm_env: dict[str, str]) -> None:
+def test_the_password_comes_from_the_secret_as_a_file_and_nowhere_else(helm_env: dict[str, str]) -> None:
     docs = render(helm_env, *values_args("external-redis-values.yaml"))
-    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert env_of(container)["ANALYSIS_OPERATOR_REDIS_PASSWORD"]["valueFrom"] == {
-        "secretKeyRef": {"name": "redis-auth", "key": "redis-password"}
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert (
+        env_of(container)["ANALYSIS_OPERATOR_REDIS_PASSWORD_FILE"]["value"] == "/etc/analysis-operator/redis/password"
+    )
+    assert {v["name"]: v for v in pod["volumes"]}["redis-auth"]["secret"] == {
+        "secretName": "redis-auth",
+        "items": [{"key": "redis-password", "path": "password"}],
     }
     bundled = render(helm_env)
     password = base64.b64decode(one(bundled, "Secret")["data"]["password"]).decode()
     others = [doc for doc in bundled if doc["kind"] != "Secret"]
     assert password not in json.dumps(others)
+    # No container of any pod the chart makes has a secret in, or referred to by, its environment.
+    for doc in [*docs, *bundled]:
+        template = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for each in template.get("containers", []):
+            refs = [v["name"] for v in each.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})]
+            assert refs == [], f"{doc['kind']} {doc['metadata']['name']}: {refs}"
 
 
 # ------------------------------------------------------------------ CRD, bundled Redis, optional objects

@@ -32,6 +32,16 @@ def test_the_redis_password_is_used_but_never_shown() -> None:
     assert "hunter2" not in repr(cfg.worker)
 
 
+def test_the_redis_password_is_read_from_the_file_the_chart_mounts(tmp_path: Path) -> None:
+    mounted = tmp_path / "password"
+    mounted.write_text("from-the-file\n")
+    cfg = OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_REDIS_PASSWORD_FILE": str(mounted)})
+    assert (cfg.redis_password, cfg.worker.redis_auth) == ("from-the-file", True)
+    missing = {**BASE, "ANALYSIS_OPERATOR_REDIS_PASSWORD_FILE": str(tmp_path / "absent")}
+    with pytest.raises(ConfigError, match=r"ANALYSIS_OPERATOR_REDIS_PASSWORD_FILE=.*: cannot read it"):
+        OperatorConfig.from_env(missing)
+
+
 def test_a_price_table_is_read_and_checked_at_start(tmp_path: Path) -> None:
     good = tmp_path / "prices.yaml"
     good.write_text("models:\n  house-model: {input: 0.5, output: 1.5}\n")

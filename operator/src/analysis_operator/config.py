@@ -85,7 +85,7 @@ class OperatorConfig:
             return int(text)
 
         redis_url = get("REDIS_URL", environ.get("REDIS_URL"))
-        password = environ.get(PREFIX + "REDIS_PASSWORD") or None
+        password = _redis_password(environ)
         worker = builders.WorkerSettings(
             # The worker image of the operator's own release: the two move together.
             image=get("WORKER_IMAGE", f"analysis-worker:{analysis_core.__version__}"),
@@ -119,6 +119,18 @@ def _default(cls: type, name: str) -> str:
     """The default of the dataclass field ``name`` of ``cls``, as its environment variable spells it: one home."""
     (field,) = [f for f in dataclasses.fields(cls) if f.name == name]
     return str(field.default)
+
+
+def _redis_password(environ: Mapping[str, str]) -> str | None:
+    """Redis's admin password: from the file ``ANALYSIS_OPERATOR_REDIS_PASSWORD_FILE`` names (the chart mounts the
+    Secret's key there), or ``ANALYSIS_OPERATOR_REDIS_PASSWORD`` for an operator run by hand."""
+    path = environ.get(PREFIX + "REDIS_PASSWORD_FILE") or None
+    if path is None:
+        return environ.get(PREFIX + "REDIS_PASSWORD") or None
+    try:
+        return pathlib.Path(path).read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise ConfigError(f"{PREFIX}REDIS_PASSWORD_FILE={path}: cannot read it: {exc.strerror or exc}") from None
 
 
 def _prices(path: str | None) -> str | None:

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -406,6 +407,7 @@ def test_the_operator_deployment(helm_env: dict[str, str], values: str) -> None:
     assert f"--log-format={operator.get('logFormat', 'plain')}" in container["args"]
     assert ("--verbose" in container["args"]) is operator.get("verbose", False)
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "healthz": 8081}
     # The "restricted" Pod Security Standard, with a fixed non-root uid and only /tmp writable.
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -573,6 +575,55 @@ def test_only_the_operator_and_workers_reach_the_bundled_redis(helm_env: dict[st
     else:
         (expression,) = worker_peer["namespaceSelector"]["matchExpressions"]
         assert expression == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": watch["namespaces"]}
+
+
+@pytest.mark.parametrize("values", CI_FILES)
+def test_every_pod_runs_as_a_high_uid_and_the_operator_admits_only_scrapes(
+    helm_env: dict[str, str], values: str
+) -> None:
+    docs = render(helm_env, *values_args(values))
+    for doc in docs:
+        pod = doc.get("spec", {}).get("template", {}).get("spec")
+        if pod is None:
+            continue
+        users = [pod.get("securityContext", {}).get("runAsUser")]
+        users += [c.get("securityContext", {}).get("runAsUser") for c in pod["containers"]]
+        assert all(user is None or user >= 10000 for user in users), f"{doc['kind']} {doc['metadata']['name']}"
+        assert pod.get("securityContext", {}).get("runAsUser", 0) >= 10000, doc["metadata"]["name"]
+    # On by default: nothing reaches the operator but its metrics port; no egress rule (the API server's
+    # address differs from cluster to cluster, and an egress rule that misses it stops the operator).
+    policy = next(d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "analysis-operator")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [[{"port": "metrics", "protocol": "TCP"}]]
+
+
+def test_the_bundled_redis_image_is_pinned_by_digest_unless_overridden(helm_env: dict[str, str]) -> None:
+    def image(*args: str) -> str:
+        return str(one(render(helm_env, *args), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    assert re.fullmatch(r"redis:7\.4-alpine@sha256:[0-9a-f]{64}", image())
+    # What the dev cluster and the README do: their own build, by tag.
+    overridden = image(
+        "--set", "redis.bundled.image.repository=analysis-redis", "--set", "redis.bundled.image.tag=0.1.0"
+    )
+    assert overridden == "analysis-redis:0.1.0"
+
+
+def test_a_worker_cpu_limit_is_there_when_asked_for(helm_env: dict[str, str], tmp_path: Path) -> None:
+    plain = OperatorConfig.from_env(operator_environment(render(helm_env), tmp_path))
+    assert plain.worker.cpu_limit is None
+    docs = render(helm_env, "--set", "worker.cpuLimit=500m")
+    settings = OperatorConfig.from_env(operator_environment(docs, tmp_path)).worker
+    assert settings.cpu_limit == "500m"
+    batch = builders.Batch("b", "ns", "uid")
+    spec = {
+        "items": ["A"],
+        "providers": {"p": {"type": "offline"}},
+        "stages": [{"name": "s", "provider": "p", "prompt": "{{ item }}"}],
+    }
+    compiled = plan.compile_plan("uid", v1alpha1.AnalysisBatchSpec.model_validate(spec))
+    pod = builders.worker_pod_template(batch, compiled, compiled.stage("s"), settings, mode="job")
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"memory": "512Mi", "cpu": "500m"}
 
 
 def test_the_optional_objects(helm_env: dict[str, str]) -> None:

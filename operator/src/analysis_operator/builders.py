@@ -61,6 +61,7 @@ class WorkerSettings:
     cpu_request: str = "100m"
     memory_request: str = "128Mi"
     memory_limit: str = "512Mi"
+    cpu_limit: str | None = None  # none by default: a CPU limit throttles even on an idle node
     grace_s: int = env.DEFAULT_GRACE_SECONDS  # the least a stopping worker waits for its calls (``grace_s``)
     calls_per_pod: int = v1alpha1.DEFAULT_CALLS_PER_POD  # a stage's callsPerPod when it sets none
     image_pull_policy: str = "IfNotPresent"
@@ -186,7 +187,7 @@ def worker_pod_template(
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}] if settings.metrics_port else [],
         "resources": {
             "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
-            "limits": {"memory": settings.memory_limit},
+            "limits": {"memory": settings.memory_limit, **({"cpu": settings.cpu_limit} if settings.cpu_limit else {})},
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -93,6 +93,7 @@ class OperatorConfig:
             cpu_request=get("WORKER_CPU_REQUEST", _default(builders.WorkerSettings, "cpu_request")),
             memory_request=get("WORKER_MEMORY_REQUEST", _default(builders.WorkerSettings, "memory_request")),
             memory_limit=get("WORKER_MEMORY_LIMIT", _default(builders.WorkerSettings, "memory_limit")),
+            cpu_limit=environ.get(PREFIX + "WORKER_CPU_LIMIT") or None,
             image_pull_policy=get("WORKER_IMAGE_PULL_POLICY", _default(builders.WorkerSettings, "image_pull_policy")),
             metrics_port=port("WORKER_METRICS_PORT", _default(builders.WorkerSettings, "metrics_port")),
             calls_per_pod=whole(

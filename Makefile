@@ -54,6 +54,16 @@ controlplane: ## build the control plane, the node's kubelet, kube-proxy, kube-s
 kstatus: ## build kstatus (status.Compute of sigs.k8s.io/cli-utils: how Flux and kpt judge a resource) into .devcluster/bin (cached)
 	tools/kstatus/build.sh
 
+# checkov, the chart scan of tests/integration/test_chart_scan.py, in a venv of its own (its many dependencies
+# stay out of the project's); pinned, so a new release's checks do not change the test's verdict.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/bin/checkov:
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
+
+.PHONY: checkov
+checkov: $(CHECKOV_VENV)/bin/checkov ## install checkov (the chart scan's tool) into .venv-checkov
+
 .PHONY: node-images
 node-images: install ## build what the dev cluster's node runs (Debian base, pause, operator, worker, redis; cached by digest)
 	$(PY) -m analysis_devcluster.images --node
@@ -94,7 +104,7 @@ check-crds: install ## fail if crds/ differs from what the API models generate
 	$(PY) -m analysis_core.api.crd --check --dir crds
 
 .PHONY: test
-test: system-packages install controlplane kstatus node-images ## the default test run: every tier (unit, integration, e2e) against the real control plane, node and Redis (needs root)
+test: system-packages install controlplane kstatus checkov node-images ## the default test run: every tier (unit, integration, e2e) against the real control plane, node and Redis (needs root)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit

@@ -863,3 +863,98 @@ def test_the_bundled_redis_password_survives_an_upgrade(devcluster: cluster.DevC
     assert after == before
     container = get("deployment", "ao-analysis-operator")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(container)["ANALYSIS_OPERATOR_STATUS_INTERVAL"]["value"] == "3"
+
+
+# ------------------------------------------------------------------ checkov
+
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"  # `make checkov` installs it (a pinned version)
+# The checks the chart fails on purpose, by id: each is listed in the README with its reason.
+ACCEPTED = {
+    "CKV_K8S_11": "CPU limits should be set",  # off by default: they throttle even on an idle node
+    "CKV_K8S_15": "Image Pull Policy should be Always",  # IfNotPresent: images by digest, nodes without a registry
+    "CKV_K8S_38": "Service Account Tokens are only mounted where necessary",  # the operator talks to the API
+    "CKV_K8S_43": "Image should use digest",  # our images' digests are the installer's registry's: .digest sets them
+}
+
+
+# What the workers fail on purpose besides: they are a team's pods in the team's namespace, where the operator makes
+# no NetworkPolicy (the team's policy is the team's; the Redis ACL is the barrier between teams).
+WORKER_ACCEPTED = {"CKV2_K8S_6": "pods which lack an associated NetworkPolicy"}
+
+
+def checkov_failures(rendered: str, tmp_path: Path) -> set[tuple[str, str]]:
+    """(check id, resource) of every check checkov fails on ``rendered`` manifests, offline."""
+    assert CHECKOV.exists(), f"{CHECKOV} is missing: run `make checkov`"
+    manifests = tmp_path / "rendered.yaml"
+    manifests.write_text(rendered, encoding="utf-8")
+    scanned = subprocess.run(
+        [str(CHECKOV), "--framework", "kubernetes", "-f", str(manifests), "--output", "json", "--skip-download"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert scanned.stdout.strip(), f"checkov printed nothing: {scanned.stderr[-2000:]}"
+    reports = json.loads(scanned.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    passed = sum(int(r["summary"]["passed"]) for r in reports)
+    assert passed > 50, f"checkov passed only {passed} checks: did it scan anything?"
+    return {(f["check_id"], f["resource"]) for r in reports for f in r["results"]["failed_checks"]}
+
+
+@pytest.mark.parametrize("values", [None, *CI_FILES])
+def test_checkov_finds_nothing_but_the_accepted_checks(
+    helm_env: dict[str, str], tmp_path: Path, values: str | None
+) -> None:
+    text = run_helm(
+        helm_env, "template", "analysis-operator", str(CHART), "-n", RELEASE_NAMESPACE, *values_args(values)
+    )
+    failed = checkov_failures(text.stdout, tmp_path)
+    assert {check for check, _ in failed} <= set(ACCEPTED), sorted(failed)
+    # Among what it no longer finds: secrets in environment variables, low uids, a missing readiness probe.
+    assert not {check for check, _ in failed} & {"CKV_K8S_35", "CKV_K8S_40", "CKV_K8S_9"}
+
+
+def test_the_checkov_scan_can_fail(helm_env: dict[str, str], tmp_path: Path) -> None:
+    # The scan sees what it is for: a Redis password put back into the operator's environment fails it.
+    docs = render(helm_env)
+    deployment = one(docs, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["env"].append({"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "r", "key": "p"}}})
+    failed = checkov_failures(yaml.safe_dump_all(docs), tmp_path)
+    assert "CKV_K8S_35" in {check for check, _ in failed}
+
+
+def test_the_readme_lists_each_accepted_check_with_its_reason() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for check in [*ACCEPTED, *WORKER_ACCEPTED]:
+        (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{check}`")]
+        cells = row.split("|")
+        assert len(cells) >= 4, row
+        assert cells[3].strip(), f"{check}: no reason in the README"
+
+
+def test_checkov_finds_nothing_in_the_workers_but_the_accepted_checks(tmp_path: Path) -> None:
+    # What the operator makes in a team's namespace, with a Redis password and a provider key: no secret in any
+    # environment, no service-account token, the restricted profile.
+    batch = builders.Batch("scan", "team-a", "4c1f9d2e-0b7a-4f55-9a3e-2d6c1e8b7a90")
+    spec = {
+        "items": ["A"],
+        "providers": {
+            "claude": {"type": "anthropic", "model": "m", "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"}}
+        },
+        "stages": [
+            {"name": "job", "provider": "claude", "prompt": "{{ item }}"},
+            {"name": "idle", "provider": "claude", "prompt": "{{ input }}", "executor": "Deployment"},
+        ],
+    }
+    compiled = plan.compile_plan(batch.uid, v1alpha1.AnalysisBatchSpec.model_validate(spec))
+    settings = builders.WorkerSettings(image="analysis-worker:0.1.0", redis_url="redis://redis:6379/0", redis_auth=True)
+    made = [
+        builders.worker_job(batch, compiled, compiled.stage("job"), settings, parallelism=2),
+        builders.worker_deployment(batch, compiled, compiled.stage("idle"), settings, replicas=1),
+        builders.redis_secret(batch, "analysis-batch-x", "pw"),
+        builders.service_account(batch),
+    ]
+    failed = checkov_failures(yaml.safe_dump_all(made), tmp_path)
+    assert {check for check, _ in failed} <= set(ACCEPTED) - {"CKV_K8S_38"} | set(WORKER_ACCEPTED), sorted(failed)

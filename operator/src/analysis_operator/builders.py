@@ -195,6 +195,13 @@ def worker_pod_template(
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
+        # Ready once it beats (connected to Redis as its batch's user): a Deployment's rollout waits for that.
+        "readinessProbe": {
+            "exec": {"command": ["analysis-worker", "--check"]},
+            "initialDelaySeconds": 2,
+            "periodSeconds": 10,
+            "timeoutSeconds": 10,
+        },
         "livenessProbe": {
             "exec": {"command": ["analysis-worker", "--check"]},
             "initialDelaySeconds": 20,

@@ -189,6 +189,41 @@ class Batches:
     def redis(self) -> redis.Redis:
         return cluster.redis_client(self.dev.redis_url, timeout=5.0)
 
+    def everything_readable(self, uid: str) -> dict[str, str]:
+        """Where a secret must never be, by what it is: every object of the namespace but its Secrets (as JSON and
+        as ``kubectl describe`` shows it), its Events, the logs of every pod in it, the operator's log, and every
+        value of the batch's Redis keys."""
+        out: dict[str, str] = {}
+        kinds = "analysisbatches,jobs,deployments,pods,configmaps,serviceaccounts,events"
+        out["objects"] = self.kubectl("get", kinds, "-o", "json").stdout
+        out["describe"] = self.kubectl("describe", kinds.replace(",events", "")).stdout
+        out["providers"] = self.dev.kubectl("get", "analysisproviders", "-o", "json", check=False).stdout
+        pods = json.loads(self.kubectl("get", "pods", "-o", "json").stdout)["items"]
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            out[f"log of {name}"] = self.kubectl("logs", name, "--all-containers", check=False).stdout
+        out["operator log"] = self.operator.log.read_text(encoding="utf-8", errors="replace")
+        client = self.redis()
+        try:
+            for key in client.scan_iter(match=keys.BatchKeys(uid).pattern, count=1000):
+                out[f"redis {key}"] = repr(_redis_value(client, str(key)))
+        finally:
+            client.close()
+        return out
+
+
+def _redis_value(client: redis.Redis, key: str) -> Any:
+    kind = client.type(key)
+    read = {
+        "string": client.get,
+        "hash": client.hgetall,
+        "set": client.smembers,
+        "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+        "list": lambda k: client.lrange(k, 0, -1),
+        "stream": client.xrange,
+    }
+    return read[str(kind)](key) if str(kind) in read else None
+
 
 @pytest.fixture
 def batches(node_cluster: cluster.DevCluster, operator: Operator) -> Iterator[Batches]:

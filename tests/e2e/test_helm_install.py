@@ -244,7 +244,15 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     assert "ticker-summary" in log
     assert refusals(log) == []
     events = setting.kubectl("get", "events", "-n", "team-r", "-o", "json").stdout
-    assert PASSWORD not in log + json.dumps(batch) + events
+    described = setting.kubectl("describe", "jobs,pods,configmaps,serviceaccounts", "-n", "team-r").stdout
+    pods = json.loads(setting.kubectl("get", "pods", "-n", "team-r", "-o", "json").stdout)["items"]
+    worker_logs = "".join(
+        setting.kubectl("logs", p["metadata"]["name"], "-n", "team-r", "--all-containers", check=False).stdout
+        for p in pods
+    )
+    # Neither the admin password nor the batch's own is in anything but the Secrets.
+    for secret in (PASSWORD, tenancy.password(PASSWORD, uid)):
+        assert secret not in log + json.dumps(batch) + events + described + worker_logs
 
     # Deleting the batch: the installed operator tears it down (workers, children, Redis keys) and lets go.
     setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "team-r", "--timeout=120s", timeout=150)

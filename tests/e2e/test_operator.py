@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,29 @@ def test_a_missing_secret_is_named_and_recovers(batches: Any) -> None:
         events = batches.kubectl("get", "events", "-o", "json").stdout
         assert "sk-test-key" not in events
         assert "sk-test-key" not in json.dumps(batches.get(name))
+
+
+@pytest.mark.timeout(180)
+def test_no_secret_is_anywhere_a_team_or_the_operator_can_read(batches: Any) -> None:
+    """The key of a batch that ran (through the real SDK against the stand-in): only in its Secret and in the
+    worker's memory; nowhere in status, events, describe output, logs, ConfigMaps, results or Redis."""
+    from analysis_devcluster import standin
+
+    key = f"sk-leak-scan-{uuid.uuid4().hex}"
+    with standin.StandIn(api_key=key, host=batches.dev.host) as server:
+        manifest = on_stand_in(server, "openai")
+        batches.kubectl("create", "secret", "generic", "llm-keys", f"--from-literal=openai={key}")
+        batches.apply(manifest)
+        name = manifest["metadata"]["name"]
+        batches.wait(name, "Complete", timeout_s=120)
+        assert server.requests()  # the key did its work: the stand-in admitted the calls
+    uid = batches.get(name)["metadata"]["uid"]
+    readable = batches.everything_readable(uid)
+    assert [where for where, text in readable.items() if key in text] == []
+    assert any(where.startswith("log of ") for where in readable)  # the workers' logs were read
+    assert any(where.startswith("redis ") for where in readable)
+    # No worker variable holds a secret: describe shows where the key is read from, not the key.
+    assert "ANALYSIS_API_KEY_FILE" in readable["describe"]
 
 
 @pytest.mark.timeout(180)

@@ -738,6 +738,7 @@ def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
         ("patch", "secrets"),
         ("watch", PLURAL),
         ("create", "events"),
+        ("list", "events"),  # a worker pod's FailedMount Events: a missing key Secret
         ("delete", "jobs.batch"),
         ("delete", "configmaps"),
         ("delete", "serviceaccounts"),

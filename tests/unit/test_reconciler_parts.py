@@ -1,6 +1,7 @@
 """The reconciler's pure parts: reading children off index bodies, and naming what pods and providers complain about."""
 
 import dataclasses
+import datetime
 from typing import Any
 
 import pytest
@@ -231,3 +232,49 @@ def test_an_account_is_held_elsewhere_while_another_install_renews_its_claim(
 ) -> None:
     now_ms = 1_795_348_800_000  # 2026-11-22T12:00:00Z
     assert accounts.held_elsewhere(status, "analysis-b", now_ms) == held_by
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "starts"),
+    [
+        (
+            'MountVolume.SetUp failed for volume "api-key" : secret "llm-keys" not found',
+            "SecretNotFound",
+            "spec.providers.summarizer.apiKeySecretRef: ",
+        ),
+        (
+            'MountVolume.SetUp failed for volume "api-key" : references non-existent secret key: openai',
+            "SecretKeyNotFound",
+            "stage summarize: ",
+        ),
+        (
+            'MountVolume.SetUp failed for volume "redis-auth" : secret "ticker-summary-redis" not found',
+            "SecretNotFound",
+            "stage summarize: ",
+        ),
+    ],
+)
+def test_a_failed_mount_names_the_missing_secret_and_the_field_behind_it(
+    message: str, reason: str, starts: str
+) -> None:
+    problem = reconciler.mount_problem(message, {"llm-keys": "spec.providers.summarizer.apiKeySecretRef"}, "summarize")
+    assert problem is not None
+    assert problem.reason == reason
+    assert problem.message == starts + message
+    assert problem.stalled
+
+
+def test_other_failed_mounts_are_not_a_missing_secret() -> None:
+    assert reconciler.mount_problem('MountVolume.SetUp failed for volume "tmp" : no space left', {}, "s") is None
+
+
+def test_a_pod_creating_its_containers_says_since_when() -> None:
+    body = {
+        "metadata": {"name": "p", "labels": {}, "creationTimestamp": "2026-12-06T18:00:00Z"},
+        "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+    }
+    pod = reconciler.pod_summary(body)  # type: ignore[arg-type]
+    assert pod.creating_since == datetime.datetime(2026, 12, 6, 18, 0, tzinfo=datetime.UTC).timestamp()
+    assert pod.waiting_reason == ""  # creating is not a problem by itself
+    body["status"]["containerStatuses"] = [{"state": {"running": {}}}]
+    assert reconciler.pod_summary(body).creating_since is None  # type: ignore[arg-type]

@@ -33,9 +33,12 @@ server-side apply, which needs create (the first time) and patch.
 # Kopf: post Events on batches (Kopf's and the operator's own: RetryFailed,
 # stage transitions, cleanup warnings). Cluster-wide, this also covers the
 # Events of AnalysisProviders, in the operator's namespace (ownNamespaceRules).
+# The operator: list the kubelet's FailedMount Events of a worker pod stuck
+# creating its containers (by involvedObject.name), which is how a missing
+# key Secret, mounted as a file, shows (condition SecretNotFound).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 # The operator: read the user's ConfigMaps named by spec.itemsFrom and
 # promptFrom (get); apply the plan ConfigMap and the copy of an account's CA
 # bundle (create, patch); write the results ConfigMaps (list by label, create,

@@ -48,7 +48,7 @@ from lightkube.core import resource
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, ServiceAccount
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret, ServiceAccount
 from lightkube.types import CascadeType, PatchType
 
 from analysis_core.api import GROUP, KIND, PLURAL, PROVIDER_KIND, PROVIDER_PLURAL, VERSION
@@ -65,6 +65,7 @@ CONFIGMAPS = ConfigMap
 SERVICEACCOUNTS = ServiceAccount
 SECRETS = Secret  # written (the workers' Redis password), never read
 PODS = Pod
+EVENTS = Event  # read: the kubelet's word on a worker pod that cannot mount its Secrets
 JOBS = Job
 DEPLOYMENTS = Deployment
 BATCHES = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)  # ``BATCHES.Status``: the status subresource
@@ -174,6 +175,13 @@ class Kube:
     async def list(self, kind: type[R], namespace: str, labels: Mapping[str, str]) -> list[R]:
         """Every object of ``kind`` in ``namespace`` carrying all of ``labels``."""
         return [obj async for obj in self.client.list(kind, namespace=namespace, labels=dict(labels))]
+
+    async def events_about(self, namespace: str, name: str, reason: str) -> tuple[str, ...]:
+        """The messages of ``reason`` Events about the object ``name`` (a pod), oldest first."""
+        fields: dict[str, Any] = {"involvedObject.name": name, "reason": reason}
+        found = [event async for event in self.client.list(EVENTS, namespace=namespace, fields=fields)]
+        found.sort(key=lambda event: str(event.lastTimestamp or event.eventTime or ""))
+        return tuple(event.message or "" for event in found)
 
     async def apply(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply: create or update to exactly these fields, owned by the operator."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -57,6 +58,8 @@ ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the 
 EXPORT_PAGE = 500  # finals read per round trip while exporting
 BUSY_POD_COST = "1000"  # pod-deletion-cost of a worker with an item in flight (idle ones: 0)
 SECRET_REAPPLY_S = 30.0  # how often the workers' ServiceAccount and Redis Secret are applied again
+MOUNT_GRACE_S = 5.0  # a worker pod creating its containers this long: ask the kubelet's Events why
+MOUNT_PODS_ASKED = 3  # at most so many such pods' Events per step (they share their Secrets)
 
 log = logging.getLogger("analysis_operator")
 
@@ -86,6 +89,7 @@ class Pod:
     waiting_message: str = ""
     deletion_cost: str | None = None
     owner: str = ""  # the Job (or ReplicaSet) whose pod it is
+    creating_since: float | None = None  # epoch seconds of its creation, while its containers are being created
 
     @property
     def started(self) -> bool:
@@ -258,6 +262,7 @@ class Reconciler:
         await self._publish_ca_bundles(batch, body, compiled, problems)
         workers = _live_workers(children)
         problems.extend(pod_problems(the_plan, children))
+        problems.extend(await self._mount_problems(batch, the_plan, children))
         problems.extend(f for f in (_job_failure(w) for w in children.workloads) if f)
         try:
             await self._assert_user(batch, body)
@@ -327,6 +332,35 @@ class Reconciler:
         except kube.ApiError as exc:
             what = "the plan, the ServiceAccount or the Redis Secret"
             problems.append(status.Problem(R.PUBLISH_FAILED, f"cannot write {what}: {kube.describe(exc)}"))
+
+    async def _mount_problems(
+        self, batch: builders.Batch, the_plan: plan.Plan, children: Children
+    ) -> list[status.Problem]:
+        """Worker pods stuck creating their containers: the kubelet's FailedMount Events say which Secret is missing."""
+        stuck = [
+            p
+            for p in children.pods
+            if p.creating_since is not None and not p.deleting and time.time() - p.creating_since >= MOUNT_GRACE_S
+        ]
+        if not stuck:
+            return []
+        secrets = {
+            p.api_key_secret_ref.name: f"spec.providers.{name}.apiKeySecretRef"
+            for name, p in the_plan.providers.items()
+            if p.api_key_secret_ref is not None
+        }
+        out: dict[str, status.Problem] = {}
+        for pod in stuck[:MOUNT_PODS_ASKED]:
+            try:
+                messages = await self.kube.events_about(batch.namespace, pod.name, "FailedMount")
+            except kube.ApiError:  # an install without the right to list Events: the pod's state says less
+                return list(out.values())
+            for message in reversed(messages):  # the newest that says something
+                problem = mount_problem(message, secrets, pod.stage)
+                if problem is not None:
+                    out.setdefault(problem.reason, problem)
+                    break
+        return list(out.values())
 
     async def _assert_user(self, batch: builders.Batch, body: kopf.Body) -> None:
         """The batch's Redis user: set once by this reconciler, then set again whenever Redis lost it.
@@ -934,10 +968,13 @@ def workload_summary(body: kopf.Body) -> Workload:
 def pod_summary(body: kopf.Body) -> Pod:
     meta, st = body["metadata"], body.get("status") or {}
     waiting: Mapping[str, Any] = {}
+    creating = False
     for container in st.get("containerStatuses") or []:
         state = container.get("state") or {}
         if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating", "PodInitializing"):
             waiting = state["waiting"]
+        creating = creating or (state.get("waiting") or {}).get("reason") == "ContainerCreating"
+    created = meta.get("creationTimestamp")
     return Pod(
         name=meta["name"],
         stage=(meta.get("labels") or {}).get(wellknown.LABEL_STAGE, ""),
@@ -947,4 +984,26 @@ def pod_summary(body: kopf.Body) -> Pod:
         waiting_message=str(waiting.get("message") or ""),
         deletion_cost=(meta.get("annotations") or {}).get(builders.ANNOTATION_DELETION_COST),
         owner=next((str(ref.get("name", "")) for ref in meta.get("ownerReferences") or []), ""),
+        creating_since=_epoch(created) if creating and created else None,
     )
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
+def mount_problem(message: str, secrets: Mapping[str, str], stage: str) -> status.Problem | None:
+    """What a kubelet's FailedMount message about a worker pod means for the person who wrote the spec.
+
+    ``secrets``: Secret name -> the spec field that names it. A Secret mounted as files (the API key, the
+    Redis credential) that is missing stops the pod before it starts, with only an Event to say so.
+    """
+    found = re.search(r'secret "([^"]+)" not found', message)
+    missing_key = "non-existent secret key" in message or "couldn't find key" in message
+    if found is None and not missing_key:
+        return None
+    name = found.group(1) if found else next((n for n in secrets if f'"{n}"' in message or f"/{n}" in message), "")
+    field = secrets.get(name)
+    code = R.SECRET_KEY_NOT_FOUND if missing_key else R.SECRET_NOT_FOUND
+    where = f"{field}: " if field else f"stage {stage}: "
+    return status.Problem(code, f"{where}{message}")

@@ -722,28 +722,24 @@ async def measure(settings: Settings, tmp: Path) -> dict[str, Any]:
     }
 
 
+def medians(runs: dict[str, dict[str, list[Timed]]], rate: Callable[[Timed], float]) -> dict[str, dict[str, float]]:
+    """system -> workers -> the median of ``rate`` over the runs."""
+    return {
+        system: {w: round(statistics.median(rate(t) for t in timed), 1) for w, timed in by_workers.items()}
+        for system, by_workers in runs.items()
+    }
+
+
 def summarize(settings: Settings, measured: dict[str, Any]) -> dict[str, Any]:
     runs: dict[str, dict[str, list[Timed]]] = measured["runs"]
-    median = {
-        system: {w: round(statistics.median(t.items_per_s for t in timed), 1) for w, timed in by_workers.items()}
-        for system, by_workers in runs.items()
-    }
-    median_after_first = {
-        system: {w: round(statistics.median(t.after_first_per_s for t in timed), 1) for w, timed in by_workers.items()}
-        for system, by_workers in runs.items()
-    }
+    median = medians(runs, lambda t: t.items_per_s)
+    median_after_first = medians(runs, lambda t: t.after_first_per_s)
     ratio = {w: round(median["ours"][w] / median["arq"][w], 3) for w in median["arq"]}
     ratio_tuned = {w: round(median["ours"][w] / median["arq_poll_10ms"][w], 3) for w in median["arq"]}
     ratio_bullmq = {w: round(median["ours"][w] / median["bullmq"][w], 3) for w in median["arq"]}
     long_runs: dict[str, dict[str, list[Timed]]] = measured["long_runs"]
-    long_median = {
-        system: {w: round(statistics.median(t.items_per_s for t in timed), 1) for w, timed in by_workers.items()}
-        for system, by_workers in long_runs.items()
-    }
-    long_after_first = {
-        system: {w: round(statistics.median(t.after_first_per_s for t in timed), 1) for w, timed in by_workers.items()}
-        for system, by_workers in long_runs.items()
-    }
+    long_median = medians(long_runs, lambda t: t.items_per_s)
+    long_after_first = medians(long_runs, lambda t: t.after_first_per_s)
     long_ratio = {w: round(long_median["ours"][w] / long_median["bullmq"][w], 3) for w in long_median["ours"]}
     pickup, pickup_bullmq, limiter = measured["pickup"], measured["pickup_bullmq"], measured["limiter"]
     bullmq = measured["bullmq"]

@@ -347,3 +347,14 @@ def test_the_ca_bundle_copy_is_the_batchs_configmap_of_one_key_per_provider() ->
         "data": {"reviewer.pem": pem_a, "writer.pem": pem_b},
     }
     assert list(configmap["data"]) == ["reviewer.pem", "writer.pem"]  # sorted: the same bundles, the same object
+
+
+def test_a_worker_is_ready_once_it_serves_its_metrics_or_else_once_it_beats() -> None:
+    compiled = the_plan()
+    pod = builders.worker_pod_template(BATCH, compiled, compiled.stage("analyze"), SETTINGS, mode="job")
+    assert pod["spec"]["containers"][0]["readinessProbe"]["tcpSocket"] == {"port": "metrics"}  # costs the pod nothing
+    quiet = dataclasses.replace(SETTINGS, metrics_port=0)
+    pod = builders.worker_pod_template(BATCH, compiled, compiled.stage("analyze"), quiet, mode="job")
+    probe = pod["spec"]["containers"][0]["readinessProbe"]
+    assert probe["exec"]["command"] == ["analysis-worker", "--check"]
+    assert probe["periodSeconds"] >= 60  # each check starts a Python process

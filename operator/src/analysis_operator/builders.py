@@ -195,13 +195,7 @@ def worker_pod_template(
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        # Ready once it beats (connected to Redis as its batch's user): a Deployment's rollout waits for that.
-        "readinessProbe": {
-            "exec": {"command": ["analysis-worker", "--check"]},
-            "initialDelaySeconds": 2,
-            "periodSeconds": 10,
-            "timeoutSeconds": 10,
-        },
+        "readinessProbe": _readiness(settings),
         "livenessProbe": {
             "exec": {"command": ["analysis-worker", "--check"]},
             "initialDelaySeconds": 20,
@@ -261,6 +255,14 @@ def _mount_api_key(template: dict[str, Any], the_plan: plan.Plan, stage: plan.St
     items = [{"key": ref.key, "path": API_KEY_FILE}]
     spec["volumes"].append({"name": "api-key", "secret": {"secretName": ref.name, "items": items}})
     spec["containers"][0]["volumeMounts"].append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
+
+
+def _readiness(settings: WorkerSettings) -> dict[str, Any]:
+    """Ready once it serves its metrics (it starts that before its first claim), which costs the pod nothing; without
+    a metrics port, once it beats, checked rarely: each check starts a Python process."""
+    if settings.metrics_port:
+        return {"tcpSocket": {"port": "metrics"}, "periodSeconds": 10}
+    return {"exec": {"command": ["analysis-worker", "--check"]}, "periodSeconds": 60, "timeoutSeconds": 10}
 
 
 def _mount_redis_auth(template: dict[str, Any], batch: Batch) -> None:

@@ -344,11 +344,7 @@ class Reconciler:
         ]
         if not stuck:
             return []
-        secrets = {
-            p.api_key_secret_ref.name: f"spec.providers.{name}.apiKeySecretRef"
-            for name, p in the_plan.providers.items()
-            if p.api_key_secret_ref is not None
-        }
+        secrets = key_secrets(the_plan)
         out: dict[str, status.Problem] = {}
         for pod in stuck[:MOUNT_PODS_ASKED]:
             try:
@@ -908,13 +904,18 @@ _NOT_FOUND = {
 }
 
 
-def pod_problems(the_plan: plan.Plan, children: Children) -> list[status.Problem]:
-    """What the worker pods report that a person has to fix, named by the spec field behind it."""
-    secrets = {
+def key_secrets(the_plan: plan.Plan) -> dict[str, str]:
+    """The providers' key Secrets: Secret name -> the spec field that names it."""
+    return {
         p.api_key_secret_ref.name: f"spec.providers.{name}.apiKeySecretRef"
         for name, p in the_plan.providers.items()
         if p.api_key_secret_ref is not None
     }
+
+
+def pod_problems(the_plan: plan.Plan, children: Children) -> list[status.Problem]:
+    """What the worker pods report that a person has to fix, named by the spec field behind it."""
+    secrets = key_secrets(the_plan)
     out: dict[str, status.Problem] = {}
     for pod in children.pods:
         reason, message = pod.waiting_reason, pod.waiting_message
@@ -1004,6 +1005,6 @@ def mount_problem(message: str, secrets: Mapping[str, str], stage: str) -> statu
         return None
     name = found.group(1) if found else next((n for n in secrets if f'"{n}"' in message or f"/{n}" in message), "")
     field = secrets.get(name)
-    code = R.SECRET_KEY_NOT_FOUND if missing_key else R.SECRET_NOT_FOUND
+    code = _NOT_FOUND[True, missing_key]
     where = f"{field}: " if field else f"stage {stage}: "
     return status.Problem(code, f"{where}{message}")

@@ -20,7 +20,6 @@ import sys
 import time
 from typing import Any
 
-_RESERVED = ("batch", "stage", "item")
 _NO_FIELDS: dict[str, Any] = {}
 _LEVELS = {
     level: logging.getLevelName(level).lower()

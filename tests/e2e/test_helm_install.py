@@ -10,10 +10,13 @@ Helm adopts an object that carries its release annotations.
 
 Redis is external in the first two tests: a ``redis-server`` on the pod
 bridge's gateway started here with ``--requirepass``, its password in a Secret
-the chart refers to, so the password goes from the Secret to the operator
-(secretKeyRef), into the per-batch Secret the operator writes, to the
-workers. The third runs the chart's bundled Redis: a StatefulSet from the
-``analysis-redis`` image (Debian's redis-server) on a local PersistentVolume.
+the chart refers to, which the operator reads as a mounted file; it sets each
+batch's own Redis user and writes that user's password (never the admin's)
+into the batch's Secret, which the workers mount. The others run the chart's
+bundled Redis: a StatefulSet from the ``analysis-redis`` image (Debian's
+redis-server) on a local PersistentVolume. The upgrade test starts from the
+release before per-batch users (its chart and images built from the
+repository's history) with a batch running, and ends on this checkout's.
 Every namespace enforces the "restricted" Pod Security Standard (the
 cluster's admission configuration). The README's dev-cluster steps run as written, the chart after them
 on the CRD ``kubectl apply`` made. The operator's own log, read with
@@ -50,6 +53,9 @@ RELEASE, SYSTEM = "analysis-operator", "analysis-system"
 CRD = "analysisbatches.analysis.dev"
 CRDS = (CRD, "analysisproviders.analysis.dev")  # every CRD the session applied and the chart installs
 PASSWORD = "helm-e2e-redis-pw-7d41c0"
+# The release before per-batch Redis users and Redis Functions (the last commit before them): the upgrade test
+# installs its chart and images, then upgrades to this checkout's.
+EARLIER, EARLIER_TAG = "647840b05d5cce8b2e063cec33b2d7e0d43d36b1", f"{analysis_core.__version__}-647840b"
 # Without any cluster-scoped right (a namespaced install), Kopf's observers are refused listing and watching
 # namespaces and CRDs at the cluster scope; it retries, then falls back to the exact namespaces it was given.
 KOPF_CLUSTER_SCOPED = re.compile(
@@ -64,6 +70,8 @@ class Setting:
     dev: cluster.DevCluster
     redis_url: str
     helm_env: dict[str, str]
+    bundled: bool = False  # the installed release runs the chart's own Redis
+    installed_with: list[str] = dataclasses.field(default_factory=list)  # helm's --set arguments of the install
 
     def kubectl(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.dev.kubectl(*args, timeout=timeout, check=check)
@@ -83,8 +91,8 @@ class Setting:
         self.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         self.kubectl("wait", "--for", "create", "--timeout=30s", "-n", name, "serviceaccount/default", timeout=45)
 
-    def install(self, *sets: str, bundled: bool = False) -> str:
-        """``helm install --wait``, with the external Redis unless ``bundled``; returns what helm printed (NOTES)."""
+    def install(self, *sets: str, bundled: bool = False, chart: Path = CHART) -> str:
+        """``helm install --wait`` of ``chart``, with the external Redis unless ``bundled``; returns the NOTES."""
         if bundled:
             redis = [
                 f"redis.bundled.image.repository={images.REDIS.repository}",
@@ -96,8 +104,18 @@ class Setting:
                 f"redis.external.url={self.redis_url}",
                 "redis.external.existingSecret.name=redis-auth",
             ]
-        args = [f"--set={value}" for value in [*redis, "operator.resultsInterval=1", *sets]]
-        return self.helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--wait", "--timeout=180s", *args).stdout
+        self.bundled = bundled
+        self.installed_with = [f"--set={value}" for value in [*redis, "operator.resultsInterval=1", *sets]]
+        return self.helm(
+            "install", RELEASE, str(chart), "-n", SYSTEM, "--wait", "--timeout=180s", *self.installed_with
+        ).stdout
+
+    def upgrade(self, *sets: str) -> None:
+        """``helm upgrade --wait`` to this checkout's chart: the values of the install, ``sets`` over them."""
+        extra = [f"--set={value}" for value in sets]
+        self.helm(
+            "upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--wait", "--timeout=240s", *self.installed_with, *extra
+        )
 
     def uninstall(self) -> None:
         self.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout=120s")
@@ -132,14 +150,39 @@ class Setting:
         finally:
             client.close()
 
+    def redis_admin(self) -> tuple[str, str]:
+        """The installed release's Redis as its admin reaches it: URL (the bundled one's pod) and password."""
+        if not self.bundled:
+            return self.redis_url, PASSWORD
+        pod = self.get(SYSTEM, "pod", f"{RELEASE}-redis-0")
+        secret = self.get(SYSTEM, "secret", f"{RELEASE}-redis")
+        return f"redis://{pod['status']['podIP']}:6379/0", base64.b64decode(secret["data"]["password"]).decode()
+
     def redis_user(self, uid: str) -> dict[str, Any] | None:
         """The batch's Redis ACL user, as the admin sees it (None: there is none)."""
-        client = redis.Redis.from_url(self.redis_url, password=PASSWORD, decode_responses=True, socket_timeout=5)
+        url, password = self.redis_admin()
+        client = redis.Redis.from_url(url, password=password, decode_responses=True, socket_timeout=5)
         try:
             found = client.acl_getuser(tenancy.username(uid))
             return None if found is None else dict(found)
         finally:
             client.close()
+
+    def batch_credential(self, namespace: str, uid: str) -> dict[str, str]:
+        """The data of the batch's one Secret (what its workers log in to Redis with), decoded."""
+        listed = self.kubectl(
+            "get", "secrets", "-n", namespace, "-l", f"{wellknown.LABEL_BATCH_UID}={uid}", "-o", "json"
+        )
+        secrets = json.loads(listed.stdout)["items"]
+        assert [s["metadata"]["ownerReferences"][0]["uid"] for s in secrets] == [uid], secrets
+        return {key: base64.b64decode(value).decode() for key, value in secrets[0]["data"].items()}
+
+    def event_reasons(self, namespace: str, name: str) -> set[str]:
+        """The reasons of the Events about the object ``name`` in ``namespace``."""
+        listed = self.kubectl(
+            "get", "events", "-n", namespace, f"--field-selector=involvedObject.name={name}", "-o", "json"
+        )
+        return {event.get("reason", "") for event in json.loads(listed.stdout)["items"]}
 
 
 @pytest.fixture(scope="module")
@@ -227,12 +270,7 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     # The workers reached the password-protected Redis as the batch's own user, from the batch's Secret, which
     # holds that user's password and not the admin's; the user may touch the batch's keys only.
     assert setting.redis_keys(uid)
-    copies = json.loads(
-        setting.kubectl("get", "secrets", "-n", "team-r", "-l", f"analysis.dev/batch-uid={uid}", "-o", "json").stdout
-    )["items"]
-    assert [c["metadata"]["ownerReferences"][0]["uid"] for c in copies] == [uid]
-    credential = {key: base64.b64decode(value).decode() for key, value in copies[0]["data"].items()}
-    assert credential == {
+    assert setting.batch_credential("team-r", uid) == {
         tenancy.SECRET_USERNAME: tenancy.username(uid),
         tenancy.SECRET_PASSWORD: tenancy.password(PASSWORD, uid),
     }
@@ -469,25 +507,45 @@ def test_the_readme_dev_cluster_steps_then_its_chart_run_as_written(setting: Set
     setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")
 
 
-@pytest.mark.timeout(600)
-def test_helm_upgrade_while_a_batch_runs_loses_and_repeats_nothing(setting: Setting) -> None:
-    """``helm upgrade`` to a release of other images, in the middle of a batch.
+@pytest.fixture(scope="module")
+def earlier_release(setting: Setting, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The release before per-batch Redis users: its chart, and its operator and worker images in the node.
 
-    The release is the same content under a new tag (the node names its images anew; there is no earlier
-    release to go back to yet), so what this proves is the upgrade's mechanics: the operator pod is replaced
-    (strategy Recreate), the new operator moves the running stage onto the new worker image (a Job's pod
-    template is immutable, so the stage's Job is replaced and its pods drain: in-flight items are handed back
-    or their leases expire), and the batch completes with every item once.
+    Built from the repository's history (commit :data:`EARLIER`), the images named ``<repository>:<EARLIER_TAG>``
+    beside this checkout's (cached by their inputs, as the node's own images are).
     """
-    version, upgraded = analysis_core.__version__, f"{analysis_core.__version__}-upgrade"
-    setting.install(bundled=True)
+    tree = tmp_path_factory.mktemp("earlier-release")
+    archived = subprocess.run(["git", "-C", str(ROOT), "archive", EARLIER], capture_output=True, check=False)
+    assert archived.returncode == 0, f"this test needs the history of the repository: {archived.stderr.decode()}"
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archived.stdout, check=True)
+    base = images.base_image()
+    for spec in (images.OPERATOR, images.WORKER):
+        setting.dev.load_image(images.build(spec, base=base.name, tool="buildah", root=tree, tag=EARLIER_TAG))
+    return tree / "charts" / "analysis-operator"
+
+
+@pytest.mark.timeout(1200)
+def test_helm_upgrade_to_per_batch_users_mid_batch_then_a_redis_restart(
+    setting: Setting, earlier_release: Path
+) -> None:
+    """From the release before per-batch Redis users to this one, in the middle of a batch; then Redis restarts.
+
+    The earlier release gave every batch's workers the admin password (a copy in the batch's Secret, an
+    environment variable of the workers). ``helm upgrade`` replaces the operator (strategy Recreate) and restarts
+    the bundled Redis (its probes changed); the new operator sets the batch's own user, rewrites the batch's Secret
+    with that user's password and moves the running stage onto the new worker image, whose pods log in as the user.
+    Then the Redis pod is deleted: Redis comes back from its AOF without the user, the operator sets it again
+    (Event RedisUserRestored) and the workers carry on. Every item is done exactly once.
+    """
+    earlier = [f"operator.image.tag={EARLIER_TAG}", f"worker.image.tag={EARLIER_TAG}"]
+    setting.install(*earlier, bundled=True, chart=earlier_release)
     setting.namespace("upgrade")
     manifest = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     name = manifest["metadata"]["name"]
-    items = [f"T{i:02d}" for i in range(30)]
+    items = [f"T{i:02d}" for i in range(60)]
     manifest["metadata"]["namespace"] = "upgrade"
     manifest["spec"]["items"] = items
-    manifest["spec"]["providers"]["summarizer"]["offline"]["latencyMilliseconds"] = 2000
+    manifest["spec"]["providers"]["summarizer"]["offline"]["latencyMilliseconds"] = 1500
     manifest["spec"]["stages"][0]["concurrency"] = 2
     setting.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
@@ -498,33 +556,42 @@ def test_helm_upgrade_while_a_batch_runs_loses_and_repeats_nothing(setting: Sett
         listed = setting.kubectl("get", "pods", "-A", "-l", label, "-o", "json").stdout
         return list(json.loads(listed)["items"])
 
-    processes.eventually(lambda: done() >= 2, 120, "two items done before the upgrade", interval=0.5)
+    processes.eventually(lambda: done() >= 2, 180, "two items done before the upgrade", interval=0.5)
+    uid = setting.get("upgrade", "analysisbatch", name)["metadata"]["uid"]
+    admin = setting.redis_admin()[1]
+    # Before: the batch's workers held the admin password, and Redis had no user of the batch's.
+    assert setting.batch_credential("upgrade", uid) == {"password": admin}
+    assert setting.redis_user(uid) is None
     operator_pods = {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=operator")}
-    for repository in (images.OPERATOR.repository, images.WORKER.repository):
-        setting.dev.tag_image(f"{repository}:{version}", f"{repository}:{upgraded}")
-    setting.helm(
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        "-n",
-        SYSTEM,
-        "--reuse-values",
-        "--wait",
-        "--timeout=180s",
-        f"--set=operator.image.tag={upgraded}",
-        f"--set=worker.image.tag={upgraded}",
-    )
+    redis_pods = {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=redis")}
+
+    setting.upgrade(f"operator.image.tag={analysis_core.__version__}", f"worker.image.tag={analysis_core.__version__}")
     assert done() < len(items), "the batch finished before the upgrade: give it more work"
     now = pods("app.kubernetes.io/component=operator")
-    assert [p["spec"]["containers"][0]["image"] for p in now] == [f"{images.OPERATOR.repository}:{upgraded}"], now
+    assert [p["spec"]["containers"][0]["image"] for p in now] == [images.OPERATOR.name()], now
     assert not operator_pods & {p["metadata"]["uid"] for p in now}
-    uid = setting.get("upgrade", "analysisbatch", name)["metadata"]["uid"]
+    assert not redis_pods & {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=redis")}
 
     def on_new_workers() -> bool:
         running = [p for p in pods(f"{wellknown.LABEL_BATCH_UID}={uid}") if p["status"].get("phase") == "Running"]
-        return any(p["spec"]["containers"][0]["image"].endswith(f":{upgraded}") for p in running)
+        return any(p["spec"]["containers"][0]["image"] == images.WORKER.name() for p in running)
 
     processes.eventually(on_new_workers, 120, "a worker pod of the new release runs the stage", interval=0.5)
+    # After: the batch's own user, its password (not the admin's) in the batch's Secret.
+    assert setting.batch_credential("upgrade", uid) == {
+        tenancy.SECRET_USERNAME: tenancy.username(uid),
+        tenancy.SECRET_PASSWORD: tenancy.password(admin, uid),
+    }
+    assert setting.redis_user(uid) is not None
+    assert done() < len(items), "the batch finished before Redis restarted: give it more work"
+
+    setting.kubectl("delete", "pod", "-n", SYSTEM, f"{RELEASE}-redis-0", "--wait=true", timeout=90)
+    processes.eventually(
+        lambda: wellknown.Reason.REDIS_USER_RESTORED in setting.event_reasons("upgrade", name),
+        120,
+        "the operator set the batch's user again after Redis restarted",
+        interval=1.0,
+    )
     setting.wait("upgrade", name, "Complete", timeout_s=300)
     status = setting.get("upgrade", "analysisbatch", name)["status"]
     assert (status["items"]["succeeded"], status["items"].get("failed", 0)) == (len(items), 0), status["items"]
@@ -532,7 +599,15 @@ def test_helm_upgrade_while_a_batch_runs_loses_and_repeats_nothing(setting: Sett
     assert sorted(row["item"] for row in rows) == items, rows  # each item once
     assert {row["status"] for row in rows} == {"succeeded"}, rows
     assert refusals(setting.operator_log()) == []
+    # What the new workers logged: no secret, and no login the operator did not make good.
+    worker_logs = "".join(
+        setting.kubectl("logs", p["metadata"]["name"], "-n", "upgrade", check=False).stdout
+        for p in pods(f"{wellknown.LABEL_BATCH_UID}={uid}")
+    )
+    assert admin not in worker_logs
+    assert tenancy.password(admin, uid) not in worker_logs
 
     setting.kubectl("delete", "analysisbatch", name, "-n", "upgrade", "--timeout=120s", timeout=150)
+    assert setting.redis_user(uid) is None
     setting.uninstall()
     setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")

@@ -6,12 +6,13 @@ or resources; each rule says who needs it (Kopf or the operator's own client,
 operator/src/analysis_operator/kube.py) and why.
 
 Secrets: create and patch only, never get, list or watch. The operator never
-reads a Secret's data: it gets the Redis password from its own environment
-(a secretKeyRef the kubelet resolves) and writes a copy into a per-batch
-Secret "<batch>-redis" in the batch's namespace, since a worker pod cannot
-refer to a Secret of another namespace. That Secret is owned by the batch, so
-the garbage collector deletes it; the LLM API keys are only ever read by the
-kubelet for the workers (secretKeyRef). A batch's Secret is written with
+reads a Secret through the API: it reads the Redis admin password from its
+own mounted file, derives each batch's password from it, and writes the
+batch's Redis user and that password into a Secret "<batch>-redis" in the
+batch's namespace, which its workers mount (a pod cannot mount a Secret of
+another namespace). That Secret is owned by the batch, so the garbage
+collector deletes it; the LLM API keys are only ever read by the kubelet,
+which mounts them into the workers. A batch's Secret is written with
 server-side apply, which needs create (the first time) and patch.
 */}}
 {{- define "analysis-operator.namespacedRules" -}}
@@ -53,8 +54,8 @@ server-side apply, which needs create (the first time) and patch.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["list", "create", "patch", "delete"]
-# The operator: the per-batch copy of the Redis password for its workers
-# (write-only, see above).
+# The operator: each batch's Redis user and its password, for the batch's
+# workers (write-only, see above).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create", "patch"]

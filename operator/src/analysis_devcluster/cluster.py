@@ -48,7 +48,7 @@ import redis.backoff
 import redis.retry
 import yaml
 
-from analysis_devcluster import binaries, pki, podnet, processes
+from analysis_devcluster import binaries, images, pki, podnet, processes
 from analysis_devcluster.node import Node  # a name: `node` is DevCluster's flag
 
 CONTEXT_NAME = "devcluster"
@@ -335,6 +335,12 @@ class DevCluster:
         if self._node is None:
             raise RuntimeError("tag_image needs the node: start the DevCluster with node=True")
         self._node.tag_image(source, target)
+
+    def load_image(self, built: images.Built) -> None:
+        """Import an image built here (:func:`images.build`) into the node; needs the node."""
+        if self._node is None:
+            raise RuntimeError("load_image needs the node: start the DevCluster with node=True")
+        self._node.load_image(built)
 
     def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
         """Server-side apply every manifest in ``directory`` and wait until all CRDs are Established.

@@ -210,10 +210,11 @@ def _pruned(rules: IgnoreRules, relative: str) -> bool:
     return not any(exception and (text.startswith(f"{relative}/") or "*" in text) for exception, text, _ in rules.rules)
 
 
-def inputs_digest(root: Path, spec: Spec, build_args: dict[str, str]) -> str:
-    """A digest of everything that decides the image: its Dockerfile, the context's files and the build arguments."""
+def inputs_digest(root: Path, spec: Spec, build_args: dict[str, str], name: str | None = None) -> str:
+    """A digest of everything that decides the image: its name (default :meth:`Spec.name`), its Dockerfile, the
+    context's files and the build arguments."""
     digest = hashlib.sha256()
-    digest.update(f"{spec.name()}\0{spec.dockerfile}\0".encode())
+    digest.update(f"{name or spec.name()}\0{spec.dockerfile}\0".encode())
     for key in sorted(build_args):
         digest.update(f"arg {key}={build_args[key]}\0".encode())
     digest.update((root / spec.dockerfile).read_bytes())
@@ -337,9 +338,13 @@ def _save_with(tool: str, name: str, archive: Path) -> None:
 
 
 def _keep_only(archive: Path, prefix: str) -> None:
-    """Drop older archives of the same image (``<prefix>-<digest>.tar``) beside ``archive``."""
+    """Drop older archives of the same image (``<prefix>-<digest>.tar``) beside ``archive``.
+
+    Only those: ``analysis-worker-<tag>-<digest>.tar`` of a tagged build is not an older ``analysis-worker``.
+    """
+    older = re.compile(re.escape(prefix) + r"-[0-9a-f]{12,16}\.tar")
     for other in archive.parent.glob(f"{prefix}-*.tar"):
-        if other != archive:
+        if other != archive and older.fullmatch(other.name):
             other.unlink(missing_ok=True)
 
 
@@ -460,21 +465,34 @@ def pause_image() -> Built:
 # ---------------------------------------------------------------- the project's images
 
 
-def build(spec: Spec, *, base: str | None = None, tool: str | None = None, root: Path | None = None) -> Built:
-    """Build ``spec`` on ``base`` (None: the Dockerfile's own default) unless its archive is cached."""
+def build(
+    spec: Spec,
+    *,
+    base: str | None = None,
+    tool: str | None = None,
+    root: Path | None = None,
+    tag: str | None = None,
+) -> Built:
+    """Build ``spec`` on ``base`` (None: the Dockerfile's own default) unless its archive is cached.
+
+    ``root``: the tree to build from (default this checkout); ``tag``: name the image ``<repository>:<tag>``
+    instead of the project's version, as for an earlier release's tree built beside this one's images.
+    """
     root = root or binaries.repo_root()
     tool = tool or builder()
+    name = f"{spec.repository}:{tag}" if tag else spec.name()
     build_args = {"BASE_IMAGE": base} if base else {}
-    digest = inputs_digest(root, spec, build_args)
-    archive = cache_dir() / f"{spec.repository}-{digest[:16]}.tar"
+    digest = inputs_digest(root, spec, build_args, name)
+    kept = f"{spec.repository}-{tag}" if tag else spec.repository  # what one archive at a time is kept of
+    archive = cache_dir() / f"{kept}-{digest[:16]}.tar"
     if archive.exists():
-        return Built(spec.name(), archive, digest, 0.0, cached=True)
+        return Built(name, archive, digest, 0.0, cached=True)
     archive.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    _build_with(tool, root, spec, build_args, spec.name())
-    _save_with(tool, spec.name(), archive)
-    _keep_only(archive, spec.repository)
-    return Built(spec.name(), archive, digest, time.monotonic() - started, cached=False)
+    _build_with(tool, root, spec, build_args, name)
+    _save_with(tool, name, archive)
+    _keep_only(archive, kept)
+    return Built(name, archive, digest, time.monotonic() - started, cached=False)
 
 
 def build_all(specs: Sequence[Spec] = PROJECT_IMAGES) -> list[Built]:

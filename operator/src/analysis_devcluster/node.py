@@ -282,7 +282,7 @@ class Node:
         # Seconds of disk work (about 1 GB of layers); overlapping it with the control plane's start gained
         # nothing on 2 cores, so it stays sequential.
         for built in self.images:
-            self._import(built)
+            self.load_image(built)
         self.timings["containerd"] = round(time.monotonic() - started, 3)
 
     def start(self) -> None:
@@ -350,7 +350,8 @@ class Node:
         argv = [_which("ctr"), "--address", str(CONTAINERD_SOCKET), "--namespace", CONTAINERD_NAMESPACE, *args]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
-    def _import(self, built: images.Built) -> None:
+    def load_image(self, built: images.Built) -> None:
+        """Import the archive of ``built`` into containerd, where pods find it by its name."""
         imported = self._ctr("images", "import", "--snapshotter=overlayfs", str(built.archive))
         if imported.returncode != 0:
             raise NodeError(f"ctr images import {built.archive} failed: {imported.stderr.strip()}")

@@ -356,7 +356,7 @@ def test_the_bundled_redis_runs_from_its_image_on_a_local_volume(setting: Settin
     volume = Path(setting.get("", "pv", claim["spec"]["volumeName"])["spec"]["local"]["path"])
     # Inside the container: the chart's uid, and a Redis that wants the password it was given.
     whoami = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "id", "-u").stdout.strip()
-    assert whoami == "999"
+    assert whoami == "10001"
     with_file = 'REDISCLI_AUTH="$(cat /etc/redis/auth/password)" redis-cli ping'  # as the probes do
     pong = setting.kubectl("exec", "-n", SYSTEM, f"{statefulset}-0", "--", "sh", "-c", with_file).stdout.strip()
     assert pong == "PONG"
@@ -371,7 +371,7 @@ def test_the_bundled_redis_runs_from_its_image_on_a_local_volume(setting: Settin
     # Redis wrote its append-only file onto the volume, owned through the pod's fsGroup.
     aof = [path for path in volume.rglob("*.aof") if path.stat().st_size > 0]
     assert aof, f"no append-only file under {volume}: {sorted(volume.rglob('*'))}"
-    assert all(path.stat().st_gid == 999 for path in aof)
+    assert all(path.stat().st_gid == 10001 for path in aof)
     assert refusals(setting.operator_log()) == []
 
     setting.kubectl("delete", "analysisbatch", "ticker-summary", "-n", "bundled", "--timeout=120s", timeout=150)

@@ -588,11 +588,8 @@ def test_every_pod_runs_as_a_high_uid_and_the_operator_admits_only_scrapes(
             continue
         users = [pod.get("securityContext", {}).get("runAsUser")]
         users += [c.get("securityContext", {}).get("runAsUser") for c in pod["containers"]]
-        # The bundled Redis still runs as its image's 999 (its volume's ownership on a local PV needs it): the last
-        # one below 10000.
-        floor = 999 if doc["kind"] == "StatefulSet" else 10000
-        assert all(user is None or user >= floor for user in users), f"{doc['kind']} {doc['metadata']['name']}"
-        assert pod.get("securityContext", {}).get("runAsUser", 0) >= floor, doc["metadata"]["name"]
+        assert all(user is None or user >= 10000 for user in users), f"{doc['kind']} {doc['metadata']['name']}"
+        assert pod.get("securityContext", {}).get("runAsUser", 0) >= 10000, doc["metadata"]["name"]
     # On by default: nothing reaches the operator but its metrics port; no egress rule (the API server's
     # address differs from cluster to cluster, and an egress rule that misses it stops the operator).
     policy = next(d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "analysis-operator")
@@ -878,7 +875,6 @@ ACCEPTED = {
     "CKV_K8S_15": "Image Pull Policy should be Always",  # IfNotPresent: images by digest, nodes without a registry
     "CKV_K8S_38": "Service Account Tokens are only mounted where necessary",  # the operator talks to the API
     "CKV_K8S_43": "Image should use digest",  # our images' digests are the installer's registry's: .digest sets them
-    "CKV_K8S_40": "Containers should run as a high UID",  # the bundled Redis only, as its image's uid 999
 }
 
 
@@ -916,11 +912,8 @@ def test_checkov_finds_nothing_but_the_accepted_checks(
     )
     failed = checkov_failures(text.stdout, tmp_path)
     assert {check for check, _ in failed} <= set(ACCEPTED), sorted(failed)
-    assert {resource for check, resource in failed if check == "CKV_K8S_40"} <= {
-        f"StatefulSet.{RELEASE_NAMESPACE}.analysis-operator-redis"
-    }
-    # Among what it no longer finds: secrets in environment variables, a missing readiness probe.
-    assert not {check for check, _ in failed} & {"CKV_K8S_35", "CKV_K8S_9"}
+    # Among what it no longer finds: secrets in environment variables, a missing readiness probe, a low uid.
+    assert not {check for check, _ in failed} & {"CKV_K8S_35", "CKV_K8S_9", "CKV_K8S_40"}
 
 
 def test_the_checkov_scan_can_fail(helm_env: dict[str, str], tmp_path: Path) -> None:

@@ -10,13 +10,18 @@ they reach Redis and the stand-in servers on the pod bridge's gateway
 shares this cluster. ``operator`` runs ``analysis-operator`` on this host
 against it, watching every namespace; a test may ``kill()`` and ``start()``
 it again. It serves its Prometheus metrics on a free port of its own, at
-``operator.metrics_url``.
+``operator.metrics_url``. It logs in as a ServiceAccount bound to the
+ClusterRole the chart renders by default (:func:`chart_identity`), so every
+e2e test runs it with exactly the chart's rights; at the end of the session
+the apiserver's audit log must show it used each of them and was refused
+nothing (least privilege, both ways).
 
 ``batches`` applies manifests into the test's namespace and reads them back:
 ``apply``, ``wait`` (``kubectl wait``, as a user would), ``get``,
 ``conditions``, ``children`` and ``redis_keys``.
 """
 
+import base64
 import json
 import os
 import signal
@@ -32,13 +37,27 @@ import redis
 import yaml
 
 import analysis_core
-from analysis_core import keys
-from analysis_devcluster import cluster, processes
+from analysis_core import keys, tenancy
+from analysis_devcluster import binaries, cluster, processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 WORKER_IMAGE = f"analysis-worker:{analysis_core.__version__}"
 WORKER_MEMORY_LIMIT = "192Mi"
+CHART = REPO_ROOT / "charts" / "analysis-operator"
+# The session operator's identity: a ServiceAccount of a namespace of its own, with the chart's ClusterRole under
+# another name (the helm tests install the chart's own).
+IDENTITY_NAMESPACE, IDENTITY_NAME, IDENTITY_ROLE = "analysis-e2e", "analysis-operator", "analysis-e2e-operator"
+# test_helm_install's operator: the chart's own ServiceAccount, holding the same default ClusterRole while its
+# cluster-wide release is installed, and the one of the tier that runs against a Redis with a password (so the one
+# that writes batches' Secrets).
+INSTALLED_IDENTITY = "system:serviceaccount:analysis-system:analysis-operator"
+# Rights the chart grants that no request shows in the audit log, and why.
+UNSEEN = {
+    # Checked by the OwnerReferencesPermissionEnforcement admission plugin when a child names its batch with
+    # blockOwnerDeletion, where that plugin is on: an authorization check, never a request of the operator's.
+    ("analysis.dev", "analysisbatches/finalizers", "update"): "checked by an admission plugin, not requested",
+}
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +73,9 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.D
 class Operator:
     """``analysis-operator -A`` against the cluster, logging to a file."""
 
-    def __init__(self, dev: cluster.DevCluster, log: Path) -> None:
+    def __init__(self, dev: cluster.DevCluster, log: Path, kubeconfig: Path) -> None:
         self.dev = dev
+        self.kubeconfig = kubeconfig  # the operator's own identity (chart_identity), not the admin's
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.liveness_port = processes.free_port()
@@ -72,7 +92,7 @@ class Operator:
             **passed,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin')}",
             "HOME": os.environ.get("HOME", "/tmp"),
-            "KUBECONFIG": str(self.dev.kubeconfig),
+            "KUBECONFIG": str(self.kubeconfig),
             "ANALYSIS_OPERATOR_REDIS_URL": self.dev.redis_url,
             "ANALYSIS_OPERATOR_WORKER_IMAGE": WORKER_IMAGE,
             # Enforced by the node's cgroups: a worker needs about 80 MB; test_node OOM-kills one on purpose.
@@ -118,14 +138,104 @@ class Operator:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def chart_identity(dev: cluster.DevCluster, directory: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """A kubeconfig of a ServiceAccount holding the chart's default ClusterRole, and that role's rules.
+
+    ``helm template`` renders the chart's RBAC with its default values (every namespace watched); the
+    ClusterRole and its binding are applied under :data:`IDENTITY_ROLE`, bound to the ServiceAccount
+    :data:`IDENTITY_NAME` of :data:`IDENTITY_NAMESPACE`, whose token (``kubectl create token``) the
+    kubeconfig holds.
+    """
+    helm = [str(binaries.find("helm")), "template", IDENTITY_NAME, str(CHART), "-n", IDENTITY_NAMESPACE]
+    rendered = subprocess.run(
+        [*helm, "--show-only", "templates/rbac.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    (role,) = [doc for doc in docs if doc["kind"] == "ClusterRole"]
+    (binding,) = [doc for doc in docs if doc["kind"] == "ClusterRoleBinding"]
+    role["metadata"] = binding["metadata"] = {"name": IDENTITY_ROLE}
+    binding["roleRef"]["name"] = IDENTITY_ROLE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": IDENTITY_NAME, "namespace": IDENTITY_NAMESPACE}]
+    dev.kubectl("create", "namespace", IDENTITY_NAMESPACE)
+    dev.kubectl("create", "serviceaccount", IDENTITY_NAME, "-n", IDENTITY_NAMESPACE)
+    dev.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+    token = dev.kubectl("create", "token", IDENTITY_NAME, "-n", IDENTITY_NAMESPACE, "--duration=24h").stdout.strip()
+    config = yaml.safe_load(dev.kubeconfig.read_text(encoding="utf-8"))
+    config["users"] = [{"name": IDENTITY_NAME, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = IDENTITY_NAME
+    kubeconfig = directory / "operator-kubeconfig"
+    kubeconfig.touch(mode=0o600)
+    kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return kubeconfig, list(role["rules"])
+
+
+def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of every right in ``rules`` (which name no wildcards)."""
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def used(events: list[dict[str, Any]]) -> tuple[set[tuple[str, str, str]], list[str]]:
+    """(API group, resource, verb) of the requests in ``events`` that were answered, and those refused (403).
+
+    A server-side apply is a patch, authorized as create too when it makes the object (answered 201 Created).
+    """
+    done, refused = set(), []
+    for event in events:
+        ref = event.get("objectRef") or {}
+        if "resource" not in ref:
+            continue  # discovery: /api, /apis, /version
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        code = (event.get("responseStatus") or {}).get("code", 0)
+        if code == 403:
+            refused.append(f"{event['verb']} {resource} {event.get('requestURI', '')}")
+            continue
+        done.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        if event["verb"] == "patch" and code == 201:
+            done.add((ref.get("apiGroup", ""), resource, "create"))
+    return done, refused
+
+
+def every_module_ran(session: pytest.Session) -> bool:
+    """Whether the session ran tests of every e2e module (the whole tier, as ``make test`` runs it)."""
+    ran = {Path(str(item.fspath)).name for item in session.items}
+    return {path.name for path in Path(__file__).parent.glob("test_*.py")} <= ran
+
+
 @pytest.fixture(scope="session")
-def operator(node_cluster: cluster.DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    running = Operator(node_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+def operator(
+    node_cluster: cluster.DevCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Operator]:
+    directory = tmp_path_factory.mktemp("operator")
+    kubeconfig, rules = chart_identity(node_cluster, directory)
+    running = Operator(node_cluster, directory / "operator.log", kubeconfig)
     running.start()
     try:
         yield running
     finally:
         running.stop()
+    # Least privilege, both ways: everything the operator asked for in the tier was granted, and (when the whole
+    # tier ran) every right of the chart's ClusterRole was used by an operator holding it, or UNSEEN says why not.
+    events = node_cluster.audited(f"system:serviceaccount:{IDENTITY_NAMESPACE}:{IDENTITY_NAME}")
+    assert events, f"the apiserver recorded no request of the operator in {node_cluster.audit_log}"
+    done, refused = used(events)
+    assert refused == [], f"the chart's ClusterRole refused the operator: {sorted(set(refused))[:20]}"
+    if every_module_ran(request.session):
+        installed, _ = used(node_cluster.audited(INSTALLED_IDENTITY))
+        unused = granted(rules) - done - installed - set(UNSEEN)
+        assert not unused, (
+            f"rights of the chart's ClusterRole no operator of the tier used (cut them, or say why in UNSEEN): {unused}"
+        )
 
 
 class Batches:
@@ -189,11 +299,17 @@ class Batches:
     def redis(self) -> redis.Redis:
         return cluster.redis_client(self.dev.redis_url, timeout=5.0)
 
-    def everything_readable(self, uid: str) -> dict[str, str]:
+    def everything_readable(self, uid: str | None = None) -> dict[str, str]:
         """Where a secret must never be, by what it is: every object of the namespace but its Secrets (as JSON and
         as ``kubectl describe`` shows it), its Events, the logs of every pod in it, the operator's log, and every
-        value of the batch's Redis keys."""
+        value of the Redis keys of batch ``uid`` (None: of every batch in the namespace)."""
         out: dict[str, str] = {}
+        if uid is None:
+            listed = json.loads(self.kubectl("get", "analysisbatches", "-o", "json").stdout)["items"]
+            for batch in listed:
+                out.update(self.everything_readable(batch["metadata"]["uid"]))
+            if listed:
+                return out
         kinds = "analysisbatches,jobs,deployments,pods,configmaps,serviceaccounts,events"
         out["objects"] = self.kubectl("get", kinds, "-o", "json").stdout
         out["describe"] = self.kubectl("describe", kinds.replace(",events", "")).stdout
@@ -205,11 +321,29 @@ class Batches:
         out["operator log"] = self.operator.log.read_text(encoding="utf-8", errors="replace")
         client = self.redis()
         try:
-            for key in client.scan_iter(match=keys.BatchKeys(uid).pattern, count=1000):
+            for key in client.scan_iter(match=keys.BatchKeys(uid).pattern, count=1000) if uid else ():
                 out[f"redis {key}"] = repr(_redis_value(client, str(key)))
         finally:
             client.close()
         return out
+
+    def secrets(self) -> set[str]:
+        """The values of the namespace's Secrets: what tests gave their batches (API keys) and what the operator
+        wrote for them (a batch's Redis password), but user names."""
+        listed = json.loads(self.kubectl("get", "secrets", "-o", "json").stdout)["items"]
+        return {
+            base64.b64decode(value).decode(errors="replace")
+            for secret in listed
+            for key, value in (secret.get("data") or {}).items()
+            if key != tenancy.SECRET_USERNAME
+        } - {""}
+
+    def leaks(self) -> list[str]:
+        """Where a value of the namespace's Secrets shows in what :meth:`everything_readable` reads."""
+        secrets = self.secrets()
+        if not secrets:
+            return []
+        return [where for where, text in self.everything_readable().items() if any(s in text for s in secrets)]
 
 
 def _redis_value(client: redis.Redis, key: str) -> Any:
@@ -235,7 +369,11 @@ def batches(node_cluster: cluster.DevCluster, operator: Operator) -> Iterator[Ba
         )
         if not operator.alive():
             operator.start()
-        yield Batches(node_cluster, name, operator)
+        used = Batches(node_cluster, name, operator)
+        yield used
+        # What every test leaves behind: none of its Secrets' values anywhere a team or the operator can read.
+        leaks = used.leaks()
+        assert leaks == [], f"a value of a Secret of {name} is readable in: {leaks}"
     finally:
         node_cluster.kubectl("delete", "analysisbatches", "--all", "-n", name, "--wait=false", check=False)
         node_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)

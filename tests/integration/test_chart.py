@@ -744,6 +744,7 @@ def test_the_installed_rbac_grants_what_the_operator_needs_and_no_more(
         ("delete", "serviceaccounts"),
         ("patch", "deployments.apps"),
         ("patch", "pods"),
+        ("delete", "pods"),  # a Job's retired idle pods, before its parallelism is lowered
     ]
     for verb, resource in needed:
         assert can(verb, resource, installed.watched), f"cannot {verb} {resource} in {installed.watched}"
@@ -832,7 +833,7 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
         devcluster.kubectl("create", "-f", "-", input=json.dumps(pod))
         patch = {"metadata": {"annotations": {builders.ANNOTATION_DELETION_COST: "0"}}}
         await client.merge_patch(kube.PODS, watched, "worker", patch)
-        devcluster.kubectl("delete", "pod", "worker", "-n", watched, "--grace-period=0", "--force")
+        assert await client.delete(kube.PODS, watched, "worker") is True  # a Job's retired pod, at scale-in
         for kind in (kube.JOBS, kube.DEPLOYMENTS):
             assert len(await client.list(kind, watched, {wellknown.LABEL_BATCH_UID: batch.uid})) == 1
         await teardown.tear_down(client, redis, kopf.Body(body), retry=0, logger=logging.getLogger("test"))

@@ -61,10 +61,12 @@ server-side apply, which needs create (the first time) and patch.
   verbs: ["create", "patch"]
 # Kopf: an index of the batches' worker pods (list, watch). The operator: mark
 # busy pods with a pod-deletion-cost annotation before a Deployment shrinks
-# (patch); wait on deletion until no worker pod is left (list).
+# (patch); delete the idle pods of a Job it retired before lowering the Job's
+# parallelism, so the Job controller never picks a busy one (delete); wait on
+# deletion until no worker pod is left (list).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "patch", "delete"]
 # Kopf: indexes of the stages' Jobs and Deployments (list, watch). The
 # operator: apply them (create, patch), retire an outdated one (delete), remove
 # the batch's on deletion (list by label, delete each).

@@ -24,6 +24,12 @@ and every server listens on loopback only.
 
 It deliberately does not reuse state across starts, and keeps the
 ServiceAccount and PodSecurity admission plugins enabled, as a real cluster does.
+
+The apiserver keeps an audit log (``logs/audit.log``) of what ServiceAccounts
+ask of it, one JSON event per request at the Metadata level, so a test can
+read which verbs on which resources an operator running as a ServiceAccount
+used (:meth:`DevCluster.audited`). The cluster's own components log in with
+certificates and are not recorded.
 """
 
 import atexit
@@ -41,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import redis
 import redis.backoff
@@ -80,6 +86,14 @@ _ADMISSION = {
             },
         }
     ],
+}
+# What the apiserver records: every request of a ServiceAccount, once it is answered (who, verb, resource,
+# response code; no bodies), and nothing of anyone else.
+_AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
 }
 _POLL_INTERVAL = 0.1
 
@@ -296,6 +310,19 @@ class DevCluster:
     @property
     def redis_url(self) -> str:
         return f"redis://{self.host}:{self._ports().redis}/0"
+
+    @property
+    def audit_log(self) -> Path:
+        """The apiserver's audit log: a JSON event per request of any ServiceAccount (see the module's notes)."""
+        return self.state_dir / "logs" / "audit.log"
+
+    def audited(self, username: str) -> list[dict[str, Any]]:
+        """The audit events of the requests ``username`` (``system:serviceaccount:<ns>:<name>``) made so far."""
+        if not self.audit_log.exists():
+            return []
+        with self.audit_log.open(encoding="utf-8") as lines:
+            events = (json.loads(line) for line in lines if username in line)
+            return [event for event in events if event.get("user", {}).get("username") == username]
 
     @property
     def pids(self) -> dict[str, int]:
@@ -586,6 +613,17 @@ class DevCluster:
             f"--kubelet-client-key={files.kubelet_client_key}",
             f"--kubelet-certificate-authority={files.ca_cert}",
             "--kubelet-preferred-address-types=InternalIP",
+            *self._audit_argv(),
+        ]
+
+    def _audit_argv(self) -> list[str]:
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(_AUDIT_POLICY, sort_keys=False), encoding="utf-8")
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxbackup=0",  # one file: a session writes a few MB
         ]
 
     def _apiserver_node_argv(self) -> list[str]:

@@ -508,9 +508,9 @@ class Reconciler:
                     continue
                 await self.kube.apply(desired)
                 self._applied[name] = digest
-            except kube.ApiError as exc:
+            except kube.ApiError as exc:  # retiring, scaling in or applying: the workload named is the one at stake
                 problems.append(
-                    status.Problem(R.WORKLOAD_APPLY_FAILED, f"{desired['kind']} {name}: {kube.describe(exc)}")
+                    status.Problem(R.WORKLOAD_APPLY_FAILED, f"{observed_kind(stage)} {name}: {kube.describe(exc)}")
                 )
 
     def _stabilized(self, stage: str, size: int, current: int, stopping: bool) -> int:

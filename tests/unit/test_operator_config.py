@@ -73,3 +73,13 @@ def test_calls_per_pod_defaults_to_the_api_constant_and_is_bounded() -> None:
     for bad in ("0", "x", str(v1alpha1.MAX_CALLS_PER_POD + 1)):
         with pytest.raises(ConfigError, match=f"ANALYSIS_OPERATOR_CALLS_PER_POD='{bad}' must be a whole number"):
             OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_CALLS_PER_POD": bad})
+
+
+def test_replicas_elect_a_leader_by_a_lease_in_the_operators_namespace() -> None:
+    assert OperatorConfig.from_env(BASE).leader_lease is None  # one replica, no election
+    both = {**BASE, "ANALYSIS_OPERATOR_NAMESPACE": "analysis-system", "ANALYSIS_OPERATOR_LEADER_LEASE": "ao-leader"}
+    assert OperatorConfig.from_env(both).leader_lease == "ao-leader"
+    with pytest.raises(
+        ConfigError, match="ANALYSIS_OPERATOR_LEADER_LEASE='ao-leader' needs ANALYSIS_OPERATOR_NAMESPACE"
+    ):
+        OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_LEADER_LEASE": "ao-leader"})

@@ -31,8 +31,8 @@ class ConfigError(ValueError):
 class OperatorConfig:
     redis_url: str  # what the operator connects to
     worker: builders.WorkerSettings
-    # From a Secret (the chart's secretKeyRef). The operator connects with it and keeps a copy in each batch's
-    # namespace for that batch's workers (builders.redis_secret): a pod cannot read a Secret of another namespace.
+    # From a Secret's file (the chart mounts it). The operator connects with it and derives each batch's own
+    # Redis user's password from it (tenancy.password), which goes into the batch's Secret for its workers.
     redis_password: str | None = dataclasses.field(
         default=None, repr=False
     )  # what worker pods get (their Redis URL may differ: a Service name)
@@ -45,6 +45,9 @@ class OperatorConfig:
     namespace: str | None = None
     # A provider account refused for quota: the first wait before a probe call (doubling with each refused one).
     account_probe_s: float = float(env.DEFAULT_QUOTA_PROBE_SECONDS)
+    # The Lease in the operator's namespace that replicas elect their one active operator by (leader.Elector);
+    # None: no election, a single replica.
+    leader_lease: str | None = None
 
     @property
     def install(self) -> str:
@@ -113,7 +116,15 @@ class OperatorConfig:
             metrics_port=port("METRICS_PORT", _default(cls, "metrics_port")),
             account_probe_s=number("QUOTA_PROBE_SECONDS", _default(cls, "account_probe_s")),
             namespace=environ.get(PREFIX + "NAMESPACE") or None,
+            leader_lease=_leader_lease(environ),
         )
+
+
+def _leader_lease(environ: Mapping[str, str]) -> str | None:
+    name = environ.get(PREFIX + "LEADER_LEASE") or None
+    if name is not None and not environ.get(PREFIX + "NAMESPACE"):
+        raise ConfigError(f"{PREFIX}LEADER_LEASE={name!r} needs {PREFIX}NAMESPACE, the namespace of the Lease")
+    return name
 
 
 def _default(cls: type, name: str) -> str:

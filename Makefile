@@ -154,6 +154,10 @@ bench-accounts: install ## benchmark a shared provider account: fair shares over
 bench-pods: install controlplane ## benchmark pods that carry many calls on the real node: makespan against the ideal, memory and CPU per call (~5 min); writes bench/results/pods.json
 	$(PY) bench/pods_bench.py
 
+.PHONY: bench-failover
+bench-failover: install controlplane ## benchmark operator failover: two replicas and a leader Lease, the leader killed or stopped, until the standby's first reconcile (~3 min); writes bench/results/failover.json
+	$(PY) bench/scale_failover.py
+
 .PHONY: bench-build
 bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/
 	bench/controlplane_build.sh

@@ -121,8 +121,15 @@ class Setting:
         self.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout=120s")
 
     def operator_log(self) -> str:
-        result = self.kubectl("logs", "-n", SYSTEM, f"deployment/{RELEASE}", "--tail=-1", check=False)
+        """The logs of every operator pod there is (the active one and the standbys), each line named by its pod."""
+        selector = "app.kubernetes.io/component=operator"
+        result = self.kubectl("logs", "-n", SYSTEM, "-l", selector, "--tail=-1", "--prefix", check=False)
         return result.stdout if result.returncode == 0 else f"(no operator log: {result.stderr.strip()})"
+
+    def leader(self) -> str:
+        """The name of the operator pod that holds the leader Lease (its identity is ``<pod>_<suffix>``)."""
+        lease = self.get(SYSTEM, "lease", f"{RELEASE}-leader")
+        return str(lease["spec"].get("holderIdentity") or "").rsplit("_", 1)[0]
 
     def get(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
         return dict(json.loads(self.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
@@ -251,7 +258,7 @@ def test_helm_install_runs_a_batch_and_uninstall_keeps_the_crd(setting: Setting)
     assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
     # The operator runs from its image name, as the service account the chart made.
     deployment = setting.get(SYSTEM, "deployment", RELEASE)
-    assert deployment["status"]["readyReplicas"] == 1
+    assert deployment["status"]["readyReplicas"] == 2  # one active, one standing by
     pod = json.loads(
         setting.kubectl("get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator", "-o", "json").stdout
     )["items"][0]
@@ -317,9 +324,11 @@ def test_a_namespaced_install_runs_batches_of_its_namespaces_only(setting: Setti
     roles = json.loads(
         setting.kubectl("get", "roles", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json").stdout
     )["items"]
-    # The watched namespace's Role, and one in the release's own for the AnalysisProviders' Events and CA bundles.
+    # The watched namespace's Role, and in the release's own one for the AnalysisProviders' Events and CA bundles
+    # and one for the replicas' leader Lease.
     assert sorted((role["metadata"]["namespace"], role["metadata"]["name"]) for role in roles) == [
         (SYSTEM, f"{RELEASE}-accounts"),
+        (SYSTEM, f"{RELEASE}-leader"),
         ("team-a", RELEASE),
     ]
     # Cluster-wide, only the AnalysisProviders' rules (they are cluster-scoped).
@@ -565,11 +574,16 @@ def test_helm_upgrade_to_per_batch_users_mid_batch_then_a_redis_restart(
     operator_pods = {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=operator")}
     redis_pods = {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=redis")}
 
-    setting.upgrade(f"operator.image.tag={analysis_core.__version__}", f"worker.image.tag={analysis_core.__version__}")
+    current = [f"operator.image.tag={analysis_core.__version__}", f"worker.image.tag={analysis_core.__version__}"]
+    setting.upgrade(*current)
     assert done() < len(items), "the batch finished before the upgrade: give it more work"
-    now = pods("app.kubernetes.io/component=operator")
-    assert [p["spec"]["containers"][0]["image"] for p in now] == [images.OPERATOR.name()], now
+    # The earlier operator elects no leader, so this one upgrade recreates (it would not step aside otherwise).
+    assert setting.get(SYSTEM, "deployment", RELEASE)["spec"]["strategy"] == {"type": "Recreate"}
+    now = [p for p in pods("app.kubernetes.io/component=operator") if not p["metadata"].get("deletionTimestamp")]
+    assert [p["spec"]["containers"][0]["image"] for p in now] == [images.OPERATOR.name()] * 2, now
     assert not operator_pods & {p["metadata"]["uid"] for p in now}
+    names = {p["metadata"]["name"] for p in now}
+    processes.eventually(lambda: setting.leader() in names, 60, "one of the new pods leads", interval=0.5)
     assert not redis_pods & {p["metadata"]["uid"] for p in pods("app.kubernetes.io/component=redis")}
 
     def on_new_workers() -> bool:
@@ -609,5 +623,49 @@ def test_helm_upgrade_to_per_batch_users_mid_batch_then_a_redis_restart(
 
     setting.kubectl("delete", "analysisbatch", name, "-n", "upgrade", "--timeout=120s", timeout=150)
     assert setting.redis_user(uid) is None
+    # The next upgrade, from an operator that elects, rolls.
+    setting.upgrade(*current, "operator.statusInterval=3")
+    assert setting.get(SYSTEM, "deployment", RELEASE)["spec"]["strategy"]["type"] == "RollingUpdate"
     setting.uninstall()
     setting.kubectl("delete", "pvc", "-n", SYSTEM, "-l", "app.kubernetes.io/component=redis", "--timeout=60s")
+
+
+@pytest.mark.timeout(600)
+def test_killing_the_active_operator_mid_batch_hands_the_batch_to_the_standby(setting: Setting) -> None:
+    """Two operator pods, one active: the active one is killed (no grace) halfway through a batch.
+
+    The standby takes the leader Lease once it has run out (it was not given up) and carries the batch to its
+    end: the stage's Job is the one the first leader made, every item is done once, nothing was refused.
+    """
+    setting.install()
+    setting.namespace("failover")
+    manifest = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    name = manifest["metadata"]["name"]
+    items = [f"F{i:02d}" for i in range(24)]
+    manifest["metadata"]["namespace"] = "failover"
+    manifest["spec"]["items"] = items
+    manifest["spec"]["providers"]["summarizer"]["offline"]["latencyMilliseconds"] = 1500
+    manifest["spec"]["stages"][0]["concurrency"] = 2
+    setting.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def status() -> dict[str, Any]:
+        return dict(setting.get("failover", "analysisbatch", name).get("status") or {})
+
+    def jobs() -> list[str]:
+        listed = json.loads(setting.kubectl("get", "jobs", "-n", "failover", "-o", "json").stdout)["items"]
+        return sorted(job["metadata"]["name"] for job in listed)
+
+    processes.eventually(lambda: status().get("items", {}).get("done", 0) >= 2, 120, "two items done", interval=0.5)
+    first = setting.leader()
+    made = jobs()
+    setting.kubectl("delete", "pod", first, "-n", SYSTEM, "--grace-period=0", "--force", timeout=60)
+    processes.eventually(lambda: setting.leader() not in ("", first), 60, "the standby holds the Lease", interval=0.5)
+    assert status().get("items", {}).get("done", 0) < len(items), "the batch finished before the failover"
+    setting.wait("failover", name, "Complete", timeout_s=300)
+    final = status()
+    assert (final["items"]["succeeded"], final["items"].get("failed", 0)) == (len(items), 0), final["items"]
+    assert sorted(row["item"] for row in results(setting, "failover", name)) == items  # each item once
+    assert jobs() == made  # the new leader made no stage's Job again
+    assert refusals(setting.operator_log()) == []
+    setting.kubectl("delete", "analysisbatch", name, "-n", "failover", "--timeout=120s", timeout=150)
+    setting.uninstall()

@@ -325,7 +325,27 @@ def test_rbac_is_least_privilege(helm_env: dict[str, str], values: str) -> None:
     assert rules
     for rule in rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
-        assert not {"nonResourceURLs", "resourceNames"} & set(rule), rule
+        assert "nonResourceURLs" not in rule, rule
+        # Names narrow a rule to one object; only the leader Lease's rule can name its object (create cannot).
+        assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
+    # The leader Lease, in the release's namespace only, by its own Role: make it, then read and write that one.
+    leader = [d for d in of_kind(docs, "Role") if d["metadata"]["name"].endswith("-leader")]
+    assert [(d["metadata"]["namespace"], d["rules"]) for d in leader] == [
+        (
+            RELEASE_NAMESPACE,
+            [
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "resourceNames": ["analysis-operator-leader"],
+                    "verbs": ["get", "update"],
+                },
+            ],
+        )
+    ]
+    docs = [d for d in docs if d not in leader and not d["metadata"]["name"].endswith("-leader")]
+    rules = rules_of(docs)
     # The operator writes the per-batch Redis Secret and never reads a Secret through the API.
     assert verbs(rules, "", "secrets") == {"create", "patch"}
     assert not any(verb in verbs(rules, "", "secrets") for verb in ("get", "list", "watch"))
@@ -392,9 +412,17 @@ def test_the_operator_deployment(helm_env: dict[str, str], values: str) -> None:
     docs = render(helm_env, *values_args(values))
     deployment = one(docs, "Deployment")
     spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one active (the leader Lease): a new pod, a standby at first, is up before an old one goes.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     (container,) = pod["containers"]
+    assert env_of(container)["ANALYSIS_OPERATOR_LEADER_LEASE"]["value"] == "analysis-operator-leader"
+    assert (
+        env_of(container)["ANALYSIS_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    )
+    budget = next(d for d in of_kind(docs, "PodDisruptionBudget") if d["metadata"]["name"] == "analysis-operator")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
     overrides = ci_values(values)
     watch = overrides.get("watch", {})
     operator = overrides.get("operator", {})
@@ -627,8 +655,11 @@ def test_a_worker_cpu_limit_is_there_when_asked_for(helm_env: dict[str, str], tm
 
 
 def test_the_optional_objects(helm_env: dict[str, str]) -> None:
-    plain = {doc["kind"] for doc in render(helm_env)}
-    assert not plain & {"ServiceMonitor", "PodMonitor", "PodDisruptionBudget"}
+    plain = render(helm_env)
+    assert not {doc["kind"] for doc in plain} & {"ServiceMonitor", "PodMonitor"}
+    # Only the operator's own budget (two replicas by default); one replica has none (it would block drains).
+    assert [d["metadata"]["name"] for d in of_kind(plain, "PodDisruptionBudget")] == ["analysis-operator"]
+    assert not of_kind(render(helm_env, "--set", "operator.replicas=1"), "PodDisruptionBudget")
     docs = render(helm_env, *values_args("all-optional-values.yaml"))
     kinds = {doc["kind"] for doc in docs}
     assert {"ServiceMonitor", "PodMonitor", "PodDisruptionBudget"} <= kinds

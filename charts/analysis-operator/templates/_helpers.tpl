@@ -40,6 +40,13 @@ and ConfigMap. Shorter than fullname by "-redis" so it stays a valid name.
 {{- end }}
 
 {{/*
+analysis-operator.leaderLease: the Lease the operator's replicas elect their leader by (release namespace).
+*/}}
+{{- define "analysis-operator.leaderLease" -}}
+{{- printf "%s-leader" (include "analysis-operator.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
 analysis-operator.chart: chart name and version, for the helm.sh/chart label.
 */}}
 {{- define "analysis-operator.chart" -}}

@@ -140,3 +140,22 @@ reads its key and copies it into the namespace of each batch on the account
   resources: ["configmaps"]
   verbs: ["get"]
 {{- end }}
+
+{{/*
+analysis-operator.leaderRules: the replicas' leader Lease, in the release's
+namespace only, whatever the operator watches. create cannot be narrowed to a
+name (the object does not exist yet when it is authorized); get and update
+are, to the one Lease.
+*/}}
+{{- define "analysis-operator.leaderRules" -}}
+# The operator: make the Lease the first time any replica starts (create).
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+# The operator: read who holds it (get); take it, renew it, give it up (update,
+# under the resourceVersion it read).
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "analysis-operator.leaderLease" . | quote }}]
+  verbs: ["get", "update"]
+{{- end }}

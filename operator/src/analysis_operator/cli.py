@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _elect(args: Sequence[str]) -> leader.Elector | None:
     """Hold the leader Lease before Kopf starts, if the replicas elect one; None when they do not."""
+    if not os.environ.get(config.LEADER_LEASE):
+        return None
     cfg = config.OperatorConfig.from_env()  # at once: a standby with a broken configuration fails now, not later
     if cfg.leader_lease is None or cfg.namespace is None:
         return None
@@ -81,6 +83,8 @@ def _elect(args: Sequence[str]) -> leader.Elector | None:
     from analysis_operator import kube, leader  # imported when used: the CLI starts fast
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)-20.20s [%(levelname)-8.8s] %(message)s")
+    for chatty in ("httpx", "httpx2"):  # a line per request: a renewal every 2 s
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     client = lightkube.Client(kube.config(), field_manager=kube.FIELD_MANAGER)
     elector = leader.Elector(client, cfg.namespace, cfg.leader_lease, identity)

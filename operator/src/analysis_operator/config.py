@@ -18,6 +18,7 @@ from analysis_core.api import v1alpha1
 from analysis_operator import builders
 
 PREFIX = "ANALYSIS_OPERATOR_"
+LEADER_LEASE = PREFIX + "LEADER_LEASE"  # set: replicas elect their one active operator by this Lease (cli, leader)
 # Whether Kopf watches namespaces and CRDs cluster-wide; the CLI turns it off for a fixed list of namespaces
 # (cli.needs_cluster_scanning), where the operator has namespaced Roles only.
 CLUSTER_SCANNING = True
@@ -121,9 +122,9 @@ class OperatorConfig:
 
 
 def _leader_lease(environ: Mapping[str, str]) -> str | None:
-    name = environ.get(PREFIX + "LEADER_LEASE") or None
+    name = environ.get(LEADER_LEASE) or None
     if name is not None and not environ.get(PREFIX + "NAMESPACE"):
-        raise ConfigError(f"{PREFIX}LEADER_LEASE={name!r} needs {PREFIX}NAMESPACE, the namespace of the Lease")
+        raise ConfigError(f"{LEADER_LEASE}={name!r} needs {PREFIX}NAMESPACE, the namespace of the Lease")
     return name
 
 

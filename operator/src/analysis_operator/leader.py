@@ -45,6 +45,8 @@ LEASE_S = 10  # leaseDurationSeconds: how long a standby waits on a renewal it s
 RENEW_S = 2.0  # how often the leader renews
 DEADLINE_S = 7.0  # a leader that has not renewed for this long gives up (well before LEASE_S)
 POLL_S = 1.0  # how often a standby reads the Lease
+FORBIDDEN = 403
+RBAC_GRACE_S = 30.0  # a standby's first seconds, when its Role may not be in force yet (installed with it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,11 +168,18 @@ class Elector:
     def acquire(self, poll_s: float = POLL_S) -> None:
         """Return once this replica holds the Lease; until then it only reads it, every ``poll_s``."""
         waiting_on: str | None = None
+        started = self.clock()
         while True:
             try:
                 if self.try_once():
                     log.info(f"leading: holding Lease {self.namespace}/{self.name} as {self.identity}")
                     return
+            except lightkube.ApiError as exc:
+                # Installed together, a pod can start before the API server's authorizer has its new Role:
+                # refusals in the first seconds are that; later ones are worth a warning.
+                early = exc.status.code == FORBIDDEN and self.clock() - started < RBAC_GRACE_S
+                level = logging.DEBUG if early else logging.WARNING
+                log.log(level, f"cannot read or write Lease {self.namespace}/{self.name}: {exc}")
             except Exception as exc:  # noqa: BLE001 - an API server away: keep standing by
                 log.warning(f"cannot read or write Lease {self.namespace}/{self.name}: {exc}")
             holder = self._last[0] if self._last else None

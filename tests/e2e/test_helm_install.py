@@ -117,6 +117,18 @@ class Setting:
             "upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--wait", "--timeout=240s", *self.installed_with, *extra
         )
 
+    def slow_example(self, namespace: str, items: list[str]) -> str:
+        """The example batch over ``items`` in a new namespace, slowed down (1.5 s a call, 2 at once) to last through
+        what a test does to the install meanwhile; returns its name."""
+        self.namespace(namespace)
+        manifest = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+        manifest["metadata"]["namespace"] = namespace
+        manifest["spec"]["items"] = items
+        manifest["spec"]["providers"]["summarizer"]["offline"]["latencyMilliseconds"] = 1500
+        manifest["spec"]["stages"][0]["concurrency"] = 2
+        self.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+        return str(manifest["metadata"]["name"])
+
     def uninstall(self) -> None:
         self.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout=120s")
 
@@ -548,15 +560,8 @@ def test_helm_upgrade_to_per_batch_users_mid_batch_then_a_redis_restart(
     """
     earlier = [f"operator.image.tag={EARLIER_TAG}", f"worker.image.tag={EARLIER_TAG}"]
     setting.install(*earlier, bundled=True, chart=earlier_release)
-    setting.namespace("upgrade")
-    manifest = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    name = manifest["metadata"]["name"]
     items = [f"T{i:02d}" for i in range(60)]
-    manifest["metadata"]["namespace"] = "upgrade"
-    manifest["spec"]["items"] = items
-    manifest["spec"]["providers"]["summarizer"]["offline"]["latencyMilliseconds"] = 1500
-    manifest["spec"]["stages"][0]["concurrency"] = 2
-    setting.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    name = setting.slow_example("upgrade", items)
 
     def done() -> int:
         return int((setting.get("upgrade", "analysisbatch", name).get("status") or {}).get("items", {}).get("done", 0))
@@ -638,15 +643,8 @@ def test_killing_the_active_operator_mid_batch_hands_the_batch_to_the_standby(se
     end: the stage's Job is the one the first leader made, every item is done once, nothing was refused.
     """
     setting.install()
-    setting.namespace("failover")
-    manifest = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    name = manifest["metadata"]["name"]
     items = [f"F{i:02d}" for i in range(24)]
-    manifest["metadata"]["namespace"] = "failover"
-    manifest["spec"]["items"] = items
-    manifest["spec"]["providers"]["summarizer"]["offline"]["latencyMilliseconds"] = 1500
-    manifest["spec"]["stages"][0]["concurrency"] = 2
-    setting.dev.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    name = setting.slow_example("failover", items)
 
     def status() -> dict[str, Any]:
         return dict(setting.get("failover", "analysisbatch", name).get("status") or {})

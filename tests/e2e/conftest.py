@@ -163,14 +163,7 @@ def chart_identity(dev: cluster.DevCluster, directory: Path) -> tuple[Path, list
     dev.kubectl("create", "namespace", IDENTITY_NAMESPACE)
     dev.kubectl("create", "serviceaccount", IDENTITY_NAME, "-n", IDENTITY_NAMESPACE)
     dev.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
-    token = dev.kubectl("create", "token", IDENTITY_NAME, "-n", IDENTITY_NAMESPACE, "--duration=24h").stdout.strip()
-    config = yaml.safe_load(dev.kubeconfig.read_text(encoding="utf-8"))
-    config["users"] = [{"name": IDENTITY_NAME, "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = IDENTITY_NAME
-    kubeconfig = directory / "operator-kubeconfig"
-    kubeconfig.touch(mode=0o600)
-    kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
+    kubeconfig = dev.kubeconfig_as(IDENTITY_NAMESPACE, IDENTITY_NAME, directory / "operator-kubeconfig", "24h")
     return kubeconfig, list(role["rules"])
 
 

@@ -803,16 +803,6 @@ def test_the_cluster_wide_rbac_grants_the_batches_and_the_accounts_rights(
     assert_the_accounts_rights(can, installed_cluster_wide)
 
 
-def kubeconfig_as(devcluster: cluster.DevCluster, namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig for the session cluster that authenticates as ``account`` with a short-lived token."""
-    token = devcluster.kubectl("create", "token", account, "-n", namespace, "--duration=10m").stdout.strip()
-    admin = yaml.safe_load(devcluster.kubeconfig.read_text(encoding="utf-8"))
-    admin["users"] = [{"name": account, "user": {"token": token}}]
-    admin["contexts"][0]["context"]["user"] = account
-    path.write_text(yaml.safe_dump(admin), encoding="utf-8")
-    return path
-
-
 async def test_the_operators_client_does_its_work_within_the_installed_rbac(
     devcluster: cluster.DevCluster, installed: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -836,7 +826,7 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
     spec = v1alpha1.AnalysisBatchSpec.model_validate(manifest["spec"])
     compiled = plan.compile_plan(batch.uid, spec)
     settings = builders.WorkerSettings(image="analysis-worker:0.1.0", redis_url="redis://redis:6379/0", redis_auth=True)
-    config_path = kubeconfig_as(devcluster, installed.namespace, "ao-analysis-operator", tmp_path / "kubeconfig")
+    config_path = devcluster.kubeconfig_as(installed.namespace, "ao-analysis-operator", tmp_path / "kubeconfig")
     monkeypatch.setenv("KUBECONFIG", str(config_path))
     client = kube.Kube(timeout_s=10)
     redis = queue.connect(devcluster.redis_url)

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.unit
 
 
 def held_by(holder: str) -> Seen:
-    return Seen(holder=holder, renewed="2026-12-06T20:00:00.000000+00:00", duration_s=10, version="7")
+    return Seen(holder=holder, renewed="2026-12-06T20:00:00.000000+00:00", duration_s=10)
 
 
 def test_a_missing_or_given_up_lease_is_taken_at_once() -> None:

@@ -363,6 +363,17 @@ class DevCluster:
             raise RuntimeError("tag_image needs the node: start the DevCluster with node=True")
         self._node.tag_image(source, target)
 
+    def kubeconfig_as(self, namespace: str, account: str, path: Path, duration: str = "10m") -> Path:
+        """A kubeconfig at ``path`` that logs in to this cluster as the ServiceAccount ``namespace/account``, with
+        a token of ``duration`` (``kubectl create token``); its file mode 0600."""
+        token = self.kubectl("create", "token", account, "-n", namespace, f"--duration={duration}").stdout.strip()
+        config = yaml.safe_load(self.kubeconfig.read_text(encoding="utf-8"))
+        config["users"] = [{"name": account, "user": {"token": token}}]
+        for context in config["contexts"]:
+            context["context"]["user"] = account
+        _write_private(path, yaml.safe_dump(config, sort_keys=False))
+        return path
+
     def load_image(self, built: images.Built) -> None:
         """Import an image built here (:func:`images.build`) into the node; needs the node."""
         if self._node is None:

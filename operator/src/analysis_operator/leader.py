@@ -51,12 +51,11 @@ RBAC_GRACE_S = 30.0  # a standby's first seconds, when its Role may not be in fo
 
 @dataclasses.dataclass(frozen=True)
 class Seen:
-    """The Lease as read: who holds it, its last renewal (as the holder wrote it), its version."""
+    """The Lease as read: who holds it, its last renewal (as the holder wrote it), how long it lasts."""
 
     holder: str
     renewed: str
     duration_s: int
-    version: str
 
 
 TAKE, HOLD, WAIT = "take", "hold", "wait"  # what decide() answers
@@ -84,8 +83,7 @@ def _seen(lease: Lease | None) -> Seen | None:
         return None
     spec = lease.spec or LeaseSpec()
     renewed = spec.renewTime.isoformat() if spec.renewTime is not None else ""
-    version = _version(lease)
-    return Seen(spec.holderIdentity or "", renewed, spec.leaseDurationSeconds or LEASE_S, version)
+    return Seen(spec.holderIdentity or "", renewed, spec.leaseDurationSeconds or LEASE_S)
 
 
 def _version(lease: Lease) -> str:
@@ -134,24 +132,30 @@ class Elector:
         now = _micro_time()
         spec = (lease.spec if lease is not None else None) or LeaseSpec()
         transitions = (spec.leaseTransitions or 0) + (1 if taking and lease is not None else 0)
-        new_spec = LeaseSpec(
+        held = LeaseSpec(
             holderIdentity=self.identity,
             leaseDurationSeconds=LEASE_S,
             acquireTime=now if taking else spec.acquireTime,
             renewTime=now,
             leaseTransitions=transitions,
         )
+        if not self._put(lease, held):
+            return False
+        self._renewed_at = self.clock()
+        return True
+
+    def _put(self, lease: Lease | None, spec: LeaseSpec) -> bool:
+        """Create the Lease (``lease`` None: there was none) or replace the version read; False on a 409."""
         try:
             if lease is None:
-                self.client.create(Lease(metadata=ObjectMeta(name=self.name, namespace=self.namespace), spec=new_spec))
+                self.client.create(Lease(metadata=ObjectMeta(name=self.name, namespace=self.namespace), spec=spec))
             else:
                 metadata = ObjectMeta(name=self.name, namespace=self.namespace, resourceVersion=_version(lease))
-                self.client.replace(Lease(metadata=metadata, spec=new_spec))
+                self.client.replace(Lease(metadata=metadata, spec=spec))
         except lightkube.ApiError as exc:
             if exc.status.code == 409:
                 return False
             raise
-        self._renewed_at = self.clock()
         return True
 
     # ---------------------------------------------------------------- the three phases
@@ -223,7 +227,6 @@ class Elector:
             if lease is None or seen is None or seen.holder != self.identity:
                 return
             spec = lease.spec or LeaseSpec()
-            metadata = ObjectMeta(name=self.name, namespace=self.namespace, resourceVersion=_version(lease))
             given_up = LeaseSpec(
                 holderIdentity="",
                 leaseDurationSeconds=1,
@@ -231,8 +234,8 @@ class Elector:
                 renewTime=_micro_time(),
                 leaseTransitions=spec.leaseTransitions,
             )
-            self.client.replace(Lease(metadata=metadata, spec=given_up))
-            log.info(f"released Lease {self.namespace}/{self.name}")
+            if self._put(lease, given_up):
+                log.info(f"released Lease {self.namespace}/{self.name}")
         except Exception as exc:  # noqa: BLE001 - a standby takes over after LEASE_S anyway
             log.warning(f"could not release Lease {self.namespace}/{self.name}: {exc}")
 

@@ -50,6 +50,10 @@ controlplane: ## build the control plane, the node's kubelet, kube-proxy, kube-s
 	tools/coredns/build.sh
 	tools/helm/build.sh
 
+.PHONY: seaweedfs
+seaweedfs: ## build SeaweedFS (weed: the S3-compatible store the results tests write to) into .devcluster/bin (cached)
+	tools/seaweedfs/build.sh
+
 .PHONY: kstatus
 kstatus: ## build kstatus (status.Compute of sigs.k8s.io/cli-utils: how Flux and kpt judge a resource) into .devcluster/bin (cached)
 	tools/kstatus/build.sh
@@ -104,7 +108,7 @@ check-crds: install ## fail if crds/ differs from what the API models generate
 	$(PY) -m analysis_core.api.crd --check --dir crds
 
 .PHONY: test
-test: system-packages install controlplane kstatus checkov node-images ## the default test run: every tier (unit, integration, e2e) against the real control plane, node and Redis (needs root)
+test: system-packages install controlplane kstatus seaweedfs checkov node-images ## the default test run: every tier (unit, integration, e2e) against the real control plane, node and Redis (needs root)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit

@@ -841,7 +841,9 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
             await client.apply(child)
         plan_name = builders.plan_configmap(batch, compiled, settings)["metadata"]["name"]
         assert await client.get(kube.CONFIGMAPS, watched, plan_name) is not None
-        await client.create(export.results_configmap(batch, 0, ['{"item": "a"}']))
+        owned = export.results_configmap(batch, 0, ['{"item": "a"}'])
+        kopf.append_owner_reference(owned, owner=kopf.Body(body))  # as before results were kept by default
+        await client.create(owned)
         (chunk,) = [c.to_dict() for c in await client.list(kube.CONFIGMAPS, watched, results.labels(batch.uid))]
         await client.replace(export.plan_export(batch, [chunk], [{"item": "b"}])[0])
         await client.merge_patch(kube.BATCHES.Status, watched, batch.name, {"status": {"phase": "Running"}})
@@ -858,8 +860,17 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
         for kind in (kube.JOBS, kube.DEPLOYMENTS):
             assert len(await client.list(kind, watched, {wellknown.LABEL_BATCH_UID: batch.uid})) == 1
         await teardown.tear_down(client, redis, kopf.Body(body), retry=0, logger=logging.getLogger("test"))
-        for kind in (kube.JOBS, kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICEACCOUNTS):
+        for kind in (kube.JOBS, kube.DEPLOYMENTS, kube.SERVICEACCOUNTS):
             assert await client.list(kind, watched, {wellknown.LABEL_BATCH_UID: batch.uid}) == []
+        # The results stay by default (spec.results.onDelete: Retain), without the owner garbage collection follows.
+        (kept,) = await client.list(kube.CONFIGMAPS, watched, {wellknown.LABEL_BATCH_UID: batch.uid})
+        assert kept.metadata is not None
+        assert kept.metadata.labels is not None
+        assert kept.metadata.labels[results.LABEL_RESULTS] == "true"
+        assert not kept.metadata.ownerReferences
+        deleting = {**body, "spec": {**body["spec"], "results": {"onDelete": "Delete"}}}
+        await teardown.tear_down(client, redis, kopf.Body(deleting), retry=0, logger=logging.getLogger("test"))
+        assert await client.list(kube.CONFIGMAPS, watched, {wellknown.LABEL_BATCH_UID: batch.uid}) == []
         assert await client.delete(kube.BATCHES, watched, batch.name) is True
     finally:
         await client.close()

@@ -62,6 +62,14 @@ def find(tool: str) -> Path:
     return path
 
 
+def weed() -> Path:
+    """SeaweedFS's ``weed`` (the S3-compatible results store of the tests), or a MissingBinaryError naming the fix."""
+    path = bin_dir() / "weed"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise MissingBinaryError(f"weed not found in {bin_dir()}: run `make seaweedfs` (tools/seaweedfs/build.sh)")
+    return path
+
+
 def redis_server() -> Path:
     """The path of redis-server on PATH, or a MissingBinaryError telling how to install it."""
     found = shutil.which("redis-server")

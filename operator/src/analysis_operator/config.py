@@ -15,10 +15,19 @@ from collections.abc import Mapping
 import analysis_core
 from analysis_core import env, pricing
 from analysis_core.api import v1alpha1
-from analysis_operator import builders
+from analysis_operator import builders, objectstore
 
 PREFIX = "ANALYSIS_OPERATOR_"
 LEADER_LEASE = PREFIX + "LEADER_LEASE"  # set: replicas elect their one active operator by this Lease (cli, leader)
+# The install's results store (objectstore.Settings): set the bucket and it has one.
+RESULTS_STORE = PREFIX + "RESULTS_STORE_"
+RESULTS_STORE_ENV = {
+    objectstore.BUCKET: (RESULTS_STORE + "BUCKET", "results.objectStore.bucket"),
+    objectstore.ENDPOINT: (RESULTS_STORE + "ENDPOINT", "results.objectStore.endpoint"),
+    "prefix": (RESULTS_STORE + "PREFIX", "results.objectStore.prefix"),
+    "region": (RESULTS_STORE + "REGION", "results.objectStore.region"),
+    objectstore.CREDENTIALS: (RESULTS_STORE + "CREDENTIALS_DIR", "results.objectStore.credentialsSecret"),
+}
 # Whether Kopf watches namespaces and CRDs cluster-wide; the CLI turns it off for a fixed list of namespaces
 # (cli.needs_cluster_scanning), where the operator has namespaced Roles only.
 CLUSTER_SCANNING = True
@@ -49,6 +58,10 @@ class OperatorConfig:
     # The Lease in the operator's namespace that replicas elect their one active operator by (leader.Elector);
     # None: no election, a single replica.
     leader_lease: str | None = None
+    # The install's S3-compatible results store (objectstore.Settings.from_env); None: ConfigMaps only.
+    results_store: objectstore.Settings | None = None
+    # Ended items that may wait in Redis for the results sink (it is away, or full) before claims pause.
+    results_max_pending: int = 5000
 
     @property
     def install(self) -> str:
@@ -118,6 +131,8 @@ class OperatorConfig:
             account_probe_s=number("QUOTA_PROBE_SECONDS", _default(cls, "account_probe_s")),
             namespace=environ.get(PREFIX + "NAMESPACE") or None,
             leader_lease=_leader_lease(environ),
+            results_store=_results_store(environ),
+            results_max_pending=whole("RESULTS_MAX_PENDING", _default(cls, "results_max_pending"), 10_000_000),
         )
 
 
@@ -126,6 +141,30 @@ def _leader_lease(environ: Mapping[str, str]) -> str | None:
     if name is not None and not environ.get(PREFIX + "NAMESPACE"):
         raise ConfigError(f"{LEADER_LEASE}={name!r} needs {PREFIX}NAMESPACE, the namespace of the Lease")
     return name
+
+
+def _results_store(environ: Mapping[str, str]) -> objectstore.Settings | None:
+    """The results store from ``ANALYSIS_OPERATOR_RESULTS_STORE_*``; None without a bucket.
+
+    Nothing is checked here but the form: a wrong bucket, endpoint or
+    credential is a condition on the batches that use the store (the message
+    names the variable and the chart value), not an operator that will not start.
+    """
+    values = {field: (environ.get(name) or "").strip() for field, (name, _value) in RESULTS_STORE_ENV.items()}
+    if not values[objectstore.BUCKET]:
+        return None
+    endpoint = values[objectstore.ENDPOINT].rstrip("/")
+    name = RESULTS_STORE_ENV[objectstore.ENDPOINT][0]
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={endpoint!r} must be an http:// or https:// URL")
+    return objectstore.Settings(
+        bucket=values[objectstore.BUCKET],
+        endpoint=endpoint,
+        prefix=values["prefix"].strip("/"),
+        region=values["region"] or "us-east-1",
+        credentials_dir=values[objectstore.CREDENTIALS] or None,
+        names={field: f"{name} (chart value {value})" for field, (name, value) in RESULTS_STORE_ENV.items()},
+    )
 
 
 def _default(cls: type, name: str) -> str:

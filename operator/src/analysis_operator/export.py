@@ -39,17 +39,24 @@ not client-side apply, whose last-applied annotation would double the size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from analysis_core.api import v1alpha1
 from analysis_operator import builders, producer, results
 
 # Data per chunk: half the 1 MiB object cap, leaving ample room for metadata and any encoding overhead.
 CHUNK_BYTES = 512 * 1024
 # One row at most (its output is cut to fit); below CHUNK_BYTES, so every row fits a fresh chunk.
 ROW_BYTES = 256 * 1024
+# The ConfigMap sink's ceiling, in chunks (the API's promise): a batch past it needs the ObjectStore sink.
+MAX_CHUNKS = v1alpha1.CONFIGMAP_RESULTS_MAX_CHUNKS
+# The ObjectStore sink: a part holds at most this much, a row at most OBJECT_ROW_BYTES (no object size to fit).
+PART_BYTES = 8 * 1024 * 1024
+OBJECT_ROW_BYTES = 4 * 1024 * 1024
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", flags=re.DOTALL)
 
@@ -188,3 +195,37 @@ def plan_export(
         changed = True
     planned.append(_chunk(batch, index, current, base))
     return planned
+
+
+# ---------------------------------------------------------------- object store parts
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One object of the ObjectStore sink: ``rows`` rows from position ``first`` on (``results.part_name``)."""
+
+    first: int
+    rows: int
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return results.part_name(self.first, self.rows)
+
+
+def plan_parts(first: int, rows: Sequence[Mapping[str, Any]], *, part_bytes: int = PART_BYTES) -> list[Part]:
+    """``rows`` (the finals from position ``first`` on) as parts of at most ``part_bytes`` each, in order."""
+    parts: list[Part] = []
+    lines: list[bytes] = []
+    size = 0
+    start = first
+    for the_row in rows:
+        line = (encode(the_row, min(OBJECT_ROW_BYTES, part_bytes - 1)) + "\n").encode("utf-8")
+        if lines and size + len(line) > part_bytes:
+            parts.append(Part(start, len(lines), b"".join(lines)))
+            start, lines, size = start + len(lines), [], 0
+        lines.append(line)
+        size += len(line)
+    if lines:
+        parts.append(Part(start, len(lines), b"".join(lines)))
+    return parts

@@ -267,7 +267,15 @@ async def tear_down(body: kopf.Body, memo: kopf.Memo, retry: int, logger: kopf.L
     _touch()
     memo.accounts.release(body["metadata"]["uid"])
     batch_user = memo.cfg.redis_password is not None
-    await teardown.tear_down(memo.kube, memo.redis, body, retry=retry, logger=logger, batch_user=batch_user)
+    await teardown.tear_down(
+        memo.kube,
+        memo.redis,
+        body,
+        retry=retry,
+        logger=logger,
+        batch_user=batch_user,
+        store=memo.cfg.results_store,
+    )
 
 
 # ---------------------------------------------------------------- provider accounts

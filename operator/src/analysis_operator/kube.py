@@ -46,6 +46,7 @@ import lightkube
 import yaml
 from lightkube.core import resource
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.operators import not_exists
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret, ServiceAccount
@@ -54,6 +55,7 @@ from lightkube.types import CascadeType, PatchType
 from analysis_core.api import GROUP, KIND, PLURAL, PROVIDER_KIND, PROVIDER_PLURAL, VERSION
 
 FIELD_MANAGER = "analysis-operator"
+ABSENT = not_exists()  # as a label's value in ``list``'s labels: objects without that label
 
 ApiError = lightkube.ApiError
 UNPROCESSABLE = 422  # the API server refused the request as invalid, or a JSON patch's test failed
@@ -172,8 +174,8 @@ class Kube:
                 return None
             raise
 
-    async def list(self, kind: type[R], namespace: str, labels: Mapping[str, str]) -> list[R]:
-        """Every object of ``kind`` in ``namespace`` carrying all of ``labels``."""
+    async def list(self, kind: type[R], namespace: str, labels: Mapping[str, Any]) -> list[R]:
+        """Every object of ``kind`` in ``namespace`` matching all of ``labels`` (values, or lightkube operators)."""
         return [obj async for obj in self.client.list(kind, namespace=namespace, labels=dict(labels))]
 
     async def events_about(self, namespace: str, name: str, reason: str) -> tuple[str, ...]:
@@ -247,7 +249,7 @@ class Kube:
             raise
         return True
 
-    async def delete_labelled(self, kind: type[R], namespace: str, labels: Mapping[str, str]) -> int:
+    async def delete_labelled(self, kind: type[R], namespace: str, labels: Mapping[str, Any]) -> int:
         """Delete every object of ``kind`` carrying ``labels``; how many were deleted now.
 
         One delete per object: lightkube's ``deletecollection`` takes no label
@@ -261,13 +263,15 @@ class Kube:
                 deleted += 1
         return deleted
 
-    async def create(self, obj: Mapping[str, Any]) -> None:
-        """Create; 409 AlreadyExists when it does."""
-        await self.client.create(_model(obj))
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create; 409 AlreadyExists when it does. The object as created (with its ``resourceVersion``)."""
+        created = await self.client.create(_model(obj))
+        return cast(dict[str, Any], created.to_dict())  # type: ignore[attr-defined]
 
-    async def replace(self, obj: Mapping[str, Any]) -> None:
-        """PUT: 409 Conflict unless ``obj``'s ``resourceVersion`` is still the current one."""
-        await self.client.replace(_model(obj))
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: 409 Conflict unless ``obj``'s ``resourceVersion`` is still the current one. The object as written."""
+        replaced = await self.client.replace(_model(obj))
+        return cast(dict[str, Any], replaced.to_dict())  # type: ignore[attr-defined]
 
 
 def _model(obj: Mapping[str, Any]) -> resource.NamespacedResource:

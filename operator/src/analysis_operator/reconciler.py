@@ -49,13 +49,13 @@ import yaml
 
 from analysis_core import plan, pricing, queue, tenancy
 from analysis_core.api import v1alpha1, wellknown
-from analysis_operator import accounts, builders, completion, export, kube, producer, results, status
+from analysis_operator import accounts, builders, completion, export, kube, objectstore, producer, sinks, status
 from analysis_operator.config import OperatorConfig
 
 R = v1alpha1.Reason
 
 ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the spec last applied
-EXPORT_PAGE = 500  # finals read per round trip while exporting
+STORE_BACKOFF_S = 30.0  # the longest wait before the export tries a failing store again
 BUSY_POD_COST = "1000"  # pod-deletion-cost of a worker with an item in flight (idle ones: 0)
 SECRET_REAPPLY_S = 30.0  # how often the workers' ServiceAccount and Redis Secret are applied again
 MOUNT_GRACE_S = 5.0  # a worker pod creating its containers this long: ask the kubelet's Events why
@@ -148,7 +148,13 @@ class Reconciler:
         self._shrink_since: dict[str, float] = {}  # stage -> since when it wants fewer pods
         self._results_due = 0.0
         self._results: dict[str, Any] | None = None  # status.results as last exported
+        self._sinks: dict[v1alpha1.ResultsSink, sinks.Sink] = {}
+        self._sink_problem: status.Problem | None = None  # why the last export pass could not write everything
+        self._sink_failures = 0  # export passes in a row that the sink refused (backoff)
+        self._sink_retry_at = 0.0  # monotonic: no export pass before this
+        self._pending = 0  # ended items the sink does not hold yet (they wait in Redis)
         self._first_failure: str | None = None  # the first failed row, for a Failed batch's message
+        self._failures_scanned = False  # the finals list was read from its start for _first_failure
 
     # ---------------------------------------------------------------- step
 
@@ -280,9 +286,15 @@ class Reconciler:
         await self._converge(
             batch, body, the_plan, snapshot, children, stopping=spec.suspend or terminal, problems=problems
         )
-        exported = await self._export(batch, body, final=terminal)
-        if state.phase is completion.Phase.FAILED and self._first_failure:
-            state = dataclasses.replace(state, reason=f"{state.reason}; {self._first_failure}")
+        exported = await self._export(batch, body, spec, final=terminal, problems=problems)
+        if terminal and self._pending:
+            # Ended, but not every result is in the sink yet: not Complete (or Failed) until it is.
+            waiting = f"{self._pending} results wait in Redis for the results sink"
+            state = dataclasses.replace(state, phase=completion.Phase.RUNNING, reason=waiting)
+        if state.phase is completion.Phase.FAILED:
+            await self._find_first_failure(batch)
+            if self._first_failure:
+                state = dataclasses.replace(state, reason=f"{state.reason}; {self._first_failure}")
         # What an approval stage still holds, approved in part or not at all (released items have moved on).
         held = {s.name: snapshot.stages[s.name].ready for s in the_plan.stages if s.type is v1alpha1.StageType.APPROVAL}
         held_items = await self._held_items(batch, held)
@@ -430,11 +442,10 @@ class Reconciler:
             # deciding from the older snapshot could seal a stage they still have to reach.
             snapshot = await producer.snapshot(self.redis, batch.uid, names)
         state = completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
-        stop = spec.suspend or state.phase is completion.Phase.FAILED
-        if stop and not snapshot.suspended:
-            why = "spec.suspend" if spec.suspend else "the batch failed"
+        why = self._stop_claims_why(spec, state)
+        if why and not snapshot.suspended:
             await producer.suspend(self.redis, batch.uid, why)
-        elif not stop and snapshot.suspended:
+        elif not why and snapshot.suspended:
             await producer.resume(self.redis, batch.uid)
         over = snapshot.budget_exceeded
         if over and (the_plan.budget is None or the_plan.budget.exceeded(snapshot.usage) is None):
@@ -455,6 +466,16 @@ class Reconciler:
         if sealable:
             snapshot = await producer.snapshot(self.redis, batch.uid, names)
         return snapshot, completion.state(the_plan, snapshot, spec.failure_policy.max_failed_items)
+
+    def _stop_claims_why(self, spec: v1alpha1.AnalysisBatchSpec, state: completion.BatchState) -> str:
+        """Why workers must not claim (the flag they read before each claim), or "" when they may."""
+        if spec.suspend:
+            return "spec.suspend"
+        if state.phase is completion.Phase.FAILED:
+            return "the batch failed"
+        if self._pending > self.cfg.results_max_pending:  # backpressure: the results sink is away or full
+            return f"{self._pending} results wait for the results sink (at most {self.cfg.results_max_pending})"
+        return ""
 
     async def _retry_failed_if_asked(
         self, batch: builders.Batch, body: kopf.Body, the_plan: plan.Plan, snapshot: producer.Snapshot
@@ -600,51 +621,116 @@ class Reconciler:
 
     # ---------------------------------------------------------------- 5. results
 
-    async def _export(self, batch: builders.Batch, body: kopf.Body, *, final: bool) -> Mapping[str, Any] | None:
-        """Append newly ended items to the results ConfigMaps (``export.py``); returns ``status.results``.
+    async def _export(
+        self,
+        batch: builders.Batch,
+        body: kopf.Body,
+        spec: v1alpha1.AnalysisBatchSpec,
+        *,
+        final: bool,
+        problems: list[status.Problem],
+    ) -> Mapping[str, Any] | None:
+        """Append newly ended items to the results sink (``sinks.py``); returns ``status.results``.
 
         Runs every ``results_interval_s`` while items finish, and to the end
-        before a finished batch reports so. The cursor is what the ConfigMaps
-        hold, so a restart or a failed write neither loses nor repeats rows;
-        a 409 means another writer moved first: list again next pass.
+        before a finished batch reports so. The sink's cursor is derived from
+        what it holds, so a restart or a failed write neither loses nor
+        repeats rows. What it cannot write waits in Redis (``self._pending``):
+        a condition says why, the next passes back off up to
+        ``STORE_BACKOFF_S``, and claims pause once more than
+        ``results_max_pending`` wait (``_advance``).
         """
+        sink = self._sink(batch, body, spec, problems)
+        if sink is None:  # every ended item waits in Redis until the sink can be used
+            self._pending = await producer.finals_length(self.redis, batch.uid)
+            return self._results
         now = time.monotonic()
-        if not final and now < self._results_due:
+        if now < self._sink_retry_at or (not final and now < self._results_due):
+            if self._sink_problem is not None:
+                problems.append(self._sink_problem)
             return self._results
         self._results_due = now + self.cfg.results_interval_s
-        length = await producer.finals_length(self.redis, batch.uid)
-        if self._results is not None and self._results["rows"] == length:
-            return self._results
-        chunks = await self._chunks(batch)
-        cursor = results.exported(chunks)
+        problem: status.Problem | None = None
         try:
-            while cursor < length:
-                records = await producer.finals(self.redis, batch.uid, cursor, EXPORT_PAGE)
-                if not records:
-                    break
-                for planned in export.plan_export(batch, chunks, [export.row(r) for r in records]):
-                    await self._write_chunk(body, planned)
-                chunks = await self._chunks(batch)
-                cursor = results.exported(chunks)
+            cursor, length = await sinks.export_pass(sink, self.redis, batch.uid, final=final, seen=self._seen)
         except kube.ApiError as exc:
-            if not kube.is_conflict(exc) or final:
+            if not kube.is_conflict(exc):
                 raise
-        names = [c["metadata"]["name"] for c in results.ordered(chunks)]
-        self._results = {"configMaps": names, "rows": cursor}
-        if self._first_failure is None:
-            self._first_failure = _first_failure(results.read_rows(chunks))
+            sink.forget()  # another writer moved first: list again next pass
+            cursor, length = sink.rows, await producer.finals_length(self.redis, batch.uid)
+        except objectstore.StoreError as exc:
+            # A wrong bucket or credential needs someone; an endpoint that does not answer may come back.
+            problem = status.Problem(
+                R.RESULTS_STORE_UNAVAILABLE,
+                f"spec.results.sink: ObjectStore: {exc}; the results wait in Redis and the upload is retried",
+                stalled=exc.setting != objectstore.ENDPOINT,
+            )
+            cursor, length = sink.rows, await producer.finals_length(self.redis, batch.uid)
+        except sinks.Full as exc:
+            problem = status.Problem(R.RESULTS_TOO_LARGE, f"spec.results.sink: ConfigMap: {exc}")
+            cursor, length = sink.rows, await producer.finals_length(self.redis, batch.uid)
+        self._sink_failures = self._sink_failures + 1 if problem is not None else 0
+        delay = min(STORE_BACKOFF_S, 2.0**self._sink_failures) if self._sink_failures else 0.0
+        self._sink_retry_at = time.monotonic() + delay
+        self._sink_problem = problem
+        if problem is not None:
+            problems.append(problem)
+        self._pending = max(0, length - cursor)
+        self._results = {**sink.manifest(), "pending": self._pending}
         return self._results
 
-    async def _chunks(self, batch: builders.Batch) -> list[dict[str, Any]]:
-        """The batch's result ConfigMaps as plain dicts, which ``results`` reads."""
-        listed = await self.kube.list(kube.CONFIGMAPS, batch.namespace, results.labels(batch.uid))
-        return [chunk.to_dict() for chunk in listed]
+    def _seen(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if self._first_failure is None:
+            self._first_failure = _first_failure(rows)
 
-    async def _write_chunk(self, body: kopf.Body, chunk: dict[str, Any]) -> None:
-        if chunk["metadata"].get("resourceVersion"):
-            await self.kube.replace(chunk)
-        else:
-            await self.kube.create(_owned(chunk, body))
+    def _sink(
+        self, batch: builders.Batch, body: kopf.Body, spec: v1alpha1.AnalysisBatchSpec, problems: list[status.Problem]
+    ) -> sinks.Sink | None:
+        """The sink ``spec.results`` chooses (kept between passes), or None with a problem saying why not."""
+        wanted = spec.results.sink if spec.results is not None else None
+        store_settings = self.cfg.results_store
+        kind = wanted or (v1alpha1.ResultsSink.OBJECT_STORE if store_settings else v1alpha1.ResultsSink.CONFIG_MAP)
+        if kind is v1alpha1.ResultsSink.CONFIG_MAP:
+            if kind not in self._sinks:
+                retain = spec.results is None or spec.results.on_delete is v1alpha1.ResultsOnDelete.RETAIN
+                # Retained results carry no owner, so that garbage collection leaves them when the batch goes.
+                own: sinks.Own = (lambda chunk: chunk) if retain else functools.partial(_owned, owner=body)
+                self._sinks[kind] = sinks.ConfigMapSink(self.kube, batch, own)
+            return self._sinks[kind]
+        if store_settings is None:
+            problems.append(
+                status.Problem(
+                    R.RESULTS_STORE_UNAVAILABLE,
+                    "spec.results.sink: ObjectStore, but this install has no results store (the operator's "
+                    "chart value results.objectStore.bucket is not set); the results wait in Redis",
+                )
+            )
+            return None
+        try:
+            store = objectstore.open_store(store_settings)
+        except objectstore.StoreError as exc:
+            problems.append(status.Problem(R.RESULTS_STORE_UNAVAILABLE, f"spec.results.sink: ObjectStore: {exc}"))
+            return None
+        known = self._sinks.get(kind)
+        if not isinstance(known, sinks.ObjectStoreSink) or known.store is not store:
+            self._sinks[kind] = sinks.ObjectStoreSink(store, batch)
+        return self._sinks[kind]
+
+    async def _find_first_failure(self, batch: builders.Batch) -> None:
+        """For a Failed batch's message: the first failed row, read from the finals once when the export has
+        not seen it (rows exported before an operator restart)."""
+        if self._first_failure is not None or self._failures_scanned:
+            return
+        try:
+            length = await producer.finals_length(self.redis, batch.uid)
+            for start in range(0, length, sinks.EXPORT_PAGE):
+                records = await producer.finals(self.redis, batch.uid, start, sinks.EXPORT_PAGE)
+                self._first_failure = _first_failure([export.row(r) for r in records])
+                if self._first_failure is not None:
+                    break
+        except queue.UNAVAILABLE:
+            return
+        self._failures_scanned = True
 
     # ---------------------------------------------------------------- 6. status
 

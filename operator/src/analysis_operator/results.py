@@ -44,6 +44,7 @@ the plan models nor the Redis client.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -114,6 +115,59 @@ def ordered(configmaps: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 def exported(configmaps: Iterable[Mapping[str, Any]]) -> int:
     """The export cursor: rows already exported, i.e. the position in the finals list to read from next."""
     return sum(rows_in(cm) for cm in ordered(configmaps))
+
+
+# ---------------------------------------------------------------- object store parts
+#
+# The ObjectStore sink writes the same rows as JSON Lines objects under the
+# batch's folder ``<prefix>/<namespace>/<batch>/<uid>/``: part ``part-<first>-<rows>.jsonl``
+# holds the rows at positions first .. first+rows-1 of the finals list. The
+# name is the part's whole index: the export's cursor after a restart is
+# where the parts it finds leave off (``parts_cursor``), without reading any.
+# A part is written in one atomic put. Two writers that raced (an operator
+# replaced mid-pass) can leave parts that overlap; their rows at the same
+# position are the same row, and readers keep one (``read_parts``).
+
+PART_PREFIX = "part-"
+PART_SUFFIX = ".jsonl"
+MANIFEST = "manifest.json"  # written when the batch has ended and every row is in a part
+_PART = re.compile(rf"^{PART_PREFIX}(\d{{12}})-(\d{{7}}){re.escape(PART_SUFFIX)}$")
+
+
+def part_name(first: int, rows: int) -> str:
+    return f"{PART_PREFIX}{first:012d}-{rows:07d}{PART_SUFFIX}"
+
+
+def parse_part(name: str) -> tuple[int, int] | None:
+    """``(first, rows)`` of a part's (base) name, or None for any other object."""
+    found = _PART.match(name.rsplit("/", 1)[-1])
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def parts_cursor(names: Iterable[str]) -> int:
+    """The rows the parts hold from position 0 on without a gap: where the export goes on from."""
+    cursor = 0
+    for first, rows in sorted(p for p in (parse_part(n) for n in names) if p is not None):
+        if first > cursor:
+            break  # a gap (never written so): rows from here on are written again
+        cursor = max(cursor, first + rows)
+    return cursor
+
+
+def read_parts(parts: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Every row of the parts ``(name, text)``, in export order, each position once."""
+    by_position: dict[int, dict[str, Any]] = {}
+    for name, text in parts:
+        found = parse_part(name)
+        if found is None:
+            continue
+        lines = [line for line in text.splitlines() if line.strip()]
+        for offset, line in enumerate(lines):
+            if found[0] + offset not in by_position:  # else an overlapping part holds the same row
+                value = json.loads(line)
+                if isinstance(value, dict):
+                    by_position[found[0] + offset] = value
+    return [by_position[position] for position in sorted(by_position)]
 
 
 # ---------------------------------------------------------------- readers

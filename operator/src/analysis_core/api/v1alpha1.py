@@ -51,6 +51,9 @@ MAX_NAME_LENGTH = 40
 # another; all annotations of an object share 256 KiB. Inline items and
 # prompts together stay under this, larger ones belong in ConfigMaps.
 MAX_INLINE_BYTES = 96 * 1024
+# The ConfigMap results sink's ceiling: so many ConfigMaps of at most 512 KiB of results each (export.CHUNK_BYTES).
+CONFIGMAP_RESULTS_MAX_CHUNKS = 16
+CONFIGMAP_RESULTS_MAX_MIB = CONFIGMAP_RESULTS_MAX_CHUNKS // 2
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Item ids are words separated by single spaces, without "/": a fanned-out
@@ -321,6 +324,16 @@ class Executor(enum.StrEnum):
 class OnExhausted(enum.StrEnum):
     FAIL = "Fail"
     ACCEPT_LAST = "AcceptLast"
+
+
+class ResultsSink(enum.StrEnum):
+    CONFIG_MAP = "ConfigMap"
+    OBJECT_STORE = "ObjectStore"
+
+
+class ResultsOnDelete(enum.StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
 
 
 class SortOrder(enum.StrEnum):
@@ -688,6 +701,22 @@ class Budget(_Model):
     )
 
 
+class ResultsSpec(_Model):
+    """Where the finished items' results go, and whether they outlive the batch (docs/design.md#results-export)."""
+
+    sink: ResultsSink | None = Field(
+        default=None,
+        description="ConfigMap: JSON Lines in ConfigMaps of the batch's namespace (zero setup, up to "
+        f"{CONFIGMAP_RESULTS_MAX_MIB} MiB of results). ObjectStore: JSON Lines objects in the install's "
+        "S3-compatible store, under <prefix>/<namespace>/<batch>/<uid>/. Default: ObjectStore when the install "
+        "has a store, ConfigMap otherwise.",
+    )
+    on_delete: ResultsOnDelete = Field(
+        default=ResultsOnDelete.RETAIN,
+        description="Retain: the results outlive the batch (its deletion or its TTL); Delete: they go with it.",
+    )
+
+
 class FailurePolicy(_Model):
     """When failed items fail the whole batch."""
 
@@ -832,9 +861,10 @@ class AnalysisBatchSpec(_Model):
         default=None,
         ge=0,
         le=31_536_000,
-        description="Delete the batch (and its results) this long after "
-        "it completes or fails. Kept forever when absent.",
+        description="Delete the batch this long after it completes or fails (its results too when "
+        "results.onDelete is Delete). Kept forever when absent.",
     )
+    results: ResultsSpec | None = Field(default=None, description="Where the results go and how long they stay.")
 
 
 # ---------------------------------------------------------------- status
@@ -925,15 +955,25 @@ class ItemCounts(_StatusModel):
 
 
 class ResultsStatus(_StatusModel):
-    """Where the finished items' outputs are (ConfigMaps owned by the batch, JSON Lines)."""
+    """Where the finished items' outputs are (JSON Lines): the manifest of the results sink."""
 
+    sink: ResultsSink | None = Field(default=None, description="ConfigMap or ObjectStore.")
     config_maps: list[str] = Field(
         default_factory=list,
         alias="configMaps",
-        description="Results ConfigMaps in order; each holds key results.jsonl. "
+        max_length=CONFIGMAP_RESULTS_MAX_CHUNKS,
+        description="ConfigMap sink: the results ConfigMaps in order; each holds key results.jsonl. "
         "`kubectl analysis results <batch>` reads them.",
     )
+    location: str | None = Field(
+        default=None,
+        description="ObjectStore sink: the folder (s3://bucket/prefix/namespace/batch/uid/) that holds the "
+        "parts part-<first row>-<rows>.jsonl and, once the batch ended, manifest.json.",
+    )
     rows: int = Field(default=0, ge=0, description="Rows written so far (an item re-run by retry-failed adds a row).")
+    objects: int = Field(default=0, ge=0, description="Objects (ConfigMaps or parts) holding them.")
+    bytes: int = Field(default=0, ge=0, description="Bytes of JSON Lines written.")
+    pending: int = Field(default=0, ge=0, description="Ended items not yet written to the sink (waiting in Redis).")
 
 
 class AnalysisBatchStatus(_StatusModel):

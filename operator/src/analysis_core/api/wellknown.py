@@ -126,6 +126,8 @@ class Reason(enum.StrEnum):
     PROVIDER_NOT_FOUND = "ProviderNotFound"  # spec.providers.<name>.providerRef names no AnalysisProvider
     PROVIDER_NOT_ALLOWED = "ProviderNotAllowed"  # the AnalysisProvider does not admit the batch's namespace
     PROVIDER_SERVED_ELSEWHERE = "ProviderServedElsewhere"  # another install's operator holds the account
+    RESULTS_STORE_UNAVAILABLE = "ResultsStoreUnavailable"  # the results store is missing, refuses or does not answer
+    RESULTS_TOO_LARGE = "ResultsTooLarge"  # the ConfigMap results sink reached its ceiling
     # An AnalysisProvider's conditions.
     ACCOUNT_SERVING = "Serving"
     ACCOUNT_PAUSED = "RetryAfter"  # the provider asked the account to wait

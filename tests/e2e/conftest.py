@@ -16,11 +16,20 @@ e2e test runs it with exactly the chart's rights; at the end of the session
 the apiserver's audit log must show it used each of them and was refused
 nothing (least privilege, both ways).
 
+The operator's install has a results store: ``results_store``, a real
+SeaweedFS on the bridge's gateway, bucket ``RESULTS_BUCKET`` under prefix
+``RESULTS_PREFIX``, so batches write their results there unless they ask
+for ConfigMaps (``spec.results.sink``). Users read them with a key of their
+own that may only read that prefix (``Batches.reader_env``), as a platform
+team would hand one out.
+
 ``batches`` applies manifests into the test's namespace and reads them back:
 ``apply``, ``wait`` (``kubectl wait``, as a user would), ``get``,
-``conditions``, ``children`` and ``redis_keys``.
+``conditions``, ``children``, ``redis_keys`` and ``stored`` (the objects of
+the namespace's batches in the store).
 """
 
+import asyncio
 import base64
 import json
 import os
@@ -38,13 +47,17 @@ import yaml
 
 import analysis_core
 from analysis_core import keys, tenancy
-from analysis_devcluster import binaries, cluster, processes
+from analysis_devcluster import binaries, cluster, processes, s3server
+from analysis_operator import objectstore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 WORKER_IMAGE = f"analysis-worker:{analysis_core.__version__}"
 WORKER_MEMORY_LIMIT = "192Mi"
 CHART = REPO_ROOT / "charts" / "analysis-operator"
+RESULTS_BUCKET, RESULTS_PREFIX = "results", "e2e"
+# Ended items that may wait for the results store before claims pause: low, so an outage test reaches it.
+RESULTS_MAX_PENDING = 12
 # The session operator's identity: a ServiceAccount of a namespace of its own, with the chart's ClusterRole under
 # another name (the helm tests install the chart's own).
 IDENTITY_NAMESPACE, IDENTITY_NAME, IDENTITY_ROLE = "analysis-e2e", "analysis-operator", "analysis-e2e-operator"
@@ -73,8 +86,9 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.D
 class Operator:
     """``analysis-operator -A`` against the cluster, logging to a file."""
 
-    def __init__(self, dev: cluster.DevCluster, log: Path, kubeconfig: Path) -> None:
+    def __init__(self, dev: cluster.DevCluster, log: Path, kubeconfig: Path, store: s3server.SeaweedFS) -> None:
         self.dev = dev
+        self.store = store
         self.kubeconfig = kubeconfig  # the operator's own identity (chart_identity), not the admin's
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -101,6 +115,8 @@ class Operator:
             "ANALYSIS_OPERATOR_METRICS_PORT": str(self.metrics_port),
             # A provider account refused for quota is probed after 1 s, then 2, 4...: tests need not wait 5.
             "ANALYSIS_OPERATOR_QUOTA_PROBE_SECONDS": "1",
+            **self.store.operator_env(RESULTS_BUCKET, RESULTS_PREFIX),
+            "ANALYSIS_OPERATOR_RESULTS_MAX_PENDING": str(RESULTS_MAX_PENDING),
         }
 
     def start(self) -> None:
@@ -206,12 +222,30 @@ def every_module_ran(session: pytest.Session) -> bool:
 
 
 @pytest.fixture(scope="session")
+def results_store(
+    node_cluster: cluster.DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[s3server.SeaweedFS]:
+    """The install's results store: SeaweedFS on the bridge's gateway, where pods reach it too."""
+    store = s3server.SeaweedFS(
+        tmp_path_factory.mktemp("results-store"),
+        host=node_cluster.host,
+        buckets=(RESULTS_BUCKET,),
+        readers=[(RESULTS_BUCKET, RESULTS_PREFIX)],
+    )
+    with store:
+        yield store
+
+
+@pytest.fixture(scope="session")
 def operator(
-    node_cluster: cluster.DevCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    node_cluster: cluster.DevCluster,
+    results_store: s3server.SeaweedFS,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Operator]:
     directory = tmp_path_factory.mktemp("operator")
     kubeconfig, rules = chart_identity(node_cluster, directory)
-    running = Operator(node_cluster, directory / "operator.log", kubeconfig)
+    running = Operator(node_cluster, directory / "operator.log", kubeconfig, results_store)
     running.start()
     try:
         yield running
@@ -292,6 +326,30 @@ class Batches:
     def redis(self) -> redis.Redis:
         return cluster.redis_client(self.dev.redis_url, timeout=5.0)
 
+    def reader_env(self) -> dict[str, str]:
+        """A user's environment for reading results: the read-only key of the results prefix, and no endpoint
+        (``kubectl analysis results`` takes it from the batch's status)."""
+        access, secret = self.operator.store.reader(RESULTS_BUCKET, RESULTS_PREFIX)
+        return {**os.environ, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
+
+    def stored(self) -> dict[str, str]:
+        """Every object under the namespace's folder of the results store, key -> text (the operator's key)."""
+        store = objectstore.open_store(self.store_settings())
+        folder = f"{RESULTS_PREFIX}/{self.namespace}/"
+
+        async def read() -> dict[str, str]:
+            return {key: (await store.get(key) or b"").decode() for key, _ in await store.list(folder)}
+
+        return asyncio.run(read())
+
+    def store_settings(self) -> objectstore.Settings:
+        return objectstore.Settings(
+            bucket=RESULTS_BUCKET,
+            endpoint=self.operator.store.endpoint,
+            prefix=RESULTS_PREFIX,
+            credentials_dir=str(self.operator.store.credentials_dir),
+        )
+
     def everything_readable(self, uid: str | None = None) -> dict[str, str]:
         """Where a secret must never be, by what it is: every object of the namespace but its Secrets (as JSON and
         as ``kubectl describe`` shows it), its Events, the logs of every pod in it, the operator's log, and every
@@ -312,6 +370,8 @@ class Batches:
             name = pod["metadata"]["name"]
             out[f"log of {name}"] = self.kubectl("logs", name, "--all-containers", check=False).stdout
         out["operator log"] = self.operator.log.read_text(encoding="utf-8", errors="replace")
+        for key, text in self.stored().items():
+            out[f"results object {key}"] = text
         client = self.redis()
         try:
             for key in client.scan_iter(match=keys.BatchKeys(uid).pattern, count=1000) if uid else ():

@@ -8,7 +8,6 @@ provider that refuses the key.
 """
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -65,11 +64,12 @@ def predicted_finals(manifest: dict[str, Any], uid: str, simulate: Any) -> dict[
     return {idem.item.rsplit("/", 1)[-1]: status for idem, status in parsed.items() if idem.stage == last}
 
 
-def results(batches: Any, name: str, output: str = "jsonl") -> subprocess.CompletedProcess[str]:
-    """``kubectl analysis results`` as a user runs it (kubectl refuses flags before a plugin's name)."""
+def results(batches: Any, name: str, output: str = "jsonl", *more: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl analysis results`` as a user runs it (kubectl refuses flags before a plugin's name), with a key of
+    their own that may only read the results store's prefix."""
     return subprocess.run(
-        [str(binaries.find("kubectl")), "analysis", "results", name, "-n", batches.namespace, "-o", output],
-        env={**os.environ, "KUBECONFIG": str(batches.dev.kubeconfig)},
+        [str(binaries.find("kubectl")), "analysis", "results", name, "-n", batches.namespace, "-o", output, *more],
+        env={**batches.reader_env(), "KUBECONFIG": str(batches.dev.kubeconfig)},
         capture_output=True,
         text=True,
         timeout=60,
@@ -84,6 +84,9 @@ def test_each_example_completes_with_the_predicted_results(
     batches: Any, simulate: Any, name: str, executor: str
 ) -> None:
     manifest = example(name, executor)
+    sink = "ObjectStore" if executor == "Job" else "ConfigMap"  # the install's default, and the zero-setup one
+    if sink == "ConfigMap":
+        manifest["spec"]["results"] = {"sink": "ConfigMap"}
     batches.apply(manifest)
     batches.wait(name, "Complete", timeout_s=180)
     batch = batches.get(name)
@@ -100,7 +103,16 @@ def test_each_example_completes_with_the_predicted_results(
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
     assert {row["item"].rsplit("/", 1)[-1]: row["status"] for row in rows} == expected
     assert len(rows) == len(expected)  # no duplicates
-    assert st["results"]["configMaps"]
+    assert st["results"]["sink"] == sink
+    assert st["results"]["pending"] == 0
+    if sink == "ConfigMap":
+        assert st["results"]["configMaps"]
+    else:
+        folder = f"{batches.namespace}/{name}/{meta['uid']}/"
+        assert st["results"]["location"].endswith(folder)
+        stored = {key.rsplit("/", 1)[-1]: text for key, text in batches.stored().items() if folder in key}
+        manifest_object = json.loads(stored.pop("manifest.json"))
+        assert manifest_object["rows"] == st["results"]["rows"] == sum(len(t.splitlines()) for t in stored.values())
     # One workload per stage that ran, none left running.
     children = batches.children(meta["uid"])
     kind = "jobs" if executor == "Job" else "deployments"
@@ -162,18 +174,83 @@ def test_suspend_stops_claims_and_resume_finishes(batches: Any) -> None:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("executor", ["Job", "Deployment"])
 def test_deleting_mid_run_leaves_no_redis_key_and_no_child(batches: Any, executor: str) -> None:
+    """Job: the default results (the install's store, retained) outlive the batch, with every item that ended;
+    Deployment: results in ConfigMaps with ``onDelete: Delete`` go with it, and nothing of the batch is left."""
     manifest = example("ticker-summary", executor, latency_ms=3000)
     manifest["spec"]["items"] = [f"T{i}" for i in range(6)]
+    retained = executor == "Job"
+    if not retained:
+        manifest["spec"]["results"] = {"sink": "ConfigMap", "onDelete": "Delete"}
     batches.apply(manifest)
     name = manifest["metadata"]["name"]
     uid = batches.get(name)["metadata"]["uid"]
-    batches.eventually(
-        lambda: (batches.get(name).get("status") or {}).get("stages", [{}])[0].get("running"), 90, "items in flight"
-    )
+
+    def ended_and_running() -> bool:
+        st = batches.get(name).get("status") or {}
+        exported = not retained or (st.get("results") or {}).get("location")
+        return (
+            bool((st.get("items") or {}).get("done"))
+            and bool(st.get("stages", [{}])[0].get("running"))
+            and bool(exported)
+        )
+
+    batches.eventually(ended_and_running, 90, "an item ended and others in flight")
+    location = batches.get(name)["status"]["results"].get("location")
+    endpoint = batches.get(name)["status"]["results"].get("endpoint")
+    ended = batches.get(name)["status"]["items"]["done"]
     batches.kubectl("delete", "analysisbatch", name, "--timeout=90s", timeout=120)
     assert batches.kubectl("get", "analysisbatch", name, check=False).returncode != 0
     assert batches.redis_keys(uid) == []
     batches.eventually(lambda: not any(batches.children(uid).values()), 60, "every child gone")
+    if retained:
+        # Everything that ended before the deletion, exported by the finalizer, read back as a user would.
+        shown = results(batches, name, "jsonl", f"--location={location}", f"--endpoint={endpoint}")
+        assert shown.returncode == 0, shown.stderr
+        items = [json.loads(line)["item"] for line in shown.stdout.splitlines()]
+        assert len(items) == len(set(items)) >= ended
+        assert set(items) <= set(manifest["spec"]["items"])
+
+
+@pytest.mark.timeout(300)
+def test_a_results_store_outage_pauses_claims_and_loses_nothing(batches: Any) -> None:
+    """The install's store goes away mid-batch: a condition names the setting, ended items wait in Redis, claims
+    pause once more than the operator's cap wait, and when the store is back every item is there exactly once."""
+    manifest = example("ticker-summary", latency_ms=300)
+    items = [f"S{i:02d}" for i in range(40)]
+    manifest["spec"]["items"] = items
+    batches.apply(manifest)
+    name = manifest["metadata"]["name"]
+    cap = int(batches.operator.env()["ANALYSIS_OPERATOR_RESULTS_MAX_PENDING"])
+    batches.eventually(lambda: (batches.get(name).get("status") or {}).get("results"), 60, "the first export")
+
+    def status() -> dict[str, Any]:
+        return dict(batches.get(name).get("status") or {})
+
+    with batches.operator.store.down():
+        unavailable = batches.eventually(
+            lambda: (
+                batches.conditions(name)["Reconciling"]["reason"] == "ResultsStoreUnavailable"
+                and batches.conditions(name)["Reconciling"]
+            ),
+            60,
+            "the store's condition",
+        )
+        assert "ANALYSIS_OPERATOR_RESULTS_STORE_ENDPOINT" in unavailable["message"]
+        assert batches.conditions(name)["Stalled"]["status"] == "False"  # it may come back by itself
+        # Past the cap, claims pause: in-flight items end, then nothing more runs while the store is away.
+        batches.eventually(lambda: status()["results"]["pending"] > cap, 120, "results waiting")
+        batches.eventually(lambda: not status()["stages"][0]["running"], 30, "claims paused")
+        paused = status()["items"]["done"]
+        time.sleep(3)
+        assert status()["items"]["done"] == paused < len(items)
+        assert status()["phase"] == "Running"
+    batches.wait(name, "Complete", timeout_s=180)
+    final = status()
+    assert final["results"]["pending"] == 0
+    assert final["results"]["rows"] == len(items)
+    shown = results(batches, name)
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(json.loads(line)["item"] for line in shown.stdout.splitlines()) == items
 
 
 @pytest.mark.timeout(300)

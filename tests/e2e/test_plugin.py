@@ -9,7 +9,6 @@ following).
 """
 
 import json
-import os
 import re
 import subprocess
 import uuid
@@ -59,7 +58,7 @@ def plugin(batches: Any, *args: str, timeout: float = 120) -> subprocess.Complet
     """``kubectl analysis <args> -n <the test's namespace>``, as a user runs it."""
     return subprocess.run(
         [str(binaries.find("kubectl")), "analysis", *args, "-n", batches.namespace],
-        env={**os.environ, "KUBECONFIG": str(batches.dev.kubeconfig)},
+        env={**batches.reader_env(), "KUBECONFIG": str(batches.dev.kubeconfig)},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -70,7 +69,7 @@ def plugin(batches: Any, *args: str, timeout: float = 120) -> subprocess.Complet
 def plugin_in_background(batches: Any, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(binaries.find("kubectl")), "analysis", *args, "-n", batches.namespace],
-        env={**os.environ, "KUBECONFIG": str(batches.dev.kubeconfig)},
+        env={**batches.reader_env(), "KUBECONFIG": str(batches.dev.kubeconfig)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -36,7 +36,7 @@ from lightkube.resources.core_v1 import Event
 from analysis_core import plan, queue
 from analysis_core.api import PLURAL, PROVIDER_PLURAL, v1alpha1, wellknown
 from analysis_devcluster import binaries, cluster
-from analysis_operator import builders, export, kube, results, teardown
+from analysis_operator import builders, export, kube, objectstore, results, teardown
 from analysis_operator.config import OperatorConfig
 
 pytestmark = [pytest.mark.integration]
@@ -479,6 +479,8 @@ def operator_environment(docs: list[Obj], tmp_path: Path) -> dict[str, str]:
             for path, folder in mounted.items():
                 if environ[name].startswith(path + "/"):
                     environ[name] = str(folder / environ[name][len(path) + 1 :])
+                elif environ[name] == path:  # a directory of a Secret's files
+                    environ[name] = str(folder)
     if "ANALYSIS_OPERATOR_PRICES_PATH" in environ:
         prices = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-prices"))
         path = tmp_path / "prices.yaml"
@@ -515,6 +517,16 @@ def test_the_operator_reads_the_configuration_the_chart_gives_it(
         assert table == {"models": overrides["prices"]}
     else:
         assert cfg.worker.prices is None
+    store = overrides.get("results", {}).get("objectStore", {})
+    if store.get("bucket"):
+        assert cfg.results_store is not None
+        assert (cfg.results_store.bucket, cfg.results_store.endpoint) == (store["bucket"], store["endpoint"])
+        assert cfg.results_store.prefix == store["prefix"]
+        # The operator's storage key comes from the Secret's files (mounted), never from its environment.
+        assert objectstore.credential_of(cfg.results_store) == ("password-from-the-secret",) * 2
+    else:
+        assert cfg.results_store is None
+    assert cfg.results_max_pending == overrides.get("results", {}).get("maxPending", 5000)
 
 
 def test_external_redis_without_a_secret_gives_no_password(helm_env: dict[str, str], tmp_path: Path) -> None:

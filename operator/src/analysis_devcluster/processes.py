@@ -55,10 +55,10 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def port_open(port: int, timeout: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:port."""
+def port_open(port: int, timeout: float = 0.2, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on host:port (loopback by default)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False

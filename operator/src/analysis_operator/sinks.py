@@ -197,6 +197,7 @@ class ObjectStoreSink:
         return {
             "sink": str(self.kind),
             "location": self.store.settings.url(self.folder),
+            **({"endpoint": self.store.settings.endpoint} if self.store.settings.endpoint else {}),
             "rows": self._rows,
             "objects": self._objects,
             "bytes": self._bytes,

@@ -970,6 +970,11 @@ class ResultsStatus(_StatusModel):
         description="ObjectStore sink: the folder (s3://bucket/prefix/namespace/batch/uid/) that holds the "
         "parts part-<first row>-<rows>.jsonl and, once the batch ended, manifest.json.",
     )
+    endpoint: str | None = Field(
+        default=None,
+        description="ObjectStore sink: the S3 endpoint URL of the install's store (none: AWS S3). "
+        "Read it with your own credentials: `kubectl analysis results <batch>` does.",
+    )
     rows: int = Field(default=0, ge=0, description="Rows written so far (an item re-run by retry-failed adds a row).")
     objects: int = Field(default=0, ge=0, description="Objects (ConfigMaps or parts) holding them.")
     bytes: int = Field(default=0, ge=0, description="Bytes of JSON Lines written.")

@@ -31,6 +31,7 @@ from analysis_operator.plugin.kubectl import (
     EXIT_BATCH_FAILED,
     EXIT_KUBECTL,
     EXIT_NO_RESULTS,
+    EXIT_NOT_FOUND,
     EXIT_USAGE,
     RESOURCE,
     Kubectl,
@@ -85,18 +86,72 @@ def _render_results(rows: list[dict[str, Any]], output: str, table: Callable[[li
 
 
 def results_verb(args: argparse.Namespace, out: TextIO) -> int:
+    if args.location:
+        rows = _stored_rows(args.location, args.endpoint, args.location)
+        if not rows:
+            raise PluginError(f"no results under {args.location}", EXIT_NO_RESULTS)
+        out.write(_render_results(results.latest_per_item(rows), args.output, results.format_table))
+        return 0
     kubectl = Kubectl.from_args(args)
-    batch = kubectl.batch(args.batch)
+    try:
+        batch = kubectl.batch(args.batch)
+    except PluginError as exc:
+        if exc.code != EXIT_NOT_FOUND:
+            raise
+        return _retained_results(kubectl, args, out, exc)
     _name, namespace = _name_and_namespace(batch, args.batch)
     uid = batch["metadata"]["uid"]
-    chunks = kubectl.list_json("configmaps", "-l", results.selector(uid), namespace=namespace)
-    try:
-        rows = results.latest_per_item(results.read_rows(chunks))
-    except ValueError as exc:
-        raise PluginError(f"the results of analysisbatch {args.batch!r} do not parse: {exc}", EXIT_KUBECTL) from exc
+    where = (batch.get("status") or {}).get("results") or {}
+    if where.get("sink") == "ObjectStore" and where.get("location"):
+        rows = _stored_rows(str(where["location"]), args.endpoint or where.get("endpoint"), args.batch)
+    else:
+        chunks = kubectl.list_json("configmaps", "-l", results.selector(uid), namespace=namespace)
+        rows = _chunk_rows(chunks, args.batch)
     if not rows:
         raise _no_results(batch)
-    out.write(_render_results(rows, args.output, results.format_table))
+    out.write(_render_results(results.latest_per_item(rows), args.output, results.format_table))
+    return 0
+
+
+def _chunk_rows(chunks: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    try:
+        return results.read_rows(chunks)
+    except ValueError as exc:
+        raise PluginError(f"the results of analysisbatch {what!r} do not parse: {exc}", EXIT_KUBECTL) from exc
+
+
+def _stored_rows(location: str, endpoint: str | None, what: str) -> list[dict[str, Any]]:
+    from analysis_operator.plugin import stored
+
+    try:
+        return stored.read_location(location, endpoint)
+    except stored.UnreadableLocation as exc:
+        raise PluginError(str(exc), EXIT_USAGE) from exc
+    except stored.StoreError as exc:
+        raise PluginError(f"cannot read the results of {what!r} at {location}: {exc}", EXIT_KUBECTL) from exc
+    except ValueError as exc:
+        raise PluginError(f"the results of {what!r} at {location} do not parse: {exc}", EXIT_KUBECTL) from exc
+
+
+def _retained_results(kubectl: Kubectl, args: argparse.Namespace, out: TextIO, missing: PluginError) -> int:
+    """A deleted batch's results ConfigMaps (kept by spec.results.onDelete: Retain), by the batch's name label:
+    those of its last run when the name was used more than once."""
+    chunks = kubectl.list_json(
+        "configmaps", "-l", f"{results.LABEL_RESULTS}=true,{wellknown.LABEL_BATCH}={args.batch[:63]}"
+    )
+    if not chunks:
+        raise PluginError(
+            f"{missing}; no results it left behind in ConfigMaps either (results in object storage: "
+            "--location s3://bucket/prefix/namespace/batch/uid/)",
+            EXIT_NOT_FOUND,
+        )
+    newest = max(chunks, key=lambda c: str((c.get("metadata") or {}).get("creationTimestamp") or ""))
+    uid = ((newest.get("metadata") or {}).get("labels") or {}).get(wellknown.LABEL_BATCH_UID)
+    mine = [c for c in chunks if ((c.get("metadata") or {}).get("labels") or {}).get(wellknown.LABEL_BATCH_UID) == uid]
+    rows = _chunk_rows(mine, args.batch)
+    if not rows:
+        raise PluginError(f"{missing}; the results it left behind are empty", EXIT_NO_RESULTS)
+    out.write(_render_results(results.latest_per_item(rows), args.output, results.format_table))
     return 0
 
 
@@ -408,9 +463,13 @@ def _parser() -> argparse.ArgumentParser:
         "results",
         common,
         "print what a batch's items ended with",
-        "Print the latest result of every item of an AnalysisBatch, from its result ConfigMaps.",
+        "Print the latest result of every item of an AnalysisBatch, from its results sink: its result ConfigMaps, "
+        "or its folder in object storage read with your own credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). "
+        "A deleted batch's retained ConfigMaps are found by its name; a deleted batch's objects by --location.",
     )
     found.add_argument("-o", "--output", choices=FORMATS, default="jsonl", help="output format (default: jsonl)")
+    found.add_argument("--location", help="read s3://bucket/folder/ directly (a deleted batch's results)")
+    found.add_argument("--endpoint", help="the S3 endpoint URL (default: the batch's status, or AWS_ENDPOINT_URL)")
 
     approve = _verb(
         sub,

@@ -126,7 +126,9 @@ class SeaweedFS:
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         self._component = processes.spawn("seaweedfs", argv, self.log)
         deadline = time.monotonic() + START_BUDGET_S
-        processes.wait_until(self._component, "answering S3", lambda: processes.port_open(s3, host=self.host), deadline, START_BUDGET_S)
+        processes.wait_until(
+            self._component, "answering S3", lambda: processes.port_open(s3, host=self.host), deadline, START_BUDGET_S
+        )
         if not self._made:
             for bucket in self.buckets:
                 self._shell(f"s3.bucket.create -name {bucket}", deadline)

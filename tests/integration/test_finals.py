@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from analysis_core import keys, plan, queue
+from analysis_core import keys, plan, queue, wire
 from analysis_devcluster import standin
 from analysis_operator import completion, producer
 from analysis_worker import consumer, routing
@@ -247,10 +247,12 @@ async def test_retry_failed_reruns_exactly_the_failed_items_with_a_fresh_budget(
         ("TECH/FLAKY", "analyze", "succeeded", 4),  # attempt 3 failed, 4 was its run's second
     }
     outcomes = {
-        k: json.loads(v)["status"] for k, v in (await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)).items()
+        k: v if v == wire.OUTCOME_SPENT else json.loads(v)["status"]
+        for k, v in (await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)).items()
     }
     flaky = [outcomes[f"{batch.uid}/analyze/TECH/FLAKY/0/{n}"] for n in (1, 2, 3, 4)]
-    assert flaky == ["retry", "failed", "retry", "succeeded"]
+    # Its retried attempts are spent once it ended with a success; the end of its first run stays whole.
+    assert flaky == [wire.OUTCOME_SPENT, "failed", wire.OUTCOME_SPENT, "succeeded"]
     assert outcomes[f"{batch.uid}/rank/LOCKED/0/2"] == "succeeded"
     assert await producer.retry_failed(redis, batch.uid, names) == 0  # nothing failed any more
 
@@ -331,3 +333,51 @@ async def test_items_before_an_already_collected_fan_in_are_left_failed(redis: q
         assert (await q.counts()).counters["failed"] == 1
     finally:
         await blocking.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_an_item_that_ended_keeps_its_end_and_under_a_kilobyte_besides(
+    workers: Any, redis: queue.Redis, simulate: Any
+) -> None:
+    """Intermediate outputs go in the step that ends an item with a success (``routing.spent``): the item keeps its
+    finals entry, its ending outcome and the answer it ends with; every earlier attempt keeps its key (a late
+    duplicate is still recognised) but nothing else. Measured with Redis's own MEMORY USAGE over all of the
+    batch's keys: at most 1 KB per ended item beyond the answers it ended with (the issue's goal)."""
+    spec = judged("AcceptLast", judge_last=False, rejection_rate=0.4)
+    spec["items"] = [f"sector-{n:03d}" for n in range(120)]
+    batch = workers.batch(spec)
+    prediction = simulate(batch.plan, batch.items)
+    await batch.seed()
+    for stage in batch.plan.stages:
+        workers.start(batch, stage.name)
+
+    async def finished() -> bool:
+        recorded = await redis.hlen(keys.BatchKeys(batch.uid).outcomes)
+        counts = [await consumer.stage_counts(redis, batch.uid, s.name) for s in batch.plan.stages]
+        return recorded == len(prediction.outcomes) and all(c.drained for c in counts)
+
+    await workers.eventually(finished, 90, "every predicted attempt recorded")
+    k = keys.BatchKeys(batch.uid)
+    records = await all_finals(redis, batch.uid)
+    ended = {r.idem for r in records}
+    assert all(r.status == "succeeded" and r.output for r in records)  # AcceptLast: every end is a success
+    outcomes = {str(f): str(v) for f, v in (await redis.hgetall(k.outcomes)).items()}
+    spent = {idem for idem, said in outcomes.items() if said == wire.OUTCOME_SPENT}
+    by_item = {r.item for r in records}
+    for idem, said in outcomes.items():
+        parsed = keys.parse_idem(idem)
+        if idem in ended:
+            assert json.loads(said)[wire.OUTCOME_STATUS] == wire.STATUS_SUCCEEDED
+        else:  # an earlier attempt of an item that ended, or of a fan-out parent whose children all ended
+            assert idem in spent, idem
+            assert parsed.item in by_item or any(item.startswith(parsed.item + "/") for item in by_item)
+    kept = [r.output or "" for r in records]
+    # What stays in the results hash: the answers the ends give, nothing else.
+    assert {str(f) for f in await redis.hkeys(k.results)} == ended
+    total = 0
+    async for key in redis.scan_iter(match=k.pattern, count=1000):
+        total += int(await redis.memory_usage(key, samples=0) or 0)
+    answers = sum(len(text.encode()) for text in kept)
+    per_item = (total - answers) / len(records)
+    assert per_item <= 1024, f"{per_item:.0f} bytes of Redis per ended item beyond its answer ({total} in all)"

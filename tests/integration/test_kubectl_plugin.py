@@ -155,6 +155,13 @@ def test_kubectl_analysis_results_prints_the_latest_result_of_each_item(
     assert flagged.returncode == 0, flagged.stderr
     assert flagged.stdout == jsonl.stdout
 
+    # Deleted, its results retained (spec.results.onDelete: Retain): found by the batch's name.
+    devcluster.kubectl("delete", "configmap", earlier["metadata"]["name"], "-n", namespace)
+    devcluster.kubectl("delete", "analysisbatch", name, "-n", namespace)
+    retained = run_kubectl("analysis", "results", name, "-n", namespace, KUBECONFIG=kubeconfig)
+    assert retained.returncode == 0, retained.stderr
+    assert retained.stdout == jsonl.stdout
+
 
 def test_kubectl_analysis_results_says_when_there_is_nothing_to_print(
     devcluster: DevCluster, crds_installed: Path, namespace: str
@@ -163,7 +170,8 @@ def test_kubectl_analysis_results_says_when_there_is_nothing_to_print(
     missing = run_kubectl("analysis", "results", "no-such-batch", "-n", namespace, KUBECONFIG=kubeconfig)
     assert missing.returncode == 1
     assert missing.stdout == ""
-    assert missing.stderr.strip() == f'error: analysisbatch "no-such-batch" not found in namespace "{namespace}"'
+    assert missing.stderr.startswith(f'error: analysisbatch "no-such-batch" not found in namespace "{namespace}"; ')
+    assert "--location" in missing.stderr  # where a deleted batch's results in object storage are read
     devcluster.kubectl("create", "-n", namespace, "-f", "-", input=batch_manifest("fresh"))
     empty = run_kubectl("analysis", "results", "fresh", "-n", namespace, "-o", "table", KUBECONFIG=kubeconfig)
     assert empty.returncode == 3

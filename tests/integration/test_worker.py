@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from analysis_core import keys, queue
+from analysis_core import keys, queue, wire
 from analysis_operator import producer
 from analysis_worker import consumer
 
@@ -81,13 +81,18 @@ async def test_sigkill_mid_item_loses_nothing_and_writes_nothing_twice(workers: 
         assert counts.counters.get("failed", 0) == counts.counters.get("dead_lettered", 0) == 0
     # The kills really hit items in flight: some were redelivered after their lease expired.
     assert draft.counters.get("redelivered", 0) + polish.counters.get("redelivered", 0) > 0
-    # Nothing written twice: one outcome per stage and item, and one result each.
-    recorded = await outcomes(redis, batch.uid)
-    per_item = Counter((keys.parse_idem(k).stage, keys.parse_idem(k).item) for k in recorded)
+    # Nothing written twice: one outcome per stage and item; the draft's spent once its item ended (the polish
+    # succeeded), the polish's whole, with its result, the only one left.
+    raw = await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)
+    per_item = Counter((keys.parse_idem(k).stage, keys.parse_idem(k).item) for k in raw)
     assert set(per_item.values()) == {1}
     assert len(per_item) == 2 * len(items)
-    assert all(o["status"] == "succeeded" for o in recorded.values())
-    assert await redis.hlen(keys.BatchKeys(batch.uid).results) == 2 * len(items)
+    by_stage = {
+        stage: {v for k, v in raw.items() if keys.parse_idem(k).stage == stage} for stage in ("draft", "polish")
+    }
+    assert by_stage["draft"] == {wire.OUTCOME_SPENT}
+    assert {json.loads(v)["status"] for v in by_stage["polish"]} == {"succeeded"}
+    assert await redis.hlen(keys.BatchKeys(batch.uid).results) == len(items)
 
 
 @pytest.mark.slow

@@ -301,3 +301,37 @@ def test_status_never_grows_with_items() -> None:
     big_counts = dataclasses.replace(counts(300_000, 1000), counters={"succeeded": 5_000_000})
     big = status.compute(observe(snapshot(draft=big_counts)), None)
     assert abs(len(str(big)) - len(str(small))) < 100
+
+
+def test_a_status_that_cannot_be_written_gives_way_to_a_small_failed_one() -> None:
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    previous = {
+        "phase": "Running",
+        "startTime": "2026-12-06T11:00:00Z",
+        "results": {"sink": "ObjectStore", "location": "s3://r/a/", "rows": 3},
+        "stages": [{"name": "big"}] * 3,
+        "conditions": [
+            {"type": "Failed", "status": "False", "reason": "NoFailure", "lastTransitionTime": "2026-12-06T11:00:00Z"},
+            {"type": "Complete", "status": "False", "reason": "Running", "lastTransitionTime": "2026-12-06T11:00:00Z"},
+        ],
+    }
+    why = "the batch's status was refused 3 times in 31s: 422 Invalid: too big"
+    out = status.unwritable(previous, 4, now, why)
+    assert out["phase"] == "Failed"
+    assert out["message"] == why
+    assert (out["startTime"], out["results"], out["observedGeneration"]) == (
+        previous["startTime"],
+        previous["results"],
+        4,
+    )
+    assert out["completionTime"] == "2026-12-06T12:00:00Z"
+    assert "stages" not in out  # small on purpose: the refusal may be about its size
+    conditions = {c["type"]: c for c in out["conditions"]}
+    assert set(conditions) == {t.value for t in v1alpha1.ConditionType}
+    assert (conditions["Failed"]["status"], conditions["Failed"]["reason"]) == ("True", "StatusWriteFailed")
+    assert conditions["Failed"]["message"] == why
+    assert conditions["Failed"]["lastTransitionTime"] == "2026-12-06T12:00:00Z"  # it flipped now
+    assert conditions["Complete"]["lastTransitionTime"] == "2026-12-06T11:00:00Z"  # still False: kept
+    assert (conditions["Stalled"]["status"], conditions["Ready"]["status"]) == ("True", "False")
+    # What it writes is a valid status by the API's own model.
+    v1alpha1.AnalysisBatchStatus.model_validate(out)

@@ -74,6 +74,8 @@ STORED = {
     "OUTCOME_APPROVED": "approved",
     "OUTCOME_CLAIMED_MS": "claimed_ms",
     "OUTCOME_CALLED_MS": "called_ms",
+    "OUTCOME_SPENT": "spent",
+    "CHILD_INPUT_MARK": "#",
     "STATUS_SUCCEEDED": "succeeded",
     "STATUS_REJECTED": "rejected",
     "STATUS_FAILED": "failed",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from analysis_core import wire
+
 GROUP = "workers"  # the one consumer group of every stage stream
 # The version of this layout (key names, fields, what scripts keep where). A batch's seeded marker holds the
 # version it was seeded with; an operator or worker refuses a batch of a newer layout than its own, and a change
@@ -190,7 +192,7 @@ class BatchKeys:
 
 def child_input(idem: str, key: str) -> str:
     """Field of the results hash holding the input of fan-out child ``key`` of attempt ``idem``."""
-    return f"{idem}#{key}"
+    return f"{idem}{wire.CHILD_INPUT_MARK}{key}"
 
 
 @dataclasses.dataclass(frozen=True)

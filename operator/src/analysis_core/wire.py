@@ -91,6 +91,11 @@ OUTCOME_DELIVERIES = "deliveries"  # a dead letter's
 OUTCOME_APPROVED = "approved"  # an approval gate's release
 OUTCOME_CLAIMED_MS = "claimed_ms"
 OUTCOME_CALLED_MS = "called_ms"
+# What a fanned-out child's input field carries between its parent's attempt key and its own key (keys.child_input).
+CHILD_INPUT_MARK = "#"
+# The outcome an attempt keeps once its item ended with a success and nothing can need it any more (complete.lua):
+# its key stays, so a late duplicate of the attempt is still recognised, but not what it said or produced.
+OUTCOME_SPENT = "spent"
 
 # ---- outcome statuses
 STATUS_SUCCEEDED = "succeeded"

@@ -98,6 +98,13 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def is_refused(exc: ApiError) -> bool:
+    """The API server refused the request itself (invalid, forbidden, too large), so sending it again will not do:
+    400, 403, 413, 422, or etcd's "request is too large" (a 500)."""
+    code = exc.status.code
+    return code in (400, 403, 413, 422) or (code == 500 and "too large" in (exc.status.message or "").lower())
+
+
 def is_conflict(exc: ApiError) -> bool:
     """409: another writer moved first (a stale ``resourceVersion``, or the object already exists)."""
     return exc.status.code == 409

@@ -34,6 +34,7 @@ and the work between them is small and bounded by the plan's size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -56,6 +57,9 @@ R = v1alpha1.Reason
 
 ANNOTATION_SPEC_HASH = "analysis.dev/spec-hash"  # on Jobs and Deployments: the spec last applied
 STORE_BACKOFF_S = 30.0  # the longest wait before the export tries a failing store again
+# The API server refused the batch's status this often, for this long: the batch fails (status.unwritable).
+STATUS_REFUSALS = 3
+STATUS_REFUSED_S = 30.0
 BUSY_POD_COST = "1000"  # pod-deletion-cost of a worker with an item in flight (idle ones: 0)
 SECRET_REAPPLY_S = 30.0  # how often the workers' ServiceAccount and Redis Secret are applied again
 MOUNT_GRACE_S = 5.0  # a worker pod creating its containers this long: ask the kubelet's Events why
@@ -154,6 +158,9 @@ class Reconciler:
         self._sink_retry_at = 0.0  # monotonic: no export pass before this
         self._pending = 0  # ended items the sink does not hold yet (they wait in Redis)
         self._first_failure: str | None = None  # the first failed row, for a Failed batch's message
+        self._refusals = 0  # status writes the API server refused in a row
+        self._refused_since: float | None = None
+        self._gave_up: str | None = None  # why the status could not be written: the batch failed
         self._failures_scanned = False  # the finals list was read from its start for _first_failure
 
     # ---------------------------------------------------------------- step
@@ -171,9 +178,11 @@ class Reconciler:
         obs = status.Observation(generation=generation, now=datetime.now(UTC), problems=problems)
         if compiled is not None:
             obs = await self._drive(batch, body, compiled, children, obs)
+        if self._gave_up is not None and self._written is not None:
+            return self._written  # Failed for good: its workers stop (``_drive``), its status stays as written
         new = status.compute(obs, previous)
         await self._write_status(batch, body, previous, new)
-        return new
+        return self._written if self._gave_up is not None and self._written is not None else new
 
     # ---------------------------------------------------------------- 1. compile
 
@@ -283,9 +292,8 @@ class Reconciler:
             problems.append(status.Problem(R.REDIS_LAYOUT_UNSUPPORTED, str(exc)))
             return dataclasses.replace(obs, plan=the_plan, workers=workers, problems=problems, suspended=spec.suspend)
         terminal = state.phase is not completion.Phase.RUNNING
-        await self._converge(
-            batch, body, the_plan, snapshot, children, stopping=spec.suspend or terminal, problems=problems
-        )
+        stopping = spec.suspend or terminal or self._gave_up is not None
+        await self._converge(batch, body, the_plan, snapshot, children, stopping=stopping, problems=problems)
         exported = await self._export(batch, body, spec, final=terminal, problems=problems)
         if terminal and self._pending:
             # Ended, but not every result is in the sink yet: not Complete (or Failed) until it is.
@@ -471,6 +479,8 @@ class Reconciler:
         """Why workers must not claim (the flag they read before each claim), or "" when they may."""
         if spec.suspend:
             return "spec.suspend"
+        if self._gave_up is not None:
+            return "the batch failed: its status cannot be written"
         if state.phase is completion.Phase.FAILED:
             return "the batch failed"
         if self._pending > self.cfg.results_max_pending:  # backpressure: the results sink is away or full
@@ -743,10 +753,46 @@ class Reconciler:
         if self._written is not None and now - self._written_at < self.cfg.status_interval_s:
             return  # the next step after the interval writes it (the newest by then)
         patch = {"status": {**{key: None for key in previous if key not in new}, **new}}
-        await self.kube.merge_patch(kube.BATCHES.Status, batch.namespace, batch.name, patch)
+        try:
+            await self.kube.merge_patch(kube.BATCHES.Status, batch.namespace, batch.name, patch)
+        except kube.ApiError as exc:
+            if not kube.is_refused(exc):
+                raise  # a conflict, a throttle, a server away: the next step writes again
+            self._refusals += 1
+            self._refused_since = self._refused_since if self._refused_since is not None else now
+            if self._refusals < STATUS_REFUSALS or now - self._refused_since < STATUS_REFUSED_S:
+                raise
+            await self._give_up(batch, body, previous, exc)
+            return
+        self._refusals, self._refused_since = 0, None
         self._written, self._written_at = new, now
         for event in status.events(previous, new):
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+    async def _give_up(
+        self, batch: builders.Batch, body: kopf.Body, previous: Mapping[str, Any], exc: kube.ApiError
+    ) -> None:
+        """The API server keeps refusing the status: the batch fails, says why (a small status, an Event), and
+        its workers stop. Terminal for this reconciler; an operator restart tries the full status once more."""
+        held = time.monotonic() - (self._refused_since or time.monotonic())
+        why = (
+            f"the batch's status was refused {self._refusals} times in {held:.0f}s, so it cannot report progress "
+            f"and stops: {kube.describe(exc)}"
+        )[:4000]
+        generation = int(body["metadata"].get("generation") or 1)
+        minimal = status.unwritable(previous, generation, datetime.now(UTC), why)
+        self._gave_up, self._written, self._written_at = why, minimal, time.monotonic()
+        log.error(f"{batch.namespace}/{batch.name}: {why}")
+        kopf.warn(body, reason=R.STATUS_WRITE_FAILED, message=why)
+        with contextlib.suppress(*queue.UNAVAILABLE):
+            await producer.suspend(self.redis, batch.uid, "the batch failed: its status cannot be written")
+        cleared = {key: None for key in {*previous, *(body.get("status") or {})} if key not in minimal}
+        try:
+            await self.kube.merge_patch(
+                kube.BATCHES.Status, batch.namespace, batch.name, {"status": {**cleared, **minimal}}
+            )
+        except kube.ERRORS as refused:
+            log.error(f"{batch.namespace}/{batch.name}: not even the failed status was taken: {kube.describe(refused)}")
 
 
 # ---------------------------------------------------------------- observation helpers

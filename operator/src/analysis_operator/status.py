@@ -368,6 +368,33 @@ def compute(obs: Observation, previous: Mapping[str, Any] | None) -> dict[str, A
     return status
 
 
+def unwritable(previous: Mapping[str, Any], generation: int, now: datetime, why: str) -> dict[str, Any]:
+    """The status of a batch whose status the API server keeps refusing: Failed, with ``why``, and little else.
+
+    A refused status cannot report progress, and a batch that says Running
+    for ever is worse than one that ends: this is the last status the
+    reconciler writes, small on purpose (the refusal may be about size). It
+    keeps what says where the results are and when the batch ran.
+    """
+    conditions = [
+        _Cond(C.READY, False, R.STATUS_WRITE_FAILED, why),
+        _Cond(C.RECONCILING, False, R.STATUS_WRITE_FAILED, why),
+        _Cond(C.STALLED, True, R.STATUS_WRITE_FAILED, why),
+        _Cond(C.COMPLETE, False, R.FAILED),
+        _Cond(C.FAILED, True, R.STATUS_WRITE_FAILED, why),
+        _Cond(C.SUSPENDED, False, R.NOT_SUSPENDED),
+        _Cond(C.BUDGET_EXCEEDED, False, R.WITHIN_BUDGET),
+        _Cond(C.WAITING_FOR_APPROVAL, False, R.NOTHING_HELD),
+    ]
+    out: dict[str, Any] = {"observedGeneration": generation, "phase": str(P.FAILED), "message": why[:32768]}
+    for kept in ("startTime", "results"):
+        if previous.get(kept):
+            out[kept] = previous[kept]
+    out["completionTime"] = _timestamp(now)
+    out["conditions"] = _merge_conditions(conditions, previous.get("conditions") or [], now, generation)
+    return out
+
+
 def _headline(conditions: Sequence[_Cond], phase: v1alpha1.Phase) -> str:
     """The most useful thing to know now, for ``kubectl get``: the first condition with a message that matters."""
     by_type = {c.type: c for c in conditions}

@@ -109,7 +109,10 @@ class Completion:
     """An attempt's end, as ``complete.lua`` records it, and how many new messages to claim in the same step.
 
     ``final``: the item's journey ends with this attempt (no route onward, or
-    failed for good); its key is appended to the batch's finals.
+    failed for good); its key is appended to the batch's finals. ``spent``:
+    keys of the item's earlier attempts nothing needs any more (an item that
+    ended with a success, ``routing.spent``): their outcomes become
+    ``wire.OUTCOME_SPENT`` and their results go, in the same step.
     """
 
     delivery: Delivery
@@ -120,6 +123,7 @@ class Completion:
     more_results: dict[str, str] = dataclasses.field(default_factory=dict)
     final: bool = False
     claim: int = 0
+    spent: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +355,7 @@ class StageQueue:
                     first_route_key,
                     c.more_results,
                     c.final,
+                    list(c.spent),
                 ]
             )
             texts += [_COMPACT(c.outcome), c.result or ""]

@@ -618,8 +618,20 @@ class Worker:
             )  # what it ends with is the reviewed answer, not the verdict
         usage = self._usage(model, tokens)
         increments = {**routed.increments, **usage}
+        spent: list[str] = []
+        if final and routed.status != wire.STATUS_FAILED:  # ended with a success: its earlier attempts are spent
+            keep = {idem, str(outcome.get(wire.OUTCOME_OUTPUT_KEY) or idem)}
+            spent = routing.spent(self.plan, message, self.stage, keep)
         completion = consumer.Completion(
-            delivery, outcome, text, increments, routed.routes, routed.results, final, claim=self._claim_next()
+            delivery,
+            outcome,
+            text,
+            increments,
+            routed.routes,
+            routed.results,
+            final,
+            claim=self._claim_next(),
+            spent=spent,
         )
         finished = await self.queue.finish(completion)
         self._start(finished.claimed)

@@ -213,3 +213,28 @@ def _child_key(element: Any, key_field: str | None, position: int) -> str:
     # Child ids are words separated by single spaces and never contain "/" (the id separator).
     words = str(raw).replace("/", "-").split()
     return " ".join(words)[:100] or str(position)
+
+
+def spent(the_plan: plan.Plan, message: queue.Message, stage: plan.StagePlan, keep: set[str]) -> list[str]:
+    """The keys of the item's earlier attempts, which nothing needs once it ended with a success at ``stage``.
+
+    Every stage up to ``stage``, every round up to the message's, the
+    attempts the retry policy allows (or the message's own number, after a
+    re-run), but the ones in ``keep`` (the ending attempt, and the answer it
+    ends with). ``complete.lua`` turns their outcomes into ``OUTCOME_SPENT``
+    and drops their results in the step that ends the item: what stays of a
+    finished item is its end (finals, outcome, result) and one short field
+    per attempt. Keys of attempts that never ran cost nothing to name.
+    Fan-out children are items of their own: their parent's attempts (which
+    siblings may still need) are never among them.
+    """
+    out = []
+    k = keys.BatchKeys(the_plan.uid)
+    for earlier in the_plan.stages[: stage.index + 1]:
+        most = max(earlier.retry.max_attempts, message.attempt)
+        for round_ in range(message.round + 1):
+            for attempt in range(1, most + 1):
+                idem = k.idem(earlier.name, message.item, round_, attempt)
+                if idem not in keep:
+                    out.append(idem)
+    return out

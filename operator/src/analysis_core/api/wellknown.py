@@ -128,6 +128,7 @@ class Reason(enum.StrEnum):
     PROVIDER_SERVED_ELSEWHERE = "ProviderServedElsewhere"  # another install's operator holds the account
     RESULTS_STORE_UNAVAILABLE = "ResultsStoreUnavailable"  # the results store is missing, refuses or does not answer
     RESULTS_TOO_LARGE = "ResultsTooLarge"  # the ConfigMap results sink reached its ceiling
+    STATUS_WRITE_FAILED = "StatusWriteFailed"  # the API server kept refusing the batch's status: it failed
     # An AnalysisProvider's conditions.
     ACCOUNT_SERVING = "Serving"
     ACCOUNT_PAUSED = "RetryAfter"  # the provider asked the account to wait

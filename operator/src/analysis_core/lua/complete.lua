@@ -28,6 +28,10 @@
 --   [6] where the attempt's route keys start in KEYS
 --   [7] object of more results to store (a fanned-out child's input)
 --   [8] true if the item's journey ends with this attempt (final)
+--   [9] keys of the item's earlier attempts nothing needs any more (it ended with a success): their outcomes
+--       become OUTCOME_SPENT (the key stays: a late duplicate is still known) and their results go; the ends
+--       of earlier runs (failed, dead-lettered) stay whole. A fan-out's children are counted in the results
+--       hash (<attempt>CHILD_INPUT_MARK); the last of them to end with a success spends the fan-out's attempt
 -- ARGV[8..] two per attempt, in the same order: its outcome JSON and its result ('' where [3] is false), kept out
 --           of the JSON above so that neither is escaped again nor decoded on its way into its hash
 -- Returns {one per attempt: 1 when this call completed it, 0 for a duplicate;
@@ -48,8 +52,13 @@ local function finish(attempt, outcome, result)
   if attempt[3] then
     redis.call('HSET', KEYS[3], idem, result)
   end
+  local children = 0
   for key, value in pairs(attempt[7]) do
     redis.call('HSET', KEYS[3], key, value)
+    if string.find(key, CHILD_INPUT_MARK, 1, true) then children = children + 1 end
+  end
+  if children > 0 then  -- a fan-out: how many of its children have yet to end with a success
+    redis.call('HSET', KEYS[3], idem .. CHILD_INPUT_MARK, children)
   end
   for field, n in pairs(attempt[4]) do
     counted[field] = (counted[field] or 0) + n
@@ -66,6 +75,30 @@ local function finish(attempt, outcome, result)
   end
   if attempt[8] then
     redis.call('RPUSH', KEYS[6], idem)
+  end
+  for _, old in ipairs(attempt[9] or {}) do
+    local raw = redis.call('HGET', KEYS[2], old)
+    if raw and raw ~= OUTCOME_SPENT then
+      local ok, said = pcall(cjson.decode, raw)
+      -- An end of an earlier run (failed or dead-lettered, then re-run) stays as it was: the finals list names it.
+      if not (ok and type(said) == 'table' and (said[OUTCOME_STATUS] == STATUS_FAILED
+          or said[OUTCOME_STATUS] == STATUS_DEAD)) then
+        redis.call('HSET', KEYS[2], old, OUTCOME_SPENT)
+        redis.call('HDEL', KEYS[3], old)
+        -- A fanned-out child's input (<parent attempt>CHILD_INPUT_MARK<key>) is this item's alone: it goes too,
+        -- and the last child to end spends its parent's attempt (children carry copies of what they need).
+        local input = ok and type(said) == 'table' and said[OUTCOME_INPUT]
+        local mark = type(input) == 'string' and string.find(input, CHILD_INPUT_MARK, 1, true)
+        if mark and redis.call('HDEL', KEYS[3], input) == 1 then
+          local parent = string.sub(input, 1, mark - 1)
+          local left = parent .. CHILD_INPUT_MARK
+          if redis.call('HEXISTS', KEYS[3], left) == 1 and redis.call('HINCRBY', KEYS[3], left, -1) <= 0 then
+            redis.call('HDEL', KEYS[3], left, parent)
+            if redis.call('HEXISTS', KEYS[2], parent) == 1 then redis.call('HSET', KEYS[2], parent, OUTCOME_SPENT) end
+          end
+        end
+      end
+    end
   end
   return 1
 end

@@ -162,6 +162,10 @@ bench-pods: install controlplane ## benchmark pods that carry many calls on the 
 bench-failover: install controlplane ## benchmark operator failover: two replicas and a leader Lease, the leader killed or stopped, until the standby's first reconcile (~3 min); writes bench/results/failover.json
 	$(PY) bench/scale_failover.py
 
+.PHONY: bench-scale
+bench-scale: install controlplane seaweedfs node-images ## benchmark batches at scale on the real node: 10,000 items, 100 batches at once, a 5-stage batch's Redis memory (needs root); writes bench/results/scale.json
+	$(PY) bench/scale_batches.py $(BENCH_ARGS)
+
 .PHONY: bench-build
 bench-build: ## benchmark a cold control-plane build (empty Go build cache, ~7 min); writes bench/results/
 	bench/controlplane_build.sh

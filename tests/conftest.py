@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 import redis
 
-from analysis_core import env, keys, plan, queue
+from analysis_core import env, keys, plan, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_devcluster import cluster
 from analysis_operator import producer
@@ -332,3 +332,22 @@ def simulate(the_plan: plan.Plan, items: list[str]) -> Prediction:
 def simulate_fixture() -> Callable[[plan.Plan, list[str]], Prediction]:
     """``simulate(plan, items)``: the outcomes and counters a run of ``plan`` must record."""
     return simulate
+
+
+def assert_recorded(raw: dict[str, str], expected: dict[str, str]) -> None:
+    """Every predicted attempt recorded (the outcomes hash, attempt key -> value) with its predicted status, or
+    spent: an earlier attempt of an item that ended with a success, whose outcome goes then (the key stays; a
+    retried one keeps its status), which never hides a failure."""
+    assert set(raw) == set(expected)
+    for key, value in raw.items():
+        if value == wire.OUTCOME_SPENT:
+            assert expected[key] not in (wire.STATUS_FAILED, wire.STATUS_DEAD), key
+        else:
+            assert json.loads(value)[wire.OUTCOME_STATUS] == expected[key], key
+    assert any(value != wire.OUTCOME_SPENT for value in raw.values())
+
+
+@pytest.fixture(name="assert_recorded")
+def assert_recorded_fixture() -> Callable[[dict[str, str], dict[str, str]], None]:
+    """``assert_recorded(outcomes, expected)``: the batch's outcomes hash against a ``simulate`` prediction."""
+    return assert_recorded

@@ -28,7 +28,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stock-research.yam
 
 
 @pytest.mark.timeout(180)
-async def test_stock_research_runs_to_the_predicted_results(workers: Any, redis: queue.Redis, simulate: Any) -> None:
+async def test_stock_research_runs_to_the_predicted_results(
+    workers: Any, redis: queue.Redis, simulate: Any, assert_recorded: Any
+) -> None:
     spec = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))["spec"]
     for provider in spec["providers"].values():  # the demo's latency only slows the test down
         provider.setdefault("offline", {})["latencyMilliseconds"] = 0
@@ -57,11 +59,7 @@ async def test_stock_research_runs_to_the_predicted_results(workers: Any, redis:
         if state.phase is completion.Phase.COMPLETE:
             break
         await asyncio.sleep(0.05)
-    recorded = {
-        key: json.loads(value)["status"]
-        for key, value in (await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)).items()
-    }
-    assert recorded == expected
+    assert_recorded(await redis.hgetall(keys.BatchKeys(batch.uid).outcomes), expected)
     for worker in workers.started:
         assert await asyncio.to_thread(worker.process.wait, 30) == 0
     # The top 5, each with a report that matches the example's schema.

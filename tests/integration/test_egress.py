@@ -163,7 +163,8 @@ async def run(
 
         await workers.eventually(settled, 60, "every item settled")
     raw = await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)
-    return {key.split("/")[2]: json.loads(value) for key, value in raw.items()}  # <uid>/<stage>/<item>/...
+    # <uid>/<stage>/<item>/...; an item's earlier attempts are spent once it ended with a success
+    return {key.split("/")[2]: json.loads(value) for key, value in raw.items() if value != wire.OUTCOME_SPENT}
 
 
 def statuses(outcomes: dict[str, dict[str, Any]]) -> dict[str, str]:

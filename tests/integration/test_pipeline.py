@@ -5,12 +5,11 @@ function of seed, stage, item and round) fed through the routing rules. The run 
 no more and no fewer, so a routing bug, a lost item or a duplicate fails it.
 """
 
-import json
 from typing import Any
 
 import pytest
 
-from analysis_core import keys, queue, wire
+from analysis_core import keys, queue
 from analysis_worker import consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,7 +46,7 @@ def pipeline(on_exhausted: str, rejection_rate: float = REJECTION_RATE) -> dict[
 @pytest.mark.parametrize("on_exhausted", ["AcceptLast", "Fail"])
 @pytest.mark.timeout(120)
 async def test_the_run_records_exactly_the_predicted_outcomes(
-    on_exhausted: str, workers: Any, redis: queue.Redis, simulate: Any
+    on_exhausted: str, workers: Any, redis: queue.Redis, simulate: Any, assert_recorded: Any
 ) -> None:
     batch = workers.batch(pipeline(on_exhausted))
     prediction = simulate(batch.plan, batch.items)
@@ -82,22 +81,10 @@ async def test_the_run_records_exactly_the_predicted_outcomes(
     assert review.counters["rejected_round_0"] > 0
 
 
-def assert_recorded(raw: dict[str, str], expected: dict[str, str]) -> None:
-    """Every predicted attempt recorded with its predicted status, or spent: an earlier attempt of an item that
-    ended with a success (its outcome is dropped then, its key kept), which never hides a failure."""
-    assert set(raw) == set(expected)
-    for key, value in raw.items():
-        if value == wire.OUTCOME_SPENT:
-            assert expected[key] not in ("failed", "dead"), key
-        else:
-            assert json.loads(value)["status"] == expected[key], key
-    assert any(value != wire.OUTCOME_SPENT for value in raw.values())
-
-
 @pytest.mark.parametrize(("on_exhausted", "last_status"), [("Fail", "failed"), ("AcceptLast", "succeeded")])
 @pytest.mark.timeout(120)
 async def test_a_judge_that_always_rejects_ends_every_item_by_on_exhausted(
-    on_exhausted: str, last_status: str, workers: Any, redis: queue.Redis, simulate: Any
+    on_exhausted: str, last_status: str, workers: Any, redis: queue.Redis, simulate: Any, assert_recorded: Any
 ) -> None:
     batch = workers.batch(pipeline(on_exhausted, rejection_rate=1.0))
     prediction = simulate(batch.plan, batch.items)

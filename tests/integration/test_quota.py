@@ -37,7 +37,7 @@ REFUSALS = [
 
 async def outcomes(redis: queue.Redis, uid: str) -> dict[str, dict[str, Any]]:
     raw = await redis.hgetall(keys.BatchKeys(uid).outcomes)
-    return {key.split("/", 1)[1]: json.loads(value) for key, value in raw.items()}
+    return {key.split("/", 1)[1]: json.loads(value) for key, value in raw.items() if value != wire.OUTCOME_SPENT}
 
 
 def most_probes(span_s: float) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from analysis_core import keys, plan, queue
+from analysis_core import keys, plan, queue, wire
 from analysis_devcluster import standin
 from analysis_worker import consumer
 
@@ -24,7 +24,7 @@ API_KEY = "sk-test-4f1c9e2d7b"  # what the stand-in (tests/integration/conftest.
 
 async def outcomes(redis: queue.Redis, uid: str) -> dict[str, dict[str, Any]]:
     raw = await redis.hgetall(keys.BatchKeys(uid).outcomes)
-    return {key.split("/", 1)[1]: json.loads(value) for key, value in raw.items()}
+    return {key.split("/", 1)[1]: json.loads(value) for key, value in raw.items() if value != wire.OUTCOME_SPENT}
 
 
 @pytest.mark.parametrize("api", ["anthropic", "openai"])

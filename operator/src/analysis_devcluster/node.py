@@ -53,6 +53,7 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 CLUSTER_DOMAIN = "cluster.local"
 CONTAINERD_NAMESPACE = "k8s.io"  # the namespace the CRI plugin keeps its images and containers in
 SYSTEM_PACKAGES_HINT = "run `tools/system-packages.sh`"
+MAX_PODS_ENV = "ANALYSIS_DEVCLUSTER_MAX_PODS"  # the kubelet's maxPods (default 110)
 # CoreDNS reads Services and their endpoints; the apiserver's kubelet client (kubectl logs, exec) may use
 # the kubelet's API, which the kubelet asks the apiserver about (webhook authorization), as kubeadm grants it.
 NODE_RBAC = """
@@ -513,7 +514,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "nodeStatusUpdateFrequency": "4s",
             "syncFrequency": "10s",
             "shutdownGracePeriod": "0s",
-            "maxPods": 110,
+            # The kubelet's default; a benchmark of many batches at once raises it (bench/scale_batches.py).
+            "maxPods": int(os.environ.get(MAX_PODS_ENV) or 110),
         }
         path = self.state_dir / "kubelet.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

@@ -29,7 +29,8 @@
 --   [7] object of more results to store (a fanned-out child's input)
 --   [8] true if the item's journey ends with this attempt (final)
 --   [9] keys of the item's earlier attempts nothing needs any more (it ended with a success): their outcomes
---       become OUTCOME_SPENT (the key stays: a late duplicate is still known) and their results go; the ends
+--       become OUTCOME_SPENT (the key stays: a late duplicate is still known; a retried attempt keeps its status
+--       and error class) and their results go; the ends
 --       of earlier runs (failed, dead-lettered) stay whole. A fan-out's children are counted in the results
 --       hash (<attempt>CHILD_INPUT_MARK); the last of them to end with a success spends the fan-out's attempt
 -- ARGV[8..] two per attempt, in the same order: its outcome JSON and its result ('' where [3] is false), kept out
@@ -83,7 +84,13 @@ local function finish(attempt, outcome, result)
       -- An end of an earlier run (failed or dead-lettered, then re-run) stays as it was: the finals list names it.
       if not (ok and type(said) == 'table' and (said[OUTCOME_STATUS] == STATUS_FAILED
           or said[OUTCOME_STATUS] == STATUS_DEAD)) then
-        redis.call('HSET', KEYS[2], old, OUTCOME_SPENT)
+        if ok and type(said) == 'table' and said[OUTCOME_STATUS] == STATUS_RETRY then
+          -- Why the item was retried stays readable (two short fields); the rest goes.
+          redis.call('HSET', KEYS[2], old, cjson.encode({[OUTCOME_STATUS] = STATUS_RETRY,
+            [OUTCOME_ERROR_CLASS] = said[OUTCOME_ERROR_CLASS]}))
+        else
+          redis.call('HSET', KEYS[2], old, OUTCOME_SPENT)
+        end
         redis.call('HDEL', KEYS[3], old)
         -- A fanned-out child's input (<parent attempt>CHILD_INPUT_MARK<key>) is this item's alone: it goes too,
         -- and the last child to end spends its parent's attempt (children carry copies of what they need).

@@ -77,6 +77,20 @@ def predicted_ends(
     return {idem: r.status for idem, r in routed.items() if not r.routes}
 
 
+async def run_to_the_end(workers: Any, redis: queue.Redis, batch: Any, attempts: int, within_s: float) -> None:
+    """Seed ``batch``, run a worker per stage, and wait until ``attempts`` outcomes are recorded and all is drained."""
+    await batch.seed()
+    for stage in batch.plan.stages:
+        workers.start(batch, stage.name)
+
+    async def finished() -> bool:
+        recorded = await redis.hlen(keys.BatchKeys(batch.uid).outcomes)
+        counts = [await consumer.stage_counts(redis, batch.uid, s.name) for s in batch.plan.stages]
+        return recorded == attempts and all(c.drained for c in counts)
+
+    await workers.eventually(finished, within_s, "every predicted attempt recorded")
+
+
 async def all_finals(redis: queue.Redis, uid: str, page: int = 7) -> list[producer.FinalRecord]:
     """The whole list, read in pages as an exporter would."""
     records: list[producer.FinalRecord] = []
@@ -106,16 +120,7 @@ async def test_finals_are_exactly_the_predicted_ends(
     assert prediction.counters.get("exhausted", 0) > 0
     assert prediction.counters.get("approved", 0) > 0
     assert ("failed" in ends.values()) is (on_exhausted == "Fail")
-    await batch.seed()
-    for stage in batch.plan.stages:
-        workers.start(batch, stage.name)
-
-    async def finished() -> bool:
-        recorded = await redis.hlen(keys.BatchKeys(batch.uid).outcomes)
-        counts = [await consumer.stage_counts(redis, batch.uid, s.name) for s in batch.plan.stages]
-        return recorded == len(expected) and all(c.drained for c in counts)
-
-    await workers.eventually(finished, 60, "every predicted attempt recorded")
+    await run_to_the_end(workers, redis, batch, len(expected), 60)
     records = await all_finals(redis, batch.uid)
     assert {r.idem: r.status for r in records} == ends
     assert set(Counter(r.item for r in records).values()) == {1}  # each item ends exactly once
@@ -349,16 +354,7 @@ async def test_an_item_that_ended_keeps_its_end_and_under_a_kilobyte_besides(
     spec["items"] = [f"sector-{n:03d}" for n in range(120)]
     batch = workers.batch(spec)
     prediction = simulate(batch.plan, batch.items)
-    await batch.seed()
-    for stage in batch.plan.stages:
-        workers.start(batch, stage.name)
-
-    async def finished() -> bool:
-        recorded = await redis.hlen(keys.BatchKeys(batch.uid).outcomes)
-        counts = [await consumer.stage_counts(redis, batch.uid, s.name) for s in batch.plan.stages]
-        return recorded == len(prediction.outcomes) and all(c.drained for c in counts)
-
-    await workers.eventually(finished, 90, "every predicted attempt recorded")
+    await run_to_the_end(workers, redis, batch, len(prediction.outcomes), 90)
     k = keys.BatchKeys(batch.uid)
     records = await all_finals(redis, batch.uid)
     ended = {r.idem for r in records}

@@ -66,14 +66,12 @@ async def tear_down(
         if batch_user:
             await producer.remove_user(redis, uid)  # also closes its connections
     except queue.UNAVAILABLE as exc:
-        if retry < GIVE_UP_AFTER:
-            why = f"Redis unavailable, the batch's keys remain; retry {retry + 1} of {GIVE_UP_AFTER}: {exc}"
-            kopf.warn(body, reason=wellknown.Reason.CLEANUP_RETRYING, message=why)
-            raise kopf.TemporaryError(why, delay=5) from exc
-        kopf.warn(
+        _again_or_give_up(
             body,
-            reason=wellknown.Reason.CLEANUP_INCOMPLETE,
-            message=f"gave up after {retry} tries: Redis keys matching {keys.BatchKeys(uid).pattern} remain ({exc})",
+            retry,
+            exc,
+            "Redis unavailable, the batch's keys remain",
+            f"Redis keys matching {keys.BatchKeys(uid).pattern} remain",
         )
         return
     logger.info(f"removed {removed} Redis keys and every child of the batch")
@@ -123,15 +121,17 @@ async def _results(
                 await client.merge_patch(kube.CONFIGMAPS, batch.namespace, chunk.metadata.name, patch)
     except _RESULTS_ERRORS as exc:
         what = "delete" if spec.on_delete is v1alpha1.ResultsOnDelete.DELETE else "keep"
-        if retry < GIVE_UP_AFTER:
-            why = f"cannot {what} the results yet, retry {retry + 1} of {GIVE_UP_AFTER}: {exc}"
-            kopf.warn(body, reason=wellknown.Reason.CLEANUP_RETRYING, message=why)
-            raise kopf.TemporaryError(why, delay=5) from exc
-        kopf.warn(
-            body,
-            reason=wellknown.Reason.CLEANUP_INCOMPLETE,
-            message=f"gave up after {retry} tries: could not {what} every result ({exc})",
-        )
+        _again_or_give_up(body, retry, exc, f"cannot {what} the results yet", f"could not {what} every result")
+
+
+def _again_or_give_up(body: kopf.Body, retry: int, exc: Exception, waiting: str, left: str) -> None:
+    """Raise to be called again in a moment (a Warning Event says so), or, after ``GIVE_UP_AFTER`` tries, post a
+    Warning Event naming what is ``left`` behind and return: the batch must not stay Terminating for ever."""
+    if retry < GIVE_UP_AFTER:
+        why = f"{waiting}; retry {retry + 1} of {GIVE_UP_AFTER}: {exc}"
+        kopf.warn(body, reason=wellknown.Reason.CLEANUP_RETRYING, message=why)
+        raise kopf.TemporaryError(why, delay=5) from exc
+    kopf.warn(body, reason=wellknown.Reason.CLEANUP_INCOMPLETE, message=f"gave up after {retry} tries: {left} ({exc})")
 
 
 async def _stop_claims(redis: queue.Redis, uid: str) -> None:

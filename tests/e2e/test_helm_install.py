@@ -62,7 +62,8 @@ KOPF_CLUSTER_SCOPED = re.compile(
     r"GET https://[^/ ]+/(api/v1/namespaces|apis/apiextensions\.k8s\.io/v1/customresourcedefinitions)[? ]"
     r"|Not enough permissions to (list namespaces|watch for namespaces|watch for resources)"
 )
-REFUSED = re.compile(r"forbidden|\b403\b|not enough permissions|failed to post an event", re.IGNORECASE)
+# A 403 as a status code, not the milliseconds of a log line's timestamp (",403").
+REFUSED = re.compile(r"forbidden|(?<![,.:])\b403\b|not enough permissions|failed to post an event", re.IGNORECASE)
 
 
 @dataclasses.dataclass

@@ -216,7 +216,7 @@ def test_a_results_store_outage_pauses_claims_and_loses_nothing(batches: Any) ->
     """The install's store goes away mid-batch: a condition names the setting, ended items wait in Redis, claims
     pause once more than the operator's cap wait, and when the store is back every item is there exactly once."""
     manifest = example("ticker-summary", latency_ms=300)
-    items = [f"S{i:02d}" for i in range(40)]
+    items = [f"S{i:03d}" for i in range(150)]  # 15 s of work at concurrency 3: the outage starts well before
     manifest["spec"]["items"] = items
     batches.apply(manifest)
     name = manifest["metadata"]["name"]

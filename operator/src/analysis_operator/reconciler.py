@@ -658,6 +658,11 @@ class Reconciler:
         if now < self._sink_retry_at or (not final and now < self._results_due):
             if self._sink_problem is not None:
                 problems.append(self._sink_problem)
+            if self._results is not None and self._results.get("sink") == sink.kind:
+                # Between passes (and while a failing sink is backed off), what waits still counts every step:
+                # claims pause as soon as it passes the cap, not at the next pass.
+                self._pending = max(0, await producer.finals_length(self.redis, batch.uid) - sink.rows)
+                self._results = {**self._results, "pending": self._pending}
             return self._results
         self._results_due = now + self.cfg.results_interval_s
         problem: status.Problem | None = None

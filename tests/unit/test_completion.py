@@ -62,6 +62,21 @@ def test_work_anywhere_upstream_holds_the_rest_open() -> None:
     assert completion.sealable(PLAN, snap({"research", "draft", "polish", "review"}, busy={"review"})) == []
 
 
+def test_a_stage_may_be_fed_while_an_earlier_unit_or_its_own_loop_has_work() -> None:
+    # The first stage: only what was seeded, nothing more comes.
+    assert not completion.may_be_fed(PLAN, snap(set(), busy={"research"}), "research")
+    # research still open or at work: the loop after it may get more.
+    assert completion.may_be_fed(PLAN, snap(set()), "draft")
+    assert completion.may_be_fed(PLAN, snap({"research"}, busy={"research"}), "draft")
+    # research sealed and drained: draft gets more only from its loop (a rejection, polish's output back).
+    assert not completion.may_be_fed(PLAN, snap({"research"}, busy={"draft"}), "draft")
+    assert completion.may_be_fed(PLAN, snap({"research"}, busy={"review"}), "draft")
+    assert completion.may_be_fed(PLAN, snap({"research"}, busy={"polish"}), "review")
+    # report, after the loop: fed while anything of the loop runs.
+    assert completion.may_be_fed(PLAN, snap({"research", "draft", "polish", "review"}, busy={"review"}), "report")
+    assert not completion.may_be_fed(PLAN, snap({"research", "draft", "polish", "review"}), "report")
+
+
 def test_state_follows_seals_drains_and_the_failure_policy() -> None:
     everything = {s.name for s in PLAN.stages}
     assert completion.state(PLAN, snap(everything - {"report"}), 0).phase is completion.Phase.RUNNING

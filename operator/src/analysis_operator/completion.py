@@ -61,6 +61,15 @@ def _upstream_done(the_plan: plan.Plan, snapshot: producer.Snapshot, stage: str)
     return True
 
 
+def may_be_fed(the_plan: plan.Plan, snapshot: producer.Snapshot, stage: str) -> bool:
+    """Whether work may still reach ``stage`` beyond what it holds now: an earlier unit is not sealed and drained,
+    or another stage of its judge loop has work (a rejection comes back)."""
+    if not _upstream_done(the_plan, snapshot, stage):
+        return True
+    unit = next(unit for unit in units(the_plan) if stage in unit)
+    return any(not snapshot.stages[name].drained for name in unit if name != stage)
+
+
 def collectable(the_plan: plan.Plan, snapshot: producer.Snapshot) -> list[str]:
     """Collect stages whose items are all in (``producer.collect`` them, then seal)."""
     if not snapshot.seeded:

@@ -11,8 +11,15 @@ import pytest
 
 from analysis_core import queue
 from analysis_core.api import v1alpha1
-from analysis_devcluster import standin
+from analysis_devcluster import rediscluster, standin
 from analysis_operator import accounts, builders, reconciler
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rediscluster.RedisCluster]:
+    """A real Redis Cluster of three primaries for the session (``redis+cluster://`` URL in ``.url``)."""
+    with rediscluster.RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from analysis_core import keys, plan, queue, scripts, wire
 from analysis_operator import producer
 from analysis_worker import consumer
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["one-instance", "cluster-of-three"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every test of the module on the dev cluster's Redis, then on a real Redis Cluster of three primaries."""
+    if request.param == "cluster-of-three":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("devcluster").redis_url)
 
 
 @pytest.fixture
@@ -88,9 +97,14 @@ async def test_complete_routes_and_acknowledges_once(clients: tuple[queue.Redis,
 
 
 async def script_calls(client: queue.Redis) -> int:
-    """Scripts Redis has run so far (FCALL of the project's functions)."""
-    stats = await client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("fcall", "fcall_ro"))
+    """Scripts Redis has run so far (FCALL of the project's functions), on every primary of a cluster."""
+    if isinstance(client, RedisCluster):
+        nodes = [await client.info("commandstats", target_nodes=node) for node in client.get_primaries()]
+    else:
+        nodes = [await client.info("commandstats")]
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for stats in nodes for name in ("fcall", "fcall_ro")
+    )
 
 
 async def test_completions_finished_together_are_one_script_call_each_attempt_on_its_own(
@@ -475,8 +489,16 @@ async def test_the_functions_are_loaded_by_the_operator_side_and_awaited_by_the_
         # The operator's next call loads them and goes on.
         assert (await producer.snapshot(client, uid, ["a", "b"])).layout == keys.LAYOUT_VERSION
         library = scripts.library()
-        (listed,) = await client.function_list(library=library.name)  # RESP2: [name, value, name, value, ...]
-        assert dict(zip(listed[::2], listed[1::2], strict=True))["library_name"] == library.name
+        # RESP2: [name, value, name, value, ...]; a cluster answers per primary, and has it on each.
+        answer = await client.function_list(library=library.name)
+        if isinstance(client, RedisCluster):
+            assert len(answer) == len(client.get_primaries())
+            listings = [listed for per_node in answer.values() for listed in per_node]
+        else:
+            listings = answer
+        assert listings
+        for listed in listings:
+            assert dict(zip(listed[::2], listed[1::2], strict=True))["library_name"] == library.name
         (delivery,) = (await q.claim(1, 100)).deliveries
         assert delivery.message.item == "NVDA"
         # An error inside a function names the script's file and line, not the library's.

@@ -14,6 +14,14 @@ from analysis_worker import ratelimit
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module", params=["one-instance", "cluster-of-three"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every test of the module on the dev cluster's Redis, then on a real Redis Cluster of three primaries."""
+    if request.param == "cluster-of-three":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("devcluster").redis_url)
+
+
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[queue.Redis]:
     c = queue.connect(redis_url)

@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from analysis_core import wire
 
@@ -59,8 +60,13 @@ Redis = aioredis.Redis
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,  # a Redis Cluster with a slot unserved (a primary failing over)
+    redis.exceptions.TryAgainError,
     OSError,
 )
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}  # a Redis Cluster, from one seed node
 
 
 def connect(url: str, password: str | None = None, username: str | None = None) -> Redis:
@@ -69,16 +75,29 @@ def connect(url: str, password: str | None = None, username: str | None = None) 
     RESP2 is pinned: the reply shapes this module parses are RESP2's, whatever
     a future client chooses by default. ``password`` (kept out of the URL, so
     a logged URL never carries it) overrides one in the URL, and ``username``
-    (a batch's own user, ``tenancy``) one there.
+    (a batch's own user, ``tenancy``) one there. ``redis+cluster://host:port``
+    (or ``rediss+cluster://``) is a Redis Cluster found from that node: every
+    key of a batch shares its hash tag, so each script's keys are in one slot.
     """
     options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, "protocol": 2}
-    return aioredis.Redis.from_url(url, decode_responses=True, **options | _credential(password, username))
+    return _client(url, options | _credential(password, username))
 
 
 def connect_blocking(url: str, password: str | None = None, username: str | None = None) -> Redis:
     """A client for blocking reads only: no socket timeout (the block bounds the wait), no retries."""
     options: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 5, "retry": None, "protocol": 2}
-    return aioredis.Redis.from_url(url, decode_responses=True, **options | _credential(password, username))
+    return _client(url, options | _credential(password, username))
+
+
+def _client(url: str, options: dict[str, Any]) -> Redis:
+    scheme, _, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        options.pop("retry", None)  # the cluster client retries by its own policy (moved slots, failovers)
+        cluster = RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", decode_responses=True, **options)
+        # The cluster client answers the commands this project sends as the single-node one does (the scripts'
+        # keys share a slot, FUNCTION LOAD goes to every primary, SCAN walks every primary).
+        return cast(Redis, cluster)
+    return aioredis.Redis.from_url(url, decode_responses=True, **options)
 
 
 def _credential(password: str | None, username: str | None) -> dict[str, Any]:

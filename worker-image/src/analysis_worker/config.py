@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pydantic
 
-from analysis_core import env, plan, tenancy
+from analysis_core import env, plan, queue, tenancy
 from analysis_core.api import v1alpha1
 
 
@@ -116,8 +116,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
         return value
 
     redis_url = required(env.REDIS_URL)
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        problems.append(f"{env.REDIS_URL} must be a redis://, rediss:// or unix:// URL")
+    schemes = ("redis://", "rediss://", "unix://", *(f"{scheme}://" for scheme in queue.CLUSTER_SCHEMES))
+    if redis_url and not redis_url.startswith(schemes):
+        problems.append(f"{env.REDIS_URL} must be a redis://, rediss://, unix:// or redis+cluster:// URL")
     uid = required(env.BATCH_UID)
     stage = required(env.STAGE)
     plan_path = required(env.PLAN_PATH)

@@ -24,6 +24,7 @@ from analysis_core import keys, queue, wire
 from analysis_devcluster import s3server
 from analysis_devcluster.cluster import DevCluster
 from analysis_operator import builders, export, kube, objectstore, producer, results, sinks
+from analysis_operator.plugin import stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crds_installed")]
 
@@ -171,9 +172,7 @@ async def test_an_object_store_export_pass_costs_one_put_per_part_whatever_exist
         manifest = restarted.manifest()
         assert manifest["location"] == f"s3://{BUCKET}/analysis/tenant-a/big/{batch.uid}/"
         assert manifest["rows"] == existing + 5
-        found = await store.list(sinks.folder(store.settings, batch))
-        parts = [(key, (await store.get(key) or b"").decode()) for key, _ in found if results.parse_part(key)]
-        rows = results.read_parts(parts)
+        rows = await stored.read_folder(store, sinks.folder(store.settings, batch).rstrip("/"))
         assert [r["item"] for r in rows] == [f"item-{n:05d}" for n in range(existing + 5)]
         assert rows[3]["status"] == "failed"
         assert rows[3]["errorClass"] == "Permanent"
@@ -229,9 +228,8 @@ async def test_a_store_away_keeps_the_rows_in_redis_and_the_export_goes_on_when_
         except objectstore.StoreError:
             assert time.monotonic() < deadline, "not exported within 60 s of the store's return"
             await asyncio.sleep(1.0)
-    found = await store.list(sinks.folder(store.settings, batch))
-    parts = [(key, (await store.get(key) or b"").decode()) for key, _ in found if results.parse_part(key)]
-    assert [r["item"] for r in results.read_parts(parts)] == [f"item-{n:05d}" for n in range(65)]
+    rows = await stored.read_folder(store, sinks.folder(store.settings, batch).rstrip("/"))
+    assert [r["item"] for r in rows] == [f"item-{n:05d}" for n in range(65)]
 
 
 async def test_a_wrong_bucket_or_credential_names_the_setting(

@@ -46,10 +46,11 @@ def read_location(location: str, endpoint: str | None) -> list[dict[str, Any]]:
             objectstore.CREDENTIALS: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         },
     )
-    return asyncio.run(_read(objectstore.open_store(settings), folder))
+    return asyncio.run(read_folder(objectstore.open_store(settings), folder))
 
 
-async def _read(store: objectstore.Store, folder: str) -> list[dict[str, Any]]:
+async def read_folder(store: objectstore.Store, folder: str) -> list[dict[str, Any]]:
+    """Every row of the parts under ``folder`` of ``store``, each position once, in export order."""
     parts = []
     for key, _size in await store.list(folder + "/"):
         if results.parse_part(key) is not None:

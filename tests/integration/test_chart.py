@@ -33,7 +33,7 @@ import yaml
 from lightkube.core.resource import api_info
 from lightkube.resources.core_v1 import Event
 
-from analysis_core import plan, queue
+from analysis_core import keys, plan, queue
 from analysis_core.api import PLURAL, PROVIDER_PLURAL, v1alpha1, wellknown
 from analysis_devcluster import binaries, cluster
 from analysis_operator import builders, export, kube, objectstore, results, teardown
@@ -508,6 +508,7 @@ def test_the_operator_reads_the_configuration_the_chart_gives_it(
     else:
         assert cfg.redis_url == redis["external"]["url"]
         assert cfg.worker.redis_url == redis["external"].get("workerUrl") or redis["external"]["url"]
+    assert cfg.redis_wait_replicas == redis.get("external", {}).get("waitReplicas", 0)
     assert cfg.redis_password == "password-from-the-secret"
     assert cfg.worker.redis_auth
     # Where the accounts' CA bundles are read from: the operator's own namespace, the release's.
@@ -858,6 +859,9 @@ async def test_the_operators_client_does_its_work_within_the_installed_rbac(
         await client.create(owned)
         (chunk,) = [c.to_dict() for c in await client.list(kube.CONFIGMAPS, watched, results.labels(batch.uid))]
         await client.replace(export.plan_export(batch, [chunk], [{"item": "b"}])[0])
+        # The two rows' ends, as Redis lists them (a sink holding more rows than Redis lists ends has diverged).
+        ends = [keys.BatchKeys(batch.uid).idem("draft", item, 0, 1) for item in "ab"]
+        await redis.rpush(keys.BatchKeys(batch.uid).finals, *ends)
         await client.merge_patch(kube.BATCHES.Status, watched, batch.name, {"status": {"phase": "Running"}})
         pod = {
             "apiVersion": "v1",

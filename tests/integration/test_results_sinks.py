@@ -280,3 +280,19 @@ async def test_the_configmap_sink_stops_at_its_ceiling_and_says_how_to_go_on(
     listed = [c.to_dict() for c in await client.list(kube.CONFIGMAPS, namespace, results.labels(batch.uid))]
     assert len(listed) == export.MAX_CHUNKS
     assert results.exported(listed) == sink.rows
+
+
+async def test_an_export_that_waits_for_a_replica_redis_lacks_writes_nothing(
+    client: Counting, redis: queue.Redis, namespace: str
+) -> None:
+    """The session's Redis has no replica: a pass that must wait for one writes no row, and says how many
+    acknowledged; without the wait the same rows go out, each once."""
+    batch = new_batch(namespace, "waits")
+    await end_items(redis, batch.uid, 0, 8)
+    sink = sinks.ConfigMapSink(client, batch, keep)
+    with pytest.raises(sinks.NotReplicated, match="0 of the 1 Redis replicas"):
+        await sinks.export_pass(sink, redis, batch.uid, final=False, replicas=1)
+    assert sink.rows == 0
+    assert client.calls["create"] == client.calls["replace"] == 0
+    assert await redis.get(keys.BatchKeys(batch.uid).exported) == "8"  # the write the wait covered
+    assert await sinks.export_pass(sink, redis, batch.uid, final=False) == (8, 8)

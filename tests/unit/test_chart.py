@@ -132,6 +132,17 @@ BAD_VALUES = [
     ({"redis": {"external": {"url": "redis://r:6379/0"}}}, "$.redis.external.url", "is expected to be empty"),
     ({"redis": {"bundled": {"enabled": False}}}, "$.redis.external.url", "should be non-empty"),
     ({"redis": {"bundled": {"appendfsync": "sometimes"}}}, "$.redis.bundled.appendfsync", "is not one of"),
+    (
+        {"redis": {"bundled": {"enabled": False}, "external": {"url": "redis+sentinel://s:26379"}}},
+        "$.redis.external.url",
+        "does not match",
+    ),
+    (
+        {"redis": {"bundled": {"enabled": False}, "external": {"url": "redis+cluster://a:1,b:2"}}},
+        "$.redis.external.url",
+        "does not match",
+    ),
+    ({"redis": {"external": {"waitReplicas": -1}}}, "$.redis.external.waitReplicas", "minimum"),
     ({"prices": {"gpt-4.1": {"input": 2}}}, "$.prices['gpt-4.1']", "'output' is a required"),
     ({"operator": {"image": {"digest": "latest"}}}, "$.operator.image.digest", "does not match"),
 ]
@@ -143,6 +154,23 @@ def test_typical_mistakes_are_rejected_naming_the_key(
 ) -> None:
     found = errors(schema, merged(defaults, override))
     assert any(line.startswith(f"{where}: ") and what in line for line in found), found
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://r:6379/0",
+        "rediss://r.example:6380",
+        "redis+cluster://r-0.r:6379",
+        "redis+sentinel://s-0:26379,s-1:26379,s-2:26379/primary",
+        "rediss+sentinel://s:26379/primary/1",
+    ],
+)
+def test_one_redis_a_cluster_and_a_sentinel_managed_primary_are_accepted(
+    schema: dict[str, Any], defaults: dict[str, Any], url: str
+) -> None:
+    override = {"redis": {"bundled": {"enabled": False}, "external": {"url": url, "waitReplicas": 1}}}
+    assert errors(schema, merged(defaults, override)) == []
 
 
 def test_a_password_in_the_redis_url_is_rejected_without_echoing_it(

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import analysis_core
+from analysis_core import queue
 from analysis_core.api import v1alpha1
 from analysis_operator.config import ConfigError, OperatorConfig
 
@@ -83,3 +84,51 @@ def test_replicas_elect_a_leader_by_a_lease_in_the_operators_namespace() -> None
         ConfigError, match="ANALYSIS_OPERATOR_LEADER_LEASE='ao-leader' needs ANALYSIS_OPERATOR_NAMESPACE"
     ):
         OperatorConfig.from_env({**BASE, "ANALYSIS_OPERATOR_LEADER_LEASE": "ao-leader"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://10.0.0.1:7000",
+        "redis+sentinel://s1:26379,s2:26379,s3:26379/primary",
+        "rediss+sentinel://[::1]:26379/primary/2",
+    ],
+)
+def test_a_cluster_or_a_sentinel_managed_primary_is_a_redis_url(url: str) -> None:
+    assert OperatorConfig.from_env({"ANALYSIS_OPERATOR_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("localhost:6379", "ANALYSIS_OPERATOR_REDIS_URL: must be a URL starting with one of redis://"),
+        ("redis+sentinel://s1:26379", "names the primary's service"),
+        ("redis+sentinel:///primary", "names its sentinels"),
+        ("redis+sentinel://s1:port/primary", "sentinel 's1:port' is not host:port"),
+        ("redis+sentinel://s1:26379/primary/zero", "database 'zero' is not a number"),
+        ("redis+sentinel://admin:hunter2@s1:26379/primary", "carries no credentials"),
+    ],
+)
+def test_a_bad_redis_url_names_its_variable_and_never_echoes_a_password(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        OperatorConfig.from_env({"ANALYSIS_OPERATOR_REDIS_URL": url})
+    assert fragment in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_sentinel_url_names_its_sentinels_service_and_database() -> None:
+    target = queue.parse_sentinel("rediss+sentinel://a:1,[::1]:2/analysis/3")
+    assert target == queue.SentinelTarget((("a", 1), ("::1", 2)), "analysis", 3, tls=True)
+
+
+def test_waiting_for_replicas_is_off_by_default_and_needs_one_primary() -> None:
+    plain = {"ANALYSIS_OPERATOR_REDIS_URL": "redis+sentinel://s1:26379/primary"}
+    assert OperatorConfig.from_env(plain).redis_wait_replicas == 0
+    waiting = OperatorConfig.from_env({**plain, "ANALYSIS_OPERATOR_REDIS_WAIT_REPLICAS": "1"})
+    assert waiting.redis_wait_replicas == 1
+    with pytest.raises(ConfigError, match="not a Redis Cluster"):
+        OperatorConfig.from_env(
+            {"ANALYSIS_OPERATOR_REDIS_URL": "redis+cluster://c:7000", "ANALYSIS_OPERATOR_REDIS_WAIT_REPLICAS": "1"}
+        )
+    with pytest.raises(ConfigError, match="ANALYSIS_OPERATOR_REDIS_WAIT_REPLICAS='-1' must be a whole number"):
+        OperatorConfig.from_env({**plain, "ANALYSIS_OPERATOR_REDIS_WAIT_REPLICAS": "-1"})

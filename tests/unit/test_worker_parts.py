@@ -203,7 +203,7 @@ def test_configuration_errors_name_every_variable(plan_file: Path) -> None:
         )
     message = str(caught.value)
     for fragment in (
-        "ANALYSIS_REDIS_URL must be a redis://",
+        "ANALYSIS_REDIS_URL: must be a URL starting with one of redis://",
         "ANALYSIS_MODE='cron'",
         "ANALYSIS_GRACE_SECONDS='soon' is not a number",
         "ANALYSIS_CONCURRENCY='0' must be at least 1",

@@ -168,6 +168,16 @@ class BatchKeys:
         return f"{self.tag}:finals"
 
     @property
+    def exported(self) -> str:
+        """String: how long the finals list was when an export pass last made sure replicas hold it.
+
+        Written by the operator together with a ``WAIT`` on the same connection
+        (``producer.replicate_finals``): the write that lets the wait cover
+        what workers appended before it.
+        """
+        return f"{self.tag}:exported"
+
+    @property
     def reruns(self) -> str:
         """Hash: idempotency key of a failed or dead-lettered end -> the key its re-run starts with.
 

@@ -51,6 +51,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from analysis_core import wire
 
@@ -67,6 +68,61 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}  # a Redis Cluster, from one seed node
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # a Sentinel-managed primary (value: TLS)
+SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES)  # every Redis URL a process accepts
+
+
+@dataclasses.dataclass(frozen=True)
+class SentinelTarget:
+    """Where a ``redis+sentinel://`` URL points: the sentinels to ask, and the name of the primary they watch."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    tls: bool = False
+
+
+def parse_sentinel(url: str) -> SentinelTarget:
+    """``redis+sentinel://host:port[,host:port...]/<service>[/<db>]``, or ``ValueError`` saying what is wrong.
+
+    The sentinels are asked which node is the primary of ``service`` on every
+    new connection, so after a failover the clients follow the promoted
+    replica. Credentials never go in the URL (the password comes from a
+    Secret); messages quote only the part at fault, never the whole URL.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"scheme {scheme!r} is not {' or '.join(s + '://' for s in SENTINEL_SCHEMES)}")
+    if "@" in rest:
+        raise ValueError("a redis+sentinel:// URL carries no credentials: the Redis password comes from its Secret")
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    sentinels = []
+    for hostport in filter(None, hosts.split(",")):
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel {hostport!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    if not sentinels:
+        raise ValueError("a redis+sentinel:// URL names its sentinels (host:port[,host:port...]) before the service")
+    if not service:
+        raise ValueError("a redis+sentinel:// URL names the primary's service (as the sentinels know it) after /")
+    if db and not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number")
+    return SentinelTarget(tuple(sentinels), service, int(db or 0), SENTINEL_SCHEMES[scheme])
+
+
+def check_url(url: str) -> str | None:
+    """What is wrong with a Redis URL, or None: the schemes ``connect`` takes, and a Sentinel URL's parts."""
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme not in SCHEMES:
+        return f"must be a URL starting with one of {', '.join(s + '://' for s in SCHEMES)}"
+    if scheme in SENTINEL_SCHEMES:
+        try:
+            parse_sentinel(url)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def connect(url: str, password: str | None = None, username: str | None = None) -> Redis:
@@ -78,6 +134,8 @@ def connect(url: str, password: str | None = None, username: str | None = None) 
     (a batch's own user, ``tenancy``) one there. ``redis+cluster://host:port``
     (or ``rediss+cluster://``) is a Redis Cluster found from that node: every
     key of a batch shares its hash tag, so each script's keys are in one slot.
+    ``redis+sentinel://h:p,h:p/<service>`` is the primary the sentinels
+    name, found again after a failover (``parse_sentinel``).
     """
     options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, "protocol": 2}
     return _client(url, options | _credential(password, username))
@@ -97,7 +155,58 @@ def _client(url: str, options: dict[str, Any]) -> Redis:
         # The cluster client answers the commands this project sends as the single-node one does (the scripts'
         # keys share a slot, FUNCTION LOAD goes to every primary, SCAN walks every primary).
         return cast(Redis, cluster)
+    if scheme in SENTINEL_SCHEMES:
+        target = parse_sentinel(url)
+        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=timeouts | {"decode_responses": True})
+        if target.tls:
+            options["ssl"] = True
+        primary = sentinel.master_for(
+            target.service, redis_class=_SentinelManaged, db=target.db, decode_responses=True, **options
+        )
+        cast(_SentinelManaged, primary).managed_by = sentinel
+        return cast(Redis, primary)
     return aioredis.Redis.from_url(url, decode_responses=True, **options)
+
+
+async def on_every_primary(client: Redis, *command: str) -> list[Any]:
+    """Run ``command`` on every primary: one Redis, or each primary of a cluster (``ACL SETUSER`` and the like,
+    which a node keeps to itself); the replies, one per primary."""
+    reached: object = client  # connect's type says Redis; it may be the cluster client
+    if isinstance(reached, RedisCluster):
+        replies = await reached.execute_command(*command, target_nodes=RedisCluster.PRIMARIES)
+        return list(replies.values()) if isinstance(replies, dict) else [replies]
+    return [await client.execute_command(*command)]  # type: ignore[no-untyped-call]
+
+
+class _SentinelManaged(aioredis.Redis):
+    """The primary's client; closing it closes its connections to the sentinels as well."""
+
+    managed_by: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.managed_by is not None:
+            for client in self.managed_by.sentinels:
+                await client.aclose()
+
+
+async def replicated(client: Redis, key: str, value: str, replicas: int, timeout_ms: int) -> int:
+    """Write ``key`` and wait until ``replicas`` replicas hold it, and so every write the primary took before it.
+
+    ``WAIT`` counts the replicas that acknowledged the *connection's* last
+    write, so the write and the wait go down one connection (a pipeline);
+    a process that only read (the operator reading what workers wrote) makes
+    that write of its own to cover what it read. Returns how many replicas
+    acknowledged within ``timeout_ms``. Only for one primary (plain or
+    Sentinel-managed): a cluster client would send ``WAIT`` to every primary
+    on other connections.
+    """
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(key, value)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        _, acknowledged = await pipe.execute()
+    return int(acknowledged)
 
 
 def _credential(password: str | None, username: str | None) -> dict[str, Any]:

@@ -73,6 +73,9 @@ WORKER_COMMANDS = (
     "xreadgroup",  # a restarted worker's own pending entries
     "ping",
     "select",  # a Redis URL naming a database other than 0
+    "cluster|slots",  # a Redis Cluster's map of slots to nodes, which the cluster client reads on connecting
+    "asking",  # a cluster client following a slot that is moving to another node
+    "command",  # the command table, from which a cluster client learns where each command's keys are
 )
 # Not "client|setinfo", with which redis-py names itself on connecting: Redis 7.0 does not know it, and redis-py
 # goes on without it when it is refused.

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 
 import analysis_core
-from analysis_core import env, pricing
+from analysis_core import env, pricing, queue
 from analysis_core.api import v1alpha1
 from analysis_operator import builders, objectstore
 
@@ -31,6 +31,7 @@ RESULTS_STORE_ENV = {
 # Whether Kopf watches namespaces and CRDs cluster-wide; the CLI turns it off for a fixed list of namespaces
 # (cli.needs_cluster_scanning), where the operator has namespaced Roles only.
 CLUSTER_SCANNING = True
+MAX_WAIT_REPLICAS = 16
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,9 @@ class OperatorConfig:
     results_store: objectstore.Settings | None = None
     # Ended items that may wait in Redis for the results sink (it is away, or full) before claims pause.
     results_max_pending: int = 5000
+    # Replicas that must hold the ended items an export pass reads before it writes them to the sink (Redis WAIT,
+    # queue.replicated): 0 waits for none (one Redis, or replicas whose failover may lose the newest writes).
+    redis_wait_replicas: int = 0
 
     @property
     def install(self) -> str:
@@ -101,12 +105,12 @@ class OperatorConfig:
                 raise ConfigError(f"{PREFIX}{name}={text!r} is not a port number (0 turns it off)")
             return int(text)
 
-        redis_url = get("REDIS_URL", environ.get("REDIS_URL"))
+        redis_url = _redis_url("REDIS_URL", get("REDIS_URL", environ.get("REDIS_URL")))
         password = _redis_password(environ)
         worker = builders.WorkerSettings(
             # The worker image of the operator's own release: the two move together.
             image=get("WORKER_IMAGE", f"analysis-worker:{analysis_core.__version__}"),
-            redis_url=get("WORKER_REDIS_URL", redis_url),
+            redis_url=_redis_url("WORKER_REDIS_URL", get("WORKER_REDIS_URL", redis_url)),
             cpu_request=get("WORKER_CPU_REQUEST", _default(builders.WorkerSettings, "cpu_request")),
             memory_request=get("WORKER_MEMORY_REQUEST", _default(builders.WorkerSettings, "memory_request")),
             memory_limit=get("WORKER_MEMORY_LIMIT", _default(builders.WorkerSettings, "memory_limit")),
@@ -133,7 +137,28 @@ class OperatorConfig:
             leader_lease=_leader_lease(environ),
             results_store=_results_store(environ),
             results_max_pending=whole("RESULTS_MAX_PENDING", _default(cls, "results_max_pending"), 10_000_000),
+            redis_wait_replicas=_wait_replicas(environ, redis_url),
         )
+
+
+def _redis_url(name: str, url: str) -> str:
+    problem = queue.check_url(url)
+    if problem is not None:
+        raise ConfigError(f"{PREFIX}{name}: {problem}")
+    return url
+
+
+def _wait_replicas(environ: Mapping[str, str], redis_url: str) -> int:
+    name = PREFIX + "REDIS_WAIT_REPLICAS"
+    text = environ.get(name) or "0"
+    if not text.isdigit() or int(text) > MAX_WAIT_REPLICAS:
+        raise ConfigError(f"{name}={text!r} must be a whole number from 0 to {MAX_WAIT_REPLICAS}")
+    if int(text) and redis_url.partition("://")[0] in queue.CLUSTER_SCHEMES:
+        raise ConfigError(
+            f"{name}={text}: waiting for replicas needs one primary (redis:// or redis+sentinel://), "
+            "not a Redis Cluster (redis+cluster://)"
+        )
+    return int(text)
 
 
 def _leader_lease(environ: Mapping[str, str]) -> str | None:

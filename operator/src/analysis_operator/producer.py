@@ -40,6 +40,8 @@ from typing import Any, Literal, get_args
 from analysis_core import keys as keys_
 from analysis_core import queue, scripts, tenancy, wire
 
+REPLICATION_WAIT_MS = 1000  # how long an export waits for replicas to acknowledge the ends it is about to write
+
 
 class NewerLayout(Exception):
     """The batch's Redis data is in a newer layout than this operator's (``keys.LAYOUT_VERSION``)."""
@@ -263,20 +265,24 @@ async def ensure_user(client: queue.Redis, uid: str, admin_password: str) -> Non
     """Create or restore the batch's Redis user (``analysis_core.tenancy``): its password, its keys, its commands.
 
     Idempotent, and cheap enough to repeat: Redis keeps ACL users neither in its
-    AOF nor on its replicas, so the operator asserts them again after a restart.
+    AOF nor on its replicas, so the operator asserts them again after a restart
+    or a failover. On a Redis Cluster every primary gets the user (a node keeps
+    its users to itself).
     """
     rules = tenancy.rules(uid, tenancy.password(admin_password, uid))
-    await client.execute_command("ACL", "SETUSER", tenancy.username(uid), *rules)  # type: ignore[no-untyped-call]
+    await queue.on_every_primary(client, "ACL", "SETUSER", tenancy.username(uid), *rules)
 
 
 async def has_user(client: queue.Redis, uid: str) -> bool:
-    """Whether Redis has the batch's user (it forgets users when it restarts without an ACL file)."""
-    return await client.acl_getuser(tenancy.username(uid)) is not None
+    """Whether Redis has the batch's user, on every primary (a node forgets users when it restarts without an ACL
+    file, and a replica promoted by a failover never had them: users are not replicated)."""
+    replies = await queue.on_every_primary(client, "ACL", "GETUSER", tenancy.username(uid))
+    return all(reply is not None for reply in replies)
 
 
 async def remove_user(client: queue.Redis, uid: str) -> None:
-    """Delete the batch's Redis user; its open connections are closed by Redis."""
-    await client.acl_deluser(tenancy.username(uid))
+    """Delete the batch's Redis user, on every primary; its open connections are closed by Redis."""
+    await queue.on_every_primary(client, "ACL", "DELUSER", tenancy.username(uid))
 
 
 async def remove(client: queue.Redis, uid: str, *, page: int = 1000) -> int:
@@ -383,6 +389,16 @@ async def finals(client: queue.Redis, uid: str, start: int, count: int) -> list[
 async def finals_length(client: queue.Redis, uid: str) -> int:
     """How many ends the batch's finals list holds (the total an export has to reach)."""
     return int(await client.llen(keys_.BatchKeys(uid).finals))
+
+
+async def replicate_finals(client: queue.Redis, uid: str, length: int, replicas: int) -> int:
+    """Wait until ``replicas`` replicas hold the first ``length`` ends (and everything else written before now).
+
+    Returns how many did within ``REPLICATION_WAIT_MS``; the export writes
+    nothing to the results sink unless enough did, so that a failover to a
+    replica never takes back an end the sink already holds.
+    """
+    return await queue.replicated(client, keys_.BatchKeys(uid).exported, str(length), replicas, REPLICATION_WAIT_MS)
 
 
 async def retry_failed(client: queue.Redis, uid: str, stages: Sequence[str], *, page: int = 500) -> int:

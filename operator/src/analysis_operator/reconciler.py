@@ -157,6 +157,7 @@ class Reconciler:
         self._sink_failures = 0  # export passes in a row that the sink refused (backoff)
         self._sink_retry_at = 0.0  # monotonic: no export pass before this
         self._pending = 0  # ended items the sink does not hold yet (they wait in Redis)
+        self._diverged: status.Problem | None = None  # the sink got ahead of Redis (a lossy failover): export stops
         self._first_failure: str | None = None  # the first failed row, for a Failed batch's message
         self._refusals = 0  # status writes the API server refused in a row
         self._refused_since: float | None = None
@@ -295,9 +296,11 @@ class Reconciler:
         stopping = spec.suspend or terminal or self._gave_up is not None
         await self._converge(batch, body, the_plan, snapshot, children, stopping=stopping, problems=problems)
         exported = await self._export(batch, body, spec, final=terminal, problems=problems)
-        if terminal and self._pending:
+        if terminal and (self._pending or self._diverged is not None):
             # Ended, but not every result is in the sink yet: not Complete (or Failed) until it is.
             waiting = f"{self._pending} results wait in Redis for the results sink"
+            if self._diverged is not None:
+                waiting = f"the results export stopped: {self._diverged.message}"
             state = dataclasses.replace(state, phase=completion.Phase.RUNNING, reason=waiting)
         if state.phase is completion.Phase.FAILED:
             await self._find_first_failure(batch)
@@ -659,6 +662,9 @@ class Reconciler:
         ``STORE_BACKOFF_S``, and claims pause once more than
         ``results_max_pending`` wait (``_advance``).
         """
+        if self._diverged is not None:
+            problems.append(self._diverged)
+            return self._results
         sink = self._sink(batch, body, spec, problems)
         if sink is None:  # every ended item waits in Redis until the sink can be used
             self._pending = await producer.finals_length(self.redis, batch.uid)
@@ -674,25 +680,12 @@ class Reconciler:
                 self._results = {**self._results, "pending": self._pending}
             return self._results
         self._results_due = now + self.cfg.results_interval_s
-        problem: status.Problem | None = None
         try:
-            cursor, length = await sinks.export_pass(sink, self.redis, batch.uid, final=final, seen=self._seen)
-        except kube.ApiError as exc:
-            if not kube.is_conflict(exc):
-                raise
-            sink.forget()  # another writer moved first: list again next pass
-            cursor, length = sink.rows, await producer.finals_length(self.redis, batch.uid)
-        except objectstore.StoreError as exc:
-            # A wrong bucket or credential needs someone; an endpoint that does not answer may come back.
-            problem = status.Problem(
-                R.RESULTS_STORE_UNAVAILABLE,
-                f"spec.results.sink: ObjectStore: {exc}; the results wait in Redis and the upload is retried",
-                stalled=exc.setting != objectstore.ENDPOINT,
-            )
-            cursor, length = sink.rows, await producer.finals_length(self.redis, batch.uid)
-        except sinks.Full as exc:
-            problem = status.Problem(R.RESULTS_TOO_LARGE, f"spec.results.sink: ConfigMap: {exc}")
-            cursor, length = sink.rows, await producer.finals_length(self.redis, batch.uid)
+            cursor, length, problem = await self._export_pass(batch, sink, final=final)
+        except sinks.Diverged as exc:
+            self._diverged = status.Problem(R.RESULTS_DIVERGED, str(exc))
+            problems.append(self._diverged)
+            return self._results
         self._sink_failures = self._sink_failures + 1 if problem is not None else 0
         delay = min(STORE_BACKOFF_S, 2.0**self._sink_failures) if self._sink_failures else 0.0
         self._sink_retry_at = time.monotonic() + delay
@@ -702,6 +695,33 @@ class Reconciler:
         self._pending = max(0, length - cursor)
         self._results = {**sink.manifest(), "pending": self._pending}
         return self._results
+
+    async def _export_pass(
+        self, batch: builders.Batch, sink: sinks.Sink, *, final: bool
+    ) -> tuple[int, int, status.Problem | None]:
+        """One export pass: ``(cursor, length, why it stopped short)``; raises ``sinks.Diverged``."""
+        try:
+            cursor, length = await sinks.export_pass(
+                sink, self.redis, batch.uid, final=final, replicas=self.cfg.redis_wait_replicas, seen=self._seen
+            )
+            return cursor, length, None
+        except kube.ApiError as exc:
+            if not kube.is_conflict(exc):
+                raise
+            sink.forget()  # another writer moved first: list again next pass
+            problem = None
+        except objectstore.StoreError as exc:
+            # A wrong bucket or credential needs someone; an endpoint that does not answer may come back.
+            problem = status.Problem(
+                R.RESULTS_STORE_UNAVAILABLE,
+                f"spec.results.sink: ObjectStore: {exc}; the results wait in Redis and the upload is retried",
+                stalled=exc.setting != objectstore.ENDPOINT,
+            )
+        except sinks.Full as exc:
+            problem = status.Problem(R.RESULTS_TOO_LARGE, f"spec.results.sink: ConfigMap: {exc}")
+        except sinks.NotReplicated as exc:
+            problem = status.Problem(R.REDIS_NOT_REPLICATED, f"{exc}; the results wait in Redis", stalled=False)
+        return sink.rows, await producer.finals_length(self.redis, batch.uid), problem
 
     def _seen(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if self._first_failure is None:

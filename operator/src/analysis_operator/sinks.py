@@ -38,6 +38,29 @@ class Full(Exception):
     """The ConfigMap sink holds as much as it may; ``str()`` names the way out."""
 
 
+class NotReplicated(Exception):
+    """Fewer replicas than the install asks for hold the ends an export would write; they wait in Redis."""
+
+    def __init__(self, acknowledged: int, wanted: int) -> None:
+        super().__init__(
+            f"{acknowledged} of the {wanted} Redis replicas the operator waits for (chart value redis.waitReplicas) "
+            f"acknowledged the ended items within {producer.REPLICATION_WAIT_MS} ms"
+        )
+
+
+class Diverged(Exception):
+    """The sink holds more rows than Redis lists ends: Redis lost writes (a failover, or a restart without its AOF)."""
+
+    def __init__(self, rows: int, length: int) -> None:
+        super().__init__(
+            f"the results sink holds {rows} rows but Redis lists only {length} ended items: Redis lost ends the "
+            "sink already has (a failover to a replica that lagged, or a restart without persistence), and going "
+            "on could skip or repeat results, so the export stops here. Items whose ends were lost run again. With "
+            "replicas, set the chart value redis.waitReplicas so that the export waits for them "
+            "(docs/design.md#what-a-redis-failover-can-lose)"
+        )
+
+
 class Sink(Protocol):
     kind: v1alpha1.ResultsSink
 
@@ -210,6 +233,7 @@ async def export_pass(
     uid: str,
     *,
     final: bool,
+    replicas: int = 0,
     seen: Callable[[Sequence[Mapping[str, Any]]], None] | None = None,
 ) -> tuple[int, int]:
     """Write every ended item the sink does not hold yet; ``(cursor, length)`` of the finals list after it.
@@ -219,10 +243,24 @@ async def export_pass(
     written. Raises what the sink raises (``kube.ApiError``,
     ``objectstore.StoreError``, :class:`Full`); what was written until then stays
     written, and the next pass goes on from there.
+
+    A Redis failover to a replica that lacks the newest writes takes back the
+    end of the finals list, and the ends appended after it would land on
+    positions the sink has passed. So, with ``replicas``, nothing is written
+    until that many replicas hold the whole list read (:class:`NotReplicated`
+    otherwise: the rows wait); and a sink ahead of the list, which only a
+    failover without that wait can cause, raises :class:`Diverged` rather than
+    write rows out of step.
     """
     page = PART_PAGE if sink.kind is v1alpha1.ResultsSink.OBJECT_STORE else EXPORT_PAGE
     length = await producer.finals_length(redis, uid)
     cursor = await sink.cursor()
+    if cursor > length:
+        raise Diverged(cursor, length)
+    if replicas and cursor < length:
+        acknowledged = await producer.replicate_finals(redis, uid, length, replicas)
+        if acknowledged < replicas:
+            raise NotReplicated(acknowledged, replicas)
     while cursor < length:
         records = await producer.finals(redis, uid, cursor, page)
         if not records:

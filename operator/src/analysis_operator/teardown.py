@@ -112,9 +112,13 @@ async def _results(
         elif store is not None:
             sink = sinks.ObjectStoreSink(objectstore.open_store(store), batch)
         if sink is not None:
-            cursor, length = await sinks.export_pass(sink, redis, batch.uid, final=True)
-            if cursor < length:
-                raise sinks.Full(f"{length - cursor} ended items could not be written")
+            try:
+                cursor, length = await sinks.export_pass(sink, redis, batch.uid, final=True)
+            except sinks.Diverged as exc:  # no later try can mend it: keep what the sink holds, say why
+                kopf.warn(body, reason=wellknown.Reason.CLEANUP_INCOMPLETE, message=f"results kept as they are: {exc}")
+            else:
+                if cursor < length:
+                    raise sinks.Full(f"{length - cursor} ended items could not be written")
         for chunk in await client.list(kube.CONFIGMAPS, batch.namespace, results.labels(batch.uid)):
             if chunk.metadata is not None and chunk.metadata.ownerReferences and chunk.metadata.name:
                 patch = {"metadata": {"ownerReferences": None}}

@@ -116,9 +116,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> tuple[WorkerConfig, pl
         return value
 
     redis_url = required(env.REDIS_URL)
-    schemes = ("redis://", "rediss://", "unix://", *(f"{scheme}://" for scheme in queue.CLUSTER_SCHEMES))
-    if redis_url and not redis_url.startswith(schemes):
-        problems.append(f"{env.REDIS_URL} must be a redis://, rediss://, unix:// or redis+cluster:// URL")
+    url_problem = queue.check_url(redis_url) if redis_url else None
+    if url_problem is not None:
+        problems.append(f"{env.REDIS_URL}: {url_problem}")
     uid = required(env.BATCH_UID)
     stage = required(env.STAGE)
     plan_path = required(env.PLAN_PATH)

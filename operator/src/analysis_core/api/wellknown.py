@@ -121,6 +121,7 @@ class Reason(enum.StrEnum):
     WORKLOAD_APPLY_FAILED = "WorkloadApplyFailed"
     REDIS_UNAVAILABLE = "RedisUnavailable"
     REDIS_LAYOUT_UNSUPPORTED = "RedisLayoutUnsupported"
+    REDIS_NOT_REPLICATED = "RedisNotReplicated"  # the replicas the export waits for did not acknowledge in time
     UNPRICED_MODEL = "UnpricedModel"
     PROVIDER_QUOTA_EXHAUSTED = "ProviderQuotaExhausted"
     PROVIDER_NOT_FOUND = "ProviderNotFound"  # spec.providers.<name>.providerRef names no AnalysisProvider
@@ -128,6 +129,7 @@ class Reason(enum.StrEnum):
     PROVIDER_SERVED_ELSEWHERE = "ProviderServedElsewhere"  # another install's operator holds the account
     RESULTS_STORE_UNAVAILABLE = "ResultsStoreUnavailable"  # the results store is missing, refuses or does not answer
     RESULTS_TOO_LARGE = "ResultsTooLarge"  # the ConfigMap results sink reached its ceiling
+    RESULTS_DIVERGED = "ResultsDiverged"  # the sink holds more than Redis lists: a failover lost ends, export stopped
     STATUS_WRITE_FAILED = "StatusWriteFailed"  # the API server kept refusing the batch's status: it failed
     # An AnalysisProvider's conditions.
     ACCOUNT_SERVING = "Serving"

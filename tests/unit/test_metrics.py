@@ -20,7 +20,7 @@ import pytest
 from lightkube.models.meta_v1 import Status
 from prometheus_client import CollectorRegistry, generate_latest
 
-from analysis_core import env, errors
+from analysis_core import env, errors, pricing
 from analysis_operator import kube
 from analysis_operator import metrics as operator_metrics
 from analysis_worker import metrics as worker_metrics
@@ -234,7 +234,7 @@ def test_stage_metrics_count_outcomes_verdicts_and_usage() -> None:
     m.item(worker_metrics.Outcome.SUCCEEDED)
     m.error(errors.ErrorClass.BAD_OUTPUT)
     m.verdict(approved=False)
-    m.usage(100, 40, Decimal("0.00090"))
+    m.usage(pricing.Tokens(input=20, output=40, cache_write=30, cache_read=50), Decimal("0.00090"))
     m.redelivered(worker_metrics.Redelivery.EXPIRED_LEASE, 2)
     m.leases_lost(0)
     inflight = [1, 2, 3]
@@ -245,6 +245,8 @@ def test_stage_metrics_count_outcomes_verdicts_and_usage() -> None:
     labels = {"stage": stage, "provider": "anthropic", "model": "claude-x"}
     assert sample(WORKER, "analysis_worker_tokens_total", **labels, direction="input") == 100
     assert sample(WORKER, "analysis_worker_tokens_total", **labels, direction="output") == 40
+    assert sample(WORKER, "analysis_worker_cache_tokens_total", **labels, use="write") == 30
+    assert sample(WORKER, "analysis_worker_cache_tokens_total", **labels, use="read") == 50
     assert sample(WORKER, "analysis_worker_cost_dollars_total", **labels) == pytest.approx(0.0009)
     assert sample(WORKER, "analysis_worker_redeliveries_total", stage=stage, source="expired_lease") == 2
     assert sample(WORKER, "analysis_worker_leases_lost_total", stage=stage) == 0

@@ -221,12 +221,12 @@ def test_a_worker_reads_its_own_plan_and_refuses_a_newer_one_by_its_version() ->
         plan.Plan.loads(json.dumps(newer))
 
 
-def test_a_version_2_plan_reads_as_version_3_and_a_version_2_worker_refuses_version_3() -> None:
+def test_a_version_2_plan_reads_as_the_current_version() -> None:
     # Version 3 made concurrency the cap of the whole stage; version-2 workers ran one call per pod, so it was then.
     compiled = plan.compile_plan(
         "uid", spec({"name": "a", "provider": "main", "prompt": "{{ item }}", "callsPerPod": 3})
     )
-    assert compiled.version == plan.PLAN_VERSION == 3
+    assert compiled.version == plan.PLAN_VERSION == 4
     assert compiled.stage("a").calls_per_pod == 3
     v2 = json.loads(compiled.dumps())
     v2["version"] = 2
@@ -330,3 +330,50 @@ def test_a_knob_keeps_its_spec_name_in_the_plan() -> None:
     assert field_names(v1alpha1.Retry) <= field_names(errors.RetryPolicy)
     assert field_names(v1alpha1.Backoff) <= field_names(errors.Backoff)
     assert field_names(v1alpha1.Budget) - field_names(plan.BudgetPlan) == {"max_cost_usd"}  # as max_cost_nusd
+
+
+def test_a_version_3_plan_is_every_stage_in_realtime_mode() -> None:
+    compiled = plan.compile_plan("uid", spec({"name": "a", "provider": "main", "prompt": "{{ item }}"}))
+    v3 = {**json.loads(compiled.dumps()), "version": 3}
+    for stage in v3["stages"]:
+        stage.pop("mode", None)
+    assert plan.Plan.loads(json.dumps(v3)) == compiled
+    assert compiled.stage("a").mode is v1alpha1.StageMode.REALTIME
+    assert compiled.stage("a").batch is None
+
+
+def test_a_batch_stage_gets_the_default_thresholds_unless_it_sets_its_own() -> None:
+    compiled = plan.compile_plan(
+        "uid",
+        spec(
+            {"name": "a", "provider": "main", "prompt": "{{ item }}", "mode": "Batch"},
+            {"name": "b", "provider": "main", "prompt": "{{ input }}", "mode": "Batch", "batch": {"maxItems": 50}},
+        ),
+    )
+    assert compiled.stage("a").batch == plan.BatchPlan(
+        max_items=v1alpha1.DEFAULT_BATCH_MAX_ITEMS, max_wait_s=v1alpha1.DEFAULT_BATCH_MAX_WAIT_SECONDS
+    )
+    assert compiled.stage("b").batch == plan.BatchPlan(max_items=50, max_wait_s=v1alpha1.DEFAULT_BATCH_MAX_WAIT_SECONDS)
+
+
+def test_a_batch_larger_than_an_openai_account_takes_names_the_field() -> None:
+    the_spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["X"],
+            "providers": {"shared": {"providerRef": {"name": "team-openai"}, "model": "gpt-4.1"}},
+            "stages": [
+                {
+                    "name": "a",
+                    "provider": "shared",
+                    "prompt": "{{ item }}",
+                    "mode": "Batch",
+                    "batch": {"maxItems": 60000},
+                }
+            ],
+        }
+    )
+    account = v1alpha1.AnalysisProviderSpec.model_validate(
+        {"type": "openai", "limits": {"requestsPerMinute": 100}, "namespaces": [{"name": "*"}]}
+    )
+    with pytest.raises(plan.PlanError, match=r"spec.stages\[0\].batch.maxItems: 60000 is more than OpenAI takes"):
+        plan.compile_plan("uid", the_spec, accounts={"team-openai": account})

@@ -24,8 +24,13 @@ DEFAULTS = {
 }
 
 
-def price(input_usd: str, output_usd: str) -> pricing.Price:
-    return pricing.Price(Decimal(input_usd), Decimal(output_usd))
+def price(input_usd: str, output_usd: str) -> tuple[Decimal, Decimal]:
+    """A price's realtime input and output prices (``realtime``'s form)."""
+    return Decimal(input_usd), Decimal(output_usd)
+
+
+def realtime(found: pricing.Price | None) -> tuple[Decimal, Decimal] | None:
+    return None if found is None else (found.input_per_mtok, found.output_per_mtok)
 
 
 @pytest.fixture
@@ -40,7 +45,7 @@ def test_the_packaged_table_has_the_documented_defaults() -> None:
     table = pricing.PriceTable.default()
     assert set(table.models) == set(DEFAULTS)
     for model, (input_usd, output_usd) in DEFAULTS.items():
-        assert table.price(model) == price(input_usd, output_usd), model
+        assert realtime(table.price(model)) == price(input_usd, output_usd), model
 
 
 def test_the_packaged_file_is_package_data_and_documents_the_override() -> None:
@@ -64,7 +69,7 @@ def test_the_packaged_file_is_package_data_and_documents_the_override() -> None:
 )
 def test_dated_and_suffixed_names_match_the_longest_prefix(model: str, expected: str) -> None:
     table = pricing.PriceTable.default()
-    assert table.price(model) == price(*DEFAULTS[expected])
+    assert realtime(table.price(model)) == price(*DEFAULTS[expected])
     assert table.known(model)
 
 
@@ -123,14 +128,14 @@ models:
 
 def test_an_override_file_merges_over_the_defaults(tmp_path: Path) -> None:
     table = pricing.PriceTable.load(write(tmp_path, OVERRIDE))
-    assert table.price("claude-sonnet-4-5-20250929") == price("2.5", "12")
-    assert table.price("my-model-v2") == price("0.10", "0.2")
-    assert table.price("gpt-4.1-mini-2025-04-14") == price("0.3", "1.2")  # the exact entry wins
-    assert table.price("gpt-4.1-mini") == price(*DEFAULTS["gpt-4.1-mini"])
-    assert table.price("claude-opus-4-1") == price(*DEFAULTS["claude-opus-4-1"])
+    assert realtime(table.price("claude-sonnet-4-5-20250929")) == price("2.5", "12")
+    assert realtime(table.price("my-model-v2")) == price("0.10", "0.2")
+    assert realtime(table.price("gpt-4.1-mini-2025-04-14")) == price("0.3", "1.2")  # the exact entry wins
+    assert realtime(table.price("gpt-4.1-mini")) == price(*DEFAULTS["gpt-4.1-mini"])
+    assert realtime(table.price("claude-opus-4-1")) == price(*DEFAULTS["claude-opus-4-1"])
     assert set(table.models) == {*DEFAULTS, "my-model", "gpt-4.1-mini-2025-04-14"}
     # The packaged table is not changed by an override.
-    assert pricing.PriceTable.default().price("claude-sonnet-4-5") == price("3", "15")
+    assert realtime(pricing.PriceTable.default().price("claude-sonnet-4-5")) == price("3", "15")
 
 
 def test_load_reads_the_file_named_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,9 +164,9 @@ def test_an_empty_override_changes_nothing(tmp_path: Path, text: str) -> None:
         ("models: [a, b]\n", "models must map"),
         ("models:\n  gpt-4o: {input: -1, output: 2}\n", "model gpt-4o: input price must not be negative"),
         ("models:\n  gpt-4o: {input: 1, output: -0.5}\n", "model gpt-4o: output price must not be negative"),
-        ("models:\n  gpt-4o: {input: 1}\n", "model gpt-4o: expected exactly the keys input and output"),
-        ("models:\n  gpt-4o: {input: 1, output: 2, cached: 0.5}\n", "model gpt-4o: expected exactly"),
-        ("models:\n  gpt-4o: 3\n", "model gpt-4o: expected exactly"),
+        ("models:\n  gpt-4o: {input: 1}\n", "model gpt-4o: expected the keys input and output"),
+        ("models:\n  gpt-4o: {input: 1, output: 2, cached: 0.5}\n", "model gpt-4o: expected the keys input and output"),
+        ("models:\n  gpt-4o: 3\n", "model gpt-4o: expected the keys input and output"),
         ("models:\n  gpt-4o: {input: cheap, output: 2}\n", "model gpt-4o: input price must be a number"),
         ("models:\n  gpt-4o: {input: true, output: 2}\n", "model gpt-4o: input price must be a number"),
         ("models:\n  gpt-4o: {input: .nan, output: 2}\n", "model gpt-4o: input price must be finite"),
@@ -238,3 +243,57 @@ def test_pricing_imports_only_the_stdlib_yaml_and_the_core() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported - {"yaml", "analysis_core", "__future__"} <= sys.stdlib_module_names
+
+
+# ---------------------------------------------------------------- the prompt cache and the batch API
+
+
+def test_cache_writes_and_reads_cost_their_own_prices() -> None:
+    table = pricing.PriceTable.default()
+    tokens = pricing.Tokens(input=1000, output=500, cache_write=3000, cache_read=0)
+    # Sonnet 4.5: $3 in, $15 out, $3.75 to write the cache.
+    assert table.cost_of("claude-sonnet-4-5", tokens) == Decimal("0.003") + Decimal("0.0075") + Decimal("0.01125")
+    warm = pricing.Tokens(input=1000, output=500, cache_read=3000)
+    assert table.cost_of("claude-sonnet-4-5", warm) == Decimal("0.003") + Decimal("0.0075") + Decimal("0.0009")
+    # OpenAI writes its cache at no extra charge: a write costs the input price.
+    assert table.cost_of("gpt-4.1", pricing.Tokens(0, 0, cache_write=10**6)) == Decimal(2)
+    assert table.cost_of("gpt-4.1", pricing.Tokens(0, 0, cache_read=10**6)) == Decimal("0.5")
+    assert pricing.Tokens(1, 2, 3, 4).prompt == 8
+
+
+def test_the_batch_api_costs_half_and_its_discount_stacks_with_the_cache() -> None:
+    table = pricing.PriceTable.default()
+    tokens = pricing.Tokens(input=10**6, output=10**6, cache_write=10**6, cache_read=10**6)
+    for model in ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"):
+        assert table.cost_of(model, tokens, batch=True) * 2 == table.cost_of(model, tokens), model
+    for model in ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini"):
+        uncached = pricing.Tokens(input=10**6, output=10**6)
+        assert table.cost_of(model, uncached, batch=True) * 2 == table.cost_of(model, uncached), model
+        # No batch cache price is listed for OpenAI: cached tokens in a batch count at the batch input price.
+        assert table.cost_of(model, pricing.Tokens(0, 0, cache_read=10**6), batch=True) == table.cost_of(
+            model, pricing.Tokens(10**6, 0), batch=True
+        )
+
+
+def test_a_model_without_batch_prices_costs_the_realtime_price_in_a_batch(tmp_path: Path) -> None:
+    override = tmp_path / "prices.yaml"
+    override.write_text("models:\n  in-house: {input: 1, output: 2}\n", encoding="utf-8")
+    table = pricing.PriceTable.load(override)
+    tokens = pricing.Tokens(10**6, 10**6, cache_read=10**6)
+    assert table.cost_of("in-house", tokens, batch=True) == table.cost_of("in-house", tokens) == Decimal(4)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models:\n  m: {input: 1, output: 2, batch: {input: 1}}\n", "model m: batch: expected the keys input and"),
+        ("models:\n  m: {input: 1, output: 2, batch: {input: 1, output: 1, batch: {}}}\n", "model m: batch:"),
+        ("models:\n  m: {input: 1, output: 2, cacheRead: -1}\n", "model m: cacheRead price must not be negative"),
+        ("models:\n  m: {input: 1, output: 2, cacheWrite: lots}\n", "model m: cacheWrite price must be a number"),
+    ],
+)
+def test_bad_cache_and_batch_prices_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    override = tmp_path / "prices.yaml"
+    override.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        pricing.PriceTable.load(override)

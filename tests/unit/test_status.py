@@ -335,3 +335,25 @@ def test_a_status_that_cannot_be_written_gives_way_to_a_small_failed_one() -> No
     assert (conditions["Stalled"]["status"], conditions["Ready"]["status"]) == ("True", "False")
     # What it writes is a valid status by the API's own model.
     v1alpha1.AnalysisBatchStatus.model_validate(out)
+
+
+def test_the_prompt_cache_shows_in_usage_and_as_each_stages_hit_rate() -> None:
+    cached = counts(
+        1,
+        0,
+        succeeded=4,
+        input_tokens=10_000,
+        output_tokens=900,
+        cache_write_tokens=1_500,
+        cache_read_tokens=7_250,
+    )
+    usage = {"input_tokens": 10_000, "output_tokens": 900, "cache_write_tokens": 1_500, "cache_read_tokens": 7_250}
+    full = {s.name: counts() for s in PLAN.stages} | {"draft": cached}
+    st = status.compute(observe(producer.Snapshot(full, frozenset(), True, usage, {})), None)
+    assert st["stages"][0]["cacheHitPercent"] == 72
+    assert "cacheHitPercent" not in st["stages"][2]  # no cache in the review stage: nothing to say
+    assert (st["usage"]["cacheWriteTokens"], st["usage"]["cacheReadTokens"]) == (1_500, 7_250)
+    assert st["usage"]["totalTokens"] == 10_900  # the cached tokens are part of the input, not on top of it
+    v1alpha1.AnalysisBatchStatus.model_validate(st)
+    plain = status.compute(observe(snapshot()), None)
+    assert "cacheReadTokens" not in plain["usage"]

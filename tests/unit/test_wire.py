@@ -56,6 +56,8 @@ STORED = {
     "USAGE_INPUT_TOKENS": "input_tokens",
     "USAGE_OUTPUT_TOKENS": "output_tokens",
     "USAGE_COST_NUSD": "cost_nusd",
+    "USAGE_CACHE_WRITE_TOKENS": "cache_write_tokens",
+    "USAGE_CACHE_READ_TOKENS": "cache_read_tokens",
     "FLAG_SUSPENDED": "suspended",
     "FLAG_BUDGET_EXCEEDED": "budget_exceeded",
     "FLAG_RETRY_TOKEN": "retry_token",

@@ -120,6 +120,46 @@ def test_plain_templates_render_as_jinja_does(source: str) -> None:
         assert address.sub("", templates.render(source, **variables)) == address.sub("", expected)  # type: ignore[arg-type]
 
 
+SPLIT_SOURCES = [
+    "Analyse {{ item }}",
+    "{{ item }}",
+    "",
+    "no variables at all\r\nacross lines\n",
+    "You rate {{ vars.topic }} companies.\nRubric: be strict.\n\nCompany: {{ item }}\nDraft: {{ input }}",
+    "Rubric {{ vars.topic }}\n   {%- if round %} round {{ round }}{% endif %} {{ item }}",
+    "Rules\n{# cache #}Context {{ vars.topic }} for {{ item }}",
+    "{{ vars.topic }} then {{ feedback }} and {{ vars.topic }}",
+    "{{ vars.topic | upper }} {{ item }}",
+    "Long rules. {{ item -}}  trimmed",
+]
+
+
+@pytest.mark.parametrize("source", SPLIT_SOURCES)
+def test_a_split_prompt_renders_as_the_whole_and_its_prefix_is_the_same_for_every_item(source: str) -> None:
+    one = {"item": "NVDA", "input": "draft A", "feedback": "", "round": 0, "attempt": 1}
+    other = {"item": "AMD", "input": "a longer draft B", "feedback": "cite", "round": 2, "attempt": 3}
+    topic = {"topic": "chips", "items": "x"}
+    prompts = []
+    for values in (one, other):
+        whole = templates.render(source, vars=topic, **values)  # type: ignore[arg-type]
+        prompt, shared = templates.render_split(source, vars=topic, **values)  # type: ignore[arg-type]
+        assert prompt == whole
+        prompts.append((prompt, shared))
+    (first, n), (second, m) = prompts
+    assert n == m
+    assert first[:n] == second[:m]
+
+
+def test_the_prefix_ends_at_the_first_part_that_differs_or_at_the_marker() -> None:
+    assert templates.split("Rubric for {{ vars.topic }}.\nItem: {{ item }}") == (
+        "Rubric for {{ vars.topic }}.\nItem: ",
+        "{{ item }}",
+    )
+    assert templates.split("Rules {# cache #}then {{ vars.topic }} {{ item }}")[0] == "Rules "
+    assert templates.split("{{ item }} then rules") == ("", "{{ item }} then rules")
+    assert templates.split("Rules\n  {%- if round %}r{% endif %}") == ("Rules", "\n  {%- if round %}r{% endif %}")
+
+
 def test_only_templates_that_put_variables_into_text_skip_jinja() -> None:
     plain = ["Analyse {{ item }}", "{{item}}{{ vars.topic}}\r\n{{\n input }} }}", "no tags", ""]
     assert all(templates._plain(source) is not None for source in plain)

@@ -49,8 +49,9 @@ from analysis_core.api import v1alpha1
 # ``initial_s``, ``rate_limit.requests``, ...) and resolved ``fanOut.order``. Version 3 added ``calls_per_pod`` and
 # made ``concurrency`` the cap of the whole stage, which its workers keep together: a version-2 worker would read
 # it as its own, and run as many calls as its pod's ``ANALYSIS_CONCURRENCY`` (several per pod now) allows; and it
-# added a provider's ``account`` (a version-2 plan has none of either, and reads as it is).
-PLAN_VERSION = 3
+# added a provider's ``account`` (a version-2 plan has none of either, and reads as it is). Version 4 added a
+# stage's ``mode`` and ``batch``: a version-3 worker would call a Batch stage's items one by one at the full price.
+PLAN_VERSION = 4
 # Settings the spec has no field for, each stated here only; ``compile_plan`` puts them in every plan.
 # The window that rateLimit's "per minute" counts over.
 RATE_LIMIT_WINDOW_S = 60.0
@@ -114,6 +115,13 @@ class ProviderPlan(_Frozen):
     account: AccountPlan | None = None
 
 
+class BatchPlan(_Frozen):
+    """``spec.stages[].batch`` of a stage in mode Batch, with its defaults applied."""
+
+    max_items: int
+    max_wait_s: float
+
+
 class RateLimitPlan(_Frozen):
     """``spec.stages[].rateLimit``; the limits count over ``window_s`` (``RATE_LIMIT_WINDOW_S``, a minute).
 
@@ -165,6 +173,8 @@ class StagePlan(_Frozen):
     retry: errors.RetryPolicy
     executor: v1alpha1.Executor
     next: str | None = None  # the stage that receives this stage's output
+    mode: v1alpha1.StageMode
+    batch: BatchPlan | None = None  # set exactly when mode is Batch
 
 
 class Plan(_Frozen):
@@ -206,10 +216,16 @@ class Plan(_Frozen):
             )
         if version == 1:
             raw = _from_version_1(raw)
-        if raw.get("version") == 2:
-            # Nothing to rename: version 2's fields are version 3's. Its workers ran one call per pod, so the
-            # stage's concurrency was the cap of the whole stage then too.
-            raw = {**raw, "version": PLAN_VERSION}
+        if raw.get("version") in (2, 3):
+            # Nothing to rename: version 2's fields are version 3's, and version 3's are version 4's, with every
+            # stage in Realtime mode. Version 2's workers ran one call per pod, so the stage's concurrency was the
+            # cap of the whole stage then too.
+            stages = raw.get("stages")
+            if isinstance(stages, list):
+                stages = [
+                    {"mode": v1alpha1.StageMode.REALTIME.value, **s} if isinstance(s, dict) else s for s in stages
+                ]
+            raw = {**raw, "version": PLAN_VERSION, "stages": stages}
         return cls.model_validate(raw)
 
     @classmethod
@@ -376,6 +392,7 @@ def _problems(
             else:
                 problems.extend(_template_problems(f"{field}.promptFrom", prompts[stage.name], vars_))
         problems.extend(_fan_out_problems(field, stage))
+        problems.extend(_batch_problems(field, stage, spec, accounts))
     return problems
 
 
@@ -440,6 +457,8 @@ def compile_plan(
                 ),
                 executor=s.executor,
                 next=spec.stages[index + 1].name if index + 1 < len(spec.stages) else None,
+                mode=s.mode,
+                batch=_batch(s),
             )
         )
     approvals = {a.stage: (None if a.items is None else list(a.items)) for a in spec.approvals or []}
@@ -483,6 +502,38 @@ def _provider(p: v1alpha1.Provider, accounts: Mapping[str, v1alpha1.AnalysisProv
         offline=p.offline or (v1alpha1.OfflineOptions() if type_ is v1alpha1.ProviderType.OFFLINE else None),
         account=account,
     )
+
+
+def _batch(stage: v1alpha1.Stage) -> BatchPlan | None:
+    if stage.mode is not v1alpha1.StageMode.BATCH:
+        return None
+    options = stage.batch or v1alpha1.BatchOptions()
+    return BatchPlan(max_items=options.max_items, max_wait_s=float(options.max_wait_seconds))
+
+
+def _batch_problems(
+    field: str,
+    stage: v1alpha1.Stage,
+    spec: v1alpha1.AnalysisBatchSpec,
+    accounts: Mapping[str, v1alpha1.AnalysisProviderSpec],
+) -> list[tuple[str, str]]:
+    """A Batch stage's limits against its provider's own (the schema checks an inline provider's type; this also
+    sees the type of an account a providerRef names)."""
+    if stage.mode is not v1alpha1.StageMode.BATCH or stage.provider not in spec.providers:
+        return []
+    provider = spec.providers[stage.provider]
+    type_ = provider.type
+    if provider.provider_ref is not None and provider.provider_ref.name in accounts:
+        type_ = accounts[provider.provider_ref.name].type
+    options = stage.batch or v1alpha1.BatchOptions()
+    if type_ is v1alpha1.ProviderType.OPENAI and options.max_items > v1alpha1.OPENAI_BATCH_MAX_REQUESTS:
+        return [
+            (
+                f"{field}.batch.maxItems",
+                f"{options.max_items} is more than OpenAI takes in one batch ({v1alpha1.OPENAI_BATCH_MAX_REQUESTS})",
+            )
+        ]
+    return []
 
 
 def _fan_out(fan_out: v1alpha1.FanOut | None) -> v1alpha1.FanOut | None:

@@ -40,17 +40,63 @@ RESOLVED_MAX = 1024  # model names whose price lookup a table remembers
 
 
 @dataclasses.dataclass(frozen=True)
+class Tokens:
+    """What one call used, as the price table counts it.
+
+    ``input`` is the prompt's tokens read at the full price: the ones neither
+    written to nor read from the provider's prompt cache. Providers count
+    differently (Anthropic's ``input_tokens`` leave the cached ones out,
+    OpenAI's ``prompt_tokens`` include them); the providers' adapters
+    normalize to this.
+    """
+
+    input: int
+    output: int
+    cache_write: int = 0  # prompt tokens written to the cache (Anthropic charges them above the input price)
+    cache_read: int = 0  # prompt tokens read from the cache (at a fraction of the input price)
+
+    def __post_init__(self) -> None:
+        if min(self.input, self.output, self.cache_write, self.cache_read) < 0:
+            raise ValueError(f"token counts must be >= 0, got {self}")
+
+    @property
+    def prompt(self) -> int:
+        """Every prompt token, cached or not."""
+        return self.input + self.cache_write + self.cache_read
+
+
+@dataclasses.dataclass(frozen=True)
 class Price:
-    """US dollars per million input (prompt) and output (completion) tokens."""
+    """US dollars per million tokens: input (prompt) and output (completion), and where known, prompt tokens
+    written to or read from the cache, and the prices of the provider's batch API (``batch``).
+
+    An unknown cache price is the input price (no discount assumed); an unknown batch price is the realtime one.
+    """
 
     input_per_mtok: Decimal
     output_per_mtok: Decimal
+    cache_write_per_mtok: Decimal | None = None
+    cache_read_per_mtok: Decimal | None = None
+    batch: Price | None = None
 
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
-        if input_tokens < 0 or output_tokens < 0:
-            raise ValueError(f"token counts must be >= 0, got {input_tokens} in and {output_tokens} out")
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, *, cache_write_tokens: int = 0, cache_read_tokens: int = 0
+    ) -> Decimal:
+        return self.cost_of(Tokens(input_tokens, output_tokens, cache_write_tokens, cache_read_tokens))
+
+    def cost_of(self, tokens: Tokens, *, batch: bool = False) -> Decimal:
+        """The exact cost of ``tokens``, at the batch API's prices when ``batch``."""
+        price = (self.batch or self) if batch else self
+        write = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
+        read = price.input_per_mtok if price.cache_read_per_mtok is None else price.cache_read_per_mtok
         # Integers times decimals, divided by a power of ten: exact at the default 28-digit precision.
-        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / PER_TOKENS
+        total = (
+            tokens.input * price.input_per_mtok
+            + tokens.output * price.output_per_mtok
+            + tokens.cache_write * write
+            + tokens.cache_read * read
+        )
+        return total / PER_TOKENS
 
 
 class PriceTable:
@@ -121,9 +167,14 @@ class PriceTable:
         return self.price(model) is not None
 
     def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
-        """The exact cost of a call; Decimal(0) for a model not in the table."""
+        """The exact cost of a call without the cache; Decimal(0) for a model not in the table."""
+        return self.cost_of(model, Tokens(input_tokens, output_tokens))
+
+    def cost_of(self, model: str, tokens: Tokens, *, batch: bool = False) -> Decimal:
+        """The exact cost of a call's ``tokens`` (at the batch API's prices when ``batch``); Decimal(0) for a model
+        not in the table."""
         price = self.price(model)
-        return Decimal(0) if price is None else price.cost_usd(input_tokens, output_tokens)
+        return Decimal(0) if price is None else price.cost_of(tokens, batch=batch)
 
 
 @functools.cache
@@ -150,13 +201,31 @@ def _parse(text: str, source: str) -> dict[str, Price]:
     for name, entry in models.items():
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"{source}: model name {name!r} is not a non-empty string")
-        if not isinstance(entry, dict) or set(entry) != {"input", "output"}:
-            raise ValueError(f"{source}: model {name}: expected exactly the keys input and output")
-        prices[name.strip()] = Price(
-            input_per_mtok=_amount(entry["input"], source, name, "input"),
-            output_per_mtok=_amount(entry["output"], source, name, "output"),
-        )
+        prices[name.strip()] = _price(entry, source, name, batch_allowed=True)
     return prices
+
+
+_REQUIRED = frozenset({"input", "output"})
+_CACHE = {"cacheWrite": "cache_write_per_mtok", "cacheRead": "cache_read_per_mtok"}
+
+
+def _price(entry: Any, source: str, name: str, *, batch_allowed: bool) -> Price:
+    """One model's entry: ``input`` and ``output``, optionally ``cacheWrite``, ``cacheRead`` and (at the top level)
+    ``batch``, a mapping of the same keys for the provider's batch API."""
+    where = f"{source}: model {name}" + ("" if batch_allowed else ": batch")
+    allowed = _REQUIRED | set(_CACHE) | ({"batch"} if batch_allowed else set())
+    if not isinstance(entry, dict) or not set(entry) >= _REQUIRED or set(entry) - allowed:
+        raise ValueError(
+            f"{where}: expected the keys input and output, and optionally {', '.join(sorted(allowed - _REQUIRED))}"
+        )
+    cache = {field: _amount(entry[key], source, name, key) for key, field in _CACHE.items() if key in entry}
+    batch = _price(entry["batch"], source, name, batch_allowed=False) if "batch" in entry else None
+    return Price(
+        input_per_mtok=_amount(entry["input"], source, name, "input"),
+        output_per_mtok=_amount(entry["output"], source, name, "output"),
+        batch=batch,
+        **cache,
+    )
 
 
 def _amount(value: Any, source: str, model: str, which: str) -> Decimal:

@@ -66,9 +66,12 @@ COUNT_APPROVED_ROUND = "approved_round_"  # + the round: approved_in_round
 COUNT_REJECTED_ROUND = "rejected_round_"  # + the round: rejected_in_round
 
 # ---- tokens and cost (a stage's counters and the batch's usage hash)
-USAGE_INPUT_TOKENS = "input_tokens"
+USAGE_INPUT_TOKENS = "input_tokens"  # every prompt token, cached or not
 USAGE_OUTPUT_TOKENS = "output_tokens"
 USAGE_COST_NUSD = "cost_nusd"
+# Of the input tokens, those the provider wrote to its prompt cache, and those it read from it.
+USAGE_CACHE_WRITE_TOKENS = "cache_write_tokens"
+USAGE_CACHE_READ_TOKENS = "cache_read_tokens"
 
 # ---- the batch's flags
 FLAG_SUSPENDED = "suspended"  # -> why; set by the operator from spec.suspend (or a failed batch)

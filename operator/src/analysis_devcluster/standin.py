@@ -31,6 +31,11 @@ are one fault, an account that cannot pay, named as each provider names it
 403 for the requested model (OpenAI's ``model_not_found``, Anthropic's
 ``permission_error``).
 
+Both prompt caches are modelled (``promptcache``): Anthropic's breakpoints
+(``cache_control``) and OpenAI's automatic prefixes, each with its minimum
+length, what a call writes readable only once it has answered, and the usage
+fields each reports; every call's record says what it read and wrote.
+
 It deliberately does not stream, batch, count real tokens, check models or
 parameters beyond what it records, or persist anything.
 """
@@ -55,7 +60,7 @@ from typing import Any
 
 from aiohttp import web
 
-from analysis_devcluster import threaded
+from analysis_devcluster import promptcache, threaded
 
 APIS = ("anthropic", "openai")
 _NUMBERS = frozenset(
@@ -131,6 +136,7 @@ class _State:
         self.seen: list[dict[str, Any]] = []
         self.in_flight = 0  # provider requests received and not yet answered
         self.peak = 0  # the most in flight at once since the last reset
+        self.cache = promptcache.PromptCache()
 
     def set_plan(self, steps: list[dict[str, Any]]) -> None:
         plan = [validate_step(step) for step in steps]  # all or nothing: validate before replacing
@@ -141,6 +147,7 @@ class _State:
         with self.lock:
             self.plan, self.seen = [], []
             self.peak = self.in_flight
+        self.cache.reset()
 
     def arrived(self) -> None:
         with self.lock:
@@ -270,7 +277,7 @@ def _rate_headers(api: str, remaining: int, reset_s: float, limit: int = _LIMIT)
     }
 
 
-def _success_body(api: str, model: str, text: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+def _success_body(api: str, model: str, text: str, prompt: promptcache.Usage, tokens_out: int) -> dict[str, Any]:
     if api == "anthropic":
         return {
             "id": f"msg_{uuid.uuid4().hex[:24]}",
@@ -280,8 +287,14 @@ def _success_body(api: str, model: str, text: str, tokens_in: int, tokens_out: i
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
-            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
+            "usage": {
+                "input_tokens": prompt.input,
+                "output_tokens": tokens_out,
+                "cache_creation_input_tokens": prompt.cache_write,
+                "cache_read_input_tokens": prompt.cache_read,
+            },
         }
+    tokens_in = prompt.input + prompt.cache_read
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -295,8 +308,36 @@ def _success_body(api: str, model: str, text: str, tokens_in: int, tokens_out: i
                 "message": {"role": "assistant", "content": text, "refusal": None},
             }
         ],
-        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out},
+        "usage": {
+            "prompt_tokens": tokens_in,
+            "completion_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+            "prompt_tokens_details": {"cached_tokens": prompt.cache_read, "audio_tokens": 0},
+        },
     }
+
+
+def _blocks(content: Any) -> list[tuple[str, bool]]:
+    """A system prompt's or a message's text blocks, each with whether it carries ``cache_control``."""
+    if isinstance(content, str):
+        return [(content, False)]
+    if not isinstance(content, list):
+        return []
+    return [
+        (str(block.get("text", "")), isinstance(block.get("cache_control"), dict))
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "text"
+    ]
+
+
+def _cached(state: _State, api: str, body: dict[str, Any], key: str) -> tuple[promptcache.Usage, promptcache.Pending]:
+    """What the call's prompt reads from and writes to the cache (Anthropic: system, then each message)."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    model = str(body.get("model", ""))
+    if api == "anthropic":
+        blocks = _blocks(body.get("system")) + [b for m in messages for b in _blocks(m.get("content"))]
+        return state.cache.anthropic(key, model, blocks)
+    return state.cache.openai(key, model, "".join(text for m in messages for text, _ in _blocks(m.get("content"))))
 
 
 def _describe_call(api: str, body: dict[str, Any], request: web.Request, expected_key: str | None) -> dict[str, Any]:
@@ -378,6 +419,16 @@ async def _answer(state: _State, api: str, request: web.Request) -> web.Response
     kind = step["kind"]
     state.answered(call, kind)
     headers.update(_step_headers(api, step))
+    # The cache is read as the call starts; what it writes is readable once it has answered.
+    prompt, pending = _cached(state, api, body, _presented_key(request))
+    if "input_tokens" in step:  # a step that says how many tokens: no cache
+        prompt, pending = promptcache.Usage(input=step["input_tokens"]), promptcache.Pending(state.cache, [])
+    with state.lock:
+        call["cache_read"], call["cache_write"], call["input_tokens"] = (
+            prompt.cache_read,
+            prompt.cache_write,
+            prompt.input,
+        )
     # Any step may take its time (a provider's latency); a timeout takes 5 s unless it says otherwise.
     delay_s = step.get("delay_s", 5.0 if kind == "timeout" else 0.0)
     if delay_s:
@@ -390,10 +441,12 @@ async def _answer(state: _State, api: str, request: web.Request) -> web.Response
     if kind == "huge":
         # A well-formed answer of size_mb megabytes: more than a small worker's memory limit can hold.
         text = "x" * int(step.get("size_mb", 256) * 1_000_000)
-    tokens_in = step.get("input_tokens", math.ceil(len(call["prompt"]) / 4))
     tokens_out = step.get("output_tokens", math.ceil(len(text) / 4))
+    with state.lock:
+        call["output_tokens"] = tokens_out
     headers.update(_rate_headers(api, remaining, 60.0, state.advertised_requests))
-    payload = json.dumps(_success_body(api, call["model"], text, tokens_in, tokens_out))
+    payload = json.dumps(_success_body(api, call["model"], text, prompt, tokens_out))
+    pending.commit()
     if kind == "malformed":
         payload = "<html>stand-in: this is not JSON</html>"
     elif kind == "truncated":
@@ -499,15 +552,15 @@ class StandIn(threaded.ThreadedServer):
         """Where an ``api`` (anthropic or openai) SDK client of this stand-in points."""
         return self.anthropic_base_url if api == "anthropic" else self.openai_base_url
 
-    def batch_spec(self, api: str, items: list[str], **stage: Any) -> dict[str, Any]:
-        """An AnalysisBatch spec whose one stage, ``analyze``, calls this stand-in as ``api``.
+    def batch_spec(self, api: str, items: list[str], *, model: str = "stand-in-model", **stage: Any) -> dict[str, Any]:
+        """An AnalysisBatch spec whose one stage, ``analyze``, calls this stand-in as ``api`` for ``model``.
 
         The key is read from the Secret ``llm-keys`` (key: ``api``); ``stage`` adds stage fields in the CRD's
-        spelling (``concurrency``, ``retry``, ``rateLimit``...).
+        spelling (``concurrency``, ``retry``, ``rateLimit``, ``prompt``...).
         """
         provider = {
             "type": api,
-            "model": "stand-in-model",
+            "model": model,
             "baseURL": self.base_url(api),
             "apiKeySecretRef": {"name": "llm-keys", "key": api},
         }

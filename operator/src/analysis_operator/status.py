@@ -143,6 +143,9 @@ def _stage_status(
         "deadLettered": c.get(wire.COUNT_DEAD_LETTERED, 0),
         "workers": workers,
     }
+    prompt = c.get(wire.USAGE_INPUT_TOKENS, 0)
+    if prompt and (c.get(wire.USAGE_CACHE_READ_TOKENS, 0) or c.get(wire.USAGE_CACHE_WRITE_TOKENS, 0)):
+        row["cacheHitPercent"] = min(100, c.get(wire.USAGE_CACHE_READ_TOKENS, 0) * 100 // prompt)
     if held:
         row["heldItems"] = list(held[:HELD_ITEMS_SHOWN])
     return row
@@ -192,6 +195,14 @@ def _counts(obs: Observation) -> dict[str, Any]:
         "usage": {
             "inputTokens": input_tokens,
             "outputTokens": output_tokens,
+            **{
+                name: usage[field]
+                for name, field in (
+                    ("cacheWriteTokens", wire.USAGE_CACHE_WRITE_TOKENS),
+                    ("cacheReadTokens", wire.USAGE_CACHE_READ_TOKENS),
+                )
+                if usage.get(field)
+            },
             "totalTokens": tokens,
             "costUSD": nusd_to_usd(cost_nusd),
             "tokensSummary": tokens_summary(tokens),

@@ -44,7 +44,7 @@ from typing import Any
 
 from analysis_core import env, errors, plan, pricing, queue, wire
 from analysis_core.api import v1alpha1
-from analysis_worker import account, consumer, deadlines, health, metrics, ratelimit, routing, templates
+from analysis_worker import account, consumer, deadlines, health, metrics, priming, ratelimit, routing, templates
 from analysis_worker import config as config_
 from analysis_worker.providers import base
 
@@ -55,6 +55,9 @@ KEEPER_TICK_S = 0.25
 CLAIM_BLOCKED_RECHECK_S = 0.5  # how soon a suspended, over-budget or retired worker looks again
 STAGE_FULL_RECHECK_S = 0.05  # how soon a worker looks again for a slot another worker's call freed
 NANO = Decimal(10) ** 9
+NO_TOKENS = pricing.Tokens(0, 0)  # a call that did not answer
+# A shared prefix shorter than this (about 1,024 tokens, the least either provider caches) is not worth priming.
+MIN_SHARED_CHARS = 4 * 1024
 # What a call holds when its stage skips the limiter: nothing reserved, so nothing to settle or report.
 UNCONSULTED = ratelimit.Reservation("", 0, 0.0)
 
@@ -130,6 +133,7 @@ class Worker:
         )
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.deadlines = deadlines.Deadlines(self.stage.timeout_seconds)
+        self.primer = priming.Primer()
         self.metrics = metrics.StageMetrics(
             cfg.stage,
             str(self.provider_plan.type) if self.provider_plan else "none",
@@ -385,13 +389,13 @@ class Worker:
         try:
             completion, called_ms = await self._call(message)
         except errors.ProviderError as exc:
-            await self._failed_attempt(delivery, exc, (0, 0), fields)
+            await self._failed_attempt(delivery, exc, NO_TOKENS, fields)
             return
         except templates.TemplateError as exc:
             error = errors.ProviderError(errors.ErrorClass.INVALID_REQUEST, str(exc))
-            await self._failed_attempt(delivery, error, (0, 0), fields)
+            await self._failed_attempt(delivery, error, NO_TOKENS, fields)
             return
-        tokens = (completion.input_tokens, completion.output_tokens)
+        tokens = completion.tokens
         idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
         try:
             parsed = routing.parse_output(self.stage, completion.text)
@@ -417,7 +421,7 @@ class Worker:
         if provider_plan is None or stage.prompt is None:
             raise errors.ProviderError(errors.ErrorClass.INVALID_REQUEST, f"stage {stage.name} has nothing to call")
         previous = await self.queue.result(message.input) if message.input else ""
-        prompt = templates.render(
+        prompt, shared = templates.render_split(
             stage.prompt,
             item=message.item,
             input=previous or "",
@@ -440,7 +444,14 @@ class Worker:
             fan_out=None
             if stage.fan_out is None
             else base.FanOutHint(stage.fan_out.path, stage.fan_out.key, stage.fan_out.sort_by),
+            cache_prefix=shared if provider_plan.type is not v1alpha1.ProviderType.OFFLINE else 0,
         )
+        async with self.primer.turn(shared >= MIN_SHARED_CHARS and request.cache_prefix > 0):
+            return await self._request(message, request, prompt)
+
+    async def _request(self, message: queue.Message, request: base.Request, prompt: str) -> tuple[base.Completion, int]:
+        stage, provider_plan = self.stage, self.provider_plan
+        assert provider_plan is not None  # _call checked
         reservation = await self._acquire(message, ratelimit.estimate_tokens(prompt, provider_plan.max_tokens))
         # The account after the stage: its grant is spent just before the call, which the account's window counts.
         grant = await self._spend(message, ratelimit.estimate_input_tokens(prompt), provider_plan.max_tokens)
@@ -472,11 +483,7 @@ class Worker:
             if grant.probe:
                 await self.allowance.passed()
                 log.info("quota probe passed: the account resumes", extra={"fields": {"item": message.item}})
-        self.metrics.usage(
-            completion.input_tokens,
-            completion.output_tokens,
-            self.prices.cost_usd(completion.model, completion.input_tokens, completion.output_tokens),
-        )
+        self.metrics.usage(completion.tokens, self.prices.cost_of(completion.model, completion.tokens))
         state = completion.rate_limit
         if state and state.reset_after_s and (state.requests_remaining == 0 or state.tokens_remaining == 0):
             await self.limiter.pause(state.reset_after_s)
@@ -577,20 +584,26 @@ class Worker:
             await self.limiter.pause(exc.retry_after_s)
             self.metrics.pause(metrics.Pause.RETRY_AFTER)
 
-    def _usage(self, model: str, tokens: tuple[int, int]) -> dict[str, int]:
-        """The counters a call adds: its tokens, and its cost in nano-dollars."""
-        cost_nusd = int(self.prices.cost_usd(model, tokens[0], tokens[1]) * NANO)
-        return {
-            wire.USAGE_INPUT_TOKENS: tokens[0],
-            wire.USAGE_OUTPUT_TOKENS: tokens[1],
+    def _usage(self, model: str, tokens: pricing.Tokens) -> dict[str, int]:
+        """The counters a call adds: its tokens (the cache's share only where it had one), and its cost in
+        nano-dollars."""
+        cost_nusd = int(self.prices.cost_of(model, tokens) * NANO)
+        counters = {
+            wire.USAGE_INPUT_TOKENS: tokens.prompt,
+            wire.USAGE_OUTPUT_TOKENS: tokens.output,
             wire.USAGE_COST_NUSD: cost_nusd,
         }
+        if tokens.cache_write:
+            counters[wire.USAGE_CACHE_WRITE_TOKENS] = tokens.cache_write
+        if tokens.cache_read:
+            counters[wire.USAGE_CACHE_READ_TOKENS] = tokens.cache_read
+        return counters
 
     async def _succeed(
         self,
         delivery: consumer.Delivery,
         text: str,
-        tokens: tuple[int, int],
+        tokens: pricing.Tokens,
         model: str,
         fields: dict[str, Any],
         timing: dict[str, int],
@@ -602,8 +615,8 @@ class Worker:
             wire.OUTCOME_STATUS: routed.status,
             wire.OUTCOME_POD: self.cfg.pod_name,
             wire.OUTCOME_MODEL: model,
-            wire.OUTCOME_INPUT_TOKENS: tokens[0],
-            wire.OUTCOME_OUTPUT_TOKENS: tokens[1],
+            wire.OUTCOME_INPUT_TOKENS: tokens.prompt,
+            wire.OUTCOME_OUTPUT_TOKENS: tokens.output,
             wire.OUTCOME_INPUT: message.input,
             **timing,
         }
@@ -642,7 +655,10 @@ class Worker:
                 self.stats.succeeded += 1
             self._count_success(routed)
             note = {"note": routed.note} if routed.note else {}
-            log.info(routed.status, extra={"fields": {**fields, "tokens": sum(tokens), "idem": idem, **note}})
+            log.info(
+                routed.status,
+                extra={"fields": {**fields, "tokens": tokens.prompt + tokens.output, "idem": idem, **note}},
+            )
         else:
             self.stats.duplicates += 1
             self.metrics.item(metrics.Outcome.DUPLICATE)
@@ -662,7 +678,7 @@ class Worker:
         self,
         delivery: consumer.Delivery,
         error: errors.ProviderError,
-        tokens: tuple[int, int],
+        tokens: pricing.Tokens,
         fields: dict[str, Any],
         *,
         model: str = "",
@@ -673,7 +689,7 @@ class Worker:
         elapsed_s = max(0.0, (_now_ms() - message.since_ms) / 1000)
         # A re-run item (producer.retry_failed) gets the policy's attempts afresh, counted from its first_attempt.
         decision = errors.decide(error, self.stage.retry, attempt=message.attempts_in_run, elapsed_s=elapsed_s)
-        spent = self._usage(model, tokens) if any(tokens) else {}
+        spent = self._usage(model, tokens) if tokens.prompt or tokens.output else {}
         details = {**fields, "error_class": str(error.error_class), "error": error.message}
         if decision.action is errors.Action.RETRY:
             next_message = dataclasses.replace(message, attempt=message.attempt + (1 if decision.uses_attempt else 0))

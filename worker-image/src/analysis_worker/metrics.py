@@ -41,7 +41,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from analysis_core import env, errors, wire
+from analysis_core import env, errors, pricing, wire
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -120,6 +120,13 @@ TOKENS = Family(
     "Tokens the provider reported for answered calls, by direction (input is the prompt, output the answer).",
     ("stage", "provider", "model", "direction"),
 )
+CACHE_TOKENS = Family(
+    "analysis_worker_cache_tokens",
+    "counter",
+    "Of the input tokens, those the provider wrote to its prompt cache and those it read from it (read over input "
+    "is the stage's cache hit rate).",
+    ("stage", "provider", "model", "use"),
+)
 COST = Family(
     "analysis_worker_cost_dollars",
     "counter",
@@ -181,6 +188,7 @@ FAMILIES = (
     ERRORS,
     JUDGE_VERDICTS,
     TOKENS,
+    CACHE_TOKENS,
     COST,
     PROVIDER_LATENCY,
     PROVIDER_RATE_LIMITED,
@@ -223,6 +231,7 @@ class StageMetrics:
         self._errors = {cls: 0.0 for cls in errors.ErrorClass}
         self._verdicts = [0.0, 0.0]  # approved, rejected
         self._tokens = [0.0, 0.0]  # input, output
+        self._cache = [0.0, 0.0]  # of the input: written to the prompt cache, read from it
         self._cost = 0.0
         self._rate_limited = 0.0
         self._calls = 0.0
@@ -243,9 +252,11 @@ class StageMetrics:
     def verdict(self, approved: bool) -> None:
         self._verdicts[0 if approved else 1] += 1
 
-    def usage(self, input_tokens: int, output_tokens: int, cost_usd: Decimal) -> None:
-        self._tokens[0] += input_tokens
-        self._tokens[1] += output_tokens
+    def usage(self, tokens: pricing.Tokens, cost_usd: Decimal) -> None:
+        self._tokens[0] += tokens.prompt
+        self._tokens[1] += tokens.output
+        self._cache[0] += tokens.cache_write
+        self._cache[1] += tokens.cache_read
         self._cost += float(cost_usd)
 
     def track_in_flight(self, count: Callable[[], float]) -> None:
@@ -303,6 +314,8 @@ class StageMetrics:
             yield (JUDGE_VERDICTS, (stage, verdict)), count
         yield (TOKENS, (stage, provider, model, "input")), self._tokens[0]
         yield (TOKENS, (stage, provider, model, "output")), self._tokens[1]
+        yield (CACHE_TOKENS, (stage, provider, model, "write")), self._cache[0]
+        yield (CACHE_TOKENS, (stage, provider, model, "read")), self._cache[1]
         yield (COST, (stage, provider, model)), self._cost
         for ended, histogram in list(self._latency.items()):  # a copy: the loop may add one meanwhile
             yield (PROVIDER_LATENCY, (stage, provider, model, ended)), histogram

@@ -10,6 +10,11 @@ only put variables into text (``{{ item }}``, ``{{ vars.topic }}``): those
 are rendered by joining their parts, as Jinja would, without Jinja (neither
 imported at start nor a Jinja context per item); anything else (filters,
 tests, loops, comments, whitespace control, a missing variable) is Jinja's.
+
+The items of a stage share the start of their prompt (instructions, a
+rubric, context from ``vars``): ``split`` cuts a template where the first
+thing that differs between items begins, so that the providers' prompt caches
+can serve that shared prefix (``providers.base.Request.cache_prefix``).
 """
 
 from __future__ import annotations
@@ -65,6 +70,44 @@ def _scalar(name: str, values: Mapping[str, Any]) -> Any:
 
 def _var(key: str, values: Mapping[str, Any]) -> Any:
     return values["vars"][key]  # a KeyError sends the template to Jinja, which names the missing key
+
+
+# Ends the shared prefix of a prompt where a template says so, if that is before its first per-item part.
+CACHE_MARKER = "{# cache #}"
+_STRIPS_BEFORE = re.compile(r"\{[{%#]-")
+
+
+@functools.lru_cache(maxsize=64)
+def split(source: str) -> tuple[str, str]:
+    """``(prefix, rest)`` of a template: ``prefix`` is the longest start that is the same for every item (text and
+    ``{{ vars.key }}``, nothing else), cut short at ``CACHE_MARKER`` if the template has one there; ``rest`` is
+    the remainder, a template of its own. ``render_split`` renders both; together they render as the whole does.
+    """
+    position, end = 0, len(source)
+    while (tag := _TAG.search(source, position)) is not None:
+        output = _PLAIN_OUTPUT.match(source, tag.start())
+        if output is None or output[2] is None or hasattr(dict, output[2]):
+            end = tag.start()
+            break
+        position = output.end()
+    marker = source.find(CACHE_MARKER)
+    if 0 <= marker < end:
+        end = marker
+    prefix, rest = source[:end], source[end:]
+    if _STRIPS_BEFORE.match(rest):
+        # "{%-" strips the whitespace before it: the prefix ends where the text ends.
+        trimmed = prefix.rstrip()
+        prefix, rest = trimmed, prefix[len(trimmed) :] + rest
+    return prefix, rest
+
+
+def render_split(source: str, **values: Any) -> tuple[str, int]:
+    """The rendered prompt (``values`` as ``render`` takes them), and how many of its characters are the prefix
+    every item of the stage shares."""
+    prefix_source, rest_source = split(source)
+    prefix = render(prefix_source, **values) if prefix_source else ""
+    rest = render(rest_source, **values) if rest_source else ""
+    return prefix + rest, len(prefix)
 
 
 @functools.lru_cache(maxsize=64)

@@ -194,6 +194,13 @@ class OfflineOptions(_Model):
         le=1,
         description="Probability, from 0 to 1, that a judge stage rejects a given item in a given round.",
     )
+    batch_turnaround_seconds: int = Field(
+        default=5,
+        ge=0,
+        le=86_400,
+        description="mode: Batch stages only: how long a simulated provider batch takes from submission to its "
+        "results.",
+    )
 
 
 class ProviderRef(_Model):
@@ -472,6 +479,45 @@ class Retry(_Model):
 _GENERATE_ONLY = "self.type == 'generate'"
 
 
+class StageMode(enum.StrEnum):
+    REALTIME = "Realtime"
+    BATCH = "Batch"
+
+
+# The providers' own bounds on one provider batch (Anthropic's Message Batches API, OpenAI's Batch API).
+ANTHROPIC_BATCH_MAX_REQUESTS = 100_000
+ANTHROPIC_BATCH_MAX_BYTES = 256 * 1024 * 1024
+OPENAI_BATCH_MAX_REQUESTS = 50_000
+OPENAI_BATCH_MAX_BYTES = 200 * 1024 * 1024  # the input file's size limit
+DEFAULT_BATCH_MAX_ITEMS = 1000
+DEFAULT_BATCH_MAX_WAIT_SECONDS = 60
+
+
+class BatchOptions(_Model):
+    """How a stage in mode Batch gathers its ready items into provider batches.
+
+    A provider batch is submitted once maxItems items are ready, or once the
+    oldest ready item has waited maxWaitSeconds, whichever comes first.
+    """
+
+    max_items: int = Field(
+        default=DEFAULT_BATCH_MAX_ITEMS,
+        ge=1,
+        le=ANTHROPIC_BATCH_MAX_REQUESTS,
+        description="Most requests in one provider batch (Anthropic takes up to "
+        f"{ANTHROPIC_BATCH_MAX_REQUESTS:,}, OpenAI {OPENAI_BATCH_MAX_REQUESTS:,}). A batch is also cut where its "
+        f"requests would pass the provider's size limit ({ANTHROPIC_BATCH_MAX_BYTES // 2**20} MiB, "
+        f"{OPENAI_BATCH_MAX_BYTES // 2**20} MiB).",
+    )
+    max_wait_seconds: int = Field(
+        default=DEFAULT_BATCH_MAX_WAIT_SECONDS,
+        ge=0,
+        le=86_400,
+        description="Submit what has gathered once its oldest item has waited this long, even short of maxItems; "
+        "0 submits whatever is ready at once.",
+    )
+
+
 class Stage(_Model):
     """One step of the pipeline, applied to every item that reaches it, in stage order."""
 
@@ -554,6 +600,18 @@ class Stage(_Model):
                     "self.type != 'approval' || !has(self.callsPerPod)",
                     "an approval stage has no worker pods: remove callsPerPod",
                     field_path=".callsPerPod",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.type != 'approval' || self.mode == 'Realtime'",
+                    "an approval stage calls no provider: remove mode",
+                    field_path=".mode",
+                    reason="FieldValueForbidden",
+                ),
+                cel(
+                    "self.mode == 'Batch' || !has(self.batch)",
+                    "batch applies only to mode: Batch",
+                    field_path=".batch",
                     reason="FieldValueForbidden",
                 ),
             ]
@@ -659,6 +717,16 @@ class Stage(_Model):
         "has drained; Deployment keeps a Deployment that scales with the backlog and to zero "
         "when idle.",
     )
+    mode: StageMode = Field(
+        default=StageMode.REALTIME,
+        description="Realtime calls the provider once per item as items arrive. Batch gathers ready items into "
+        "the provider's batch API (Anthropic Message Batches, OpenAI Batch) at about half the price, with results "
+        "within the provider's window (OpenAI: 24 hours) instead of seconds; judge rounds, fan-out, retries, "
+        "budgets and status work as in Realtime.",
+    )
+    batch: BatchOptions | None = Field(
+        default=None, description="mode: Batch only: when a provider batch is submitted. Defaults apply when unset."
+    )
 
 
 # ---------------------------------------------------------------- batch spec
@@ -733,6 +801,10 @@ class FailurePolicy(_Model):
 # name the offending stage by mapping stages to names first and filtering the
 # names (bounded strings), which the estimator accepts.
 _UNDEFINED_PROVIDER = "has(s.provider) && !(s.provider in self.providers)"
+_OPENAI_BATCH_TOO_BIG = (
+    "has(s.batch) && has(s.provider) && s.provider in self.providers && has(self.providers[s.provider].type) && "
+    f"self.providers[s.provider].type == 'openai' && s.batch.maxItems > {OPENAI_BATCH_MAX_REQUESTS}"
+)
 _BAD_REVIEW = (
     "s.type == 'judge' && has(s.reviews) && "
     "!self.stages.exists(j, r, j < i && r.name == s.reviews && r.type == 'generate')"
@@ -804,6 +876,13 @@ class AnalysisBatchSpec(_Model):
                     "!has(self.vars) || self.vars.all(k, k.matches('" + IDENTIFIER + "'))",
                     "vars keys must be identifiers (letters, digits and '_') so templates can use them",
                     field_path=".vars",
+                ),
+                cel(
+                    f"!self.stages.exists(s, {_OPENAI_BATCH_TOO_BIG})",
+                    f"a stage on an openai provider has batch.maxItems over {OPENAI_BATCH_MAX_REQUESTS}, the most "
+                    "requests OpenAI takes in one batch",
+                    field_path=".stages",
+                    reason="FieldValueInvalid",
                 ),
                 cel(
                     # has(): a judge without `reviews` gets its own message (on the stage), not CEL's "no such key".
@@ -909,6 +988,13 @@ class StageStatus(_StatusModel):
     retrying: int = Field(default=0, ge=0, description="Items waiting for a retry after a failed attempt.")
     dead_lettered: int = Field(default=0, ge=0, description="Items given up after too many redeliveries.")
     workers: int = Field(default=0, ge=0, description="Worker pods the stage runs now.")
+    cache_hit_percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Of the stage's input tokens, the share read from the provider's prompt cache, in percent; "
+        "unset until the cache has had a part in a call.",
+    )
     held_items: list[str] | None = Field(
         default=None,
         max_length=HELD_ITEMS_SHOWN,
@@ -929,8 +1015,14 @@ class JudgeStatus(_StatusModel):
 class Usage(_StatusModel):
     """Tokens and estimated cost so far."""
 
-    input_tokens: int = Field(default=0, ge=0, description="Input (prompt) tokens.")
+    input_tokens: int = Field(default=0, ge=0, description="Input (prompt) tokens, cached or not.")
     output_tokens: int = Field(default=0, ge=0, description="Output (completion) tokens.")
+    cache_write_tokens: int = Field(
+        default=0, ge=0, description="Of the input tokens, those written to the provider's prompt cache."
+    )
+    cache_read_tokens: int = Field(
+        default=0, ge=0, description="Of the input tokens, those read from the provider's prompt cache."
+    )
     total_tokens: int = Field(default=0, ge=0, description="Input plus output tokens.")
     cost_usd: str = Field(
         default="0",

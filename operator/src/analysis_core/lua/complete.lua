@@ -38,7 +38,10 @@
 -- Returns {one per attempt: 1 when this call completed it, 0 for a duplicate;
 --          the claimed entries as {id, {field, value, ...}}}.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local usage = {[USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true}
+local usage = {
+  [USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true,
+  [USAGE_CACHE_WRITE_TOKENS] = true, [USAGE_CACHE_READ_TOKENS] = true,
+}
 
 -- What the step adds up before writing it: each counter once, and one XACK and one XDEL that name every
 -- delivery it finished (a command per step, not per item).

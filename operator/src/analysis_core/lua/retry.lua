@@ -25,7 +25,10 @@ end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[5]), ARGV[6])
-local usage = {[USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true}
+local usage = {
+  [USAGE_INPUT_TOKENS] = true, [USAGE_OUTPUT_TOKENS] = true, [USAGE_COST_NUSD] = true,
+  [USAGE_CACHE_WRITE_TOKENS] = true, [USAGE_CACHE_READ_TOKENS] = true,
+}
 for field, n in pairs(cjson.decode(ARGV[7])) do
   redis.call('HINCRBY', KEYS[4], field, n)
   if usage[field] then redis.call('HINCRBY', KEYS[5], field, n) end

@@ -16,6 +16,8 @@ import enum
 import ssl
 from typing import Any, Protocol
 
+from analysis_core import pricing
+
 
 class OutputKind(enum.StrEnum):
     TEXT = "text"
@@ -47,6 +49,9 @@ class Request:
     attempt: int = 1
     json_schema: dict[str, Any] | None = None
     fan_out: FanOutHint | None = None
+    # How many characters at the start of the prompt every item of the stage shares (templates.split): a provider
+    # that caches on request (Anthropic) marks them for its prompt cache; 0: nothing shared.
+    cache_prefix: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +66,21 @@ class RateLimitState:
 @dataclasses.dataclass(frozen=True)
 class Completion:
     text: str
-    input_tokens: int
+    input_tokens: int  # every prompt token, cached or not (providers count differently; the adapters add up)
     output_tokens: int
     model: str
     request_id: str | None = None
     rate_limit: RateLimitState | None = None
+    cache_write_tokens: int = 0  # of input_tokens: written to the provider's prompt cache
+    cache_read_tokens: int = 0  # of input_tokens: read from it
+
+    @property
+    def tokens(self) -> pricing.Tokens:
+        """The call's tokens as the price table counts them (input: the prompt tokens the cache had no part in)."""
+        cached = self.cache_write_tokens + self.cache_read_tokens
+        return pricing.Tokens(
+            max(0, self.input_tokens - cached), self.output_tokens, self.cache_write_tokens, self.cache_read_tokens
+        )
 
 
 @dataclasses.dataclass(frozen=True)

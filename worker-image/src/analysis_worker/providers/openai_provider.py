@@ -129,6 +129,9 @@ class OpenAIProvider:
             # usage is optional in the schema; a missing one is counted as zero, not as a failed (paid) call.
             input_tokens = int(usage.prompt_tokens) if usage is not None else 0
             output_tokens = int(usage.completion_tokens) if usage is not None else 0
+            # prompt_tokens counts the cached ones too; OpenAI writes its cache by itself, at no extra charge.
+            details = usage.prompt_tokens_details if usage is not None else None
+            cache_read = int(details.cached_tokens or 0) if details is not None else 0
         except (AttributeError, TypeError, ValueError) as exc:
             raise errors.ProviderError(
                 errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=raw.status_code, request_id=request_id
@@ -148,6 +151,7 @@ class OpenAIProvider:
             model=completion.model or self._model,
             request_id=request_id,
             rate_limit=_http.openai_rate_limit(raw.headers),
+            cache_read_tokens=min(cache_read, input_tokens),
         )
 
     def _describe(self, exc: BaseException) -> str:

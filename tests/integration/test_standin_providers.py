@@ -96,7 +96,10 @@ async def test_success_maps_text_usage_model_request_id_and_rate_limits(
     done = await provider.complete(_request(prompt, system="Be brief.", temperature=0.2, max_tokens=77))
     expected_text = "stand-in answer: " + prompt
     assert done.text == expected_text
-    assert (done.input_tokens, done.output_tokens) == (math.ceil(len(prompt) / 4), math.ceil(len(expected_text) / 4))
+    # The whole prompt counts, the system prompt with it (a token per 4 characters, as the stand-in counts).
+    whole = "Be brief." + prompt
+    assert (done.input_tokens, done.output_tokens) == (math.ceil(len(whole) / 4), math.ceil(len(expected_text) / 4))
+    assert (done.cache_write_tokens, done.cache_read_tokens) == (0, 0)  # far below either provider's minimum
     assert done.model == MODELS[api]
     assert done.request_id is not None
     assert done.request_id.startswith("req_standin_")

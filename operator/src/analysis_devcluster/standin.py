@@ -36,7 +36,12 @@ Both prompt caches are modelled (``promptcache``): Anthropic's breakpoints
 length, what a call writes readable only once it has answered, and the usage
 fields each reports; every call's record says what it read and wrote.
 
-It deliberately does not stream, batch, count real tokens, check models or
+Both batch APIs are served too (``standin_batches``: Anthropic's Message
+Batches, OpenAI's Batch API with its files), each request of a provider batch
+answered as the same call would be, with faults of single requests and of
+whole batches, and a count of submissions per ``custom_id``.
+
+It deliberately does not stream, count real tokens, check models or
 parameters beyond what it records, or persist anything.
 """
 
@@ -60,7 +65,7 @@ from typing import Any
 
 from aiohttp import web
 
-from analysis_devcluster import promptcache, threaded
+from analysis_devcluster import promptcache, standin_batches, threaded
 
 APIS = ("anthropic", "openai")
 _NUMBERS = frozenset(
@@ -86,7 +91,10 @@ ANTHROPIC_LOW_CREDIT = (
 )
 ANTHROPIC_FORBIDDEN = "Your API key does not have permission to use the specified resource."
 _REFUSALS = frozenset({"insufficient_quota", "low_credit", "model_forbidden"})
-KINDS = frozenset({*_ERRORS, *_REFUSALS, "ok", "timeout", "malformed", "truncated", "huge"})
+# "expired": a request of a provider batch that expires; the batch kinds apply to a whole provider batch.
+KINDS = frozenset(
+    {*_ERRORS, *_REFUSALS, "ok", "timeout", "malformed", "truncated", "huge", "expired", *standin_batches.BATCH_KINDS}
+)
 _LIMIT = 1000  # the advertised request quota by default; "remaining" counts down from it
 
 
@@ -137,6 +145,9 @@ class _State:
         self.in_flight = 0  # provider requests received and not yet answered
         self.peak = 0  # the most in flight at once since the last reset
         self.cache = promptcache.PromptCache()
+        self.batches = standin_batches.Batches(
+            lambda api, body, key: _respond(self, api, body, key), self.take_batch, turnaround_s=1.0
+        )
 
     def set_plan(self, steps: list[dict[str, Any]]) -> None:
         plan = [validate_step(step) for step in steps]  # all or nothing: validate before replacing
@@ -148,6 +159,7 @@ class _State:
             self.plan, self.seen = [], []
             self.peak = self.in_flight
         self.cache.reset()
+        self.batches.reset()
 
     def arrived(self) -> None:
         with self.lock:
@@ -173,9 +185,24 @@ class _State:
             call["kind"] = kind
 
     def take(self, api: str, prompt: str) -> dict[str, Any] | None:
+        """The first step for one request with this prompt (a call's, or one request's of a provider batch)."""
+        return self._take(
+            api, lambda step: step["kind"] not in standin_batches.BATCH_KINDS and step.get("match", "") in prompt
+        )
+
+    def take_batch(self, api: str, prompts: list[str]) -> dict[str, Any] | None:
+        """The first batch step for a provider batch of requests with these prompts (any of them may match)."""
+        return self._take(
+            api,
+            lambda step: (
+                step["kind"] in standin_batches.BATCH_KINDS and any(step.get("match", "") in p for p in prompts)
+            ),
+        )
+
+    def _take(self, api: str, applies: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         with self.lock:
             for index, step in enumerate(self.plan):
-                if step.get("api") not in (None, api) or step.get("match", "") not in prompt:
+                if step.get("api") not in (None, api) or not applies(step):
                     continue
                 step["times"] -= 1
                 if step["times"] == 0:
@@ -340,6 +367,33 @@ def _cached(state: _State, api: str, body: dict[str, Any], key: str) -> tuple[pr
     return state.cache.openai(key, model, "".join(text for m in messages for text, _ in _blocks(m.get("content"))))
 
 
+def _respond(state: _State, api: str, body: dict[str, Any], key: str) -> standin_batches.Answer:
+    """One request of a provider batch, answered as the same call would be (its step, the cache, usage)."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    prompt = _text_of(messages[-1].get("content")) if messages else ""
+    step = state.take(api, prompt) or {"kind": "ok"}
+    kind = step["kind"]
+    if kind == "expired":
+        return standin_batches.Answer("expired", {})
+    if kind in _ERRORS or kind in _REFUSALS:
+        status, anthropic_type, openai_type, code = _ERRORS.get(kind, _ERRORS["bad_request"])
+        message = f"stand-in {kind}"
+        if api == "anthropic":
+            return standin_batches.Answer(
+                kind, {"type": "error", "error": {"type": anthropic_type, "message": message}}, status
+            )
+        error = {"message": message, "type": openai_type, "param": None, "code": code}
+        return standin_batches.Answer(kind, {"error": error}, status)
+    text = step.get("text", "stand-in answer: " + prompt[:200])
+    usage, pending = _cached(state, api, body, key)
+    if "input_tokens" in step:
+        usage, pending = promptcache.Usage(input=step["input_tokens"]), promptcache.Pending(state.cache, [])
+    tokens_out = step.get("output_tokens", math.ceil(len(text) / 4))
+    answer = _success_body(api, str(body.get("model", "")), text, usage, tokens_out)
+    pending.commit()
+    return standin_batches.Answer("ok", answer)
+
+
 def _describe_call(api: str, body: dict[str, Any], request: web.Request, expected_key: str | None) -> dict[str, Any]:
     """The record of one provider call: what a test may assert on, and never the key itself."""
     messages = body.get("messages")
@@ -483,7 +537,15 @@ def make_app(state: _State) -> web.Application:
         state.reset()
         return web.json_response({"reset": True})
 
-    app = web.Application()
+    def authorized(request: web.Request, api: str) -> web.Response | None:
+        key = _presented_key(request)
+        if key and (state.api_key is None or hmac.compare_digest(key, state.api_key)):
+            return None
+        headers = {"request-id" if api == "anthropic" else "x-request-id": f"req_standin_{uuid.uuid4().hex[:16]}"}
+        return _error_response(api, "unauthorized", "invalid x-api-key" if key else "missing API key", headers)
+
+    app = web.Application(client_max_size=300 * 1024 * 1024)  # a provider batch's input: Anthropic takes 256 MB
+    app.add_routes(state.batches.routes(authorized))
     app.router.add_post("/v1/messages", anthropic_messages)
     app.router.add_post("/v1/chat/completions", openai_chat)
     app.router.add_put("/_standin/plan", put_plan)
@@ -580,6 +642,28 @@ class StandIn(threaded.ThreadedServer):
     def concurrency(self) -> dict[str, int]:
         """``in_flight``: provider requests received and not yet answered; ``peak``: the most at once since reset."""
         return self._state.concurrency()
+
+    def batch_turnaround(self, seconds: float) -> None:
+        """How long a provider batch takes from its submission to its results (a batch_slow step: its own)."""
+        self._state.batches.turnaround_s = seconds
+
+    def batch_submissions(self) -> dict[str, int]:
+        """How many times each custom_id was submitted in a provider batch, since the last reset."""
+        with self._state.batches.lock:
+            return dict(self._state.batches.submissions)
+
+    def provider_batches(self) -> list[dict[str, Any]]:
+        """Every provider batch since the last reset: id, api, status, requests."""
+        with self._state.batches.lock:
+            return [
+                {"id": b.id, "api": b.api, "status": b.status, "requests": len(b.requests)}
+                for b in self._state.batches.batches.values()
+            ]
+
+    def files(self) -> tuple[list[str], list[str]]:
+        """The ids of the OpenAI files held, and of those deleted, since the last reset."""
+        with self._state.batches.lock:
+            return list(self._state.batches.files), list(self._state.batches.deleted_files)
 
     async def _open(self) -> tuple[int, Callable[[], Awaitable[None]]]:
         runner, port = await _start(self._state, self._host, self._port, self._tls)

@@ -36,6 +36,14 @@ def stand_in(server: standin.StandIn) -> standin.StandIn:
     return server
 
 
+@pytest.fixture
+def batch_stand_in(server: standin.StandIn) -> standin.StandIn:
+    """The module's stand-in, reset, with provider batches that end 0.3 s after they are submitted."""
+    server.reset()
+    server.batch_turnaround(0.3)
+    return server
+
+
 class Allocating:
     """The operator's allocator for one account, granting in the background while batches register.
 

@@ -11,7 +11,7 @@ custom_id that shows a request sent twice.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -22,26 +22,14 @@ from analysis_devcluster import promptcache, standin
 
 pytestmark = pytest.mark.integration
 
-KEY = "sk-standin-batches-3e9d"
+API_KEY = "sk-standin-batches-3e9d"
 RUBRIC = "Score the company against each rule of the rubric. " * 120  # about 1,500 tokens
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[standin.StandIn]:
-    with standin.StandIn(api_key=KEY) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server: standin.StandIn) -> None:
-    server.reset()
-    server.batch_turnaround(0.3)
-
-
 @pytest.fixture
-async def claude(server: standin.StandIn) -> AsyncIterator[anthropic.AsyncAnthropic]:
+async def claude(batch_stand_in: standin.StandIn) -> AsyncIterator[anthropic.AsyncAnthropic]:
     client = anthropic.AsyncAnthropic(
-        api_key=KEY, base_url=server.anthropic_base_url, max_retries=0, _strict_response_validation=True
+        api_key=API_KEY, base_url=batch_stand_in.anthropic_base_url, max_retries=0, _strict_response_validation=True
     )
     try:
         yield client
@@ -50,9 +38,9 @@ async def claude(server: standin.StandIn) -> AsyncIterator[anthropic.AsyncAnthro
 
 
 @pytest.fixture
-async def gpt(server: standin.StandIn) -> AsyncIterator[openai.AsyncOpenAI]:
+async def gpt(batch_stand_in: standin.StandIn) -> AsyncIterator[openai.AsyncOpenAI]:
     client = openai.AsyncOpenAI(
-        api_key=KEY, base_url=server.openai_base_url, max_retries=0, _strict_response_validation=True
+        api_key=API_KEY, base_url=batch_stand_in.openai_base_url, max_retries=0, _strict_response_validation=True
     )
     try:
         yield client
@@ -89,9 +77,9 @@ async def settled(gpt: openai.AsyncOpenAI, batch_id: str) -> Any:
 
 
 async def test_an_anthropic_batch_runs_and_its_results_come_back_by_custom_id(
-    server: standin.StandIn, claude: anthropic.AsyncAnthropic
+    batch_stand_in: standin.StandIn, claude: anthropic.AsyncAnthropic
 ) -> None:
-    server.set_plan([{"match": "FLAKY", "kind": "server_error"}, {"match": "LATE", "kind": "expired"}])
+    batch_stand_in.set_plan([{"match": "FLAKY", "kind": "server_error"}, {"match": "LATE", "kind": "expired"}])
     requests = [{"custom_id": f"r-{name}", "params": message(f"Analyze {name}")} for name in ("OK", "FLAKY", "LATE")]
     created = await claude.messages.batches.create(requests=requests)  # type: ignore[arg-type]
     assert created.processing_status == "in_progress"
@@ -108,13 +96,13 @@ async def test_an_anthropic_batch_runs_and_its_results_come_back_by_custom_id(
     listed = [b.id async for b in claude.messages.batches.list()]
     assert listed == [created.id]
     await claude.messages.batches.delete(created.id)
-    assert server.batch_submissions() == {"r-OK": 1, "r-FLAKY": 1, "r-LATE": 1}
+    assert batch_stand_in.batch_submissions() == {"r-OK": 1, "r-FLAKY": 1, "r-LATE": 1}
 
 
 async def test_an_anthropic_batch_canceled_before_it_ran_ends_with_every_request_canceled(
-    server: standin.StandIn, claude: anthropic.AsyncAnthropic
+    batch_stand_in: standin.StandIn, claude: anthropic.AsyncAnthropic
 ) -> None:
-    server.batch_turnaround(30)
+    batch_stand_in.batch_turnaround(30)
     created = await claude.messages.batches.create(requests=[{"custom_id": "a", "params": message("A")}])  # type: ignore[list-item]
     canceling = await claude.messages.batches.cancel(created.id)
     assert canceling.processing_status == "canceling"
@@ -125,23 +113,23 @@ async def test_an_anthropic_batch_canceled_before_it_ran_ends_with_every_request
 
 
 async def test_anthropics_limits_and_a_failing_batch_are_refused_at_create(
-    server: standin.StandIn, claude: anthropic.AsyncAnthropic
+    batch_stand_in: standin.StandIn, claude: anthropic.AsyncAnthropic
 ) -> None:
     with pytest.raises(anthropic.BadRequestError, match="custom_id"):
         await claude.messages.batches.create(requests=[{"custom_id": "has/slash", "params": message("A")}])  # type: ignore[list-item]
     twice = [{"custom_id": "same", "params": message("A")}, {"custom_id": "same", "params": message("B")}]
     with pytest.raises(anthropic.BadRequestError, match="duplicate"):
         await claude.messages.batches.create(requests=twice)  # type: ignore[arg-type]
-    server.set_plan([{"match": "DOOMED", "kind": "batch_failed"}])
+    batch_stand_in.set_plan([{"match": "DOOMED", "kind": "batch_failed"}])
     with pytest.raises(anthropic.InternalServerError):
         await claude.messages.batches.create(requests=[{"custom_id": "d", "params": message("DOOMED")}])  # type: ignore[list-item]
-    assert server.provider_batches() == []
+    assert batch_stand_in.provider_batches() == []
 
 
 async def test_the_prompt_cache_works_inside_a_batch_and_a_slow_batch_takes_its_time(
-    server: standin.StandIn, claude: anthropic.AsyncAnthropic
+    batch_stand_in: standin.StandIn, claude: anthropic.AsyncAnthropic
 ) -> None:
-    server.set_plan([{"match": "item-0", "kind": "batch_slow", "delay_s": 1.0}])
+    batch_stand_in.set_plan([{"match": "item-0", "kind": "batch_slow", "delay_s": 1.0}])
     requests = [{"custom_id": f"c{n}", "params": message(f"item-{n}", cached_prefix=RUBRIC)} for n in range(4)]
     created = await claude.messages.batches.create(requests=requests)  # type: ignore[arg-type]
     await asyncio.sleep(0.5)
@@ -154,9 +142,9 @@ async def test_the_prompt_cache_works_inside_a_batch_and_a_slow_batch_takes_its_
 
 
 async def test_an_openai_batch_reads_its_input_file_and_writes_output_and_error_files(
-    server: standin.StandIn, gpt: openai.AsyncOpenAI
+    batch_stand_in: standin.StandIn, gpt: openai.AsyncOpenAI
 ) -> None:
-    server.set_plan([{"match": "FLAKY", "kind": "server_error"}])
+    batch_stand_in.set_plan([{"match": "FLAKY", "kind": "server_error"}])
     lines = [
         {
             "custom_id": f"r-{name}",
@@ -186,14 +174,14 @@ async def test_an_openai_batch_reads_its_input_file_and_writes_output_and_error_
     assert [(f["custom_id"], f["response"]["status_code"]) for f in failed] == [("r-FLAKY", 500)]
     for file_id in (uploaded.id, done.output_file_id, done.error_file_id):
         assert (await gpt.files.delete(file_id)).deleted
-    held, deleted = server.files()
+    held, deleted = batch_stand_in.files()
     assert held == []
     assert sorted(deleted) == sorted([uploaded.id, done.output_file_id, done.error_file_id])
     assert [b.id async for b in gpt.batches.list()] == [created.id]
 
 
 async def test_openai_refuses_another_window_fails_a_duplicate_and_expires_or_cancels_a_batch(
-    server: standin.StandIn, gpt: openai.AsyncOpenAI
+    batch_stand_in: standin.StandIn, gpt: openai.AsyncOpenAI
 ) -> None:
     def upload(*names: str) -> bytes:
         return "".join(
@@ -221,7 +209,7 @@ async def test_openai_refuses_another_window_fails_a_duplicate_and_expires_or_ca
     assert failed.errors is not None
     assert failed.errors.data is not None
     assert failed.errors.data[0].code == "duplicate_custom_id"
-    server.set_plan([{"match": "Analyze a", "kind": "batch_expired"}])
+    batch_stand_in.set_plan([{"match": "Analyze a", "kind": "batch_expired"}])
     expired = await settled(
         gpt,
         (
@@ -232,10 +220,10 @@ async def test_openai_refuses_another_window_fails_a_duplicate_and_expires_or_ca
     assert expired.error_file_id is not None
     [line] = (await gpt.files.content(expired.error_file_id)).text.splitlines()
     assert json.loads(line)["error"]["code"] == "batch_expired"
-    server.batch_turnaround(30)
+    batch_stand_in.batch_turnaround(30)
     slow = await gpt.batches.create(input_file_id=single.id, endpoint="/v1/chat/completions", completion_window="24h")
     await gpt.batches.retrieve(slow.id)  # validated: in progress
     assert (await gpt.batches.cancel(slow.id)).status == "cancelling"
     assert (await settled(gpt, slow.id)).status == "cancelled"
     # The same custom_id went out in two batches (the refused create sent nothing): counted twice.
-    assert server.batch_submissions()["a"] == 2
+    assert batch_stand_in.batch_submissions()["a"] == 2

@@ -85,6 +85,7 @@ class Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     errors: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
 
 
 @dataclasses.dataclass
@@ -317,7 +318,7 @@ class Batches:
                 "completed": len(batch.results) - failed if done else 0,
                 "failed": failed if done else 0,
             },
-            "metadata": None,
+            "metadata": batch.metadata,
         }
 
     # ------------------------------------------------------------ the routes
@@ -482,6 +483,8 @@ class Batches:
             parsed.append((str(line.get("custom_id", "")), dict(line.get("body") or {})))
         step = self.take_batch_step("openai", [_prompt(p) for _, p in parsed])
         batch = self._create("openai", self._key(request), parsed, step, input_file_id=source.id)
+        metadata = body.get("metadata")
+        batch.metadata = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None
         return web.json_response(self.openai_view(batch))
 
     async def _openai_get(self, request: web.Request) -> web.Response:

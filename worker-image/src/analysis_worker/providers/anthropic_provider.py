@@ -26,12 +26,26 @@ around ``complete()`` bounds the total.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anthropic
 
 from analysis_core import errors
-from analysis_worker.providers import _http, base
+from analysis_worker.providers import _http, base, batches
+
+# The HTTP status each error type of the API comes with: an errored request of a batch carries only the type.
+_ERROR_STATUSES = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 class AnthropicProvider:
@@ -67,22 +81,27 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def complete(self, request: base.Request) -> base.Completion:
+    def params(self, request: base.Request) -> dict[str, Any]:
+        """The Messages API's parameters for ``request``: a call's, and a provider batch request's ``params``."""
         # request.temperature is dropped on purpose: API version 2026-10-21
         # (what anthropic 2.x sends) rejects temperature/top_p/top_k with a 400
         # even at their defaults, and the SDK no longer accepts the argument.
-        optional: dict[str, Any] = {}
+        params: dict[str, Any] = {
+            "model": self._model,
+            "max_tokens": request.max_tokens,
+            "messages": [anthropic.types.UserMessageParam(role="user", content=_content(request))],
+        }
         if request.system is not None:
-            optional["system"] = request.system
+            params["system"] = request.system
+        return params
+
+    async def complete(self, request: base.Request) -> base.Completion:
         try:
             raw = await self._client.messages.with_raw_response.create(
-                model=self._model,
-                max_tokens=request.max_tokens,
-                messages=[anthropic.types.UserMessageParam(role="user", content=_content(request))],
                 # An explicit timeout also disables the SDK's client-side
                 # "streaming is required" refusal for large max_tokens.
                 timeout=request.timeout_seconds,
-                **optional,
+                **self.params(request),
             )
         except anthropic.AnthropicError as exc:
             raise self._error(exc) from exc
@@ -98,14 +117,26 @@ class AnthropicProvider:
             raise errors.ProviderError(
                 errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=raw.status_code, request_id=request_id
             ) from exc
+        return self.completion(
+            message, status=raw.status_code, request_id=request_id, rate_limit=_http.anthropic_rate_limit(raw.headers)
+        )
 
+    def completion(
+        self,
+        message: object,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        rate_limit: base.RateLimitState | None = None,
+    ) -> base.Completion:
+        """A ``Message`` (a call's answer, or a provider batch's succeeded result) as a ``Completion``."""
         # Without strict validation the SDK hands back whatever it could read
         # (even a bare string), so check the shape here rather than trust it.
         if not isinstance(message, anthropic.types.Message):
             raise errors.ProviderError(
                 errors.ErrorClass.BAD_OUTPUT,
                 f"expected a message, got {type(message).__name__}",
-                status=raw.status_code,
+                status=status,
                 request_id=request_id,
             )
         try:
@@ -117,13 +148,13 @@ class AnthropicProvider:
             output_tokens = int(message.usage.output_tokens)
         except (AttributeError, TypeError, ValueError) as exc:
             raise errors.ProviderError(
-                errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=raw.status_code, request_id=request_id
+                errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=status, request_id=request_id
             ) from exc
         if not text:
             raise errors.ProviderError(
                 errors.ErrorClass.BAD_OUTPUT,
                 f"no text content (stop_reason={message.stop_reason})",
-                status=raw.status_code,
+                status=status,
                 request_id=request_id,
             )
         return base.Completion(
@@ -132,10 +163,72 @@ class AnthropicProvider:
             output_tokens=output_tokens,
             model=message.model or self._model,
             request_id=request_id,
-            rate_limit=_http.anthropic_rate_limit(raw.headers),
+            rate_limit=rate_limit,
             cache_write_tokens=cache_write,
             cache_read_tokens=cache_read,
         )
+
+    # ---------------------------------------------------------------- Message Batches (batches.BatchProvider)
+
+    async def submit_batch(self, requests: Sequence[tuple[str, base.Request]], tag: str) -> str:
+        entries = [{"custom_id": custom_id, "params": self.params(request)} for custom_id, request in requests]
+        try:
+            created = await self._client.messages.batches.create(requests=entries)  # type: ignore[arg-type]
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc) from exc
+        return created.id
+
+    async def find_batch(self, tag: str) -> str | None:
+        return None  # a message batch keeps no metadata to find it by
+
+    async def batch_progress(self, batch_id: str) -> batches.Progress:
+        try:
+            batch = await self._client.messages.batches.retrieve(batch_id)
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc) from exc
+        counts = batch.request_counts
+        done = counts.succeeded + counts.errored + counts.canceled + counts.expired
+        return batches.Progress(
+            batch.id, batch.processing_status, batch.processing_status == "ended", done + counts.processing, done
+        )
+
+    async def batch_results(self, batch_id: str) -> AsyncIterator[batches.Result]:
+        try:
+            lines = await self._client.messages.batches.results(batch_id)
+            async for line in lines:
+                yield self._result(line)
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc) from exc
+
+    def _result(self, line: anthropic.types.messages.MessageBatchIndividualResponse) -> batches.Result:
+        result = line.result
+        if result.type == "succeeded":
+            try:
+                return batches.Result(line.custom_id, completion=self.completion(result.message))
+            except errors.ProviderError as exc:
+                return batches.Result(line.custom_id, error=exc)
+        if result.type == "errored":
+            error = result.error.error
+            status = _ERROR_STATUSES.get(error.type, 500)
+            message = _http.redact(f"{error.type}: {error.message}", self._api_key)
+            quota = _http.anthropic_quota(status, error.type, None, error.message, self._model)
+            failure = _http.status_error(status, {}, message=message, request_id=None, rate_limit=None, quota=quota)
+            return batches.Result(line.custom_id, error=failure)
+        return batches.expired(line.custom_id) if result.type == "expired" else batches.canceled(line.custom_id)
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        try:
+            await self._client.messages.batches.cancel(batch_id)
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc) from exc
+
+    async def forget_batch(self, batch_id: str) -> None:
+        try:
+            await self._client.messages.batches.delete(batch_id)
+        except anthropic.NotFoundError:
+            return
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc) from exc
 
     def _describe(self, exc: BaseException) -> str:
         return _http.describe(exc, self._api_key)

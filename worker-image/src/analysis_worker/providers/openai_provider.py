@@ -27,14 +27,17 @@ around ``complete()`` bounds the total.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
 
 import openai
 
 from analysis_core import errors
-from analysis_worker.providers import _http, base
+from analysis_worker.providers import _http, base, batches
 
+BATCH_ENDPOINT: Final = "/v1/chat/completions"  # what the provider batches of this adapter run
 # Model families that reason before answering and accept only the default sampling (o1, o3-mini, o4-mini, gpt-5...).
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(\b|[-.])")
 
@@ -80,21 +83,21 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def complete(self, request: base.Request) -> base.Completion:
+    def body(self, request: base.Request) -> dict[str, Any]:
+        """The Chat Completions parameters for ``request``: a call's, and a provider batch request's ``body``."""
         messages: list[openai.types.chat.ChatCompletionMessageParam] = []
         if request.system is not None:
             messages.append({"role": "system", "content": request.system})
         messages.append({"role": "user", "content": request.prompt})
-        optional: dict[str, Any] = {}
+        body: dict[str, Any] = {"model": self._model, "messages": messages, "max_completion_tokens": request.max_tokens}
         if request.temperature is not None and not refuses_sampling(self._model):
-            optional["temperature"] = request.temperature
+            body["temperature"] = request.temperature
+        return body
+
+    async def complete(self, request: base.Request) -> base.Completion:
         try:
             raw = await self._client.chat.completions.with_raw_response.create(
-                model=self._model,
-                messages=messages,
-                max_completion_tokens=request.max_tokens,
-                timeout=request.timeout_seconds,
-                **optional,
+                timeout=request.timeout_seconds, **self.body(request)
             )
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
@@ -111,14 +114,26 @@ class OpenAIProvider:
             raise errors.ProviderError(
                 errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=raw.status_code, request_id=request_id
             ) from exc
+        return self.completion(
+            completion, status=raw.status_code, request_id=request_id, rate_limit=_http.openai_rate_limit(raw.headers)
+        )
 
+    def completion(
+        self,
+        completion: object,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        rate_limit: base.RateLimitState | None = None,
+    ) -> base.Completion:
+        """A ``ChatCompletion`` (a call's answer, or a provider batch's response body) as a ``Completion``."""
         # Without strict validation the SDK hands back whatever it could read
         # (even a bare string), so check the shape here rather than trust it.
         if not isinstance(completion, openai.types.chat.ChatCompletion):
             raise errors.ProviderError(
                 errors.ErrorClass.BAD_OUTPUT,
                 f"expected a chat completion, got {type(completion).__name__}",
-                status=raw.status_code,
+                status=status,
                 request_id=request_id,
             )
         try:
@@ -134,14 +149,14 @@ class OpenAIProvider:
             cache_read = int(details.cached_tokens or 0) if details is not None else 0
         except (AttributeError, TypeError, ValueError) as exc:
             raise errors.ProviderError(
-                errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=raw.status_code, request_id=request_id
+                errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=status, request_id=request_id
             ) from exc
         if not text:
             reason = f"refused: {refusal}" if refusal else f"finish_reason={choice.finish_reason if choice else None}"
             raise errors.ProviderError(
                 errors.ErrorClass.BAD_OUTPUT,
                 _http.redact(f"no text content ({reason})", self._api_key),
-                status=raw.status_code,
+                status=status,
                 request_id=request_id,
             )
         return base.Completion(
@@ -150,9 +165,120 @@ class OpenAIProvider:
             output_tokens=output_tokens,
             model=completion.model or self._model,
             request_id=request_id,
-            rate_limit=_http.openai_rate_limit(raw.headers),
+            rate_limit=rate_limit,
             cache_read_tokens=min(cache_read, input_tokens),
         )
+
+    # ---------------------------------------------------------------- the Batch API (batches.BatchProvider)
+
+    async def submit_batch(self, requests: Sequence[tuple[str, base.Request]], tag: str) -> str:
+        lines = (
+            json.dumps({"custom_id": custom_id, "method": "POST", "url": BATCH_ENDPOINT, "body": self.body(request)})
+            for custom_id, request in requests
+        )
+        data = "".join(line + "\n" for line in lines).encode()
+        try:
+            uploaded = await self._client.files.create(file=("requests.jsonl", data), purpose="batch")
+            created = await self._client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint=BATCH_ENDPOINT,
+                completion_window="24h",
+                metadata={batches.TAG_KEY: tag},
+            )
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        return created.id
+
+    async def find_batch(self, tag: str) -> str | None:
+        try:
+            async for batch in self._client.batches.list(limit=100):
+                if (batch.metadata or {}).get(batches.TAG_KEY) == tag:
+                    return batch.id
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        return None
+
+    async def batch_progress(self, batch_id: str) -> batches.Progress:
+        try:
+            batch = await self._client.batches.retrieve(batch_id)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        counts = batch.request_counts
+        failed = None
+        if batch.status == "failed":
+            reasons = [f"{e.code}: {e.message}" for e in (batch.errors.data or [])] if batch.errors else []
+            failed = _http.redact("; ".join(reasons) or "the batch failed", self._api_key)
+        return batches.Progress(
+            batch.id,
+            batch.status,
+            batch.status in ("completed", "failed", "expired", "cancelled"),
+            counts.total if counts else 0,
+            counts.completed + counts.failed if counts else 0,
+            failed,
+        )
+
+    async def batch_results(self, batch_id: str) -> AsyncIterator[batches.Result]:
+        try:
+            batch = await self._client.batches.retrieve(batch_id)
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if file_id is None:
+                    continue
+                content = await self._client.files.content(file_id)
+                for text in content.text.splitlines():
+                    if text.strip():
+                        yield self._result(json.loads(text))
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+
+    def _result(self, line: dict[str, Any]) -> batches.Result:
+        custom_id = str(line.get("custom_id", ""))
+        response = line.get("response") or {}
+        error = line.get("error") or {}
+        if not response:
+            code = str(error.get("code", ""))
+            return batches.canceled(custom_id) if code == "batch_cancelled" else batches.expired(custom_id)
+        status, body = int(response.get("status_code", 500)), response.get("body") or {}
+        request_id = response.get("request_id")
+        if status == 200:
+            try:
+                parsed = openai.types.chat.ChatCompletion.model_validate(body)
+                return batches.Result(
+                    custom_id, completion=self.completion(parsed, status=status, request_id=request_id)
+                )
+            except (errors.ProviderError, ValueError) as exc:
+                failure = (
+                    exc
+                    if isinstance(exc, errors.ProviderError)
+                    else errors.ProviderError(
+                        errors.ErrorClass.BAD_OUTPUT, self._describe(exc), status=status, request_id=request_id
+                    )
+                )
+                return batches.Result(custom_id, error=failure)
+        detail = body.get("error") or {}
+        message = _http.redact(f"{detail.get('type')} ({detail.get('code')}): {detail.get('message')}", self._api_key)
+        quota = _http.openai_quota(
+            status, detail.get("type"), detail.get("code"), str(detail.get("message", "")), self._model
+        )
+        failure = _http.status_error(status, {}, message=message, request_id=request_id, rate_limit=None, quota=quota)
+        return batches.Result(custom_id, error=failure)
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        try:
+            await self._client.batches.cancel(batch_id)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+
+    async def forget_batch(self, batch_id: str) -> None:
+        try:
+            batch = await self._client.batches.retrieve(batch_id)
+            for file_id in (batch.input_file_id, batch.output_file_id, batch.error_file_id):
+                if file_id:
+                    try:
+                        await self._client.files.delete(file_id)
+                    except openai.NotFoundError:
+                        continue  # deleted before (a retry of this)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
 
     def _describe(self, exc: BaseException) -> str:
         return _http.describe(exc, self._api_key)

@@ -79,11 +79,6 @@ class Price:
     cache_read_per_mtok: Decimal | None = None
     batch: Price | None = None
 
-    def cost_usd(
-        self, input_tokens: int, output_tokens: int, *, cache_write_tokens: int = 0, cache_read_tokens: int = 0
-    ) -> Decimal:
-        return self.cost_of(Tokens(input_tokens, output_tokens, cache_write_tokens, cache_read_tokens))
-
     def cost_of(self, tokens: Tokens, *, batch: bool = False) -> Decimal:
         """The exact cost of ``tokens``, at the batch API's prices when ``batch``."""
         price = (self.batch or self) if batch else self

@@ -220,13 +220,6 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _presented_key(request: web.Request) -> str:
-    bearer = request.headers.get("Authorization", "")
-    if bearer.lower().startswith("bearer "):
-        return bearer[7:].strip()
-    return request.headers.get("x-api-key", "").strip()
-
-
 # OpenAI's reasoning models (o1, o3-mini, o4-mini, gpt-5...): they refuse max_tokens and any non-default sampling.
 # Written here on purpose rather than imported from the worker's provider: the stand-in plays OpenAI, and a test
 # in which both sides shared one rule could not catch the provider getting it wrong.
@@ -367,10 +360,18 @@ def _cached(state: _State, api: str, body: dict[str, Any], key: str) -> tuple[pr
     return state.cache.openai(key, model, "".join(text for m in messages for text, _ in _blocks(m.get("content"))))
 
 
+def _prompt_usage(
+    state: _State, api: str, body: dict[str, Any], key: str, step: dict[str, Any]
+) -> tuple[promptcache.Usage, promptcache.Pending]:
+    """What an answered request's prompt counts: as its step says (``input_tokens``: no cache), else the cache's."""
+    if "input_tokens" in step:
+        return promptcache.Usage(input=step["input_tokens"]), promptcache.Pending(state.cache, [])
+    return _cached(state, api, body, key)
+
+
 def _respond(state: _State, api: str, body: dict[str, Any], key: str) -> standin_batches.Answer:
     """One request of a provider batch, answered as the same call would be (its step, the cache, usage)."""
-    messages = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
-    prompt = _text_of(messages[-1].get("content")) if messages else ""
+    prompt = standin_batches.prompt_of(body)
     step = state.take(api, prompt) or {"kind": "ok"}
     kind = step["kind"]
     if kind == "expired":
@@ -385,9 +386,7 @@ def _respond(state: _State, api: str, body: dict[str, Any], key: str) -> standin
         error = {"message": message, "type": openai_type, "param": None, "code": code}
         return standin_batches.Answer(kind, {"error": error}, status)
     text = step.get("text", "stand-in answer: " + prompt[:200])
-    usage, pending = _cached(state, api, body, key)
-    if "input_tokens" in step:
-        usage, pending = promptcache.Usage(input=step["input_tokens"]), promptcache.Pending(state.cache, [])
+    usage, pending = _prompt_usage(state, api, body, key, step)
     tokens_out = step.get("output_tokens", math.ceil(len(text) / 4))
     answer = _success_body(api, str(body.get("model", "")), text, usage, tokens_out)
     pending.commit()
@@ -400,7 +399,7 @@ def _describe_call(api: str, body: dict[str, Any], request: web.Request, expecte
     turns = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
     users = [m.get("content") for m in turns if m.get("role") == "user"]
     systems = [m.get("content") for m in turns if m.get("role") in ("system", "developer")]
-    key = _presented_key(request)
+    key = standin_batches.presented_key(request)
     retry_count = request.headers.get("x-stainless-retry-count", "")
     return {
         "api": api,
@@ -474,9 +473,7 @@ async def _answer(state: _State, api: str, request: web.Request) -> web.Response
     state.answered(call, kind)
     headers.update(_step_headers(api, step))
     # The cache is read as the call starts; what it writes is readable once it has answered.
-    prompt, pending = _cached(state, api, body, _presented_key(request))
-    if "input_tokens" in step:  # a step that says how many tokens: no cache
-        prompt, pending = promptcache.Usage(input=step["input_tokens"]), promptcache.Pending(state.cache, [])
+    prompt, pending = _prompt_usage(state, api, body, standin_batches.presented_key(request), step)
     with state.lock:
         call["cache_read"], call["cache_write"], call["input_tokens"] = (
             prompt.cache_read,
@@ -538,7 +535,7 @@ def make_app(state: _State) -> web.Application:
         return web.json_response({"reset": True})
 
     def authorized(request: web.Request, api: str) -> web.Response | None:
-        key = _presented_key(request)
+        key = standin_batches.presented_key(request)
         if key and (state.api_key is None or hmac.compare_digest(key, state.api_key)):
             return None
         headers = {"request-id" if api == "anthropic" else "x-request-id": f"req_standin_{uuid.uuid4().hex[:16]}"}

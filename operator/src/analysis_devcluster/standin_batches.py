@@ -97,7 +97,8 @@ class File:
     created: float
 
 
-def _prompt(body: dict[str, Any]) -> str:
+def prompt_of(body: dict[str, Any]) -> str:
+    """The text of a request's last user message (what the fault plan's ``match`` is looked for in)."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
     if not messages:
         return ""
@@ -105,6 +106,14 @@ def _prompt(body: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     return "".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
+
+
+def presented_key(request: web.Request) -> str:
+    """The API key a request presents: ``Authorization: Bearer`` (OpenAI) or ``x-api-key`` (Anthropic)."""
+    bearer = request.headers.get("Authorization", "")
+    if bearer.lower().startswith("bearer "):
+        return bearer[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
 
 
 def _stamp(moment: float) -> str:
@@ -188,7 +197,7 @@ class Batches:
         answered: list[tuple[str, str, Answer | None]] = []
         for custom_id, body in batch.requests:
             answer = self.respond(batch.api, body, batch.key)
-            answered.append((custom_id, "expired" if answer.kind == "expired" else answer.kind, answer))
+            answered.append((custom_id, answer.kind, answer))
         self._end(batch, answered)
 
     def _invalid(self, batch: Batch) -> list[dict[str, Any]]:
@@ -284,7 +293,7 @@ class Batches:
             },
             "created_at": _stamp(batch.created),
             "expires_at": _stamp(batch.created + DAY_S),
-            "ended_at": _stamp(batch.ended) if ended and batch.ended is not None else None,
+            "ended_at": _stamp(batch.ended) if batch.ended is not None else None,
             "cancel_initiated_at": _stamp(batch.cancel_at) if batch.cancel_at is not None else None,
             "archived_at": None,
             "results_url": f"{base}/v1/messages/batches/{batch.id}/results" if ended else None,
@@ -355,11 +364,6 @@ class Batches:
         ]
 
     @staticmethod
-    def _key(request: web.Request) -> str:
-        bearer = request.headers.get("Authorization", "")
-        return bearer[7:].strip() if bearer.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-
-    @staticmethod
     def _base(request: web.Request) -> str:
         return f"{request.scheme}://{request.host}"
 
@@ -389,10 +393,10 @@ class Batches:
                 return _anthropic_error(400, f"requests.{index}.custom_id: duplicate custom_id {custom_id!r}")
             seen.add(custom_id)
             parsed.append((custom_id, dict(entry.get("params") or {})))
-        step = self.take_batch_step("anthropic", [_prompt(p) for _, p in parsed])
+        step = self.take_batch_step("anthropic", [prompt_of(p) for _, p in parsed])
         if step is not None and step["kind"] == "batch_failed":
             return _anthropic_error(500, "stand-in batch_failed", error_type="api_error")
-        batch = self._create("anthropic", self._key(request), parsed, step)
+        batch = self._create("anthropic", presented_key(request), parsed, step)
         return web.json_response(self.anthropic_view(batch, self._base(request)))
 
     async def _anthropic_get(self, request: web.Request) -> web.Response:
@@ -481,8 +485,8 @@ class Batches:
             if line.get("url") != OPENAI_ENDPOINT or line.get("method") != "POST":
                 return _openai_error(400, f"line {number}: url must be {OPENAI_ENDPOINT} with method POST")
             parsed.append((str(line.get("custom_id", "")), dict(line.get("body") or {})))
-        step = self.take_batch_step("openai", [_prompt(p) for _, p in parsed])
-        batch = self._create("openai", self._key(request), parsed, step, input_file_id=source.id)
+        step = self.take_batch_step("openai", [prompt_of(p) for _, p in parsed])
+        batch = self._create("openai", presented_key(request), parsed, step, input_file_id=source.id)
         metadata = body.get("metadata")
         batch.metadata = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None
         return web.json_response(self.openai_view(batch))

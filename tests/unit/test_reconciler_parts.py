@@ -278,19 +278,3 @@ def test_a_pod_creating_its_containers_says_since_when() -> None:
     assert pod.waiting_reason == ""  # creating is not a problem by itself
     body["status"]["containerStatuses"] = [{"state": {"running": {}}}]
     assert reconciler.pod_summary(body).creating_since is None  # type: ignore[arg-type]
-
-
-def test_a_batch_mode_stage_is_refused_naming_the_field_until_workers_run_it() -> None:
-    spec = {
-        "items": ["A"],
-        "providers": {"local": {"type": "offline"}},
-        "stages": [
-            {"name": "draft", "provider": "local", "prompt": "{{ item }}"},
-            {"name": "review", "provider": "local", "prompt": "{{ input }}", "mode": "Batch"},
-        ],
-    }
-    compiled = plan.compile_plan("uid", v1alpha1.AnalysisBatchSpec.model_validate(spec))
-    (problem,) = reconciler.unserved_modes(compiled)
-    assert (problem.reason, problem.stalled) == (wellknown.Reason.INVALID_PLAN, True)
-    assert problem.message.startswith("spec.stages[1].mode: Batch: ")
-    assert reconciler.unserved_modes(_budgeted({"maxTokens": 10}, local="offline")) == []

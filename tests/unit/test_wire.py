@@ -53,6 +53,8 @@ STORED = {
     "COUNT_EXHAUSTED": "exhausted",
     "COUNT_APPROVED_ROUND": "approved_round_",
     "COUNT_REJECTED_ROUND": "rejected_round_",
+    "COUNT_PROVIDER_BATCHES": "provider_batches",
+    "COUNT_PROVIDER_BATCHES_ENDED": "provider_batches_ended",
     "USAGE_INPUT_TOKENS": "input_tokens",
     "USAGE_OUTPUT_TOKENS": "output_tokens",
     "USAGE_COST_NUSD": "cost_nusd",
@@ -61,6 +63,7 @@ STORED = {
     "FLAG_SUSPENDED": "suspended",
     "FLAG_BUDGET_EXCEEDED": "budget_exceeded",
     "FLAG_RETRY_TOKEN": "retry_token",
+    "FLAG_DELETING": "deleting",
     "FLAG_RUN": "run",
     "OUTCOME_STATUS": "status",
     "OUTCOME_ERROR": "error",
@@ -116,6 +119,14 @@ STORED = {
     "REPORT_REFUSED_MODEL": "report_refused_model",
     "REPORT_REFUSED_AT": "report_refused_at",
     "REPORT_PASSED_AT": "report_passed_at",
+    "PB_AT": "prepared_ms",
+    "PB_ID": "batch_id",
+    "PB_REQUESTS": "request_count",
+    "PB_RESERVED_NUSD": "reserved_nusd",
+    "PB_RESERVED_TOKENS": "reserved_tokens",
+    "PB_PREPARE": "prepare",
+    "PB_SUBMITTED": "submitted",
+    "PB_ENDED": "ended",
     "CLAIM_FULL": "full",
     "CLAIM_EMPTY": "empty",
     "CLAIM_RETIRED": "retired",
@@ -328,7 +339,7 @@ ELSEWHERE = {
     ("analysis_operator/status.py", "status"): "a condition's status",
     **{
         ("analysis_operator/status.py", f"key:{w}"): "a field of the CRD's status"
-        for w in ("succeeded", "failed", "retries", "approved", "rejected", "exhausted")
+        for w in ("succeeded", "failed", "retries", "approved", "rejected", "exhausted", "submitted", "ended")
     },
     ("analysis_worker/routing.py", "approved"): "a judge's verdict, as the model writes it",
     ("analysis_worker/routing.py", "feedback"): "a judge's verdict, as the model writes it",

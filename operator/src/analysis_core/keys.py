@@ -113,6 +113,14 @@ class BatchKeys:
         """Set of the stage's worker pods the operator retired to scale in: they claim nothing more, and go."""
         return f"{self.tag}:retiring:{stage}"
 
+    def provider_batches(self, stage: str) -> str:
+        """Hash of a ``mode: Batch`` stage's provider batches in flight: tag -> record JSON (``wire.PB_*``)."""
+        return f"{self.tag}:pbatches:{stage}"
+
+    def provider_batch_requests(self, stage: str) -> str:
+        """Hash: a provider batch's tag -> JSON object of its requests, ``custom_id`` -> the stream entry it runs."""
+        return f"{self.tag}:pbrequests:{stage}"
+
     def health(self, stage: str, consumer: str) -> str:
         """A worker's heartbeat, with a TTL."""
         return f"{self.tag}:health:{stage}:{consumer}"

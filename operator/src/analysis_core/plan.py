@@ -150,6 +150,16 @@ class BudgetPlan(_Frozen):
             return f"${cost / 1e9:.4f} spent, budget.maxCostUSD is ${self.max_cost_nusd / 1e9:.4f}"
         return None
 
+    def room(self, usage: Mapping[str, int], held_nusd: int = 0, held_tokens: int = 0) -> tuple[int | None, int | None]:
+        """What is left of the budget (nano-dollars, tokens; None for no limit) after ``usage`` and what provider
+        batches in flight hold against it."""
+        tokens = usage.get(wire.USAGE_INPUT_TOKENS, 0) + usage.get(wire.USAGE_OUTPUT_TOKENS, 0)
+        cost = usage.get(wire.USAGE_COST_NUSD, 0)
+        return (
+            None if self.max_cost_nusd is None else self.max_cost_nusd - cost - held_nusd,
+            None if self.max_tokens is None else self.max_tokens - tokens - held_tokens,
+        )
+
 
 class StagePlan(_Frozen):
     """``spec.stages[i]``, resolved: the prompt's text, the judge-only settings (on every stage), the next stage."""

@@ -40,6 +40,7 @@ WORKER_FUNCTIONS = (
     "account_report",
     "account_settle",
     "account_spend",
+    "adopt",
     "claim",
     "complete",
     "handback",
@@ -49,6 +50,7 @@ WORKER_FUNCTIONS = (
     "limiter_quota",
     "limiter_settle",
     "promote",
+    "provider_batch",
     "reclaim",
     "renew",
     "retry",
@@ -61,6 +63,7 @@ WORKER_COMMANDS = (
     "exists",  # the liveness check reads the heartbeat
     "hget",  # results and outcomes a call needs
     "hgetall",
+    "hvals",  # what a mode: Batch stage's provider batches hold against the budget
     "hexists",  # the suspend flag
     "hsetnx",  # the budget's flag
     "sismember",  # sealed stages

@@ -20,7 +20,8 @@ instead. What the names are:
 - ``USAGE_*``: tokens and cost, counted per stage and for the batch
   (``keys.BatchKeys.usage``), in integers (cost in nano-dollars);
 - ``FLAG_*``: fields of the batch's flags hash; workers obey the first two
-  before every claim, the operator keeps the last two for itself;
+  before every claim and the third as they stop, the operator keeps the last
+  two for itself;
 - ``OUTCOME_*``: the fields of an attempt's outcome JSON (``outcomes`` hash),
   written once per idempotency key by whoever finishes the attempt;
 - ``STATUS_*``: the values of an outcome's status;
@@ -29,6 +30,8 @@ instead. What the names are:
 - ``COLLECTED_*``: the fields of each element of a collect stage's combined
   input (a JSON list, what its prompt sees as ``input``);
 - ``BEAT_*``: the fields of a worker's heartbeat (``keys.BatchKeys.health``);
+- ``PB_*``: a provider batch's record (``keys.BatchKeys.provider_batches``)
+  and what ``provider_batch.lua`` does with it;
 - ``CLAIM_*``: why ``claim.lua`` claimed nothing;
 - ``QUOTA_*``: the fields of a stage's quota pause (``keys.LIMITER_QUOTA``),
   which the worker whose call the provider refused for quota or billing
@@ -62,6 +65,8 @@ COUNT_CHILDREN = "children"  # fan-out children made
 COUNT_APPROVED = "approved"  # a judge's verdicts, and items an approval gate released
 COUNT_REJECTED = "rejected"
 COUNT_EXHAUSTED = "exhausted"  # rejected with no rounds left
+COUNT_PROVIDER_BATCHES = "provider_batches"  # mode: Batch: provider batches submitted (once each)
+COUNT_PROVIDER_BATCHES_ENDED = "provider_batches_ended"  # and collected
 COUNT_APPROVED_ROUND = "approved_round_"  # + the round: approved_in_round
 COUNT_REJECTED_ROUND = "rejected_round_"  # + the round: rejected_in_round
 
@@ -76,6 +81,7 @@ USAGE_CACHE_READ_TOKENS = "cache_read_tokens"
 # ---- the batch's flags
 FLAG_SUSPENDED = "suspended"  # -> why; set by the operator from spec.suspend (or a failed batch)
 FLAG_BUDGET_EXCEEDED = "budget_exceeded"  # -> why; raised by the first worker that sees the budget used up
+FLAG_DELETING = "deleting"  # -> why; the batch is being deleted: workers cancel its provider batches as they stop
 FLAG_RETRY_TOKEN = "retry_token"  # the retry-failed annotation value the operator last acted on
 FLAG_RUN = "run"  # how many re-runs there were; part of every Job's name
 
@@ -154,6 +160,17 @@ REPORT_REFUSED = "report_refused"  # the provider's words refusing a call for qu
 REPORT_REFUSED_MODEL = "report_refused_model"  # the model, when the refusal concerns that model only ("" otherwise)
 REPORT_REFUSED_AT = "report_refused_at"  # ms: when
 REPORT_PASSED_AT = "report_passed_at"  # ms: a probe call the provider answered (the account can pay again)
+
+# ---- a provider batch's record (keys.BatchKeys.provider_batches), written by its stage's worker (mode: Batch)
+PB_AT = "prepared_ms"  # ms: when the batch was prepared (its requests chosen, before it was submitted)
+PB_ID = "batch_id"  # the provider's id of the batch, once submitted ("" until then)
+PB_REQUESTS = "request_count"  # how many requests it carries
+PB_RESERVED_NUSD = "reserved_nusd"  # the worst case of its cost, held against the budget until it is collected
+PB_RESERVED_TOKENS = "reserved_tokens"  # and of its tokens
+# What provider_batch.lua does with a record
+PB_PREPARE = "prepare"  # write it and its requests (once)
+PB_SUBMITTED = "submitted"  # record the provider's id (once), counting COUNT_PROVIDER_BATCHES
+PB_ENDED = "ended"  # remove it and its requests, counting COUNT_PROVIDER_BATCHES_ENDED if it was submitted
 
 # ---- what claim.lua answers when it claims nothing
 CLAIM_FULL = "full"  # the stage's workers hold its concurrency's worth of items together

@@ -361,8 +361,11 @@ def worker_deployment(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
-            # New workers first, so a rollout never drops the stage's capacity to zero.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            # New workers first, so a rollout never drops the stage's capacity to zero; but a mode: Batch stage's
+            # one worker goes before the next takes its provider batches over, so two never collect the same one.
+            "strategy": {"type": "Recreate"}
+            if stage.mode is v1alpha1.StageMode.BATCH
+            else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": worker_pod_template(batch, the_plan, stage, settings, mode="deployment"),
         },
     }
@@ -411,6 +414,8 @@ def sized(stage: plan.StagePlan, counts: queue.StageCounts, settings: WorkerSett
     """
     if stage.provider is None or stopping:
         return 0
+    if stage.mode is v1alpha1.StageMode.BATCH:  # one worker gathers, submits and collects the provider batches
+        return 1 if counts.ready + counts.running + counts.retrying else 0
     calls = min(stage.concurrency, counts.ready + counts.running + min(counts.retrying, 1))
     return math.ceil(calls / calls_per_pod(stage, settings))
 

@@ -225,6 +225,12 @@ async def suspend(client: queue.Redis, uid: str, why: str) -> None:
     await client.hset(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED, why)
 
 
+async def deleting(client: queue.Redis, uid: str) -> None:
+    """The batch is being deleted: no new claims, and workers cancel its provider batches as they stop."""
+    why = "the batch is being deleted"
+    await client.hset(keys_.BatchKeys(uid).flags, mapping={wire.FLAG_SUSPENDED: why, wire.FLAG_DELETING: why})
+
+
 async def resume(client: queue.Redis, uid: str) -> None:
     """Let workers claim again after ``suspend``."""
     await client.hdel(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED)

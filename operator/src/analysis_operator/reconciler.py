@@ -231,7 +231,6 @@ class Reconciler:
             problems.append(status.Problem(R.INVALID_PLAN, detail))
             return None
         problems.extend(unpriced_budget(the_plan, self._prices))
-        problems.extend(unserved_modes(the_plan))
         if problems:
             return None
         seen = tuple(sorted((name, known[name].generation) for name in used))
@@ -882,20 +881,6 @@ def unpriced_budget(the_plan: plan.Plan, prices: pricing.PriceTable) -> list[sta
             f"{'; '.join(missing)}: no price in the operator's price table, so spec.budget.maxCostUSD cannot count "
             "its calls; add the model to the price table (the chart's prices value) or drop maxCostUSD",
         )
-    ]
-
-
-def unserved_modes(the_plan: plan.Plan) -> list[status.Problem]:
-    """Stages in a mode this release's workers do not run yet (``mode: Batch``, whose workers are still to come):
-    refused, naming the field, rather than run item by item at the full price."""
-    return [
-        status.Problem(
-            R.INVALID_PLAN,
-            f"spec.stages[{stage.index}].mode: {stage.mode}: this release does not run provider batch APIs yet; "
-            f"use {v1alpha1.StageMode.REALTIME}",
-        )
-        for stage in the_plan.stages
-        if stage.mode is not v1alpha1.StageMode.REALTIME
     ]
 
 

@@ -146,6 +146,9 @@ def _stage_status(
     prompt = c.get(wire.USAGE_INPUT_TOKENS, 0)
     if prompt and (c.get(wire.USAGE_CACHE_READ_TOKENS, 0) or c.get(wire.USAGE_CACHE_WRITE_TOKENS, 0)):
         row["cacheHitPercent"] = min(100, c.get(wire.USAGE_CACHE_READ_TOKENS, 0) * 100 // prompt)
+    if stage.mode is v1alpha1.StageMode.BATCH:
+        submitted, ended = c.get(wire.COUNT_PROVIDER_BATCHES, 0), c.get(wire.COUNT_PROVIDER_BATCHES_ENDED, 0)
+        row["providerBatches"] = {"submitted": submitted, "inProgress": max(0, submitted - ended), "ended": ended}
     if held:
         row["heldItems"] = list(held[:HELD_ITEMS_SHOWN])
     return row

@@ -139,7 +139,7 @@ def _again_or_give_up(body: kopf.Body, retry: int, exc: Exception, waiting: str,
 
 
 async def _stop_claims(redis: queue.Redis, uid: str) -> None:
-    await producer.suspend(redis, uid, "the batch is being deleted")
+    await producer.deleting(redis, uid)
 
 
 def _running(pod: kube.PODS) -> bool:

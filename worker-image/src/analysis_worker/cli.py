@@ -23,8 +23,9 @@ import redis.exceptions
 
 import analysis_core
 from analysis_core import env, keys, plan, pricing, queue
+from analysis_core.api import v1alpha1
+from analysis_worker import batching, consumer, health, logs, loop, providers
 from analysis_worker import config as config_
-from analysis_worker import consumer, health, logs, loop, providers
 from analysis_worker.providers import base
 
 log = logging.getLogger("analysis_worker")
@@ -59,7 +60,10 @@ async def _serve(cfg: config_.WorkerConfig, the_plan: plan.Plan) -> int:
             )
             return 2
         prices = pricing.PriceTable.load(cfg.prices_path)
-        worker = loop.Worker(cfg, the_plan, provider, client, blocking, prices)
+        if stage.mode is v1alpha1.StageMode.BATCH:
+            worker = batching.BatchWorker(cfg, the_plan, provider, client, blocking, prices)
+        else:
+            worker = loop.Worker(cfg, the_plan, provider, client, blocking, prices)
         running = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(sig, worker.stop)

@@ -42,6 +42,8 @@ from analysis_core import plan, queue, scripts, wire
 COMPLETIONS_PER_STEP = 100
 # Completions handed over in one turn of the event loop from which they go to Redis in two steps (``finish``).
 SPLIT_AT = 8
+# Entries one adopt.lua call takes over: a script holds Redis for its whole run.
+ADOPT_PER_STEP = 500
 # Compact JSON, with the encoder built once (json.dumps with any option builds one per call).
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -124,6 +126,23 @@ class Completion:
     final: bool = False
     claim: int = 0
     spent: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderBatchRecord:
+    """A provider batch in flight, as its stage's record in Redis has it (``wire.PB_*``).
+
+    ``batch_id`` is empty until the provider's id is recorded; ``requests``
+    maps each request's ``custom_id`` to the stream entry of the attempt it
+    runs, which the stage's worker holds until the result is recorded.
+    """
+
+    tag: str
+    batch_id: str
+    at_ms: int
+    requests: dict[str, str]
+    reserved_nusd: int = 0
+    reserved_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +265,71 @@ class StageQueue:
         if not ids:
             return 0
         return int(await scripts.function(self.client, "handback")(keys=[self.stream], args=[keys_.GROUP, *ids]))
+
+    async def adopt(self, entry_ids: Iterable[str]) -> list[Delivery]:
+        """Take over ``entry_ids`` at once, from whoever held them, without counting a delivery (``adopt.lua``):
+        the entries of this stage's provider batches, which a restarted worker of a ``mode: Batch`` stage resumes.
+        Returns the deliveries it holds now; entries finished meanwhile are left out."""
+        ids = list(entry_ids)
+        deliveries: list[Delivery] = []
+        adopt = scripts.function(self.client, "adopt")
+        now = now_ms()
+        for start in range(0, len(ids), ADOPT_PER_STEP):
+            reply = await adopt(
+                keys=[self.stream], args=[keys_.GROUP, self.consumer, *ids[start : start + ADOPT_PER_STEP]]
+            )
+            deliveries.extend(
+                Delivery(str(entry_id), queue.Message.from_fields(_flat(fields), now), 2) for entry_id, fields in reply
+            )
+        return deliveries
+
+    # ---------------------------------------------------------------- a mode: Batch stage's provider batches
+
+    async def provider_batches(self) -> dict[str, ProviderBatchRecord]:
+        """The stage's provider batches in flight, by tag, with their requests (``custom_id`` -> entry id)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.provider_batches(self.stage))
+            pipe.hgetall(self.keys.provider_batch_requests(self.stage))
+            records, requests = await pipe.execute()
+        found = {}
+        for tag, raw in records.items():
+            record = json.loads(raw)
+            found[str(tag)] = ProviderBatchRecord(
+                str(tag),
+                str(record.get(wire.PB_ID) or ""),
+                int(record.get(wire.PB_AT, 0)),
+                {str(k): str(v) for k, v in json.loads(requests.get(tag) or "{}").items()},
+                int(record.get(wire.PB_RESERVED_NUSD, 0)),
+                int(record.get(wire.PB_RESERVED_TOKENS, 0)),
+            )
+        return found
+
+    async def prepare_batch(self, record: ProviderBatchRecord) -> bool:
+        """Write a provider batch's record before it is submitted; False if its tag has one already."""
+        fields = {
+            wire.PB_AT: record.at_ms,
+            wire.PB_ID: "",
+            wire.PB_REQUESTS: len(record.requests),
+            wire.PB_RESERVED_NUSD: record.reserved_nusd,
+            wire.PB_RESERVED_TOKENS: record.reserved_tokens,
+        }
+        return await self._provider_batch(wire.PB_PREPARE, record.tag, _COMPACT(fields), _COMPACT(record.requests))
+
+    async def batch_submitted(self, tag: str, batch_id: str) -> bool:
+        """Record the provider's id of a submitted batch (once); False if it had one or its record is gone."""
+        return await self._provider_batch(wire.PB_SUBMITTED, tag, batch_id)
+
+    async def batch_ended(self, tag: str) -> bool:
+        """Remove a provider batch's record once its results are collected (or it was never submitted)."""
+        return await self._provider_batch(wire.PB_ENDED, tag)
+
+    async def _provider_batch(self, op: str, tag: str, *args: str) -> bool:
+        keys = [
+            self.keys.provider_batches(self.stage),
+            self.keys.provider_batch_requests(self.stage),
+            self.keys.counts(self.stage),
+        ]
+        return bool(await scripts.function(self.client, "provider_batch")(keys=keys, args=[op, tag, *args]))
 
     # ---------------------------------------------------------------- finishing
 
@@ -457,6 +541,26 @@ async def stage_counts(client: queue.Redis, uid: str, stage: str) -> queue.Stage
     )
 
 
+async def reserved(client: queue.Redis, uid: str, stages: Iterable[str]) -> tuple[int, int]:
+    """What the provider batches of ``stages`` (``mode: Batch``) hold against the budget until they are collected:
+    nano-dollars and tokens, each batch's worst case."""
+    k = keys_.BatchKeys(uid)
+    names = list(stages)
+    if not names:
+        return 0, 0
+    async with client.pipeline(transaction=False) as pipe:
+        for stage in names:
+            pipe.hvals(k.provider_batches(stage))
+        replies = await pipe.execute()
+    nusd = tokens = 0
+    for values in replies:
+        for raw in values:
+            record = json.loads(raw)
+            nusd += int(record.get(wire.PB_RESERVED_NUSD, 0))
+            tokens += int(record.get(wire.PB_RESERVED_TOKENS, 0))
+    return nusd, tokens
+
+
 async def usage(client: queue.Redis, uid: str) -> dict[str, int]:
     """The whole batch's tokens and cost so far (what budgets are checked against)."""
     raw = await client.hgetall(keys_.BatchKeys(uid).usage)
@@ -472,6 +576,11 @@ async def layout(client: queue.Redis, uid: str) -> int | None:
 async def suspended(client: queue.Redis, uid: str) -> bool:
     """The operator suspended the batch (``spec.suspend``, a failed batch, a deletion): claim nothing now."""
     return bool(await client.hexists(keys_.BatchKeys(uid).flags, wire.FLAG_SUSPENDED))
+
+
+async def deleting(client: queue.Redis, uid: str) -> bool:
+    """The batch is being deleted: a stopping worker cancels its provider batches rather than leave them running."""
+    return bool(await client.hexists(keys_.BatchKeys(uid).flags, wire.FLAG_DELETING))
 
 
 async def raise_budget_exceeded(client: queue.Redis, uid: str, why: str) -> bool:

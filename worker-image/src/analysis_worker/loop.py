@@ -146,6 +146,8 @@ class Worker:
         self._suspended = False
         self._next_reclaim = 0.0  # monotonic: when the claimer next takes over expired leases
         self._retired = False  # the operator retired this worker to scale in (consumer.StageQueue.claim)
+        # Calls are priced at the provider's batch API prices (a mode: Batch stage's worker, batching.BatchWorker).
+        self.batch_priced = False
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._finished = asyncio.Event()
@@ -170,6 +172,7 @@ class Worker:
             # Left running until the process exits, so the last figures stay scrapeable to the end.
             metrics.serve(port)
         await self.queue.ensure_group()
+        await self._resume()
         log.info(
             "worker started",
             extra={
@@ -185,6 +188,7 @@ class Worker:
         keeper = asyncio.create_task(self._keep_loop(), name="keeper")
         stop_wait = asyncio.create_task(self._stopping.wait())
         done_wait = asyncio.create_task(self._finished.wait())
+        helpers = self._helpers()
         try:
             await asyncio.wait({claimer, stop_wait, done_wait}, return_when=asyncio.FIRST_COMPLETED)
             failure = claimer.exception() if claimer.done() else None
@@ -194,6 +198,10 @@ class Worker:
             claimer.cancel()
             # A cancelled blocking read may take its connection down with it; never wait on it for long.
             await asyncio.wait({claimer}, timeout=CLAIM_BLOCK_MS / 1000 + 1)
+            for helper in helpers:
+                helper.cancel()
+            if helpers:
+                await asyncio.wait(helpers)
             await self._drain()
             keeper.cancel()
             stop_wait.cancel()
@@ -205,6 +213,13 @@ class Worker:
             # Stopped before the stage was done: exit 0 would end the work-queue Job.
             return env.EXIT_STOPPED_EARLY
         return 0
+
+    async def _resume(self) -> None:
+        """Before claiming: take over what a stopped worker of the stage left in flight (``batching``); nothing here."""
+
+    def _helpers(self) -> list[asyncio.Task[None]]:
+        """Tasks that run beside the claimer and the keeper until the worker stops (``batching``); none here."""
+        return []
 
     async def _drain(self) -> None:
         """Let items in flight finish within the grace period; hand back what is left."""
@@ -265,7 +280,7 @@ class Worker:
                 self._start(deliveries)
                 continue
             self._slot_free.clear()
-            claim = await self.queue.claim(free, self.stage.concurrency)
+            claim = await self.queue.claim(free, self.queue.concurrency)
             if claim.deliveries:
                 self._start(claim.deliveries)
             elif claim.empty_because == wire.CLAIM_FULL:
@@ -387,7 +402,7 @@ class Worker:
             delivery = dataclasses.replace(delivery, message=message)
         fields = {"item": message.item, "round": message.round, "attempt": message.attempt}
         try:
-            completion, called_ms = await self._call(message)
+            completion, called_ms = await self._call(delivery)
         except errors.ProviderError as exc:
             await self._failed_attempt(delivery, exc, NO_TOKENS, fields)
             return
@@ -395,6 +410,14 @@ class Worker:
             error = errors.ProviderError(errors.ErrorClass.INVALID_REQUEST, str(exc))
             await self._failed_attempt(delivery, error, NO_TOKENS, fields)
             return
+        timing = {wire.OUTCOME_CLAIMED_MS: claimed_ms, wire.OUTCOME_CALLED_MS: called_ms}
+        await self._answered(delivery, completion, fields, timing)
+
+    async def _answered(
+        self, delivery: consumer.Delivery, completion: base.Completion, fields: dict[str, Any], timing: dict[str, int]
+    ) -> None:
+        """An answer, parsed and routed: the attempt succeeds, or fails as bad output (paid for either way)."""
+        message = delivery.message
         tokens = completion.tokens
         idem = self.queue.keys.idem(self.stage.name, message.item, message.round, message.attempt)
         try:
@@ -405,7 +428,6 @@ class Worker:
             error = errors.ProviderError(errors.ErrorClass.BAD_OUTPUT, str(exc))
             await self._failed_attempt(delivery, error, tokens, fields, model=completion.model)
             return
-        timing = {wire.OUTCOME_CLAIMED_MS: claimed_ms, wire.OUTCOME_CALLED_MS: called_ms}
         await self._succeed(delivery, completion.text, tokens, completion.model, fields, timing, routed)
 
     async def _reviewed_input(self, message: queue.Message) -> str:
@@ -415,8 +437,16 @@ class Worker:
         reviewed = await self.queue.outcome(message.input)
         return str((reviewed or {}).get(wire.OUTCOME_INPUT, ""))
 
-    async def _call(self, message: queue.Message) -> tuple[base.Completion, int]:
+    async def _call(self, delivery: consumer.Delivery) -> tuple[base.Completion, int]:
         """Render, wait for the limiter, call the provider under the stage's deadline; also when it was called."""
+        message = delivery.message
+        request, prompt, shared = await self._request_for(message)
+        async with self.primer.turn(shared >= MIN_SHARED_CHARS and request.cache_prefix > 0):
+            return await self._request(message, request, prompt)
+
+    async def _request_for(self, message: queue.Message) -> tuple[base.Request, str, int]:
+        """The attempt's request, its rendered prompt, and how many characters of it every item of the stage
+        shares (``templates.split``)."""
         stage, provider_plan = self.stage, self.provider_plan
         if provider_plan is None or stage.prompt is None:
             raise errors.ProviderError(errors.ErrorClass.INVALID_REQUEST, f"stage {stage.name} has nothing to call")
@@ -446,8 +476,7 @@ class Worker:
             else base.FanOutHint(stage.fan_out.path, stage.fan_out.key, stage.fan_out.sort_by),
             cache_prefix=shared if provider_plan.type is not v1alpha1.ProviderType.OFFLINE else 0,
         )
-        async with self.primer.turn(shared >= MIN_SHARED_CHARS and request.cache_prefix > 0):
-            return await self._request(message, request, prompt)
+        return request, prompt, shared
 
     async def _request(self, message: queue.Message, request: base.Request, prompt: str) -> tuple[base.Completion, int]:
         stage, provider_plan = self.stage, self.provider_plan
@@ -587,7 +616,7 @@ class Worker:
     def _usage(self, model: str, tokens: pricing.Tokens) -> dict[str, int]:
         """The counters a call adds: its tokens (the cache's share only where it had one), and its cost in
         nano-dollars."""
-        cost_nusd = int(self.prices.cost_of(model, tokens) * NANO)
+        cost_nusd = int(self.prices.cost_of(model, tokens, batch=self.batch_priced) * NANO)
         counters = {
             wire.USAGE_INPUT_TOKENS: tokens.prompt,
             wire.USAGE_OUTPUT_TOKENS: tokens.output,

@@ -975,6 +975,14 @@ class Condition(_StatusModel):
 HELD_ITEMS_SHOWN = 50  # items named per approval stage in status.stages[].heldItems
 
 
+class ProviderBatchesStatus(_StatusModel):
+    """A mode: Batch stage's provider batches (the provider's batch API)."""
+
+    submitted: int = Field(default=0, ge=0, description="Provider batches submitted so far.")
+    in_progress: int = Field(default=0, ge=0, description="Submitted and not yet collected.")
+    ended: int = Field(default=0, ge=0, description="Ended, their results recorded and the provider's copy deleted.")
+
+
 class StageStatus(_StatusModel):
     """Counts of one stage."""
 
@@ -994,6 +1002,9 @@ class StageStatus(_StatusModel):
         le=100,
         description="Of the stage's input tokens, the share read from the provider's prompt cache, in percent; "
         "unset until the cache has had a part in a call.",
+    )
+    provider_batches: ProviderBatchesStatus | None = Field(
+        default=None, description="mode: Batch stages only: the provider batches that carry its items."
     )
     held_items: list[str] | None = Field(
         default=None,

@@ -7,6 +7,12 @@ Every answer comes from ``answer()``, a pure function of the seed and the
 request's stage, item and round, so a test can predict exactly what a worker
 will produce and a rerun of a batch gives the same results.
 
+A ``mode: Batch`` stage gets simulated provider batches
+(``batches.BatchProvider``): a batch ends ``batch_turnaround_seconds`` after
+it was submitted, and each request's answer is the one a call would get. The
+batches live in the worker's memory: a restarted worker finds none of them,
+as if the provider had lost them, and submits their items again.
+
 It deliberately ignores the prompt, the system text, the attempt number and the
 clock: an answer that changed on a retry would make retries look like they fix
 things, and one that followed the prompt would be a (bad) language model. It
@@ -17,16 +23,21 @@ knows nothing of Redis, queues or the worker loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import random
 import re
+import time
+from collections.abc import AsyncIterator, Sequence
 from json.encoder import encode_basestring_ascii as _json_string  # json.dumps's own string encoder (C)
 from typing import Any
 
+from analysis_core import errors
 from analysis_core.api import v1alpha1
-from analysis_worker.providers import base
+from analysis_worker.providers import base, batches
 
 # An item's last path segment that already is a ticker ("MU", "BRK.B"): the report keeps it.
 _TICKER_SEGMENT = re.compile(r"^[A-Z]{1,5}([.-][A-Z]{1,2})?$")
@@ -168,6 +179,9 @@ class OfflineProvider:
         self._latency_milliseconds = options.latency_milliseconds
         self._rejection_rate = options.rejection_rate
         self._model = model
+        self._turnaround_s = float(options.batch_turnaround_seconds)
+        self._batches: dict[str, _Simulated] = {}
+        self._numbers = itertools.count(1)
 
     @property
     def model(self) -> str:
@@ -177,6 +191,9 @@ class OfflineProvider:
         if self._latency_milliseconds > 0:
             # A plain sleep: a timeout or a worker shutdown cancels it like a real network call.
             await asyncio.sleep(self._latency_milliseconds / 1000)
+        return self._completion(request)
+
+    def _completion(self, request: base.Request) -> base.Completion:
         text = answer(request, seed=self._seed, rejection_rate=self._rejection_rate)
         return base.Completion(
             text=text,
@@ -190,6 +207,55 @@ class OfflineProvider:
     async def aclose(self) -> None:
         # Nothing to release; present because the worker closes every provider the same way.
         return None
+
+    # ---------------------------------------------------------------- simulated provider batches
+
+    async def submit_batch(self, requests: Sequence[tuple[str, base.Request]], tag: str) -> str:
+        batch_id = f"offline_batch_{next(self._numbers)}_{_key(tag)[:12]}"
+        ends = time.monotonic() + self._turnaround_s
+        self._batches[batch_id] = _Simulated(tag, ends, list(requests))
+        return batch_id
+
+    async def find_batch(self, tag: str) -> str | None:
+        return next((batch_id for batch_id, b in self._batches.items() if b.tag == tag), None)
+
+    def _simulated(self, batch_id: str) -> _Simulated:
+        found = self._batches.get(batch_id)
+        if found is None:
+            raise errors.ProviderError(
+                errors.ErrorClass.INVALID_REQUEST,
+                f"no provider batch {batch_id}: the offline provider keeps its batches in the worker's memory",
+                status=404,
+            )
+        return found
+
+    async def batch_progress(self, batch_id: str) -> batches.Progress:
+        simulated = self._simulated(batch_id)
+        ended = simulated.canceled or time.monotonic() >= simulated.ends_at
+        total = len(simulated.requests)
+        return batches.Progress(batch_id, "ended" if ended else "in_progress", ended, total, total if ended else 0)
+
+    async def batch_results(self, batch_id: str) -> AsyncIterator[batches.Result]:
+        simulated = self._simulated(batch_id)
+        for custom_id, request in simulated.requests:
+            if simulated.canceled:
+                yield batches.canceled(custom_id)
+            else:
+                yield batches.Result(custom_id, completion=self._completion(request))
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        self._simulated(batch_id).canceled = True
+
+    async def forget_batch(self, batch_id: str) -> None:
+        self._batches.pop(batch_id, None)
+
+
+@dataclasses.dataclass
+class _Simulated:
+    tag: str
+    ends_at: float  # time.monotonic()
+    requests: list[tuple[str, base.Request]]
+    canceled: bool = False
 
 
 def answer(request: base.Request, *, seed: int, rejection_rate: float) -> str:

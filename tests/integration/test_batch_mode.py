@@ -7,6 +7,8 @@ price. The offline provider simulates provider batches, so a whole judge
 pipeline can be compared against what its seed predicts, mode by mode.
 """
 
+import json
+import os
 import signal
 from decimal import Decimal
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from analysis_core import keys, pricing, queue, wire
 from analysis_devcluster import standin
 from analysis_worker import consumer
+from analysis_worker.providers import batches
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -162,3 +165,68 @@ async def test_a_stage_runs_through_the_providers_batch_api(
     assert records == 0
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=15) == 0
+
+
+HOLDS = {
+    "before": {"kind": "batch_create_hang", "delay_s": 6},  # killed inside a create that creates nothing
+    "after": {"kind": "batch_created_hang", "delay_s": 6},  # killed after the batch exists, before its id is kept
+    "submitted": {"kind": "batch_slow", "delay_s": 3},  # killed while the recorded batch runs
+}
+
+
+@pytest.mark.parametrize(
+    ("api", "where"),
+    [
+        ("anthropic", "before"),
+        ("anthropic", "after"),
+        ("anthropic", "submitted"),
+        ("openai", "after"),
+        ("openai", "submitted"),
+    ],
+)
+@pytest.mark.timeout(90)
+async def test_a_worker_killed_while_submitting_never_records_a_result_twice(
+    api: str, where: str, batch_stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    items = [f"K{n:02d}" for n in range(12)]
+    spec = batch_stand_in.batch_spec(api, items, mode="Batch", batch={"maxItems": 100, "maxWaitSeconds": 1})
+    batch_stand_in.set_plan([HOLDS[where]])
+    batch = workers.batch(spec)
+    await batch.seed()
+    first = workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
+    records = keys.BatchKeys(batch.uid).provider_batches("analyze")
+
+    async def at_the_step() -> bool:
+        if where != "submitted":
+            return batch_stand_in.held_creates() == 1
+        return any(json.loads(raw)[wire.PB_ID] for raw in await redis.hvals(records))
+
+    await workers.eventually(at_the_step, 20, f"the worker {where} its provider batch is created")
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
+
+    async def done() -> queue.StageCounts | None:
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+        return counts if counts.counters.get(wire.COUNT_SUCCEEDED, 0) >= len(items) and counts.drained else None
+
+    counts = await workers.eventually(done, 45, "every item analyzed after the restart")
+    # Each item's attempt was recorded once, by its first attempt: nothing ran as a retry or a duplicate.
+    assert counts.counters[wire.COUNT_SUCCEEDED] == len(items)
+    outcomes = await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)
+    assert sorted(outcomes) == sorted(keys.BatchKeys(batch.uid).idem("analyze", item, 0, 1) for item in items)
+    submitted = batch_stand_in.batch_submissions()
+    ids = {batches.custom_id(key) for key in outcomes}
+    assert set(submitted) == ids
+    if (api, where) == ("anthropic", "after"):
+        # Anthropic keeps nothing to find a batch by: the one created before the kill is orphaned (its results
+        # are never read) and the items go again in one more batch. At most one duplicate batch, no result twice.
+        assert set(submitted.values()) == {2}
+    else:
+        # The batch was never created, or its id was recorded (or OpenAI found it by its tag): adopted, not resent.
+        assert set(submitted.values()) == {1}
+
+    async def forgotten() -> bool:  # the record goes once the provider's copy is deleted, after the last result
+        return await redis.hlen(records) == 0
+
+    await workers.eventually(forgotten, 10, "the provider batch's record removed")

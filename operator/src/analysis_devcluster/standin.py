@@ -657,6 +657,11 @@ class StandIn(threaded.ThreadedServer):
                 for b in self._state.batches.batches.values()
             ]
 
+    def held_creates(self) -> int:
+        """Creates of a provider batch held now by a batch_create_hang or batch_created_hang step."""
+        with self._state.batches.lock:
+            return self._state.batches.held
+
     def files(self) -> tuple[list[str], list[str]]:
         """The ids of the OpenAI files held, and of those deleted, since the last reset."""
         with self._state.batches.lock:

@@ -21,8 +21,11 @@ first look after that: each request is answered as the same call would be
 plan's batch steps apply to a whole batch (matched by any of its prompts):
 ``batch_slow`` delays it, ``batch_expired`` lets every request expire,
 ``batch_failed`` refuses it (Anthropic: the create answers 500; OpenAI: the
-batch fails validation). A request step of kind ``expired`` lets that one
-request expire.
+batch fails validation), and two hold the create so that a test can kill
+the submitting worker inside it: ``batch_create_hang`` waits ``delay_s``
+and then fails having created nothing, ``batch_created_hang`` creates the
+batch and then waits before it answers. A request step of kind ``expired``
+lets that one request expire.
 
 What a test reads: every submission per ``custom_id`` (``submissions``, so a
 request sent in two batches is seen), the batches with their states, and the
@@ -33,6 +36,7 @@ OpenAI, no custom id twice in a batch.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
@@ -46,7 +50,9 @@ from typing import Any
 
 from aiohttp import web
 
-BATCH_KINDS = frozenset({"batch_slow", "batch_expired", "batch_failed"})
+BATCH_KINDS = frozenset({"batch_slow", "batch_expired", "batch_failed", "batch_create_hang", "batch_created_hang"})
+# How long a create held by batch_create_hang or batch_created_hang waits before it answers (its step's delay_s).
+HANG_S = 10.0
 ANTHROPIC_MAX_REQUESTS = 100_000
 OPENAI_MAX_REQUESTS = 50_000
 ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -134,6 +140,7 @@ class Batches:
         self.files: dict[str, File] = {}
         self.deleted_files: list[str] = []
         self.submissions: Counter[str] = Counter()  # custom_id -> times it was submitted in a batch
+        self.held = 0  # creates held by a batch_create_hang or batch_created_hang step now
 
     def reset(self) -> None:
         with self.lock:
@@ -396,8 +403,32 @@ class Batches:
         step = self.take_batch_step("anthropic", [prompt_of(p) for _, p in parsed])
         if step is not None and step["kind"] == "batch_failed":
             return _anthropic_error(500, "stand-in batch_failed", error_type="api_error")
+        if await self._held_before(step):
+            return _anthropic_error(500, "stand-in batch_create_hang: nothing was created", error_type="api_error")
         batch = self._create("anthropic", presented_key(request), parsed, step)
+        await self._held_after(step)
         return web.json_response(self.anthropic_view(batch, self._base(request)))
+
+    async def _held_before(self, step: dict[str, Any] | None) -> bool:
+        """batch_create_hang: the create waits, then fails having created nothing (the client may be gone)."""
+        if step is None or step["kind"] != "batch_create_hang":
+            return False
+        await self._hold(step)
+        return True
+
+    async def _held_after(self, step: dict[str, Any] | None) -> None:
+        """batch_created_hang: the batch exists, and the answer that says so waits (the client may be gone)."""
+        if step is not None and step["kind"] == "batch_created_hang":
+            await self._hold(step)
+
+    async def _hold(self, step: dict[str, Any]) -> None:
+        with self.lock:
+            self.held += 1
+        try:
+            await asyncio.sleep(float(step.get("delay_s", HANG_S)))
+        finally:
+            with self.lock:
+                self.held -= 1
 
     async def _anthropic_get(self, request: web.Request) -> web.Response:
         return web.json_response(self.anthropic_view(self._batch(request, "anthropic"), self._base(request)))
@@ -486,9 +517,12 @@ class Batches:
                 return _openai_error(400, f"line {number}: url must be {OPENAI_ENDPOINT} with method POST")
             parsed.append((str(line.get("custom_id", "")), dict(line.get("body") or {})))
         step = self.take_batch_step("openai", [prompt_of(p) for _, p in parsed])
+        if await self._held_before(step):
+            return _openai_error(500, "stand-in batch_create_hang: nothing was created")
         batch = self._create("openai", presented_key(request), parsed, step, input_file_id=source.id)
         metadata = body.get("metadata")
         batch.metadata = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None
+        await self._held_after(step)
         return web.json_response(self.openai_view(batch))
 
     async def _openai_get(self, request: web.Request) -> web.Response:

@@ -41,7 +41,7 @@ import redis
 from analysis_core import env, keys, plan, queue, wire
 from analysis_core.api import v1alpha1
 from analysis_devcluster import cluster
-from analysis_operator import producer
+from analysis_operator import completion, producer
 from analysis_worker import routing
 from analysis_worker.providers import base, offline
 
@@ -351,3 +351,34 @@ def assert_recorded(raw: dict[str, str], expected: dict[str, str]) -> None:
 def assert_recorded_fixture() -> Callable[[dict[str, str], dict[str, str]], None]:
     """``assert_recorded(outcomes, expected)``: the batch's outcomes hash against a ``simulate`` prediction."""
     return assert_recorded
+
+
+async def operate(client: queue.Redis, batch: Batch, *, max_failed_items: int = 1, within_s: float = 120) -> None:
+    """Play the operator's part for ``batch`` until it is Complete: release approvals, collect, seal from atomic
+    snapshots (workers run the stages). Fails the test if the batch fails or does not complete in time."""
+    the_plan = batch.plan
+    names = [s.name for s in the_plan.stages]
+    deadline = time.monotonic() + within_s
+    while True:
+        snap = await producer.snapshot(client, batch.uid, names)
+        for gate, approved in the_plan.approvals.items():
+            after = the_plan.stage(gate).next
+            gather = after is not None and the_plan.stage(after).collect
+            await producer.release(client, batch.uid, gate, after, approved, gather=gather)
+        for stage in completion.collectable(the_plan, snap):
+            await producer.collect(client, batch.uid, stage)
+        for stage in completion.sealable(the_plan, snap):
+            await producer.seal(client, batch.uid, stage)
+        state = completion.state(the_plan, snap, max_failed_items=max_failed_items)
+        assert state.phase is not completion.Phase.FAILED, state.reason
+        if state.phase is completion.Phase.COMPLETE:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"batch not Complete within {within_s:g}s: {state.phase} {state.reason}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(name="operate")
+def operate_fixture() -> Callable[..., Any]:
+    """``await operate(redis, batch)``: the operator's part, until the batch is Complete."""
+    return operate

@@ -358,3 +358,17 @@ def test_a_worker_is_ready_once_it_serves_its_metrics_or_else_once_it_beats() ->
     probe = pod["spec"]["containers"][0]["readinessProbe"]
     assert probe["exec"]["command"] == ["analysis-worker", "--check"]
     assert probe["periodSeconds"] >= 60  # each check starts a Python process
+
+
+def test_a_batch_mode_stage_runs_one_worker_while_it_has_work_and_recreates_it_on_a_change() -> None:
+    stage = stage_with(mode="Batch", concurrency=3)
+    for ready, running, retrying in ((5_000, 0, 0), (0, 2_000, 0), (0, 0, 4)):
+        assert builders.sized(stage, queue.StageCounts(ready, running, retrying, {}), SETTINGS, stopping=False) == 1
+    assert builders.sized(stage, queue.StageCounts(0, 0, 0, {}), SETTINGS, stopping=False) == 0
+    assert builders.sized(stage, queue.StageCounts(9, 9, 0, {}), SETTINGS, stopping=True) == 0
+    # Two workers must never collect the same provider batch: a Deployment's rollout stops the old one first.
+    batched = stage_with(mode="Batch", executor="Deployment")
+    deployment = builders.workload(BATCH, the_plan(), batched, SETTINGS, size=1, run=0)
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    realtime = builders.workload(BATCH, the_plan(), stage_with(executor="Deployment"), SETTINGS, size=1, run=0)
+    assert realtime["spec"]["strategy"]["type"] == "RollingUpdate"

@@ -267,3 +267,14 @@ def test_on_a_terminal_each_frame_replaces_the_last_and_fits_the_width(monkeypat
     out = io.StringIO()
     assert cli._draw(out, ["1", "2", "3", "4", "5"], 0) == 3  # a frame taller than the terminal is cut
     assert out.getvalue() == "1\n2\n…\n"
+
+
+def test_a_batch_mode_stage_shows_its_provider_batches() -> None:
+    running = batch(phase="Running")
+    running["status"]["stages"] = [
+        {"name": "draft", "succeeded": 3},
+        {"name": "analyze", "running": 40, "providerBatches": {"submitted": 4, "inProgress": 1, "ended": 3}},
+    ]
+    lines = progress.snapshot(running, progress.Rates(), NOW)
+    assert "provider batches of analyze: 4 submitted, 1 in progress, 3 ended" in lines
+    assert not any(line.startswith("provider batches of draft") for line in lines)

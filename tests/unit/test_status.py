@@ -357,3 +357,25 @@ def test_the_prompt_cache_shows_in_usage_and_as_each_stages_hit_rate() -> None:
     v1alpha1.AnalysisBatchStatus.model_validate(st)
     plain = status.compute(observe(snapshot()), None)
     assert "cacheReadTokens" not in plain["usage"]
+
+
+def test_a_batch_mode_stage_counts_its_provider_batches() -> None:
+    spec = v1alpha1.AnalysisBatchSpec.model_validate(
+        {
+            "items": ["A"],
+            "providers": {"m": {"type": "offline"}},
+            "stages": [
+                {"name": "draft", "provider": "m", "prompt": "x", "mode": "Batch"},
+                {"name": "fmt", "provider": "m", "prompt": "y"},
+            ],
+        }
+    )
+    the_plan = plan.compile_plan("uid", spec)
+    stages = {"draft": counts(0, 30, provider_batches=4, provider_batches_ended=3), "fmt": counts()}
+    snap = producer.Snapshot(stages, frozenset(), True, {}, {})
+    state = completion.state(the_plan, snap, 0)
+    obs = status.Observation(generation=3, now=NOW, plan=the_plan, snapshot=snap, state=state)
+    st = status.compute(obs, None)
+    assert st["stages"][0]["providerBatches"] == {"submitted": 4, "inProgress": 1, "ended": 3}
+    assert "providerBatches" not in st["stages"][1]
+    v1alpha1.AnalysisBatchStatus.model_validate(st)

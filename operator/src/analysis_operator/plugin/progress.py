@@ -256,6 +256,21 @@ def _held(status: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _provider_batches(status: Mapping[str, Any]) -> list[str]:
+    """``provider batches of analyze: 4 submitted, 1 in progress, 3 ended``: each mode: Batch stage's, as the status
+    counts them."""
+    lines = []
+    for row in status.get("stages") or []:
+        batches = row.get("providerBatches") if isinstance(row, Mapping) else None
+        if not isinstance(batches, Mapping):
+            continue
+        lines.append(
+            f"provider batches of {row.get('name')}: {int(batches.get('submitted') or 0)} submitted, "
+            f"{int(batches.get('inProgress') or 0)} in progress, {int(batches.get('ended') or 0)} ended"
+        )
+    return lines
+
+
 def _notes(batch: Mapping[str, Any]) -> list[str]:
     """The true conditions that matter, each once, then the headline if it adds something, then lags."""
     metadata = batch.get("metadata") or {}
@@ -275,6 +290,7 @@ def _notes(batch: Mapping[str, Any]) -> list[str]:
         label = kind if reason in ("", kind) else f"{kind}: {reason}"
         lines.append(label + (f": {message}" if message else ""))
     lines += _held(status)
+    lines += _provider_batches(status)
     headline = " ".join(str(status.get("message") or "").split())
     if headline and headline not in said:
         lines.append(f"message: {headline}")

@@ -9,6 +9,7 @@ simulated batches); a worker is killed at each step of submitting; a
 request that errors or expires is retried in a later provider batch.
 """
 
+import asyncio
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import yaml
 
 from analysis_core import keys, pricing, queue, wire
 from analysis_devcluster import standin
+from analysis_operator import producer
 from analysis_worker import consumer
 from analysis_worker.providers import batches
 
@@ -236,3 +238,72 @@ async def test_a_worker_killed_while_submitting_never_records_a_result_twice(
         return await redis.hlen(records) == 0
 
     await workers.eventually(forgotten, 10, "the provider batch's record removed")
+
+
+@pytest.mark.timeout(90)
+async def test_suspend_hands_back_what_was_not_submitted_and_collects_what_was(
+    batch_stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    items = [f"S{n:02d}" for n in range(15)]
+    # Ten go at once (maxItems); the other five wait for more, up to maxWaitSeconds.
+    spec = batch_stand_in.batch_spec(
+        "anthropic", items, mode="Batch", concurrency=2, batch={"maxItems": 10, "maxWaitSeconds": 60}
+    )
+    batch_stand_in.set_plan([{"kind": "batch_slow", "delay_s": 2}])
+    batch = workers.batch(spec)
+    await batch.seed()
+    workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
+    records = keys.BatchKeys(batch.uid).provider_batches("analyze")
+
+    async def submitted() -> bool:
+        return any(json.loads(raw)[wire.PB_ID] for raw in await redis.hvals(records))
+
+    await workers.eventually(submitted, 20, "the first provider batch submitted")
+    await producer.suspend(redis, batch.uid, "spec.suspend")
+
+    async def settled() -> queue.StageCounts | None:
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+        done = counts.counters.get(wire.COUNT_SUCCEEDED, 0) == 10 and counts.running == 0 and counts.ready == 5
+        return counts if done and await redis.hlen(records) == 0 else None
+
+    # The submitted batch runs to its end and is collected; the five waiting are back in the stream, unsubmitted.
+    counts = await workers.eventually(settled, 20, "the submitted batch collected, the rest handed back")
+    assert counts.counters[wire.COUNT_PROVIDER_BATCHES] == 1
+    await asyncio.sleep(1.5)  # suspended: nothing is claimed or submitted
+    assert len(batch_stand_in.batch_submissions()) == 10
+    await producer.resume(redis, batch.uid)
+    await producer.seal(redis, batch.uid, "analyze")  # nothing more can come: what is gathered goes at once
+
+    async def done() -> bool:
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+        return counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained
+
+    await workers.eventually(done, 20, "every item analyzed after the resume")
+    assert set(batch_stand_in.batch_submissions().values()) == {1}
+
+
+@pytest.mark.timeout(60)
+async def test_deleting_the_batch_cancels_its_provider_batches(
+    batch_stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    items = [f"D{n:02d}" for n in range(8)]
+    spec = batch_stand_in.batch_spec("openai", items, mode="Batch", batch={"maxItems": 8, "maxWaitSeconds": 60})
+    batch_stand_in.set_plan([{"kind": "batch_slow", "delay_s": 60}])
+    batch = workers.batch(spec)
+    await batch.seed()
+    worker = workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
+    records = keys.BatchKeys(batch.uid).provider_batches("analyze")
+
+    async def submitted() -> bool:
+        return any(json.loads(raw)[wire.PB_ID] for raw in await redis.hvals(records))
+
+    await workers.eventually(submitted, 20, "the provider batch submitted")
+    await producer.deleting(redis, batch.uid)  # the operator's finalizer, before it deletes the workloads
+    worker.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(worker.process.wait, 20)
+    (made,) = batch_stand_in.provider_batches()
+    assert made["status"] in ("cancelling", "cancelled")
+    held, deleted = batch_stand_in.files()
+    assert held == []  # its input file (the prompts) is deleted too
+    assert deleted
+    assert await redis.hlen(records) == 0

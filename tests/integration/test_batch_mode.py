@@ -307,3 +307,30 @@ async def test_deleting_the_batch_cancels_its_provider_batches(
     assert held == []  # its input file (the prompts) is deleted too
     assert deleted
     assert await redis.hlen(records) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_provider_batch_holds_its_worst_case_against_the_budget_until_it_is_collected(
+    batch_stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    items = [f"M{n}" for n in range(9)]
+    spec = batch_stand_in.batch_spec(
+        "openai", items, model="gpt-4.1", mode="Batch", batch={"maxItems": 9, "maxWaitSeconds": 1}
+    )
+    # A request's worst case is its whole maxTokens (4096) of output at the batch price ($4/M): about $0.0164.
+    # $0.05 has room for three at a time; each answer costs a tiny part of that, so the next three go once the
+    # batch before is collected and its hold is let go.
+    spec["budget"] = {"maxCostUSD": 0.05}
+    batch = workers.batch(spec)
+    await batch.seed()
+    workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
+
+    async def done() -> bool:
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+        return counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained
+
+    await workers.eventually(done, 40, "every item analyzed within the budget")
+    assert [b["requests"] for b in batch_stand_in.provider_batches()] == [3, 3, 3]
+    usage = await consumer.usage(redis, batch.uid)
+    assert 0 < usage[wire.USAGE_COST_NUSD] < 0.05 * 1e9
+    assert not await redis.hexists(keys.BatchKeys(batch.uid).flags, wire.FLAG_BUDGET_EXCEEDED)

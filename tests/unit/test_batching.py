@@ -23,7 +23,7 @@ def pending(n: int, *, size: int = 1_000, nusd: int = 10, tokens: int = 100, don
         loop.close()
 
 
-def chosen(pool: list[batching.Pending], **limits: int | None) -> list[str]:
+def chosen(pool: list[batching.Pending], **limits: int | bool | None) -> list[str]:
     given = {"max_items": 100, "max_bytes": 10**9, "room_nusd": None, "room_tokens": None, **limits}
     return [p.custom_id for p in batching.choose(pool, **given)]  # type: ignore[arg-type]
 
@@ -45,6 +45,9 @@ def test_the_budget_takes_the_worst_case_of_each_request_and_one_always_goes_whi
     assert chosen(pool, room_nusd=35) == ["c0", "c1", "c2"]
     assert chosen(pool, room_tokens=250) == ["c0", "c1"]
     assert chosen(pool, room_nusd=1) == ["c0"]  # as a realtime call may, the last one overshoots
+    # ... unless batches in flight hold part of the budget: their collection gives most of it back.
+    assert chosen(pool, room_nusd=1, overshoot=False) == []
+    assert chosen(pool, room_nusd=25, overshoot=False) == ["c0", "c1"]
 
 
 def test_the_budgets_room_is_what_is_left_after_spending_and_what_batches_in_flight_hold() -> None:

@@ -138,11 +138,18 @@ def _settle(future: asyncio.Future[Answer], said: Answer | errors.ProviderError)
 
 
 def choose(
-    pool: Sequence[Pending], *, max_items: int, max_bytes: int, room_nusd: int | None, room_tokens: int | None
+    pool: Sequence[Pending],
+    *,
+    max_items: int,
+    max_bytes: int,
+    room_nusd: int | None,
+    room_tokens: int | None,
+    overshoot: bool = True,
 ) -> list[Pending]:
     """The requests of the next provider batch: the pool's oldest first, within its count and byte limits and the
-    budget's room (None: no limit). One request always goes when the budget has any room at all: as a realtime
-    call may, the last one can overshoot."""
+    budget's room (None: no limit). With ``overshoot`` (nothing in flight holds part of the budget), one request
+    goes whatever its worst case, as a realtime call may overshoot the budget; without, only what fits goes (the
+    batches in flight settle soon and give back most of what they hold)."""
     chosen: list[Pending] = []
     size = nusd = tokens = 0
     for pending in pool:
@@ -150,9 +157,10 @@ def choose(
             continue
         if len(chosen) >= max_items or (chosen and size + pending.size > max_bytes):
             break
-        if chosen and room_nusd is not None and nusd + pending.worst_nusd > room_nusd:
-            break
-        if chosen and room_tokens is not None and tokens + pending.worst_tokens > room_tokens:
+        fits = (room_nusd is None or nusd + pending.worst_nusd <= room_nusd) and (
+            room_tokens is None or tokens + pending.worst_tokens <= room_tokens
+        )
+        if not fits and (chosen or not overshoot):
             break
         chosen.append(pending)
         size, nusd, tokens = size + pending.size, nusd + pending.worst_nusd, tokens + pending.worst_tokens
@@ -284,30 +292,37 @@ class BatchWorker(loop.Worker):
         oldest = time.monotonic() - self.pool[0].since
         if len(self.pool) < self.max_items and oldest < self.options.max_wait_s and not await self.queue.sealed():
             return
-        room_nusd, room_tokens = await self._budget_room()
+        room_nusd, room_tokens, held = await self._budget_room()
         if (room_nusd is not None and room_nusd <= 0) or (room_tokens is not None and room_tokens <= 0):
-            if not self.flights:  # nothing in flight will settle: the budget is used up
+            if not held:  # nothing in flight will settle: the budget is used up
                 why = f"the budget has no room for the next provider batch of stage {self.stage.name}"
                 self._over_budget = why
                 await consumer.raise_budget_exceeded(self.client, self.cfg.batch_uid, why)
                 log.warning("budget used up: nothing more is submitted", extra={"fields": {"why": why}})
             return
         group = choose(
-            self.pool, max_items=self.max_items, max_bytes=self.max_bytes, room_nusd=room_nusd, room_tokens=room_tokens
+            self.pool,
+            max_items=self.max_items,
+            max_bytes=self.max_bytes,
+            room_nusd=room_nusd,
+            room_tokens=room_tokens,
+            overshoot=not held,
         )
+        if not group:  # the budget's room waits for the batches in flight to settle
+            return
         chosen = {id(p) for p in group}
         self.pool = [p for p in self.pool if id(p) not in chosen]
         await self._submit(group)
 
-    async def _budget_room(self) -> tuple[int | None, int | None]:
-        """What the budget has left for another provider batch, after what is spent and what batches in flight
-        hold (None: that side has no limit)."""
+    async def _budget_room(self) -> tuple[int | None, int | None, bool]:
+        """What the budget has left for another provider batch after what is spent and what batches in flight
+        hold (None: that side has no limit), and whether any batch in flight holds some of it."""
         budget = self.plan.budget
         if budget is None:
-            return None, None
+            return None, None, False
         used = await consumer.usage(self.client, self.cfg.batch_uid)
         held_nusd, held_tokens = await consumer.reserved(self.client, self.cfg.batch_uid, self._batch_stages)
-        return budget.room(used, held_nusd, held_tokens)
+        return *budget.room(used, held_nusd, held_tokens), bool(held_nusd or held_tokens)
 
     async def _submit(self, group: list[Pending]) -> None:
         tag = f"{self.stage.name[:20]}-{uuid.uuid4().hex[:16]}"

@@ -25,6 +25,16 @@ the install's results store (SeaweedFS) as the e2e tier has it. Scenarios
   USAGE``, sampled every 0.5 s) per ended item, at the peak, after, and
   after less the answers the items ended with (the goal: <= 1 KB).
 
+* ``batchmode``: provider batch APIs. One batch of ``--items`` (10,000)
+  items from a ConfigMap, one stage in ``mode: Batch`` on the stand-in's
+  Anthropic batch API (``maxItems`` ``--provider-batch-items``, 2,500), whose
+  batches take ``--turnaround-s`` (30) from submission to results: the time
+  from ``kubectl apply`` to ``Complete`` against that simulated processing
+  time, and the provider batches made. Then examples/stock-research.yaml
+  as it is and with its analyze and review stages in ``mode: Batch``
+  (offline provider, simulated batches of 5 s): each run's apply to
+  Complete and ``status.usage.costUSD``, and those two stages' cost.
+
 Needs root (the node) and the node images. Run
 ``.venv/bin/python bench/scale_batches.py --scenario one --scenario deep``;
 ``--items 1000 --items 3000`` (repeatable sizes) finds where a curve bends.
@@ -51,7 +61,7 @@ import yaml
 
 import analysis_core
 from analysis_core import keys, queue, wire
-from analysis_devcluster import cluster, node, processes, s3server
+from analysis_devcluster import cluster, node, processes, s3server, standin
 from analysis_worker import consumer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +260,111 @@ def one(dev: cluster.DevCluster, op: Operator, items: int, args: argparse.Namesp
     }
 
 
+def _until_complete(dev: cluster.DevCluster, ns: str, name: str, timeout_s: float, what: str) -> float:
+    """Seconds from now until ``name`` is Complete (polled every 0.25 s)."""
+    started = time.monotonic()
+    while conditions(dev, ns).get(name, {}).get("Complete") != "True":
+        if time.monotonic() - started > timeout_s:
+            raise SystemExit(f"{what}: not Complete after {timeout_s} s")
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def batchmode(dev: cluster.DevCluster, op: Operator, items: int, args: argparse.Namespace) -> dict[str, Any]:
+    ns = namespace(dev)
+    names = "\n".join(f"T{i:06d}" for i in range(items)) + "\n"
+    dev.kubectl("-n", ns, "create", "configmap", "items", "--from-file=items.txt=/dev/stdin", input=names)
+    key = "sk-bench-" + uuid.uuid4().hex[:12]
+    dev.kubectl("-n", ns, "create", "secret", "generic", "llm-keys", f"--from-literal=anthropic={key}")
+    out: dict[str, Any] = {"items": items, "provider_batch_items": args.provider_batch_items}
+    with standin.StandIn(api_key=key, host=dev.host) as server:
+        server.batch_turnaround(args.turnaround_s)
+        provider = {
+            "type": "anthropic",
+            "model": "claude-sonnet-4-5",
+            "baseURL": server.anthropic_base_url,
+            "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"},
+        }
+        stage = {
+            "name": "only",
+            "provider": "p",
+            "prompt": "Summarize {{ item }}",
+            "mode": "Batch",
+            "batch": {"maxItems": args.provider_batch_items, "maxWaitSeconds": 10},
+        }
+        manifest = {
+            "apiVersion": "analysis.dev/v1alpha1",
+            "kind": "AnalysisBatch",
+            "metadata": {"name": "batched"},
+            "spec": {
+                "itemsFrom": {"configMapKeyRef": {"name": "items", "key": "items.txt"}},
+                "providers": {"p": provider},
+                "stages": [stage],
+            },
+        }
+        applied = time.monotonic()
+        uid = apply(dev, ns, manifest)
+        elapsed = (time.monotonic() - applied) + _until_complete(dev, ns, "batched", args.timeout, "batchmode")
+        submitted = server.batch_submissions()
+        loop = asyncio.new_event_loop()
+        client = queue.connect(dev.redis_url)
+        try:
+            counts = loop.run_until_complete(consumer.stage_counts(client, uid, "only"))
+        finally:
+            loop.run_until_complete(client.aclose())
+            loop.close()
+    made = counts.counters.get(wire.COUNT_PROVIDER_BATCHES, 0)
+    # The provider batches go one after another's submission, in parallel: the floor is one turnaround.
+    out.update(
+        {
+            "turnaround_s": args.turnaround_s,
+            "apply_to_complete_s": round(elapsed, 2),
+            "over_turnaround_s": round(elapsed - args.turnaround_s, 2),
+            "provider_batches": made,
+            "provider_batches_floor": -(-items // args.provider_batch_items),
+            "requests_submitted": sum(submitted.values()),
+            "custom_ids_submitted_twice": sum(1 for n in submitted.values() if n > 1),
+            "succeeded": counts.counters.get(wire.COUNT_SUCCEEDED, 0),
+            "cost_usd": counts.counters.get(wire.USAGE_COST_NUSD, 0) / 1e9,
+        }
+    )
+    out["stock_research"] = {mode: _example(dev, mode, args) for mode in ("Realtime", "Batch")}
+    dev.kubectl("delete", "namespace", ns, "--wait=false")
+    return out
+
+
+def _example(dev: cluster.DevCluster, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """examples/stock-research.yaml, its analyze and review stages in ``mode``: apply to Complete, and its cost."""
+    ns = namespace(dev)
+    manifest = yaml.safe_load((REPO / "examples" / "stock-research.yaml").read_text(encoding="utf-8"))
+    for stage in manifest["spec"]["stages"]:
+        if stage["name"] in ("analyze", "review"):
+            stage["mode"] = mode
+    applied = time.monotonic()
+    uid = apply(dev, ns, manifest)
+    elapsed = (time.monotonic() - applied) + _until_complete(dev, ns, "stock-research", args.timeout, mode)
+    got = json.loads(dev.kubectl("-n", ns, "get", "analysisbatch", "stock-research", "-o", "json").stdout)
+    loop = asyncio.new_event_loop()
+    client = queue.connect(dev.redis_url)
+    try:
+        stages = {
+            name: loop.run_until_complete(consumer.stage_counts(client, uid, name)).counters.get(
+                wire.USAGE_COST_NUSD, 0
+            )
+            for name in ("analyze", "review")
+        }
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
+    dev.kubectl("delete", "namespace", ns, "--wait=false")
+    return {
+        "apply_to_complete_s": round(elapsed, 2),
+        "cost_usd": got["status"]["usage"]["costUSD"],
+        "analyze_and_review_cost_usd": round(sum(stages.values()) / 1e9, 6),
+        "tokens": got["status"]["usage"]["totalTokens"],
+    }
+
+
 def many(dev: cluster.DevCluster, op: Operator, batches: int, args: argparse.Namespace) -> dict[str, Any]:
     ns = namespace(dev)
     per = args.batch_items
@@ -390,7 +505,7 @@ def deep(dev: cluster.DevCluster, op: Operator, items: int, args: argparse.Names
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", action="append", choices=("one", "many", "deep"))
+    parser.add_argument("--scenario", action="append", choices=("one", "many", "deep", "batchmode"))
     parser.add_argument("--items", type=int, action="append", help="items of the 'one' batch (repeatable)")
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=200)
@@ -398,6 +513,8 @@ def main() -> None:
     parser.add_argument("--batch-items", type=int, default=1000)
     parser.add_argument("--batch-concurrency", type=int, default=10)
     parser.add_argument("--deep-items", type=int, default=2000)
+    parser.add_argument("--provider-batch-items", type=int, default=2500)
+    parser.add_argument("--turnaround-s", type=float, default=30)
     parser.add_argument("--max-pods", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
@@ -423,6 +540,8 @@ def main() -> None:
                     out["one"] = [one(dev, op, n, args) for n in (args.items or [10_000])]
                 if "deep" in scenarios:
                     out["deep"] = deep(dev, op, args.deep_items, args)
+                if "batchmode" in scenarios:
+                    out["batchmode"] = [batchmode(dev, op, n, args) for n in (args.items or [10_000])]
                 if "many" in scenarios:
                     out["many"] = [many(dev, op, n, args) for n in (args.batches or [100])]
                 out["operator_rss_high_water_mb"] = round(op.hwm() / MB, 1)

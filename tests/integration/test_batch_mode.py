@@ -188,6 +188,7 @@ HOLDS = {
         ("anthropic", "before"),
         ("anthropic", "after"),
         ("anthropic", "submitted"),
+        ("openai", "before"),
         ("openai", "after"),
         ("openai", "submitted"),
     ],
@@ -238,6 +239,10 @@ async def test_a_worker_killed_while_submitting_never_records_a_result_twice(
         return await redis.hlen(records) == 0
 
     await workers.eventually(forgotten, 10, "the provider batch's record removed")
+    if api == "openai":  # every file that held prompts or answers is deleted, one uploaded for nothing too
+        held, deleted = batch_stand_in.files()
+        assert held == []
+        assert deleted
 
 
 @pytest.mark.timeout(90)
@@ -334,3 +339,29 @@ async def test_a_provider_batch_holds_its_worst_case_against_the_budget_until_it
     usage = await consumer.usage(redis, batch.uid)
     assert 0 < usage[wire.USAGE_COST_NUSD] < 0.05 * 1e9
     assert not await redis.hexists(keys.BatchKeys(batch.uid).flags, wire.FLAG_BUDGET_EXCEEDED)
+
+
+@pytest.mark.timeout(240)
+async def test_ten_thousand_items_go_in_as_few_provider_batches_as_their_size_allows_each_request_once(
+    batch_stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    items = [f"T{n:05d}" for n in range(10_000)]
+    size = 2_500
+    # The spec lists one item (an inline list holds at most 5,000; more come from itemsFrom); all 10,000 are seeded.
+    spec = batch_stand_in.batch_spec(
+        "anthropic", items[:1], mode="Batch", batch={"maxItems": size, "maxWaitSeconds": 5}
+    )
+    batch = workers.batch(spec)
+    batch.items = items
+    await batch.seed()
+    workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
+
+    async def done() -> queue.StageCounts | None:
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+        return counts if counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained else None
+
+    counts = await workers.eventually(done, 200, "10,000 items analyzed", interval=0.5)
+    assert counts.counters[wire.COUNT_PROVIDER_BATCHES] == -(-len(items) // size)  # ceil: 4, and no retries
+    submitted = batch_stand_in.batch_submissions()
+    assert len(submitted) == len(items)
+    assert set(submitted.values()) == {1}  # no custom_id twice

@@ -11,8 +11,8 @@ OpenAI: ``POST /v1/files`` (multipart, ``purpose=batch``) uploads the input,
 JSON lines ``{custom_id, method, url, body}``; ``POST /v1/batches`` with
 ``input_file_id``, ``endpoint`` and ``completion_window`` (only ``24h``)
 starts it; ``GET``/``POST .../cancel``/list as above; the output and error
-files (``GET /v1/files/{id}/content``) hold a line per request; ``DELETE
-/v1/files/{id}`` deletes a file.
+files (``GET /v1/files/{id}/content``) hold a line per request; ``GET
+/v1/files`` lists the files, ``DELETE /v1/files/{id}`` deletes one.
 
 A batch is processed all at once when its turnaround has passed (the
 server's ``turnaround_s``, or a ``batch_slow`` step's ``delay_s``), on the
@@ -361,6 +361,7 @@ class Batches:
             web.delete("/v1/messages/batches/{id}", guarded("anthropic", self._anthropic_delete)),
             web.get("/v1/messages/batches/{id}/results", guarded("anthropic", self._anthropic_results)),
             web.post("/v1/files", guarded("openai", self._file_upload)),
+            web.get("/v1/files", guarded("openai", self._file_list)),
             web.get("/v1/files/{id}", guarded("openai", self._file_get)),
             web.get("/v1/files/{id}/content", guarded("openai", self._file_content)),
             web.delete("/v1/files/{id}", guarded("openai", self._file_delete)),
@@ -474,6 +475,15 @@ class Batches:
         with self.lock:
             self.files[made.id] = made
         return web.json_response(_file_view(made))
+
+    async def _file_list(self, request: web.Request) -> web.Response:
+        purpose = request.query.get("purpose")
+        with self.lock:
+            listed = [_file_view(f) for f in self.files.values() if purpose in (None, f.purpose)]
+        first, last = (listed[0]["id"], listed[-1]["id"]) if listed else (None, None)
+        return web.json_response(
+            {"object": "list", "data": listed, "first_id": first, "last_id": last, "has_more": False}
+        )
 
     def _file_of(self, request: web.Request) -> File:
         found = self.files.get(request.match_info["id"])

@@ -207,6 +207,7 @@ class BatchWorker(loop.Worker):
             if batch_id and not record.batch_id:
                 await self.queue.batch_submitted(record.tag, batch_id)
             if not batch_id:
+                await self._forget_unsubmitted(record.tag)
                 await self.queue.batch_ended(record.tag)
                 log.info(
                     "a provider batch never submitted: its items are gathered again",
@@ -231,6 +232,15 @@ class BatchWorker(loop.Worker):
         except errors.ProviderError as exc:
             log.warning("could not look for a provider batch", extra={"fields": {"tag": tag, "error": exc.message}})
             return None
+
+    async def _forget_unsubmitted(self, tag: str) -> None:
+        try:
+            await self.batch_provider.forget_unsubmitted(tag)
+        except errors.ProviderError as exc:
+            log.warning(
+                "what the provider keeps of a batch never created was not deleted",
+                extra={"fields": {"tag": tag, "error": exc.message}},
+            )
 
     def _helpers(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._dispatch_loop(), name="dispatcher")]

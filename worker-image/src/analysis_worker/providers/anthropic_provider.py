@@ -181,6 +181,9 @@ class AnthropicProvider:
     async def find_batch(self, tag: str) -> str | None:
         return None  # a message batch keeps no metadata to find it by
 
+    async def forget_unsubmitted(self, tag: str) -> None:
+        return None  # a message batch is created in one request: nothing is left of one never created
+
     async def batch_progress(self, batch_id: str) -> batches.Progress:
         try:
             batch = await self._client.messages.batches.retrieve(batch_id)

@@ -80,6 +80,10 @@ class BatchProvider(Protocol):
         """A batch submitted with ``tag`` (after a crash between submitting and recording its id), or None."""
         ...
 
+    async def forget_unsubmitted(self, tag: str) -> None:
+        """Delete what the provider keeps of a batch that was never created (OpenAI: its uploaded input file)."""
+        ...
+
     async def batch_progress(self, batch_id: str) -> Progress: ...
 
     def batch_results(self, batch_id: str) -> AsyncIterator[Result]:

@@ -219,6 +219,9 @@ class OfflineProvider:
     async def find_batch(self, tag: str) -> str | None:
         return next((batch_id for batch_id, b in self._batches.items() if b.tag == tag), None)
 
+    async def forget_unsubmitted(self, tag: str) -> None:
+        return None
+
     def _simulated(self, batch_id: str) -> _Simulated:
         found = self._batches.get(batch_id)
         if found is None:

@@ -27,6 +27,7 @@ around ``complete()`` bounds the total.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -40,6 +41,11 @@ from analysis_worker.providers import _http, base, batches
 BATCH_ENDPOINT: Final = "/v1/chat/completions"  # what the provider batches of this adapter run
 # Model families that reason before answering and accept only the default sampling (o1, o3-mini, o4-mini, gpt-5...).
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(\b|[-.])")
+
+
+def _input_name(tag: str) -> str:
+    """The name of a provider batch's input file: its tag's."""
+    return f"{tag}.jsonl"
 
 
 def refuses_sampling(model: str) -> bool:
@@ -178,7 +184,11 @@ class OpenAIProvider:
         )
         data = "".join(line + "\n" for line in lines).encode()
         try:
-            uploaded = await self._client.files.create(file=("requests.jsonl", data), purpose="batch")
+            # Named by the tag, so that a file a stopped worker uploaded and never used is found and deleted.
+            uploaded = await self._client.files.create(file=(_input_name(tag), data), purpose="batch")
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        try:
             created = await self._client.batches.create(
                 input_file_id=uploaded.id,
                 endpoint=BATCH_ENDPOINT,
@@ -186,8 +196,20 @@ class OpenAIProvider:
                 metadata={batches.TAG_KEY: tag},
             )
         except openai.OpenAIError as exc:
-            raise self._error(exc) from exc
+            failure = self._error(exc)
+            if failure.status is not None:  # refused: no batch holds the file, whose lines are the prompts
+                with contextlib.suppress(openai.OpenAIError):
+                    await self._client.files.delete(uploaded.id)
+            raise failure from exc
         return created.id
+
+    async def forget_unsubmitted(self, tag: str) -> None:
+        try:
+            async for made in self._client.files.list(purpose="batch"):
+                if made.filename == _input_name(tag):
+                    await self._client.files.delete(made.id)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
 
     async def find_batch(self, tag: str) -> str | None:
         try:

@@ -497,7 +497,8 @@ class BatchOptions(_Model):
     """How a stage in mode Batch gathers its ready items into provider batches.
 
     A provider batch is submitted once maxItems items are ready, or once the
-    oldest ready item has waited maxWaitSeconds, whichever comes first.
+    oldest ready item has waited maxWaitSeconds, whichever comes first (at
+    once when no more items can reach the stage).
     """
 
     max_items: int = Field(
@@ -692,7 +693,8 @@ class Stage(_Model):
         ge=1,
         le=1000,
         description="Most calls of this stage in flight at once, across all its worker pods. The stage runs "
-        "ceil(calls wanted / callsPerPod) pods, and its workers never hold more than this many items together.",
+        "ceil(calls wanted / callsPerPod) pods, and its workers never hold more than this many items together. "
+        "In mode Batch: provider batches in flight at once, each of at most batch.maxItems items (one worker).",
     )
     calls_per_pod: int | None = Field(
         default=None,

@@ -365,3 +365,32 @@ async def test_ten_thousand_items_go_in_as_few_provider_batches_as_their_size_al
     submitted = batch_stand_in.batch_submissions()
     assert len(submitted) == len(items)
     assert set(submitted.values()) == {1}  # no custom_id twice
+
+
+@pytest.mark.parametrize("api", ["anthropic", "openai"])
+@pytest.mark.timeout(60)
+async def test_a_batch_the_providers_full_queue_refuses_goes_again_without_using_an_attempt(
+    api: str, batch_stand_in: standin.StandIn, workers: Any, redis: queue.Redis
+) -> None:
+    items = [f"Q{n}" for n in range(6)]
+    spec = batch_stand_in.batch_spec(api, items, mode="Batch", batch={"maxItems": 6, "maxWaitSeconds": 1})
+    batch_stand_in.set_plan([{"kind": "batch_queue_full"}])
+    batch = workers.batch(spec)
+    await batch.seed()
+    workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
+
+    async def done() -> queue.StageCounts | None:
+        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
+        return counts if counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained else None
+
+    counts = await workers.eventually(done, 40, "every item analyzed once the queue had room")
+    assert wire.COUNT_RETRIES not in counts.counters  # the refusal used no attempt
+    outcomes = await redis.hgetall(keys.BatchKeys(batch.uid).outcomes)
+    assert sorted(outcomes) == sorted(keys.BatchKeys(batch.uid).idem("analyze", item, 0, 1) for item in items)
+    # Anthropic refuses the create (nothing was made); OpenAI makes the batch and fails it in validation.
+    expected = 1 if api == "anthropic" else 2
+    assert set(batch_stand_in.batch_submissions().values()) == {expected}
+    if api == "openai":
+        failed, collected = (b["status"] for b in batch_stand_in.provider_batches())
+        assert (failed, collected) == ("failed", "completed")
+        assert batch_stand_in.files()[0] == []  # the refused batch's input file is deleted too

@@ -21,7 +21,10 @@ first look after that: each request is answered as the same call would be
 plan's batch steps apply to a whole batch (matched by any of its prompts):
 ``batch_slow`` delays it, ``batch_expired`` lets every request expire,
 ``batch_failed`` refuses it (Anthropic: the create answers 500; OpenAI: the
-batch fails validation), and two hold the create so that a test can kill
+batch fails validation), ``batch_queue_full`` refuses it for the provider's
+queue of batches (Anthropic: a 429 with a retry-after; OpenAI: validation
+fails with ``token_limit_exceeded``, its enqueued-token limit), and two hold
+the create so that a test can kill
 the submitting worker inside it: ``batch_create_hang`` waits ``delay_s``
 and then fails having created nothing, ``batch_created_hang`` creates the
 batch and then waits before it answers. A request step of kind ``expired``
@@ -50,7 +53,9 @@ from typing import Any
 
 from aiohttp import web
 
-BATCH_KINDS = frozenset({"batch_slow", "batch_expired", "batch_failed", "batch_create_hang", "batch_created_hang"})
+BATCH_KINDS = frozenset(
+    {"batch_slow", "batch_expired", "batch_failed", "batch_queue_full", "batch_create_hang", "batch_created_hang"}
+)
 # How long a create held by batch_create_hang or batch_created_hang waits before it answers (its step's delay_s).
 HANG_S = 10.0
 ANTHROPIC_MAX_REQUESTS = 100_000
@@ -211,6 +216,9 @@ class Batches:
         """OpenAI's validation: what makes the whole batch fail."""
         if batch.step is not None and batch.step["kind"] == "batch_failed":
             return [{"code": "invalid_request", "message": "stand-in batch_failed", "line": 1, "param": None}]
+        if batch.step is not None and batch.step["kind"] == "batch_queue_full":
+            message = "Enqueued token limit reached (stand-in batch_queue_full)."
+            return [{"code": "token_limit_exceeded", "message": message, "line": None, "param": None}]
         if len(batch.requests) > OPENAI_MAX_REQUESTS:
             message = f"The batch has {len(batch.requests)} requests; at most {OPENAI_MAX_REQUESTS} are allowed."
             return [{"code": "too_many_requests", "message": message, "line": None, "param": None}]
@@ -404,6 +412,10 @@ class Batches:
         step = self.take_batch_step("anthropic", [prompt_of(p) for _, p in parsed])
         if step is not None and step["kind"] == "batch_failed":
             return _anthropic_error(500, "stand-in batch_failed", error_type="api_error")
+        if step is not None and step["kind"] == "batch_queue_full":
+            refused = _anthropic_error(429, "stand-in batch_queue_full: too many requests queued", "rate_limit_error")
+            refused.headers["retry-after"] = "1"
+            return refused
         if await self._held_before(step):
             return _anthropic_error(500, "stand-in batch_create_hang: nothing was created", error_type="api_error")
         batch = self._create("anthropic", presented_key(request), parsed, step)

@@ -62,7 +62,8 @@ log = logging.getLogger("analysis_worker")
 
 POLL_FIRST_S = 0.25  # the first look at a submitted batch's progress; each later one waits 1.5 times longer
 POLL_MAX_S = 30.0
-SUBMIT_BACKOFF_MAX_S = 60.0  # a refused or failed submission is tried again after at most this long
+SUBMIT_BACKOFF_MAX_S = 60.0
+QUEUE_FULL_FIRST_WAIT_S = 1.0  # a batch refused for the provider's full queue goes again after this, doubling  # a refused or failed submission is tried again after at most this long
 DISPATCH_TICK_S = 0.1  # how often the dispatcher looks at the pool when nothing wakes it
 REQUEST_OVERHEAD_BYTES = 512  # what a request adds to a batch's size beyond its prompt (JSON, parameters)
 # The providers' limits on one batch (v1alpha1 has the request counts the schema checks).
@@ -189,6 +190,8 @@ class BatchWorker(loop.Worker):
         self._adopted: dict[str, str] = {}  # custom_id -> the tag of the taken-over batch that carries it
         self._pool_changed = asyncio.Event()
         self._pollers: set[asyncio.Task[None]] = set()
+        self._hold_until = 0.0  # monotonic: no batch is submitted before (the provider's batch queue was full)
+        self._queue_full_count = 0  # batches refused in a row for a full queue
         self._batch_stages = [s.name for s in self.plan.stages if s.mode is v1alpha1.StageMode.BATCH]
 
     @property
@@ -297,7 +300,7 @@ class BatchWorker(loop.Worker):
         if self._suspended:
             await self._hand_back_pool()
             return
-        if self._over_budget or len(self.flights) >= self.stage.concurrency:
+        if self._over_budget or len(self.flights) >= self.stage.concurrency or time.monotonic() < self._hold_until:
             return
         oldest = time.monotonic() - self.pool[0].since
         if len(self.pool) < self.max_items and oldest < self.options.max_wait_s and not await self.queue.sealed():
@@ -413,6 +416,9 @@ class BatchWorker(loop.Worker):
                 continue
             if not progress.ended:
                 continue
+            if progress.failed and progress.queue_full:
+                await self._queue_full(flight, progress.failed)
+                return
             if progress.failed:
                 self._fail_all(flight, f"provider batch {flight.batch_id} failed: {progress.failed}")
                 break
@@ -427,6 +433,7 @@ class BatchWorker(loop.Worker):
                 continue
             for custom_id in flight.entries:  # a request the results left out ran out of time
                 flight.resolve(custom_id, batches.expired(custom_id).error)  # type: ignore[arg-type]
+            self._queue_full_count = 0
             log.info(
                 "provider batch ended",
                 extra={"fields": {"tag": flight.tag, "batch": flight.batch_id, "status": progress.status}},
@@ -438,6 +445,22 @@ class BatchWorker(loop.Worker):
         except errors.ProviderError as exc:
             log.warning("the provider's copy of a batch was not deleted", extra={"fields": self._fields(flight, exc)})
         await self._ended(flight)
+
+    async def _queue_full(self, flight: InFlight, why: str) -> None:
+        """The provider's queue for batches was full: nothing ran. The requests go back to the front of the pool,
+        without using an attempt, and nothing is submitted until a backoff has passed (doubling while it lasts)."""
+        self._queue_full_count += 1
+        wait = min(SUBMIT_BACKOFF_MAX_S, QUEUE_FULL_FIRST_WAIT_S * 2 ** (self._queue_full_count - 1))
+        self._hold_until = time.monotonic() + wait
+        fields = {"tag": flight.tag, "batch": flight.batch_id, "why": why, "wait_s": wait}
+        log.warning("the provider's batch queue is full: the batch goes again", extra={"fields": fields})
+        waiting = [p for p in flight.requests.values() if not p.answer.done()]
+        try:
+            await self.batch_provider.forget_batch(flight.batch_id)
+        except errors.ProviderError as exc:
+            log.warning("the provider's copy of a batch was not deleted", extra={"fields": self._fields(flight, exc)})
+        await self._ended(flight)
+        self.pool[:0] = waiting
 
     def _fail_all(self, flight: InFlight, why: str) -> None:
         log.warning("provider batch failed as a whole", extra={"fields": {"tag": flight.tag, "why": why}})

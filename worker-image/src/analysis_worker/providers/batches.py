@@ -47,6 +47,9 @@ class Progress:
     total: int
     done: int  # requests with a result so far (succeeded or not)
     failed: str | None = None
+    # Failed whole because the provider's queue for batches is full (OpenAI's enqueued-token limit): nothing ran,
+    # and the same requests may go again once batches ahead of them finish.
+    queue_full: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,6 +43,10 @@ BATCH_ENDPOINT: Final = "/v1/chat/completions"  # what the provider batches of t
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(\b|[-.])")
 
 
+# A batch that failed validation with this code was refused for the organization's enqueued-token limit.
+QUEUE_FULL_CODE = "token_limit_exceeded"
+
+
 def _input_name(tag: str) -> str:
     """The name of a provider batch's input file: its tag's."""
     return f"{tag}.jsonl"
@@ -226,10 +230,13 @@ class OpenAIProvider:
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
         counts = batch.request_counts
-        failed = None
+        failed, codes = None, set()
         if batch.status == "failed":
-            reasons = [f"{e.code}: {e.message}" for e in (batch.errors.data or [])] if batch.errors else []
-            failed = _http.redact("; ".join(reasons) or "the batch failed", self._api_key)
+            found = (batch.errors.data or []) if batch.errors else []
+            codes = {e.code for e in found}
+            failed = _http.redact(
+                "; ".join(f"{e.code}: {e.message}" for e in found) or "the batch failed", self._api_key
+            )
         return batches.Progress(
             batch.id,
             batch.status,
@@ -237,6 +244,7 @@ class OpenAIProvider:
             counts.total if counts else 0,
             counts.completed + counts.failed if counts else 0,
             failed,
+            queue_full=QUEUE_FULL_CODE in codes,
         )
 
     async def batch_results(self, batch_id: str) -> AsyncIterator[batches.Result]:

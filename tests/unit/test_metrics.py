@@ -327,3 +327,17 @@ def test_every_metric_has_help_and_the_conventional_name() -> None:
             if family.name.startswith("analysis_"):
                 assert re.fullmatch(r"analysis_(worker|operator)_[a-z_]+", family.name), family.name
                 assert not family.name.endswith("_total"), family.name  # counters get it on exposition
+
+
+def test_a_batch_mode_stage_exports_its_provider_batches_and_a_realtime_one_none() -> None:
+    batches, registry = batches_registry()
+    stages = [
+        {"name": "draft", "running": 3},
+        {"name": "analyze", "running": 40, "providerBatches": {"submitted": 4, "inProgress": 1, "ended": 3}},
+    ]
+    batches.observe("ns", "b", {"stages": stages, "usage": {}})
+    stage = {"namespace": "ns", "batch": "b", "stage": "analyze"}
+    assert sample(registry, "analysis_operator_stage_provider_batches", **stage, state="in_progress") == 1
+    assert sample(registry, "analysis_operator_stage_provider_batches", **stage, state="ended") == 3
+    draft = {"namespace": "ns", "batch": "b", "stage": "draft", "state": "ended"}
+    assert registry.get_sample_value("analysis_operator_stage_provider_batches", draft) is None

@@ -55,6 +55,8 @@ _STATE_FIELDS = {
     "failed": "failed",
     "dead_lettered": "deadLettered",
 }
+# A mode: Batch stage's provider batches (status.stages[].providerBatches), by the label's state.
+_BATCH_STATE_FIELDS = {"in_progress": "inProgress", "ended": "ended"}
 
 RECONCILE_DURATION = Histogram(
     "analysis_operator_reconcile_duration_seconds",
@@ -106,19 +108,25 @@ class Progress:
     """What the metrics need of one batch's status; read once per reconcile step, not per scrape."""
 
     stages: tuple[tuple[str, dict[str, int], int], ...]  # (stage, counts by state, workers)
+    provider_batches: tuple[tuple[str, dict[str, int]], ...]  # (mode: Batch stage, its provider batches by state)
     input_tokens: int
     output_tokens: int
     cost_usd: float
 
     @classmethod
     def of(cls, status: Mapping[str, Any]) -> Progress:
-        stages = []
+        stages, batched = [], []
         for stage in status.get("stages") or []:
             counts = {state: int(stage.get(field) or 0) for state, field in _STATE_FIELDS.items()}
             stages.append((str(stage.get("name", "")), counts, int(stage.get("workers") or 0)))
+            made = stage.get("providerBatches")
+            if isinstance(made, Mapping):
+                by_state = {state: int(made.get(field) or 0) for state, field in _BATCH_STATE_FIELDS.items()}
+                batched.append((str(stage.get("name", "")), by_state))
         usage = status.get("usage") or {}
         return cls(
             stages=tuple(stages),
+            provider_batches=tuple(batched),
             input_tokens=int(usage.get("inputTokens") or 0),
             output_tokens=int(usage.get("outputTokens") or 0),
             cost_usd=_cost(usage.get("costUSD", "0")),
@@ -167,15 +175,24 @@ class Batches(Collector):
             "Cost of a batch so far in US dollars (status.usage.costUSD).",
             labels=["namespace", "batch"],
         )
+        provider_batches = GaugeMetricFamily(
+            "analysis_operator_stage_provider_batches",
+            "A mode: Batch stage's provider batches by state: in_progress (submitted, not yet collected) and "
+            "ended (collected) so far.",
+            labels=["namespace", "batch", "stage", "state"],
+        )
         for (namespace, name), progress in list(self._progress.items()):
             for stage, counts, live in progress.stages:
                 for state in STATES:
                     items.add_metric([namespace, name, stage, state], counts[state])
                 workers.add_metric([namespace, name, stage], live)
+            for stage, by_state in progress.provider_batches:
+                for state, value in by_state.items():
+                    provider_batches.add_metric([namespace, name, stage, state], value)
             tokens.add_metric([namespace, name, "input"], progress.input_tokens)
             tokens.add_metric([namespace, name, "output"], progress.output_tokens)
             cost.add_metric([namespace, name], progress.cost_usd)
-        yield from (items, workers, tokens, cost, self._by_phase())
+        yield from (items, workers, provider_batches, tokens, cost, self._by_phase())
 
     def _by_phase(self) -> GaugeMetricFamily:
         by_phase = GaugeMetricFamily(

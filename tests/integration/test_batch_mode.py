@@ -247,20 +247,23 @@ async def test_a_worker_killed_while_submitting_never_records_a_result_twice(
 async def test_suspend_hands_back_what_was_not_submitted_and_collects_what_was(
     batch_stand_in: standin.StandIn, workers: Any, redis: queue.Redis
 ) -> None:
-    items = [f"S{n:02d}" for n in range(15)]
-    # Ten go at once (maxItems); the other five wait for more, up to maxWaitSeconds.
+    items = [f"S{n:02d}" for n in range(20)]
     spec = batch_stand_in.batch_spec(
         "anthropic", items, mode="Batch", concurrency=2, batch={"maxItems": 10, "maxWaitSeconds": 60}
     )
+    # An approval gate in front holds five items back, so more can still come: the pool waits for them.
+    spec["stages"].insert(0, {"name": "gate", "type": "approval"})
     batch_stand_in.set_plan([{"kind": "batch_slow", "delay_s": 2}])
     batch = workers.batch(spec)
     await batch.seed()
+    await producer.release(redis, batch.uid, "gate", "analyze", items[:15])
     workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
     records = keys.BatchKeys(batch.uid).provider_batches("analyze")
 
     async def submitted() -> bool:
         return any(json.loads(raw)[wire.PB_ID] for raw in await redis.hvals(records))
 
+    # Ten go at once (maxItems); the other five wait for more, up to maxWaitSeconds.
     await workers.eventually(submitted, 20, "the first provider batch submitted")
     await producer.suspend(redis, batch.uid, "spec.suspend")
 
@@ -275,7 +278,7 @@ async def test_suspend_hands_back_what_was_not_submitted_and_collects_what_was(
     await asyncio.sleep(1.5)  # suspended: nothing is claimed or submitted
     assert len(batch_stand_in.batch_submissions()) == 10
     await producer.resume(redis, batch.uid)
-    await producer.seal(redis, batch.uid, "analyze")  # nothing more can come: what is gathered goes at once
+    await producer.release(redis, batch.uid, "gate", "analyze", items[15:])  # nothing more can come now
 
     async def done() -> bool:
         counts = await consumer.stage_counts(redis, batch.uid, "analyze")

@@ -1,10 +1,13 @@
 """The pure parts of a mode: Batch stage's worker: which requests go in the next provider batch, and the budget's room."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
+import yaml
 
 from analysis_core import plan, wire
+from analysis_core.api import v1alpha1
 from analysis_worker import batching
 from analysis_worker.providers import base
 
@@ -56,3 +59,12 @@ def test_the_budgets_room_is_what_is_left_after_spending_and_what_batches_in_fli
     assert budget.room(used) == (3_000, 6_000)
     assert budget.room(used, held_nusd=2_500, held_tokens=5_500) == (500, 500)
     assert plan.BudgetPlan(max_tokens=10).room(used) == (None, -3_990)
+
+
+def test_a_stage_is_fed_by_every_earlier_stage_and_by_the_judges_that_send_work_back_through_it() -> None:
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "stock-research.yaml").read_text())
+    the_plan = plan.compile_plan("uid", v1alpha1.AnalysisBatchSpec.model_validate(spec["spec"]))
+    assert the_plan.feeders("research") == []
+    assert the_plan.feeders("analyze") == ["research", "plan-ok", "rank", "review"]  # review sends rejections back
+    assert the_plan.feeders("review") == ["research", "plan-ok", "rank", "analyze"]
+    assert the_plan.feeders("report") == ["research", "plan-ok", "rank", "analyze", "review"]

@@ -206,6 +206,22 @@ class Plan(_Frozen):
                 return stage
         raise KeyError(f"the plan has no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
 
+    def feeders(self, name: str) -> list[str]:
+        """The stages that can still send items to stage ``name``: every earlier one, and every later judge that
+        reviews it or an earlier stage (a rejection goes back to the reviewed stage and comes forward again)."""
+        index = self.stage(name).index
+        earlier = [s.name for s in self.stages if s.index < index]
+        names = [s.name for s in self.stages]
+        judges = [
+            s.name
+            for s in self.stages
+            if s.index > index
+            and s.type is v1alpha1.StageType.JUDGE
+            and s.reviews in names
+            and names.index(s.reviews) <= index
+        ]
+        return earlier + judges
+
     def dumps(self) -> str:
         return self.model_dump_json(exclude_none=True)
 

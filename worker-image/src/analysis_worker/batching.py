@@ -4,8 +4,9 @@ One ``BatchWorker`` (a workload of one pod) serves the stage. It claims
 items as a realtime worker does, up to ``concurrency`` provider batches of
 ``batch.maxItems`` each, and each item's task renders its request and waits
 in the pool. The dispatcher submits the pool as a provider batch once it
-holds ``maxItems`` requests, its oldest waited ``maxWaitSeconds``, or the
-stage is sealed (nothing more can come), within the provider's limits on
+holds ``maxItems`` requests, its oldest waited ``maxWaitSeconds``, or no
+more can come (the stage is sealed, or no stage that feeds it holds an
+item: a judge loop's rounds need not wait), within the provider's limits on
 requests and bytes and what the budget has room for (each request's worst
 case, its whole ``maxTokens`` of output at the batch price, is held against
 the budget until the batch is collected). A poller per provider batch reads
@@ -65,6 +66,7 @@ POLL_MAX_S = 30.0
 SUBMIT_BACKOFF_MAX_S = 60.0
 QUEUE_FULL_FIRST_WAIT_S = 1.0  # a batch refused for the provider's full queue goes again after this, doubling  # a refused or failed submission is tried again after at most this long
 DISPATCH_TICK_S = 0.1  # how often the dispatcher looks at the pool when nothing wakes it
+QUIET_CHECK_S = 0.5  # how often, at most, it asks whether more items can still come before maxWaitSeconds
 REQUEST_OVERHEAD_BYTES = 512  # what a request adds to a batch's size beyond its prompt (JSON, parameters)
 # The providers' limits on one batch (v1alpha1 has the request counts the schema checks).
 LIMITS = {
@@ -193,6 +195,8 @@ class BatchWorker(loop.Worker):
         self._hold_until = 0.0  # monotonic: no batch is submitted before (the provider's batch queue was full)
         self._queue_full_count = 0  # batches refused in a row for a full queue
         self._batch_stages = [s.name for s in self.plan.stages if s.mode is v1alpha1.StageMode.BATCH]
+        self._feeders = self.plan.feeders(self.stage.name)
+        self._next_quiet_check = 0.0  # monotonic: when _nothing_comes looks at the feeding stages again
 
     @property
     def batch_provider(self) -> batches.BatchProvider:
@@ -288,6 +292,10 @@ class BatchWorker(loop.Worker):
                 log.warning("redis unavailable", extra={"fields": {"error": str(exc)}})
                 await asyncio.sleep(1.0)
                 continue
+            except Exception:
+                log.exception("gathering or submitting failed; trying again")
+                await asyncio.sleep(1.0)
+                continue
             self._pool_changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DISPATCH_TICK_S):
@@ -303,7 +311,7 @@ class BatchWorker(loop.Worker):
         if self._over_budget or len(self.flights) >= self.stage.concurrency or time.monotonic() < self._hold_until:
             return
         oldest = time.monotonic() - self.pool[0].since
-        if len(self.pool) < self.max_items and oldest < self.options.max_wait_s and not await self.queue.sealed():
+        if len(self.pool) < self.max_items and oldest < self.options.max_wait_s and not await self._nothing_comes():
             return
         room_nusd, room_tokens, held = await self._budget_room()
         if (room_nusd is not None and room_nusd <= 0) or (room_tokens is not None and room_tokens <= 0):
@@ -327,6 +335,26 @@ class BatchWorker(loop.Worker):
         self.pool = [p for p in self.pool if id(p) not in chosen]
         await self._submit(group)
 
+    async def _nothing_comes(self) -> bool:
+        """Whether waiting longer gathers nothing more: the stage is sealed, or it has no retry waiting and nothing
+        it could still claim, and none of the stages that feed it (``plan.Plan.feeders``) holds an item (looked at
+        every ``QUIET_CHECK_S`` at most). Items a collect stage gathers for the operator are not seen: a batch may
+        then go a little early."""
+        now = time.monotonic()
+        if now < self._next_quiet_check:
+            return False
+        self._next_quiet_check = now + QUIET_CHECK_S
+        if await self.queue.sealed():
+            return True
+        own = await self.queue.counts()
+        if own.retrying or (own.ready and len(self.inflight) < self.concurrency):
+            return False  # its own retries come back, and what is in its stream can still be claimed
+        for name in self._feeders:
+            counts = await consumer.stage_counts(self.client, self.cfg.batch_uid, name)
+            if not counts.drained:
+                return False
+        return True
+
     async def _budget_room(self) -> tuple[int | None, int | None, bool]:
         """What the budget has left for another provider batch after what is spent and what batches in flight
         hold (None: that side has no limit), and whether any batch in flight holds some of it."""
@@ -347,14 +375,24 @@ class BatchWorker(loop.Worker):
             sum(p.worst_nusd for p in group),
             sum(p.worst_tokens for p in group),
         )
-        await self.queue.prepare_batch(record)
+        try:
+            await self.queue.prepare_batch(record)
+        except BaseException:
+            self.pool[:0] = group  # nothing was written: they wait for the next try
+            raise
         flight = InFlight(tag, "", dict(record.requests), {p.custom_id: p for p in group})
         self.flights[tag] = flight
         batch_id = await self._create(flight, group)
         if batch_id is None:
             return
-        await self.queue.batch_submitted(tag, batch_id)
         flight.batch_id, flight.submitted_ms = batch_id, consumer.now_ms()
+        while True:  # the batch exists: its id must be kept, or a restart would look for it (or orphan it)
+            try:
+                await self.queue.batch_submitted(tag, batch_id)
+                break
+            except queue.UNAVAILABLE as exc:
+                log.warning("redis unavailable; keeping the batch's id again", extra={"fields": {"error": str(exc)}})
+                await asyncio.sleep(1.0)
         log.info("provider batch submitted", extra={"fields": {"tag": tag, "batch": batch_id, "items": len(group)}})
         self._poll(flight)
 
@@ -396,9 +434,24 @@ class BatchWorker(loop.Worker):
     # ---------------------------------------------------------------- polling and collecting
 
     def _poll(self, flight: InFlight) -> None:
-        task = asyncio.create_task(self._collect(flight), name=f"poll:{flight.tag}")
+        task = asyncio.create_task(self._collecting(flight), name=f"poll:{flight.tag}")
         self._pollers.add(task)
         task.add_done_callback(self._pollers.discard)
+
+    async def _collecting(self, flight: InFlight) -> None:
+        """``_collect`` until it gets through: each of its steps may be taken again (a result already handed to its
+        item is not handed again, deleting what is gone is no error), so Redis away or a surprise starts it over."""
+        while True:
+            try:
+                await self._collect(flight)
+                return
+            except queue.UNAVAILABLE as exc:
+                log.warning("redis unavailable; collecting again", extra={"fields": {"error": str(exc)}})
+            except Exception:
+                log.exception(
+                    "collecting a provider batch failed; collecting again", extra={"fields": {"tag": flight.tag}}
+                )
+            await asyncio.sleep(1.0)
 
     async def _collect(self, flight: InFlight) -> None:
         """Wait for the batch to end, hand each request its result, then delete the provider's copy and the record."""

@@ -163,7 +163,7 @@ bench-failover: install controlplane ## benchmark operator failover: two replica
 	$(PY) bench/scale_failover.py
 
 .PHONY: bench-scale
-bench-scale: install controlplane seaweedfs node-images ## benchmark batches at scale on the real node: 10,000 items, 100 batches at once, a 5-stage batch's Redis memory (needs root); writes bench/results/scale.json
+bench-scale: install controlplane seaweedfs node-images ## benchmark batches at scale on the real node: 10,000 items, 100 batches at once, a 5-stage batch's Redis memory, batch mode (needs root); writes bench/results/scale.json
 	$(PY) bench/scale_batches.py $(BENCH_ARGS)
 
 .PHONY: bench-build

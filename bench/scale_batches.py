@@ -518,7 +518,7 @@ def main() -> None:
     parser.add_argument("--max-pods", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
-    scenarios = args.scenario or ["one", "many", "deep"]
+    scenarios = args.scenario or ["one", "many", "deep", "batchmode"]
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     os.environ[node.MAX_PODS_ENV] = str(args.max_pods)
     out: dict[str, Any] = {

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from analysis_core import pricing
 from analysis_devcluster import standin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -129,3 +130,46 @@ def test_a_finished_batch_leaves_only_its_phase_behind(batches: Any, operator: A
     samples = batches.eventually(reconciler_ended, 60, "the finished batch's series gone")
     assert value(samples, "analysis_operator_batches", namespace=ns, phase="Complete") == 1
     assert value(samples, "analysis_operator_batches", namespace=ns, phase="Running") == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_batch_mode_stage_on_real_pods_goes_through_the_providers_batch_api_at_the_batch_price(
+    batches: Any, operator: Any
+) -> None:
+    items = ["NVDA", "AMD", "TSM", "ASML"]
+    ns = batches.namespace
+    with standin.StandIn(api_key=API_KEY, host=batches.dev.host) as server:
+        server.batch_turnaround(0.5)
+        batches.kubectl("create", "secret", "generic", "llm-keys", f"--from-literal=anthropic={API_KEY}")
+        provider = {
+            "type": "anthropic",
+            "model": "claude-sonnet-4-5",
+            "baseURL": server.anthropic_base_url,
+            "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"},
+        }
+        batched = manifest("batched", items, provider, ttlSecondsAfterFinished=3600)
+        batched["spec"]["stages"][0].update({"mode": "Batch", "batch": {"maxItems": 10, "maxWaitSeconds": 30}})
+        batches.apply(batched)
+        # Nothing more can come after the four items: they go as one provider batch at once, not 30 s later.
+        batches.wait("batched", "Complete", timeout_s=90)
+        submitted = server.batch_submissions()
+    status = batches.get("batched")["status"]
+    (stage,) = status["stages"]
+    assert stage["providerBatches"] == {"submitted": 1, "inProgress": 0, "ended": 1}
+    assert len(submitted) == len(items)
+    assert set(submitted.values()) == {1}
+    assert server.provider_batches() == []  # collected, then deleted with its results
+    usage = status["usage"]
+    table = pricing.PriceTable.default()
+    tokens = pricing.Tokens(usage["inputTokens"], usage["outputTokens"])
+    assert float(usage["costUSD"]) == pytest.approx(
+        float(table.cost_of("claude-sonnet-4-5", tokens, batch=True)), abs=1e-8
+    )
+    assert float(usage["costUSD"]) * 2 == pytest.approx(float(table.cost_of("claude-sonnet-4-5", tokens)), abs=1e-8)
+
+    def exported() -> Samples | None:
+        samples = scrape(operator.metrics_url)
+        ended = value(samples, "analysis_operator_stage_provider_batches", namespace=ns, batch="batched", state="ended")
+        return samples if ended == 1 else None
+
+    batches.eventually(exported, 30, "the provider batch in the operator's metrics")

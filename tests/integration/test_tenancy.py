@@ -167,11 +167,16 @@ async def test_the_worker_finishes_its_batch_on_its_own_user_and_waits_for_a_use
 ) -> None:
     spec = {
         "items": [f"T{i}" for i in range(12)],
-        "providers": {"local": {"type": "offline", "offline": {"seed": 1, "latencyMilliseconds": 5}}},
+        "providers": {
+            "local": {"type": "offline", "offline": {"seed": 1, "latencyMilliseconds": 5, "batchTurnaroundSeconds": 0}}
+        },
         "stages": [
             {"name": "draft", "provider": "local", "prompt": "Draft on {{ item }}", "concurrency": 4},
-            {"name": "polish", "provider": "local", "prompt": "Polish {{ input }}", "concurrency": 4},
+            # In batch mode, so the provider batches' records and what they hold of the budget are read and
+            # written on the batch's own user too.
+            {"name": "polish", "provider": "local", "prompt": "Polish {{ input }}", "mode": "Batch"},
         ],
+        "budget": {"maxTokens": 1_000_000},
     }
     batch = workers.batch(spec)
     await batch.seed()
@@ -195,6 +200,7 @@ async def test_the_worker_finishes_its_batch_on_its_own_user_and_waits_for_a_use
             return counts.counters.get("succeeded", 0) == len(batch.items) and counts.drained
 
         await workers.eventually(finished, 60, "finished by workers on the batch's own user")
+        assert any(line["msg"] == "provider batch ended" for line in started[1].lines())
         secret = tenancy.password(ADMIN_PASSWORD, batch.uid)
         for worker in started:
             assert worker.process.poll() is None  # still serving: the refusal was waited out

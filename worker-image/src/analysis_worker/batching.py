@@ -210,7 +210,7 @@ class BatchWorker(loop.Worker):
         records = await self.queue.provider_batches()
         for record in records.values():
             held = await self.queue.adopt(record.requests.values())
-            batch_id = record.batch_id or await self._find(record.tag)
+            batch_id = record.batch_id or await self._look_up(record.tag)
             if batch_id and not record.batch_id:
                 await self.queue.batch_submitted(record.tag, batch_id)
             if not batch_id:
@@ -232,6 +232,19 @@ class BatchWorker(loop.Worker):
             )
             self._start(held)
             self._poll(flight)
+
+    async def _look_up(self, tag: str) -> str | None:
+        """A batch prepared before a stop, found by its tag; asked until the provider answers, since taking an
+        unanswered look for "not found" would submit the same requests again."""
+        wait = 1.0
+        while True:
+            try:
+                return await self.batch_provider.find_batch(tag)
+            except errors.ProviderError as exc:
+                fields = {"tag": tag, "error": exc.message, "wait_s": wait}
+                log.warning("could not look for a provider batch; looking again", extra={"fields": fields})
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, POLL_MAX_S)
 
     async def _find(self, tag: str) -> str | None:
         try:

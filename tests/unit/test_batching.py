@@ -68,3 +68,22 @@ def test_a_stage_is_fed_by_every_earlier_stage_and_by_the_judges_that_send_work_
     assert the_plan.feeders("analyze") == ["research", "plan-ok", "rank", "review"]  # review sends rejections back
     assert the_plan.feeders("review") == ["research", "plan-ok", "rank", "analyze"]
     assert the_plan.feeders("report") == ["research", "plan-ok", "rank", "analyze", "review"]
+
+
+def test_an_answer_that_comes_before_its_item_waits_for_it_and_is_not_overwritten() -> None:
+    async def run() -> None:
+        flight = batching.InFlight("tag", "batch", {"c1": "1-0", "c2": "2-0"})
+        answer = (base.Completion("text", 3, 4, "m"), 1)
+        flight.resolve("c1", answer)  # a taken-over batch: its item's task has not attached yet
+        flight.resolve("c9", answer)  # not one of this batch's: dropped
+        loop = asyncio.get_running_loop()
+        request = base.Request(prompt="p", max_tokens=10, timeout_seconds=1)
+        first = batching.Pending("c1", "1-0", request, loop.create_future(), 1, 1, 1)
+        second = batching.Pending("c2", "2-0", request, loop.create_future(), 1, 1, 1)
+        flight.attach(first)
+        flight.attach(second)
+        assert first.answer.result() == answer
+        assert not second.answer.done()
+        assert flight.early == {}
+
+    asyncio.run(run())

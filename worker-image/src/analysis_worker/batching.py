@@ -488,16 +488,18 @@ class BatchWorker(loop.Worker):
             if progress.failed:
                 self._fail_all(flight, f"provider batch {flight.batch_id} failed: {progress.failed}")
                 break
+            answered: set[str] = set()
             try:
                 async for result in self.batch_provider.batch_results(flight.batch_id):
                     said: Answer | errors.ProviderError = (
                         result.error if result.error is not None else (result.completion, flight.submitted_ms)  # type: ignore[assignment]
                     )
                     flight.resolve(result.custom_id, said)
+                    answered.add(result.custom_id)
             except errors.ProviderError as exc:
                 log.warning("provider batch results unread; reading again", extra={"fields": self._fields(flight, exc)})
                 continue
-            for custom_id in flight.entries:  # a request the results left out ran out of time
+            for custom_id in flight.entries.keys() - answered:  # a request the results left out ran out of time
                 flight.resolve(custom_id, batches.expired(custom_id).error)  # type: ignore[arg-type]
             self._queue_full_count = 0
             log.info(

@@ -10,6 +10,7 @@ request that errors or expires is retried in a later provider batch.
 """
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -30,6 +31,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 API_KEY = "sk-test-batch-mode-72c1"
 NANO = Decimal(10) ** 9
+
+
+async def analyzed(redis: queue.Redis, uid: str, items: int) -> queue.StageCounts | None:
+    """The analyze stage's counts once ``items`` items succeeded there and it drained; None before."""
+    counts = await consumer.stage_counts(redis, uid, "analyze")
+    return counts if counts.counters.get(wire.COUNT_SUCCEEDED, 0) == items and counts.drained else None
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stock-research.yaml"
@@ -140,9 +147,7 @@ async def test_a_stage_runs_through_the_providers_batch_api(
     await batch.seed()
     worker = workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
 
-    async def done() -> queue.StageCounts | None:
-        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
-        return counts if counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained else None
+    done = functools.partial(analyzed, redis, batch.uid, len(items))
 
     counts = await workers.eventually(done, 60, "every item analyzed")
     assert counts.counters[wire.COUNT_RETRIES] == 2
@@ -280,9 +285,7 @@ async def test_suspend_hands_back_what_was_not_submitted_and_collects_what_was(
     await producer.resume(redis, batch.uid)
     await producer.release(redis, batch.uid, "gate", "analyze", items[15:])  # nothing more can come now
 
-    async def done() -> bool:
-        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
-        return counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained
+    done = functools.partial(analyzed, redis, batch.uid, len(items))
 
     await workers.eventually(done, 20, "every item analyzed after the resume")
     assert set(batch_stand_in.batch_submissions().values()) == {1}
@@ -331,9 +334,7 @@ async def test_a_provider_batch_holds_its_worst_case_against_the_budget_until_it
     await batch.seed()
     workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
 
-    async def done() -> bool:
-        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
-        return counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained
+    done = functools.partial(analyzed, redis, batch.uid, len(items))
 
     await workers.eventually(done, 40, "every item analyzed within the budget")
     assert [b["requests"] for b in batch_stand_in.provider_batches()] == [3, 3, 3]
@@ -357,9 +358,7 @@ async def test_ten_thousand_items_go_in_as_few_provider_batches_as_their_size_al
     await batch.seed()
     workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
 
-    async def done() -> queue.StageCounts | None:
-        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
-        return counts if counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained else None
+    done = functools.partial(analyzed, redis, batch.uid, len(items))
 
     counts = await workers.eventually(done, 200, "10,000 items analyzed", interval=0.5)
     assert counts.counters[wire.COUNT_PROVIDER_BATCHES] == -(-len(items) // size)  # ceil: 4, and no retries
@@ -380,9 +379,7 @@ async def test_a_batch_the_providers_full_queue_refuses_goes_again_without_using
     await batch.seed()
     workers.start(batch, "analyze", ANALYSIS_API_KEY=API_KEY)
 
-    async def done() -> queue.StageCounts | None:
-        counts = await consumer.stage_counts(redis, batch.uid, "analyze")
-        return counts if counts.counters.get(wire.COUNT_SUCCEEDED, 0) == len(items) and counts.drained else None
+    done = functools.partial(analyzed, redis, batch.uid, len(items))
 
     counts = await workers.eventually(done, 40, "every item analyzed once the queue had room")
     assert wire.COUNT_RETRIES not in counts.counters  # the refusal used no attempt

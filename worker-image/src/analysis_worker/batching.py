@@ -440,7 +440,8 @@ class BatchWorker(loop.Worker):
         tasks = [self.inflight[p.entry_id] for p in pool if p.entry_id in self.inflight]
         for task in tasks:
             task.cancel()
-        await asyncio.wait(tasks) if tasks else None
+        if tasks:
+            await asyncio.wait(tasks)
         handed = await self.queue.hand_back(p.entry_id for p in pool)
         log.info("suspended: items not submitted handed back", extra={"fields": {"count": handed}})
 
@@ -508,11 +509,15 @@ class BatchWorker(loop.Worker):
             )
             break
         await self._wait_recorded(flight)
+        await self._forget(flight)
+        await self._ended(flight)
+
+    async def _forget(self, flight: InFlight) -> None:
+        """Delete the provider's copy of a batch (its prompts and answers); a failure is logged, not retried."""
         try:
             await self.batch_provider.forget_batch(flight.batch_id)
         except errors.ProviderError as exc:
             log.warning("the provider's copy of a batch was not deleted", extra={"fields": self._fields(flight, exc)})
-        await self._ended(flight)
 
     async def _queue_full(self, flight: InFlight, why: str) -> None:
         """The provider's queue for batches was full: nothing ran. The requests go back to the front of the pool,
@@ -523,10 +528,7 @@ class BatchWorker(loop.Worker):
         fields = {"tag": flight.tag, "batch": flight.batch_id, "why": why, "wait_s": wait}
         log.warning("the provider's batch queue is full: the batch goes again", extra={"fields": fields})
         waiting = [p for p in flight.requests.values() if not p.answer.done()]
-        try:
-            await self.batch_provider.forget_batch(flight.batch_id)
-        except errors.ProviderError as exc:
-            log.warning("the provider's copy of a batch was not deleted", extra={"fields": self._fields(flight, exc)})
+        await self._forget(flight)
         await self._ended(flight)
         self.pool[:0] = waiting
 

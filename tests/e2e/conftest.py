@@ -29,7 +29,6 @@ team would hand one out.
 the namespace's batches in the store).
 """
 
-import asyncio
 import base64
 import json
 import os
@@ -337,10 +336,7 @@ class Batches:
         store = objectstore.open_store(self.store_settings())
         folder = f"{RESULTS_PREFIX}/{self.namespace}/"
 
-        async def read() -> dict[str, str]:
-            return {key: (await store.get(key) or b"").decode() for key, _ in await store.list(folder)}
-
-        return asyncio.run(read())
+        return {key: (store.get_blocking(key) or b"").decode() for key, _ in store.list_blocking(folder)}
 
     def store_settings(self) -> objectstore.Settings:
         return objectstore.Settings(

@@ -161,7 +161,7 @@ async def test_a_failover_under_a_running_batch_loses_no_item_and_exports_each_o
         return cursor == total == len(ITEMS)
 
     await eventually(exported_to_the_end, 60, "every end exported")
-    rows = await stored.read_folder(sink.store, sinks.folder(sink.store.settings, sink.batch).rstrip("/"))
+    rows = stored.read_folder(sink.store, sinks.folder(sink.store.settings, sink.batch).rstrip("/"))
     assert Counter(r["item"] for r in rows) == Counter(ITEMS)  # each item once: none skipped, none repeated
     assert {r["status"] for r in rows} == {"succeeded"}
     # The failover did lose writes: items whose first end was on the killed primary ended again.

@@ -11,6 +11,9 @@ overlapping parts (two writers) read back as each row once.
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -172,7 +175,7 @@ async def test_an_object_store_export_pass_costs_one_put_per_part_whatever_exist
         manifest = restarted.manifest()
         assert manifest["location"] == f"s3://{BUCKET}/analysis/tenant-a/big/{batch.uid}/"
         assert manifest["rows"] == existing + 5
-        rows = await stored.read_folder(store, sinks.folder(store.settings, batch).rstrip("/"))
+        rows = stored.read_folder(store, sinks.folder(store.settings, batch).rstrip("/"))
         assert [r["item"] for r in rows] == [f"item-{n:05d}" for n in range(existing + 5)]
         assert rows[3]["status"] == "failed"
         assert rows[3]["errorClass"] == "Permanent"
@@ -202,6 +205,34 @@ async def test_overlapping_parts_of_two_writers_read_back_as_each_row_once(
     assert results.parts_cursor(key for key, _ in found) == 30
 
 
+async def test_the_plugins_read_of_a_folder_exits_cleanly_every_time(
+    seaweed: s3server.SeaweedFS, redis: queue.Redis
+) -> None:
+    """``kubectl analysis results`` reads a folder and exits at once. With obstore's async calls, about one
+    exit in twelve aborted (SIGABRT after the output) when a runtime thread handing back the last result
+    took the GIL while the interpreter was finalizing; so each run here is a fresh interpreter."""
+    store = objectstore.open_store(settings(seaweed))
+    batch = new_batch("tenant-e")
+    await end_items(redis, batch.uid, 0, 12)
+    sink = sinks.ObjectStoreSink(store, batch)
+    assert await sinks.export_pass(sink, redis, batch.uid, final=True) == (12, 12)
+    access, secret = seaweed.operator_keys
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
+    code = (
+        "import sys; from analysis_operator.plugin import stored; "
+        "print(len(stored.read_location(sys.argv[1], sys.argv[2])))"
+    )
+    argv = [sys.executable, "-c", code, sink.manifest()["location"], seaweed.endpoint]
+
+    def read() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+    runs = [await asyncio.to_thread(read) for _ in range(40)]
+    assert Counter((run.returncode, run.stdout.strip()) for run in runs) == {(0, "12"): 40}, [
+        run.stderr[-300:] for run in runs if run.returncode
+    ]
+
+
 async def test_a_store_away_keeps_the_rows_in_redis_and_the_export_goes_on_when_it_is_back(
     seaweed: s3server.SeaweedFS, redis: queue.Redis
 ) -> None:
@@ -228,7 +259,7 @@ async def test_a_store_away_keeps_the_rows_in_redis_and_the_export_goes_on_when_
         except objectstore.StoreError:
             assert time.monotonic() < deadline, "not exported within 60 s of the store's return"
             await asyncio.sleep(1.0)
-    rows = await stored.read_folder(store, sinks.folder(store.settings, batch).rstrip("/"))
+    rows = stored.read_folder(store, sinks.folder(store.settings, batch).rstrip("/"))
     assert [r["item"] for r in rows] == [f"item-{n:05d}" for n in range(65)]
 
 

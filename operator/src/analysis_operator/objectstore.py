@@ -20,9 +20,10 @@ retries; boto3 would add tens of MB to the operator's memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -87,6 +88,8 @@ def credential_of(settings: Settings) -> tuple[str, str] | None:
     return values[0], values[1]
 
 
+Listing = list[tuple[str, int]]  # (key, size) of objects under a prefix, in key order
+
 _OPEN: dict[Settings, tuple[tuple[str, str] | None, Store]] = {}
 
 
@@ -141,31 +144,61 @@ class Store:
             return None
         return bytes(await self._call(result.bytes_async()))
 
-    async def list(self, prefix: str) -> list[tuple[str, int]]:
+    async def list(self, prefix: str) -> Listing:
         """``(key, size)`` of every object under ``prefix`` (a folder: ends with /), in key order."""
-        found: list[tuple[str, int]] = []
-        stream = obstore.list(self._store, prefix.rstrip("/") + "/", chunk_size=1000)
-        try:
-            async for chunk in stream:
-                found.extend((meta["path"], int(meta["size"])) for meta in chunk)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            raise self._error(exc) from None
+        found: Listing = []
+        with self._classified():
+            async for chunk in self._listing(prefix):
+                found.extend(_entries(chunk))
         return sorted(found)
 
     async def delete(self, keys: Sequence[str]) -> None:
         if keys:
             await self._call(obstore.delete_async(self._store, list(keys)))
 
-    async def _call(self, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except obstore_errors.NotFoundError as exc:
-            raise _Missing(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - obstore raises its own and Rust-side I/O errors: classify them all
-            raise self._error(exc) from None
+    # The same reads, blocking the calling thread: for a process that exits right after them (the plugin).
+    # An async call's result is handed back by a thread of obstore's runtime, which takes the GIL once more
+    # after the awaiting coroutine may already have gone on; if the interpreter is finalizing by then, that
+    # thread is ended inside Rust code and the whole process aborts (SIGABRT after its output was written).
+    # A blocking call waits on the calling thread, and the runtime's threads never enter Python.
 
-    def _error(self, exc: BaseException) -> StoreError:
-        return classify(self.settings, exc)
+    def list_blocking(self, prefix: str) -> Listing:
+        """:meth:`list`, blocking."""
+        found: Listing = []
+        with self._classified():
+            for chunk in self._listing(prefix):
+                found.extend(_entries(chunk))
+        return sorted(found)
+
+    def get_blocking(self, key: str) -> bytes | None:
+        """:meth:`get`, blocking."""
+        try:
+            with self._classified(missing=True):
+                return bytes(obstore.get(self._store, key).bytes())
+        except _Missing:
+            return None
+
+    def _listing(self, prefix: str) -> Any:
+        return obstore.list(self._store, prefix.rstrip("/") + "/", chunk_size=1000)
+
+    async def _call(self, awaitable: Any) -> Any:
+        with self._classified(missing=True):
+            return await awaitable
+
+    @contextlib.contextmanager
+    def _classified(self, *, missing: bool = False) -> Iterator[None]:
+        """Every failure of the calls inside as a :class:`StoreError`; with ``missing``, no such object as
+        ``_Missing`` (a listing's "not found" is the bucket's, and says so)."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - obstore raises its own and Rust-side I/O errors: classify them all
+            if missing and isinstance(exc, obstore_errors.NotFoundError):
+                raise _Missing(str(exc)) from None
+            raise classify(self.settings, exc) from None
+
+
+def _entries(chunk: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, int]]:
+    return ((meta["path"], int(meta["size"])) for meta in chunk)
 
 
 class _Missing(Exception):

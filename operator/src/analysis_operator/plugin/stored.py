@@ -12,7 +12,6 @@ says otherwise.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from typing import Any
@@ -46,13 +45,15 @@ def read_location(location: str, endpoint: str | None) -> list[dict[str, Any]]:
             objectstore.CREDENTIALS: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         },
     )
-    return asyncio.run(read_folder(objectstore.open_store(settings), folder))
+    return read_folder(objectstore.open_store(settings), folder)
 
 
-async def read_folder(store: objectstore.Store, folder: str) -> list[dict[str, Any]]:
-    """Every row of the parts under ``folder`` of ``store``, each position once, in export order."""
+def read_folder(store: objectstore.Store, folder: str) -> list[dict[str, Any]]:
+    """Every row of the parts under ``folder`` of ``store``, each position once, in export order.
+
+    Blocking reads (``Store.list_blocking``): the plugin exits right after them."""
     parts = []
-    for key, _size in await store.list(folder + "/"):
+    for key, _size in store.list_blocking(folder + "/"):
         if results.parse_part(key) is not None:
-            parts.append((key, (await store.get(key) or b"").decode("utf-8")))
+            parts.append((key, (store.get_blocking(key) or b"").decode("utf-8")))
     return results.read_parts(parts)

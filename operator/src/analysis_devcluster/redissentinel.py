@@ -15,8 +15,9 @@ primary sends its replica from then on, while the replica, the primary and the
 sentinels all still answer, which is how a replica falls behind in a real
 partition (a frozen process would not do: the kernel keeps receiving for it,
 and it catches up the moment it runs again). Other faults: ``kill``
-(SIGKILL, no goodbye) and ``restart`` (the node comes back on its port; the
-sentinels make an old primary a replica of the new one).
+(SIGKILL, no goodbye) and ``restart`` (the node comes back on its port, empty, as a replica of the
+primary the sentinels name, the way a restarted Redis pod of a Sentinel
+deployment asks them first, and never to be promoted).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ from analysis_devcluster import cluster, processes, threaded
 
 SERVICE = "analysis"
 QUORUM = 2
-DOWN_AFTER_MS = 1000  # a primary that does not answer this long is subjectively down
+# A primary that does not answer this long is subjectively down. Above the sentinels' ping period (1 s): at 1 s
+# a sentinel could take the primary it had just switched to for down before its first ping of it was due, and
+# fail over again at once.
+DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 5000
 START_BUDGET_S = 30.0
 
@@ -152,7 +156,9 @@ class RedisSentinel:
     def _start_data(self, port: int, *extra: str) -> None:
         data = self.workdir / str(port)
         data.mkdir(parents=True, exist_ok=True)
-        self._spawn(port, [*cluster.redis_argv(port, data, persist=False), *extra], data)
+        # A replica that asks for a full sync gets it at once (by default the primary waits 5 s for more to ask).
+        argv = [*cluster.redis_argv(port, data, persist=False), "--repl-diskless-sync-delay", "0", *extra]
+        self._spawn(port, argv, data)
 
     def _spawn(self, port: int, argv: list[str], data: Path) -> None:
         node = processes.spawn(f"redis-{port}", argv, data / "redis.log")
@@ -201,9 +207,25 @@ class RedisSentinel:
         return other
 
     def promoted(self, instead_of: int) -> bool:
-        """Whether the sentinels name another primary than ``instead_of``, and it takes writes."""
-        now = self.primary()
-        return now != instead_of and self._info(now).get("role") == "master"
+        """Whether every sentinel names the same primary, another than ``instead_of``, and it takes writes.
+
+        Every sentinel, not the first that answers: one that has not heard of the
+        failover yet would name the old primary again as soon as it is back.
+        """
+        named: set[int | None] = set()
+        for port in self.sentinel_ports:
+            client = self._client(port)
+            try:
+                address = cast(tuple[str, int] | None, client.sentinel_get_master_addr_by_name(SERVICE))
+            except redis_sync.ConnectionError:
+                return False
+            finally:
+                client.close()
+            named.add(int(address[1]) if address is not None else None)
+        if len(named) != 1:
+            return False
+        (now,) = named
+        return now is not None and now != instead_of and self._info(now).get("role") == "master"
 
     def kill(self, port: int) -> None:
         os.kill(self._nodes[port].pid, signal.SIGKILL)
@@ -214,8 +236,23 @@ class RedisSentinel:
         self.link.partition()
 
     def restart(self, port: int) -> None:
+        """Start the node again on its port, as a replica of the primary the sentinels name.
+
+        It has no persistence, so it comes back empty, and with a replica
+        priority of 0: were the sentinels to fail over again before it has
+        synced (a primary taken for down under load), promoting it would lose
+        every write, the hazard Redis documents for nodes without persistence
+        that restart by themselves. Here one failover is the fault under test.
+        """
         node = self._nodes[port]
-        self._spawn(port, node.argv, node.log.parent)
+        primary = self.primary()
+        argv = list(node.argv)
+        if "--replica-priority" not in argv:
+            argv += ["--replica-priority", "0"]
+        if "--replicaof" in argv:
+            at = argv.index("--replicaof")
+            del argv[at : at + 3]
+        self._spawn(port, [*argv, "--replicaof", "127.0.0.1", str(primary)], node.log.parent)
 
     def stop(self) -> None:
         for node in self._nodes.values():

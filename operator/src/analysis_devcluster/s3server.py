@@ -121,6 +121,10 @@ class SeaweedFS:
             "-master.volumeSizeLimitMB=64",
             "-volume.max=16",
             "-metricsPort=0",
+            "-s3.port.iceberg=0",  # no Iceberg catalog or Lance namespace: they listen on fixed ports
+            "-s3.port.lance=0",
+            "-volume.preStopSeconds=0",  # a stop stops at once (the default keeps serving 10 s after SIGTERM)
+            "-master.electionTimeout=1s",  # a restarted master elects itself within a second, not ten
         ]
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from analysis_worker.providers import base, offline
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO_ROOT / "crds"
 TIERS = ("unit", "integration", "e2e")
+TIER_SECONDS: Counter[str] = Counter()  # setup + call + teardown of each tier's tests, summed
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -65,6 +67,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             wrong.append(f"{item.nodeid}: tier markers {tiers}, folder {folder!r}")
     if wrong:
         raise pytest.UsageError("tests must carry the one tier marker of their folder:\n" + "\n".join(wrong))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    parts = report.nodeid.split("/", 2)
+    if len(parts) == 3 and parts[0] == "tests" and parts[1] in TIERS:
+        TIER_SECONDS[parts[1]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The time of each tier, so that a run's budget can be read from its output (the components a tier
+    starts for itself, such as the cluster, count in the first of its tests that needs them)."""
+    if TIER_SECONDS:
+        terminalreporter.write_sep("=", "time per tier")
+        for tier in (t for t in TIERS if t in TIER_SECONDS):
+            terminalreporter.write_line(f"{tier}: {TIER_SECONDS[tier]:.0f} s")
 
 
 @pytest.fixture(scope="session")

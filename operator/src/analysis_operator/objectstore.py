@@ -14,16 +14,19 @@ operator of the platform can fix; the secret values themselves never appear
 in a message.
 
 Why obstore: a thin binding over Rust's ``object_store`` (one abi3 wheel,
-no botocore model files to import), async, with atomic puts and bounded
-retries; boto3 would add tens of MB to the operator's memory.
+no botocore model files to import), with atomic puts and bounded retries;
+boto3 would add tens of MB to the operator's memory. Its blocking calls are
+the ones used, run in a worker thread by the async methods (see
+:class:`Store`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import pathlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -110,7 +113,19 @@ def open_store(settings: Settings) -> Store:
 
 
 class Store:
-    """The install's bucket, as the export uses it. Keys are full keys (``Settings.key``)."""
+    """The install's bucket, as the export uses it. Keys are full keys (``Settings.key``).
+
+    Each call is one of obstore's blocking calls: ``*_blocking`` on the calling
+    thread (the plugin, which exits right after its reads), the async methods
+    in a worker thread. Not obstore's async API: its results are handed back by
+    a thread of obstore's runtime that takes the GIL once more after the
+    awaiting coroutine may already have gone on, and if the interpreter is
+    finalizing by then (a process exiting right after its last call, an
+    operator stopping mid-export) that thread is ended inside Rust code and
+    the process aborts (SIGABRT, after its output was written). A blocking
+    call waits on its own thread, and worker threads are joined before the
+    interpreter finalizes.
+    """
 
     def __init__(self, settings: Settings, credential: tuple[str, str] | None) -> None:
         self.settings = settings
@@ -134,71 +149,52 @@ class Store:
 
     async def put(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key``, whole or not at all (a put is atomic)."""
-        await self._call(obstore.put_async(self._store, key, data, use_multipart=False))
+        await asyncio.to_thread(self.put_blocking, key, data)
 
     async def get(self, key: str) -> bytes | None:
         """The object at ``key``, or None when there is none."""
-        try:
-            result = await self._call(obstore.get_async(self._store, key))
-        except _Missing:
-            return None
-        return bytes(await self._call(result.bytes_async()))
+        return await asyncio.to_thread(self.get_blocking, key)
 
     async def list(self, prefix: str) -> Listing:
         """``(key, size)`` of every object under ``prefix`` (a folder: ends with /), in key order."""
-        found: Listing = []
-        with self._classified():
-            async for chunk in self._listing(prefix):
-                found.extend(_entries(chunk))
-        return sorted(found)
+        return await asyncio.to_thread(self.list_blocking, prefix)
 
     async def delete(self, keys: Sequence[str]) -> None:
-        if keys:
-            await self._call(obstore.delete_async(self._store, list(keys)))
+        await asyncio.to_thread(self.delete_blocking, keys)
 
-    # The same reads, blocking the calling thread: for a process that exits right after them (the plugin).
-    # An async call's result is handed back by a thread of obstore's runtime, which takes the GIL once more
-    # after the awaiting coroutine may already have gone on; if the interpreter is finalizing by then, that
-    # thread is ended inside Rust code and the whole process aborts (SIGABRT after its output was written).
-    # A blocking call waits on the calling thread, and the runtime's threads never enter Python.
-
-    def list_blocking(self, prefix: str) -> Listing:
-        """:meth:`list`, blocking."""
-        found: Listing = []
+    def put_blocking(self, key: str, data: bytes) -> None:
         with self._classified():
-            for chunk in self._listing(prefix):
-                found.extend(_entries(chunk))
-        return sorted(found)
+            obstore.put(self._store, key, data, use_multipart=False)
 
     def get_blocking(self, key: str) -> bytes | None:
-        """:meth:`get`, blocking."""
         try:
             with self._classified(missing=True):
                 return bytes(obstore.get(self._store, key).bytes())
         except _Missing:
             return None
 
-    def _listing(self, prefix: str) -> Any:
-        return obstore.list(self._store, prefix.rstrip("/") + "/", chunk_size=1000)
+    def list_blocking(self, prefix: str) -> Listing:
+        found: Listing = []
+        with self._classified():
+            for chunk in obstore.list(self._store, prefix.rstrip("/") + "/", chunk_size=1000):
+                found.extend((meta["path"], int(meta["size"])) for meta in chunk)
+        return sorted(found)
 
-    async def _call(self, awaitable: Any) -> Any:
-        with self._classified(missing=True):
-            return await awaitable
+    def delete_blocking(self, keys: Sequence[str]) -> None:
+        if keys:
+            with self._classified():
+                obstore.delete(self._store, list(keys))
 
     @contextlib.contextmanager
     def _classified(self, *, missing: bool = False) -> Iterator[None]:
         """Every failure of the calls inside as a :class:`StoreError`; with ``missing``, no such object as
-        ``_Missing`` (a listing's "not found" is the bucket's, and says so)."""
+        ``_Missing``."""
         try:
             yield
         except Exception as exc:  # noqa: BLE001 - obstore raises its own and Rust-side I/O errors: classify them all
             if missing and isinstance(exc, obstore_errors.NotFoundError):
                 raise _Missing(str(exc)) from None
             raise classify(self.settings, exc) from None
-
-
-def _entries(chunk: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, int]]:
-    return ((meta["path"], int(meta["size"])) for meta in chunk)
 
 
 class _Missing(Exception):

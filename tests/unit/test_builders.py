@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from analysis_core import env, plan, queue, tenancy
+from analysis_core import env, plan, queue, tenancy, wire
 from analysis_core.api import v1alpha1, wellknown
 from analysis_operator import builders
 
@@ -366,6 +366,13 @@ def test_a_batch_mode_stage_runs_one_worker_while_it_has_work_and_recreates_it_o
         assert builders.sized(stage, queue.StageCounts(ready, running, retrying, {}), SETTINGS, stopping=False) == 1
     assert builders.sized(stage, queue.StageCounts(0, 0, 0, {}), SETTINGS, stopping=False) == 0
     assert builders.sized(stage, queue.StageCounts(9, 9, 0, {}), SETTINGS, stopping=True) == 0
+    # Every item recorded, a provider batch not yet done with (its copy at the provider to delete): the worker stays.
+    finishing = queue.StageCounts(0, 0, 0, {wire.COUNT_PROVIDER_BATCHES: 3, wire.COUNT_PROVIDER_BATCHES_ENDED: 2})
+    assert not finishing.drained
+    assert builders.sized(stage, finishing, SETTINGS, stopping=False) == 1
+    done = queue.StageCounts(0, 0, 0, {wire.COUNT_PROVIDER_BATCHES: 3, wire.COUNT_PROVIDER_BATCHES_ENDED: 3})
+    assert done.drained
+    assert builders.sized(stage, done, SETTINGS, stopping=False) == 0
     # Two workers must never collect the same provider batch: a Deployment's rollout stops the old one first.
     batched = stage_with(mode="Batch", executor="Deployment")
     deployment = builders.workload(BATCH, the_plan(), batched, SETTINGS, size=1, run=0)

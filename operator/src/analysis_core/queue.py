@@ -283,8 +283,18 @@ class StageCounts:
     gathered: int = 0  # waiting to be collected (collect stages)
 
     @property
+    def provider_batches_open(self) -> int:
+        """Provider batches submitted and not yet done with (mode: Batch stages): their results are still to be
+        handed out, or the provider's copy (prompts and answers) still to be deleted."""
+        submitted = self.counters.get(wire.COUNT_PROVIDER_BATCHES, 0)
+        return max(0, submitted - self.counters.get(wire.COUNT_PROVIDER_BATCHES_ENDED, 0))
+
+    @property
     def drained(self) -> bool:
-        return self.ready == 0 and self.running == 0 and self.retrying == 0 and self.gathered == 0
+        """Nothing left to do: no item waiting, leased, retrying or gathered, and no provider batch open (the
+        last items of a batch are recorded a moment before its worker has deleted the provider's copy)."""
+        idle = self.ready == 0 and self.running == 0 and self.retrying == 0 and self.gathered == 0
+        return idle and self.provider_batches_open == 0
 
 
 @dataclasses.dataclass(frozen=True)

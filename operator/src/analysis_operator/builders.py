@@ -414,8 +414,8 @@ def sized(stage: plan.StagePlan, counts: queue.StageCounts, settings: WorkerSett
     """
     if stage.provider is None or stopping:
         return 0
-    if stage.mode is v1alpha1.StageMode.BATCH:  # one worker gathers, submits and collects the provider batches
-        return 1 if counts.ready + counts.running + counts.retrying else 0
+    if stage.mode is v1alpha1.StageMode.BATCH:  # one worker gathers, submits, collects and deletes provider batches
+        return 1 if counts.ready + counts.running + counts.retrying + counts.provider_batches_open else 0
     calls = min(stage.concurrency, counts.ready + counts.running + min(counts.retrying, 1))
     return math.ceil(calls / calls_per_pod(stage, settings))
 

@@ -147,8 +147,11 @@ def _stage_status(
     if prompt and (c.get(wire.USAGE_CACHE_READ_TOKENS, 0) or c.get(wire.USAGE_CACHE_WRITE_TOKENS, 0)):
         row["cacheHitPercent"] = min(100, c.get(wire.USAGE_CACHE_READ_TOKENS, 0) * 100 // prompt)
     if stage.mode is v1alpha1.StageMode.BATCH:
-        submitted, ended = c.get(wire.COUNT_PROVIDER_BATCHES, 0), c.get(wire.COUNT_PROVIDER_BATCHES_ENDED, 0)
-        row["providerBatches"] = {"submitted": submitted, "inProgress": max(0, submitted - ended), "ended": ended}
+        row["providerBatches"] = {
+            "submitted": c.get(wire.COUNT_PROVIDER_BATCHES, 0),
+            "inProgress": counts.provider_batches_open,
+            "ended": c.get(wire.COUNT_PROVIDER_BATCHES_ENDED, 0),
+        }
     if held:
         row["heldItems"] = list(held[:HELD_ITEMS_SHOWN])
     return row

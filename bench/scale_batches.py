@@ -548,7 +548,9 @@ def main() -> None:
             finally:
                 op.stop()
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    merged = {**previous, **out}  # a run of some scenarios keeps the others' last figures
+    # A run of some scenarios keeps the others' last figures, and "runs" says which commit made which.
+    runs = {**previous.get("runs", {}), " ".join(scenarios): {"commit": out["commit"], "time": out["time"]}}
+    merged = {**previous, **out, "runs": runs}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -302,10 +302,12 @@ def batchmode(dev: cluster.DevCluster, op: Operator, items: int, args: argparse.
                 "stages": [stage],
             },
         }
-        applied = time.monotonic()
+        applied, applied_at = time.monotonic(), time.time()
         uid = apply(dev, ns, manifest)
         elapsed = (time.monotonic() - applied) + _until_complete(dev, ns, "batched", args.timeout, "batchmode")
+        complete_at = time.time()
         submitted = server.batch_submissions()
+        timeline = _timeline(server.batch_timeline(), applied_at, complete_at)
         loop = asyncio.new_event_loop()
         client = queue.connect(dev.redis_url)
         try:
@@ -326,11 +328,31 @@ def batchmode(dev: cluster.DevCluster, op: Operator, items: int, args: argparse.
             "custom_ids_submitted_twice": sum(1 for n in submitted.values() if n > 1),
             "succeeded": counts.counters.get(wire.COUNT_SUCCEEDED, 0),
             "cost_usd": counts.counters.get(wire.USAGE_COST_NUSD, 0) / 1e9,
+            "timeline_s": timeline,
         }
     )
     out["stock_research"] = {mode: _example(dev, mode, args) for mode in ("Realtime", "Batch")}
     dev.kubectl("delete", "namespace", ns, "--wait=false")
     return out
+
+
+def _timeline(made: list[dict[str, Any]], applied_at: float, complete_at: float) -> dict[str, float]:
+    """Where the time from apply to Complete went, from the stand-in's record of each provider batch: until the
+    first was submitted (pod start, seeding, claiming, rendering, the upload), between the first and the last
+    submission, the turnaround, from the last batch being due to its being answered (the worker's next look, and
+    the stand-in answering every request then), and from that to Complete (recording the results, the
+    operator's next look, the export)."""
+    created = sorted(b["created"] for b in made)
+    ended = [b for b in made if b["ended"] is not None]
+    last = max(ended, key=lambda b: b["ended"])
+    parts = {
+        "apply_to_first_submitted": created[0] - applied_at,
+        "first_to_last_submitted": created[-1] - created[0],
+        "turnaround": last["ready_at"] - last["created"],
+        "due_to_answered": last["ended"] - last["ready_at"],
+        "answered_to_complete": complete_at - last["ended"],
+    }
+    return {name: round(value, 2) for name, value in parts.items()}
 
 
 def _example(dev: cluster.DevCluster, mode: str, args: argparse.Namespace) -> dict[str, Any]:

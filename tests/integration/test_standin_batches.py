@@ -97,6 +97,10 @@ async def test_an_anthropic_batch_runs_and_its_results_come_back_by_custom_id(
     assert listed == [created.id]
     await claude.messages.batches.delete(created.id)
     assert batch_stand_in.batch_submissions() == {"r-OK": 1, "r-FLAKY": 1, "r-LATE": 1}
+    # Its times outlive it (the benchmark's timeline reads them): created, due, answered at the first look after.
+    (timeline,) = batch_stand_in.batch_timeline()
+    assert timeline["ended"] is not None
+    assert timeline["created"] < timeline["ready_at"] <= timeline["ended"]
 
 
 async def test_an_anthropic_batch_canceled_before_it_ran_ends_with_every_request_canceled(

@@ -649,6 +649,12 @@ class StandIn(threaded.ThreadedServer):
         with self._state.batches.lock:
             return dict(self._state.batches.submissions)
 
+    def batch_timeline(self) -> list[dict[str, float | None]]:
+        """When (epoch seconds) each provider batch since the last reset, deleted or not, was created, was due to
+        be answered, and was answered (the first look after it was due; None before)."""
+        with self._state.batches.lock:
+            return [{"created": b.created, "ready_at": b.ready_at, "ended": b.ended} for b in self._state.batches.made]
+
     def provider_batches(self) -> list[dict[str, Any]]:
         """Every provider batch since the last reset: id, api, status, requests."""
         with self._state.batches.lock:

@@ -145,6 +145,7 @@ class Batches:
         self.files: dict[str, File] = {}
         self.deleted_files: list[str] = []
         self.submissions: Counter[str] = Counter()  # custom_id -> times it was submitted in a batch
+        self.made: list[Batch] = []  # every batch created, deleted or not (when each was created and answered)
         self.held = 0  # creates held by a batch_create_hang or batch_created_hang step now
 
     def reset(self) -> None:
@@ -153,6 +154,7 @@ class Batches:
             self.files.clear()
             self.deleted_files.clear()
             self.submissions.clear()
+            self.made.clear()
 
     # ------------------------------------------------------------ the lifecycle
 
@@ -181,6 +183,7 @@ class Batches:
         with self.lock:
             self.batches[batch.id] = batch
             self.submissions.update(custom_id for custom_id, _ in requests)
+            self.made.append(batch)
         return batch
 
     def _advance(self, batch: Batch) -> None:

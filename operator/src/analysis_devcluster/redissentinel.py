@@ -188,18 +188,22 @@ class RedisSentinel:
         finally:
             client.close()
 
+    def _named_by(self, sentinel: int) -> int | None:
+        """The port of the primary as ``sentinel`` names it (None: it names none); ConnectionError if it is away."""
+        client = self._client(sentinel)
+        try:
+            address = cast(tuple[str, int] | None, client.sentinel_get_master_addr_by_name(SERVICE))
+        finally:
+            client.close()
+        return int(address[1]) if address is not None else None
+
     def primary(self) -> int:
         """The port of the primary, as the first sentinel that answers names it."""
         for port in self.sentinel_ports:
-            client = self._client(port)
-            try:
-                address = cast(tuple[str, int] | None, client.sentinel_get_master_addr_by_name(SERVICE))
-                if address is not None:
-                    return int(address[1])
-            except redis_sync.ConnectionError:
-                continue
-            finally:
-                client.close()
+            with contextlib.suppress(redis_sync.ConnectionError):
+                named = self._named_by(port)
+                if named is not None:
+                    return named
         raise RuntimeError("no sentinel answers")
 
     def replica(self) -> int:
@@ -212,16 +216,10 @@ class RedisSentinel:
         Every sentinel, not the first that answers: one that has not heard of the
         failover yet would name the old primary again as soon as it is back.
         """
-        named: set[int | None] = set()
-        for port in self.sentinel_ports:
-            client = self._client(port)
-            try:
-                address = cast(tuple[str, int] | None, client.sentinel_get_master_addr_by_name(SERVICE))
-            except redis_sync.ConnectionError:
-                return False
-            finally:
-                client.close()
-            named.add(int(address[1]) if address is not None else None)
+        try:
+            named = {self._named_by(port) for port in self.sentinel_ports}
+        except redis_sync.ConnectionError:
+            return False
         if len(named) != 1:
             return False
         (now,) = named
@@ -244,15 +242,7 @@ class RedisSentinel:
         every write, the hazard Redis documents for nodes without persistence
         that restart by themselves. Here one failover is the fault under test.
         """
-        node = self._nodes[port]
-        primary = self.primary()
-        argv = list(node.argv)
-        if "--replica-priority" not in argv:
-            argv += ["--replica-priority", "0"]
-        if "--replicaof" in argv:
-            at = argv.index("--replicaof")
-            del argv[at : at + 3]
-        self._spawn(port, [*argv, "--replicaof", "127.0.0.1", str(primary)], node.log.parent)
+        self._start_data(port, "--replicaof", "127.0.0.1", str(self.primary()), "--replica-priority", "0")
 
     def stop(self) -> None:
         for node in self._nodes.values():
